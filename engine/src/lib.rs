@@ -1,0 +1,1 @@
+//! wmr engine

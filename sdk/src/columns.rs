@@ -1,0 +1,480 @@
+//! Columns in Arrow's layout, built and read inside the guest.
+//!
+//! [`ColumnBuilder`] grows one column of a batch the guest will return;
+//! [`Columns`] maps a Rust type (a primitive or a tuple of them) onto one or
+//! more columns; [`IntoColumns`] lets borrowed forms (`&str`, `&[u8]`, tuples
+//! of them) be written where an owned type is expected, without allocating.
+
+use crate::bindings::wmr::job::types::{Column, ColumnData, DataType, VarWidth};
+
+/// A column under construction: Arrow buffers, grown row by row.
+// Public only because the sealed traits' hidden methods name it; nothing
+// outside this crate can construct or use one.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct ColumnBuilder {
+    validity: Vec<u8>,
+    has_nulls: bool,
+    len: usize,
+    data: BuilderData,
+}
+
+#[derive(Debug)]
+enum BuilderData {
+    Utf8 { offsets: Vec<i32>, values: Vec<u8> },
+    Binary { offsets: Vec<i32>, values: Vec<u8> },
+    Int64(Vec<i64>),
+    UInt64(Vec<u64>),
+    Float64(Vec<f64>),
+    Boolean(Vec<u8>),
+}
+
+impl ColumnBuilder {
+    pub(crate) fn new(data_type: DataType) -> Self {
+        let data = match data_type {
+            DataType::Utf8 => BuilderData::Utf8 { offsets: vec![0], values: Vec::new() },
+            DataType::Binary => BuilderData::Binary { offsets: vec![0], values: Vec::new() },
+            DataType::Int64 => BuilderData::Int64(Vec::new()),
+            DataType::Uint64 => BuilderData::UInt64(Vec::new()),
+            DataType::Float64 => BuilderData::Float64(Vec::new()),
+            DataType::Boolean => BuilderData::Boolean(Vec::new()),
+        };
+        ColumnBuilder { validity: Vec::new(), has_nulls: false, len: 0, data }
+    }
+
+    fn push_valid(&mut self, valid: bool) {
+        let bit = self.len % 8;
+        if bit == 0 {
+            self.validity.push(0);
+        }
+        if valid {
+            if let Some(last) = self.validity.last_mut() {
+                *last |= 1 << bit;
+            }
+        } else {
+            self.has_nulls = true;
+        }
+        self.len += 1;
+    }
+
+    fn type_mismatch(&self, wanted: &str) -> ! {
+        panic!("wmr-sdk: wrote a {wanted} into a {} column; the job's declared types and what it emits disagree", self.kind())
+    }
+
+    fn kind(&self) -> &'static str {
+        match self.data {
+            BuilderData::Utf8 { .. } => "utf8",
+            BuilderData::Binary { .. } => "binary",
+            BuilderData::Int64(_) => "int64",
+            BuilderData::UInt64(_) => "uint64",
+            BuilderData::Float64(_) => "float64",
+            BuilderData::Boolean(_) => "boolean",
+        }
+    }
+
+    pub(crate) fn push_bytes(&mut self, bytes: &[u8]) {
+        match &mut self.data {
+            BuilderData::Utf8 { offsets, values } | BuilderData::Binary { offsets, values } => {
+                values.extend_from_slice(bytes);
+                offsets.push(offset_of(values.len()));
+            }
+            _ => self.type_mismatch("string"),
+        }
+        self.push_valid(true);
+    }
+
+    pub(crate) fn push_i64(&mut self, v: i64) {
+        match &mut self.data {
+            BuilderData::Int64(values) => values.push(v),
+            _ => self.type_mismatch("i64"),
+        }
+        self.push_valid(true);
+    }
+
+    pub(crate) fn push_u64(&mut self, v: u64) {
+        match &mut self.data {
+            BuilderData::UInt64(values) => values.push(v),
+            _ => self.type_mismatch("u64"),
+        }
+        self.push_valid(true);
+    }
+
+    pub(crate) fn push_f64(&mut self, v: f64) {
+        match &mut self.data {
+            BuilderData::Float64(values) => values.push(v),
+            _ => self.type_mismatch("f64"),
+        }
+        self.push_valid(true);
+    }
+
+    pub(crate) fn push_bool(&mut self, v: bool) {
+        let bit = self.len % 8;
+        match &mut self.data {
+            BuilderData::Boolean(bits) => {
+                if bit == 0 {
+                    bits.push(0);
+                }
+                if v && let Some(last) = bits.last_mut() {
+                    *last |= 1 << bit;
+                }
+            }
+            _ => self.type_mismatch("bool"),
+        }
+        self.push_valid(true);
+    }
+
+    pub(crate) fn push_null(&mut self) {
+        let bit = self.len % 8;
+        match &mut self.data {
+            BuilderData::Utf8 { offsets, values } | BuilderData::Binary { offsets, values } => {
+                offsets.push(offset_of(values.len()))
+            }
+            BuilderData::Int64(v) => v.push(0),
+            BuilderData::UInt64(v) => v.push(0),
+            BuilderData::Float64(v) => v.push(0.0),
+            BuilderData::Boolean(bits) => {
+                if bit == 0 {
+                    bits.push(0)
+                }
+            }
+        }
+        self.push_valid(false);
+    }
+
+    pub(crate) fn finish(self) -> Column {
+        let validity = if self.has_nulls { self.validity } else { Vec::new() };
+        let data = match self.data {
+            BuilderData::Utf8 { offsets, values } => ColumnData::Utf8(VarWidth { offsets, values }),
+            BuilderData::Binary { offsets, values } => ColumnData::Binary(VarWidth { offsets, values }),
+            BuilderData::Int64(v) => ColumnData::Int64(v),
+            BuilderData::UInt64(v) => ColumnData::Uint64(v),
+            BuilderData::Float64(v) => ColumnData::Float64(v),
+            BuilderData::Boolean(v) => ColumnData::Boolean(v),
+        };
+        Column { validity, data }
+    }
+}
+
+fn offset_of(len: usize) -> i32 {
+    // Arrow's utf8/binary use i32 offsets: a single batch column holds at most
+    // 2 GiB. The host sends input batches far below that; a guest that emits
+    // more than 2 GiB from one batch has to fail loudly, not wrap around.
+    i32::try_from(len).unwrap_or_else(|_| panic!("wmr-sdk: one output batch column exceeds 2 GiB of string data"))
+}
+
+/// Reading values out of a column the host sent.
+pub(crate) fn is_valid(col: &Column, row: usize) -> bool {
+    col.validity.is_empty() || col.validity.get(row / 8).is_some_and(|b| b & (1 << (row % 8)) != 0)
+}
+
+pub(crate) fn var_width(v: &VarWidth, row: usize) -> &[u8] {
+    let start = v.offsets.get(row).copied().unwrap_or(0).max(0) as usize;
+    let end = v.offsets.get(row + 1).copied().unwrap_or(0).max(0) as usize;
+    v.values.get(start..end).unwrap_or(&[])
+}
+
+pub(crate) fn type_name(data: &ColumnData) -> &'static str {
+    match data {
+        ColumnData::Utf8(_) => "utf8",
+        ColumnData::Binary(_) => "binary",
+        ColumnData::Int64(_) => "int64",
+        ColumnData::Uint64(_) => "uint64",
+        ColumnData::Float64(_) => "float64",
+        ColumnData::Boolean(_) => "boolean",
+    }
+}
+
+mod sealed {
+    pub trait Sealed {}
+}
+
+/// A single value type a column can hold: `String`, `Vec<u8>`, `i64`, `u64`,
+/// `f64`, `bool`, and `Option` of any of these for nullable columns.
+///
+/// ```
+/// fn takes_field<T: wmr_sdk::Field>() {}
+/// takes_field::<String>();
+/// takes_field::<Option<i64>>();
+/// ```
+pub trait Field: Sized + sealed::Sealed {
+    /// The column type this value is stored as.
+    #[doc(hidden)]
+    fn data_type() -> DataType;
+    /// Append this value to a column.
+    #[doc(hidden)]
+    fn append(&self, col: &mut ColumnBuilder);
+    /// Read row `row` of `col`; `None` if null or of an incompatible type.
+    #[doc(hidden)]
+    fn read(col: &Column, row: usize) -> Option<Self>;
+}
+
+macro_rules! fixed_field {
+    ($t:ty, $dt:ident, $push:ident, $($variant:ident => $conv:expr),+) => {
+        impl sealed::Sealed for $t {}
+        impl Field for $t {
+            fn data_type() -> DataType { DataType::$dt }
+            fn append(&self, col: &mut ColumnBuilder) { col.$push(*self) }
+            fn read(col: &Column, row: usize) -> Option<Self> {
+                if !is_valid(col, row) { return None; }
+                match &col.data {
+                    $(ColumnData::$variant(v) => v.get(row).map($conv),)+
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+
+fixed_field!(i64, Int64, push_i64, Int64 => |v: &i64| *v, Uint64 => |v: &u64| *v as i64);
+fixed_field!(u64, Uint64, push_u64, Uint64 => |v: &u64| *v, Int64 => |v: &i64| *v as u64);
+fixed_field!(f64, Float64, push_f64, Float64 => |v: &f64| *v, Int64 => |v: &i64| *v as f64, Uint64 => |v: &u64| *v as f64);
+
+impl sealed::Sealed for bool {}
+impl Field for bool {
+    fn data_type() -> DataType {
+        DataType::Boolean
+    }
+    fn append(&self, col: &mut ColumnBuilder) {
+        col.push_bool(*self)
+    }
+    fn read(col: &Column, row: usize) -> Option<Self> {
+        match &col.data {
+            ColumnData::Boolean(bits) if is_valid(col, row) => bits.get(row / 8).map(|b| b & (1 << (row % 8)) != 0),
+            _ => None,
+        }
+    }
+}
+
+impl sealed::Sealed for String {}
+impl Field for String {
+    fn data_type() -> DataType {
+        DataType::Utf8
+    }
+    fn append(&self, col: &mut ColumnBuilder) {
+        col.push_bytes(self.as_bytes())
+    }
+    fn read(col: &Column, row: usize) -> Option<Self> {
+        match &col.data {
+            ColumnData::Utf8(v) if is_valid(col, row) => Some(String::from_utf8_lossy(var_width(v, row)).into_owned()),
+            _ => None,
+        }
+    }
+}
+
+impl sealed::Sealed for Vec<u8> {}
+impl Field for Vec<u8> {
+    fn data_type() -> DataType {
+        DataType::Binary
+    }
+    fn append(&self, col: &mut ColumnBuilder) {
+        col.push_bytes(self)
+    }
+    fn read(col: &Column, row: usize) -> Option<Self> {
+        match &col.data {
+            ColumnData::Binary(v) | ColumnData::Utf8(v) if is_valid(col, row) => Some(var_width(v, row).to_vec()),
+            _ => None,
+        }
+    }
+}
+
+impl<T: Field> sealed::Sealed for Option<T> {}
+impl<T: Field> Field for Option<T> {
+    fn data_type() -> DataType {
+        T::data_type()
+    }
+    fn append(&self, col: &mut ColumnBuilder) {
+        match self {
+            Some(v) => v.append(col),
+            None => col.push_null(),
+        }
+    }
+    fn read(col: &Column, row: usize) -> Option<Self> {
+        Some(T::read(col, row))
+    }
+}
+
+/// A Rust type stored as one or more columns: any [`Field`], or a tuple of up
+/// to four fields (a multi-column key, value or output row).
+///
+/// ```
+/// fn takes_columns<T: wmr_sdk::Columns>() {}
+/// takes_columns::<String>();
+/// takes_columns::<(String, i64, bool)>();
+/// ```
+pub trait Columns: Sized {
+    /// The column types, in order.
+    #[doc(hidden)]
+    fn data_types() -> Vec<DataType>;
+    /// Append this value's parts to `cols` (exactly `data_types().len()` of them).
+    #[doc(hidden)]
+    fn append(&self, cols: &mut [ColumnBuilder]);
+    /// Read row `row` from `cols`; `None` if a part is null or mistyped.
+    #[doc(hidden)]
+    fn read(cols: &[Column], row: usize) -> Option<Self>;
+}
+
+impl<T: Field> Columns for T {
+    fn data_types() -> Vec<DataType> {
+        vec![T::data_type()]
+    }
+    fn append(&self, cols: &mut [ColumnBuilder]) {
+        if let Some(col) = cols.first_mut() {
+            Field::append(self, col)
+        }
+    }
+    fn read(cols: &[Column], row: usize) -> Option<Self> {
+        cols.first().and_then(|c| T::read(c, row))
+    }
+}
+
+macro_rules! tuple_columns {
+    ($($name:ident $idx:tt),+) => {
+        impl<$($name: Field),+> Columns for ($($name,)+) {
+            fn data_types() -> Vec<DataType> { vec![$($name::data_type()),+] }
+            fn append(&self, cols: &mut [ColumnBuilder]) {
+                $(if let Some(col) = cols.get_mut($idx) { self.$idx.append(col) })+
+            }
+            fn read(cols: &[Column], row: usize) -> Option<Self> {
+                Some(($($name::read(cols.get($idx)?, row)?,)+))
+            }
+        }
+    };
+}
+tuple_columns!(A 0);
+tuple_columns!(A 0, B 1);
+tuple_columns!(A 0, B 1, C 2);
+tuple_columns!(A 0, B 1, C 2, D 3);
+
+/// Something that can be written where a `T` is expected, such as `&str` for
+/// a `String` key, `&[u8]` for `Vec<u8>`, or a tuple of such parts for a
+/// tuple key, so emitting never has to allocate.
+///
+/// ```
+/// fn takes<K, Q: wmr_sdk::IntoColumns<K>>(_: Q) {}
+/// takes::<String, _>("borrowed");
+/// takes::<(String, i64), _>(("word", 3_i64));
+/// ```
+pub trait IntoColumns<T> {
+    /// Append to `cols`, one column per part of `T`.
+    #[doc(hidden)]
+    fn append_to(&self, cols: &mut [ColumnBuilder]);
+    /// Write a byte encoding that is equal for equal values, for hashing.
+    #[doc(hidden)]
+    fn encode(&self, buf: &mut Vec<u8>);
+    /// Make the owned value.
+    #[doc(hidden)]
+    fn to_owned_value(&self) -> T;
+}
+
+/// A single field's borrowed form, written into one column.
+#[doc(hidden)]
+pub trait IntoField<T> {
+    fn append_one(&self, col: &mut ColumnBuilder);
+    fn encode(&self, buf: &mut Vec<u8>);
+    fn to_owned_value(&self) -> T;
+}
+
+impl<T, Q: IntoField<T>> IntoColumns<T> for Q
+where
+    T: Field,
+{
+    fn append_to(&self, cols: &mut [ColumnBuilder]) {
+        if let Some(col) = cols.first_mut() {
+            self.append_one(col)
+        }
+    }
+    fn encode(&self, buf: &mut Vec<u8>) {
+        IntoField::encode(self, buf)
+    }
+    fn to_owned_value(&self) -> T {
+        IntoField::to_owned_value(self)
+    }
+}
+
+fn encode_var(bytes: &[u8], buf: &mut Vec<u8>) {
+    buf.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+    buf.extend_from_slice(bytes);
+}
+
+macro_rules! into_field_str {
+    ($owned:ty: $($t:ty => |$s:ident| $bytes:expr, $own:expr;)+) => {$(
+        impl IntoField<$owned> for $t {
+            fn append_one(&self, col: &mut ColumnBuilder) { let $s = self; col.push_bytes($bytes) }
+            fn encode(&self, buf: &mut Vec<u8>) { let $s = self; encode_var($bytes, buf) }
+            fn to_owned_value(&self) -> $owned { let $s = self; $own }
+        }
+    )+};
+}
+into_field_str!(String:
+    &str => |s| s.as_bytes(), s.to_string();
+    String => |s| s.as_bytes(), s.clone();
+    &String => |s| s.as_bytes(), (*s).clone();
+);
+into_field_str!(Vec<u8>:
+    &[u8] => |s| s, s.to_vec();
+    Vec<u8> => |s| s.as_slice(), s.clone();
+    &Vec<u8> => |s| s.as_slice(), (*s).clone();
+);
+
+macro_rules! into_field_copy {
+    ($($t:ty => $bits:expr;)+) => {$(
+        impl IntoField<$t> for $t {
+            fn append_one(&self, col: &mut ColumnBuilder) { Field::append(self, col) }
+            fn encode(&self, buf: &mut Vec<u8>) { buf.extend_from_slice(&$bits(*self).to_le_bytes()) }
+            fn to_owned_value(&self) -> $t { *self }
+        }
+        impl IntoField<$t> for &$t {
+            fn append_one(&self, col: &mut ColumnBuilder) { Field::append(*self, col) }
+            fn encode(&self, buf: &mut Vec<u8>) { buf.extend_from_slice(&$bits(**self).to_le_bytes()) }
+            fn to_owned_value(&self) -> $t { **self }
+        }
+    )+};
+}
+into_field_copy!(
+    i64 => |v: i64| v;
+    u64 => |v: u64| v;
+    f64 => |v: f64| v.to_bits();
+    bool => |v: bool| u8::from(v);
+);
+
+impl<T: Field + Clone> IntoField<Option<T>> for Option<T>
+where
+    T: IntoField<T>,
+{
+    fn append_one(&self, col: &mut ColumnBuilder) {
+        Field::append(self, col)
+    }
+    fn encode(&self, buf: &mut Vec<u8>) {
+        match self {
+            None => buf.push(0),
+            Some(v) => {
+                buf.push(1);
+                IntoField::encode(v, buf)
+            }
+        }
+    }
+    fn to_owned_value(&self) -> Option<T> {
+        self.clone()
+    }
+}
+
+macro_rules! tuple_into {
+    ($($name:ident $q:ident $idx:tt),+) => {
+        impl<$($name: Field, $q: IntoField<$name>),+> IntoColumns<($($name,)+)> for ($($q,)+) {
+            fn append_to(&self, cols: &mut [ColumnBuilder]) {
+                $(if let Some(col) = cols.get_mut($idx) { self.$idx.append_one(col) })+
+            }
+            fn encode(&self, buf: &mut Vec<u8>) { $(self.$idx.encode(buf);)+ }
+            fn to_owned_value(&self) -> ($($name,)+) { ($(self.$idx.to_owned_value(),)+) }
+        }
+    };
+}
+tuple_into!(A QA 0);
+tuple_into!(A QA 0, B QB 1);
+tuple_into!(A QA 0, B QB 1, C QC 2);
+tuple_into!(A QA 0, B QB 1, C QC 2, D QD 3);
+
+/// Start one builder per column of `T`.
+pub(crate) fn builders_for<T: Columns>() -> Vec<ColumnBuilder> {
+    T::data_types().into_iter().map(ColumnBuilder::new).collect()
+}

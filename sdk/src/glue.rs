@@ -1,0 +1,190 @@
+//! The glue between the WIT exports and a [`Job`](crate::Job): the configured
+//! job instance, counters and log lines flushed once per call, and the panic
+//! hook that tells the host what went wrong before the guest traps.
+
+use std::any::Any;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+
+use crate::bindings::wmr::job::host;
+use crate::bindings::wmr::job::types::{Batch, Field as WitField, GuestError, Grouped, JobInfo};
+use crate::columns::Columns;
+use crate::emit::{Emit, Output, Values};
+use crate::record::{InputBatch, Params};
+use crate::Job;
+
+/// Builds a job from its parameters.
+pub type ConfigureFn<J> = fn(&Params) -> Result<J, String>;
+
+struct State {
+    job: Box<dyn Any>,
+    output_names: Vec<String>,
+}
+
+thread_local! {
+    static STATE: RefCell<Option<State>> = const { RefCell::new(None) };
+    static COUNTERS: RefCell<HashMap<String, i64>> = RefCell::new(HashMap::new());
+    static CURRENT_ROW: Cell<Option<u32>> = const { Cell::new(None) };
+}
+
+/// Add `delta` to the job counter `name`. Counters are summed over every
+/// committed task and shown with the job's results.
+///
+/// ```no_run
+/// wmr_sdk::count("lines.empty", 1);
+/// ```
+pub fn count(name: &str, delta: i64) {
+    COUNTERS.with_borrow_mut(|c| match c.get_mut(name) {
+        Some(v) => *v += delta,
+        None => {
+            c.insert(name.to_string(), delta);
+        }
+    })
+}
+
+fn flush_counters() {
+    let deltas: Vec<(String, i64)> = COUNTERS.with_borrow_mut(|c| c.drain().filter(|(_, v)| *v != 0).collect());
+    if !deltas.is_empty() {
+        host::add_counters(&deltas);
+    }
+}
+
+/// How important a log line is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogLevel {
+    /// Detail for debugging a job.
+    Debug,
+    /// Normal progress.
+    Info,
+    /// Something odd that did not stop the job.
+    Warn,
+    /// Something failed.
+    Error,
+}
+
+/// Write a line to this task's log, which the engine captures (capped in size).
+///
+/// ```no_run
+/// wmr_sdk::log(wmr_sdk::LogLevel::Info, "starting");
+/// ```
+pub fn log(level: LogLevel, message: &str) {
+    let level = match level {
+        LogLevel::Debug => host::LogLevel::Debug,
+        LogLevel::Info => host::LogLevel::Info,
+        LogLevel::Warn => host::LogLevel::Warn,
+        LogLevel::Error => host::LogLevel::Error,
+    };
+    host::log(level, message);
+}
+
+fn with_job<J: Job, R>(f: impl FnOnce(&J, &[String]) -> R) -> Result<R, GuestError> {
+    STATE.with_borrow(|state| match state.as_ref().and_then(|s| s.job.downcast_ref::<J>().map(|j| (j, s))) {
+        Some((job, s)) => Ok(f(job, &s.output_names)),
+        None => Err(GuestError { message: "the job was called before configure".into(), row: None }),
+    })
+}
+
+fn finish<R>(result: Result<R, GuestError>) -> Result<R, GuestError> {
+    CURRENT_ROW.set(None);
+    flush_counters();
+    result
+}
+
+/// The `configure` export.
+pub fn configure<J: Job>(params: Vec<(String, String)>, build: ConfigureFn<J>) -> Result<JobInfo, String> {
+    std::panic::set_hook(Box::new(|info| {
+        let message = match info.payload().downcast_ref::<&str>() {
+            Some(s) => (*s).to_string(),
+            None => match info.payload().downcast_ref::<String>() {
+                Some(s) => s.clone(),
+                None => "panic with a non-string payload".to_string(),
+            },
+        };
+        let location = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
+        host::report_panic(&format!("{message}{location}"), CURRENT_ROW.get());
+    }));
+    let job = build(&Params::new(params))?;
+    let output_names = job.output_names();
+    let output_types = J::Output::data_types();
+    if output_names.len() != output_types.len() {
+        return Err(format!(
+            "output_names gives {} names for {} output columns",
+            output_names.len(),
+            output_types.len()
+        ));
+    }
+    let info = JobInfo {
+        name: job.name(),
+        key_types: J::Key::data_types(),
+        value_types: J::Value::data_types(),
+        output: output_names
+            .iter()
+            .zip(output_types)
+            .map(|(name, data_type)| WitField { name: name.clone(), data_type, nullable: true })
+            .collect(),
+        combines: J::COMBINES,
+    };
+    STATE.set(Some(State { job: Box::new(job), output_names }));
+    Ok(info)
+}
+
+/// The `map` export.
+pub fn map<J: Job>(input: Batch) -> Result<Batch, GuestError> {
+    finish(with_job::<J, _>(|job, _| {
+        let batch = InputBatch::new(&input);
+        let mut out = Emit::<J::Key, J::Value>::new(J::COMBINES);
+        for row in 0..batch.rows() {
+            CURRENT_ROW.set(Some(row as u32));
+            job.map(&batch.record(row), &mut out);
+        }
+        CURRENT_ROW.set(None);
+        out.finish(|k, vs| job.combine(k, vs))
+    }))
+}
+
+fn groups(input: &Grouped) -> impl Iterator<Item = (usize, usize, usize)> + '_ {
+    let mut start = 0usize;
+    input.group_ends.iter().enumerate().map(move |(g, &end)| {
+        let end = end as usize;
+        let range = (g, start, end);
+        start = end;
+        range
+    })
+}
+
+fn bad_group(g: usize) -> GuestError {
+    GuestError { message: format!("the host sent an unreadable key in group {g}"), row: None }
+}
+
+/// The `combine` export.
+pub fn combine<J: Job>(input: Grouped) -> Result<Batch, GuestError> {
+    finish(with_job::<J, _>(|job, _| {
+        let mut keys = crate::columns::builders_for::<J::Key>();
+        let mut values = crate::columns::builders_for::<J::Value>();
+        let mut rows = 0;
+        for (g, start, end) in groups(&input) {
+            CURRENT_ROW.set(Some(start as u32));
+            let key = J::Key::read(&input.keys.columns, g).ok_or_else(|| bad_group(g))?;
+            let combined = job.combine(&key, Values::rows(&input.values.columns, start, end));
+            key.append(&mut keys);
+            combined.append(&mut values);
+            rows += 1;
+        }
+        Ok(crate::emit::batch_of(keys.into_iter().chain(values), rows))
+    })
+    .and_then(|r| r))
+}
+
+/// The `reduce` export.
+pub fn reduce<J: Job>(input: Grouped) -> Result<Batch, GuestError> {
+    finish(with_job::<J, _>(|job, names| {
+        let mut out = Output::<J::Output>::new();
+        for (g, start, end) in groups(&input) {
+            CURRENT_ROW.set(Some(start as u32));
+            let key = J::Key::read(&input.keys.columns, g).ok_or_else(|| bad_group(g))?;
+            job.reduce(key, Values::rows(&input.values.columns, start, end), &mut out);
+        }
+        Ok(out.finish(names))
+    })
+    .and_then(|r| r))
+}

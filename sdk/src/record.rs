@@ -1,0 +1,158 @@
+//! The input side of a job: [`Record`], one input row handed to `map`, and
+//! [`Params`], the `--param name=value` pairs given at submit.
+
+use crate::bindings::wmr::job::types::{Batch, Column};
+use crate::columns::{is_valid, type_name, var_width, Field};
+use crate::bindings::wmr::job::types::ColumnData;
+
+/// One input record. For text input its columns are `file`, `offset` and
+/// `line` (see [`Record::line`]); for Parquet input they are the file's own
+/// columns, read with [`Record::get`] or [`Record::str`].
+pub struct Record<'a> {
+    batch: &'a InputBatch<'a>,
+    row: usize,
+}
+
+/// An input batch with its text columns located once per batch.
+pub(crate) struct InputBatch<'a> {
+    batch: &'a Batch,
+    line: Option<usize>,
+    file: Option<usize>,
+    offset: Option<usize>,
+}
+
+impl<'a> InputBatch<'a> {
+    pub(crate) fn new(batch: &'a Batch) -> Self {
+        let find = |name: &str| batch.names.iter().position(|n| n == name);
+        InputBatch { batch, line: find("line"), file: find("file"), offset: find("offset") }
+    }
+
+    pub(crate) fn rows(&self) -> usize {
+        self.batch.num_rows as usize
+    }
+
+    pub(crate) fn record(&'a self, row: usize) -> Record<'a> {
+        Record { batch: self, row }
+    }
+
+    fn column(&self, name: &str) -> Option<&'a Column> {
+        let i = self.batch.names.iter().position(|n| n == name)?;
+        self.batch.columns.get(i)
+    }
+
+    fn missing(&self, name: &str) -> ! {
+        panic!("input has no column {name:?}; its columns are: {}", self.batch.names.join(", "))
+    }
+}
+
+fn text_at<'a>(col: Option<&'a Column>, row: usize) -> Option<&'a str> {
+    match &col?.data {
+        ColumnData::Utf8(v) => std::str::from_utf8(var_width(v, row)).ok(),
+        _ => None,
+    }
+}
+
+impl<'a> Record<'a> {
+    /// The text of a line of text input, without its line terminator.
+    ///
+    /// # Panics
+    /// If the input is not text (it has no `line` column).
+    pub fn line(&self) -> &'a str {
+        let col = self.batch.line.and_then(|i| self.batch.batch.columns.get(i));
+        match text_at(col, self.row) {
+            Some(s) => s,
+            None => self.batch.missing("line"),
+        }
+    }
+
+    /// The file this record came from (text input).
+    pub fn file(&self) -> &'a str {
+        let col = self.batch.file.and_then(|i| self.batch.batch.columns.get(i));
+        text_at(col, self.row).unwrap_or("")
+    }
+
+    /// The byte offset of this line in its file (text input).
+    pub fn offset(&self) -> i64 {
+        let col = self.batch.offset.and_then(|i| self.batch.batch.columns.get(i));
+        col.and_then(|c| i64::read(c, self.row)).unwrap_or(-1)
+    }
+
+    /// The value of column `name`, `None` when it is null.
+    ///
+    /// Integer columns read as `i64`/`u64` (and as `f64`), floating point
+    /// columns as `f64`, strings as `String`, binary as `Vec<u8>`.
+    ///
+    /// # Panics
+    /// If there is no such column, or its type cannot be read as `T`; the
+    /// message lists the columns there are, and the job fails with it.
+    pub fn get<T: Field>(&self, name: &str) -> Option<T> {
+        let col = self.batch.column(name).unwrap_or_else(|| self.batch.missing(name));
+        if !is_valid(col, self.row) {
+            return None;
+        }
+        match T::read(col, self.row) {
+            Some(v) => Some(v),
+            None => panic!(
+                "column {name:?} is {} and cannot be read as {}",
+                type_name(&col.data),
+                std::any::type_name::<T>()
+            ),
+        }
+    }
+
+    /// The value of string column `name` without copying it, `None` when null.
+    ///
+    /// # Panics
+    /// If there is no such column or it is not a string column.
+    pub fn str(&self, name: &str) -> Option<&'a str> {
+        let col = self.batch.column(name).unwrap_or_else(|| self.batch.missing(name));
+        if !is_valid(col, self.row) {
+            return None;
+        }
+        match text_at(Some(col), self.row) {
+            Some(s) => Some(s),
+            None => panic!("column {name:?} is {}, not utf8", type_name(&col.data)),
+        }
+    }
+
+    /// The row's index within its batch.
+    pub fn row(&self) -> usize {
+        self.row
+    }
+}
+
+/// The job's parameters, from `--param name=value` at submit.
+#[derive(Debug, Clone, Default)]
+pub struct Params {
+    pairs: Vec<(String, String)>,
+}
+
+impl Params {
+    /// Wrap name/value pairs.
+    pub fn new(pairs: Vec<(String, String)>) -> Self {
+        Params { pairs }
+    }
+
+    /// The value of `name`, if given (the last one wins).
+    ///
+    /// ```
+    /// let p = wmr_sdk::Params::new(vec![("pattern".into(), "foo".into())]);
+    /// assert_eq!(p.get("pattern"), Some("foo"));
+    /// ```
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.pairs.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+
+    /// The value of `name`, or an error saying how to give it.
+    ///
+    /// # Errors
+    /// When the parameter was not given.
+    pub fn require(&self, name: &str) -> Result<&str, String> {
+        self.get(name).ok_or_else(|| format!("missing job parameter {name:?}; give it with --param {name}=VALUE"))
+    }
+
+    /// All pairs, in the order given.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.pairs.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+}
