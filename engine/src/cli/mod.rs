@@ -1,0 +1,49 @@
+//! The command line: clap types (one file per subcommand), rendering, and
+//! progress. A thin shell over the library; knows nothing of wasmtime or
+//! object_store directly.
+
+pub mod exit;
+mod run;
+
+use clap::{Parser, Subcommand};
+
+pub use run::RunArgs;
+
+/// wmr runs MapReduce jobs whose map, combine and reduce are WebAssembly
+/// components, over local files or object storage, writing Parquet.
+#[derive(Debug, Parser)]
+#[command(name = "wmr", version, about, after_help = exit::HELP)]
+pub struct Cli {
+    /// Show more log output on stderr (-v info, -vv debug); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a job in this process: the coordinator and N task slots, no servers.
+    Run(RunArgs),
+}
+
+/// An error for the binary's edge: its line and exit code.
+#[derive(Debug)]
+pub struct Failure {
+    /// The exit code.
+    pub code: u8,
+    /// The message, `what: cause: cause`.
+    pub message: String,
+}
+
+/// Run the parsed command; `Ok(code)` is the exit code.
+///
+/// # Errors
+/// A [`Failure`] with the line to print and the exit code.
+pub fn run(cli: Cli) -> Result<u8, Failure> {
+    match cli.command {
+        Command::Run(args) => run::run(args),
+    }
+}

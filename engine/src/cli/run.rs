@@ -1,0 +1,299 @@
+//! `wmr run`: the embedded mode. One process runs the coordinator logic and
+//! N task slots through the same scheduler and task code a cluster uses.
+
+use std::io::{IsTerminal, Write};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use futures::TryStreamExt;
+use object_store::ObjectStoreExt;
+use serde::Serialize;
+
+use super::{exit, Failure};
+use crate::coordinator::job::DEFAULT_MAX_ATTEMPTS;
+use crate::coordinator::{remove_all, Coordinator, Job, JobSpec, JobState};
+use crate::data::output::{Manifest, OutputFormat};
+use crate::data::{plan_splits, Location};
+use crate::runtime::limits::{DEFAULT_MAX_CALL_TIME, DEFAULT_MAX_LOG_BYTES, DEFAULT_MAX_MEMORY_BYTES};
+use crate::runtime::{Limits, Runtime};
+use crate::task::{Counters, JobContext};
+use crate::worker::{error_chain, run_slots, ComputePool};
+use crate::{JobId, WorkerId};
+
+/// Run a job embedded.
+#[derive(Debug, Args)]
+#[command(after_help = super::exit::HELP)]
+pub struct RunArgs {
+    /// The job: a wasm component built with wmr-sdk (path or URL).
+    #[arg(long, value_name = "JOB.wasm")]
+    pub job: String,
+    /// Input files, directories, globs (quoted) or URLs (file://, memory://, s3://).
+    #[arg(long, required = true, num_args = 1.., value_name = "IN")]
+    pub input: Vec<String>,
+    /// The output directory (path or URL); must be empty or absent unless --overwrite.
+    #[arg(long, value_name = "OUT")]
+    pub output: String,
+    /// Number of reduce partitions (output files) [default: the number of slots].
+    #[arg(long, value_name = "R")]
+    pub reducers: Option<u32>,
+    /// Task slots running at once [default: the number of cores].
+    #[arg(long, value_name = "N")]
+    pub slots: Option<usize>,
+    /// Output format: Parquet files, or `key value` text lines.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Parquet)]
+    pub format: OutputFormat,
+    /// Text split size, e.g. 67108864, 64MiB or 1KiB.
+    #[arg(long, value_name = "BYTES", default_value = "64MiB")]
+    pub split_size: bytesize::ByteSize,
+    /// A job parameter, passed to the job's configure (repeatable).
+    #[arg(long = "param", value_name = "NAME=VALUE", value_parser = parse_param)]
+    pub params: Vec<(String, String)>,
+    /// Replace the output directory's contents if it is not empty.
+    #[arg(long)]
+    pub overwrite: bool,
+    /// Attempts per task before the job fails.
+    #[arg(long, default_value_t = DEFAULT_MAX_ATTEMPTS, value_name = "N")]
+    pub max_attempts: u32,
+    /// Memory cap per guest instance.
+    #[arg(long, value_name = "BYTES", default_value_t = bytesize::ByteSize::b(DEFAULT_MAX_MEMORY_BYTES))]
+    pub max_memory: bytesize::ByteSize,
+    /// Time budget of one guest call, e.g. 60s or 2m.
+    #[arg(long, value_name = "DURATION", default_value_t = humantime::Duration::from(DEFAULT_MAX_CALL_TIME))]
+    pub max_call_time: humantime::Duration,
+    /// Log bytes kept per attempt; the excess is dropped and counted.
+    #[arg(long, value_name = "BYTES", default_value_t = bytesize::ByteSize::b(DEFAULT_MAX_LOG_BYTES as u64))]
+    pub max_log: bytesize::ByteSize,
+    /// Print the summary as one JSON document.
+    #[arg(long)]
+    pub json: bool,
+    /// Print nothing but errors.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+fn parse_param(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("{s:?} is not NAME=VALUE")),
+    }
+}
+
+fn usage(message: String) -> Failure {
+    Failure { code: exit::USAGE, message }
+}
+
+fn data_failure(e: crate::data::Error) -> Failure {
+    use crate::data::Error as E;
+    let code = match e {
+        E::Io { .. } => exit::INFRASTRUCTURE,
+        _ => exit::USAGE,
+    };
+    Failure { code, message: error_chain(&e) }
+}
+
+/// The summary printed at the end (`--json` prints exactly this).
+#[derive(Debug, Serialize)]
+pub struct RunSummary {
+    /// The job id.
+    pub job: String,
+    /// The job's name.
+    pub name: String,
+    /// succeeded, failed or cancelled.
+    pub state: JobState,
+    /// The error, if it failed.
+    pub error: Option<String>,
+    /// The output directory.
+    pub output: String,
+    /// The manifest, if it succeeded.
+    pub manifest: Option<Manifest>,
+    /// Map tasks.
+    pub maps: usize,
+    /// Reduce tasks.
+    pub reduces: usize,
+    /// Counters over committed attempts.
+    pub counters: Counters,
+    /// Wall time in seconds.
+    pub wall_seconds: f64,
+}
+
+/// Run `wmr run`.
+pub(super) fn run(args: RunArgs) -> Result<u8, Failure> {
+    let slots = args.slots.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    if slots == 0 {
+        return Err(usage("--slots must be at least 1".into()));
+    }
+    let reducers = args.reducers.unwrap_or(slots as u32);
+    if reducers == 0 || reducers > 100_000 {
+        return Err(usage(format!("--reducers {reducers} is out of range; use 1 to 100000")));
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("wmr-io")
+        .enable_all()
+        .build()
+        .map_err(|e| Failure { code: exit::INFRASTRUCTURE, message: format!("starting the I/O runtime: {e}") })?;
+    runtime.block_on(run_async(args, slots, reducers))
+}
+
+async fn run_async(args: RunArgs, slots: usize, reducers: u32) -> Result<u8, Failure> {
+    let started = Instant::now();
+    let limits = Limits {
+        max_memory_bytes: args.max_memory.as_u64(),
+        max_call_time: *args.max_call_time,
+        max_log_bytes: args.max_log.as_u64() as usize,
+    };
+    // Validate everything before any work: the module, the output, the input.
+    let module_location = Location::parse(&args.job).map_err(data_failure)?;
+    let module_bytes = match module_location.store.get(&module_location.path).await {
+        Ok(r) => r.bytes().await.map_err(|e| data_failure(crate::data::Error::io(&args.job, "reading", e)))?,
+        Err(object_store::Error::NotFound { .. }) => return Err(usage(format!("job module {} does not exist; build the examples with `cargo xtask guests`", args.job))),
+        Err(e) => return Err(data_failure(crate::data::Error::io(&args.job, "reading", e))),
+    };
+    let pool = Arc::new(ComputePool::new(slots).map_err(|e| Failure { code: exit::INFRASTRUCTURE, message: format!("starting compute threads: {e}") })?);
+    let wasm = Arc::new(Runtime::new(limits).map_err(|e| Failure { code: exit::INFRASTRUCTURE, message: error_chain(&e) })?);
+    let (what, params) = (args.job.clone(), args.params.clone());
+    let loader = wasm.clone();
+    let module = pool
+        .run(move || loader.load(&what, &module_bytes, &params))
+        .await
+        .map_err(|e| Failure { code: exit::INFRASTRUCTURE, message: e.to_string() })?
+        .map_err(|e| usage(error_chain(&e)))?;
+    let output = Location::parse(&args.output).map_err(data_failure)?;
+    let existing: Vec<_> = output
+        .store
+        .list(Some(&output.path))
+        .try_collect()
+        .await
+        .map_err(|e| data_failure(crate::data::Error::io(&output.display, "listing", e)))?;
+    if !existing.is_empty() {
+        if !args.overwrite {
+            return Err(usage(format!("output {} already exists and is not empty; choose another --output or pass --overwrite", args.output)));
+        }
+        remove_all(&output).await.map_err(data_failure)?;
+    }
+    let splits = plan_splits(&args.input, args.split_size.as_u64()).await.map_err(data_failure)?;
+    let id = JobId::generate();
+    let spec = JobSpec {
+        work_dir: output.child(&format!("_temporary/{id}")).display.clone(),
+        id: id.clone(),
+        inputs: args.input.clone(),
+        output: args.output.clone(),
+        reducers,
+        format: args.format,
+        max_attempts: args.max_attempts,
+    };
+    let coordinator = Arc::new(Coordinator::new(Job::new(spec, splits)));
+    let ctx = JobContext { runtime: wasm, module: module.clone(), pool };
+    let show_progress = std::io::stderr().is_terminal() && !args.json && !args.quiet;
+    let slots_done = run_slots(coordinator.clone(), ctx, WorkerId("embedded".into()), slots);
+    let progress = progress_loop(coordinator.clone(), show_progress);
+    tokio::select! {
+        () = slots_done => {}
+        () = progress => {}
+    }
+    let job_name = module.info().name.clone();
+    let manifest = if coordinator.snapshot().state == JobState::Committing {
+        Some(coordinator.commit(&job_name).await.map_err(|e| Failure { code: exit::INFRASTRUCTURE, message: error_chain(&e) })?)
+    } else {
+        None
+    };
+    let job = coordinator.snapshot();
+    let summary = RunSummary {
+        job: id.to_string(),
+        name: job_name,
+        state: job.state,
+        error: job.error.clone(),
+        output: args.output.clone(),
+        manifest,
+        maps: job.maps.len(),
+        reduces: job.reduces.len(),
+        counters: job.counters(),
+        wall_seconds: started.elapsed().as_secs_f64(),
+    };
+    print_summary(&summary, args.json, args.quiet);
+    match job.state {
+        JobState::Succeeded => Ok(exit::SUCCESS),
+        _ => Err(Failure {
+            code: exit::JOB_FAILED,
+            message: format!("job {} ({}) failed: {}", summary.job, summary.name, job.error.unwrap_or_else(|| "unknown error".into())),
+        }),
+    }
+}
+
+/// Draw a progress bar until the job leaves the running state.
+async fn progress_loop(coordinator: Arc<Coordinator>, show: bool) {
+    let bar = show.then(|| {
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar
+    });
+    let started = Instant::now();
+    loop {
+        let job = coordinator.snapshot();
+        if job.state != JobState::Running {
+            if let Some(bar) = &bar {
+                bar.finish_and_clear();
+            }
+            // Keep pending forever: the slots future ends the select.
+            std::future::pending::<()>().await;
+        }
+        if let Some(bar) = &bar {
+            let ((md, mt), (rd, rt)) = job.progress();
+            let bytes: u64 = job.splits.iter().enumerate().filter(|(i, _)| job.map_outputs[*i].is_some()).map(|(_, s)| s.size_hint()).sum();
+            let mib_s = bytes as f64 / (1 << 20) as f64 / started.elapsed().as_secs_f64().max(0.001);
+            bar.set_length((mt + rt) as u64);
+            bar.set_position((md + rd) as u64);
+            bar.set_message(format!("maps {md}/{mt}  reduces {rd}/{rt}  {mib_s:.1} MiB/s"));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn mib(bytes: i64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1 << 20) as f64)
+}
+
+fn print_summary(s: &RunSummary, json: bool, quiet: bool) {
+    let mut out = std::io::stdout().lock();
+    let text = if json {
+        serde_json::to_string_pretty(s).unwrap_or_default() + "\n"
+    } else if quiet {
+        return;
+    } else {
+        let c = |k: &str| s.counters.get(k).copied().unwrap_or(0);
+        let mut t = format!("{} ({}): {:?} in {:.2} s\n", s.name, s.job, s.state, s.wall_seconds).to_lowercase();
+        t.push_str(&format!(
+            "  tasks     {} maps, {} reduces, {} attempts retried\n",
+            s.maps,
+            s.reduces,
+            c("wmr.attempts.retried")
+        ));
+        t.push_str(&format!(
+            "  records   {} in, {} mapped, {} shuffled, {} out\n",
+            c("wmr.map.input.records"),
+            c("wmr.map.output.records"),
+            c("wmr.shuffle.records"),
+            c("wmr.reduce.output.records")
+        ));
+        t.push_str(&format!(
+            "  bytes     {} in, {} shuffled, {} out\n",
+            mib(c("wmr.map.input.bytes")),
+            mib(c("wmr.shuffle.bytes")),
+            mib(c("wmr.output.bytes"))
+        ));
+        let guest: Vec<String> = s.counters.iter().filter(|(k, _)| !k.starts_with("wmr.")).map(|(k, v)| format!("{k}={v}")).collect();
+        if !guest.is_empty() {
+            t.push_str(&format!("  counters  {}\n", guest.join(" ")));
+        }
+        if let Some(m) = &s.manifest {
+            t.push_str(&format!("  output    {} ({} files and _SUCCESS)\n", s.output, m.files.len()));
+        }
+        t
+    };
+    // A closed stdout (e.g. piped into `head`) is not an error.
+    let _ = out.write_all(text.as_bytes());
+}

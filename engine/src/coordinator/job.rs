@@ -1,0 +1,441 @@
+//! The job state machine: pure, no I/O and no wasmtime. Events in (a worker
+//! asks for work, an attempt reports, a worker is lost), decisions out (an
+//! assignment, a commit, a retry, the job's end).
+//!
+//! ```text
+//! job:      Running ──all reduces committed──▶ Committing ──▶ Succeeded
+//!              └──a task failed max times / cancel──▶ Failed | Cancelled
+//! task:     Pending ──assign──▶ Running ──first success──▶ Committed
+//!              ▲                   │ failure (< max) / worker lost
+//!              └───────────────────┘            failure (= max) ──▶ Failed
+//! attempt:  Running ──▶ Succeeded (committed) | Failed | Lost | Superseded
+//! ```
+//! Reduces are assigned only once every map has committed. A report from an
+//! attempt that is no longer running (lost, superseded, or from a finished
+//! job) is refused as stale: only the first successful attempt commits.
+
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+
+use crate::data::output::OutputFormat;
+use crate::data::Split;
+use crate::task::{Counters, MapAssignment, MapOutput, ReduceAssignment, ReduceOutput, ShuffleInput};
+use crate::{AttemptId, JobId, Phase, TaskId, WorkerId};
+
+/// Default maximum attempts per task.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 4;
+
+/// What a job is asked to do.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobSpec {
+    /// The job's id.
+    pub id: JobId,
+    /// Inputs as given.
+    pub inputs: Vec<String>,
+    /// The output directory.
+    pub output: String,
+    /// Scratch directory for shuffle objects and attempt outputs.
+    pub work_dir: String,
+    /// Reduce partitions.
+    pub reducers: u32,
+    /// Output format.
+    pub format: OutputFormat,
+    /// Maximum attempts per task.
+    pub max_attempts: u32,
+}
+
+/// The state of a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    /// Tasks are running.
+    Running,
+    /// Every reduce committed; output files are being moved into place.
+    Committing,
+    /// Done; `_SUCCESS` is written.
+    Succeeded,
+    /// A task failed too often.
+    Failed,
+    /// Cancelled by a user.
+    Cancelled,
+}
+
+/// The state of one task.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskState {
+    /// Waiting for a slot.
+    Pending,
+    /// An attempt is running.
+    Running,
+    /// An attempt succeeded and its output is the task's.
+    Committed,
+    /// Every allowed attempt failed.
+    Failed,
+}
+
+/// How an attempt ended (or that it has not).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", tag = "state")]
+pub enum AttemptState {
+    /// Still running.
+    Running,
+    /// Succeeded and committed.
+    Succeeded,
+    /// Failed with this error.
+    Failed {
+        /// The error, one line.
+        error: String,
+    },
+    /// Its worker was lost.
+    Lost,
+}
+
+/// One attempt of a task.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attempt {
+    /// Its id.
+    pub id: AttemptId,
+    /// The worker that ran it.
+    pub worker: WorkerId,
+    /// When it started.
+    pub started: SystemTime,
+    /// When it ended.
+    pub ended: Option<SystemTime>,
+    /// How it ended.
+    pub state: AttemptState,
+}
+
+/// One task and its attempts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Task {
+    /// Its id.
+    pub id: TaskId,
+    /// Its state.
+    pub state: TaskState,
+    /// Every attempt so far.
+    pub attempts: Vec<Attempt>,
+    /// Failures counted toward the maximum.
+    pub failures: u32,
+}
+
+impl Task {
+    fn new(id: TaskId) -> Self {
+        Task { id, state: TaskState::Pending, attempts: Vec::new(), failures: 0 }
+    }
+
+    fn running_attempt(&mut self, id: AttemptId) -> Option<&mut Attempt> {
+        self.attempts.iter_mut().find(|a| a.id == id && a.state == AttemptState::Running)
+    }
+}
+
+/// A unit of work handed to a worker slot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Assignment {
+    /// Run a map attempt.
+    Map(MapAssignment),
+    /// Run a reduce attempt.
+    Reduce(ReduceAssignment),
+}
+
+/// What an attempt reports when it ends.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// A map attempt succeeded.
+    Map(MapOutput),
+    /// A reduce attempt succeeded.
+    Reduce(ReduceOutput),
+    /// The attempt failed.
+    Failed {
+        /// The error, as one line.
+        error: String,
+        /// Whether another attempt could succeed.
+        retryable: bool,
+    },
+}
+
+/// The coordinator's answer to a report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReportResult {
+    /// The attempt's output is now the task's.
+    Committed,
+    /// The failure was recorded; the task will be retried.
+    WillRetry,
+    /// The failure was the last allowed; the job failed.
+    JobFailed,
+    /// The attempt is not the live one (lost, superseded, or the job ended).
+    Stale,
+}
+
+/// A job: its spec, its splits and the state of every task.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Job {
+    /// What it was asked to do.
+    pub spec: JobSpec,
+    /// Its state.
+    pub state: JobState,
+    /// The splits, one per map task.
+    pub splits: Vec<Split>,
+    /// The map tasks.
+    pub maps: Vec<Task>,
+    /// The reduce tasks.
+    pub reduces: Vec<Task>,
+    /// The committed output of each map task.
+    pub map_outputs: Vec<Option<MapOutput>>,
+    /// The committed output of each reduce task.
+    pub reduce_outputs: Vec<Option<ReduceOutput>>,
+    /// Why the job failed.
+    pub error: Option<String>,
+    next_attempt: u64,
+}
+
+impl Job {
+    /// A new job over `splits`.
+    pub fn new(spec: JobSpec, splits: Vec<Split>) -> Self {
+        let maps = (0..splits.len() as u32).map(|i| Task::new(TaskId::map(i))).collect();
+        let reduces = (0..spec.reducers).map(|i| Task::new(TaskId::reduce(i))).collect();
+        Job {
+            map_outputs: vec![None; splits.len()],
+            reduce_outputs: vec![None; spec.reducers as usize],
+            spec,
+            state: JobState::Running,
+            splits,
+            maps,
+            reduces,
+            error: None,
+            next_attempt: 1,
+        }
+    }
+
+    fn maps_done(&self) -> bool {
+        self.maps.iter().all(|t| t.state == TaskState::Committed)
+    }
+
+    /// Whether the job has ended (succeeded, failed or cancelled).
+    pub fn is_finished(&self) -> bool {
+        matches!(self.state, JobState::Succeeded | JobState::Failed | JobState::Cancelled)
+    }
+
+    /// Hand the next pending task to `worker`, if any is ready.
+    pub fn next_assignment(&mut self, worker: &WorkerId, now: SystemTime) -> Option<Assignment> {
+        if self.state != JobState::Running {
+            return None;
+        }
+        let phase = if self.maps_done() { Phase::Reduce } else { Phase::Map };
+        let tasks = match phase {
+            Phase::Map => &mut self.maps,
+            Phase::Reduce => &mut self.reduces,
+        };
+        let task = tasks.iter_mut().find(|t| t.state == TaskState::Pending)?;
+        let attempt = AttemptId(self.next_attempt);
+        self.next_attempt += 1;
+        task.state = TaskState::Running;
+        task.attempts.push(Attempt { id: attempt, worker: worker.clone(), started: now, ended: None, state: AttemptState::Running });
+        let index = task.id.index;
+        Some(match phase {
+            Phase::Map => Assignment::Map(MapAssignment {
+                task: task.id,
+                attempt,
+                split: self.splits[index as usize].clone(),
+                partitions: self.spec.reducers,
+                shuffle_object: format!("{}/map-{index:05}-{}.shuffle", self.spec.work_dir, attempt.0),
+            }),
+            Phase::Reduce => Assignment::Reduce(ReduceAssignment {
+                task: task.id,
+                attempt,
+                inputs: self
+                    .map_outputs
+                    .iter()
+                    .flatten()
+                    .map(|m| ShuffleInput { object: m.object.clone(), range: m.ranges[index as usize].clone() })
+                    .collect(),
+                output_file: format!("{}/reduce-{index:05}-{}/{}", self.spec.work_dir, attempt.0, self.spec.format.file_name(index)),
+                format: self.spec.format,
+            }),
+        })
+    }
+
+    fn task_mut(&mut self, task: TaskId) -> Option<&mut Task> {
+        match task.phase {
+            Phase::Map => self.maps.get_mut(task.index as usize),
+            Phase::Reduce => self.reduces.get_mut(task.index as usize),
+        }
+    }
+
+    /// Record how attempt `attempt` of `task` ended.
+    pub fn report(&mut self, task: TaskId, attempt: AttemptId, outcome: Outcome, now: SystemTime) -> ReportResult {
+        if self.state != JobState::Running {
+            return ReportResult::Stale;
+        }
+        let max_attempts = self.spec.max_attempts.max(1);
+        let reducers = self.spec.reducers as usize;
+        let Some(t) = self.task_mut(task) else { return ReportResult::Stale };
+        if t.state != TaskState::Running {
+            return ReportResult::Stale;
+        }
+        let Some(a) = t.running_attempt(attempt) else { return ReportResult::Stale };
+        a.ended = Some(now);
+        match outcome {
+            Outcome::Map(out) if task.phase == Phase::Map && out.ranges.len() == reducers => {
+                a.state = AttemptState::Succeeded;
+                t.state = TaskState::Committed;
+                self.map_outputs[task.index as usize] = Some(out);
+                ReportResult::Committed
+            }
+            Outcome::Reduce(out) if task.phase == Phase::Reduce => {
+                a.state = AttemptState::Succeeded;
+                t.state = TaskState::Committed;
+                self.reduce_outputs[task.index as usize] = Some(out);
+                if self.reduces.iter().all(|t| t.state == TaskState::Committed) {
+                    self.state = JobState::Committing;
+                }
+                ReportResult::Committed
+            }
+            Outcome::Map(_) | Outcome::Reduce(_) => {
+                a.state = AttemptState::Failed { error: "reported output of the wrong kind".into() };
+                t.state = TaskState::Pending;
+                ReportResult::WillRetry
+            }
+            Outcome::Failed { error, retryable } => {
+                a.state = AttemptState::Failed { error: error.clone() };
+                t.failures += 1;
+                if retryable && t.failures < max_attempts {
+                    t.state = TaskState::Pending;
+                    ReportResult::WillRetry
+                } else {
+                    t.state = TaskState::Failed;
+                    let tries = t.failures;
+                    self.state = JobState::Failed;
+                    self.error = Some(format!("{task} failed {tries} time(s); last error: {error}"));
+                    ReportResult::JobFailed
+                }
+            }
+        }
+    }
+
+    /// Mark the job succeeded once its output is committed.
+    pub fn committed(&mut self) {
+        if self.state == JobState::Committing {
+            self.state = JobState::Succeeded;
+        }
+    }
+
+    /// Re-queue every running attempt of `worker`; committed output stays.
+    pub fn worker_lost(&mut self, worker: &WorkerId, now: SystemTime) {
+        for t in self.maps.iter_mut().chain(self.reduces.iter_mut()) {
+            for a in t.attempts.iter_mut().filter(|a| &a.worker == worker && a.state == AttemptState::Running) {
+                a.state = AttemptState::Lost;
+                a.ended = Some(now);
+                if t.state == TaskState::Running {
+                    t.state = TaskState::Pending;
+                }
+            }
+        }
+    }
+
+    /// Cancel the job.
+    pub fn cancel(&mut self) {
+        if !self.is_finished() {
+            self.state = JobState::Cancelled;
+            self.error = Some("cancelled".into());
+        }
+    }
+
+    /// Counters summed over committed attempts only.
+    pub fn counters(&self) -> Counters {
+        let mut total = Counters::new();
+        let maps = self.map_outputs.iter().flatten().map(|m| &m.counters);
+        let reduces = self.reduce_outputs.iter().flatten().map(|r| &r.counters);
+        for c in maps.chain(reduces) {
+            for (k, v) in c {
+                *total.entry(k.clone()).or_insert(0) += v;
+            }
+        }
+        let retried = self.maps.iter().chain(&self.reduces).map(|t| t.attempts.len().saturating_sub(1) as i64).sum::<i64>();
+        total.insert("wmr.attempts.retried".into(), retried);
+        total
+    }
+
+    /// (done, total) for maps and for reduces.
+    pub fn progress(&self) -> ((usize, usize), (usize, usize)) {
+        let done = |ts: &[Task]| ts.iter().filter(|t| t.state == TaskState::Committed).count();
+        ((done(&self.maps), self.maps.len()), (done(&self.reduces), self.reduces.len()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::SplitKind;
+
+    fn job(maps: usize, reducers: u32) -> Job {
+        let spec = JobSpec {
+            id: JobId::generate(),
+            inputs: vec![],
+            output: "out".into(),
+            work_dir: "out/_temporary/j".into(),
+            reducers,
+            format: OutputFormat::Text,
+            max_attempts: 2,
+        };
+        let splits = (0..maps)
+            .map(|i| Split { file: format!("f{i}"), file_size: 10, kind: SplitKind::Text { start: 0, end: 10 } })
+            .collect();
+        Job::new(spec, splits)
+    }
+
+    fn map_ok(reducers: u32) -> Outcome {
+        Outcome::Map(MapOutput { object: "o".into(), ranges: vec![0..0; reducers as usize], counters: Counters::new() })
+    }
+
+    fn ids(a: &Assignment) -> (TaskId, AttemptId) {
+        match a {
+            Assignment::Map(m) => (m.task, m.attempt),
+            Assignment::Reduce(r) => (r.task, r.attempt),
+        }
+    }
+
+    #[test]
+    fn reduces_wait_for_every_map_and_the_first_success_commits() {
+        let (w1, w2) = (WorkerId("w1".into()), WorkerId("w2".into()));
+        let now = SystemTime::now();
+        let mut j = job(2, 1);
+        let a1 = j.next_assignment(&w1, now).unwrap();
+        let a2 = j.next_assignment(&w2, now).unwrap();
+        assert!(j.next_assignment(&w1, now).is_none(), "no reduce before maps commit");
+        let (t1, at1) = ids(&a1);
+        assert_eq!(j.report(t1, at1, map_ok(1), now), ReportResult::Committed);
+        assert_eq!(j.report(t1, at1, map_ok(1), now), ReportResult::Stale, "a duplicate report is refused");
+        // w2 dies; its map is re-queued and its late report refused.
+        j.worker_lost(&w2, now);
+        let (t2, at2) = ids(&a2);
+        assert_eq!(j.report(t2, at2, map_ok(1), now), ReportResult::Stale);
+        let retry = j.next_assignment(&w1, now).unwrap();
+        assert_eq!(ids(&retry).0, t2);
+        assert_ne!(ids(&retry).1, at2);
+        assert_eq!(j.report(t2, ids(&retry).1, map_ok(1), now), ReportResult::Committed);
+        let r = j.next_assignment(&w1, now).unwrap();
+        let Assignment::Reduce(ra) = &r else { panic!("expected a reduce") };
+        assert_eq!(ra.inputs.len(), 2);
+        let out = Outcome::Reduce(ReduceOutput { file: "f".into(), rows: 1, bytes: 1, counters: Counters::new() });
+        assert_eq!(j.report(ra.task, ra.attempt, out, now), ReportResult::Committed);
+        assert_eq!(j.state, JobState::Committing);
+        assert_eq!(j.counters()["wmr.attempts.retried"], 1);
+    }
+
+    #[test]
+    fn a_task_failing_max_attempts_fails_the_job_with_its_error() {
+        let w = WorkerId("w".into());
+        let now = SystemTime::now();
+        let mut j = job(1, 1);
+        let fail = || Outcome::Failed { error: "boom".into(), retryable: true };
+        let (t, a) = ids(&j.next_assignment(&w, now).unwrap());
+        assert_eq!(j.report(t, a, fail(), now), ReportResult::WillRetry);
+        let (t, a) = ids(&j.next_assignment(&w, now).unwrap());
+        assert_eq!(j.report(t, a, fail(), now), ReportResult::JobFailed);
+        assert_eq!(j.state, JobState::Failed);
+        assert_eq!(j.error.as_deref(), Some("map task 0 failed 2 time(s); last error: boom"));
+        assert!(j.next_assignment(&w, now).is_none());
+    }
+}

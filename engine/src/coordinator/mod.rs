@@ -1,0 +1,153 @@
+//! Scheduling and committing jobs. [`job`] is the pure state machine;
+//! [`Coordinator`] owns the jobs, wakes waiting slots, and performs the
+//! commit: reduce outputs move from their attempt paths into the output
+//! directory, then the `_SUCCESS` manifest is written, then the scratch
+//! directory is removed. Knows nothing of wasmtime.
+
+pub mod job;
+
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use futures::TryStreamExt;
+use object_store::{ObjectStoreExt, PutPayload};
+use tokio::sync::Notify;
+
+use crate::data::output::{Manifest, OutputFile, MANIFEST_NAME};
+use crate::data::Location;
+use crate::{AttemptId, TaskId, WorkerId};
+pub use job::{Assignment, Job, JobSpec, JobState, Outcome, ReportResult};
+
+/// Errors of the coordinator.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Moving output into place or writing the manifest failed.
+    #[error("committing the output of job {job} failed")]
+    Commit {
+        /// The job.
+        job: String,
+        /// Why.
+        #[source]
+        source: crate::data::Error,
+    },
+    /// Our own bug.
+    #[error("internal error in the coordinator: {0}; please report this as a bug")]
+    Internal(String),
+}
+
+/// Owns one job's state and wakes slots when there may be new work.
+pub struct Coordinator {
+    job: Mutex<Job>,
+    changed: Notify,
+}
+
+impl Coordinator {
+    /// A coordinator for `job`.
+    pub fn new(job: Job) -> Self {
+        Coordinator { job: Mutex::new(job), changed: Notify::new() }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Job> {
+        // A panic while holding the lock would be our bug; the state itself
+        // is still consistent (every transition is a single assignment).
+        self.job.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A snapshot of the job.
+    pub fn snapshot(&self) -> Job {
+        self.lock().clone()
+    }
+
+    /// The next assignment for `worker`, waiting while none is ready;
+    /// `None` once the job has left the running state.
+    pub async fn next_assignment(&self, worker: &WorkerId) -> Option<Assignment> {
+        loop {
+            let notified = self.changed.notified();
+            {
+                let mut job = self.lock();
+                if job.state != JobState::Running {
+                    return None;
+                }
+                if let Some(a) = job.next_assignment(worker, SystemTime::now()) {
+                    return Some(a);
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// Record how an attempt ended.
+    pub fn report(&self, task: TaskId, attempt: AttemptId, outcome: Outcome) -> ReportResult {
+        let result = self.lock().report(task, attempt, outcome, SystemTime::now());
+        self.changed.notify_waiters();
+        result
+    }
+
+    /// Cancel the job and wake every waiting slot.
+    pub fn cancel(&self) {
+        self.lock().cancel();
+        self.changed.notify_waiters();
+    }
+
+    /// Commit a job whose reduces have all committed: move each committed
+    /// reduce output into the output directory, write `_SUCCESS` listing
+    /// them, and remove the scratch directory. Safe to repeat.
+    ///
+    /// # Errors
+    /// [`Error::Commit`] if the store refuses a move or the manifest.
+    pub async fn commit(&self, job_name: &str) -> Result<Manifest, Error> {
+        let job = self.snapshot();
+        let commit_err = |source| Error::Commit { job: job.spec.id.to_string(), source };
+        let out = Location::parse(&job.spec.output).map_err(commit_err)?;
+        let mut files = Vec::new();
+        for (partition, reduce) in job.reduce_outputs.iter().enumerate() {
+            let reduce = reduce.as_ref().ok_or_else(|| Error::Internal(format!("committing with reduce {partition} not committed")))?;
+            let from = Location::parse(&reduce.file).map_err(commit_err)?;
+            let name = job.spec.format.file_name(partition as u32);
+            let to = out.child(&name);
+            match from.store.rename(&from.path, &to.path).await {
+                Ok(()) => {}
+                // Already moved by an earlier, interrupted commit.
+                Err(object_store::Error::NotFound { .. }) if to.store.head(&to.path).await.is_ok() => {}
+                Err(e) => return Err(commit_err(crate::data::Error::Io { what: from.display.clone(), action: "moving", source: e })),
+            }
+            files.push(OutputFile { name, rows: reduce.rows, bytes: reduce.bytes });
+        }
+        let manifest = Manifest { job: job.spec.id.to_string(), name: job_name.to_string(), format: job.spec.format, files };
+        let json = serde_json::to_vec_pretty(&manifest).map_err(|e| Error::Internal(e.to_string()))?;
+        let success = out.child(MANIFEST_NAME);
+        success
+            .store
+            .put(&success.path, PutPayload::from(json))
+            .await
+            .map_err(|e| commit_err(crate::data::Error::Io { what: success.display.clone(), action: "writing", source: e }))?;
+        remove_all(&Location::parse(&job.spec.work_dir).map_err(commit_err)?).await.map_err(commit_err)?;
+        self.lock().committed();
+        self.changed.notify_waiters();
+        Ok(manifest)
+    }
+}
+
+/// Delete every object under `dir` (and, for a local directory, the
+/// directories left empty).
+///
+/// # Errors
+/// If listing or deleting fails.
+pub async fn remove_all(dir: &Location) -> Result<(), crate::data::Error> {
+    let listed: Vec<_> = dir.store.list(Some(&dir.path)).try_collect().await.map_err(|e| crate::data::Error::io(&dir.display, "listing", e))?;
+    for meta in listed {
+        dir.store.delete(&meta.location).await.map_err(|e| crate::data::Error::io(&dir.display, "deleting in", e))?;
+    }
+    if dir.is_local() {
+        let path = std::path::PathBuf::from(format!("/{}", dir.path));
+        // Leftover empty directories are harmless; failing to remove them
+        // must not fail a job whose output is already committed.
+        let _ = tokio::fs::remove_dir_all(&path).await;
+        // And the `_temporary` parent once no other job uses it.
+        if let Some(parent) = path.parent().filter(|p| p.file_name().is_some_and(|n| n == "_temporary")) {
+            let _ = tokio::fs::remove_dir(parent).await;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,134 @@
+//! Turning what a user typed (a path, a glob, or a `file://`, `memory://` or
+//! `s3://` URL) into an object store and a path within it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use object_store::local::LocalFileSystem;
+use object_store::memory::InMemory;
+use object_store::path::Path;
+use object_store::ObjectStore;
+
+use super::Error;
+
+/// A place in an object store: the store, and a path (prefix) inside it.
+#[derive(Clone)]
+pub struct Location {
+    /// The store.
+    pub store: Arc<dyn ObjectStore>,
+    /// The path within the store.
+    pub path: Path,
+    /// How to show this location to a user, e.g. `/data/in.txt` or `s3://b/k`.
+    pub display: String,
+    /// The scheme and authority, e.g. `file://` or `s3://bucket`, to show child paths.
+    root: String,
+}
+
+impl std::fmt::Debug for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.display)
+    }
+}
+
+fn memory_store(name: &str) -> Arc<dyn ObjectStore> {
+    // `memory://NAME` is one in-process store per name, so the coordinator,
+    // the workers and the tests of one process all see the same objects.
+    static STORES: OnceLock<Mutex<HashMap<String, Arc<InMemory>>>> = OnceLock::new();
+    let stores = STORES.get_or_init(Default::default);
+    let mut stores = match stores.lock() {
+        Ok(s) => s,
+        Err(poisoned) => poisoned.into_inner(),
+    };
+    stores.entry(name.to_string()).or_insert_with(|| Arc::new(InMemory::new())).clone()
+}
+
+impl Location {
+    /// Parse a user-given path or URL.
+    ///
+    /// # Errors
+    /// [`Error::BadLocation`] for an unknown scheme or a malformed URL.
+    pub fn parse(input: &str) -> Result<Location, Error> {
+        let bad = |reason: String| Error::BadLocation { input: input.to_string(), reason };
+        if let Some((scheme, rest)) = input.split_once("://") {
+            match scheme {
+                "file" => Self::local(input, rest),
+                "memory" => {
+                    let (name, key) = rest.split_once('/').unwrap_or((rest, ""));
+                    Ok(Location {
+                        store: memory_store(name),
+                        path: Path::from(key),
+                        display: input.to_string(),
+                        root: format!("memory://{name}"),
+                    })
+                }
+                "s3" => {
+                    let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
+                    let store = object_store::aws::AmazonS3Builder::from_env()
+                        .with_bucket_name(bucket)
+                        .build()
+                        .map_err(|e| bad(format!("{e}; set AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION and, for a custom server, AWS_ENDPOINT")))?;
+                    Ok(Location { store: Arc::new(store), path: Path::from(key), display: input.to_string(), root: format!("s3://{bucket}") })
+                }
+                other => Err(bad(format!("unknown scheme {other:?}; use a plain path, file://, memory:// or s3://"))),
+            }
+        } else {
+            Self::local(input, input)
+        }
+    }
+
+    fn local(input: &str, path: &str) -> Result<Location, Error> {
+        let bad = |reason: String| Error::BadLocation { input: input.to_string(), reason };
+        let p = std::path::Path::new(path);
+        let absolute = if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            std::env::current_dir().map_err(|e| bad(format!("no current directory: {e}")))?.join(p)
+        };
+        let text = absolute.to_str().ok_or_else(|| bad("the path is not valid UTF-8".into()))?;
+        let path = Path::from_absolute_path(text).map_err(|e| bad(e.to_string()))?;
+        Ok(Location {
+            store: Arc::new(LocalFileSystem::new()),
+            path,
+            display: input.to_string(),
+            root: "file://".to_string(),
+        })
+    }
+
+    /// A path below this location.
+    pub fn child(&self, name: &str) -> Location {
+        let path = name.split('/').filter(|p| !p.is_empty()).fold(self.path.clone(), |p, part| p.join(part));
+        Location { store: self.store.clone(), display: self.show(&path), path, root: self.root.clone() }
+    }
+
+    /// How to show another path of the same store to a user.
+    pub fn show(&self, path: &Path) -> String {
+        if self.root == "file://" { format!("/{path}") } else { format!("{}/{path}", self.root) }
+    }
+
+    /// The same store at another path.
+    pub fn at(&self, path: Path) -> Location {
+        Location { store: self.store.clone(), display: self.show(&path), path, root: self.root.clone() }
+    }
+
+    /// Whether this is a local filesystem location.
+    pub fn is_local(&self) -> bool {
+        self.root == "file://"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_paths_and_urls() {
+        let l = Location::parse("/tmp/x/y.txt").unwrap();
+        assert_eq!(l.path.as_ref(), "tmp/x/y.txt");
+        assert!(l.is_local());
+        let m = Location::parse("memory://t1/a/b").unwrap();
+        assert_eq!(m.path.as_ref(), "a/b");
+        assert_eq!(m.child("c").display, "memory://t1/a/b/c");
+        let e = Location::parse("ftp://x/y").unwrap_err().to_string();
+        assert!(e.contains("unknown scheme \"ftp\""), "{e}");
+    }
+}

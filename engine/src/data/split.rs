@@ -1,0 +1,180 @@
+//! Cutting input into splits: expanding paths, directories and globs into
+//! files, then text files into byte ranges and Parquet files into runs of
+//! row groups. Planning is cheap: one listing or `head` per input, and one
+//! footer read per Parquet file.
+
+use futures::TryStreamExt;
+use globset::{GlobBuilder, GlobMatcher};
+use object_store::path::Path;
+use object_store::{ObjectMeta, ObjectStoreExt};
+use serde::{Deserialize, Serialize};
+
+use super::location::Location;
+use super::Error;
+
+/// Default split size for text input: 64 MiB.
+pub const DEFAULT_SPLIT_SIZE: u64 = 64 << 20;
+
+/// The part of one input file a map task reads.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Split {
+    /// The file, as a path or URL that [`Location::parse`] accepts.
+    pub file: String,
+    /// The file's size in bytes.
+    pub file_size: u64,
+    /// Which part of the file.
+    pub kind: SplitKind,
+}
+
+/// How a split is delimited.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SplitKind {
+    /// Text: the lines that *start* in `start..end` (a line may run past `end`).
+    Text {
+        /// First byte (inclusive).
+        start: u64,
+        /// Last byte (exclusive).
+        end: u64,
+    },
+    /// Parquet: these row groups, in order.
+    Parquet {
+        /// Row group indexes.
+        row_groups: Vec<usize>,
+    },
+}
+
+impl Split {
+    /// A short description for messages: `file bytes 0..67108864`.
+    pub fn describe(&self) -> String {
+        match &self.kind {
+            SplitKind::Text { start, end } => format!("{} bytes {start}..{end}", self.file),
+            SplitKind::Parquet { row_groups } => format!("{} row groups {row_groups:?}", self.file),
+        }
+    }
+
+    /// The number of input bytes this split covers (for progress).
+    pub fn size_hint(&self) -> u64 {
+        match &self.kind {
+            SplitKind::Text { start, end } => end - start,
+            SplitKind::Parquet { .. } => self.file_size,
+        }
+    }
+}
+
+fn has_glob(s: &str) -> bool {
+    s.contains(['*', '?', '[', '{'])
+}
+
+fn hidden(path: &Path) -> bool {
+    path.filename().is_some_and(|n| n.starts_with('_') || n.starts_with('.'))
+}
+
+/// Whether a file is read as Parquet (by its extension) rather than text.
+pub fn is_parquet(file: &str) -> bool {
+    let lower = file.to_ascii_lowercase();
+    lower.ends_with(".parquet") || lower.ends_with(".parq") || lower.ends_with(".pq")
+}
+
+/// Expand one input into the files it names, sorted by path.
+async fn expand(input: &str) -> Result<Vec<(Location, ObjectMeta)>, Error> {
+    if has_glob(input) {
+        let cut = input[..input.find(['*', '?', '[', '{']).unwrap_or(0)].rfind('/').map_or(0, |i| i + 1);
+        let (base, pattern) = input.split_at(cut);
+        let base = Location::parse(if base.is_empty() { "." } else { base })?;
+        let matcher: GlobMatcher = GlobBuilder::new(pattern)
+            .literal_separator(true)
+            .build()
+            .map_err(|e| Error::BadLocation { input: input.to_string(), reason: format!("bad glob: {e}") })?
+            .compile_matcher();
+        let listed: Vec<ObjectMeta> = base
+            .store
+            .list(Some(&base.path))
+            .try_collect()
+            .await
+            .map_err(|e| Error::io(&base.display, "listing", e))?;
+        let mut files: Vec<(Location, ObjectMeta)> = listed
+            .into_iter()
+            .filter(|m| {
+                let rel: Vec<_> = m.location.prefix_match(&base.path).map(|p| p.collect()).unwrap_or_default();
+                let rel = rel.iter().map(|p| p.as_ref()).collect::<Vec<&str>>().join("/");
+                !hidden(&m.location) && matcher.is_match(rel)
+            })
+            .map(|m| (base.at(m.location.clone()), m))
+            .collect();
+        if files.is_empty() {
+            return Err(Error::NoMatch { pattern: input.to_string() });
+        }
+        files.sort_by(|a, b| a.1.location.cmp(&b.1.location));
+        return Ok(files);
+    }
+    let location = Location::parse(input)?;
+    match location.store.head(&location.path).await {
+        Ok(meta) => Ok(vec![(location, meta)]),
+        Err(object_store::Error::NotFound { .. }) | Err(object_store::Error::Generic { .. }) => {
+            // Perhaps a directory (or key prefix): take every visible file under it.
+            let listed: Vec<ObjectMeta> = location
+                .store
+                .list(Some(&location.path))
+                .try_collect()
+                .await
+                .map_err(|e| Error::io(&location.display, "listing", e))?;
+            let mut files: Vec<_> =
+                listed.into_iter().filter(|m| !hidden(&m.location)).map(|m| (location.at(m.location.clone()), m)).collect();
+            if files.is_empty() {
+                return Err(Error::MissingInput { input: input.to_string() });
+            }
+            files.sort_by(|a, b| a.1.location.cmp(&b.1.location));
+            Ok(files)
+        }
+        Err(e) => Err(Error::io(&location.display, "reading metadata of", e)),
+    }
+}
+
+/// Cut `inputs` into splits: text files into byte ranges of `split_size`,
+/// Parquet files into runs of whole row groups of about `split_size`.
+///
+/// # Errors
+/// [`Error::MissingInput`] for a path that does not exist,
+/// [`Error::NoMatch`] for a glob that matches nothing, [`Error::Parquet`] for
+/// a Parquet file whose footer can't be read, and I/O errors.
+pub async fn plan_splits(inputs: &[String], split_size: u64) -> Result<Vec<Split>, Error> {
+    let split_size = split_size.max(1);
+    let mut splits = Vec::new();
+    for input in inputs {
+        for (location, meta) in expand(input).await? {
+            let size = meta.size;
+            if size == 0 {
+                continue;
+            }
+            if is_parquet(&location.display) {
+                let groups = super::parquet_input::row_group_sizes(&location, size).await?;
+                let mut current: Vec<usize> = Vec::new();
+                let mut bytes = 0u64;
+                for (i, group_bytes) in groups.into_iter().enumerate() {
+                    if !current.is_empty() && bytes + group_bytes > split_size {
+                        splits.push(Split {
+                            file: location.display.clone(),
+                            file_size: size,
+                            kind: SplitKind::Parquet { row_groups: std::mem::take(&mut current) },
+                        });
+                        bytes = 0;
+                    }
+                    current.push(i);
+                    bytes += group_bytes;
+                }
+                if !current.is_empty() {
+                    splits.push(Split { file: location.display.clone(), file_size: size, kind: SplitKind::Parquet { row_groups: current } });
+                }
+            } else {
+                let mut start = 0;
+                while start < size {
+                    let end = (start + split_size).min(size);
+                    splits.push(Split { file: location.display.clone(), file_size: size, kind: SplitKind::Text { start, end } });
+                    start = end;
+                }
+            }
+        }
+    }
+    Ok(splits)
+}

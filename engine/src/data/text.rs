@@ -1,0 +1,300 @@
+//! Reading a text split as batches of `file: utf8, offset: int64, line: utf8`.
+//!
+//! The async half ([`stream_text_split`]) fetches the split's bytes from the
+//! store and sends them in chunks over a bounded channel; the CPU half
+//! ([`TextSplitReader`], on a compute thread) cuts lines and builds batches.
+//!
+//! A split owns the lines that *start* inside its byte range: it skips the
+//! partial line it begins in, and reads past its end to finish its last
+//! line. Line terminators (`\n` or `\r\n`) are removed. Bytes that are not
+//! valid UTF-8 are replaced with U+FFFD, and each such line is counted in
+//! the `input.invalid_utf8_lines` counter; the job still runs.
+
+use std::sync::Arc;
+
+use arrow::array::{Int64Builder, RecordBatch, StringBuilder};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use bytes::Bytes;
+use futures::StreamExt;
+use object_store::{GetOptions, GetRange};
+use tokio::sync::mpsc;
+
+use super::location::Location;
+use super::Error;
+
+/// Most lines in one input batch (one guest call).
+pub const MAX_BATCH_LINES: usize = 64 * 1024;
+/// Most line bytes in one input batch.
+pub const MAX_BATCH_BYTES: usize = 4 << 20;
+
+/// The schema of text input batches.
+pub fn text_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("file", DataType::Utf8, false),
+        Field::new("offset", DataType::Int64, false),
+        Field::new("line", DataType::Utf8, false),
+    ]))
+}
+
+/// Fetch the bytes a text split needs, from the byte before `start` (to see
+/// whether a line starts at `start`) to the end of the file, stopping early
+/// when the receiver hangs up (it has finished its last line).
+///
+/// # Errors
+/// Errors are sent down the channel; this returns once it has sent one.
+pub async fn stream_text_split(file: Location, start: u64, file_size: u64, tx: mpsc::Sender<Result<Bytes, Error>>) {
+    let from = start.saturating_sub(1);
+    if from >= file_size {
+        return;
+    }
+    let options = GetOptions { range: Some(GetRange::Bounded(from..file_size)), ..Default::default() };
+    let result = match file.store.get_opts(&file.path, options).await {
+        Ok(r) => r,
+        Err(e) => {
+            // The receiver is gone only if the task was cancelled; then no
+            // one needs this error.
+            let _ = tx.send(Err(Error::io(&file.display, "reading", e))).await;
+            return;
+        }
+    };
+    let mut stream = result.into_stream();
+    while let Some(chunk) = stream.next().await {
+        let item = chunk.map_err(|e| Error::io(&file.display, "reading", e));
+        let failed = item.is_err();
+        if tx.send(item).await.is_err() || failed {
+            return;
+        }
+    }
+}
+
+/// Cuts lines out of the chunks of one split and builds input batches.
+pub struct TextSplitReader {
+    rx: mpsc::Receiver<Result<Bytes, Error>>,
+    file: String,
+    end: u64,
+    file_size: u64,
+    /// Unconsumed bytes; `buf[0]` is at file offset `buf_pos`.
+    buf: Vec<u8>,
+    buf_pos: u64,
+    /// Offset of the next line's first byte, once known.
+    line_start: Option<u64>,
+    eof: bool,
+    done: bool,
+    /// Lines with invalid UTF-8 seen so far.
+    pub invalid_utf8_lines: u64,
+    /// Line bytes (without terminators) delivered so far.
+    pub bytes_read: u64,
+}
+
+impl TextSplitReader {
+    /// A reader for the split `start..end` of `file`, fed by `rx` with the
+    /// bytes from `start - 1` (or 0) onward.
+    pub fn new(rx: mpsc::Receiver<Result<Bytes, Error>>, file: String, start: u64, end: u64, file_size: u64) -> Self {
+        TextSplitReader {
+            rx,
+            file,
+            end,
+            file_size,
+            buf: Vec::new(),
+            buf_pos: start.saturating_sub(1),
+            line_start: if start == 0 { Some(0) } else { None },
+            eof: false,
+            done: start >= file_size,
+            invalid_utf8_lines: 0,
+            bytes_read: 0,
+        }
+    }
+
+    /// Pull one more chunk into the buffer; false at the end of the file.
+    fn fill(&mut self) -> Result<bool, Error> {
+        if self.eof {
+            return Ok(false);
+        }
+        match self.rx.blocking_recv() {
+            Some(Ok(chunk)) => {
+                self.buf.extend_from_slice(&chunk);
+                Ok(true)
+            }
+            Some(Err(e)) => Err(e),
+            None => {
+                self.eof = true;
+                if self.buf_pos + (self.buf.len() as u64) < self.file_size {
+                    return Err(Error::Truncated { file: self.file.clone(), at: self.buf_pos + self.buf.len() as u64 });
+                }
+                Ok(false)
+            }
+        }
+    }
+
+    /// Drop consumed bytes before `offset` from the buffer.
+    fn consume_to(&mut self, offset: u64) {
+        let n = ((offset - self.buf_pos) as usize).min(self.buf.len());
+        self.buf.drain(..n);
+        self.buf_pos += n as u64;
+    }
+
+    /// The next batch of lines, or `None` when the split is done.
+    ///
+    /// # Errors
+    /// I/O errors from the fetch, and [`Error::Truncated`] if the file is
+    /// shorter than it was when the job was planned.
+    pub fn next_batch(&mut self) -> Result<Option<RecordBatch>, Error> {
+        if self.done {
+            return Ok(None);
+        }
+        // Find where our first line starts: just after the first '\n' at or
+        // after `start - 1`.
+        while self.line_start.is_none() {
+            if let Some(i) = memchr::memchr(b'\n', &self.buf) {
+                let start = self.buf_pos + i as u64 + 1;
+                self.consume_to(start);
+                self.line_start = Some(start);
+            } else {
+                let len = self.buf.len() as u64;
+                self.consume_to(self.buf_pos + len);
+                if !self.fill()? {
+                    self.done = true;
+                    return Ok(None);
+                }
+            }
+        }
+        let mut files = StringBuilder::new();
+        let mut offsets = Int64Builder::new();
+        let mut lines = StringBuilder::with_capacity(MAX_BATCH_LINES, MAX_BATCH_BYTES);
+        let mut rows = 0usize;
+        let mut bytes = 0usize;
+        let mut scan_from = 0usize;
+        while rows < MAX_BATCH_LINES && bytes < MAX_BATCH_BYTES {
+            let Some(start) = self.line_start else { break };
+            if start >= self.end || start >= self.file_size {
+                self.done = true;
+                break;
+            }
+            let rel = (start - self.buf_pos) as usize;
+            let (line_end, next) = match memchr::memchr(b'\n', &self.buf[rel + scan_from..]) {
+                Some(i) => (rel + scan_from + i, Some(start + (scan_from + i) as u64 + 1)),
+                None => {
+                    let scanned = self.buf.len() - rel;
+                    if self.fill()? {
+                        // Search only the new bytes next time round.
+                        scan_from = scanned;
+                        continue;
+                    }
+                    (self.buf.len(), None)
+                }
+            };
+            scan_from = 0;
+            let mut line = &self.buf[rel..line_end];
+            if line.last() == Some(&b'\r') {
+                line = &line[..line.len() - 1];
+            }
+            match std::str::from_utf8(line) {
+                Ok(text) => lines.append_value(text),
+                Err(_) => {
+                    self.invalid_utf8_lines += 1;
+                    lines.append_value(String::from_utf8_lossy(line));
+                }
+            }
+            files.append_value(&self.file);
+            offsets.append_value(start as i64);
+            rows += 1;
+            bytes += line.len();
+            self.bytes_read += line.len() as u64;
+            match next {
+                Some(n) => {
+                    self.line_start = Some(n);
+                    // Keep the buffer from growing without bound: drop whole
+                    // consumed lines once they are a good share of it.
+                    if (n - self.buf_pos) as usize > (1 << 20) {
+                        self.consume_to(n);
+                    }
+                }
+                None => {
+                    self.line_start = None;
+                    self.done = true;
+                    break;
+                }
+            }
+        }
+        if let Some(n) = self.line_start {
+            self.consume_to(n);
+        }
+        if rows == 0 {
+            return Ok(None);
+        }
+        let batch = RecordBatch::try_new(
+            text_schema(),
+            vec![Arc::new(files.finish()), Arc::new(offsets.finish()), Arc::new(lines.finish())],
+        )
+        .map_err(|e| Error::Internal(format!("building a text batch: {e}")))?;
+        Ok(Some(batch))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Array, Int64Array, StringArray};
+
+    /// Read `start..end` of `data` as the engine does, in chunks of `chunk`.
+    fn read(data: &[u8], start: u64, end: u64, chunk: usize) -> Vec<(i64, String)> {
+        let (tx, rx) = mpsc::channel(1024);
+        let from = start.saturating_sub(1) as usize;
+        for c in data[from.min(data.len())..].chunks(chunk) {
+            tx.try_send(Ok(Bytes::copy_from_slice(c))).unwrap();
+        }
+        drop(tx);
+        let mut r = TextSplitReader::new(rx, "f".into(), start, end, data.len() as u64);
+        let mut out = vec![];
+        while let Some(b) = r.next_batch().unwrap() {
+            let off = b.column(1).as_any().downcast_ref::<Int64Array>().unwrap();
+            let lines = b.column(2).as_any().downcast_ref::<StringArray>().unwrap();
+            for i in 0..b.num_rows() {
+                out.push((off.value(i), lines.value(i).to_string()));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn splits_own_the_lines_that_start_in_them() {
+        let data = b"alpha\nbeta\r\n\ngamma delta\nlast";
+        let whole = read(data, 0, data.len() as u64, 3);
+        assert_eq!(
+            whole,
+            vec![(0, "alpha".into()), (6, "beta".into()), (12, "".into()), (13, "gamma delta".into()), (25, "last".into())]
+        );
+        // Every cut point and chunk size gives each line exactly once.
+        for cut in 0..=data.len() as u64 {
+            for chunk in [1, 2, 5, 64] {
+                let mut both = read(data, 0, cut, chunk);
+                both.extend(read(data, cut, data.len() as u64, chunk));
+                assert_eq!(both, whole, "cut at {cut}, chunks of {chunk}");
+            }
+        }
+    }
+
+    #[test]
+    fn invalid_utf8_is_replaced_and_counted() {
+        let data = b"ok\nbad \xff here\n";
+        let (tx, rx) = mpsc::channel(4);
+        tx.try_send(Ok(Bytes::from_static(data))).unwrap();
+        drop(tx);
+        let mut r = TextSplitReader::new(rx, "f".into(), 0, data.len() as u64, data.len() as u64);
+        let b = r.next_batch().unwrap().unwrap();
+        let lines = b.column(2).as_any().downcast_ref::<StringArray>().unwrap();
+        assert_eq!(lines.value(1), "bad \u{fffd} here");
+        assert_eq!(r.invalid_utf8_lines, 1);
+        assert_eq!(lines.null_count(), 0);
+    }
+
+    #[test]
+    fn a_file_shorter_than_planned_is_an_error() {
+        let (tx, rx) = mpsc::channel(4);
+        tx.try_send(Ok(Bytes::from_static(b"abc"))).unwrap();
+        drop(tx);
+        let mut r = TextSplitReader::new(rx, "f".into(), 0, 10, 10);
+        let e = r.next_batch().unwrap_err().to_string();
+        assert!(e.contains("f changed while the job ran: it ends at byte 3"), "{e}");
+    }
+}

@@ -1,0 +1,41 @@
+//! Every sandbox limit and its default, in one place (`--help` quotes them).
+
+use std::time::Duration;
+
+/// Default cap on a guest's linear memory: 1 GiB (`--max-memory`).
+pub const DEFAULT_MAX_MEMORY_BYTES: u64 = 1 << 30;
+/// Default wall-clock budget of one guest call: 60 s (`--max-call-time`).
+pub const DEFAULT_MAX_CALL_TIME: Duration = Duration::from_secs(60);
+/// Default cap on what a guest writes to its log (stdout, stderr and log
+/// lines together) per attempt: 1 MiB (`--max-log`). Excess is dropped.
+pub const DEFAULT_MAX_LOG_BYTES: usize = 1 << 20;
+/// How often the epoch ticker advances; the granularity of time limits.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// The limits applied to every guest instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest linear memory a guest may grow to, in bytes.
+    pub max_memory_bytes: u64,
+    /// Longest one guest call (map, combine, reduce of one batch) may run.
+    pub max_call_time: Duration,
+    /// Most log bytes kept per attempt.
+    pub max_log_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_memory_bytes: DEFAULT_MAX_MEMORY_BYTES,
+            max_call_time: DEFAULT_MAX_CALL_TIME,
+            max_log_bytes: DEFAULT_MAX_LOG_BYTES,
+        }
+    }
+}
+
+impl Limits {
+    /// The call-time limit in epoch ticks (at least one).
+    pub(crate) fn call_ticks(&self) -> u64 {
+        (self.max_call_time.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64
+    }
+}

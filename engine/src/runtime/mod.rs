@@ -1,0 +1,559 @@
+//! The WebAssembly side: wasmtime's engine, compiling and validating job
+//! components, and calling a guest's `map`, `combine` and `reduce` with
+//! Arrow batches. Knows nothing of gRPC or object storage.
+//!
+//! Read [`Runtime`] first (one per process), then [`JobModule`] (one per
+//! module digest: compiled once, validated against the WIT world, and
+//! pre-instantiated), then [`GuestInstance`] (one per task attempt: a fresh
+//! store with an empty WASI context, a memory cap and a time budget).
+
+mod convert;
+pub mod limits;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::{DataType, SchemaRef};
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::{Config, Engine, ResourceLimiter, Store, Trap};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use crate::ids::ModuleDigest;
+pub use convert::is_guest_type;
+pub use limits::Limits;
+
+pub(crate) mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../sdk/wit",
+        world: "job",
+    });
+}
+
+use bindings::wmr::job::host;
+use bindings::wmr::job::types as wit;
+
+/// Errors of the wasm runtime. Guest misbehaviour (traps, limits, malformed
+/// batches) is [`Error::Guest`]; a module that is not a wmr job is
+/// [`Error::InvalidModule`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The bytes are not a usable wmr job component.
+    #[error("{what} is not a wmr job component: {reason}; build it with wmr-sdk for wasm32-wasip2 (see `cargo xtask guests`)")]
+    InvalidModule {
+        /// What was loaded (a path or a digest).
+        what: String,
+        /// Why it was refused.
+        reason: String,
+    },
+    /// The job's `configure` rejected its parameters.
+    #[error("job {module} rejected its parameters: {message}")]
+    Configure {
+        /// The module.
+        module: String,
+        /// The guest's message.
+        message: String,
+    },
+    /// A guest call failed.
+    #[error("{call} failed: {kind}")]
+    Guest {
+        /// `map`, `combine` or `reduce`.
+        call: &'static str,
+        /// What went wrong.
+        kind: GuestError,
+    },
+    /// Our own bug.
+    #[error("internal error in the wasm runtime: {0}; please report this as a bug")]
+    Internal(String),
+}
+
+impl Error {
+    /// The input row (within the batch of the failed call) the guest named.
+    pub fn guest_row(&self) -> Option<u32> {
+        match self {
+            Error::Guest { kind, .. } => kind.row(),
+            _ => None,
+        }
+    }
+}
+
+/// How a guest call went wrong.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum GuestError {
+    /// The guest returned an error value.
+    #[error("the job returned an error: {message}")]
+    Returned {
+        /// The guest's message.
+        message: String,
+        /// The input row it named, if any.
+        row: Option<u32>,
+    },
+    /// The guest panicked.
+    #[error("the job panicked: {message}")]
+    Panicked {
+        /// The panic message.
+        message: String,
+        /// The input row being processed, if known.
+        row: Option<u32>,
+    },
+    /// The guest trapped without a panic message.
+    #[error("the job trapped: {message}")]
+    Trapped {
+        /// The trap.
+        message: String,
+    },
+    /// The guest tried to grow its memory past the cap.
+    #[error("the job exceeded its memory limit of {limit_mib} MiB; raise it with --max-memory")]
+    MemoryLimit {
+        /// The limit, in MiB.
+        limit_mib: u64,
+    },
+    /// One call ran past its time budget.
+    #[error("one call ran longer than its time limit of {limit:?}; raise it with --max-call-time")]
+    TimeLimit {
+        /// The limit.
+        limit: Duration,
+    },
+    /// The guest returned a batch that does not match what it declared.
+    #[error("the job returned a malformed batch: {reason}")]
+    MalformedBatch {
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+impl GuestError {
+    /// The input row (within the batch passed to the call) this error names.
+    pub fn row(&self) -> Option<u32> {
+        match self {
+            GuestError::Returned { row, .. } | GuestError::Panicked { row, .. } => *row,
+            _ => None,
+        }
+    }
+}
+
+/// What a job module says about itself, from its `configure` call.
+#[derive(Debug, Clone)]
+pub struct JobInfo {
+    /// The job's name.
+    pub name: String,
+    /// Types of the key columns map emits.
+    pub key_types: Vec<DataType>,
+    /// Types of the value columns map emits.
+    pub value_types: Vec<DataType>,
+    /// The schema of reduce output, which is the job's output.
+    pub output_schema: SchemaRef,
+    /// Whether the job has a combiner.
+    pub combines: bool,
+}
+
+impl JobInfo {
+    /// The schema of map output: key columns `k0..` then value columns `v0..`.
+    pub fn map_output_schema(&self) -> SchemaRef {
+        let names = (0..self.key_types.len()).map(|i| format!("k{i}")).chain((0..self.value_types.len()).map(|i| format!("v{i}")));
+        let types: Vec<DataType> = self.key_types.iter().chain(&self.value_types).cloned().collect();
+        convert::schema_of(names, &types)
+    }
+}
+
+/// Per-store state: the empty WASI context, limits, counters and the log.
+struct GuestState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limits: Limits,
+    memory_limit_hit: bool,
+    counters: BTreeMap<String, i64>,
+    log: String,
+    log_dropped: u64,
+    panic: Option<(String, Option<u32>)>,
+    stdout: MemoryOutputPipe,
+    stderr: MemoryOutputPipe,
+}
+
+impl WasiView for GuestState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl GuestState {
+    fn append_log(&mut self, line: &str) {
+        let room = self.limits.max_log_bytes.saturating_sub(self.log.len());
+        if line.len() + 1 <= room {
+            self.log.push_str(line);
+            self.log.push('\n');
+        } else {
+            self.log_dropped += line.len() as u64 + 1;
+        }
+    }
+}
+
+impl host::Host for GuestState {
+    fn log(&mut self, level: host::LogLevel, message: String) {
+        let level = match level {
+            host::LogLevel::Debug => "DEBUG",
+            host::LogLevel::Info => "INFO",
+            host::LogLevel::Warn => "WARN",
+            host::LogLevel::Error => "ERROR",
+        };
+        self.append_log(&format!("{level} {message}"));
+    }
+
+    fn add_counters(&mut self, deltas: Vec<(String, i64)>) {
+        for (name, delta) in deltas {
+            *self.counters.entry(name).or_insert(0) += delta;
+        }
+    }
+
+    fn report_panic(&mut self, message: String, row: Option<u32>) {
+        self.append_log(&format!("PANIC {message}"));
+        self.panic = Some((message, row));
+    }
+}
+
+impl wit::Host for GuestState {}
+
+impl ResourceLimiter for GuestState {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if desired as u64 > self.limits.max_memory_bytes {
+            self.memory_limit_hit = true;
+            // Refusing the growth makes `memory.grow` return -1; the guest's
+            // allocator then aborts, and we report the limit, not the abort.
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(desired <= 1_000_000)
+    }
+}
+
+/// Advances the engine's epoch every [`limits::EPOCH_TICK`] until dropped.
+struct EpochTicker {
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl EpochTicker {
+    fn start(engine: Engine) -> std::io::Result<Self> {
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::Builder::new().name("wmr-epoch".into()).spawn(move || {
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(limits::EPOCH_TICK) {
+                engine.increment_epoch();
+            }
+        })?;
+        Ok(EpochTicker { stop: Some(stop), thread: Some(thread) })
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            // The ticker only loops on a timed receive; joining can't hang,
+            // and a panic in it has nothing left to clean up.
+            let _ = t.join();
+        }
+    }
+}
+
+/// One per process: the wasmtime engine, the linker with WASI and our host
+/// imports, the epoch ticker, and a cache of compiled modules by digest.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<GuestState>,
+    limits: Limits,
+    modules: Mutex<HashMap<ModuleDigest, Arc<CompiledModule>>>,
+    _ticker: EpochTicker,
+}
+
+struct CompiledModule {
+    pre: bindings::JobPre<GuestState>,
+}
+
+impl Runtime {
+    /// Start a runtime whose guests run under `limits`.
+    ///
+    /// # Errors
+    /// If wasmtime can't be configured on this machine.
+    pub fn new(limits: Limits) -> Result<Self, Error> {
+        let mut config = Config::new();
+        config.epoch_interruption(true);
+        config.wasm_component_model(true);
+        let engine = Engine::new(&config).map_err(|e| Error::Internal(format!("wasmtime engine: {e}")))?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| Error::Internal(format!("linking WASI: {e}")))?;
+        bindings::Job::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
+            .map_err(|e| Error::Internal(format!("linking host imports: {e}")))?;
+        let ticker = EpochTicker::start(engine.clone()).map_err(|e| Error::Internal(format!("epoch thread: {e}")))?;
+        Ok(Runtime { engine, linker, limits, modules: Mutex::new(HashMap::new()), _ticker: ticker })
+    }
+
+    /// The limits guests run under.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    fn compiled(&self, what: &str, bytes: &[u8]) -> Result<(ModuleDigest, Arc<CompiledModule>), Error> {
+        let digest = ModuleDigest::of(bytes);
+        if let Some(m) = self.modules.lock().map_err(|_| Error::Internal("module cache poisoned".into()))?.get(&digest) {
+            return Ok((digest, m.clone()));
+        }
+        let invalid = |reason: String| Error::InvalidModule { what: what.to_string(), reason };
+        if !bytes.starts_with(b"\0asm") {
+            return Err(invalid("it does not start with the wasm magic bytes".into()));
+        }
+        if bytes.get(4..8) == Some(&[1, 0, 0, 0]) {
+            return Err(invalid("it is a core wasm module, not a component".into()));
+        }
+        let component = Component::new(&self.engine, bytes).map_err(|e| invalid(format!("{e:#}")))?;
+        let instance_pre = self.linker.instantiate_pre(&component).map_err(|e| invalid(format!("{e:#}")))?;
+        let pre = bindings::JobPre::new(instance_pre).map_err(|e| invalid(format!("{e:#}")))?;
+        let compiled = Arc::new(CompiledModule { pre });
+        self.modules
+            .lock()
+            .map_err(|_| Error::Internal("module cache poisoned".into()))?
+            .insert(digest.clone(), compiled.clone());
+        Ok((digest, compiled))
+    }
+
+    /// Compile (once per digest), validate against the WIT world, and
+    /// configure a job with `params`, learning what it is.
+    ///
+    /// # Errors
+    /// [`Error::InvalidModule`] for bytes that are not a wmr job component,
+    /// [`Error::Configure`] when the job rejects its parameters, and
+    /// [`Error::Guest`] when `configure` traps.
+    pub fn load(&self, what: &str, bytes: &[u8], params: &[(String, String)]) -> Result<JobModule, Error> {
+        let (digest, compiled) = self.compiled(what, bytes)?;
+        let mut module = JobModule {
+            digest,
+            compiled,
+            params: params.to_vec(),
+            info: JobInfo {
+                name: String::new(),
+                key_types: vec![],
+                value_types: vec![],
+                output_schema: convert::schema_of([], &[]),
+                combines: false,
+            },
+            what: what.to_string(),
+        };
+        let instance = module.instantiate(self)?;
+        module.info = instance.info;
+        Ok(module)
+    }
+
+    fn new_store(&self) -> Store<GuestState> {
+        // No preopens, environment, arguments or sockets: an empty WASI.
+        // Guest stdout/stderr are captured into memory (capped) and appended
+        // to the attempt's log when it ends.
+        let stdout = MemoryOutputPipe::new(self.limits.max_log_bytes);
+        let stderr = MemoryOutputPipe::new(self.limits.max_log_bytes);
+        let mut builder = wasmtime_wasi::WasiCtxBuilder::new();
+        builder.stdout(stdout.clone());
+        builder.stderr(stderr.clone());
+        let state = GuestState {
+            wasi: builder.build(),
+            table: ResourceTable::new(),
+            limits: self.limits,
+            memory_limit_hit: false,
+            counters: BTreeMap::new(),
+            log: String::new(),
+            log_dropped: 0,
+            panic: None,
+            stdout,
+            stderr,
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| s as &mut dyn ResourceLimiter);
+        store.set_epoch_deadline(self.limits.call_ticks());
+        store.epoch_deadline_trap();
+        store
+    }
+}
+
+/// A validated, compiled job module with its parameters.
+#[derive(Clone)]
+pub struct JobModule {
+    digest: ModuleDigest,
+    compiled: Arc<CompiledModule>,
+    params: Vec<(String, String)>,
+    info: JobInfo,
+    what: String,
+}
+
+impl std::fmt::Debug for JobModule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobModule").field("digest", &self.digest).field("info", &self.info).finish()
+    }
+}
+
+impl JobModule {
+    /// The module's content address.
+    pub fn digest(&self) -> &ModuleDigest {
+        &self.digest
+    }
+
+    /// What the job says about itself.
+    pub fn info(&self) -> &JobInfo {
+        &self.info
+    }
+
+    /// A fresh instance for one task attempt, configured with the job's
+    /// parameters.
+    ///
+    /// # Errors
+    /// As [`Runtime::load`].
+    pub fn instantiate(&self, runtime: &Runtime) -> Result<GuestInstance, Error> {
+        let mut store = runtime.new_store();
+        let job = self
+            .compiled
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| Error::InvalidModule { what: self.what.clone(), reason: format!("instantiating: {e:#}") })?;
+        let mut instance = GuestInstance { store, job, info: self.info.clone(), map_schema: None };
+        let result = instance.call("configure", |job, store| job.call_configure(store, &self.params))?;
+        let info = match result {
+            Ok(info) => info,
+            Err(message) => return Err(Error::Configure { module: self.what.clone(), message }),
+        };
+        let output_types: Vec<DataType> = info.output.iter().map(|f| convert::arrow_type(f.data_type)).collect();
+        instance.info = JobInfo {
+            name: info.name,
+            key_types: info.key_types.into_iter().map(convert::arrow_type).collect(),
+            value_types: info.value_types.into_iter().map(convert::arrow_type).collect(),
+            output_schema: convert::schema_of(info.output.into_iter().map(|f| f.name), &output_types),
+            combines: info.combines,
+        };
+        instance.map_schema = Some(instance.info.map_output_schema());
+        Ok(instance)
+    }
+}
+
+/// A live guest for one task attempt.
+pub struct GuestInstance {
+    store: Store<GuestState>,
+    job: bindings::Job,
+    info: JobInfo,
+    map_schema: Option<SchemaRef>,
+}
+
+impl GuestInstance {
+    /// What the job said about itself when this instance was configured.
+    pub fn info(&self) -> &JobInfo {
+        &self.info
+    }
+
+    fn call<R>(
+        &mut self,
+        call: &'static str,
+        f: impl FnOnce(&bindings::Job, &mut Store<GuestState>) -> wasmtime::Result<R>,
+    ) -> Result<R, Error> {
+        self.store.set_epoch_deadline(self.store.data().limits.call_ticks());
+        let result = f(&self.job, &mut self.store);
+        result.map_err(|e| Error::Guest { call, kind: self.classify_trap(e) })
+    }
+
+    fn classify_trap(&mut self, e: wasmtime::Error) -> GuestError {
+        let state = self.store.data_mut();
+        if state.memory_limit_hit {
+            return GuestError::MemoryLimit { limit_mib: state.limits.max_memory_bytes >> 20 };
+        }
+        if let Some(Trap::Interrupt) = e.downcast_ref::<Trap>() {
+            return GuestError::TimeLimit { limit: state.limits.max_call_time };
+        }
+        if let Some((message, row)) = state.panic.take() {
+            return GuestError::Panicked { message, row };
+        }
+        GuestError::Trapped { message: format!("{e:#}") }
+    }
+
+    fn batch_result(
+        &mut self,
+        call: &'static str,
+        result: Result<wit::Batch, wit::GuestError>,
+        schema: &SchemaRef,
+    ) -> Result<RecordBatch, Error> {
+        match result {
+            Ok(batch) => convert::from_wit_batch(batch, schema)
+                .map_err(|reason| Error::Guest { call, kind: GuestError::MalformedBatch { reason } }),
+            Err(e) => Err(Error::Guest { call, kind: GuestError::Returned { message: e.message, row: e.row } }),
+        }
+    }
+
+    fn map_schema(&self) -> SchemaRef {
+        self.map_schema.clone().unwrap_or_else(|| self.info.map_output_schema())
+    }
+
+    /// Call `map` on one input batch; returns key then value columns.
+    ///
+    /// # Errors
+    /// [`Error::Guest`] if the guest traps, hits a limit, returns an error
+    /// or returns a malformed batch.
+    pub fn map(&mut self, input: &RecordBatch) -> Result<RecordBatch, Error> {
+        let wit_batch = convert::to_wit_batch(input)
+            .map_err(|t| Error::Internal(format!("input column of type {t} reached the guest unconverted")))?;
+        let result = self.call("map", |job, store| job.call_map(store, &wit_batch))?;
+        let schema = self.map_schema();
+        self.batch_result("map", result, &schema)
+    }
+
+    fn grouped(keys: &RecordBatch, values: &RecordBatch, group_ends: &[u32]) -> Result<wit::Grouped, Error> {
+        let internal = |t: DataType| Error::Internal(format!("grouped column of type {t} is not a guest type"));
+        Ok(wit::Grouped {
+            keys: convert::to_wit_batch(keys).map_err(internal)?,
+            values: convert::to_wit_batch(values).map_err(internal)?,
+            group_ends: group_ends.to_vec(),
+        })
+    }
+
+    /// Call `combine` on grouped map output; returns key then value columns.
+    ///
+    /// # Errors
+    /// As [`GuestInstance::map`].
+    pub fn combine(&mut self, keys: &RecordBatch, values: &RecordBatch, group_ends: &[u32]) -> Result<RecordBatch, Error> {
+        let grouped = Self::grouped(keys, values, group_ends)?;
+        let result = self.call("combine", |job, store| job.call_combine(store, &grouped))?;
+        let schema = self.map_schema();
+        self.batch_result("combine", result, &schema)
+    }
+
+    /// Call `reduce` on grouped values; returns rows of the output schema.
+    ///
+    /// # Errors
+    /// As [`GuestInstance::map`].
+    pub fn reduce(&mut self, keys: &RecordBatch, values: &RecordBatch, group_ends: &[u32]) -> Result<RecordBatch, Error> {
+        let grouped = Self::grouped(keys, values, group_ends)?;
+        let result = self.call("reduce", |job, store| job.call_reduce(store, &grouped))?;
+        let schema = self.info.output_schema.clone();
+        self.batch_result("reduce", result, &schema)
+    }
+
+    /// The guest's counters so far.
+    pub fn counters(&self) -> &BTreeMap<String, i64> {
+        &self.store.data().counters
+    }
+
+    /// The captured log: log lines, then stdout and stderr, capped.
+    pub fn log(&self) -> String {
+        let state = self.store.data();
+        let mut log = state.log.clone();
+        for (name, pipe) in [("stdout", &state.stdout), ("stderr", &state.stderr)] {
+            let bytes = pipe.contents();
+            if !bytes.is_empty() {
+                log.push_str(&format!("[{name}]\n{}", String::from_utf8_lossy(&bytes)));
+            }
+        }
+        if state.log_dropped > 0 {
+            log.push_str(&format!("[wmr: {} log bytes dropped past the {}-byte limit]\n", state.log_dropped, state.limits.max_log_bytes));
+        }
+        log
+    }
+}

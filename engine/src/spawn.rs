@@ -1,0 +1,45 @@
+//! Owning handles for background work: every tokio task has an owner that
+//! awaits or aborts it, and every CPU job runs on the compute pool.
+
+use std::future::Future;
+
+use tokio::task::JoinHandle;
+
+/// A tokio task that is aborted when this handle is dropped.
+#[derive(Debug)]
+pub(crate) struct SpawnedTask<T> {
+    handle: Option<JoinHandle<T>>,
+}
+
+impl<T: Send + 'static> SpawnedTask<T> {
+    /// Spawn `future` on the current runtime, owned by the returned handle.
+    #[expect(clippy::disallowed_methods, reason = "this is the owning wrapper the ban points to")]
+    pub(crate) fn spawn(future: impl Future<Output = T> + Send + 'static) -> Self {
+        SpawnedTask { handle: Some(tokio::task::spawn(future)) }
+    }
+}
+
+impl<T> Drop for SpawnedTask<T> {
+    fn drop(&mut self) {
+        if let Some(h) = &self.handle {
+            h.abort();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn dropping_the_handle_aborts_the_task() {
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = SpawnedTask::spawn(async move {
+            let _keep = tx;
+            std::future::pending::<()>().await;
+        });
+        drop(task);
+        // The sender is dropped only if the task was aborted.
+        assert!(rx.await.is_err());
+    }
+}

@@ -1,0 +1,382 @@
+//! Running one map or one reduce attempt, on top of `runtime`, `data` and
+//! `shuffle`. Knows nothing of gRPC or scheduling.
+//!
+//! Each attempt is an async orchestrator that does the I/O and hands whole
+//! batches to a compute thread over a bounded channel:
+//!
+//! ```text
+//! map:    read split ──chunks──▶ [compute: lines → guest map → combine →
+//!         partition + sort → combine → encode] ──bytes──▶ put shuffle object
+//! reduce: range-read every map output ──▶ [compute: decode → k-way merge →
+//!         group → guest reduce → encode Parquet/text] ──bytes──▶ put file
+//! ```
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::sync::Arc;
+
+use arrow::array::{Array, Int64Array, RecordBatch, StringArray};
+use bytes::Bytes;
+use object_store::{ObjectStoreExt, PutPayload};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use crate::data::output::OutputFormat;
+use crate::data::parquet_input::{fetch_parquet_split, ParquetSplitReader};
+use crate::data::text::{stream_text_split, TextSplitReader};
+use crate::data::{Location, Split, SplitKind};
+use crate::runtime::{GuestInstance, JobModule, Runtime};
+use crate::shuffle::{self, KeyEncoder};
+use crate::spawn::SpawnedTask;
+use crate::worker::ComputePool;
+use crate::{AttemptId, TaskId};
+
+/// Named counters: the engine's own (`wmr.` prefix) and the guest's.
+pub type Counters = BTreeMap<String, i64>;
+
+/// Map output rows collected before they are sorted and combined in place.
+pub const COMBINE_EVERY_ROWS: usize = 1 << 20;
+/// Smallest number of rows handed to one `reduce` call (groups stay whole).
+pub const REDUCE_CALL_ROWS: usize = 32 * 1024;
+
+/// Errors of a task attempt.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Reading input or writing output failed.
+    #[error(transparent)]
+    Data(#[from] crate::data::Error),
+    /// The guest failed, at this input position if known.
+    #[error("{task}, {attempt}{}", position.as_ref().map(|p| format!(", at {p}")).unwrap_or_default())]
+    Guest {
+        /// The task.
+        task: TaskId,
+        /// The attempt.
+        attempt: AttemptId,
+        /// Where in the input: `file offset N` or a row.
+        position: Option<String>,
+        /// The runtime's error.
+        #[source]
+        source: crate::runtime::Error,
+    },
+    /// Shuffle data could not be read.
+    #[error(transparent)]
+    Shuffle(#[from] shuffle::Error),
+    /// A compute thread panicked.
+    #[error(transparent)]
+    Panic(#[from] crate::worker::ComputePanic),
+}
+
+impl Error {
+    /// Whether running the task again could succeed: guest failures and
+    /// corrupt input are retried too (another worker may differ), up to the
+    /// job's maximum attempts.
+    pub fn retryable(&self) -> bool {
+        !matches!(self, Error::Data(crate::data::Error::MissingInput { .. } | crate::data::Error::BadLocation { .. }))
+    }
+}
+
+/// What a worker needs to run attempts of one job.
+#[derive(Clone)]
+pub struct JobContext {
+    /// The wasm runtime.
+    pub runtime: Arc<Runtime>,
+    /// The job's module.
+    pub module: JobModule,
+    /// The compute pool.
+    pub pool: Arc<ComputePool>,
+}
+
+/// One map attempt to run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MapAssignment {
+    /// The task.
+    pub task: TaskId,
+    /// This attempt.
+    pub attempt: AttemptId,
+    /// The input.
+    pub split: Split,
+    /// Number of reduce partitions.
+    pub partitions: u32,
+    /// Where to write the shuffle object (path or URL).
+    pub shuffle_object: String,
+}
+
+/// What a successful map attempt produced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MapOutput {
+    /// The shuffle object.
+    pub object: String,
+    /// Each partition's byte range in it.
+    pub ranges: Vec<Range<u64>>,
+    /// Counters of this attempt.
+    pub counters: Counters,
+}
+
+/// One partition's input for a reduce: a range of a committed shuffle object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShuffleInput {
+    /// The shuffle object.
+    pub object: String,
+    /// The partition's byte range in it.
+    pub range: Range<u64>,
+}
+
+/// One reduce attempt to run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReduceAssignment {
+    /// The task (its index is the partition).
+    pub task: TaskId,
+    /// This attempt.
+    pub attempt: AttemptId,
+    /// The partition of every committed map output.
+    pub inputs: Vec<ShuffleInput>,
+    /// Where to write this attempt's output file (path or URL).
+    pub output_file: String,
+    /// The output format.
+    pub format: OutputFormat,
+}
+
+/// What a successful reduce attempt produced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReduceOutput {
+    /// The attempt's output file.
+    pub file: String,
+    /// Rows written.
+    pub rows: u64,
+    /// Bytes written.
+    pub bytes: u64,
+    /// Counters of this attempt.
+    pub counters: Counters,
+}
+
+enum InputReader {
+    Text(TextSplitReader),
+    Parquet(Box<ParquetSplitReader>),
+}
+
+impl InputReader {
+    fn next_batch(&mut self) -> Result<Option<RecordBatch>, crate::data::Error> {
+        match self {
+            InputReader::Text(r) => r.next_batch(),
+            InputReader::Parquet(r) => r.next_batch(),
+        }
+    }
+}
+
+/// Where row `row` of an input batch came from, for error messages.
+fn position_of(batch: &RecordBatch, row: u32, split: &Split) -> String {
+    let file = batch.column_by_name("file").and_then(|c| c.as_any().downcast_ref::<StringArray>().map(|a| a.clone()));
+    let offset = batch.column_by_name("offset").and_then(|c| c.as_any().downcast_ref::<Int64Array>().map(|a| a.clone()));
+    match (file, offset) {
+        (Some(f), Some(o)) if (row as usize) < f.len() => format!("{} byte offset {}", f.value(row as usize), o.value(row as usize)),
+        _ => format!("{} (row {row} of a batch)", split.describe()),
+    }
+}
+
+fn put_error(what: &str, e: object_store::Error) -> Error {
+    Error::Data(crate::data::Error::Io { what: what.to_string(), action: "writing", source: e })
+}
+
+/// Run one map attempt: read the split, map, combine, partition, sort and
+/// write one shuffle object.
+///
+/// # Errors
+/// Input errors, guest failures (with the input position), and I/O errors
+/// writing the shuffle object.
+pub async fn run_map(ctx: &JobContext, a: &MapAssignment) -> Result<MapOutput, Error> {
+    let file = Location::parse(&a.split.file)?;
+    let (reader, _fetch): (InputReader, Option<SpawnedTask<()>>) = match &a.split.kind {
+        SplitKind::Text { start, end } => {
+            let (tx, rx) = mpsc::channel(8);
+            let fetch = SpawnedTask::spawn(stream_text_split(file.clone(), *start, a.split.file_size, tx));
+            (InputReader::Text(TextSplitReader::new(rx, file.display.clone(), *start, *end, a.split.file_size)), Some(fetch))
+        }
+        SplitKind::Parquet { row_groups } => {
+            let fetched = fetch_parquet_split(&file, a.split.file_size, row_groups).await?;
+            let reader = ctx.pool.run(move || ParquetSplitReader::new(fetched)).await??;
+            (InputReader::Parquet(Box::new(reader)), None)
+        }
+    };
+    let runtime = ctx.runtime.clone();
+    let module = ctx.module.clone();
+    let assignment = a.clone();
+    let (bytes, ranges, counters) = ctx.pool.run(move || map_compute(&runtime, &module, &assignment, reader)).await??;
+    let object = Location::parse(&a.shuffle_object)?;
+    let size = bytes.len();
+    object.store.put(&object.path, PutPayload::from(bytes)).await.map_err(|e| put_error(&object.display, e))?;
+    let mut counters = counters;
+    *counters.entry("wmr.shuffle.bytes".into()).or_insert(0) += size as i64;
+    Ok(MapOutput { object: a.shuffle_object.clone(), ranges, counters })
+}
+
+fn guest_err(a_task: TaskId, attempt: AttemptId, position: Option<String>) -> impl FnOnce(crate::runtime::Error) -> Error {
+    move |source| Error::Guest { task: a_task, attempt, position, source }
+}
+
+/// Sort `batch` by (partition, key) and, for a combining job, combine each
+/// partition's groups. Returns each partition's sorted batches.
+fn sort_and_combine(
+    guest: &mut GuestInstance,
+    encoder: &KeyEncoder,
+    batch: &RecordBatch,
+    partitions: u32,
+    task: TaskId,
+    attempt: AttemptId,
+) -> Result<Vec<Vec<RecordBatch>>, Error> {
+    let run = shuffle::partition_and_sort(encoder, batch, partitions)?;
+    let combines = guest.info().combines;
+    let mut out = Vec::with_capacity(partitions as usize);
+    for p in 0..partitions as usize {
+        let range = run.partition(p);
+        if range.is_empty() {
+            out.push(Vec::new());
+            continue;
+        }
+        let part = shuffle::slice(&run.batch, &range);
+        if !combines {
+            out.push(vec![part]);
+            continue;
+        }
+        let ends = run.group_ends_in(&range);
+        let (keys, values) = shuffle::grouped(&part, encoder.key_columns(), &ends)?;
+        let combined = guest.combine(&keys, &values, &ends).map_err(guest_err(task, attempt, None))?;
+        // The SDK combines group by group, in order; a hand-written guest
+        // might not, so its output is re-sorted rather than trusted.
+        let combined =
+            if shuffle::is_sorted(encoder, &combined)? { combined } else { shuffle::partition_and_sort(encoder, &combined, 1)?.batch };
+        out.push(vec![combined]);
+    }
+    Ok(out)
+}
+
+fn map_compute(
+    runtime: &Runtime,
+    module: &JobModule,
+    a: &MapAssignment,
+    mut reader: InputReader,
+) -> Result<(Bytes, Vec<Range<u64>>, Counters), Error> {
+    let mut guest = module.instantiate(runtime).map_err(guest_err(a.task, a.attempt, None))?;
+    let info = guest.info().clone();
+    let schema = info.map_output_schema();
+    let encoder = KeyEncoder::new(&info.key_types)?;
+    let mut counters = Counters::new();
+    let mut pending: Vec<RecordBatch> = Vec::new();
+    let mut pending_rows = 0usize;
+    let (mut records_in, mut map_out) = (0i64, 0i64);
+    while let Some(batch) = reader.next_batch()? {
+        records_in += batch.num_rows() as i64;
+        let out = guest
+            .map(&batch)
+            .map_err(|e| {
+                let position = e.guest_row().map(|row| position_of(&batch, row, &a.split));
+                guest_err(a.task, a.attempt, position)(e)
+            })?;
+        map_out += out.num_rows() as i64;
+        pending_rows += out.num_rows();
+        pending.push(out);
+        if info.combines && pending_rows >= COMBINE_EVERY_ROWS {
+            // Combine what we have so far in place, so memory stays bounded
+            // by the number of distinct keys rather than the input size.
+            let all = shuffle::concat(&schema, &pending)?;
+            let parts = sort_and_combine(&mut guest, &encoder, &all, a.partitions, a.task, a.attempt)?;
+            pending = parts.into_iter().flatten().collect();
+            pending_rows = pending.iter().map(RecordBatch::num_rows).sum();
+        }
+    }
+    let all = shuffle::concat(&schema, &pending)?;
+    let partitions = sort_and_combine(&mut guest, &encoder, &all, a.partitions, a.task, a.attempt)?;
+    let shuffled: i64 = partitions.iter().flatten().map(|b| b.num_rows() as i64).sum();
+    let (bytes, ranges) = shuffle::encode_shuffle(&schema, &partitions)?;
+    counters.extend(guest.counters().clone());
+    counters.insert("wmr.map.input.records".into(), records_in);
+    if let InputReader::Text(r) = &reader {
+        counters.insert("wmr.map.input.bytes".into(), r.bytes_read as i64);
+        if r.invalid_utf8_lines > 0 {
+            counters.insert("input.invalid_utf8_lines".into(), r.invalid_utf8_lines as i64);
+        }
+    }
+    counters.insert("wmr.map.output.records".into(), map_out);
+    counters.insert("wmr.shuffle.records".into(), shuffled);
+    Ok((bytes, ranges, counters))
+}
+
+/// Run one reduce attempt: fetch this partition of every map output, merge,
+/// reduce, and write the attempt's output file.
+///
+/// # Errors
+/// I/O errors, corrupt shuffle data, and guest failures.
+pub async fn run_reduce(ctx: &JobContext, a: &ReduceAssignment) -> Result<ReduceOutput, Error> {
+    let mut fetches = Vec::new();
+    for input in &a.inputs {
+        if input.range.is_empty() {
+            continue;
+        }
+        let object = Location::parse(&input.object)?;
+        let range = input.range.clone();
+        fetches.push(async move {
+            let what = format!("{} bytes {}..{}", object.display, range.start, range.end);
+            object
+                .store
+                .get_range(&object.path, range)
+                .await
+                .map(|b| (what.clone(), b))
+                .map_err(|e| Error::Data(crate::data::Error::Io { what, action: "reading", source: e }))
+        });
+    }
+    let parts: Vec<(String, Bytes)> = futures::future::try_join_all(fetches).await?;
+    let fetched: i64 = parts.iter().map(|(_, b)| b.len() as i64).sum();
+    let runtime = ctx.runtime.clone();
+    let module = ctx.module.clone();
+    let assignment = a.clone();
+    let (bytes, rows, mut counters) = ctx.pool.run(move || reduce_compute(&runtime, &module, &assignment, parts)).await??;
+    let file = Location::parse(&a.output_file)?;
+    let size = bytes.len() as u64;
+    file.store.put(&file.path, PutPayload::from(bytes)).await.map_err(|e| put_error(&file.display, e))?;
+    counters.insert("wmr.reduce.shuffle.bytes".into(), fetched);
+    counters.insert("wmr.output.bytes".into(), size as i64);
+    Ok(ReduceOutput { file: a.output_file.clone(), rows, bytes: size, counters })
+}
+
+fn reduce_compute(
+    runtime: &Runtime,
+    module: &JobModule,
+    a: &ReduceAssignment,
+    parts: Vec<(String, Bytes)>,
+) -> Result<(Bytes, u64, Counters), Error> {
+    let mut guest = module.instantiate(runtime).map_err(guest_err(a.task, a.attempt, None))?;
+    let info = guest.info().clone();
+    let schema = info.map_output_schema();
+    let encoder = KeyEncoder::new(&info.key_types)?;
+    let mut runs = Vec::with_capacity(parts.len());
+    for (what, bytes) in parts {
+        let batches = shuffle::decode_partition(&what, bytes)?;
+        if batches.iter().any(|b| b.schema().fields().len() != schema.fields().len()) {
+            return Err(shuffle::Error::Corrupt { what, reason: "its schema is not this job's map output schema".into() }.into());
+        }
+        let run = shuffle::concat(&schema, &batches).map_err(|_| shuffle::Error::Corrupt { what, reason: "mismatched column types".into() })?;
+        runs.push(run);
+    }
+    let records_in: usize = runs.iter().map(RecordBatch::num_rows).sum();
+    let mut outputs = Vec::new();
+    let mut groups = 0usize;
+    if let Some((merged, ends)) = shuffle::merge_sorted(&encoder, &schema, runs)? {
+        groups = ends.len();
+        for (range, chunk_ends) in shuffle::chunk_groups(&ends, REDUCE_CALL_ROWS) {
+            let chunk = shuffle::slice(&merged, &range);
+            let (keys, values) = shuffle::grouped(&chunk, encoder.key_columns(), &chunk_ends)?;
+            let out = guest.reduce(&keys, &values, &chunk_ends).map_err(|e| {
+                let position = e.guest_row().map(|r| format!("reduce group starting at row {} of partition {}", range.start + r as usize, a.task.index));
+                guest_err(a.task, a.attempt, position)(e)
+            })?;
+            outputs.push(out);
+        }
+    }
+    let rows: u64 = outputs.iter().map(|b| b.num_rows() as u64).sum();
+    let bytes = a.format.encode(&a.output_file, &info.output_schema, &outputs)?;
+    let mut counters = guest.counters().clone();
+    counters.insert("wmr.reduce.input.records".into(), records_in as i64);
+    counters.insert("wmr.reduce.input.groups".into(), groups as i64);
+    counters.insert("wmr.reduce.output.records".into(), rows as i64);
+    Ok((bytes, rows, counters))
+}
