@@ -1,1 +1,11 @@
+//! End-to-end tests: the real `wmr` binary, real guest components from
+//! `target/guests/` (built by `cargo xtask guests`), real files.
 
+mod harness;
+
+/// `wmr run` flags, errors and exit codes.
+mod cli;
+/// Every example guest against a sequential reference written here.
+mod examples;
+/// Text input edge cases: empty files, CRLF, long lines, many tiny files.
+mod input;

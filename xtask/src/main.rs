@@ -1,1 +1,266 @@
-fn main() {}
+//! Project tasks: `cargo xtask guests | demo | test | bench wordcount`.
+#![expect(clippy::print_stdout, clippy::print_stderr, reason = "a developer tool that talks on the terminal")]
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+const USAGE: &str = "usage: cargo xtask <command>
+  guests                          build every guest into target/guests/NAME.wasm
+  demo                            build, generate a sample corpus, run wordcount embedded
+  test                            build guests, then run every test (what CI runs)
+  bench wordcount [--size-mib N]  time wmr (2 slots) against native Rust (2 threads); default 256 MiB";
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("guests") => guests().map(|_| ()),
+        Some("demo") => demo(),
+        Some("test") => test(),
+        Some("bench") => bench(&args[1..]),
+        _ => {
+            eprintln!("{USAGE}");
+            std::process::exit(2)
+        }
+    }
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives one level below the root").to_path_buf()
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
+}
+
+/// Build every guest (examples and test guests) into target/guests/.
+fn guests() -> Result<PathBuf> {
+    let root = root();
+    let installed = Command::new("rustup").args(["target", "list", "--installed"]).output();
+    let has_target = installed.as_ref().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("wasm32-wasip2"));
+    if !has_target {
+        eprintln!("installing the wasm32-wasip2 target with rustup");
+        run(Command::new("rustup").args(["target", "add", "wasm32-wasip2"]))?;
+    }
+    let build_dir = root.join("target/guest-build");
+    let out = root.join("target/guests");
+    std::fs::create_dir_all(&out)?;
+    for workspace in ["guest-examples", "tests/guests"] {
+        run(Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(["build", "--quiet", "--release", "--target", "wasm32-wasip2", "--manifest-path"])
+            .arg(root.join(workspace).join("Cargo.toml"))
+            .env("CARGO_TARGET_DIR", &build_dir))?;
+    }
+    let built = build_dir.join("wasm32-wasip2/release");
+    for entry in std::fs::read_dir(&built)? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "wasm") {
+            std::fs::copy(&path, out.join(path.file_name().expect("a file")))?;
+        }
+    }
+    Ok(out)
+}
+
+fn build_wmr() -> Result<PathBuf> {
+    let root = root();
+    run(Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .current_dir(&root)
+        .args(["build", "--quiet", "--release", "-p", "wmr"]))?;
+    Ok(root.join("target/release/wmr"))
+}
+
+/// A deterministic English-like corpus of about `bytes` bytes.
+fn generate_corpus(dir: &Path, bytes: u64, files: usize) -> Result<()> {
+    let syllables = ["ka", "lo", "mi", "ren", "sa", "tor", "vel", "in", "dra", "os", "qua", "pe", "li", "the", "an", "ro"];
+    // A Zipf-like vocabulary: word i is drawn with weight 1/(i+1).
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let vocab: Vec<String> = (0..20_000)
+        .map(|i| {
+            let n = 1 + (i % 4);
+            let mut w: String = (0..n).map(|k| syllables[((i * 7 + k * 13) ^ (i >> 3)) % syllables.len()]).collect();
+            if i % 11 == 0 {
+                w = w[..1].to_uppercase() + &w[1..];
+            }
+            w
+        })
+        .collect();
+    let cumulative: Vec<f64> = vocab.iter().enumerate().scan(0.0, |acc, (i, _)| {
+        *acc += 1.0 / (i as f64 + 1.0);
+        Some(*acc)
+    }).collect();
+    let total = *cumulative.last().expect("non-empty vocabulary");
+    std::fs::create_dir_all(dir)?;
+    let per_file = bytes / files as u64;
+    for f in 0..files {
+        let mut text = String::with_capacity(per_file as usize + 256);
+        while (text.len() as u64) < per_file {
+            let words = 5 + next() % 12;
+            for k in 0..words {
+                let r = (next() % 1_000_000) as f64 / 1_000_000.0 * total;
+                let i = cumulative.partition_point(|&c| c < r).min(vocab.len() - 1);
+                if k > 0 {
+                    text.push(if next() % 9 == 0 { ',' } else { ' ' });
+                    if text.ends_with(',') {
+                        text.push(' ');
+                    }
+                }
+                text.push_str(&vocab[i]);
+            }
+            text.push_str(".\n");
+        }
+        std::fs::write(dir.join(format!("part-{f:03}.txt")), text)?;
+    }
+    Ok(())
+}
+
+fn demo() -> Result<()> {
+    let root = root();
+    let guests = guests()?;
+    let wmr = build_wmr()?;
+    let corpus = root.join("target/demo/corpus");
+    if !corpus.exists() {
+        eprintln!("generating a 32 MiB sample corpus in {}", corpus.display());
+        generate_corpus(&corpus, 32 << 20, 8)?;
+    }
+    let out = root.join("target/demo/wordcount");
+    run(Command::new(&wmr)
+        .arg("run")
+        .arg("--job")
+        .arg(guests.join("wordcount.wasm"))
+        .arg("--input")
+        .arg(&corpus)
+        .arg("--output")
+        .arg(&out)
+        .args(["--reducers", "4", "--split-size", "8MiB", "--overwrite"]))?;
+    let cat = Command::new(&wmr).arg("cat").arg(&out).output().context("running wmr cat")?;
+    if !cat.status.success() {
+        bail!("wmr cat failed: {}", String::from_utf8_lossy(&cat.stderr));
+    }
+    let mut counts: Vec<(String, u64)> = String::from_utf8_lossy(&cat.stdout)
+        .lines()
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(w, c)| Some((w.to_string(), c.parse().ok()?))))
+        .collect();
+    counts.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    println!("\ntop words:");
+    for (w, c) in counts.iter().take(10) {
+        println!("  {c:>9}  {w}");
+    }
+    println!("\nParquet output: {} (read it with DuckDB: SELECT * FROM '{}/*.parquet')", out.display(), out.display());
+    Ok(())
+}
+
+fn test() -> Result<()> {
+    guests()?;
+    run(Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .current_dir(root())
+        .args(["test", "--release", "--workspace"]))
+}
+
+/// The bench's native word count: same word definition, `threads` threads.
+fn native_wordcount(files: &[PathBuf], threads: usize) -> Result<HashMap<String, u64>> {
+    let texts: Vec<String> = files.iter().map(std::fs::read_to_string).collect::<Result<_, _>>()?;
+    let mut chunks: Vec<&str> = Vec::new();
+    for t in &texts {
+        let mut rest = t.as_str();
+        let per = t.len() / threads + 1;
+        while !rest.is_empty() {
+            let cut = rest.len().min(per);
+            let cut = rest[cut..].find('\n').map_or(rest.len(), |i| cut + i + 1);
+            chunks.push(&rest[..cut]);
+            rest = &rest[cut..];
+        }
+    }
+    let is_letter = |c: char| if c.is_ascii() { c.is_ascii_alphabetic() } else { c.is_alphabetic() };
+    let partials: Vec<HashMap<&str, u64>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let mine: Vec<&str> = chunks.iter().skip(t).step_by(threads).copied().collect();
+                s.spawn(move || {
+                    let mut m: HashMap<&str, u64> = HashMap::new();
+                    for c in mine {
+                        for w in c.split(|ch: char| !is_letter(ch)).filter(|w| !w.is_empty()) {
+                            *m.entry(w).or_insert(0) += 1;
+                        }
+                    }
+                    m
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("bench thread")).collect()
+    });
+    let mut total: HashMap<String, u64> = HashMap::new();
+    for p in partials {
+        for (w, c) in p {
+            *total.entry(w.to_string()).or_insert(0) += c;
+        }
+    }
+    Ok(total)
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn bench(args: &[String]) -> Result<()> {
+    if args.first().map(String::as_str) != Some("wordcount") {
+        bail!("{USAGE}");
+    }
+    let size_mib: u64 = match args.iter().position(|a| a == "--size-mib") {
+        Some(i) => args.get(i + 1).context("--size-mib needs a number")?.parse().context("--size-mib needs a number")?,
+        None => 256,
+    };
+    let root = root();
+    let guests = guests()?;
+    let wmr = build_wmr()?;
+    let corpus = root.join(format!("target/bench/corpus-{size_mib}mib"));
+    if !corpus.exists() {
+        eprintln!("generating a {size_mib} MiB corpus in {}", corpus.display());
+        generate_corpus(&corpus, size_mib << 20, 8)?;
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&corpus)?.map(|e| e.map(|e| e.path())).collect::<Result<_, _>>()?;
+    files.sort();
+    let out = root.join("target/bench/out");
+    let (mut wmr_times, mut native_times) = (Vec::new(), Vec::new());
+    let mut native_distinct = 0;
+    for round in 0..3 {
+        let t = Instant::now();
+        run(Command::new(&wmr)
+            .arg("run")
+            .arg("--job")
+            .arg(guests.join("wordcount.wasm"))
+            .arg("--input")
+            .arg(&corpus)
+            .arg("--output")
+            .arg(&out)
+            .args(["--slots", "2", "--reducers", "2", "--overwrite", "--quiet"]))?;
+        wmr_times.push(t.elapsed());
+        let t = Instant::now();
+        let counts = native_wordcount(&files, 2)?;
+        native_times.push(t.elapsed());
+        native_distinct = counts.len();
+        eprintln!("round {round}: wmr {:.2?}, native {:.2?}", wmr_times[round], native_times[round]);
+    }
+    let (w, n) = (median(wmr_times), median(native_times));
+    let mut report = String::new();
+    writeln!(report, "wordcount over {size_mib} MiB ({native_distinct} distinct words), median of 3:")?;
+    writeln!(report, "  wmr run, 2 slots:        {:.2} s", w.as_secs_f64())?;
+    writeln!(report, "  native Rust, 2 threads:  {:.2} s", n.as_secs_f64())?;
+    writeln!(report, "  ratio wmr/native:        {:.2}x (target: at most 1.7x)", w.as_secs_f64() / n.as_secs_f64())?;
+    print!("{report}");
+    Ok(())
+}

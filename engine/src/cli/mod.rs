@@ -2,6 +2,7 @@
 //! progress. A thin shell over the library; knows nothing of wasmtime or
 //! object_store directly.
 
+mod cat;
 pub mod exit;
 mod run;
 
@@ -27,6 +28,8 @@ pub struct Cli {
 pub enum Command {
     /// Run a job in this process: the coordinator and N task slots, no servers.
     Run(RunArgs),
+    /// Print a finished job's output rows as `key value` lines.
+    Cat(cat::CatArgs),
 }
 
 /// An error for the binary's edge: its line and exit code.
@@ -45,5 +48,6 @@ pub struct Failure {
 pub fn run(cli: Cli) -> Result<u8, Failure> {
     match cli.command {
         Command::Run(args) => run::run(args),
+        Command::Cat(args) => cat::run(args),
     }
 }

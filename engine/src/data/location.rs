@@ -84,6 +84,21 @@ impl Location {
         } else {
             std::env::current_dir().map_err(|e| bad(format!("no current directory: {e}")))?.join(p)
         };
+        // object_store paths have no `.` or `..`: resolve them here, through
+        // the filesystem when the path exists (for symlinks), else lexically.
+        let absolute = std::fs::canonicalize(&absolute).unwrap_or_else(|_| {
+            let mut normal = std::path::PathBuf::new();
+            for part in absolute.components() {
+                match part {
+                    std::path::Component::ParentDir => {
+                        normal.pop();
+                    }
+                    std::path::Component::CurDir => {}
+                    other => normal.push(other),
+                }
+            }
+            normal
+        });
         let text = absolute.to_str().ok_or_else(|| bad("the path is not valid UTF-8".into()))?;
         let path = Path::from_absolute_path(text).map_err(|e| bad(e.to_string()))?;
         Ok(Location {
@@ -122,8 +137,8 @@ mod tests {
 
     #[test]
     fn parses_paths_and_urls() {
-        let l = Location::parse("/tmp/x/y.txt").unwrap();
-        assert_eq!(l.path.as_ref(), "tmp/x/y.txt");
+        let l = Location::parse("/nonexistent-wmr/x/../y.txt").unwrap();
+        assert_eq!(l.path.as_ref(), "nonexistent-wmr/y.txt");
         assert!(l.is_local());
         let m = Location::parse("memory://t1/a/b").unwrap();
         assert_eq!(m.path.as_ref(), "a/b");

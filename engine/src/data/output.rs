@@ -104,6 +104,48 @@ pub struct Manifest {
     pub files: Vec<OutputFile>,
 }
 
+/// Read the manifest of a committed output directory, then every file it
+/// lists, as (schema, batch) pairs in partition order.
+///
+/// # Errors
+/// [`Error::MissingInput`] when there is no `_SUCCESS` (the job has not
+/// committed), I/O errors, and [`Error::Parquet`] for unreadable files.
+pub async fn read_output_rows(output: &str) -> Result<Vec<(arrow::datatypes::SchemaRef, RecordBatch)>, Error> {
+    use object_store::ObjectStoreExt;
+    let dir = super::Location::parse(output)?;
+    let manifest_at = dir.child(MANIFEST_NAME);
+    let bytes = match dir.store.get(&manifest_at.path).await {
+        Ok(r) => r.bytes().await.map_err(|e| Error::io(&manifest_at.display, "reading", e))?,
+        Err(object_store::Error::NotFound { .. }) => return Err(Error::MissingInput { input: manifest_at.display }),
+        Err(e) => return Err(Error::io(&manifest_at.display, "reading", e)),
+    };
+    let manifest: Manifest = serde_json::from_slice(&bytes)
+        .map_err(|e| Error::Encode { what: manifest_at.display.clone(), reason: format!("not a wmr manifest: {e}") })?;
+    let mut out = Vec::new();
+    for f in &manifest.files {
+        let file = dir.child(&f.name);
+        let data = file.store.get(&file.path).await.map_err(|e| Error::io(&file.display, "reading", e))?.bytes().await.map_err(|e| Error::io(&file.display, "reading", e))?;
+        match manifest.format {
+            OutputFormat::Parquet => {
+                let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(data)
+                    .and_then(|b| b.build())
+                    .map_err(|source| Error::Parquet { file: file.display.clone(), place: "footer".into(), source })?;
+                for batch in reader {
+                    let batch = batch.map_err(|e| Error::Parquet { file: file.display.clone(), place: "data".into(), source: e.into() })?;
+                    out.push((batch.schema(), batch));
+                }
+            }
+            OutputFormat::Text => {
+                let lines: Vec<String> = String::from_utf8_lossy(&data).lines().map(str::to_string).collect();
+                let batch = RecordBatch::try_from_iter([("line", std::sync::Arc::new(arrow::array::StringArray::from(lines)) as arrow::array::ArrayRef)])
+                    .map_err(|e| Error::Internal(e.to_string()))?;
+                out.push((batch.schema(), batch));
+            }
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

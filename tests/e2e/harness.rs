@@ -1,0 +1,108 @@
+//! Shared helpers: a fresh directory per test, guest paths, and a command
+//! wrapper whose failures print everything needed to debug them.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub struct TestDir {
+    dir: tempfile::TempDir,
+}
+
+impl TestDir {
+    pub fn new() -> Self {
+        TestDir { dir: tempfile::tempdir().expect("temp dir") }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn write(&self, rel: &str, contents: impl AsRef<[u8]>) -> PathBuf {
+        let p = self.path(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, contents).unwrap();
+        p
+    }
+}
+
+pub fn guest(name: &str) -> PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/guests").join(format!("{name}.wasm"));
+    assert!(p.exists(), "{} is missing: build the guests first with `cargo xtask guests`", p.display());
+    p
+}
+
+pub fn gutenberg() -> String {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/gutenberg");
+    format!("{}/*.txt", dir.canonicalize().expect("../shared/data/gutenberg beside the repo").display())
+}
+
+/// Run `wmr` with `args`; returns the output whatever the exit status.
+pub fn wmr(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_wmr")).args(args).output().expect("running wmr")
+}
+
+/// Run `wmr` and insist it succeeded.
+pub fn wmr_ok(args: &[&str]) -> Output {
+    let out = wmr(args);
+    assert!(
+        out.status.success(),
+        "wmr {args:?} failed with {}\n--- stdout\n{}\n--- stderr\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// All output lines of a text-format job, sorted (byte order).
+pub fn text_output(dir: &Path) -> Vec<String> {
+    let mut names: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    names.sort();
+    assert!(names.contains(&"_SUCCESS".to_string()), "no _SUCCESS in {}: {names:?}", dir.display());
+    let visible: Vec<_> = names.iter().filter(|n| !n.starts_with('_') && !n.starts_with('.')).collect();
+    let mut lines = vec![];
+    for n in visible {
+        lines.extend(std::fs::read_to_string(dir.join(n)).unwrap().lines().map(str::to_string));
+    }
+    lines.sort();
+    lines
+}
+
+/// The reference word count: maximal runs of letters, case kept.
+pub fn reference_wordcount(texts: &[String]) -> BTreeMap<String, u64> {
+    let mut m = BTreeMap::new();
+    for t in texts {
+        for w in t.split(|c: char| !c.is_alphabetic()).filter(|w| !w.is_empty()) {
+            *m.entry(w.to_string()).or_insert(0) += 1;
+        }
+    }
+    m
+}
+
+pub fn as_lines(m: &BTreeMap<String, u64>) -> Vec<String> {
+    let mut v: Vec<String> = m.iter().map(|(w, c)| format!("{w} {c}")).collect();
+    v.sort();
+    v
+}
+
+/// A deterministic text corpus of `lines` lines.
+pub fn corpus(lines: usize, seed: u64) -> String {
+    let words = ["alpha", "Beta", "gamma", "déjà", "vu", "x", "ÑANDÚ", "omega", "the", "a", "mapreduce"];
+    let mut s = seed | 1;
+    let mut out = String::new();
+    for _ in 0..lines {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        let n = (s % 9) as usize;
+        for k in 0..n {
+            if k > 0 {
+                out.push_str(if s >> (k + 3) & 1 == 1 { " " } else { ", " });
+            }
+            out.push_str(words[((s >> (k * 4)) % words.len() as u64) as usize]);
+        }
+        out.push('\n');
+    }
+    out
+}
