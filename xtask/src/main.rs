@@ -74,7 +74,8 @@ fn build_wmr() -> Result<PathBuf> {
     run(Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .current_dir(&root)
         .args(["build", "--quiet", "--release", "-p", "wmr"]))?;
-    Ok(root.join("target/release/wmr"))
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+    Ok(target.join("release/wmr"))
 }
 
 /// A deterministic English-like corpus of about `bytes` bytes.
