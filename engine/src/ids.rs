@@ -63,12 +63,18 @@ pub struct TaskId {
 impl TaskId {
     /// Map task `index`.
     pub fn map(index: u32) -> Self {
-        TaskId { phase: Phase::Map, index }
+        TaskId {
+            phase: Phase::Map,
+            index,
+        }
     }
 
     /// Reduce task `index` (partition `index`).
     pub fn reduce(index: u32) -> Self {
-        TaskId { phase: Phase::Reduce, index }
+        TaskId {
+            phase: Phase::Reduce,
+            index,
+        }
     }
 }
 

@@ -15,7 +15,9 @@ impl<T: Send + 'static> SpawnedTask<T> {
     /// Spawn `future` on the current runtime, owned by the returned handle.
     #[expect(clippy::disallowed_methods, reason = "this is the owning wrapper the ban points to")]
     pub(crate) fn spawn(future: impl Future<Output = T> + Send + 'static) -> Self {
-        SpawnedTask { handle: Some(tokio::task::spawn(future)) }
+        SpawnedTask {
+            handle: Some(tokio::task::spawn(future)),
+        }
     }
 }
 

@@ -4,9 +4,20 @@ use crate::harness::*;
 fn a_glob_matching_nothing_is_a_usage_error() {
     let t = TestDir::new();
     let pattern = format!("{}/*.txt", t.path("").display());
-    let o = wmr(&["run", "--job", guest("wordcount").to_str().unwrap(), "--input", &pattern, "--output", t.path("out").to_str().unwrap()]);
+    let o = wmr(&[
+        "run",
+        "--job",
+        guest("wordcount").to_str().unwrap(),
+        "--input",
+        &pattern,
+        "--output",
+        t.path("out").to_str().unwrap(),
+    ]);
     assert_eq!(o.status.code(), Some(2));
-    assert_eq!(String::from_utf8_lossy(&o.stderr).trim(), format!("wmr: input glob {pattern} matched no files"));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stderr).trim(),
+        format!("wmr: input glob {pattern} matched no files")
+    );
     assert!(!t.path("out").exists(), "no output on a refused job");
 }
 
@@ -14,14 +25,33 @@ fn a_glob_matching_nothing_is_a_usage_error() {
 fn a_missing_input_and_a_non_wasm_module_are_refused() {
     let t = TestDir::new();
     let missing = t.path("nope.txt");
-    let o = wmr(&["run", "--job", guest("wordcount").to_str().unwrap(), "--input", missing.to_str().unwrap(), "--output", t.path("out").to_str().unwrap()]);
+    let o = wmr(&[
+        "run",
+        "--job",
+        guest("wordcount").to_str().unwrap(),
+        "--input",
+        missing.to_str().unwrap(),
+        "--output",
+        t.path("out").to_str().unwrap(),
+    ]);
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains(&format!("input {} does not exist", missing.display())));
     let fake = t.write("fake.wasm", "not wasm at all");
     let input = t.write("in.txt", "x\n");
-    let o = wmr(&["run", "--job", fake.to_str().unwrap(), "--input", input.to_str().unwrap(), "--output", t.path("out").to_str().unwrap()]);
+    let o = wmr(&[
+        "run",
+        "--job",
+        fake.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        t.path("out").to_str().unwrap(),
+    ]);
     assert_eq!(o.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("is not a wmr job component: it does not start with the wasm magic bytes"));
+    assert!(
+        String::from_utf8_lossy(&o.stderr)
+            .contains("is not a wmr job component: it does not start with the wasm magic bytes")
+    );
 }
 
 #[test]
@@ -30,10 +60,23 @@ fn an_existing_output_is_refused_unless_overwrite() {
     let input = t.write("in.txt", "a b a\n");
     t.write("out/old.txt", "old");
     let (job, out) = (guest("wordcount"), t.path("out"));
-    let args = ["run", "--job", job.to_str().unwrap(), "--input", input.to_str().unwrap(), "--output", out.to_str().unwrap(), "--format", "text"];
+    let args = [
+        "run",
+        "--job",
+        job.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        "--format",
+        "text",
+    ];
     let o = wmr(&args);
     assert_eq!(o.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("already exists and is not empty; choose another --output or pass --overwrite"));
+    assert!(
+        String::from_utf8_lossy(&o.stderr)
+            .contains("already exists and is not empty; choose another --output or pass --overwrite")
+    );
     assert!(t.path("out/old.txt").exists());
     let mut with = args.to_vec();
     with.push("--overwrite");
@@ -46,11 +89,24 @@ fn an_existing_output_is_refused_unless_overwrite() {
 fn a_guest_panic_fails_the_run_with_its_message_and_position() {
     let t = TestDir::new();
     let input = t.write("in.txt", "fine line\nthis one goes BOOM\n");
-    let o = wmr(&["run", "--job", guest("panicky").to_str().unwrap(), "--input", input.to_str().unwrap(), "--output", t.path("out").to_str().unwrap(), "--max-attempts", "2"]);
+    let o = wmr(&[
+        "run",
+        "--job",
+        guest("panicky").to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        t.path("out").to_str().unwrap(),
+        "--max-attempts",
+        "2",
+    ]);
     assert_eq!(o.status.code(), Some(1));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("map task 0 failed 2 time(s)"), "{err}");
     assert!(err.contains(&format!("at {} byte offset 10", input.display())), "{err}");
-    assert!(err.contains("the job panicked: refusing to count a line with BOOM in it"), "{err}");
+    assert!(
+        err.contains("the job panicked: refusing to count a line with BOOM in it"),
+        "{err}"
+    );
     assert!(!t.path("out/_SUCCESS").exists());
 }

@@ -9,19 +9,40 @@ use crate::harness::*;
 fn wordcount_over_gutenberg_matches_the_reference_figures() {
     let t = TestDir::new();
     let out = t.path("out");
-    wmr_ok(&["run", "--job", guest("wordcount").to_str().unwrap(), "--input", &gutenberg(), "--output", out.to_str().unwrap(), "--reducers", "10", "--format", "text", "--split-size", "200KiB"]);
+    wmr_ok(&[
+        "run",
+        "--job",
+        guest("wordcount").to_str().unwrap(),
+        "--input",
+        &gutenberg(),
+        "--output",
+        out.to_str().unwrap(),
+        "--reducers",
+        "10",
+        "--format",
+        "text",
+        "--split-size",
+        "200KiB",
+    ]);
     let lines = text_output(&out);
     assert_eq!(lines.len(), 22_107);
     assert_eq!(lines[0], "A 509");
     let texts: Vec<String> = glob_texts();
     assert_eq!(lines, as_lines(&reference_wordcount(&texts)));
-    let total: u64 = lines.iter().map(|l| l.rsplit_once(' ').unwrap().1.parse::<u64>().unwrap()).sum();
+    let total: u64 = lines
+        .iter()
+        .map(|l| l.rsplit_once(' ').unwrap().1.parse::<u64>().unwrap())
+        .sum();
     assert_eq!(total, 623_948);
 }
 
 fn glob_texts() -> Vec<String> {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/gutenberg");
-    let mut files: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "txt")).collect();
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "txt"))
+        .collect();
     files.sort();
     files.iter().map(|p| std::fs::read_to_string(p).unwrap()).collect()
 }
@@ -36,7 +57,23 @@ fn wordcount_on_generated_input_for_many_splits_and_reducer_counts() {
     let expected = as_lines(&reference_wordcount(&texts));
     for r in ["1", "3", "10"] {
         let out = t.path(&format!("out-{r}"));
-        wmr_ok(&["run", "--job", guest("wordcount").to_str().unwrap(), "--input", t.path("in").to_str().unwrap(), "--output", out.to_str().unwrap(), "--reducers", r, "--format", "text", "--split-size", "4KiB", "--slots", "2"]);
+        wmr_ok(&[
+            "run",
+            "--job",
+            guest("wordcount").to_str().unwrap(),
+            "--input",
+            t.path("in").to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+            "--reducers",
+            r,
+            "--format",
+            "text",
+            "--split-size",
+            "4KiB",
+            "--slots",
+            "2",
+        ]);
         assert_eq!(text_output(&out), expected, "with {r} reducers");
     }
 }
@@ -45,7 +82,21 @@ fn wordcount_on_generated_input_for_many_splits_and_reducer_counts() {
 fn indexer_gives_one_line_per_word_with_sorted_file_names() {
     let t = TestDir::new();
     let out = t.path("out");
-    wmr_ok(&["run", "--job", guest("indexer").to_str().unwrap(), "--input", &gutenberg(), "--output", out.to_str().unwrap(), "--reducers", "3", "--format", "text", "--split-size", "300KiB"]);
+    wmr_ok(&[
+        "run",
+        "--job",
+        guest("indexer").to_str().unwrap(),
+        "--input",
+        &gutenberg(),
+        "--output",
+        out.to_str().unwrap(),
+        "--reducers",
+        "3",
+        "--format",
+        "text",
+        "--split-size",
+        "300KiB",
+    ]);
     let lines = text_output(&out);
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/gutenberg");
     let mut index: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
@@ -55,13 +106,23 @@ fn indexer_gives_one_line_per_word_with_sorted_file_names() {
             continue;
         }
         let name = p.file_name().unwrap().to_str().unwrap().to_string();
-        for w in std::fs::read_to_string(&p).unwrap().split(|c: char| !c.is_alphabetic()).filter(|w| !w.is_empty()) {
+        for w in std::fs::read_to_string(&p)
+            .unwrap()
+            .split(|c: char| !c.is_alphabetic())
+            .filter(|w| !w.is_empty())
+        {
             index.entry(w.to_string()).or_default().insert(name.clone());
         }
     }
     let mut expected: Vec<String> = index
         .iter()
-        .map(|(w, files)| format!("{w} {} {}", files.len(), files.iter().cloned().collect::<Vec<_>>().join(",")))
+        .map(|(w, files)| {
+            format!(
+                "{w} {} {}",
+                files.len(),
+                files.iter().cloned().collect::<Vec<_>>().join(",")
+            )
+        })
         .collect();
     expected.sort();
     assert_eq!(lines.len(), 22_107);
@@ -74,7 +135,21 @@ fn grep_finds_matching_lines_with_file_and_offset() {
     let a = t.write("in/a.txt", "one needle\nno\nneedle two\n");
     t.write("in/b.txt", "nothing\r\nthe needle\r\n");
     let out = t.path("out");
-    wmr_ok(&["run", "--job", guest("grep").to_str().unwrap(), "--input", t.path("in").to_str().unwrap(), "--output", out.to_str().unwrap(), "--format", "text", "--param", "pattern=needle", "--reducers", "2"]);
+    wmr_ok(&[
+        "run",
+        "--job",
+        guest("grep").to_str().unwrap(),
+        "--input",
+        t.path("in").to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        "--format",
+        "text",
+        "--param",
+        "pattern=needle",
+        "--reducers",
+        "2",
+    ]);
     let b = t.path("in/b.txt");
     let mut expected = vec![
         format!("{} 0 one needle", a.display()),
@@ -84,9 +159,20 @@ fn grep_finds_matching_lines_with_file_and_offset() {
     expected.sort();
     assert_eq!(text_output(&out), expected);
     // Without its parameter the job is refused before it starts.
-    let refused = wmr(&["run", "--job", guest("grep").to_str().unwrap(), "--input", a.to_str().unwrap(), "--output", t.path("o2").to_str().unwrap()]);
+    let refused = wmr(&[
+        "run",
+        "--job",
+        guest("grep").to_str().unwrap(),
+        "--input",
+        a.to_str().unwrap(),
+        "--output",
+        t.path("o2").to_str().unwrap(),
+    ]);
     assert_eq!(refused.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&refused.stderr).contains("missing job parameter \"pattern\"; give it with --param pattern=VALUE"));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr)
+            .contains("missing job parameter \"pattern\"; give it with --param pattern=VALUE")
+    );
 }
 
 #[test]
@@ -95,25 +181,52 @@ fn parquet_output_reads_back_and_groupby_reads_parquet_input() {
     // A Parquet input with several row groups.
     let regions = ["north", "south", "east", "west"];
     let n = 10_000;
-    let region: Vec<Option<&str>> = (0..n).map(|i| if i % 97 == 0 { None } else { Some(regions[i % 4]) }).collect();
+    let region: Vec<Option<&str>> = (0..n)
+        .map(|i| if i % 97 == 0 { None } else { Some(regions[i % 4]) })
+        .collect();
     let amount: Vec<i64> = (0..n).map(|i| (i as i64 * 7) % 1000).collect();
     let batch = RecordBatch::try_from_iter([
         ("region", Arc::new(StringArray::from(region.clone())) as _),
         ("amount", Arc::new(Int64Array::from(amount.clone())) as _),
     ])
     .unwrap();
-    let props = parquet::file::properties::WriterProperties::builder().set_max_row_group_row_count(Some(1000)).build();
+    let props = parquet::file::properties::WriterProperties::builder()
+        .set_max_row_group_row_count(Some(1000))
+        .build();
     let mut buf = Vec::new();
     let mut w = parquet::arrow::ArrowWriter::try_new(&mut buf, batch.schema(), Some(props)).unwrap();
     w.write(&batch).unwrap();
     w.close().unwrap();
     t.write("in/sales.parquet", &buf);
     let out = t.path("out");
-    let summary = wmr_ok(&["run", "--job", guest("groupby").to_str().unwrap(), "--input", t.path("in/sales.parquet").to_str().unwrap(), "--output", out.to_str().unwrap(), "--param", "key=region", "--param", "value=amount", "--split-size", "4KiB", "--reducers", "3", "--json"]);
+    let summary = wmr_ok(&[
+        "run",
+        "--job",
+        guest("groupby").to_str().unwrap(),
+        "--input",
+        t.path("in/sales.parquet").to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        "--param",
+        "key=region",
+        "--param",
+        "value=amount",
+        "--split-size",
+        "4KiB",
+        "--reducers",
+        "3",
+        "--json",
+    ]);
     let json: serde_json::Value = serde_json::from_slice(&summary.stdout).unwrap();
     assert_eq!(json["state"], "succeeded");
-    assert!(json["maps"].as_u64().unwrap() > 1, "row groups were split over several maps: {json}");
-    assert_eq!(json["counters"]["rows.skipped_null"], (0..n).filter(|i| i % 97 == 0).count() as i64);
+    assert!(
+        json["maps"].as_u64().unwrap() > 1,
+        "row groups were split over several maps: {json}"
+    );
+    assert_eq!(
+        json["counters"]["rows.skipped_null"],
+        (0..n).filter(|i| i % 97 == 0).count() as i64
+    );
     let mut expected: BTreeMap<String, (f64, u64)> = BTreeMap::new();
     for (r, a) in region.iter().zip(&amount) {
         if let Some(r) = r {
@@ -129,7 +242,10 @@ fn parquet_output_reads_back_and_groupby_reads_parquet_input() {
             continue;
         }
         let bytes = bytes::Bytes::from(std::fs::read(&p).unwrap());
-        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes).unwrap().build().unwrap();
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
+            .unwrap()
+            .build()
+            .unwrap();
         for b in reader {
             let b = b.unwrap();
             assert_eq!(b.schema().field(0).name(), "region");

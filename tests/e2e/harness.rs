@@ -11,7 +11,9 @@ pub struct TestDir {
 
 impl TestDir {
     pub fn new() -> Self {
-        TestDir { dir: tempfile::tempdir().expect("temp dir") }
+        TestDir {
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
     }
 
     pub fn path(&self, rel: &str) -> PathBuf {
@@ -27,19 +29,33 @@ impl TestDir {
 }
 
 pub fn guest(name: &str) -> PathBuf {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/guests").join(format!("{name}.wasm"));
-    assert!(p.exists(), "{} is missing: build the guests first with `cargo xtask guests`", p.display());
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/guests")
+        .join(format!("{name}.wasm"));
+    assert!(
+        p.exists(),
+        "{} is missing: build the guests first with `cargo xtask guests`",
+        p.display()
+    );
     p
 }
 
 pub fn gutenberg() -> String {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/gutenberg");
-    format!("{}/*.txt", dir.canonicalize().expect("../shared/data/gutenberg beside the repo").display())
+    format!(
+        "{}/*.txt",
+        dir.canonicalize()
+            .expect("../shared/data/gutenberg beside the repo")
+            .display()
+    )
 }
 
 /// Run `wmr` with `args`; returns the output whatever the exit status.
 pub fn wmr(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_wmr")).args(args).output().expect("running wmr")
+    Command::new(env!("CARGO_BIN_EXE_wmr"))
+        .args(args)
+        .output()
+        .expect("running wmr")
 }
 
 /// Run `wmr` and insist it succeeded.
@@ -57,13 +73,28 @@ pub fn wmr_ok(args: &[&str]) -> Output {
 
 /// All output lines of a text-format job, sorted (byte order).
 pub fn text_output(dir: &Path) -> Vec<String> {
-    let mut names: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    let mut names: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
     names.sort();
-    assert!(names.contains(&"_SUCCESS".to_string()), "no _SUCCESS in {}: {names:?}", dir.display());
-    let visible: Vec<_> = names.iter().filter(|n| !n.starts_with('_') && !n.starts_with('.')).collect();
+    assert!(
+        names.contains(&"_SUCCESS".to_string()),
+        "no _SUCCESS in {}: {names:?}",
+        dir.display()
+    );
+    let visible: Vec<_> = names
+        .iter()
+        .filter(|n| !n.starts_with('_') && !n.starts_with('.'))
+        .collect();
     let mut lines = vec![];
     for n in visible {
-        lines.extend(std::fs::read_to_string(dir.join(n)).unwrap().lines().map(str::to_string));
+        lines.extend(
+            std::fs::read_to_string(dir.join(n))
+                .unwrap()
+                .lines()
+                .map(str::to_string),
+        );
     }
     lines.sort();
     lines
@@ -88,7 +119,19 @@ pub fn as_lines(m: &BTreeMap<String, u64>) -> Vec<String> {
 
 /// A deterministic text corpus of `lines` lines.
 pub fn corpus(lines: usize, seed: u64) -> String {
-    let words = ["alpha", "Beta", "gamma", "déjà", "vu", "x", "ÑANDÚ", "omega", "the", "a", "mapreduce"];
+    let words = [
+        "alpha",
+        "Beta",
+        "gamma",
+        "déjà",
+        "vu",
+        "x",
+        "ÑANDÚ",
+        "omega",
+        "the",
+        "a",
+        "mapreduce",
+    ];
     let mut s = seed | 1;
     let mut out = String::new();
     for _ in 0..lines {

@@ -22,7 +22,21 @@ fn edge_case_files_count_exactly_once() {
     }
     let out = t.path("out");
     // Split size far below the long line: the line belongs to one split only.
-    wmr_ok(&["run", "--job", guest("wordcount").to_str().unwrap(), "--input", t.path("in").to_str().unwrap(), "--output", out.to_str().unwrap(), "--format", "text", "--split-size", "1KiB", "--reducers", "3"]);
+    wmr_ok(&[
+        "run",
+        "--job",
+        guest("wordcount").to_str().unwrap(),
+        "--input",
+        t.path("in").to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        "--format",
+        "text",
+        "--split-size",
+        "1KiB",
+        "--reducers",
+        "3",
+    ]);
     assert_eq!(text_output(&out), as_lines(&reference_wordcount(&texts)));
 }
 
@@ -31,7 +45,18 @@ fn invalid_utf8_is_replaced_and_counted() {
     let t = TestDir::new();
     t.write("in/bad.txt", b"good words\nbad \xff\xfe bytes\n");
     let out = t.path("out");
-    let o = wmr_ok(&["run", "--job", guest("wordcount").to_str().unwrap(), "--input", t.path("in").to_str().unwrap(), "--output", out.to_str().unwrap(), "--format", "text", "--json"]);
+    let o = wmr_ok(&[
+        "run",
+        "--job",
+        guest("wordcount").to_str().unwrap(),
+        "--input",
+        t.path("in").to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        "--format",
+        "text",
+        "--json",
+    ]);
     let json: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(json["counters"]["input.invalid_utf8_lines"], 1);
     assert_eq!(text_output(&out), ["bad 1", "bytes 1", "good 1", "words 1"]);

@@ -1,5 +1,9 @@
 //! Project tasks: `cargo xtask guests | demo | test | bench wordcount`.
-#![expect(clippy::print_stdout, clippy::print_stderr, reason = "a developer tool that talks on the terminal")]
+#![expect(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "a developer tool that talks on the terminal"
+)]
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -7,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result, bail};
 
 const USAGE: &str = "usage: cargo xtask <command>
   guests                          build every guest into target/guests/NAME.wasm
@@ -30,7 +34,10 @@ fn main() -> Result<()> {
 }
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives one level below the root").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives one level below the root")
+        .to_path_buf()
 }
 
 fn run(cmd: &mut Command) -> Result<()> {
@@ -45,7 +52,9 @@ fn run(cmd: &mut Command) -> Result<()> {
 fn guests() -> Result<PathBuf> {
     let root = root();
     let installed = Command::new("rustup").args(["target", "list", "--installed"]).output();
-    let has_target = installed.as_ref().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("wasm32-wasip2"));
+    let has_target = installed
+        .as_ref()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("wasm32-wasip2"));
     if !has_target {
         eprintln!("installing the wasm32-wasip2 target with rustup");
         run(Command::new("rustup").args(["target", "add", "wasm32-wasip2"]))?;
@@ -55,7 +64,14 @@ fn guests() -> Result<PathBuf> {
     std::fs::create_dir_all(&out)?;
     for workspace in ["guest-examples", "tests/guests"] {
         run(Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args(["build", "--quiet", "--release", "--target", "wasm32-wasip2", "--manifest-path"])
+            .args([
+                "build",
+                "--quiet",
+                "--release",
+                "--target",
+                "wasm32-wasip2",
+                "--manifest-path",
+            ])
             .arg(root.join(workspace).join("Cargo.toml"))
             .env("CARGO_TARGET_DIR", &build_dir))?;
     }
@@ -80,7 +96,9 @@ fn build_wmr() -> Result<PathBuf> {
 
 /// A deterministic English-like corpus of about `bytes` bytes.
 fn generate_corpus(dir: &Path, bytes: u64, files: usize) -> Result<()> {
-    let syllables = ["ka", "lo", "mi", "ren", "sa", "tor", "vel", "in", "dra", "os", "qua", "pe", "li", "the", "an", "ro"];
+    let syllables = [
+        "ka", "lo", "mi", "ren", "sa", "tor", "vel", "in", "dra", "os", "qua", "pe", "li", "the", "an", "ro",
+    ];
     // A Zipf-like vocabulary: word i is drawn with weight 1/(i+1).
     let mut state = 0x9E37_79B9_7F4A_7C15u64;
     let mut next = move || {
@@ -92,17 +110,23 @@ fn generate_corpus(dir: &Path, bytes: u64, files: usize) -> Result<()> {
     let vocab: Vec<String> = (0..20_000)
         .map(|i| {
             let n = 1 + (i % 4);
-            let mut w: String = (0..n).map(|k| syllables[((i * 7 + k * 13) ^ (i >> 3)) % syllables.len()]).collect();
+            let mut w: String = (0..n)
+                .map(|k| syllables[((i * 7 + k * 13) ^ (i >> 3)) % syllables.len()])
+                .collect();
             if i % 11 == 0 {
                 w = w[..1].to_uppercase() + &w[1..];
             }
             w
         })
         .collect();
-    let cumulative: Vec<f64> = vocab.iter().enumerate().scan(0.0, |acc, (i, _)| {
-        *acc += 1.0 / (i as f64 + 1.0);
-        Some(*acc)
-    }).collect();
+    let cumulative: Vec<f64> = vocab
+        .iter()
+        .enumerate()
+        .scan(0.0, |acc, (i, _)| {
+            *acc += 1.0 / (i as f64 + 1.0);
+            Some(*acc)
+        })
+        .collect();
     let total = *cumulative.last().expect("non-empty vocabulary");
     std::fs::create_dir_all(dir)?;
     let per_file = bytes / files as u64;
@@ -147,20 +171,31 @@ fn demo() -> Result<()> {
         .arg("--output")
         .arg(&out)
         .args(["--reducers", "4", "--split-size", "8MiB", "--overwrite"]))?;
-    let cat = Command::new(&wmr).arg("cat").arg(&out).output().context("running wmr cat")?;
+    let cat = Command::new(&wmr)
+        .arg("cat")
+        .arg(&out)
+        .output()
+        .context("running wmr cat")?;
     if !cat.status.success() {
         bail!("wmr cat failed: {}", String::from_utf8_lossy(&cat.stderr));
     }
     let mut counts: Vec<(String, u64)> = String::from_utf8_lossy(&cat.stdout)
         .lines()
-        .filter_map(|l| l.rsplit_once(' ').and_then(|(w, c)| Some((w.to_string(), c.parse().ok()?))))
+        .filter_map(|l| {
+            l.rsplit_once(' ')
+                .and_then(|(w, c)| Some((w.to_string(), c.parse().ok()?)))
+        })
         .collect();
     counts.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
     println!("\ntop words:");
     for (w, c) in counts.iter().take(10) {
         println!("  {c:>9}  {w}");
     }
-    println!("\nParquet output: {} (read it with DuckDB: SELECT * FROM '{}/*.parquet')", out.display(), out.display());
+    println!(
+        "\nParquet output: {} (read it with DuckDB: SELECT * FROM '{}/*.parquet')",
+        out.display(),
+        out.display()
+    );
     Ok(())
 }
 
@@ -185,7 +220,13 @@ fn native_wordcount(files: &[PathBuf], threads: usize) -> Result<HashMap<String,
             rest = &rest[cut..];
         }
     }
-    let is_letter = |c: char| if c.is_ascii() { c.is_ascii_alphabetic() } else { c.is_alphabetic() };
+    let is_letter = |c: char| {
+        if c.is_ascii() {
+            c.is_ascii_alphabetic()
+        } else {
+            c.is_alphabetic()
+        }
+    };
     let partials: Vec<HashMap<&str, u64>> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
             .map(|t| {
@@ -222,7 +263,11 @@ fn bench(args: &[String]) -> Result<()> {
         bail!("{USAGE}");
     }
     let size_mib: u64 = match args.iter().position(|a| a == "--size-mib") {
-        Some(i) => args.get(i + 1).context("--size-mib needs a number")?.parse().context("--size-mib needs a number")?,
+        Some(i) => args
+            .get(i + 1)
+            .context("--size-mib needs a number")?
+            .parse()
+            .context("--size-mib needs a number")?,
         None => 256,
     };
     let root = root();
@@ -233,7 +278,9 @@ fn bench(args: &[String]) -> Result<()> {
         eprintln!("generating a {size_mib} MiB corpus in {}", corpus.display());
         generate_corpus(&corpus, size_mib << 20, 8)?;
     }
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&corpus)?.map(|e| e.map(|e| e.path())).collect::<Result<_, _>>()?;
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&corpus)?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<Result<_, _>>()?;
     files.sort();
     let out = root.join("target/bench/out");
     let (mut wmr_times, mut native_times) = (Vec::new(), Vec::new());
@@ -254,14 +301,24 @@ fn bench(args: &[String]) -> Result<()> {
         let counts = native_wordcount(&files, 2)?;
         native_times.push(t.elapsed());
         native_distinct = counts.len();
-        eprintln!("round {round}: wmr {:.2?}, native {:.2?}", wmr_times[round], native_times[round]);
+        eprintln!(
+            "round {round}: wmr {:.2?}, native {:.2?}",
+            wmr_times[round], native_times[round]
+        );
     }
     let (w, n) = (median(wmr_times), median(native_times));
     let mut report = String::new();
-    writeln!(report, "wordcount over {size_mib} MiB ({native_distinct} distinct words), median of 3:")?;
+    writeln!(
+        report,
+        "wordcount over {size_mib} MiB ({native_distinct} distinct words), median of 3:"
+    )?;
     writeln!(report, "  wmr run, 2 slots:        {:.2} s", w.as_secs_f64())?;
     writeln!(report, "  native Rust, 2 threads:  {:.2} s", n.as_secs_f64())?;
-    writeln!(report, "  ratio wmr/native:        {:.2}x (target: at most 1.7x)", w.as_secs_f64() / n.as_secs_f64())?;
+    writeln!(
+        report,
+        "  ratio wmr/native:        {:.2}x (target: at most 1.7x)",
+        w.as_secs_f64() / n.as_secs_f64()
+    )?;
     print!("{report}");
     Ok(())
 }

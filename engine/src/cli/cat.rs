@@ -5,8 +5,8 @@ use std::io::Write;
 
 use clap::Args;
 
-use super::{exit, Failure};
-use crate::data::output::{read_output_rows, OutputFormat};
+use super::{Failure, exit};
+use crate::data::output::{OutputFormat, read_output_rows};
 use crate::worker::error_chain;
 
 /// Print a job's output as text lines.
@@ -21,13 +21,22 @@ pub(super) fn run(args: CatArgs) -> Result<u8, Failure> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| Failure { code: exit::INFRASTRUCTURE, message: format!("starting the I/O runtime: {e}") })?;
-    let batches = runtime
-        .block_on(read_output_rows(&args.output))
-        .map_err(|e| Failure { code: exit::USAGE, message: error_chain(&e) })?;
+        .map_err(|e| Failure {
+            code: exit::INFRASTRUCTURE,
+            message: format!("starting the I/O runtime: {e}"),
+        })?;
+    let batches = runtime.block_on(read_output_rows(&args.output)).map_err(|e| Failure {
+        code: exit::USAGE,
+        message: error_chain(&e),
+    })?;
     let mut out = std::io::stdout().lock();
     for (schema, batch) in batches {
-        let text = OutputFormat::Text.encode(&args.output, &schema, &[batch]).map_err(|e| Failure { code: exit::USAGE, message: error_chain(&e) })?;
+        let text = OutputFormat::Text
+            .encode(&args.output, &schema, &[batch])
+            .map_err(|e| Failure {
+                code: exit::USAGE,
+                message: error_chain(&e),
+            })?;
         if out.write_all(&text).is_err() {
             // Broken pipe (`wmr cat OUT | head`): success, as in ripgrep.
             return Ok(exit::SUCCESS);

@@ -10,15 +10,15 @@ use futures::TryStreamExt;
 use object_store::ObjectStoreExt;
 use serde::Serialize;
 
-use super::{exit, Failure};
+use super::{Failure, exit};
 use crate::coordinator::job::DEFAULT_MAX_ATTEMPTS;
-use crate::coordinator::{remove_all, Coordinator, Job, JobSpec, JobState};
+use crate::coordinator::{Coordinator, Job, JobSpec, JobState, remove_all};
 use crate::data::output::{Manifest, OutputFormat};
-use crate::data::{plan_splits, Location};
+use crate::data::{Location, plan_splits};
 use crate::runtime::limits::{DEFAULT_MAX_CALL_TIME, DEFAULT_MAX_LOG_BYTES, DEFAULT_MAX_MEMORY_BYTES};
 use crate::runtime::{Limits, Runtime};
 use crate::task::{Counters, JobContext};
-use crate::worker::{error_chain, run_slots, ComputePool};
+use crate::worker::{ComputePool, error_chain, run_slots};
 use crate::{JobId, WorkerId};
 
 /// Run a job embedded.
@@ -80,7 +80,10 @@ fn parse_param(s: &str) -> Result<(String, String), String> {
 }
 
 fn usage(message: String) -> Failure {
-    Failure { code: exit::USAGE, message }
+    Failure {
+        code: exit::USAGE,
+        message,
+    }
 }
 
 fn data_failure(e: crate::data::Error) -> Failure {
@@ -89,7 +92,10 @@ fn data_failure(e: crate::data::Error) -> Failure {
         E::Io { .. } => exit::INFRASTRUCTURE,
         _ => exit::USAGE,
     };
-    Failure { code, message: error_chain(&e) }
+    Failure {
+        code,
+        message: error_chain(&e),
+    }
 }
 
 /// The summary printed at the end (`--json` prints exactly this).
@@ -119,7 +125,9 @@ pub struct RunSummary {
 
 /// Run `wmr run`.
 pub(super) fn run(args: RunArgs) -> Result<u8, Failure> {
-    let slots = args.slots.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    let slots = args
+        .slots
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
     if slots == 0 {
         return Err(usage("--slots must be at least 1".into()));
     }
@@ -132,7 +140,10 @@ pub(super) fn run(args: RunArgs) -> Result<u8, Failure> {
         .thread_name("wmr-io")
         .enable_all()
         .build()
-        .map_err(|e| Failure { code: exit::INFRASTRUCTURE, message: format!("starting the I/O runtime: {e}") })?;
+        .map_err(|e| Failure {
+            code: exit::INFRASTRUCTURE,
+            message: format!("starting the I/O runtime: {e}"),
+        })?;
     runtime.block_on(run_async(args, slots, reducers))
 }
 
@@ -146,18 +157,35 @@ async fn run_async(args: RunArgs, slots: usize, reducers: u32) -> Result<u8, Fai
     // Validate everything before any work: the module, the output, the input.
     let module_location = Location::parse(&args.job).map_err(data_failure)?;
     let module_bytes = match module_location.store.get(&module_location.path).await {
-        Ok(r) => r.bytes().await.map_err(|e| data_failure(crate::data::Error::io(&args.job, "reading", e)))?,
-        Err(object_store::Error::NotFound { .. }) => return Err(usage(format!("job module {} does not exist; build the examples with `cargo xtask guests`", args.job))),
+        Ok(r) => r
+            .bytes()
+            .await
+            .map_err(|e| data_failure(crate::data::Error::io(&args.job, "reading", e)))?,
+        Err(object_store::Error::NotFound { .. }) => {
+            return Err(usage(format!(
+                "job module {} does not exist; build the examples with `cargo xtask guests`",
+                args.job
+            )));
+        }
         Err(e) => return Err(data_failure(crate::data::Error::io(&args.job, "reading", e))),
     };
-    let pool = Arc::new(ComputePool::new(slots).map_err(|e| Failure { code: exit::INFRASTRUCTURE, message: format!("starting compute threads: {e}") })?);
-    let wasm = Arc::new(Runtime::new(limits).map_err(|e| Failure { code: exit::INFRASTRUCTURE, message: error_chain(&e) })?);
+    let pool = Arc::new(ComputePool::new(slots).map_err(|e| Failure {
+        code: exit::INFRASTRUCTURE,
+        message: format!("starting compute threads: {e}"),
+    })?);
+    let wasm = Arc::new(Runtime::new(limits).map_err(|e| Failure {
+        code: exit::INFRASTRUCTURE,
+        message: error_chain(&e),
+    })?);
     let (what, params) = (args.job.clone(), args.params.clone());
     let loader = wasm.clone();
     let module = pool
         .run(move || loader.load(&what, &module_bytes, &params))
         .await
-        .map_err(|e| Failure { code: exit::INFRASTRUCTURE, message: e.to_string() })?
+        .map_err(|e| Failure {
+            code: exit::INFRASTRUCTURE,
+            message: e.to_string(),
+        })?
         .map_err(|e| usage(error_chain(&e)))?;
     let output = Location::parse(&args.output).map_err(data_failure)?;
     let existing: Vec<_> = output
@@ -168,11 +196,16 @@ async fn run_async(args: RunArgs, slots: usize, reducers: u32) -> Result<u8, Fai
         .map_err(|e| data_failure(crate::data::Error::io(&output.display, "listing", e)))?;
     if !existing.is_empty() {
         if !args.overwrite {
-            return Err(usage(format!("output {} already exists and is not empty; choose another --output or pass --overwrite", args.output)));
+            return Err(usage(format!(
+                "output {} already exists and is not empty; choose another --output or pass --overwrite",
+                args.output
+            )));
         }
         remove_all(&output).await.map_err(data_failure)?;
     }
-    let splits = plan_splits(&args.input, args.split_size.as_u64()).await.map_err(data_failure)?;
+    let splits = plan_splits(&args.input, args.split_size.as_u64())
+        .await
+        .map_err(data_failure)?;
     let id = JobId::generate();
     let spec = JobSpec {
         work_dir: output.child(&format!("_temporary/{id}")).display.clone(),
@@ -184,7 +217,11 @@ async fn run_async(args: RunArgs, slots: usize, reducers: u32) -> Result<u8, Fai
         max_attempts: args.max_attempts,
     };
     let coordinator = Arc::new(Coordinator::new(Job::new(spec, splits)));
-    let ctx = JobContext { runtime: wasm, module: module.clone(), pool };
+    let ctx = JobContext {
+        runtime: wasm,
+        module: module.clone(),
+        pool,
+    };
     let show_progress = std::io::stderr().is_terminal() && !args.json && !args.quiet;
     let slots_done = run_slots(coordinator.clone(), ctx, WorkerId("embedded".into()), slots);
     let progress = progress_loop(coordinator.clone(), show_progress);
@@ -194,7 +231,10 @@ async fn run_async(args: RunArgs, slots: usize, reducers: u32) -> Result<u8, Fai
     }
     let job_name = module.info().name.clone();
     let manifest = if coordinator.snapshot().state == JobState::Committing {
-        Some(coordinator.commit(&job_name).await.map_err(|e| Failure { code: exit::INFRASTRUCTURE, message: error_chain(&e) })?)
+        Some(coordinator.commit(&job_name).await.map_err(|e| Failure {
+            code: exit::INFRASTRUCTURE,
+            message: error_chain(&e),
+        })?)
     } else {
         None
     };
@@ -216,7 +256,12 @@ async fn run_async(args: RunArgs, slots: usize, reducers: u32) -> Result<u8, Fai
         JobState::Succeeded => Ok(exit::SUCCESS),
         _ => Err(Failure {
             code: exit::JOB_FAILED,
-            message: format!("job {} ({}) failed: {}", summary.job, summary.name, job.error.unwrap_or_else(|| "unknown error".into())),
+            message: format!(
+                "job {} ({}) failed: {}",
+                summary.job,
+                summary.name,
+                job.error.unwrap_or_else(|| "unknown error".into())
+            ),
         }),
     }
 }
@@ -243,7 +288,13 @@ async fn progress_loop(coordinator: Arc<Coordinator>, show: bool) {
         }
         if let Some(bar) = &bar {
             let ((md, mt), (rd, rt)) = job.progress();
-            let bytes: u64 = job.splits.iter().enumerate().filter(|(i, _)| job.map_outputs[*i].is_some()).map(|(_, s)| s.size_hint()).sum();
+            let bytes: u64 = job
+                .splits
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| job.map_outputs[*i].is_some())
+                .map(|(_, s)| s.size_hint())
+                .sum();
             let mib_s = bytes as f64 / (1 << 20) as f64 / started.elapsed().as_secs_f64().max(0.001);
             bar.set_length((mt + rt) as u64);
             bar.set_position((md + rd) as u64);
@@ -285,12 +336,21 @@ fn print_summary(s: &RunSummary, json: bool, quiet: bool) {
             mib(c("wmr.shuffle.bytes")),
             mib(c("wmr.output.bytes"))
         ));
-        let guest: Vec<String> = s.counters.iter().filter(|(k, _)| !k.starts_with("wmr.")).map(|(k, v)| format!("{k}={v}")).collect();
+        let guest: Vec<String> = s
+            .counters
+            .iter()
+            .filter(|(k, _)| !k.starts_with("wmr."))
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
         if !guest.is_empty() {
             t.push_str(&format!("  counters  {}\n", guest.join(" ")));
         }
         if let Some(m) = &s.manifest {
-            t.push_str(&format!("  output    {} ({} files and _SUCCESS)\n", s.output, m.files.len()));
+            t.push_str(&format!(
+                "  output    {} ({} files and _SUCCESS)\n",
+                s.output,
+                m.files.len()
+            ));
         }
         t
     };

@@ -18,8 +18,8 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
-use crate::data::output::OutputFormat;
 use crate::data::Split;
+use crate::data::output::OutputFormat;
 use crate::task::{Counters, MapAssignment, MapOutput, ReduceAssignment, ReduceOutput, ShuffleInput};
 use crate::{AttemptId, JobId, Phase, TaskId, WorkerId};
 
@@ -122,11 +122,18 @@ pub struct Task {
 
 impl Task {
     fn new(id: TaskId) -> Self {
-        Task { id, state: TaskState::Pending, attempts: Vec::new(), failures: 0 }
+        Task {
+            id,
+            state: TaskState::Pending,
+            attempts: Vec::new(),
+            failures: 0,
+        }
     }
 
     fn running_attempt(&mut self, id: AttemptId) -> Option<&mut Attempt> {
-        self.attempts.iter_mut().find(|a| a.id == id && a.state == AttemptState::Running)
+        self.attempts
+            .iter_mut()
+            .find(|a| a.id == id && a.state == AttemptState::Running)
     }
 }
 
@@ -231,7 +238,13 @@ impl Job {
         let attempt = AttemptId(self.next_attempt);
         self.next_attempt += 1;
         task.state = TaskState::Running;
-        task.attempts.push(Attempt { id: attempt, worker: worker.clone(), started: now, ended: None, state: AttemptState::Running });
+        task.attempts.push(Attempt {
+            id: attempt,
+            worker: worker.clone(),
+            started: now,
+            ended: None,
+            state: AttemptState::Running,
+        });
         let index = task.id.index;
         Some(match phase {
             Phase::Map => Assignment::Map(MapAssignment {
@@ -248,9 +261,17 @@ impl Job {
                     .map_outputs
                     .iter()
                     .flatten()
-                    .map(|m| ShuffleInput { object: m.object.clone(), range: m.ranges[index as usize].clone() })
+                    .map(|m| ShuffleInput {
+                        object: m.object.clone(),
+                        range: m.ranges[index as usize].clone(),
+                    })
                     .collect(),
-                output_file: format!("{}/reduce-{index:05}-{}/{}", self.spec.work_dir, attempt.0, self.spec.format.file_name(index)),
+                output_file: format!(
+                    "{}/reduce-{index:05}-{}/{}",
+                    self.spec.work_dir,
+                    attempt.0,
+                    self.spec.format.file_name(index)
+                ),
                 format: self.spec.format,
             }),
         })
@@ -270,11 +291,15 @@ impl Job {
         }
         let max_attempts = self.spec.max_attempts.max(1);
         let reducers = self.spec.reducers as usize;
-        let Some(t) = self.task_mut(task) else { return ReportResult::Stale };
+        let Some(t) = self.task_mut(task) else {
+            return ReportResult::Stale;
+        };
         if t.state != TaskState::Running {
             return ReportResult::Stale;
         }
-        let Some(a) = t.running_attempt(attempt) else { return ReportResult::Stale };
+        let Some(a) = t.running_attempt(attempt) else {
+            return ReportResult::Stale;
+        };
         a.ended = Some(now);
         match outcome {
             Outcome::Map(out) if task.phase == Phase::Map && out.ranges.len() == reducers => {
@@ -293,7 +318,9 @@ impl Job {
                 ReportResult::Committed
             }
             Outcome::Map(_) | Outcome::Reduce(_) => {
-                a.state = AttemptState::Failed { error: "reported output of the wrong kind".into() };
+                a.state = AttemptState::Failed {
+                    error: "reported output of the wrong kind".into(),
+                };
                 t.state = TaskState::Pending;
                 ReportResult::WillRetry
             }
@@ -324,7 +351,11 @@ impl Job {
     /// Re-queue every running attempt of `worker`; committed output stays.
     pub fn worker_lost(&mut self, worker: &WorkerId, now: SystemTime) {
         for t in self.maps.iter_mut().chain(self.reduces.iter_mut()) {
-            for a in t.attempts.iter_mut().filter(|a| &a.worker == worker && a.state == AttemptState::Running) {
+            for a in t
+                .attempts
+                .iter_mut()
+                .filter(|a| &a.worker == worker && a.state == AttemptState::Running)
+            {
                 a.state = AttemptState::Lost;
                 a.ended = Some(now);
                 if t.state == TaskState::Running {
@@ -352,7 +383,12 @@ impl Job {
                 *total.entry(k.clone()).or_insert(0) += v;
             }
         }
-        let retried = self.maps.iter().chain(&self.reduces).map(|t| t.attempts.len().saturating_sub(1) as i64).sum::<i64>();
+        let retried = self
+            .maps
+            .iter()
+            .chain(&self.reduces)
+            .map(|t| t.attempts.len().saturating_sub(1) as i64)
+            .sum::<i64>();
         total.insert("wmr.attempts.retried".into(), retried);
         total
     }
@@ -360,7 +396,10 @@ impl Job {
     /// (done, total) for maps and for reduces.
     pub fn progress(&self) -> ((usize, usize), (usize, usize)) {
         let done = |ts: &[Task]| ts.iter().filter(|t| t.state == TaskState::Committed).count();
-        ((done(&self.maps), self.maps.len()), (done(&self.reduces), self.reduces.len()))
+        (
+            (done(&self.maps), self.maps.len()),
+            (done(&self.reduces), self.reduces.len()),
+        )
     }
 }
 
@@ -380,13 +419,21 @@ mod tests {
             max_attempts: 2,
         };
         let splits = (0..maps)
-            .map(|i| Split { file: format!("f{i}"), file_size: 10, kind: SplitKind::Text { start: 0, end: 10 } })
+            .map(|i| Split {
+                file: format!("f{i}"),
+                file_size: 10,
+                kind: SplitKind::Text { start: 0, end: 10 },
+            })
             .collect();
         Job::new(spec, splits)
     }
 
     fn map_ok(reducers: u32) -> Outcome {
-        Outcome::Map(MapOutput { object: "o".into(), ranges: vec![0..0; reducers as usize], counters: Counters::new() })
+        Outcome::Map(MapOutput {
+            object: "o".into(),
+            ranges: vec![0..0; reducers as usize],
+            counters: Counters::new(),
+        })
     }
 
     fn ids(a: &Assignment) -> (TaskId, AttemptId) {
@@ -406,7 +453,11 @@ mod tests {
         assert!(j.next_assignment(&w1, now).is_none(), "no reduce before maps commit");
         let (t1, at1) = ids(&a1);
         assert_eq!(j.report(t1, at1, map_ok(1), now), ReportResult::Committed);
-        assert_eq!(j.report(t1, at1, map_ok(1), now), ReportResult::Stale, "a duplicate report is refused");
+        assert_eq!(
+            j.report(t1, at1, map_ok(1), now),
+            ReportResult::Stale,
+            "a duplicate report is refused"
+        );
         // w2 dies; its map is re-queued and its late report refused.
         j.worker_lost(&w2, now);
         let (t2, at2) = ids(&a2);
@@ -416,9 +467,16 @@ mod tests {
         assert_ne!(ids(&retry).1, at2);
         assert_eq!(j.report(t2, ids(&retry).1, map_ok(1), now), ReportResult::Committed);
         let r = j.next_assignment(&w1, now).unwrap();
-        let Assignment::Reduce(ra) = &r else { panic!("expected a reduce") };
+        let Assignment::Reduce(ra) = &r else {
+            panic!("expected a reduce")
+        };
         assert_eq!(ra.inputs.len(), 2);
-        let out = Outcome::Reduce(ReduceOutput { file: "f".into(), rows: 1, bytes: 1, counters: Counters::new() });
+        let out = Outcome::Reduce(ReduceOutput {
+            file: "f".into(),
+            rows: 1,
+            bytes: 1,
+            counters: Counters::new(),
+        });
         assert_eq!(j.report(ra.task, ra.attempt, out, now), ReportResult::Committed);
         assert_eq!(j.state, JobState::Committing);
         assert_eq!(j.counters()["wmr.attempts.retried"], 1);
@@ -429,13 +487,19 @@ mod tests {
         let w = WorkerId("w".into());
         let now = SystemTime::now();
         let mut j = job(1, 1);
-        let fail = || Outcome::Failed { error: "boom".into(), retryable: true };
+        let fail = || Outcome::Failed {
+            error: "boom".into(),
+            retryable: true,
+        };
         let (t, a) = ids(&j.next_assignment(&w, now).unwrap());
         assert_eq!(j.report(t, a, fail(), now), ReportResult::WillRetry);
         let (t, a) = ids(&j.next_assignment(&w, now).unwrap());
         assert_eq!(j.report(t, a, fail(), now), ReportResult::JobFailed);
         assert_eq!(j.state, JobState::Failed);
-        assert_eq!(j.error.as_deref(), Some("map task 0 failed 2 time(s); last error: boom"));
+        assert_eq!(
+            j.error.as_deref(),
+            Some("map task 0 failed 2 time(s); last error: boom")
+        );
         assert!(j.next_assignment(&w, now).is_none());
     }
 }

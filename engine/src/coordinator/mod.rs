@@ -13,8 +13,8 @@ use futures::TryStreamExt;
 use object_store::{ObjectStoreExt, PutPayload};
 use tokio::sync::Notify;
 
-use crate::data::output::{Manifest, OutputFile, MANIFEST_NAME};
 use crate::data::Location;
+use crate::data::output::{MANIFEST_NAME, Manifest, OutputFile};
 use crate::{AttemptId, TaskId, WorkerId};
 pub use job::{Assignment, Job, JobSpec, JobState, Outcome, ReportResult};
 
@@ -45,7 +45,10 @@ pub struct Coordinator {
 impl Coordinator {
     /// A coordinator for `job`.
     pub fn new(job: Job) -> Self {
-        Coordinator { job: Mutex::new(job), changed: Notify::new() }
+        Coordinator {
+            job: Mutex::new(job),
+            changed: Notify::new(),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Job> {
@@ -98,11 +101,16 @@ impl Coordinator {
     /// [`Error::Commit`] if the store refuses a move or the manifest.
     pub async fn commit(&self, job_name: &str) -> Result<Manifest, Error> {
         let job = self.snapshot();
-        let commit_err = |source| Error::Commit { job: job.spec.id.to_string(), source };
+        let commit_err = |source| Error::Commit {
+            job: job.spec.id.to_string(),
+            source,
+        };
         let out = Location::parse(&job.spec.output).map_err(commit_err)?;
         let mut files = Vec::new();
         for (partition, reduce) in job.reduce_outputs.iter().enumerate() {
-            let reduce = reduce.as_ref().ok_or_else(|| Error::Internal(format!("committing with reduce {partition} not committed")))?;
+            let reduce = reduce
+                .as_ref()
+                .ok_or_else(|| Error::Internal(format!("committing with reduce {partition} not committed")))?;
             let from = Location::parse(&reduce.file).map_err(commit_err)?;
             let name = job.spec.format.file_name(partition as u32);
             let to = out.child(&name);
@@ -110,19 +118,42 @@ impl Coordinator {
                 Ok(()) => {}
                 // Already moved by an earlier, interrupted commit.
                 Err(object_store::Error::NotFound { .. }) if to.store.head(&to.path).await.is_ok() => {}
-                Err(e) => return Err(commit_err(crate::data::Error::Io { what: from.display.clone(), action: "moving", source: e })),
+                Err(e) => {
+                    return Err(commit_err(crate::data::Error::Io {
+                        what: from.display.clone(),
+                        action: "moving",
+                        source: e,
+                    }));
+                }
             }
-            files.push(OutputFile { name, rows: reduce.rows, bytes: reduce.bytes });
+            files.push(OutputFile {
+                name,
+                rows: reduce.rows,
+                bytes: reduce.bytes,
+            });
         }
-        let manifest = Manifest { job: job.spec.id.to_string(), name: job_name.to_string(), format: job.spec.format, files };
+        let manifest = Manifest {
+            job: job.spec.id.to_string(),
+            name: job_name.to_string(),
+            format: job.spec.format,
+            files,
+        };
         let json = serde_json::to_vec_pretty(&manifest).map_err(|e| Error::Internal(e.to_string()))?;
         let success = out.child(MANIFEST_NAME);
         success
             .store
             .put(&success.path, PutPayload::from(json))
             .await
-            .map_err(|e| commit_err(crate::data::Error::Io { what: success.display.clone(), action: "writing", source: e }))?;
-        remove_all(&Location::parse(&job.spec.work_dir).map_err(commit_err)?).await.map_err(commit_err)?;
+            .map_err(|e| {
+                commit_err(crate::data::Error::Io {
+                    what: success.display.clone(),
+                    action: "writing",
+                    source: e,
+                })
+            })?;
+        remove_all(&Location::parse(&job.spec.work_dir).map_err(commit_err)?)
+            .await
+            .map_err(commit_err)?;
         self.lock().committed();
         self.changed.notify_waiters();
         Ok(manifest)
@@ -135,9 +166,17 @@ impl Coordinator {
 /// # Errors
 /// If listing or deleting fails.
 pub async fn remove_all(dir: &Location) -> Result<(), crate::data::Error> {
-    let listed: Vec<_> = dir.store.list(Some(&dir.path)).try_collect().await.map_err(|e| crate::data::Error::io(&dir.display, "listing", e))?;
+    let listed: Vec<_> = dir
+        .store
+        .list(Some(&dir.path))
+        .try_collect()
+        .await
+        .map_err(|e| crate::data::Error::io(&dir.display, "listing", e))?;
     for meta in listed {
-        dir.store.delete(&meta.location).await.map_err(|e| crate::data::Error::io(&dir.display, "deleting in", e))?;
+        dir.store
+            .delete(&meta.location)
+            .await
+            .map_err(|e| crate::data::Error::io(&dir.display, "deleting in", e))?;
     }
     if dir.is_local() {
         let path = std::path::PathBuf::from(format!("/{}", dir.path));
@@ -145,7 +184,10 @@ pub async fn remove_all(dir: &Location) -> Result<(), crate::data::Error> {
         // must not fail a job whose output is already committed.
         let _ = tokio::fs::remove_dir_all(&path).await;
         // And the `_temporary` parent once no other job uses it.
-        if let Some(parent) = path.parent().filter(|p| p.file_name().is_some_and(|n| n == "_temporary")) {
+        if let Some(parent) = path
+            .parent()
+            .filter(|p| p.file_name().is_some_and(|n| n == "_temporary"))
+        {
             let _ = tokio::fs::remove_dir(parent).await;
         }
     }

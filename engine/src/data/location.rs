@@ -4,10 +4,10 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
+use object_store::ObjectStore;
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::path::Path;
-use object_store::ObjectStore;
 
 use super::Error;
 
@@ -39,7 +39,10 @@ fn memory_store(name: &str) -> Arc<dyn ObjectStore> {
         Ok(s) => s,
         Err(poisoned) => poisoned.into_inner(),
     };
-    stores.entry(name.to_string()).or_insert_with(|| Arc::new(InMemory::new())).clone()
+    stores
+        .entry(name.to_string())
+        .or_insert_with(|| Arc::new(InMemory::new()))
+        .clone()
 }
 
 impl Location {
@@ -48,7 +51,10 @@ impl Location {
     /// # Errors
     /// [`Error::BadLocation`] for an unknown scheme or a malformed URL.
     pub fn parse(input: &str) -> Result<Location, Error> {
-        let bad = |reason: String| Error::BadLocation { input: input.to_string(), reason };
+        let bad = |reason: String| Error::BadLocation {
+            input: input.to_string(),
+            reason,
+        };
         if let Some((scheme, rest)) = input.split_once("://") {
             match scheme {
                 "file" => Self::local(input, rest),
@@ -67,9 +73,16 @@ impl Location {
                         .with_bucket_name(bucket)
                         .build()
                         .map_err(|e| bad(format!("{e}; set AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION and, for a custom server, AWS_ENDPOINT")))?;
-                    Ok(Location { store: Arc::new(store), path: Path::from(key), display: input.to_string(), root: format!("s3://{bucket}") })
+                    Ok(Location {
+                        store: Arc::new(store),
+                        path: Path::from(key),
+                        display: input.to_string(),
+                        root: format!("s3://{bucket}"),
+                    })
                 }
-                other => Err(bad(format!("unknown scheme {other:?}; use a plain path, file://, memory:// or s3://"))),
+                other => Err(bad(format!(
+                    "unknown scheme {other:?}; use a plain path, file://, memory:// or s3://"
+                ))),
             }
         } else {
             Self::local(input, input)
@@ -77,12 +90,17 @@ impl Location {
     }
 
     fn local(input: &str, path: &str) -> Result<Location, Error> {
-        let bad = |reason: String| Error::BadLocation { input: input.to_string(), reason };
+        let bad = |reason: String| Error::BadLocation {
+            input: input.to_string(),
+            reason,
+        };
         let p = std::path::Path::new(path);
         let absolute = if p.is_absolute() {
             p.to_path_buf()
         } else {
-            std::env::current_dir().map_err(|e| bad(format!("no current directory: {e}")))?.join(p)
+            std::env::current_dir()
+                .map_err(|e| bad(format!("no current directory: {e}")))?
+                .join(p)
         };
         // object_store paths have no `.` or `..`: resolve them here, through
         // the filesystem when the path exists (for symlinks), else lexically.
@@ -99,7 +117,9 @@ impl Location {
             }
             normal
         });
-        let text = absolute.to_str().ok_or_else(|| bad("the path is not valid UTF-8".into()))?;
+        let text = absolute
+            .to_str()
+            .ok_or_else(|| bad("the path is not valid UTF-8".into()))?;
         let path = Path::from_absolute_path(text).map_err(|e| bad(e.to_string()))?;
         Ok(Location {
             store: Arc::new(LocalFileSystem::new()),
@@ -111,18 +131,35 @@ impl Location {
 
     /// A path below this location.
     pub fn child(&self, name: &str) -> Location {
-        let path = name.split('/').filter(|p| !p.is_empty()).fold(self.path.clone(), |p, part| p.join(part));
-        Location { store: self.store.clone(), display: self.show(&path), path, root: self.root.clone() }
+        let path = name
+            .split('/')
+            .filter(|p| !p.is_empty())
+            .fold(self.path.clone(), |p, part| p.join(part));
+        Location {
+            store: self.store.clone(),
+            display: self.show(&path),
+            path,
+            root: self.root.clone(),
+        }
     }
 
     /// How to show another path of the same store to a user.
     pub fn show(&self, path: &Path) -> String {
-        if self.root == "file://" { format!("/{path}") } else { format!("{}/{path}", self.root) }
+        if self.root == "file://" {
+            format!("/{path}")
+        } else {
+            format!("{}/{path}", self.root)
+        }
     }
 
     /// The same store at another path.
     pub fn at(&self, path: Path) -> Location {
-        Location { store: self.store.clone(), display: self.show(&path), path, root: self.root.clone() }
+        Location {
+            store: self.store.clone(),
+            display: self.show(&path),
+            path,
+            root: self.root.clone(),
+        }
     }
 
     /// Whether this is a local filesystem location.

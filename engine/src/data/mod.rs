@@ -13,7 +13,7 @@ mod split;
 pub mod text;
 
 pub use location::Location;
-pub use split::{is_parquet, plan_splits, Split, SplitKind, DEFAULT_SPLIT_SIZE};
+pub use split::{DEFAULT_SPLIT_SIZE, Split, SplitKind, is_parquet, plan_splits};
 
 /// Errors reading input or writing output.
 #[derive(Debug, thiserror::Error)]
@@ -51,7 +51,9 @@ pub enum Error {
         source: object_store::Error,
     },
     /// An input file got shorter after the job was planned.
-    #[error("input {file} changed while the job ran: it ends at byte {at}, before the size it had when the job started")]
+    #[error(
+        "input {file} changed while the job ran: it ends at byte {at}, before the size it had when the job started"
+    )]
     Truncated {
         /// The file.
         file: String,
@@ -70,7 +72,9 @@ pub enum Error {
         source: parquet::errors::ParquetError,
     },
     /// A Parquet column whose type no job can read.
-    #[error("Parquet file {file} has column {column:?} of type {data_type}, which jobs can't read; supported: strings, binary, integers, floats, booleans, dates and timestamps")]
+    #[error(
+        "Parquet file {file} has column {column:?} of type {data_type}, which jobs can't read; supported: strings, binary, integers, floats, booleans, dates and timestamps"
+    )]
     UnsupportedColumn {
         /// The file.
         file: String,
@@ -94,6 +98,10 @@ pub enum Error {
 
 impl Error {
     pub(crate) fn io(what: &str, action: &'static str, source: object_store::Error) -> Self {
-        Error::Io { what: what.to_string(), action, source }
+        Error::Io {
+            what: what.to_string(),
+            action,
+            source,
+        }
     }
 }

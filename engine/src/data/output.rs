@@ -42,13 +42,19 @@ impl OutputFormat {
     /// # Errors
     /// [`Error::Encode`] if the writer fails.
     pub fn encode(self, what: &str, schema: &SchemaRef, batches: &[RecordBatch]) -> Result<Bytes, Error> {
-        let fail = |reason: String| Error::Encode { what: what.to_string(), reason };
+        let fail = |reason: String| Error::Encode {
+            what: what.to_string(),
+            reason,
+        };
         match self {
             OutputFormat::Parquet => {
                 let props = WriterProperties::builder()
-                    .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).map_err(|e| fail(e.to_string()))?))
+                    .set_compression(Compression::ZSTD(
+                        ZstdLevel::try_new(1).map_err(|e| fail(e.to_string()))?,
+                    ))
                     .build();
-                let mut writer = ArrowWriter::try_new(Vec::new(), schema.clone(), Some(props)).map_err(|e| fail(e.to_string()))?;
+                let mut writer =
+                    ArrowWriter::try_new(Vec::new(), schema.clone(), Some(props)).map_err(|e| fail(e.to_string()))?;
                 for b in batches {
                     writer.write(b).map_err(|e| fail(e.to_string()))?;
                 }
@@ -115,30 +121,57 @@ pub async fn read_output_rows(output: &str) -> Result<Vec<(arrow::datatypes::Sch
     let dir = super::Location::parse(output)?;
     let manifest_at = dir.child(MANIFEST_NAME);
     let bytes = match dir.store.get(&manifest_at.path).await {
-        Ok(r) => r.bytes().await.map_err(|e| Error::io(&manifest_at.display, "reading", e))?,
-        Err(object_store::Error::NotFound { .. }) => return Err(Error::MissingInput { input: manifest_at.display }),
+        Ok(r) => r
+            .bytes()
+            .await
+            .map_err(|e| Error::io(&manifest_at.display, "reading", e))?,
+        Err(object_store::Error::NotFound { .. }) => {
+            return Err(Error::MissingInput {
+                input: manifest_at.display,
+            });
+        }
         Err(e) => return Err(Error::io(&manifest_at.display, "reading", e)),
     };
-    let manifest: Manifest = serde_json::from_slice(&bytes)
-        .map_err(|e| Error::Encode { what: manifest_at.display.clone(), reason: format!("not a wmr manifest: {e}") })?;
+    let manifest: Manifest = serde_json::from_slice(&bytes).map_err(|e| Error::Encode {
+        what: manifest_at.display.clone(),
+        reason: format!("not a wmr manifest: {e}"),
+    })?;
     let mut out = Vec::new();
     for f in &manifest.files {
         let file = dir.child(&f.name);
-        let data = file.store.get(&file.path).await.map_err(|e| Error::io(&file.display, "reading", e))?.bytes().await.map_err(|e| Error::io(&file.display, "reading", e))?;
+        let data = file
+            .store
+            .get(&file.path)
+            .await
+            .map_err(|e| Error::io(&file.display, "reading", e))?
+            .bytes()
+            .await
+            .map_err(|e| Error::io(&file.display, "reading", e))?;
         match manifest.format {
             OutputFormat::Parquet => {
                 let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(data)
                     .and_then(|b| b.build())
-                    .map_err(|source| Error::Parquet { file: file.display.clone(), place: "footer".into(), source })?;
+                    .map_err(|source| Error::Parquet {
+                        file: file.display.clone(),
+                        place: "footer".into(),
+                        source,
+                    })?;
                 for batch in reader {
-                    let batch = batch.map_err(|e| Error::Parquet { file: file.display.clone(), place: "data".into(), source: e.into() })?;
+                    let batch = batch.map_err(|e| Error::Parquet {
+                        file: file.display.clone(),
+                        place: "data".into(),
+                        source: e.into(),
+                    })?;
                     out.push((batch.schema(), batch));
                 }
             }
             OutputFormat::Text => {
                 let lines: Vec<String> = String::from_utf8_lossy(&data).lines().map(str::to_string).collect();
-                let batch = RecordBatch::try_from_iter([("line", std::sync::Arc::new(arrow::array::StringArray::from(lines)) as arrow::array::ArrayRef)])
-                    .map_err(|e| Error::Internal(e.to_string()))?;
+                let batch = RecordBatch::try_from_iter([(
+                    "line",
+                    std::sync::Arc::new(arrow::array::StringArray::from(lines)) as arrow::array::ArrayRef,
+                )])
+                .map_err(|e| Error::Internal(e.to_string()))?;
                 out.push((batch.schema(), batch));
             }
         }

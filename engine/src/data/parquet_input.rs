@@ -11,13 +11,15 @@ use arrow::array::{ArrayRef, RecordBatch};
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, Field, Schema};
 use bytes::Bytes;
-use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
 use object_store::ObjectStoreExt;
+use parquet::arrow::arrow_reader::{
+    ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder,
+};
 use parquet::file::metadata::ParquetMetaDataReader;
 use parquet::file::reader::{ChunkReader, Length};
 
-use super::location::Location;
 use super::Error;
+use super::location::Location;
 
 /// Rows per batch handed to `map`.
 pub const BATCH_ROWS: usize = 16 * 1024;
@@ -31,16 +33,32 @@ async fn metadata(file: &Location, size: u64) -> Result<ArrowReaderMetadata, Err
     if size < 12 {
         return Err(corrupt(format!("the file is {size} bytes, too short to be Parquet")));
     }
-    let tail = file.store.get_range(&file.path, size - 8..size).await.map_err(|e| Error::io(&file.display, "reading", e))?;
+    let tail = file
+        .store
+        .get_range(&file.path, size - 8..size)
+        .await
+        .map_err(|e| Error::io(&file.display, "reading", e))?;
     if &tail[4..8] != b"PAR1" {
-        return Err(corrupt("it does not end with the Parquet magic bytes PAR1 (truncated, encrypted or not Parquet)".into()));
+        return Err(corrupt(
+            "it does not end with the Parquet magic bytes PAR1 (truncated, encrypted or not Parquet)".into(),
+        ));
     }
     let len = u64::from(u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]));
     if len + 8 > size {
-        return Err(corrupt(format!("its footer claims {len} bytes of metadata in a {size}-byte file")));
+        return Err(corrupt(format!(
+            "its footer claims {len} bytes of metadata in a {size}-byte file"
+        )));
     }
-    let footer = file.store.get_range(&file.path, size - 8 - len..size - 8).await.map_err(|e| Error::io(&file.display, "reading", e))?;
-    let place = |source| Error::Parquet { file: file.display.clone(), place: "footer".into(), source };
+    let footer = file
+        .store
+        .get_range(&file.path, size - 8 - len..size - 8)
+        .await
+        .map_err(|e| Error::io(&file.display, "reading", e))?;
+    let place = |source| Error::Parquet {
+        file: file.display.clone(),
+        place: "footer".into(),
+        source,
+    };
     let meta = ParquetMetaDataReader::decode_metadata(&footer).map_err(place)?;
     ArrowReaderMetadata::try_new(Arc::new(meta), ArrowReaderOptions::default()).map_err(place)
 }
@@ -51,7 +69,12 @@ async fn metadata(file: &Location, size: u64) -> Result<ArrowReaderMetadata, Err
 /// [`Error::Parquet`] if the footer can't be read.
 pub async fn row_group_sizes(file: &Location, size: u64) -> Result<Vec<u64>, Error> {
     let meta = metadata(file, size).await?;
-    Ok(meta.metadata().row_groups().iter().map(|rg| rg.compressed_size().max(0) as u64).collect())
+    Ok(meta
+        .metadata()
+        .row_groups()
+        .iter()
+        .map(|rg| rg.compressed_size().max(0) as u64)
+        .collect())
 }
 
 /// What a Parquet split needs in memory: its footer and its row groups' bytes.
@@ -78,7 +101,11 @@ impl Length for SparseFile {
 
 impl SparseFile {
     fn slice(&self, start: u64, length: usize) -> parquet::errors::Result<Bytes> {
-        let outside = || parquet::errors::ParquetError::General(format!("read of {length} bytes at {start} is outside the fetched range"));
+        let outside = || {
+            parquet::errors::ParquetError::General(format!(
+                "read of {length} bytes at {start} is outside the fetched range"
+            ))
+        };
         let from = start.checked_sub(self.offset).ok_or_else(outside)? as usize;
         let to = from.checked_add(length).ok_or_else(outside)?;
         if to > self.bytes.len() {
@@ -115,7 +142,9 @@ pub async fn fetch_parquet_split(file: &Location, size: u64, row_groups: &[usize
         let group = metadata.metadata().row_groups().get(rg).ok_or_else(|| Error::Parquet {
             file: file.display.clone(),
             place: format!("row group {rg}"),
-            source: parquet::errors::ParquetError::General("the file has fewer row groups than when the job was planned".into()),
+            source: parquet::errors::ParquetError::General(
+                "the file has fewer row groups than when the job was planned".into(),
+            ),
         })?;
         for col in group.columns() {
             let (s, len) = col.byte_range();
@@ -124,7 +153,11 @@ pub async fn fetch_parquet_split(file: &Location, size: u64, row_groups: &[usize
         }
     }
     let (offset, bytes) = if start < end && end <= size {
-        let bytes = file.store.get_range(&file.path, start..end).await.map_err(|e| Error::io(&file.display, "reading", e))?;
+        let bytes = file
+            .store
+            .get_range(&file.path, start..end)
+            .await
+            .map_err(|e| Error::io(&file.display, "reading", e))?;
         (start, bytes)
     } else {
         (0, Bytes::new())
@@ -132,7 +165,11 @@ pub async fn fetch_parquet_split(file: &Location, size: u64, row_groups: &[usize
     Ok(FetchedParquet {
         file: file.display.clone(),
         metadata,
-        data: SparseFile { len: size, offset, bytes },
+        data: SparseFile {
+            len: size,
+            offset,
+            bytes,
+        },
         row_groups: row_groups.to_vec(),
     })
 }
@@ -176,7 +213,11 @@ impl ParquetSplitReader {
             .iter()
             .map(|f| match guest_type(f.data_type()) {
                 Some(t) => Ok(Field::new(f.name(), t, true)),
-                None => Err(Error::UnsupportedColumn { file: file.clone(), column: f.name().clone(), data_type: f.data_type().to_string() }),
+                None => Err(Error::UnsupportedColumn {
+                    file: file.clone(),
+                    column: f.name().clone(),
+                    data_type: f.data_type().to_string(),
+                }),
             })
             .collect::<Result<Vec<_>, _>>()?;
         let row_group = format!("row groups {:?}", fetched.row_groups);
@@ -184,8 +225,17 @@ impl ParquetSplitReader {
             .with_row_groups(fetched.row_groups)
             .with_batch_size(BATCH_ROWS)
             .build()
-            .map_err(|source| Error::Parquet { file: file.clone(), place: row_group.clone(), source })?;
-        Ok(ParquetSplitReader { file, reader, schema: Arc::new(Schema::new(fields)), row_group })
+            .map_err(|source| Error::Parquet {
+                file: file.clone(),
+                place: row_group.clone(),
+                source,
+            })?;
+        Ok(ParquetSplitReader {
+            file,
+            reader,
+            schema: Arc::new(Schema::new(fields)),
+            row_group,
+        })
     }
 
     /// The next batch, or `None` at the end of the split.
@@ -193,7 +243,9 @@ impl ParquetSplitReader {
     /// # Errors
     /// [`Error::Parquet`] for corrupt data.
     pub fn next_batch(&mut self) -> Result<Option<RecordBatch>, Error> {
-        let Some(batch) = self.reader.next() else { return Ok(None) };
+        let Some(batch) = self.reader.next() else {
+            return Ok(None);
+        };
         let batch = batch.map_err(|e| Error::Parquet {
             file: self.file.clone(),
             place: self.row_group.clone(),
@@ -215,6 +267,8 @@ impl ParquetSplitReader {
                 }
             })
             .collect::<Result<Vec<ArrayRef>, _>>()?;
-        RecordBatch::try_new(self.schema.clone(), columns).map(Some).map_err(|e| Error::Internal(e.to_string()))
+        RecordBatch::try_new(self.schema.clone(), columns)
+            .map(Some)
+            .map_err(|e| Error::Internal(e.to_string()))
     }
 }

@@ -9,8 +9,8 @@ use object_store::path::Path;
 use object_store::{ObjectMeta, ObjectStoreExt};
 use serde::{Deserialize, Serialize};
 
-use super::location::Location;
 use super::Error;
+use super::location::Location;
 
 /// Default split size for text input: 64 MiB.
 pub const DEFAULT_SPLIT_SIZE: u64 = 64 << 20;
@@ -67,7 +67,8 @@ fn has_glob(s: &str) -> bool {
 }
 
 fn hidden(path: &Path) -> bool {
-    path.filename().is_some_and(|n| n.starts_with('_') || n.starts_with('.'))
+    path.filename()
+        .is_some_and(|n| n.starts_with('_') || n.starts_with('.'))
 }
 
 /// Whether a file is read as Parquet (by its extension) rather than text.
@@ -79,13 +80,18 @@ pub fn is_parquet(file: &str) -> bool {
 /// Expand one input into the files it names, sorted by path.
 async fn expand(input: &str) -> Result<Vec<(Location, ObjectMeta)>, Error> {
     if has_glob(input) {
-        let cut = input[..input.find(['*', '?', '[', '{']).unwrap_or(0)].rfind('/').map_or(0, |i| i + 1);
+        let cut = input[..input.find(['*', '?', '[', '{']).unwrap_or(0)]
+            .rfind('/')
+            .map_or(0, |i| i + 1);
         let (base, pattern) = input.split_at(cut);
         let base = Location::parse(if base.is_empty() { "." } else { base })?;
         let matcher: GlobMatcher = GlobBuilder::new(pattern)
             .literal_separator(true)
             .build()
-            .map_err(|e| Error::BadLocation { input: input.to_string(), reason: format!("bad glob: {e}") })?
+            .map_err(|e| Error::BadLocation {
+                input: input.to_string(),
+                reason: format!("bad glob: {e}"),
+            })?
             .compile_matcher();
         let listed: Vec<ObjectMeta> = base
             .store
@@ -96,14 +102,20 @@ async fn expand(input: &str) -> Result<Vec<(Location, ObjectMeta)>, Error> {
         let mut files: Vec<(Location, ObjectMeta)> = listed
             .into_iter()
             .filter(|m| {
-                let rel: Vec<_> = m.location.prefix_match(&base.path).map(|p| p.collect()).unwrap_or_default();
+                let rel: Vec<_> = m
+                    .location
+                    .prefix_match(&base.path)
+                    .map(|p| p.collect())
+                    .unwrap_or_default();
                 let rel = rel.iter().map(|p| p.as_ref()).collect::<Vec<&str>>().join("/");
                 !hidden(&m.location) && matcher.is_match(rel)
             })
             .map(|m| (base.at(m.location.clone()), m))
             .collect();
         if files.is_empty() {
-            return Err(Error::NoMatch { pattern: input.to_string() });
+            return Err(Error::NoMatch {
+                pattern: input.to_string(),
+            });
         }
         files.sort_by(|a, b| a.1.location.cmp(&b.1.location));
         return Ok(files);
@@ -119,10 +131,15 @@ async fn expand(input: &str) -> Result<Vec<(Location, ObjectMeta)>, Error> {
                 .try_collect()
                 .await
                 .map_err(|e| Error::io(&location.display, "listing", e))?;
-            let mut files: Vec<_> =
-                listed.into_iter().filter(|m| !hidden(&m.location)).map(|m| (location.at(m.location.clone()), m)).collect();
+            let mut files: Vec<_> = listed
+                .into_iter()
+                .filter(|m| !hidden(&m.location))
+                .map(|m| (location.at(m.location.clone()), m))
+                .collect();
             if files.is_empty() {
-                return Err(Error::MissingInput { input: input.to_string() });
+                return Err(Error::MissingInput {
+                    input: input.to_string(),
+                });
             }
             files.sort_by(|a, b| a.1.location.cmp(&b.1.location));
             Ok(files)
@@ -156,7 +173,9 @@ pub async fn plan_splits(inputs: &[String], split_size: u64) -> Result<Vec<Split
                         splits.push(Split {
                             file: location.display.clone(),
                             file_size: size,
-                            kind: SplitKind::Parquet { row_groups: std::mem::take(&mut current) },
+                            kind: SplitKind::Parquet {
+                                row_groups: std::mem::take(&mut current),
+                            },
                         });
                         bytes = 0;
                     }
@@ -164,13 +183,21 @@ pub async fn plan_splits(inputs: &[String], split_size: u64) -> Result<Vec<Split
                     bytes += group_bytes;
                 }
                 if !current.is_empty() {
-                    splits.push(Split { file: location.display.clone(), file_size: size, kind: SplitKind::Parquet { row_groups: current } });
+                    splits.push(Split {
+                        file: location.display.clone(),
+                        file_size: size,
+                        kind: SplitKind::Parquet { row_groups: current },
+                    });
                 }
             } else {
                 let mut start = 0;
                 while start < size {
                     let end = (start + split_size).min(size);
-                    splits.push(Split { file: location.display.clone(), file_size: size, kind: SplitKind::Text { start, end } });
+                    splits.push(Split {
+                        file: location.display.clone(),
+                        file_size: size,
+                        kind: SplitKind::Text { start, end },
+                    });
                     start = end;
                 }
             }

@@ -19,8 +19,8 @@ use futures::StreamExt;
 use object_store::{GetOptions, GetRange};
 use tokio::sync::mpsc;
 
-use super::location::Location;
 use super::Error;
+use super::location::Location;
 
 /// Most lines in one input batch (one guest call).
 pub const MAX_BATCH_LINES: usize = 64 * 1024;
@@ -47,7 +47,10 @@ pub async fn stream_text_split(file: Location, start: u64, file_size: u64, tx: m
     if from >= file_size {
         return;
     }
-    let options = GetOptions { range: Some(GetRange::Bounded(from..file_size)), ..Default::default() };
+    let options = GetOptions {
+        range: Some(GetRange::Bounded(from..file_size)),
+        ..Default::default()
+    };
     let result = match file.store.get_opts(&file.path, options).await {
         Ok(r) => r,
         Err(e) => {
@@ -119,7 +122,10 @@ impl TextSplitReader {
             None => {
                 self.eof = true;
                 if self.buf_pos + (self.buf.len() as u64) < self.file_size {
-                    return Err(Error::Truncated { file: self.file.clone(), at: self.buf_pos + self.buf.len() as u64 });
+                    return Err(Error::Truncated {
+                        file: self.file.clone(),
+                        at: self.buf_pos + self.buf.len() as u64,
+                    });
                 }
                 Ok(false)
             }
@@ -224,7 +230,11 @@ impl TextSplitReader {
         }
         let batch = RecordBatch::try_new(
             text_schema(),
-            vec![Arc::new(files.finish()), Arc::new(offsets.finish()), Arc::new(lines.finish())],
+            vec![
+                Arc::new(files.finish()),
+                Arc::new(offsets.finish()),
+                Arc::new(lines.finish()),
+            ],
         )
         .map_err(|e| Error::Internal(format!("building a text batch: {e}")))?;
         Ok(Some(batch))
@@ -262,7 +272,13 @@ mod tests {
         let whole = read(data, 0, data.len() as u64, 3);
         assert_eq!(
             whole,
-            vec![(0, "alpha".into()), (6, "beta".into()), (12, "".into()), (13, "gamma delta".into()), (25, "last".into())]
+            vec![
+                (0, "alpha".into()),
+                (6, "beta".into()),
+                (12, "".into()),
+                (13, "gamma delta".into()),
+                (25, "last".into())
+            ]
         );
         // Every cut point and chunk size gives each line exactly once.
         for cut in 0..=data.len() as u64 {

@@ -6,8 +6,8 @@
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, BinaryArray, BooleanArray, Float64Array, Int64Array, RecordBatch, RecordBatchOptions,
-    StringArray, UInt64Array,
+    Array, ArrayRef, BinaryArray, BooleanArray, Float64Array, Int64Array, RecordBatch, RecordBatchOptions, StringArray,
+    UInt64Array,
 };
 use arrow::buffer::{BooleanBuffer, Buffer, NullBuffer, OffsetBuffer, ScalarBuffer};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
@@ -95,7 +95,10 @@ pub(crate) fn to_wit_column(array: &ArrayRef) -> Result<wit::Column, DataType> {
         }
         other => return Err(other.clone()),
     };
-    Ok(wit::Column { validity: validity(array.as_ref()), data })
+    Ok(wit::Column {
+        validity: validity(array.as_ref()),
+        data,
+    })
 }
 
 /// A record batch as a WIT batch.
@@ -127,17 +130,24 @@ fn check_len(name: &str, got: usize, rows: usize) -> Result<(), String> {
 
 fn offsets(name: &str, v: Vec<i32>, rows: usize, values_len: usize) -> Result<OffsetBuffer<i32>, String> {
     if v.len() != rows + 1 {
-        return Err(format!("column {name} has {} offsets for {rows} rows (want rows + 1)", v.len()));
+        return Err(format!(
+            "column {name} has {} offsets for {rows} rows (want rows + 1)",
+            v.len()
+        ));
     }
     let mut prev = 0i32;
     for (i, &o) in v.iter().enumerate() {
         if o < prev || (i == 0 && o != 0) {
-            return Err(format!("column {name} has offsets that start above 0 or go backwards at index {i}"));
+            return Err(format!(
+                "column {name} has offsets that start above 0 or go backwards at index {i}"
+            ));
         }
         prev = o;
     }
     if prev as usize > values_len {
-        return Err(format!("column {name} has offsets up to {prev} past its {values_len} value bytes"));
+        return Err(format!(
+            "column {name} has offsets up to {prev} past its {values_len} value bytes"
+        ));
     }
     Ok(OffsetBuffer::new(ScalarBuffer::from(v)))
 }
@@ -148,9 +158,16 @@ fn from_wit_column(name: &str, col: wit::Column, rows: usize, expected: &DataTyp
         None
     } else {
         if col.validity.len() * 8 < rows {
-            return Err(format!("column {name} has a validity bitmap of {} bytes for {rows} rows", col.validity.len()));
+            return Err(format!(
+                "column {name} has a validity bitmap of {} bytes for {rows} rows",
+                col.validity.len()
+            ));
         }
-        Some(NullBuffer::new(BooleanBuffer::new(Buffer::from_vec(col.validity), 0, rows)))
+        Some(NullBuffer::new(BooleanBuffer::new(
+            Buffer::from_vec(col.validity),
+            0,
+            rows,
+        )))
     };
     let got = wit_type_name(&col.data);
     let array: ArrayRef = match (col.data, expected) {
@@ -163,7 +180,10 @@ fn from_wit_column(name: &str, col: wit::Column, rows: usize, expected: &DataTyp
         }
         (wit::ColumnData::Binary(v), DataType::Binary) => {
             let offs = offsets(name, v.offsets, rows, v.values.len())?;
-            Arc::new(BinaryArray::try_new(offs, Buffer::from_vec(v.values), nulls).map_err(|e| format!("column {name}: {e}"))?)
+            Arc::new(
+                BinaryArray::try_new(offs, Buffer::from_vec(v.values), nulls)
+                    .map_err(|e| format!("column {name}: {e}"))?,
+            )
         }
         (wit::ColumnData::Int64(v), DataType::Int64) => {
             check_len(name, v.len(), rows)?;
@@ -179,9 +199,15 @@ fn from_wit_column(name: &str, col: wit::Column, rows: usize, expected: &DataTyp
         }
         (wit::ColumnData::Boolean(v), DataType::Boolean) => {
             if v.len() * 8 < rows {
-                return Err(format!("column {name} has {} bytes of booleans for {rows} rows", v.len()));
+                return Err(format!(
+                    "column {name} has {} bytes of booleans for {rows} rows",
+                    v.len()
+                ));
             }
-            Arc::new(BooleanArray::new(BooleanBuffer::new(Buffer::from_vec(v), 0, rows), nulls))
+            Arc::new(BooleanArray::new(
+                BooleanBuffer::new(Buffer::from_vec(v), 0, rows),
+                nulls,
+            ))
         }
         (_, expected) => return Err(format!("column {name} is {got}, but the job declared {expected}")),
     };
@@ -193,7 +219,11 @@ fn from_wit_column(name: &str, col: wit::Column, rows: usize, expected: &DataTyp
 pub(crate) fn from_wit_batch(batch: wit::Batch, schema: &SchemaRef) -> Result<RecordBatch, String> {
     let rows = batch.num_rows as usize;
     if batch.columns.len() != schema.fields().len() {
-        return Err(format!("it has {} columns, but the job declared {}", batch.columns.len(), schema.fields().len()));
+        return Err(format!(
+            "it has {} columns, but the job declared {}",
+            batch.columns.len(),
+            schema.fields().len()
+        ));
     }
     let columns = batch
         .columns
@@ -201,14 +231,22 @@ pub(crate) fn from_wit_batch(batch: wit::Batch, schema: &SchemaRef) -> Result<Re
         .zip(schema.fields())
         .map(|(col, field)| from_wit_column(field.name(), col, rows, field.data_type()))
         .collect::<Result<Vec<_>, _>>()?;
-    RecordBatch::try_new_with_options(schema.clone(), columns, &RecordBatchOptions::new().with_row_count(Some(rows)))
-        .map_err(|e| e.to_string())
+    RecordBatch::try_new_with_options(
+        schema.clone(),
+        columns,
+        &RecordBatchOptions::new().with_row_count(Some(rows)),
+    )
+    .map_err(|e| e.to_string())
 }
 
 /// A schema of nullable columns with these names and types.
 pub(crate) fn schema_of(names: impl IntoIterator<Item = String>, types: &[DataType]) -> SchemaRef {
     Arc::new(Schema::new(
-        names.into_iter().zip(types).map(|(n, t)| Field::new(n, t.clone(), true)).collect::<Vec<_>>(),
+        names
+            .into_iter()
+            .zip(types)
+            .map(|(n, t)| Field::new(n, t.clone(), true))
+            .collect::<Vec<_>>(),
     ))
 }
 
@@ -221,9 +259,14 @@ mod tests {
         let strings: ArrayRef = Arc::new(StringArray::from(vec![Some("a"), None, Some("ccc"), Some("dd")]));
         let ints: ArrayRef = Arc::new(Int64Array::from(vec![Some(1), Some(2), None, Some(4)]));
         let bools: ArrayRef = Arc::new(BooleanArray::from(vec![true, false, true, true]));
-        let batch = RecordBatch::try_from_iter([("s", strings), ("i", ints), ("b", bools)]).unwrap().slice(1, 3);
+        let batch = RecordBatch::try_from_iter([("s", strings), ("i", ints), ("b", bools)])
+            .unwrap()
+            .slice(1, 3);
         let wit = to_wit_batch(&batch).unwrap();
-        let schema = schema_of(["s".into(), "i".into(), "b".into()], &[DataType::Utf8, DataType::Int64, DataType::Boolean]);
+        let schema = schema_of(
+            ["s".into(), "i".into(), "b".into()],
+            &[DataType::Utf8, DataType::Int64, DataType::Boolean],
+        );
         let back = from_wit_batch(wit, &schema).unwrap();
         assert_eq!(back.num_rows(), 3);
         let s = back.column(0).as_any().downcast_ref::<StringArray>().unwrap();
@@ -242,7 +285,10 @@ mod tests {
             names: vec!["k".into()],
             columns: vec![wit::Column {
                 validity: vec![],
-                data: wit::ColumnData::Utf8(wit::VarWidth { offsets: vec![0, 5, 2], values: b"hello".to_vec() }),
+                data: wit::ColumnData::Utf8(wit::VarWidth {
+                    offsets: vec![0, 5, 2],
+                    values: b"hello".to_vec(),
+                }),
             }],
         };
         let err = from_wit_batch(bad_offsets, &schema).unwrap_err();
@@ -252,24 +298,44 @@ mod tests {
             names: vec!["k".into()],
             columns: vec![wit::Column {
                 validity: vec![],
-                data: wit::ColumnData::Utf8(wit::VarWidth { offsets: vec![0, 99], values: b"hi".to_vec() }),
+                data: wit::ColumnData::Utf8(wit::VarWidth {
+                    offsets: vec![0, 99],
+                    values: b"hi".to_vec(),
+                }),
             }],
         };
-        assert!(from_wit_batch(past_end, &schema).unwrap_err().contains("past its 2 value bytes"));
+        assert!(
+            from_wit_batch(past_end, &schema)
+                .unwrap_err()
+                .contains("past its 2 value bytes")
+        );
         let wrong_type = wit::Batch {
             num_rows: 1,
             names: vec!["k".into()],
-            columns: vec![wit::Column { validity: vec![], data: wit::ColumnData::Int64(vec![1]) }],
+            columns: vec![wit::Column {
+                validity: vec![],
+                data: wit::ColumnData::Int64(vec![1]),
+            }],
         };
-        assert_eq!(from_wit_batch(wrong_type, &schema).unwrap_err(), "column k is int64, but the job declared Utf8");
+        assert_eq!(
+            from_wit_batch(wrong_type, &schema).unwrap_err(),
+            "column k is int64, but the job declared Utf8"
+        );
         let bad_utf8 = wit::Batch {
             num_rows: 1,
             names: vec!["k".into()],
             columns: vec![wit::Column {
                 validity: vec![],
-                data: wit::ColumnData::Utf8(wit::VarWidth { offsets: vec![0, 2], values: vec![0xff, 0xfe] }),
+                data: wit::ColumnData::Utf8(wit::VarWidth {
+                    offsets: vec![0, 2],
+                    values: vec![0xff, 0xfe],
+                }),
             }],
         };
-        assert!(from_wit_batch(bad_utf8, &schema).unwrap_err().contains("not valid utf8"));
+        assert!(
+            from_wit_batch(bad_utf8, &schema)
+                .unwrap_err()
+                .contains("not valid utf8")
+        );
     }
 }

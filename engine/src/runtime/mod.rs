@@ -43,7 +43,9 @@ use bindings::wmr::job::types as wit;
 #[non_exhaustive]
 pub enum Error {
     /// The bytes are not a usable wmr job component.
-    #[error("{what} is not a wmr job component: {reason}; build it with wmr-sdk for wasm32-wasip2 (see `cargo xtask guests`)")]
+    #[error(
+        "{what} is not a wmr job component: {reason}; build it with wmr-sdk for wasm32-wasip2 (see `cargo xtask guests`)"
+    )]
     InvalidModule {
         /// What was loaded (a path or a digest).
         what: String,
@@ -155,7 +157,9 @@ pub struct JobInfo {
 impl JobInfo {
     /// The schema of map output: key columns `k0..` then value columns `v0..`.
     pub fn map_output_schema(&self) -> SchemaRef {
-        let names = (0..self.key_types.len()).map(|i| format!("k{i}")).chain((0..self.value_types.len()).map(|i| format!("v{i}")));
+        let names = (0..self.key_types.len())
+            .map(|i| format!("k{i}"))
+            .chain((0..self.value_types.len()).map(|i| format!("v{i}")));
         let types: Vec<DataType> = self.key_types.iter().chain(&self.value_types).cloned().collect();
         convert::schema_of(names, &types)
     }
@@ -177,7 +181,10 @@ struct GuestState {
 
 impl WasiView for GuestState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 
@@ -248,7 +255,10 @@ impl EpochTicker {
                 engine.increment_epoch();
             }
         })?;
-        Ok(EpochTicker { stop: Some(stop), thread: Some(thread) })
+        Ok(EpochTicker {
+            stop: Some(stop),
+            thread: Some(thread),
+        })
     }
 }
 
@@ -288,11 +298,18 @@ impl Runtime {
         config.wasm_component_model(true);
         let engine = Engine::new(&config).map_err(|e| Error::Internal(format!("wasmtime engine: {e}")))?;
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| Error::Internal(format!("linking WASI: {e}")))?;
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+            .map_err(|e| Error::Internal(format!("linking WASI: {e}")))?;
         bindings::Job::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
             .map_err(|e| Error::Internal(format!("linking host imports: {e}")))?;
         let ticker = EpochTicker::start(engine.clone()).map_err(|e| Error::Internal(format!("epoch thread: {e}")))?;
-        Ok(Runtime { engine, linker, limits, modules: Mutex::new(HashMap::new()), _ticker: ticker })
+        Ok(Runtime {
+            engine,
+            linker,
+            limits,
+            modules: Mutex::new(HashMap::new()),
+            _ticker: ticker,
+        })
     }
 
     /// The limits guests run under.
@@ -302,10 +319,18 @@ impl Runtime {
 
     fn compiled(&self, what: &str, bytes: &[u8]) -> Result<(ModuleDigest, Arc<CompiledModule>), Error> {
         let digest = ModuleDigest::of(bytes);
-        if let Some(m) = self.modules.lock().map_err(|_| Error::Internal("module cache poisoned".into()))?.get(&digest) {
+        if let Some(m) = self
+            .modules
+            .lock()
+            .map_err(|_| Error::Internal("module cache poisoned".into()))?
+            .get(&digest)
+        {
             return Ok((digest, m.clone()));
         }
-        let invalid = |reason: String| Error::InvalidModule { what: what.to_string(), reason };
+        let invalid = |reason: String| Error::InvalidModule {
+            what: what.to_string(),
+            reason,
+        };
         if !bytes.starts_with(b"\0asm") {
             return Err(invalid("it does not start with the wasm magic bytes".into()));
         }
@@ -313,7 +338,10 @@ impl Runtime {
             return Err(invalid("it is a core wasm module, not a component".into()));
         }
         let component = Component::new(&self.engine, bytes).map_err(|e| invalid(format!("{e:#}")))?;
-        let instance_pre = self.linker.instantiate_pre(&component).map_err(|e| invalid(format!("{e:#}")))?;
+        let instance_pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| invalid(format!("{e:#}")))?;
         let pre = bindings::JobPre::new(instance_pre).map_err(|e| invalid(format!("{e:#}")))?;
         let compiled = Arc::new(CompiledModule { pre });
         self.modules
@@ -391,7 +419,10 @@ pub struct JobModule {
 
 impl std::fmt::Debug for JobModule {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("JobModule").field("digest", &self.digest).field("info", &self.info).finish()
+        f.debug_struct("JobModule")
+            .field("digest", &self.digest)
+            .field("info", &self.info)
+            .finish()
     }
 }
 
@@ -417,12 +448,25 @@ impl JobModule {
             .compiled
             .pre
             .instantiate(&mut store)
-            .map_err(|e| Error::InvalidModule { what: self.what.clone(), reason: format!("instantiating: {e:#}") })?;
-        let mut instance = GuestInstance { store, job, info: self.info.clone(), map_schema: None };
+            .map_err(|e| Error::InvalidModule {
+                what: self.what.clone(),
+                reason: format!("instantiating: {e:#}"),
+            })?;
+        let mut instance = GuestInstance {
+            store,
+            job,
+            info: self.info.clone(),
+            map_schema: None,
+        };
         let result = instance.call("configure", |job, store| job.call_configure(store, &self.params))?;
         let info = match result {
             Ok(info) => info,
-            Err(message) => return Err(Error::Configure { module: self.what.clone(), message }),
+            Err(message) => {
+                return Err(Error::Configure {
+                    module: self.what.clone(),
+                    message,
+                });
+            }
         };
         let output_types: Vec<DataType> = info.output.iter().map(|f| convert::arrow_type(f.data_type)).collect();
         instance.info = JobInfo {
@@ -458,21 +502,30 @@ impl GuestInstance {
     ) -> Result<R, Error> {
         self.store.set_epoch_deadline(self.store.data().limits.call_ticks());
         let result = f(&self.job, &mut self.store);
-        result.map_err(|e| Error::Guest { call, kind: self.classify_trap(e) })
+        result.map_err(|e| Error::Guest {
+            call,
+            kind: self.classify_trap(e),
+        })
     }
 
     fn classify_trap(&mut self, e: wasmtime::Error) -> GuestError {
         let state = self.store.data_mut();
         if state.memory_limit_hit {
-            return GuestError::MemoryLimit { limit_mib: state.limits.max_memory_bytes >> 20 };
+            return GuestError::MemoryLimit {
+                limit_mib: state.limits.max_memory_bytes >> 20,
+            };
         }
         if let Some(Trap::Interrupt) = e.downcast_ref::<Trap>() {
-            return GuestError::TimeLimit { limit: state.limits.max_call_time };
+            return GuestError::TimeLimit {
+                limit: state.limits.max_call_time,
+            };
         }
         if let Some((message, row)) = state.panic.take() {
             return GuestError::Panicked { message, row };
         }
-        GuestError::Trapped { message: format!("{e:#}") }
+        GuestError::Trapped {
+            message: format!("{e:#}"),
+        }
     }
 
     fn batch_result(
@@ -482,9 +535,17 @@ impl GuestInstance {
         schema: &SchemaRef,
     ) -> Result<RecordBatch, Error> {
         match result {
-            Ok(batch) => convert::from_wit_batch(batch, schema)
-                .map_err(|reason| Error::Guest { call, kind: GuestError::MalformedBatch { reason } }),
-            Err(e) => Err(Error::Guest { call, kind: GuestError::Returned { message: e.message, row: e.row } }),
+            Ok(batch) => convert::from_wit_batch(batch, schema).map_err(|reason| Error::Guest {
+                call,
+                kind: GuestError::MalformedBatch { reason },
+            }),
+            Err(e) => Err(Error::Guest {
+                call,
+                kind: GuestError::Returned {
+                    message: e.message,
+                    row: e.row,
+                },
+            }),
         }
     }
 
@@ -518,7 +579,12 @@ impl GuestInstance {
     ///
     /// # Errors
     /// As [`GuestInstance::map`].
-    pub fn combine(&mut self, keys: &RecordBatch, values: &RecordBatch, group_ends: &[u32]) -> Result<RecordBatch, Error> {
+    pub fn combine(
+        &mut self,
+        keys: &RecordBatch,
+        values: &RecordBatch,
+        group_ends: &[u32],
+    ) -> Result<RecordBatch, Error> {
         let grouped = Self::grouped(keys, values, group_ends)?;
         let result = self.call("combine", |job, store| job.call_combine(store, &grouped))?;
         let schema = self.map_schema();
@@ -529,7 +595,12 @@ impl GuestInstance {
     ///
     /// # Errors
     /// As [`GuestInstance::map`].
-    pub fn reduce(&mut self, keys: &RecordBatch, values: &RecordBatch, group_ends: &[u32]) -> Result<RecordBatch, Error> {
+    pub fn reduce(
+        &mut self,
+        keys: &RecordBatch,
+        values: &RecordBatch,
+        group_ends: &[u32],
+    ) -> Result<RecordBatch, Error> {
         let grouped = Self::grouped(keys, values, group_ends)?;
         let result = self.call("reduce", |job, store| job.call_reduce(store, &grouped))?;
         let schema = self.info.output_schema.clone();
@@ -552,7 +623,10 @@ impl GuestInstance {
             }
         }
         if state.log_dropped > 0 {
-            log.push_str(&format!("[wmr: {} log bytes dropped past the {}-byte limit]\n", state.log_dropped, state.limits.max_log_bytes));
+            log.push_str(&format!(
+                "[wmr: {} log bytes dropped past the {}-byte limit]\n",
+                state.log_dropped, state.limits.max_log_bytes
+            ));
         }
         log
     }

@@ -18,9 +18,9 @@ use std::ops::Range;
 use arrow::array::{ArrayRef, RecordBatch, UInt32Array};
 use arrow::compute::{concat_batches, interleave_record_batch, take_record_batch};
 use arrow::datatypes::{DataType, SchemaRef};
+use arrow::ipc::CompressionType;
 use arrow::ipc::reader::StreamReader;
 use arrow::ipc::writer::{IpcWriteOptions, StreamWriter};
-use arrow::ipc::CompressionType;
 use arrow::row::{RowConverter, Rows, SortField};
 use bytes::Bytes;
 
@@ -70,7 +70,10 @@ impl KeyEncoder {
     pub fn new(key_types: &[DataType]) -> Result<Self, Error> {
         let converter = RowConverter::new(key_types.iter().map(|t| SortField::new(t.clone())).collect())
             .map_err(internal("building the key encoder"))?;
-        Ok(KeyEncoder { converter, key_columns: key_types.len() })
+        Ok(KeyEncoder {
+            converter,
+            key_columns: key_types.len(),
+        })
     }
 
     /// How many leading columns are the key.
@@ -115,7 +118,10 @@ impl SortedRun {
     pub fn group_ends_in(&self, range: &Range<usize>) -> Vec<u32> {
         let from = self.group_ends.partition_point(|&e| e <= range.start);
         let to = self.group_ends.partition_point(|&e| e <= range.end);
-        self.group_ends[from..to].iter().map(|&e| (e - range.start) as u32).collect()
+        self.group_ends[from..to]
+            .iter()
+            .map(|&e| (e - range.start) as u32)
+            .collect()
     }
 }
 
@@ -128,7 +134,9 @@ pub fn partition_and_sort(encoder: &KeyEncoder, batch: &RecordBatch, partitions:
     let parts: Vec<u32> = rows.iter().map(|r| partition_of(r.as_ref(), partitions)).collect();
     let mut order: Vec<u32> = (0..batch.num_rows() as u32).collect();
     order.sort_unstable_by(|&a, &b| {
-        parts[a as usize].cmp(&parts[b as usize]).then_with(|| rows.row(a as usize).cmp(&rows.row(b as usize)))
+        parts[a as usize]
+            .cmp(&parts[b as usize])
+            .then_with(|| rows.row(a as usize).cmp(&rows.row(b as usize)))
     });
     let mut partition_ends = vec![0usize; partitions.max(1) as usize];
     let mut group_ends = Vec::new();
@@ -149,7 +157,11 @@ pub fn partition_and_sort(encoder: &KeyEncoder, batch: &RecordBatch, partitions:
         partition_ends[p] = partition_ends[p].max(partition_ends[p - 1]);
     }
     let sorted = take_record_batch(batch, &UInt32Array::from(order)).map_err(internal("sorting map output"))?;
-    Ok(SortedRun { batch: sorted, partition_ends, group_ends })
+    Ok(SortedRun {
+        batch: sorted,
+        partition_ends,
+        group_ends,
+    })
 }
 
 /// Split the key-sorted `batch` (key columns first) into what `combine` and
@@ -158,11 +170,25 @@ pub fn partition_and_sort(encoder: &KeyEncoder, batch: &RecordBatch, partitions:
 ///
 /// # Errors
 /// Only on an internal error.
-pub fn grouped(batch: &RecordBatch, key_columns: usize, group_ends: &[u32]) -> Result<(RecordBatch, RecordBatch), Error> {
-    let firsts: Vec<u32> = std::iter::once(0).chain(group_ends.iter().copied()).take(group_ends.len()).collect();
-    let keys = take_record_batch(&batch.project(&(0..key_columns).collect::<Vec<_>>()).map_err(internal("projecting keys"))?, &UInt32Array::from(firsts))
-        .map_err(internal("taking group keys"))?;
-    let values = batch.project(&(key_columns..batch.num_columns()).collect::<Vec<_>>()).map_err(internal("projecting values"))?;
+pub fn grouped(
+    batch: &RecordBatch,
+    key_columns: usize,
+    group_ends: &[u32],
+) -> Result<(RecordBatch, RecordBatch), Error> {
+    let firsts: Vec<u32> = std::iter::once(0)
+        .chain(group_ends.iter().copied())
+        .take(group_ends.len())
+        .collect();
+    let keys = take_record_batch(
+        &batch
+            .project(&(0..key_columns).collect::<Vec<_>>())
+            .map_err(internal("projecting keys"))?,
+        &UInt32Array::from(firsts),
+    )
+    .map_err(internal("taking group keys"))?;
+    let values = batch
+        .project(&(key_columns..batch.num_columns()).collect::<Vec<_>>())
+        .map_err(internal("projecting values"))?;
     Ok((keys, values))
 }
 
@@ -190,7 +216,8 @@ pub fn encode_shuffle(schema: &SchemaRef, partitions: &[Vec<RecordBatch>]) -> Re
     for batches in partitions {
         let start = out.len() as u64;
         if batches.iter().any(|b| b.num_rows() > 0) {
-            let mut writer = StreamWriter::try_new_with_options(&mut out, schema, options.clone()).map_err(internal("writing shuffle"))?;
+            let mut writer = StreamWriter::try_new_with_options(&mut out, schema, options.clone())
+                .map_err(internal("writing shuffle"))?;
             for b in batches.iter().filter(|b| b.num_rows() > 0) {
                 writer.write(b).map_err(internal("writing shuffle"))?;
             }
@@ -215,7 +242,10 @@ pub fn decode_partition(what: &str, bytes: Bytes) -> Result<Vec<RecordBatch>, Er
     if bytes.is_empty() {
         return Ok(Vec::new());
     }
-    let corrupt = |e: arrow::error::ArrowError| Error::Corrupt { what: what.to_string(), reason: e.to_string() };
+    let corrupt = |e: arrow::error::ArrowError| Error::Corrupt {
+        what: what.to_string(),
+        reason: e.to_string(),
+    };
     let reader = StreamReader::try_new(std::io::Cursor::new(bytes), None).map_err(corrupt)?;
     reader.collect::<Result<Vec<_>, _>>().map_err(corrupt)
 }
@@ -225,7 +255,11 @@ pub fn decode_partition(what: &str, bytes: Bytes) -> Result<Vec<RecordBatch>, Er
 ///
 /// # Errors
 /// Only on an internal error (runs of another schema).
-pub fn merge_sorted(encoder: &KeyEncoder, schema: &SchemaRef, runs: Vec<RecordBatch>) -> Result<Option<(RecordBatch, Vec<u32>)>, Error> {
+pub fn merge_sorted(
+    encoder: &KeyEncoder,
+    schema: &SchemaRef,
+    runs: Vec<RecordBatch>,
+) -> Result<Option<(RecordBatch, Vec<u32>)>, Error> {
     let runs: Vec<RecordBatch> = runs.into_iter().filter(|r| r.num_rows() > 0).collect();
     if runs.is_empty() {
         return Ok(None);
@@ -329,10 +363,17 @@ mod tests {
             sorted.sort();
             assert_eq!(ks, sorted, "partition {p} is sorted");
             for k in &ks {
-                assert_eq!(partition_of(enc.rows(&batch(&[k], &[0])).unwrap().row(0).as_ref(), 3), p as u32);
+                assert_eq!(
+                    partition_of(enc.rows(&batch(&[k], &[0])).unwrap().row(0).as_ref(), 3),
+                    p as u32
+                );
             }
             let ends = run.group_ends_in(&r);
-            let distinct = { let mut d = ks.clone(); d.dedup(); d.len() };
+            let distinct = {
+                let mut d = ks.clone();
+                d.dedup();
+                d.len()
+            };
             assert_eq!(ends.len(), distinct);
             seen.extend(ks);
         }
@@ -344,14 +385,24 @@ mod tests {
     fn shuffle_objects_round_trip_and_runs_merge() {
         let enc = KeyEncoder::new(&[DataType::Utf8]).unwrap();
         let schema = batch(&[], &[]).schema();
-        let (bytes, ranges) = encode_shuffle(&schema, &[vec![batch(&["a", "c"], &[1, 2])], vec![], vec![batch(&["b"], &[3])]]).unwrap();
+        let (bytes, ranges) = encode_shuffle(
+            &schema,
+            &[vec![batch(&["a", "c"], &[1, 2])], vec![], vec![batch(&["b"], &[3])]],
+        )
+        .unwrap();
         assert_eq!(&bytes[bytes.len() - 8..], MAGIC);
         assert!(ranges[1].is_empty());
         let p0 = decode_partition("t", bytes.slice(ranges[0].start as usize..ranges[0].end as usize)).unwrap();
         assert_eq!(keys(&p0[0]), ["a", "c"]);
         let truncated = bytes.slice(ranges[0].start as usize..(ranges[0].end as usize - 10));
         assert!(matches!(decode_partition("t", truncated), Err(Error::Corrupt { .. })));
-        let (merged, ends) = merge_sorted(&enc, &schema, vec![batch(&["a", "c"], &[1, 2]), batch(&["a", "b"], &[3, 4])]).unwrap().unwrap();
+        let (merged, ends) = merge_sorted(
+            &enc,
+            &schema,
+            vec![batch(&["a", "c"], &[1, 2]), batch(&["a", "b"], &[3, 4])],
+        )
+        .unwrap()
+        .unwrap();
         assert_eq!(keys(&merged), ["a", "a", "b", "c"]);
         assert_eq!(ends, [2, 3, 4]);
         let (k, v) = grouped(&merged, 1, &ends).unwrap();

@@ -22,8 +22,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use crate::data::output::OutputFormat;
-use crate::data::parquet_input::{fetch_parquet_split, ParquetSplitReader};
-use crate::data::text::{stream_text_split, TextSplitReader};
+use crate::data::parquet_input::{ParquetSplitReader, fetch_parquet_split};
+use crate::data::text::{TextSplitReader, stream_text_split};
 use crate::data::{Location, Split, SplitKind};
 use crate::runtime::{GuestInstance, JobModule, Runtime};
 use crate::shuffle::{self, KeyEncoder};
@@ -72,7 +72,10 @@ impl Error {
     /// corrupt input are retried too (another worker may differ), up to the
     /// job's maximum attempts.
     pub fn retryable(&self) -> bool {
-        !matches!(self, Error::Data(crate::data::Error::MissingInput { .. } | crate::data::Error::BadLocation { .. }))
+        !matches!(
+            self,
+            Error::Data(crate::data::Error::MissingInput { .. } | crate::data::Error::BadLocation { .. })
+        )
     }
 }
 
@@ -166,16 +169,26 @@ impl InputReader {
 
 /// Where row `row` of an input batch came from, for error messages.
 fn position_of(batch: &RecordBatch, row: u32, split: &Split) -> String {
-    let file = batch.column_by_name("file").and_then(|c| c.as_any().downcast_ref::<StringArray>().map(|a| a.clone()));
-    let offset = batch.column_by_name("offset").and_then(|c| c.as_any().downcast_ref::<Int64Array>().map(|a| a.clone()));
+    let file = batch
+        .column_by_name("file")
+        .and_then(|c| c.as_any().downcast_ref::<StringArray>().map(|a| a.clone()));
+    let offset = batch
+        .column_by_name("offset")
+        .and_then(|c| c.as_any().downcast_ref::<Int64Array>().map(|a| a.clone()));
     match (file, offset) {
-        (Some(f), Some(o)) if (row as usize) < f.len() => format!("{} byte offset {}", f.value(row as usize), o.value(row as usize)),
+        (Some(f), Some(o)) if (row as usize) < f.len() => {
+            format!("{} byte offset {}", f.value(row as usize), o.value(row as usize))
+        }
         _ => format!("{} (row {row} of a batch)", split.describe()),
     }
 }
 
 fn put_error(what: &str, e: object_store::Error) -> Error {
-    Error::Data(crate::data::Error::Io { what: what.to_string(), action: "writing", source: e })
+    Error::Data(crate::data::Error::Io {
+        what: what.to_string(),
+        action: "writing",
+        source: e,
+    })
 }
 
 /// Run one map attempt: read the split, map, combine, partition, sort and
@@ -190,7 +203,16 @@ pub async fn run_map(ctx: &JobContext, a: &MapAssignment) -> Result<MapOutput, E
         SplitKind::Text { start, end } => {
             let (tx, rx) = mpsc::channel(8);
             let fetch = SpawnedTask::spawn(stream_text_split(file.clone(), *start, a.split.file_size, tx));
-            (InputReader::Text(TextSplitReader::new(rx, file.display.clone(), *start, *end, a.split.file_size)), Some(fetch))
+            (
+                InputReader::Text(TextSplitReader::new(
+                    rx,
+                    file.display.clone(),
+                    *start,
+                    *end,
+                    a.split.file_size,
+                )),
+                Some(fetch),
+            )
         }
         SplitKind::Parquet { row_groups } => {
             let fetched = fetch_parquet_split(&file, a.split.file_size, row_groups).await?;
@@ -201,17 +223,37 @@ pub async fn run_map(ctx: &JobContext, a: &MapAssignment) -> Result<MapOutput, E
     let runtime = ctx.runtime.clone();
     let module = ctx.module.clone();
     let assignment = a.clone();
-    let (bytes, ranges, counters) = ctx.pool.run(move || map_compute(&runtime, &module, &assignment, reader)).await??;
+    let (bytes, ranges, counters) = ctx
+        .pool
+        .run(move || map_compute(&runtime, &module, &assignment, reader))
+        .await??;
     let object = Location::parse(&a.shuffle_object)?;
     let size = bytes.len();
-    object.store.put(&object.path, PutPayload::from(bytes)).await.map_err(|e| put_error(&object.display, e))?;
+    object
+        .store
+        .put(&object.path, PutPayload::from(bytes))
+        .await
+        .map_err(|e| put_error(&object.display, e))?;
     let mut counters = counters;
     *counters.entry("wmr.shuffle.bytes".into()).or_insert(0) += size as i64;
-    Ok(MapOutput { object: a.shuffle_object.clone(), ranges, counters })
+    Ok(MapOutput {
+        object: a.shuffle_object.clone(),
+        ranges,
+        counters,
+    })
 }
 
-fn guest_err(a_task: TaskId, attempt: AttemptId, position: Option<String>) -> impl FnOnce(crate::runtime::Error) -> Error {
-    move |source| Error::Guest { task: a_task, attempt, position, source }
+fn guest_err(
+    a_task: TaskId,
+    attempt: AttemptId,
+    position: Option<String>,
+) -> impl FnOnce(crate::runtime::Error) -> Error {
+    move |source| Error::Guest {
+        task: a_task,
+        attempt,
+        position,
+        source,
+    }
 }
 
 /// Sort `batch` by (partition, key) and, for a combining job, combine each
@@ -240,11 +282,16 @@ fn sort_and_combine(
         }
         let ends = run.group_ends_in(&range);
         let (keys, values) = shuffle::grouped(&part, encoder.key_columns(), &ends)?;
-        let combined = guest.combine(&keys, &values, &ends).map_err(guest_err(task, attempt, None))?;
+        let combined = guest
+            .combine(&keys, &values, &ends)
+            .map_err(guest_err(task, attempt, None))?;
         // The SDK combines group by group, in order; a hand-written guest
         // might not, so its output is re-sorted rather than trusted.
-        let combined =
-            if shuffle::is_sorted(encoder, &combined)? { combined } else { shuffle::partition_and_sort(encoder, &combined, 1)?.batch };
+        let combined = if shuffle::is_sorted(encoder, &combined)? {
+            combined
+        } else {
+            shuffle::partition_and_sort(encoder, &combined, 1)?.batch
+        };
         out.push(vec![combined]);
     }
     Ok(out)
@@ -256,7 +303,9 @@ fn map_compute(
     a: &MapAssignment,
     mut reader: InputReader,
 ) -> Result<(Bytes, Vec<Range<u64>>, Counters), Error> {
-    let mut guest = module.instantiate(runtime).map_err(guest_err(a.task, a.attempt, None))?;
+    let mut guest = module
+        .instantiate(runtime)
+        .map_err(guest_err(a.task, a.attempt, None))?;
     let info = guest.info().clone();
     let schema = info.map_output_schema();
     let encoder = KeyEncoder::new(&info.key_types)?;
@@ -266,12 +315,10 @@ fn map_compute(
     let (mut records_in, mut map_out) = (0i64, 0i64);
     while let Some(batch) = reader.next_batch()? {
         records_in += batch.num_rows() as i64;
-        let out = guest
-            .map(&batch)
-            .map_err(|e| {
-                let position = e.guest_row().map(|row| position_of(&batch, row, &a.split));
-                guest_err(a.task, a.attempt, position)(e)
-            })?;
+        let out = guest.map(&batch).map_err(|e| {
+            let position = e.guest_row().map(|row| position_of(&batch, row, &a.split));
+            guest_err(a.task, a.attempt, position)(e)
+        })?;
         map_out += out.num_rows() as i64;
         pending_rows += out.num_rows();
         pending.push(out);
@@ -321,7 +368,13 @@ pub async fn run_reduce(ctx: &JobContext, a: &ReduceAssignment) -> Result<Reduce
                 .get_range(&object.path, range)
                 .await
                 .map(|b| (what.clone(), b))
-                .map_err(|e| Error::Data(crate::data::Error::Io { what, action: "reading", source: e }))
+                .map_err(|e| {
+                    Error::Data(crate::data::Error::Io {
+                        what,
+                        action: "reading",
+                        source: e,
+                    })
+                })
         });
     }
     let parts: Vec<(String, Bytes)> = futures::future::try_join_all(fetches).await?;
@@ -329,13 +382,24 @@ pub async fn run_reduce(ctx: &JobContext, a: &ReduceAssignment) -> Result<Reduce
     let runtime = ctx.runtime.clone();
     let module = ctx.module.clone();
     let assignment = a.clone();
-    let (bytes, rows, mut counters) = ctx.pool.run(move || reduce_compute(&runtime, &module, &assignment, parts)).await??;
+    let (bytes, rows, mut counters) = ctx
+        .pool
+        .run(move || reduce_compute(&runtime, &module, &assignment, parts))
+        .await??;
     let file = Location::parse(&a.output_file)?;
     let size = bytes.len() as u64;
-    file.store.put(&file.path, PutPayload::from(bytes)).await.map_err(|e| put_error(&file.display, e))?;
+    file.store
+        .put(&file.path, PutPayload::from(bytes))
+        .await
+        .map_err(|e| put_error(&file.display, e))?;
     counters.insert("wmr.reduce.shuffle.bytes".into(), fetched);
     counters.insert("wmr.output.bytes".into(), size as i64);
-    Ok(ReduceOutput { file: a.output_file.clone(), rows, bytes: size, counters })
+    Ok(ReduceOutput {
+        file: a.output_file.clone(),
+        rows,
+        bytes: size,
+        counters,
+    })
 }
 
 fn reduce_compute(
@@ -344,17 +408,29 @@ fn reduce_compute(
     a: &ReduceAssignment,
     parts: Vec<(String, Bytes)>,
 ) -> Result<(Bytes, u64, Counters), Error> {
-    let mut guest = module.instantiate(runtime).map_err(guest_err(a.task, a.attempt, None))?;
+    let mut guest = module
+        .instantiate(runtime)
+        .map_err(guest_err(a.task, a.attempt, None))?;
     let info = guest.info().clone();
     let schema = info.map_output_schema();
     let encoder = KeyEncoder::new(&info.key_types)?;
     let mut runs = Vec::with_capacity(parts.len());
     for (what, bytes) in parts {
         let batches = shuffle::decode_partition(&what, bytes)?;
-        if batches.iter().any(|b| b.schema().fields().len() != schema.fields().len()) {
-            return Err(shuffle::Error::Corrupt { what, reason: "its schema is not this job's map output schema".into() }.into());
+        if batches
+            .iter()
+            .any(|b| b.schema().fields().len() != schema.fields().len())
+        {
+            return Err(shuffle::Error::Corrupt {
+                what,
+                reason: "its schema is not this job's map output schema".into(),
+            }
+            .into());
         }
-        let run = shuffle::concat(&schema, &batches).map_err(|_| shuffle::Error::Corrupt { what, reason: "mismatched column types".into() })?;
+        let run = shuffle::concat(&schema, &batches).map_err(|_| shuffle::Error::Corrupt {
+            what,
+            reason: "mismatched column types".into(),
+        })?;
         runs.push(run);
     }
     let records_in: usize = runs.iter().map(RecordBatch::num_rows).sum();
@@ -366,7 +442,13 @@ fn reduce_compute(
             let chunk = shuffle::slice(&merged, &range);
             let (keys, values) = shuffle::grouped(&chunk, encoder.key_columns(), &chunk_ends)?;
             let out = guest.reduce(&keys, &values, &chunk_ends).map_err(|e| {
-                let position = e.guest_row().map(|r| format!("reduce group starting at row {} of partition {}", range.start + r as usize, a.task.index));
+                let position = e.guest_row().map(|r| {
+                    format!(
+                        "reduce group starting at row {} of partition {}",
+                        range.start + r as usize,
+                        a.task.index
+                    )
+                });
                 guest_err(a.task, a.attempt, position)(e)
             })?;
             outputs.push(out);

@@ -6,11 +6,11 @@ mod pool;
 
 use std::sync::Arc;
 
-use tracing::{debug, info_span, warn, Instrument};
+use tracing::{Instrument, debug, info_span, warn};
 
+use crate::WorkerId;
 use crate::coordinator::{Assignment, Coordinator, Outcome};
 use crate::task::{self, JobContext};
-use crate::WorkerId;
 pub use pool::{ComputePanic, ComputePool};
 
 /// An error and its causes as one line: `outer: cause: cause`.
@@ -34,7 +34,10 @@ pub async fn run_assignment(ctx: &JobContext, assignment: &Assignment) -> Outcom
     result.unwrap_or_else(|e| {
         let error = error_chain(&e);
         warn!(%error, "attempt failed");
-        Outcome::Failed { error, retryable: e.retryable() }
+        Outcome::Failed {
+            error,
+            retryable: e.retryable(),
+        }
     })
 }
 

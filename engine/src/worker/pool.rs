@@ -48,7 +48,8 @@ impl ComputePool {
             // The receiver is gone only if the attempt was cancelled.
             let _ = tx.send(result);
         });
-        rx.await.map_err(|_| ComputePanic("the compute job was dropped".into()))?
+        rx.await
+            .map_err(|_| ComputePanic("the compute job was dropped".into()))?
     }
 }
 
@@ -59,7 +60,10 @@ mod tests {
     #[tokio::test]
     async fn runs_on_named_threads_and_contains_panics() {
         let pool = ComputePool::new(2).unwrap();
-        let name = pool.run(|| std::thread::current().name().map(str::to_string)).await.unwrap();
+        let name = pool
+            .run(|| std::thread::current().name().map(str::to_string))
+            .await
+            .unwrap();
         assert!(name.unwrap().starts_with("wmr-compute-"));
         let err = pool.run(|| -> u32 { panic!("boom") }).await.unwrap_err();
         assert_eq!(err.0, "boom");
