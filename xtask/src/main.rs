@@ -152,6 +152,20 @@ fn generate_corpus(dir: &Path, bytes: u64, files: usize) -> Result<()> {
     Ok(())
 }
 
+/// `wmr run` word count over `input` into `out`, replacing it, with `extra` flags.
+fn run_wordcount(wmr: &Path, guests: &Path, input: &Path, out: &Path, extra: &[&str]) -> Result<()> {
+    run(Command::new(wmr)
+        .arg("run")
+        .arg("--job")
+        .arg(guests.join("wordcount.wasm"))
+        .arg("--input")
+        .arg(input)
+        .arg("--output")
+        .arg(out)
+        .arg("--overwrite")
+        .args(extra))
+}
+
 fn demo() -> Result<()> {
     let root = root();
     let guests = guests()?;
@@ -162,15 +176,13 @@ fn demo() -> Result<()> {
         generate_corpus(&corpus, 32 << 20, 8)?;
     }
     let out = root.join("target/demo/wordcount");
-    run(Command::new(&wmr)
-        .arg("run")
-        .arg("--job")
-        .arg(guests.join("wordcount.wasm"))
-        .arg("--input")
-        .arg(&corpus)
-        .arg("--output")
-        .arg(&out)
-        .args(["--reducers", "4", "--split-size", "8MiB", "--overwrite"]))?;
+    run_wordcount(
+        &wmr,
+        &guests,
+        &corpus,
+        &out,
+        &["--reducers", "4", "--split-size", "8MiB"],
+    )?;
     let cat = Command::new(&wmr)
         .arg("cat")
         .arg(&out)
@@ -287,15 +299,13 @@ fn bench(args: &[String]) -> Result<()> {
     let mut native_distinct = 0;
     for round in 0..3 {
         let t = Instant::now();
-        run(Command::new(&wmr)
-            .arg("run")
-            .arg("--job")
-            .arg(guests.join("wordcount.wasm"))
-            .arg("--input")
-            .arg(&corpus)
-            .arg("--output")
-            .arg(&out)
-            .args(["--slots", "2", "--reducers", "2", "--overwrite", "--quiet"]))?;
+        run_wordcount(
+            &wmr,
+            &guests,
+            &corpus,
+            &out,
+            &["--slots", "2", "--reducers", "2", "--quiet"],
+        )?;
         wmr_times.push(t.elapsed());
         let t = Instant::now();
         let counts = native_wordcount(&files, 2)?;

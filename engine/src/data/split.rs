@@ -77,6 +77,31 @@ pub fn is_parquet(file: &str) -> bool {
     lower.ends_with(".parquet") || lower.ends_with(".parq") || lower.ends_with(".pq")
 }
 
+/// The visible files under `base` whose path relative to it passes `keep`,
+/// sorted by path. Names starting with `_` or `.` are hidden.
+async fn list_visible(base: &Location, keep: impl Fn(&str) -> bool) -> Result<Vec<(Location, ObjectMeta)>, Error> {
+    let listed: Vec<ObjectMeta> = base
+        .store
+        .list(Some(&base.path))
+        .try_collect()
+        .await
+        .map_err(|e| Error::io(&base.display, "listing", e))?;
+    let mut files: Vec<(Location, ObjectMeta)> = listed
+        .into_iter()
+        .filter(|m| {
+            let rel: Vec<String> = m
+                .location
+                .prefix_match(&base.path)
+                .map(|parts| parts.map(|p| p.as_ref().to_string()).collect())
+                .unwrap_or_default();
+            !hidden(&m.location) && keep(&rel.join("/"))
+        })
+        .map(|m| (base.at(m.location.clone()), m))
+        .collect();
+    files.sort_by(|a, b| a.1.location.cmp(&b.1.location));
+    Ok(files)
+}
+
 /// Expand one input into the files it names, sorted by path.
 async fn expand(input: &str) -> Result<Vec<(Location, ObjectMeta)>, Error> {
     if has_glob(input) {
@@ -93,31 +118,12 @@ async fn expand(input: &str) -> Result<Vec<(Location, ObjectMeta)>, Error> {
                 reason: format!("bad glob: {e}"),
             })?
             .compile_matcher();
-        let listed: Vec<ObjectMeta> = base
-            .store
-            .list(Some(&base.path))
-            .try_collect()
-            .await
-            .map_err(|e| Error::io(&base.display, "listing", e))?;
-        let mut files: Vec<(Location, ObjectMeta)> = listed
-            .into_iter()
-            .filter(|m| {
-                let rel: Vec<_> = m
-                    .location
-                    .prefix_match(&base.path)
-                    .map(|p| p.collect())
-                    .unwrap_or_default();
-                let rel = rel.iter().map(|p| p.as_ref()).collect::<Vec<&str>>().join("/");
-                !hidden(&m.location) && matcher.is_match(rel)
-            })
-            .map(|m| (base.at(m.location.clone()), m))
-            .collect();
+        let files = list_visible(&base, |rel| matcher.is_match(rel)).await?;
         if files.is_empty() {
             return Err(Error::NoMatch {
                 pattern: input.to_string(),
             });
         }
-        files.sort_by(|a, b| a.1.location.cmp(&b.1.location));
         return Ok(files);
     }
     let location = Location::parse(input)?;
@@ -125,23 +131,12 @@ async fn expand(input: &str) -> Result<Vec<(Location, ObjectMeta)>, Error> {
         Ok(meta) => Ok(vec![(location, meta)]),
         Err(object_store::Error::NotFound { .. }) | Err(object_store::Error::Generic { .. }) => {
             // Perhaps a directory (or key prefix): take every visible file under it.
-            let listed: Vec<ObjectMeta> = location
-                .store
-                .list(Some(&location.path))
-                .try_collect()
-                .await
-                .map_err(|e| Error::io(&location.display, "listing", e))?;
-            let mut files: Vec<_> = listed
-                .into_iter()
-                .filter(|m| !hidden(&m.location))
-                .map(|m| (location.at(m.location.clone()), m))
-                .collect();
+            let files = list_visible(&location, |_| true).await?;
             if files.is_empty() {
                 return Err(Error::MissingInput {
                     input: input.to_string(),
                 });
             }
-            files.sort_by(|a, b| a.1.location.cmp(&b.1.location));
             Ok(files)
         }
         Err(e) => Err(Error::io(&location.display, "reading metadata of", e)),
