@@ -6,6 +6,7 @@
 //! of them) be written where an owned type is expected, without allocating.
 
 use crate::bindings::wmr::job::types::{Column, ColumnData, DataType, VarWidth};
+use std::hash::Hasher;
 
 /// A column under construction: Arrow buffers, grown row by row.
 // Public only because the sealed traits' hidden methods name it; nothing
@@ -358,9 +359,16 @@ pub trait IntoColumns<T> {
     /// Append to `cols`, one column per part of `T`.
     #[doc(hidden)]
     fn append_to(&self, cols: &mut [ColumnBuilder]);
-    /// Write a byte encoding that is equal for equal values, for hashing.
+    /// Feed the value to `hasher`; equal values hash equally whatever their
+    /// borrowed form.
+    #[doc(hidden)]
+    fn hash_key<H: Hasher>(&self, hasher: &mut H);
+    /// Append a byte encoding that is equal exactly for equal values.
     #[doc(hidden)]
     fn encode(&self, buf: &mut Vec<u8>);
+    /// Whether `encoded` is exactly this value's encoding.
+    #[doc(hidden)]
+    fn matches(&self, encoded: &[u8]) -> bool;
     /// Make the owned value.
     #[doc(hidden)]
     fn to_owned_value(&self) -> T;
@@ -370,8 +378,23 @@ pub trait IntoColumns<T> {
 #[doc(hidden)]
 pub trait IntoField<T> {
     fn append_one(&self, col: &mut ColumnBuilder);
+    fn hash_key<H: Hasher>(&self, hasher: &mut H);
     fn encode(&self, buf: &mut Vec<u8>);
+    /// If `encoded` starts with this value's encoding, what follows it.
+    fn strip<'e>(&self, encoded: &'e [u8]) -> Option<&'e [u8]>;
     fn to_owned_value(&self) -> T;
+}
+
+/// Byte equality in 8-byte words: on wasm32, slice `==` becomes a call to a
+/// byte-at-a-time `memcmp`, which dominated the in-mapper combiner's profile.
+pub(crate) fn bytes_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let (a_words, a_tail) = a.as_chunks::<8>();
+    let (b_words, b_tail) = b.as_chunks::<8>();
+    a_words.iter().zip(b_words).all(|(x, y)| u64::from_ne_bytes(*x) == u64::from_ne_bytes(*y))
+        && a_tail.iter().zip(b_tail).all(|(x, y)| x == y)
 }
 
 impl<T, Q: IntoField<T>> IntoColumns<T> for Q
@@ -383,24 +406,45 @@ where
             self.append_one(col)
         }
     }
+    fn hash_key<H: Hasher>(&self, hasher: &mut H) {
+        IntoField::hash_key(self, hasher)
+    }
     fn encode(&self, buf: &mut Vec<u8>) {
         IntoField::encode(self, buf)
+    }
+    fn matches(&self, encoded: &[u8]) -> bool {
+        self.strip(encoded).is_some_and(<[u8]>::is_empty)
     }
     fn to_owned_value(&self) -> T {
         IntoField::to_owned_value(self)
     }
 }
 
+/// Variable-width values are encoded as their length (4 bytes) then their bytes.
 fn encode_var(bytes: &[u8], buf: &mut Vec<u8>) {
-    buf.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+    let len = u32::try_from(bytes.len()).unwrap_or_else(|_| panic!("wmr-sdk: a key part over 4 GiB"));
+    buf.extend_from_slice(&len.to_le_bytes());
     buf.extend_from_slice(bytes);
+}
+
+fn strip_var<'e>(bytes: &[u8], encoded: &'e [u8]) -> Option<&'e [u8]> {
+    let (len, rest) = encoded.split_first_chunk::<4>()?;
+    let (value, rest) = rest.split_at_checked(u32::from_le_bytes(*len) as usize)?;
+    bytes_eq(value, bytes).then_some(rest)
+}
+
+fn strip_fixed<'e, const N: usize>(bytes: [u8; N], encoded: &'e [u8]) -> Option<&'e [u8]> {
+    let (value, rest) = encoded.split_first_chunk::<N>()?;
+    (*value == bytes).then_some(rest)
 }
 
 macro_rules! into_field_str {
     ($owned:ty: $($t:ty => |$s:ident| $bytes:expr, $own:expr;)+) => {$(
         impl IntoField<$owned> for $t {
             fn append_one(&self, col: &mut ColumnBuilder) { let $s = self; col.push_bytes($bytes) }
+            fn hash_key<H: Hasher>(&self, hasher: &mut H) { let $s = self; hasher.write($bytes) }
             fn encode(&self, buf: &mut Vec<u8>) { let $s = self; encode_var($bytes, buf) }
+            fn strip<'e>(&self, encoded: &'e [u8]) -> Option<&'e [u8]> { let $s = self; strip_var($bytes, encoded) }
             fn to_owned_value(&self) -> $owned { let $s = self; $own }
         }
     )+};
@@ -420,12 +464,16 @@ macro_rules! into_field_copy {
     ($($t:ty => $bits:expr;)+) => {$(
         impl IntoField<$t> for $t {
             fn append_one(&self, col: &mut ColumnBuilder) { Field::append(self, col) }
+            fn hash_key<H: Hasher>(&self, hasher: &mut H) { hasher.write(&$bits(*self).to_le_bytes()) }
             fn encode(&self, buf: &mut Vec<u8>) { buf.extend_from_slice(&$bits(*self).to_le_bytes()) }
+            fn strip<'e>(&self, encoded: &'e [u8]) -> Option<&'e [u8]> { strip_fixed($bits(*self).to_le_bytes(), encoded) }
             fn to_owned_value(&self) -> $t { *self }
         }
         impl IntoField<$t> for &$t {
             fn append_one(&self, col: &mut ColumnBuilder) { Field::append(*self, col) }
+            fn hash_key<H: Hasher>(&self, hasher: &mut H) { hasher.write(&$bits(**self).to_le_bytes()) }
             fn encode(&self, buf: &mut Vec<u8>) { buf.extend_from_slice(&$bits(**self).to_le_bytes()) }
+            fn strip<'e>(&self, encoded: &'e [u8]) -> Option<&'e [u8]> { strip_fixed($bits(**self).to_le_bytes(), encoded) }
             fn to_owned_value(&self) -> $t { **self }
         }
     )+};
@@ -444,6 +492,15 @@ where
     fn append_one(&self, col: &mut ColumnBuilder) {
         Field::append(self, col)
     }
+    fn hash_key<H: Hasher>(&self, hasher: &mut H) {
+        match self {
+            None => hasher.write_u8(0),
+            Some(v) => {
+                hasher.write_u8(1);
+                IntoField::hash_key(v, hasher)
+            }
+        }
+    }
     fn encode(&self, buf: &mut Vec<u8>) {
         match self {
             None => buf.push(0),
@@ -451,6 +508,13 @@ where
                 buf.push(1);
                 IntoField::encode(v, buf)
             }
+        }
+    }
+    fn strip<'e>(&self, encoded: &'e [u8]) -> Option<&'e [u8]> {
+        match (self, encoded.split_first()?) {
+            (None, (0, rest)) => Some(rest),
+            (Some(v), (1, rest)) => v.strip(rest),
+            _ => None,
         }
     }
     fn to_owned_value(&self) -> Option<T> {
@@ -464,7 +528,13 @@ macro_rules! tuple_into {
             fn append_to(&self, cols: &mut [ColumnBuilder]) {
                 $(if let Some(col) = cols.get_mut($idx) { self.$idx.append_one(col) })+
             }
+            fn hash_key<H: Hasher>(&self, hasher: &mut H) { $(self.$idx.hash_key(hasher);)+ }
             fn encode(&self, buf: &mut Vec<u8>) { $(self.$idx.encode(buf);)+ }
+            fn matches(&self, encoded: &[u8]) -> bool {
+                let rest = encoded;
+                $(let Some(rest) = self.$idx.strip(rest) else { return false };)+
+                rest.is_empty()
+            }
             fn to_owned_value(&self) -> ($($name,)+) { ($(self.$idx.to_owned_value(),)+) }
         }
     };
@@ -477,4 +547,41 @@ tuple_into!(A QA 0, B QB 1, C QC 2, D QD 3);
 /// Start one builder per column of `T`.
 pub(crate) fn builders_for<T: Columns>() -> Vec<ColumnBuilder> {
     T::data_types().into_iter().map(ColumnBuilder::new).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_eq_compares_every_byte() {
+        assert!(bytes_eq(b"", b""));
+        assert!(bytes_eq(b"0123456789", b"0123456789"));
+        assert!(!bytes_eq(b"0123456789", b"0123456780"));
+        assert!(!bytes_eq(b"0123456789", b"1123456789"));
+        assert!(!bytes_eq(b"012", b"0123"));
+    }
+
+    fn encoded<K, Q: IntoColumns<K>>(key: &Q) -> Vec<u8> {
+        let mut buf = Vec::new();
+        key.encode(&mut buf);
+        buf
+    }
+
+    #[test]
+    fn a_key_matches_only_its_own_encoding() {
+        let c = || Some("c".to_string());
+        let key = ("ab", 7_i64, c());
+        let enc = encoded::<(String, i64, Option<String>), _>(&key);
+        assert!(IntoColumns::<(String, i64, Option<String>)>::matches(&key, &enc));
+        for other in [("ab", 7_i64, None), ("a", 7, c()), ("ab", 8, c()), ("ab", 7, Some("cd".to_string()))] {
+            assert!(!IntoColumns::<(String, i64, Option<String>)>::matches(&other, &enc), "{other:?}");
+        }
+        // Moving a byte across a part boundary changes the encoding.
+        let a = encoded::<(String, String), _>(&("ab", "c"));
+        let b = encoded::<(String, String), _>(&("a", "bc"));
+        assert_ne!(a, b);
+        assert!(!IntoColumns::<(String, String)>::matches(&("ab", "c"), &[]));
+        assert!(!IntoColumns::<String>::matches(&"ab", &a));
+    }
 }

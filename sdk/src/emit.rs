@@ -1,20 +1,27 @@
 //! What a job writes to and reads from: [`Emit`] for map output, [`Values`]
 //! for one key's values, [`Output`] for reduce output rows.
 
-use std::collections::HashMap;
-use std::hash::BuildHasherDefault;
+use std::hash::{BuildHasher, Hasher};
 use std::marker::PhantomData;
 
-use crate::bindings::wmr::job::types::{Batch, Column};
-use crate::columns::{builders_for, ColumnBuilder, Columns, IntoColumns};
+use foldhash::fast::FixedState;
+use hashbrown::HashTable;
 
-type FixedHasher = BuildHasherDefault<std::hash::DefaultHasher>;
+use crate::bindings::wmr::job::types::{Batch, Column};
+use crate::columns::{ColumnBuilder, Columns, IntoColumns, builders_for};
+
+/// How a job combines one key's values; see [`Job::combine`](crate::Job::combine).
+pub(crate) type CombineFn<K, V> = fn(&K, Values<'_, V>) -> V;
+
+/// A key's pending values are combined into one whenever this many pile up,
+/// so memory stays bounded by the number of distinct keys in a batch.
+const FOLD_AT: usize = 8;
 
 /// Where `map` writes its key/value pairs.
 ///
 /// For a job that combines, pairs are grouped by key inside the guest as
-/// they are emitted and each key's values are combined once per input batch
-/// (the "in-mapper combiner"), so far fewer rows cross into the host.
+/// they are emitted and each key's values are combined as they pile up (the
+/// "in-mapper combiner"), so far fewer rows cross into the host.
 pub struct Emit<K: Columns, V: Columns> {
     mode: EmitMode<K, V>,
     rows: usize,
@@ -22,15 +29,80 @@ pub struct Emit<K: Columns, V: Columns> {
 
 enum EmitMode<K, V> {
     Direct { keys: Vec<ColumnBuilder>, values: Vec<ColumnBuilder> },
-    Grouping { scratch: Vec<u8>, index: HashMap<Vec<u8>, usize, FixedHasher>, groups: Vec<(K, Vec<V>)> },
+    Grouping(Grouping<K, V>),
+}
+
+/// The in-mapper combiner's state: a hash table of group numbers, keyed by
+/// each key's byte encoding, kept back to back in one arena. Emitting a key
+/// already seen hashes and compares it in its borrowed form, copying nothing.
+struct Grouping<K, V> {
+    combine: CombineFn<K, V>,
+    hasher: FixedState,
+    table: HashTable<u32>,
+    arena: Vec<u8>,
+    groups: Vec<Group<K, V>>,
+}
+
+struct Group<K, V> {
+    key: K,
+    /// Where the key's encoding lies in the arena.
+    encoded: (u32, u32),
+    hash: u64,
+    pending: Vec<V>,
+}
+
+fn arena_offset(len: usize) -> u32 {
+    u32::try_from(len).unwrap_or_else(|_| panic!("wmr-sdk: one input batch produced over 4 GiB of distinct keys"))
+}
+
+impl<K: Columns, V: Columns> Grouping<K, V> {
+    fn push<Q: IntoColumns<K>>(&mut self, key: Q, value: V) {
+        let mut hasher = self.hasher.build_hasher();
+        key.hash_key(&mut hasher);
+        let hash = hasher.finish();
+        let (arena, groups) = (&self.arena, &self.groups);
+        let found = self.table.find(hash, |&g| {
+            let (start, end) = groups[g as usize].encoded;
+            key.matches(&arena[start as usize..end as usize])
+        });
+        match found {
+            Some(&g) => {
+                let group = &mut self.groups[g as usize];
+                if group.pending.len() >= FOLD_AT {
+                    let folded = (self.combine)(&group.key, Values::draining(&mut group.pending));
+                    group.pending.push(folded);
+                }
+                group.pending.push(value);
+            }
+            None => {
+                let start = arena_offset(self.arena.len());
+                key.encode(&mut self.arena);
+                let g = arena_offset(self.groups.len());
+                let mut pending = Vec::with_capacity(FOLD_AT);
+                pending.push(value);
+                let owned = key.to_owned_value();
+                let encoded = (start, arena_offset(self.arena.len()));
+                self.groups.push(Group { key: owned, encoded, hash, pending });
+                let groups = &self.groups;
+                self.table.insert_unique(hash, g, |&g| groups[g as usize].hash);
+            }
+        }
+    }
 }
 
 impl<K: Columns, V: Columns> Emit<K, V> {
-    pub(crate) fn new(grouping: bool) -> Self {
-        let mode = if grouping {
-            EmitMode::Grouping { scratch: Vec::new(), index: HashMap::default(), groups: Vec::new() }
-        } else {
-            EmitMode::Direct { keys: builders_for::<K>(), values: builders_for::<V>() }
+    /// An `Emit` that groups and combines with `combine` when given, and
+    /// otherwise writes every pair straight into columns.
+    pub(crate) fn new(combine: Option<CombineFn<K, V>>) -> Self {
+        let mode = match combine {
+            Some(combine) => EmitMode::Grouping(Grouping {
+                combine,
+                hasher: FixedState::with_seed(0x776d_725f_6d61_7021),
+                table: HashTable::new(),
+                arena: Vec::new(),
+                groups: Vec::new(),
+            }),
+            None => EmitMode::Direct { keys: builders_for::<K>(), values: builders_for::<V>() },
         };
         Emit { mode, rows: 0 }
     }
@@ -50,21 +122,7 @@ impl<K: Columns, V: Columns> Emit<K, V> {
                 key.append_to(keys);
                 value.append(values);
             }
-            EmitMode::Grouping { scratch, index, groups } => {
-                scratch.clear();
-                key.encode(scratch);
-                match index.get(scratch.as_slice()) {
-                    Some(&g) => {
-                        if let Some((_, vs)) = groups.get_mut(g) {
-                            vs.push(value)
-                        }
-                    }
-                    None => {
-                        index.insert(scratch.clone(), groups.len());
-                        groups.push((key.to_owned_value(), vec![value]));
-                    }
-                }
-            }
+            EmitMode::Grouping(grouping) => grouping.push(key, value),
         }
     }
 
@@ -79,19 +137,19 @@ impl<K: Columns, V: Columns> Emit<K, V> {
     }
 
     /// Finish into a batch of key columns then value columns; grouped pairs
-    /// are first combined per key with `combine`.
-    pub(crate) fn finish(self, mut combine: impl FnMut(&K, Values<'_, V>) -> V) -> Batch {
+    /// are first combined into one value per key.
+    pub(crate) fn finish(self) -> Batch {
         let (keys, values, rows) = match self.mode {
             EmitMode::Direct { keys, values } => (keys, values, self.rows),
-            EmitMode::Grouping { groups, .. } => {
-                let rows = groups.len();
+            EmitMode::Grouping(grouping) => {
+                let rows = grouping.groups.len();
                 let mut keys = builders_for::<K>();
                 let mut values = builders_for::<V>();
-                for (key, vs) in groups {
-                    let combined = if vs.len() == 1 {
-                        vs.into_iter().next().expect("checked: one value")
+                for Group { key, mut pending, .. } in grouping.groups {
+                    let combined = if pending.len() == 1 {
+                        pending.pop().expect("checked: one value")
                     } else {
-                        combine(&key, Values::owned(vs))
+                        (grouping.combine)(&key, Values::draining(&mut pending))
                     };
                     key.append(&mut keys);
                     combined.append(&mut values);
@@ -122,7 +180,7 @@ pub struct Values<'a, V> {
 
 enum ValuesSource<'a, V> {
     Columns { cols: &'a [Column], next: usize, end: usize, _v: PhantomData<V> },
-    Owned(std::vec::IntoIter<V>),
+    Draining(std::vec::Drain<'a, V>),
 }
 
 impl<'a, V: Columns> Values<'a, V> {
@@ -130,8 +188,8 @@ impl<'a, V: Columns> Values<'a, V> {
         Values { source: ValuesSource::Columns { cols, next: start, end, _v: PhantomData } }
     }
 
-    pub(crate) fn owned(values: Vec<V>) -> Self {
-        Values { source: ValuesSource::Owned(values.into_iter()) }
+    pub(crate) fn draining(values: &'a mut Vec<V>) -> Self {
+        Values { source: ValuesSource::Draining(values.drain(..)) }
     }
 }
 
@@ -167,14 +225,14 @@ impl<V: Columns> Iterator for Values<'_, V> {
                 }
                 None
             }
-            ValuesSource::Owned(it) => it.next(),
+            ValuesSource::Draining(it) => it.next(),
         }
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
         match &self.source {
             ValuesSource::Columns { next, end, .. } => (0, Some(end - next)),
-            ValuesSource::Owned(it) => it.size_hint(),
+            ValuesSource::Draining(it) => it.size_hint(),
         }
     }
 }
@@ -208,5 +266,58 @@ impl<O: Columns> Output<O> {
         let mut batch = batch_of(self.cols.into_iter(), self.rows);
         batch.names = names.to_vec();
         batch
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sum(_key: &String, values: Values<'_, u64>) -> u64 {
+        values.sum()
+    }
+
+    fn rows_of(batch: &Batch) -> Vec<(String, u64)> {
+        let (keys, values) = batch.columns.split_at(1);
+        (0..batch.num_rows as usize)
+            .map(|r| (String::read(keys, r).expect("key"), u64::read(values, r).expect("value")))
+            .collect()
+    }
+
+    #[test]
+    fn grouping_combines_each_key_once_in_first_seen_order() {
+        let mut emit = Emit::<String, u64>::new(Some(sum));
+        for i in 0..1000u64 {
+            emit.emit("often", i);
+            if i % 100 == 0 {
+                emit.emit(format!("rare{}", i / 100 % 3), 1);
+            }
+        }
+        // Keys whose encodings share a prefix or differ only past 8 bytes.
+        emit.emit("abcdefgh1", 5);
+        emit.emit("abcdefgh2", 6);
+        emit.emit("", 7);
+        assert_eq!(emit.len(), 1013);
+        let rows = rows_of(&emit.finish());
+        assert_eq!(
+            rows,
+            [
+                ("often".to_string(), 999 * 1000 / 2),
+                ("rare0".to_string(), 4),
+                ("rare1".to_string(), 3),
+                ("rare2".to_string(), 3),
+                ("abcdefgh1".to_string(), 5),
+                ("abcdefgh2".to_string(), 6),
+                (String::new(), 7),
+            ]
+        );
+    }
+
+    #[test]
+    fn direct_mode_keeps_every_pair() {
+        let mut emit = Emit::<String, u64>::new(None);
+        emit.emit("a", 1);
+        emit.emit("a", 2);
+        assert_eq!(rows_of(&emit.finish()), [("a".to_string(), 1), ("a".to_string(), 2)]);
     }
 }

@@ -129,17 +129,26 @@ pub fn configure<J: Job>(params: Vec<(String, String)>, build: ConfigureFn<J>) -
 }
 
 /// The `map` export.
-pub fn map<J: Job>(input: Batch) -> Result<Batch, GuestError> {
+pub fn map<J: Job>(source: String, input: Batch) -> Result<Batch, GuestError> {
     finish(with_job::<J, _>(|job, _| {
-        let batch = InputBatch::new(&input);
-        let mut out = Emit::<J::Key, J::Value>::new(J::COMBINES);
+        let batch = InputBatch::new(&source, &input);
+        let mut out = Emit::<J::Key, J::Value>::new(J::COMBINES.then_some(combine_with_job::<J>));
         for row in 0..batch.rows() {
             CURRENT_ROW.set(Some(row as u32));
             job.map(&batch.record(row), &mut out);
         }
         CURRENT_ROW.set(None);
-        out.finish(|k, vs| job.combine(k, vs))
+        out.finish()
     }))
+}
+
+/// `combine` of the configured job, as a plain function for [`Emit`]. Only
+/// called from within `map`, where the job is configured.
+fn combine_with_job<J: Job>(key: &J::Key, values: Values<'_, J::Value>) -> J::Value {
+    STATE.with_borrow(|state| match state.as_ref().and_then(|s| s.job.downcast_ref::<J>()) {
+        Some(job) => job.combine(key, values),
+        None => unreachable!("map runs only after configure"),
+    })
 }
 
 fn groups(input: &Grouped) -> impl Iterator<Item = (usize, usize, usize)> + '_ {

@@ -130,8 +130,8 @@ macro_rules! export_job {
             ) -> ::core::result::Result<$crate::__private::JobInfo, ::std::string::String> {
                 $crate::__private::configure::<$job>(params, $configure)
             }
-            fn map(input: $crate::__private::Batch) -> ::core::result::Result<$crate::__private::Batch, $crate::__private::GuestError> {
-                $crate::__private::map::<$job>(input)
+            fn map(source: ::std::string::String, input: $crate::__private::Batch) -> ::core::result::Result<$crate::__private::Batch, $crate::__private::GuestError> {
+                $crate::__private::map::<$job>(source, input)
             }
             fn combine(input: $crate::__private::Grouped) -> ::core::result::Result<$crate::__private::Batch, $crate::__private::GuestError> {
                 $crate::__private::combine::<$job>(input)

@@ -5,9 +5,10 @@ use crate::bindings::wmr::job::types::{Batch, Column};
 use crate::columns::{is_valid, type_name, var_width, Field};
 use crate::bindings::wmr::job::types::ColumnData;
 
-/// One input record. For text input its columns are `file`, `offset` and
-/// `line` (see [`Record::line`]); for Parquet input they are the file's own
-/// columns, read with [`Record::get`] or [`Record::str`].
+/// One input record. For text input its columns are `offset` and `line` (see
+/// [`Record::line`]); for Parquet input they are the file's own columns, read
+/// with [`Record::get`] or [`Record::str`]. Either way [`Record::file`] says
+/// which file it came from.
 pub struct Record<'a> {
     batch: &'a InputBatch<'a>,
     row: usize,
@@ -15,16 +16,16 @@ pub struct Record<'a> {
 
 /// An input batch with its text columns located once per batch.
 pub(crate) struct InputBatch<'a> {
+    source: &'a str,
     batch: &'a Batch,
     line: Option<usize>,
-    file: Option<usize>,
     offset: Option<usize>,
 }
 
 impl<'a> InputBatch<'a> {
-    pub(crate) fn new(batch: &'a Batch) -> Self {
+    pub(crate) fn new(source: &'a str, batch: &'a Batch) -> Self {
         let find = |name: &str| batch.names.iter().position(|n| n == name);
-        InputBatch { batch, line: find("line"), file: find("file"), offset: find("offset") }
+        InputBatch { source, batch, line: find("line"), offset: find("offset") }
     }
 
     pub(crate) fn rows(&self) -> usize {
@@ -65,10 +66,9 @@ impl<'a> Record<'a> {
         }
     }
 
-    /// The file this record came from (text input).
+    /// The file this record came from, as given to `--input` (a path or URL).
     pub fn file(&self) -> &'a str {
-        let col = self.batch.file.and_then(|i| self.batch.batch.columns.get(i));
-        text_at(col, self.row).unwrap_or("")
+        self.batch.source
     }
 
     /// The byte offset of this line in its file (text input).

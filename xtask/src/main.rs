@@ -107,12 +107,20 @@ fn generate_corpus(dir: &Path, bytes: u64, files: usize) -> Result<()> {
         state ^= state << 17;
         state
     };
-    let vocab: Vec<String> = (0..20_000)
+    // Word i spells i in base 16 with one syllable per digit (so every word is
+    // distinct), with short words first: the most frequent words are the shortest.
+    let vocab: Vec<String> = (0..20_000usize)
         .map(|i| {
-            let n = 1 + (i % 4);
-            let mut w: String = (0..n)
-                .map(|k| syllables[((i * 7 + k * 13) ^ (i >> 3)) % syllables.len()])
-                .collect();
+            let mut w = String::new();
+            let mut n = i;
+            loop {
+                w.push_str(syllables[n % syllables.len()]);
+                n /= syllables.len();
+                if n == 0 {
+                    break;
+                }
+                n -= 1;
+            }
             if i % 11 == 0 {
                 w = w[..1].to_uppercase() + &w[1..];
             }
@@ -213,8 +221,15 @@ fn demo() -> Result<()> {
 
 fn test() -> Result<()> {
     guests()?;
+    let root = root();
+    // The SDK is its own workspace (guests depend on it, the host does not);
+    // its tests run natively, in the guests' target directory.
     run(Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .current_dir(root())
+        .args(["test", "--quiet", "--manifest-path"])
+        .arg(root.join("sdk/Cargo.toml"))
+        .env("CARGO_TARGET_DIR", root.join("target/guest-build")))?;
+    run(Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .current_dir(&root)
         .args(["test", "--release", "--workspace"]))
 }
 

@@ -1,4 +1,5 @@
-//! Reading a text split as batches of `file: utf8, offset: int64, line: utf8`.
+//! Reading a text split as batches of `offset: int64, line: utf8`; the file
+//! they came from travels beside each batch, once.
 //!
 //! The async half ([`stream_text_split`]) fetches the split's bytes from the
 //! store and sends them in chunks over a bounded channel; the CPU half
@@ -15,8 +16,7 @@ use std::sync::Arc;
 use arrow::array::{Int64Builder, RecordBatch, StringBuilder};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use bytes::Bytes;
-use futures::StreamExt;
-use object_store::{GetOptions, GetRange};
+use object_store::ObjectStoreExt;
 use tokio::sync::mpsc;
 
 use super::Error;
@@ -30,43 +30,50 @@ pub const MAX_BATCH_BYTES: usize = 4 << 20;
 /// The schema of text input batches.
 pub fn text_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
-        Field::new("file", DataType::Utf8, false),
         Field::new("offset", DataType::Int64, false),
         Field::new("line", DataType::Utf8, false),
     ]))
 }
 
-/// Fetch the bytes a text split needs, from the byte before `start` (to see
-/// whether a line starts at `start`) to the end of the file, stopping early
-/// when the receiver hangs up (it has finished its last line).
+/// Bytes fetched per read within a split's range.
+pub const READ_BLOCK: u64 = 8 << 20;
+/// Bytes fetched per read past a split's end, looking for its last line's end.
+pub const TAIL_BLOCK: u64 = 64 << 10;
+
+/// Fetch the bytes a text split `start..end` needs, from the byte before
+/// `start` (to see whether a line starts at `start`) towards the end of the
+/// file, stopping when the receiver hangs up (it has finished its last line).
+///
+/// Reads are ranged reads of [`READ_BLOCK`] bytes up to `end`, then of
+/// [`TAIL_BLOCK`] bytes. Large reads matter: a streamed local read arrives in
+/// 8 KiB pieces, each a trip through tokio's blocking pool, which cost more
+/// than the reading itself.
 ///
 /// # Errors
 /// Errors are sent down the channel; this returns once it has sent one.
-pub async fn stream_text_split(file: Location, start: u64, file_size: u64, tx: mpsc::Sender<Result<Bytes, Error>>) {
-    let from = start.saturating_sub(1);
-    if from >= file_size {
-        return;
-    }
-    let options = GetOptions {
-        range: Some(GetRange::Bounded(from..file_size)),
-        ..Default::default()
-    };
-    let result = match file.store.get_opts(&file.path, options).await {
-        Ok(r) => r,
-        Err(e) => {
-            // The receiver is gone only if the task was cancelled; then no
-            // one needs this error.
-            let _ = tx.send(Err(Error::io(&file.display, "reading", e))).await;
-            return;
-        }
-    };
-    let mut stream = result.into_stream();
-    while let Some(chunk) = stream.next().await {
-        let item = chunk.map_err(|e| Error::io(&file.display, "reading", e));
+pub async fn stream_text_split(
+    file: Location,
+    start: u64,
+    end: u64,
+    file_size: u64,
+    tx: mpsc::Sender<Result<Bytes, Error>>,
+) {
+    let mut at = start.saturating_sub(1);
+    while at < file_size {
+        let block = if at < end { READ_BLOCK.min(end - at) } else { TAIL_BLOCK };
+        let until = (at + block).min(file_size);
+        let item = file
+            .store
+            .get_range(&file.path, at..until)
+            .await
+            .map_err(|e| Error::io(&file.display, "reading", e));
         let failed = item.is_err();
+        // The receiver is gone when it has its last line, or if the task was
+        // cancelled; either way nothing more is needed.
         if tx.send(item).await.is_err() || failed {
             return;
         }
+        at = until;
     }
 }
 
@@ -164,7 +171,6 @@ impl TextSplitReader {
                 }
             }
         }
-        let mut files = StringBuilder::new();
         let mut offsets = Int64Builder::new();
         let mut lines = StringBuilder::with_capacity(MAX_BATCH_LINES, MAX_BATCH_BYTES);
         let mut rows = 0usize;
@@ -201,7 +207,6 @@ impl TextSplitReader {
                     lines.append_value(String::from_utf8_lossy(line));
                 }
             }
-            files.append_value(&self.file);
             offsets.append_value(start as i64);
             rows += 1;
             bytes += line.len();
@@ -230,11 +235,7 @@ impl TextSplitReader {
         }
         let batch = RecordBatch::try_new(
             text_schema(),
-            vec![
-                Arc::new(files.finish()),
-                Arc::new(offsets.finish()),
-                Arc::new(lines.finish()),
-            ],
+            vec![Arc::new(offsets.finish()), Arc::new(lines.finish())],
         )
         .map_err(|e| Error::Internal(format!("building a text batch: {e}")))?;
         Ok(Some(batch))
@@ -257,8 +258,8 @@ mod tests {
         let mut r = TextSplitReader::new(rx, "f".into(), start, end, data.len() as u64);
         let mut out = vec![];
         while let Some(b) = r.next_batch().unwrap() {
-            let off = b.column(1).as_any().downcast_ref::<Int64Array>().unwrap();
-            let lines = b.column(2).as_any().downcast_ref::<StringArray>().unwrap();
+            let off = b.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+            let lines = b.column(1).as_any().downcast_ref::<StringArray>().unwrap();
             for i in 0..b.num_rows() {
                 out.push((off.value(i), lines.value(i).to_string()));
             }
@@ -298,7 +299,7 @@ mod tests {
         drop(tx);
         let mut r = TextSplitReader::new(rx, "f".into(), 0, data.len() as u64, data.len() as u64);
         let b = r.next_batch().unwrap().unwrap();
-        let lines = b.column(2).as_any().downcast_ref::<StringArray>().unwrap();
+        let lines = b.column(1).as_any().downcast_ref::<StringArray>().unwrap();
         assert_eq!(lines.value(1), "bad \u{fffd} here");
         assert_eq!(r.invalid_utf8_lines, 1);
         assert_eq!(lines.null_count(), 0);

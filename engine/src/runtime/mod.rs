@@ -296,6 +296,11 @@ impl Runtime {
         let mut config = Config::new();
         config.epoch_interruption(true);
         config.wasm_component_model(true);
+        // For profiling guests with `perf`: WMR_WASM_PROFILER=perfmap writes
+        // /tmp/perf-PID.map so that JIT frames get their wasm function names.
+        if std::env::var_os("WMR_WASM_PROFILER").is_some_and(|v| v == "perfmap") {
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         let engine = Engine::new(&config).map_err(|e| Error::Internal(format!("wasmtime engine: {e}")))?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
@@ -553,15 +558,16 @@ impl GuestInstance {
         self.map_schema.clone().unwrap_or_else(|| self.info.map_output_schema())
     }
 
-    /// Call `map` on one input batch; returns key then value columns.
+    /// Call `map` on one input batch, all of whose rows come from the file
+    /// `source`; returns key then value columns.
     ///
     /// # Errors
     /// [`Error::Guest`] if the guest traps, hits a limit, returns an error
     /// or returns a malformed batch.
-    pub fn map(&mut self, input: &RecordBatch) -> Result<RecordBatch, Error> {
+    pub fn map(&mut self, source: &str, input: &RecordBatch) -> Result<RecordBatch, Error> {
         let wit_batch = convert::to_wit_batch(input)
             .map_err(|t| Error::Internal(format!("input column of type {t} reached the guest unconverted")))?;
-        let result = self.call("map", |job, store| job.call_map(store, &wit_batch))?;
+        let result = self.call("map", |job, store| job.call_map(store, source, &wit_batch))?;
         let schema = self.map_schema();
         self.batch_result("map", result, &schema)
     }

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::ops::Range;
 use std::sync::Arc;
 
-use arrow::array::{Array, Int64Array, RecordBatch, StringArray};
+use arrow::array::{Array, Int64Array, RecordBatch};
 use bytes::Bytes;
 use object_store::{ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
@@ -168,17 +168,12 @@ impl InputReader {
 }
 
 /// Where row `row` of an input batch came from, for error messages.
-fn position_of(batch: &RecordBatch, row: u32, split: &Split) -> String {
-    let file = batch
-        .column_by_name("file")
-        .and_then(|c| c.as_any().downcast_ref::<StringArray>().map(|a| a.clone()));
+fn position_of(batch: &RecordBatch, row: u32, source: &str, split: &Split) -> String {
     let offset = batch
         .column_by_name("offset")
         .and_then(|c| c.as_any().downcast_ref::<Int64Array>().map(|a| a.clone()));
-    match (file, offset) {
-        (Some(f), Some(o)) if (row as usize) < f.len() => {
-            format!("{} byte offset {}", f.value(row as usize), o.value(row as usize))
-        }
+    match offset {
+        Some(o) if (row as usize) < o.len() => format!("{source} byte offset {}", o.value(row as usize)),
         _ => format!("{} (row {row} of a batch)", split.describe()),
     }
 }
@@ -201,8 +196,9 @@ pub async fn run_map(ctx: &JobContext, a: &MapAssignment) -> Result<MapOutput, E
     let file = Location::parse(&a.split.file)?;
     let (reader, _fetch): (InputReader, Option<SpawnedTask<()>>) = match &a.split.kind {
         SplitKind::Text { start, end } => {
-            let (tx, rx) = mpsc::channel(8);
-            let fetch = SpawnedTask::spawn(stream_text_split(file.clone(), *start, a.split.file_size, tx));
+            // Two blocks in flight: one being read while one is cut into lines.
+            let (tx, rx) = mpsc::channel(2);
+            let fetch = SpawnedTask::spawn(stream_text_split(file.clone(), *start, *end, a.split.file_size, tx));
             (
                 InputReader::Text(TextSplitReader::new(
                     rx,
@@ -223,9 +219,10 @@ pub async fn run_map(ctx: &JobContext, a: &MapAssignment) -> Result<MapOutput, E
     let runtime = ctx.runtime.clone();
     let module = ctx.module.clone();
     let assignment = a.clone();
+    let source = file.display.clone();
     let (bytes, ranges, counters) = ctx
         .pool
-        .run(move || map_compute(&runtime, &module, &assignment, reader))
+        .run(move || map_compute(&runtime, &module, &assignment, &source, reader))
         .await??;
     let object = Location::parse(&a.shuffle_object)?;
     let size = bytes.len();
@@ -301,6 +298,7 @@ fn map_compute(
     runtime: &Runtime,
     module: &JobModule,
     a: &MapAssignment,
+    source: &str,
     mut reader: InputReader,
 ) -> Result<(Bytes, Vec<Range<u64>>, Counters), Error> {
     let mut guest = module
@@ -315,8 +313,8 @@ fn map_compute(
     let (mut records_in, mut map_out) = (0i64, 0i64);
     while let Some(batch) = reader.next_batch()? {
         records_in += batch.num_rows() as i64;
-        let out = guest.map(&batch).map_err(|e| {
-            let position = e.guest_row().map(|row| position_of(&batch, row, &a.split));
+        let out = guest.map(source, &batch).map_err(|e| {
+            let position = e.guest_row().map(|row| position_of(&batch, row, source, &a.split));
             guest_err(a.task, a.attempt, position)(e)
         })?;
         map_out += out.num_rows() as i64;
