@@ -296,10 +296,17 @@ impl Runtime {
         let mut config = Config::new();
         config.epoch_interruption(true);
         config.wasm_component_model(true);
-        // For profiling guests with `perf`: WMR_WASM_PROFILER=perfmap writes
-        // /tmp/perf-PID.map so that JIT frames get their wasm function names.
-        if std::env::var_os("WMR_WASM_PROFILER").is_some_and(|v| v == "perfmap") {
-            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        // For profiling guests with `perf`: WMR_WASM_PROFILER=perfmap names
+        // JIT frames (/tmp/perf-PID.map); =jitdump also keeps their code, for
+        // `perf record -k 1` then `perf inject --jit` and `perf annotate`.
+        match std::env::var("WMR_WASM_PROFILER").as_deref() {
+            Ok("perfmap") => {
+                config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+            }
+            Ok("jitdump") => {
+                config.profiler(wasmtime::ProfilingStrategy::JitDump);
+            }
+            _ => {}
         }
         let engine = Engine::new(&config).map_err(|e| Error::Internal(format!("wasmtime engine: {e}")))?;
         let mut linker = Linker::new(&engine);
