@@ -25,6 +25,8 @@ thread_local! {
     static STATE: RefCell<Option<State>> = const { RefCell::new(None) };
     static COUNTERS: RefCell<HashMap<String, i64>> = RefCell::new(HashMap::new());
     static CURRENT_ROW: Cell<Option<u32>> = const { Cell::new(None) };
+    /// The map output held back between `map` calls (an `Emit<J::Key, J::Value>`).
+    static HELD: RefCell<Option<Box<dyn Any>>> = const { RefCell::new(None) };
 }
 
 /// Add `delta` to the job counter `name`. Counters are summed over every
@@ -132,14 +134,34 @@ pub fn configure<J: Job>(params: Vec<(String, String)>, build: ConfigureFn<J>) -
 pub fn map<J: Job>(source: String, input: Batch) -> Result<Batch, GuestError> {
     finish(with_job::<J, _>(|job, _| {
         let batch = InputBatch::new(&source, &input);
-        let mut out = Emit::<J::Key, J::Value>::new(J::COMBINES.then_some(combine_with_job::<J>));
+        let mut out = take_held::<J>();
         for row in 0..batch.rows() {
             CURRENT_ROW.set(Some(row as u32));
             job.map(&batch.record(row), &mut out);
         }
         CURRENT_ROW.set(None);
-        out.finish()
+        if out.is_full() {
+            out.finish()
+        } else {
+            // Keep combining across calls: a task then returns one row per
+            // distinct key, however many batches it reads.
+            HELD.set(Some(Box::new(out)));
+            Emit::<J::Key, J::Value>::new(None).finish()
+        }
     }))
+}
+
+/// The `flush` export: whatever `map` held back.
+pub fn flush<J: Job>() -> Result<Batch, GuestError> {
+    finish(with_job::<J, _>(|_, _| take_held::<J>().finish()))
+}
+
+/// The map output held back by earlier `map` calls, or a new one.
+fn take_held<J: Job>() -> Emit<J::Key, J::Value> {
+    match HELD.take().map(|held| held.downcast::<Emit<J::Key, J::Value>>()) {
+        Some(Ok(held)) => *held,
+        _ => Emit::new(J::COMBINES.then_some(combine_with_job::<J>)),
+    }
 }
 
 /// `combine` of the configured job, as a plain function for [`Emit`]. Only

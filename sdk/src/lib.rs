@@ -55,7 +55,7 @@ pub use record::{Params, Record};
 
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::glue::{combine, configure, map, reduce, ConfigureFn};
+    pub use crate::glue::{combine, configure, flush, map, reduce, ConfigureFn};
     pub use crate::bindings::{Guest, __export_wmr_job};
     pub use crate::bindings::wmr::job::types::{Batch, GuestError, Grouped, JobInfo};
 }
@@ -132,6 +132,9 @@ macro_rules! export_job {
             }
             fn map(source: ::std::string::String, input: $crate::__private::Batch) -> ::core::result::Result<$crate::__private::Batch, $crate::__private::GuestError> {
                 $crate::__private::map::<$job>(source, input)
+            }
+            fn flush() -> ::core::result::Result<$crate::__private::Batch, $crate::__private::GuestError> {
+                $crate::__private::flush::<$job>()
             }
             fn combine(input: $crate::__private::Grouped) -> ::core::result::Result<$crate::__private::Batch, $crate::__private::GuestError> {
                 $crate::__private::combine::<$job>(input)

@@ -19,13 +19,21 @@ pub(crate) struct InputBatch<'a> {
     source: &'a str,
     batch: &'a Batch,
     line: Option<usize>,
+    /// The `line` column's offsets and its whole values buffer, validated as
+    /// UTF-8 once per batch rather than once per line.
+    lines: Option<(&'a [i32], &'a str)>,
     offset: Option<usize>,
 }
 
 impl<'a> InputBatch<'a> {
     pub(crate) fn new(source: &'a str, batch: &'a Batch) -> Self {
         let find = |name: &str| batch.names.iter().position(|n| n == name);
-        InputBatch { source, batch, line: find("line"), offset: find("offset") }
+        let line = find("line");
+        let lines = line.and_then(|i| match &batch.columns.get(i)?.data {
+            ColumnData::Utf8(v) => Some((v.offsets.as_slice(), std::str::from_utf8(&v.values).ok()?)),
+            _ => None,
+        });
+        InputBatch { source, batch, line, lines, offset: find("offset") }
     }
 
     pub(crate) fn rows(&self) -> usize {
@@ -59,6 +67,14 @@ impl<'a> Record<'a> {
     /// # Panics
     /// If the input is not text (it has no `line` column).
     pub fn line(&self) -> &'a str {
+        if let Some((offsets, values)) = self.batch.lines {
+            let start = offsets.get(self.row).copied().unwrap_or(0).max(0) as usize;
+            let end = offsets.get(self.row + 1).copied().unwrap_or(0).max(0) as usize;
+            // Checks only that both ends are character boundaries.
+            if let Some(line) = values.get(start..end) {
+                return line;
+            }
+        }
         let col = self.batch.line.and_then(|i| self.batch.batch.columns.get(i));
         match text_at(col, self.row) {
             Some(s) => s,

@@ -8,32 +8,15 @@
 /// assert_eq!(words, ["It", "s", "a", "café", "Ñandú"]);
 /// ```
 pub fn words(text: &str) -> Words<'_> {
-    Words { rest: text }
+    Words { text, at: 0 }
 }
 
 /// Iterator returned by [`words`].
 pub struct Words<'a> {
-    rest: &'a str,
+    text: &'a str,
+    /// Where the next word is looked for.
+    at: usize,
 }
-
-/// How `words` sees a byte: ASCII letter, other ASCII, or part of a
-/// multi-byte character (decoded only then).
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum ByteClass {
-    Letter,
-    Other,
-    NonAscii,
-}
-
-const BYTE_CLASS: [ByteClass; 256] = {
-    let mut table = [ByteClass::NonAscii; 256];
-    let mut b = 0;
-    while b < 128 {
-        table[b] = if (b as u8).is_ascii_alphabetic() { ByteClass::Letter } else { ByteClass::Other };
-        b += 1;
-    }
-    table
-};
 
 const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
 const HIGH_BITS: u64 = ONES * 0x80;
@@ -49,65 +32,54 @@ fn ascii_letters(word: u64) -> u64 {
     at_least_a & !past_z & !word & HIGH_BITS
 }
 
-/// Skip 8 bytes at a time from `from` while every byte is of the class being
-/// skipped: ASCII non-letters when looking for a letter (`letters`), ASCII
-/// letters when looking for a non-letter. Stops at or before the boundary.
-fn skip_words(bytes: &[u8], mut from: usize, letters: bool) -> usize {
-    while let Some(chunk) = bytes.get(from..).and_then(|b| b.first_chunk::<8>()) {
-        let word = u64::from_le_bytes(*chunk);
-        let letter = ascii_letters(word);
-        let stop = if letters { letter | (word & HIGH_BITS) } else { !letter & HIGH_BITS };
-        if stop != 0 {
-            return from + (stop.trailing_zeros() / 8) as usize;
-        }
-        from += 8;
+/// The 8 bytes at `at` as a little-endian word, zero-padded past the end.
+fn word_at(bytes: &[u8], at: usize) -> u64 {
+    match bytes.get(at..).and_then(|b| b.first_chunk::<8>()) {
+        Some(chunk) => u64::from_le_bytes(*chunk),
+        None => bytes.get(at..).unwrap_or(&[]).iter().rev().fold(0, |w, &b| (w << 8) | u64::from(b)),
     }
-    from
 }
 
-impl<'a> Words<'a> {
-    /// The character starting at byte `at` (a character boundary), and whether it is a letter.
-    fn decode(&self, at: usize) -> Option<(bool, usize)> {
-        let c = self.rest.get(at..)?.chars().next()?;
-        Some((c.is_alphabetic(), c.len_utf8()))
-    }
-
-    /// The first byte at or after `from` that starts a letter (`letters`) or
-    /// a non-letter (`!letters`), or the end.
-    fn next_boundary(&self, mut from: usize, letters: bool) -> usize {
-        let bytes = self.rest.as_bytes();
-        let skip = if letters { ByteClass::Other } else { ByteClass::Letter };
-        loop {
-            from = skip_words(bytes, from, letters);
-            while from < bytes.len() && BYTE_CLASS[bytes[from] as usize] == skip {
-                from += 1;
+impl Words<'_> {
+    /// The first byte at or after `at` that starts a letter (`letters`) or
+    /// a non-letter (`!letters`), or the end. ASCII is classed 8 bytes at a
+    /// time; a character outside ASCII is decoded when met.
+    fn boundary(&self, mut at: usize, letters: bool) -> usize {
+        let bytes = self.text.as_bytes();
+        while at < bytes.len() {
+            let word = word_at(bytes, at);
+            let letter = ascii_letters(word);
+            // Bytes that might end the run: non-ASCII ones always.
+            let stop = if letters { letter | (word & HIGH_BITS) } else { !letter & HIGH_BITS };
+            if stop == 0 {
+                // Eight ASCII bytes (or the zero padding past the end).
+                at += 8;
+                continue;
             }
-            match bytes.get(from).map(|&b| BYTE_CLASS[b as usize]) {
-                None => return bytes.len(),
-                Some(ByteClass::NonAscii) => match self.decode(from) {
-                    Some((is_letter, _)) if is_letter == letters => return from,
-                    Some((_, len)) => from += len,
-                    None => return bytes.len(),
+            let hit = at + (stop.trailing_zeros() / 8) as usize;
+            match bytes.get(hit) {
+                None => break,
+                Some(b) if b.is_ascii() => return hit,
+                Some(_) => match self.text.get(hit..).and_then(|s| s.chars().next()) {
+                    Some(c) if c.is_alphabetic() == letters => return hit,
+                    Some(c) => at = hit + c.len_utf8(),
+                    None => break,
                 },
-                Some(_) => return from,
             }
         }
+        bytes.len()
     }
 }
 
 impl<'a> Iterator for Words<'a> {
     type Item = &'a str;
 
+    #[inline]
     fn next(&mut self) -> Option<&'a str> {
-        let start = self.next_boundary(0, true);
-        if start == self.rest.len() {
-            self.rest = "";
-            return None;
-        }
-        let end = self.next_boundary(start, false);
-        let rest = self.rest;
-        self.rest = rest.get(end..).unwrap_or("");
-        rest.get(start..end)
+        let start = self.boundary(self.at, true);
+        let end = self.boundary(start, false);
+        self.at = end;
+        self.text.get(start..end).filter(|w| !w.is_empty())
     }
 }
 

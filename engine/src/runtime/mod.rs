@@ -579,6 +579,17 @@ impl GuestInstance {
         self.batch_result("map", result, &schema)
     }
 
+    /// Call `flush` after a task's last `map` call: the rows `map` held back
+    /// to combine further.
+    ///
+    /// # Errors
+    /// As [`GuestInstance::map`].
+    pub fn flush(&mut self) -> Result<RecordBatch, Error> {
+        let result = self.call("flush", |job, store| job.call_flush(store))?;
+        let schema = self.map_schema();
+        self.batch_result("flush", result, &schema)
+    }
+
     fn grouped(keys: &RecordBatch, values: &RecordBatch, group_ends: &[u32]) -> Result<wit::Grouped, Error> {
         let internal = |t: DataType| Error::Internal(format!("grouped column of type {t} is not a guest type"));
         Ok(wit::Grouped {

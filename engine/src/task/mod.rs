@@ -329,6 +329,9 @@ fn map_compute(
             pending_rows = pending.iter().map(RecordBatch::num_rows).sum();
         }
     }
+    let held = guest.flush().map_err(guest_err(a.task, a.attempt, None))?;
+    map_out += held.num_rows() as i64;
+    pending.push(held);
     let all = shuffle::concat(&schema, &pending)?;
     let partitions = sort_and_combine(&mut guest, &encoder, &all, a.partitions, a.task, a.attempt)?;
     let shuffled: i64 = partitions.iter().flatten().map(|b| b.num_rows() as i64).sum();
