@@ -197,7 +197,7 @@ mod sealed {
 /// takes_field::<String>();
 /// takes_field::<Option<i64>>();
 /// ```
-pub trait Field: Sized + sealed::Sealed {
+pub trait Field: Sized + Default + sealed::Sealed {
     /// The column type this value is stored as.
     #[doc(hidden)]
     fn data_type() -> DataType;
@@ -302,7 +302,8 @@ impl<T: Field> Field for Option<T> {
 /// takes_columns::<String>();
 /// takes_columns::<(String, i64, bool)>();
 /// ```
-pub trait Columns: Sized {
+/// (`Default` gives the in-mapper combiner empty slots to fill.)
+pub trait Columns: Sized + Default {
     /// The column types, in order.
     #[doc(hidden)]
     fn data_types() -> Vec<DataType>;
@@ -382,6 +383,14 @@ pub trait IntoField<T> {
     fn encode(&self, buf: &mut Vec<u8>);
     /// If `encoded` starts with this value's encoding, what follows it.
     fn strip<'e>(&self, encoded: &'e [u8]) -> Option<&'e [u8]>;
+    /// The encoding when nothing follows it, which needs no length prefix.
+    fn encode_alone(&self, buf: &mut Vec<u8>) {
+        self.encode(buf)
+    }
+    /// Whether `encoded` is exactly [`IntoField::encode_alone`]'s encoding.
+    fn matches_alone(&self, encoded: &[u8]) -> bool {
+        self.strip(encoded).is_some_and(<[u8]>::is_empty)
+    }
     fn to_owned_value(&self) -> T;
 }
 
@@ -410,10 +419,10 @@ where
         IntoField::hash_key(self, hasher)
     }
     fn encode(&self, buf: &mut Vec<u8>) {
-        IntoField::encode(self, buf)
+        self.encode_alone(buf)
     }
     fn matches(&self, encoded: &[u8]) -> bool {
-        self.strip(encoded).is_some_and(<[u8]>::is_empty)
+        self.matches_alone(encoded)
     }
     fn to_owned_value(&self) -> T {
         IntoField::to_owned_value(self)
@@ -445,6 +454,8 @@ macro_rules! into_field_str {
             fn hash_key<H: Hasher>(&self, hasher: &mut H) { let $s = self; hasher.write($bytes) }
             fn encode(&self, buf: &mut Vec<u8>) { let $s = self; encode_var($bytes, buf) }
             fn strip<'e>(&self, encoded: &'e [u8]) -> Option<&'e [u8]> { let $s = self; strip_var($bytes, encoded) }
+            fn encode_alone(&self, buf: &mut Vec<u8>) { let $s = self; buf.extend_from_slice($bytes) }
+            fn matches_alone(&self, encoded: &[u8]) -> bool { let $s = self; bytes_eq($bytes, encoded) }
             fn to_owned_value(&self) -> $owned { let $s = self; $own }
         }
     )+};
@@ -517,6 +528,22 @@ where
             _ => None,
         }
     }
+    fn encode_alone(&self, buf: &mut Vec<u8>) {
+        match self {
+            None => buf.push(0),
+            Some(v) => {
+                buf.push(1);
+                v.encode_alone(buf)
+            }
+        }
+    }
+    fn matches_alone(&self, encoded: &[u8]) -> bool {
+        match (self, encoded.split_first()) {
+            (None, Some((0, rest))) => rest.is_empty(),
+            (Some(v), Some((1, rest))) => v.matches_alone(rest),
+            _ => false,
+        }
+    }
     fn to_owned_value(&self) -> Option<T> {
         self.clone()
     }
@@ -583,5 +610,13 @@ mod tests {
         assert_ne!(a, b);
         assert!(!IntoColumns::<(String, String)>::matches(&("ab", "c"), &[]));
         assert!(!IntoColumns::<String>::matches(&"ab", &a));
+        // A key alone is its bare bytes; an optional one is tagged.
+        assert_eq!(encoded::<String, _>(&"ab"), b"ab");
+        assert!(IntoColumns::<String>::matches(&"ab", b"ab"));
+        assert!(!IntoColumns::<String>::matches(&"ab", b"abc"));
+        let some = encoded::<Option<String>, _>(&Some("ab".to_string()));
+        assert!(IntoColumns::<Option<String>>::matches(&Some("ab".to_string()), &some));
+        assert!(!IntoColumns::<Option<String>>::matches(&None, &some));
+        assert!(IntoColumns::<Option<String>>::matches(&None, &encoded::<Option<String>, _>(&None)));
     }
 }

@@ -25,7 +25,7 @@ use super::location::Location;
 /// Most lines in one input batch (one guest call).
 pub const MAX_BATCH_LINES: usize = 64 * 1024;
 /// Most line bytes in one input batch.
-pub const MAX_BATCH_BYTES: usize = 4 << 20;
+pub const MAX_BATCH_BYTES: usize = 512 << 10;
 
 /// The schema of text input batches.
 pub fn text_schema() -> SchemaRef {
