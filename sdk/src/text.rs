@@ -33,6 +33,7 @@ fn ascii_letters(word: u64) -> u64 {
 }
 
 /// The 8 bytes at `at` as a little-endian word, zero-padded past the end.
+#[inline(always)]
 fn word_at(bytes: &[u8], at: usize) -> u64 {
     match bytes.get(at..).and_then(|b| b.first_chunk::<8>()) {
         Some(chunk) => u64::from_le_bytes(*chunk),
@@ -44,6 +45,7 @@ impl Words<'_> {
     /// The first byte at or after `at` that starts a letter (`letters`) or
     /// a non-letter (`!letters`), or the end. ASCII is classed 8 bytes at a
     /// time; a character outside ASCII is decoded when met.
+    #[inline(always)]
     fn boundary(&self, mut at: usize, letters: bool) -> usize {
         let bytes = self.text.as_bytes();
         while at < bytes.len() {

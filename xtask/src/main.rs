@@ -174,6 +174,26 @@ fn run_wordcount(wmr: &Path, guests: &Path, input: &Path, out: &Path, extra: &[&
         .args(extra))
 }
 
+/// The word counts in wordcount output `out`, read back with `wmr cat`.
+fn read_counts(wmr: &Path, out: &Path) -> Result<HashMap<String, u64>> {
+    let cat = Command::new(wmr)
+        .arg("cat")
+        .arg(out)
+        .output()
+        .context("running wmr cat")?;
+    if !cat.status.success() {
+        bail!("wmr cat failed: {}", String::from_utf8_lossy(&cat.stderr));
+    }
+    String::from_utf8_lossy(&cat.stdout)
+        .lines()
+        .map(|l| {
+            l.rsplit_once(' ')
+                .and_then(|(w, c)| Some((w.to_string(), c.parse().ok()?)))
+                .with_context(|| format!("wmr cat printed {l:?}, not `word count`"))
+        })
+        .collect()
+}
+
 fn demo() -> Result<()> {
     let root = root();
     let guests = guests()?;
@@ -191,21 +211,7 @@ fn demo() -> Result<()> {
         &out,
         &["--reducers", "4", "--split-size", "8MiB"],
     )?;
-    let cat = Command::new(&wmr)
-        .arg("cat")
-        .arg(&out)
-        .output()
-        .context("running wmr cat")?;
-    if !cat.status.success() {
-        bail!("wmr cat failed: {}", String::from_utf8_lossy(&cat.stderr));
-    }
-    let mut counts: Vec<(String, u64)> = String::from_utf8_lossy(&cat.stdout)
-        .lines()
-        .filter_map(|l| {
-            l.rsplit_once(' ')
-                .and_then(|(w, c)| Some((w.to_string(), c.parse().ok()?)))
-        })
-        .collect();
+    let mut counts: Vec<(String, u64)> = read_counts(&wmr, &out)?.into_iter().collect();
     counts.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
     println!("\ntop words:");
     for (w, c) in counts.iter().take(10) {
@@ -280,6 +286,9 @@ fn native_wordcount(files: &[PathBuf], threads: usize) -> Result<HashMap<String,
     Ok(total)
 }
 
+/// Timed rounds per side; the median is reported (the machine is shared and noisy).
+const ROUNDS: usize = 5;
+
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
@@ -311,8 +320,8 @@ fn bench(args: &[String]) -> Result<()> {
     files.sort();
     let out = root.join("target/bench/out");
     let (mut wmr_times, mut native_times) = (Vec::new(), Vec::new());
-    let mut native_distinct = 0;
-    for round in 0..3 {
+    let mut native_counts = HashMap::new();
+    for round in 0..ROUNDS {
         let t = Instant::now();
         run_wordcount(
             &wmr,
@@ -323,19 +332,28 @@ fn bench(args: &[String]) -> Result<()> {
         )?;
         wmr_times.push(t.elapsed());
         let t = Instant::now();
-        let counts = native_wordcount(&files, 2)?;
+        native_counts = native_wordcount(&files, 2)?;
         native_times.push(t.elapsed());
-        native_distinct = counts.len();
         eprintln!(
             "round {round}: wmr {:.2?}, native {:.2?}",
             wmr_times[round], native_times[round]
         );
     }
+    // Both sides must have done the same work.
+    let wmr_counts = read_counts(&wmr, &out)?;
+    if wmr_counts != native_counts {
+        bail!(
+            "wmr and the native word count disagree: {} vs {} distinct words",
+            wmr_counts.len(),
+            native_counts.len()
+        );
+    }
+    let native_distinct = native_counts.len();
     let (w, n) = (median(wmr_times), median(native_times));
     let mut report = String::new();
     writeln!(
         report,
-        "wordcount over {size_mib} MiB ({native_distinct} distinct words), median of 3:"
+        "wordcount over {size_mib} MiB ({native_distinct} distinct words), median of {ROUNDS} rounds:"
     )?;
     writeln!(report, "  wmr run, 2 slots:        {:.2} s", w.as_secs_f64())?;
     writeln!(report, "  native Rust, 2 threads:  {:.2} s", n.as_secs_f64())?;
