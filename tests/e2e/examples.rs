@@ -5,258 +5,289 @@ use arrow::array::{Array, Float64Array, Int64Array, RecordBatch, StringArray, UI
 
 use crate::harness::*;
 
-#[test]
-fn wordcount_over_gutenberg_matches_the_reference_figures() {
-    let t = TestDir::new();
-    let out = t.path("out");
-    wmr_ok(&[
-        "run",
-        "--job",
-        guest("wordcount").to_str().unwrap(),
-        "--input",
-        &gutenberg(),
-        "--output",
-        out.to_str().unwrap(),
-        "--reducers",
-        "10",
-        "--format",
-        "text",
-        "--split-size",
-        "200KiB",
-    ]);
-    let lines = text_output(&out);
-    assert_eq!(lines.len(), 22_107);
-    assert_eq!(lines[0], "A 509");
-    let texts: Vec<String> = glob_texts();
-    assert_eq!(lines, as_lines(&reference_wordcount(&texts)));
-    let total: u64 = lines
-        .iter()
-        .map(|l| l.rsplit_once(' ').unwrap().1.parse::<u64>().unwrap())
-        .sum();
-    assert_eq!(total, 623_948);
+// Every guest in guest-examples/ has a module of tests here, by construction:
+// the build script lists the guests, and a guest without a module fails to compile.
+macro_rules! assert_test_exists {
+    ($name:ident) => {
+        #[allow(unused_imports)]
+        use self::$name as _;
+    };
 }
+include!(concat!(env!("OUT_DIR"), "/guest_examples.rs"));
+foreach_example!(assert_test_exists);
 
-fn glob_texts() -> Vec<String> {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/gutenberg");
-    let mut files: Vec<_> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "txt"))
-        .collect();
-    files.sort();
-    files.iter().map(|p| std::fs::read_to_string(p).unwrap()).collect()
-}
+/// `guest-examples/wordcount`
+mod wordcount {
+    use super::*;
 
-#[test]
-fn wordcount_on_generated_input_for_many_splits_and_reducer_counts() {
-    let t = TestDir::new();
-    let texts: Vec<String> = (0..3).map(|i| corpus(3000, i + 1)).collect();
-    for (i, text) in texts.iter().enumerate() {
-        t.write(&format!("in/f{i}.txt"), text);
-    }
-    let expected = as_lines(&reference_wordcount(&texts));
-    for r in ["1", "3", "10"] {
-        let out = t.path(&format!("out-{r}"));
+    #[test]
+    fn wordcount_over_gutenberg_matches_the_reference_figures() {
+        let t = TestDir::new();
+        let out = t.path("out");
         wmr_ok(&[
             "run",
             "--job",
             guest("wordcount").to_str().unwrap(),
             "--input",
-            t.path("in").to_str().unwrap(),
+            &gutenberg(),
             "--output",
             out.to_str().unwrap(),
             "--reducers",
-            r,
+            "10",
             "--format",
             "text",
             "--split-size",
-            "4KiB",
-            "--slots",
-            "2",
+            "200KiB",
         ]);
-        assert_eq!(text_output(&out), expected, "with {r} reducers");
+        let lines = text_output(&out);
+        assert_eq!(lines.len(), 22_107);
+        assert_eq!(lines[0], "A 509");
+        let texts: Vec<String> = glob_texts();
+        assert_eq!(lines, as_lines(&reference_wordcount(&texts)));
+        let total: u64 = lines
+            .iter()
+            .map(|l| l.rsplit_once(' ').unwrap().1.parse::<u64>().unwrap())
+            .sum();
+        assert_eq!(total, 623_948);
     }
-}
 
-#[test]
-fn indexer_gives_one_line_per_word_with_sorted_file_names() {
-    let t = TestDir::new();
-    let out = t.path("out");
-    wmr_ok(&[
-        "run",
-        "--job",
-        guest("indexer").to_str().unwrap(),
-        "--input",
-        &gutenberg(),
-        "--output",
-        out.to_str().unwrap(),
-        "--reducers",
-        "3",
-        "--format",
-        "text",
-        "--split-size",
-        "300KiB",
-    ]);
-    let lines = text_output(&out);
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/gutenberg");
-    let mut index: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    for e in std::fs::read_dir(&dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.extension().is_none_or(|e| e != "txt") {
-            continue;
-        }
-        let name = p.file_name().unwrap().to_str().unwrap().to_string();
-        for w in std::fs::read_to_string(&p)
+    fn glob_texts() -> Vec<String> {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/gutenberg");
+        let mut files: Vec<_> = std::fs::read_dir(dir)
             .unwrap()
-            .split(|c: char| !c.is_alphabetic())
-            .filter(|w| !w.is_empty())
-        {
-            index.entry(w.to_string()).or_default().insert(name.clone());
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "txt"))
+            .collect();
+        files.sort();
+        files.iter().map(|p| std::fs::read_to_string(p).unwrap()).collect()
+    }
+
+    #[test]
+    fn wordcount_on_generated_input_for_many_splits_and_reducer_counts() {
+        let t = TestDir::new();
+        let texts: Vec<String> = (0..3).map(|i| corpus(3000, i + 1)).collect();
+        for (i, text) in texts.iter().enumerate() {
+            t.write(&format!("in/f{i}.txt"), text);
+        }
+        let expected = as_lines(&reference_wordcount(&texts));
+        for r in ["1", "3", "10"] {
+            let out = t.path(&format!("out-{r}"));
+            wmr_ok(&[
+                "run",
+                "--job",
+                guest("wordcount").to_str().unwrap(),
+                "--input",
+                t.path("in").to_str().unwrap(),
+                "--output",
+                out.to_str().unwrap(),
+                "--reducers",
+                r,
+                "--format",
+                "text",
+                "--split-size",
+                "4KiB",
+                "--slots",
+                "2",
+            ]);
+            assert_eq!(text_output(&out), expected, "with {r} reducers");
         }
     }
-    let mut expected: Vec<String> = index
-        .iter()
-        .map(|(w, files)| {
-            format!(
-                "{w} {} {}",
-                files.len(),
-                files.iter().cloned().collect::<Vec<_>>().join(",")
-            )
-        })
-        .collect();
-    expected.sort();
-    assert_eq!(lines.len(), 22_107);
-    assert_eq!(lines, expected);
 }
 
-#[test]
-fn grep_finds_matching_lines_with_file_and_offset() {
-    let t = TestDir::new();
-    let a = t.write("in/a.txt", "one needle\nno\nneedle two\n");
-    t.write("in/b.txt", "nothing\r\nthe needle\r\n");
-    let out = t.path("out");
-    wmr_ok(&[
-        "run",
-        "--job",
-        guest("grep").to_str().unwrap(),
-        "--input",
-        t.path("in").to_str().unwrap(),
-        "--output",
-        out.to_str().unwrap(),
-        "--format",
-        "text",
-        "--param",
-        "pattern=needle",
-        "--reducers",
-        "2",
-    ]);
-    let b = t.path("in/b.txt");
-    let mut expected = vec![
-        format!("{} 0 one needle", a.display()),
-        format!("{} 14 needle two", a.display()),
-        format!("{} 9 the needle", b.display()),
-    ];
-    expected.sort();
-    assert_eq!(text_output(&out), expected);
-    // Without its parameter the job is refused before it starts.
-    let refused = wmr(&[
-        "run",
-        "--job",
-        guest("grep").to_str().unwrap(),
-        "--input",
-        a.to_str().unwrap(),
-        "--output",
-        t.path("o2").to_str().unwrap(),
-    ]);
-    assert_eq!(refused.status.code(), Some(2));
-    assert!(
-        String::from_utf8_lossy(&refused.stderr)
-            .contains("missing job parameter \"pattern\"; give it with --param pattern=VALUE")
-    );
-}
+/// `guest-examples/indexer`
+mod indexer {
+    use super::*;
 
-#[test]
-fn parquet_output_reads_back_and_groupby_reads_parquet_input() {
-    let t = TestDir::new();
-    // A Parquet input with several row groups.
-    let regions = ["north", "south", "east", "west"];
-    let n = 10_000;
-    let region: Vec<Option<&str>> = (0..n)
-        .map(|i| if i % 97 == 0 { None } else { Some(regions[i % 4]) })
-        .collect();
-    let amount: Vec<i64> = (0..n).map(|i| (i as i64 * 7) % 1000).collect();
-    let batch = RecordBatch::try_from_iter([
-        ("region", Arc::new(StringArray::from(region.clone())) as _),
-        ("amount", Arc::new(Int64Array::from(amount.clone())) as _),
-    ])
-    .unwrap();
-    let props = parquet::file::properties::WriterProperties::builder()
-        .set_max_row_group_row_count(Some(1000))
-        .build();
-    let mut buf = Vec::new();
-    let mut w = parquet::arrow::ArrowWriter::try_new(&mut buf, batch.schema(), Some(props)).unwrap();
-    w.write(&batch).unwrap();
-    w.close().unwrap();
-    t.write("in/sales.parquet", &buf);
-    let out = t.path("out");
-    let summary = wmr_ok(&[
-        "run",
-        "--job",
-        guest("groupby").to_str().unwrap(),
-        "--input",
-        t.path("in/sales.parquet").to_str().unwrap(),
-        "--output",
-        out.to_str().unwrap(),
-        "--param",
-        "key=region",
-        "--param",
-        "value=amount",
-        "--split-size",
-        "4KiB",
-        "--reducers",
-        "3",
-        "--json",
-    ]);
-    let json: serde_json::Value = serde_json::from_slice(&summary.stdout).unwrap();
-    assert_eq!(json["state"], "succeeded");
-    assert!(
-        json["maps"].as_u64().unwrap() > 1,
-        "row groups were split over several maps: {json}"
-    );
-    assert_eq!(
-        json["counters"]["rows.skipped_null"],
-        (0..n).filter(|i| i % 97 == 0).count() as i64
-    );
-    let mut expected: BTreeMap<String, (f64, u64)> = BTreeMap::new();
-    for (r, a) in region.iter().zip(&amount) {
-        if let Some(r) = r {
-            let e = expected.entry(r.to_string()).or_default();
-            e.0 += *a as f64;
-            e.1 += 1;
-        }
-    }
-    let mut got: BTreeMap<String, (f64, u64)> = BTreeMap::new();
-    for f in std::fs::read_dir(&out).unwrap() {
-        let p = f.unwrap().path();
-        if p.extension().is_none_or(|e| e != "parquet") {
-            continue;
-        }
-        let bytes = bytes::Bytes::from(std::fs::read(&p).unwrap());
-        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
-            .unwrap()
-            .build()
-            .unwrap();
-        for b in reader {
-            let b = b.unwrap();
-            assert_eq!(b.schema().field(0).name(), "region");
-            assert_eq!(b.schema().field(1).name(), "sum");
-            let k = b.column(0).as_any().downcast_ref::<StringArray>().unwrap();
-            let s = b.column(1).as_any().downcast_ref::<Float64Array>().unwrap();
-            let c = b.column(2).as_any().downcast_ref::<UInt64Array>().unwrap();
-            for i in 0..b.num_rows() {
-                got.insert(k.value(i).to_string(), (s.value(i), c.value(i)));
+    #[test]
+    fn indexer_gives_one_line_per_word_with_sorted_file_names() {
+        let t = TestDir::new();
+        let out = t.path("out");
+        wmr_ok(&[
+            "run",
+            "--job",
+            guest("indexer").to_str().unwrap(),
+            "--input",
+            &gutenberg(),
+            "--output",
+            out.to_str().unwrap(),
+            "--reducers",
+            "3",
+            "--format",
+            "text",
+            "--split-size",
+            "300KiB",
+        ]);
+        let lines = text_output(&out);
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/gutenberg");
+        let mut index: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_none_or(|e| e != "txt") {
+                continue;
+            }
+            let name = p.file_name().unwrap().to_str().unwrap().to_string();
+            for w in std::fs::read_to_string(&p)
+                .unwrap()
+                .split(|c: char| !c.is_alphabetic())
+                .filter(|w| !w.is_empty())
+            {
+                index.entry(w.to_string()).or_default().insert(name.clone());
             }
         }
+        let mut expected: Vec<String> = index
+            .iter()
+            .map(|(w, files)| {
+                format!(
+                    "{w} {} {}",
+                    files.len(),
+                    files.iter().cloned().collect::<Vec<_>>().join(",")
+                )
+            })
+            .collect();
+        expected.sort();
+        assert_eq!(lines.len(), 22_107);
+        assert_eq!(lines, expected);
     }
-    assert_eq!(got, expected);
+}
+
+/// `guest-examples/grep`
+mod grep {
+    use super::*;
+
+    #[test]
+    fn grep_finds_matching_lines_with_file_and_offset() {
+        let t = TestDir::new();
+        let a = t.write("in/a.txt", "one needle\nno\nneedle two\n");
+        t.write("in/b.txt", "nothing\r\nthe needle\r\n");
+        let out = t.path("out");
+        wmr_ok(&[
+            "run",
+            "--job",
+            guest("grep").to_str().unwrap(),
+            "--input",
+            t.path("in").to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+            "--format",
+            "text",
+            "--param",
+            "pattern=needle",
+            "--reducers",
+            "2",
+        ]);
+        let b = t.path("in/b.txt");
+        let mut expected = vec![
+            format!("{} 0 one needle", a.display()),
+            format!("{} 14 needle two", a.display()),
+            format!("{} 9 the needle", b.display()),
+        ];
+        expected.sort();
+        assert_eq!(text_output(&out), expected);
+        // Without its parameter the job is refused before it starts.
+        let refused = wmr(&[
+            "run",
+            "--job",
+            guest("grep").to_str().unwrap(),
+            "--input",
+            a.to_str().unwrap(),
+            "--output",
+            t.path("o2").to_str().unwrap(),
+        ]);
+        assert_eq!(refused.status.code(), Some(2));
+        assert!(
+            String::from_utf8_lossy(&refused.stderr)
+                .contains("missing job parameter \"pattern\"; give it with --param pattern=VALUE")
+        );
+    }
+}
+
+/// `guest-examples/groupby`
+mod groupby {
+    use super::*;
+
+    #[test]
+    fn parquet_output_reads_back_and_groupby_reads_parquet_input() {
+        let t = TestDir::new();
+        // A Parquet input with several row groups.
+        let regions = ["north", "south", "east", "west"];
+        let n = 10_000;
+        let region: Vec<Option<&str>> = (0..n)
+            .map(|i| if i % 97 == 0 { None } else { Some(regions[i % 4]) })
+            .collect();
+        let amount: Vec<i64> = (0..n).map(|i| (i as i64 * 7) % 1000).collect();
+        let batch = RecordBatch::try_from_iter([
+            ("region", Arc::new(StringArray::from(region.clone())) as _),
+            ("amount", Arc::new(Int64Array::from(amount.clone())) as _),
+        ])
+        .unwrap();
+        let props = parquet::file::properties::WriterProperties::builder()
+            .set_max_row_group_row_count(Some(1000))
+            .build();
+        let mut buf = Vec::new();
+        let mut w = parquet::arrow::ArrowWriter::try_new(&mut buf, batch.schema(), Some(props)).unwrap();
+        w.write(&batch).unwrap();
+        w.close().unwrap();
+        t.write("in/sales.parquet", &buf);
+        let out = t.path("out");
+        let summary = wmr_ok(&[
+            "run",
+            "--job",
+            guest("groupby").to_str().unwrap(),
+            "--input",
+            t.path("in/sales.parquet").to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+            "--param",
+            "key=region",
+            "--param",
+            "value=amount",
+            "--split-size",
+            "4KiB",
+            "--reducers",
+            "3",
+            "--json",
+        ]);
+        let json: serde_json::Value = serde_json::from_slice(&summary.stdout).unwrap();
+        assert_eq!(json["state"], "succeeded");
+        assert!(
+            json["maps"].as_u64().unwrap() > 1,
+            "row groups were split over several maps: {json}"
+        );
+        assert_eq!(
+            json["counters"]["rows.skipped_null"],
+            (0..n).filter(|i| i % 97 == 0).count() as i64
+        );
+        let mut expected: BTreeMap<String, (f64, u64)> = BTreeMap::new();
+        for (r, a) in region.iter().zip(&amount) {
+            if let Some(r) = r {
+                let e = expected.entry(r.to_string()).or_default();
+                e.0 += *a as f64;
+                e.1 += 1;
+            }
+        }
+        let mut got: BTreeMap<String, (f64, u64)> = BTreeMap::new();
+        for f in std::fs::read_dir(&out).unwrap() {
+            let p = f.unwrap().path();
+            if p.extension().is_none_or(|e| e != "parquet") {
+                continue;
+            }
+            let bytes = bytes::Bytes::from(std::fs::read(&p).unwrap());
+            let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
+                .unwrap()
+                .build()
+                .unwrap();
+            for b in reader {
+                let b = b.unwrap();
+                assert_eq!(b.schema().field(0).name(), "region");
+                assert_eq!(b.schema().field(1).name(), "sum");
+                let k = b.column(0).as_any().downcast_ref::<StringArray>().unwrap();
+                let s = b.column(1).as_any().downcast_ref::<Float64Array>().unwrap();
+                let c = b.column(2).as_any().downcast_ref::<UInt64Array>().unwrap();
+                for i in 0..b.num_rows() {
+                    got.insert(k.value(i).to_string(), (s.value(i), c.value(i)));
+                }
+            }
+        }
+        assert_eq!(got, expected);
+    }
 }
