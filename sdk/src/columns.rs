@@ -33,14 +33,25 @@ enum BuilderData {
 impl ColumnBuilder {
     pub(crate) fn new(data_type: DataType) -> Self {
         let data = match data_type {
-            DataType::Utf8 => BuilderData::Utf8 { offsets: vec![0], values: Vec::new() },
-            DataType::Binary => BuilderData::Binary { offsets: vec![0], values: Vec::new() },
+            DataType::Utf8 => BuilderData::Utf8 {
+                offsets: vec![0],
+                values: Vec::new(),
+            },
+            DataType::Binary => BuilderData::Binary {
+                offsets: vec![0],
+                values: Vec::new(),
+            },
             DataType::Int64 => BuilderData::Int64(Vec::new()),
             DataType::Uint64 => BuilderData::UInt64(Vec::new()),
             DataType::Float64 => BuilderData::Float64(Vec::new()),
             DataType::Boolean => BuilderData::Boolean(Vec::new()),
         };
-        ColumnBuilder { validity: Vec::new(), has_nulls: false, len: 0, data }
+        ColumnBuilder {
+            validity: Vec::new(),
+            has_nulls: false,
+            len: 0,
+            data,
+        }
     }
 
     fn push_valid(&mut self, valid: bool) {
@@ -59,7 +70,10 @@ impl ColumnBuilder {
     }
 
     fn type_mismatch(&self, wanted: &str) -> ! {
-        panic!("wmr-sdk: wrote a {wanted} into a {} column; the job's declared types and what it emits disagree", self.kind())
+        panic!(
+            "wmr-sdk: wrote a {wanted} into a {} column; the job's declared types and what it emits disagree",
+            self.kind()
+        )
     }
 
     fn kind(&self) -> &'static str {
@@ -402,7 +416,10 @@ pub(crate) fn bytes_eq(a: &[u8], b: &[u8]) -> bool {
     }
     let (a_words, a_tail) = a.as_chunks::<8>();
     let (b_words, b_tail) = b.as_chunks::<8>();
-    a_words.iter().zip(b_words).all(|(x, y)| u64::from_ne_bytes(*x) == u64::from_ne_bytes(*y))
+    a_words
+        .iter()
+        .zip(b_words)
+        .all(|(x, y)| u64::from_ne_bytes(*x) == u64::from_ne_bytes(*y))
         && a_tail.iter().zip(b_tail).all(|(x, y)| x == y)
 }
 
@@ -442,7 +459,7 @@ fn strip_var<'e>(bytes: &[u8], encoded: &'e [u8]) -> Option<&'e [u8]> {
     bytes_eq(value, bytes).then_some(rest)
 }
 
-fn strip_fixed<'e, const N: usize>(bytes: [u8; N], encoded: &'e [u8]) -> Option<&'e [u8]> {
+fn strip_fixed<const N: usize>(bytes: [u8; N], encoded: &[u8]) -> Option<&[u8]> {
     let (value, rest) = encoded.split_first_chunk::<N>()?;
     (*value == bytes).then_some(rest)
 }
@@ -601,8 +618,16 @@ mod tests {
         let key = ("ab", 7_i64, c());
         let enc = encoded::<(String, i64, Option<String>), _>(&key);
         assert!(IntoColumns::<(String, i64, Option<String>)>::matches(&key, &enc));
-        for other in [("ab", 7_i64, None), ("a", 7, c()), ("ab", 8, c()), ("ab", 7, Some("cd".to_string()))] {
-            assert!(!IntoColumns::<(String, i64, Option<String>)>::matches(&other, &enc), "{other:?}");
+        for other in [
+            ("ab", 7_i64, None),
+            ("a", 7, c()),
+            ("ab", 8, c()),
+            ("ab", 7, Some("cd".to_string())),
+        ] {
+            assert!(
+                !IntoColumns::<(String, i64, Option<String>)>::matches(&other, &enc),
+                "{other:?}"
+            );
         }
         // Moving a byte across a part boundary changes the encoding.
         let a = encoded::<(String, String), _>(&("ab", "c"));
@@ -617,6 +642,9 @@ mod tests {
         let some = encoded::<Option<String>, _>(&Some("ab".to_string()));
         assert!(IntoColumns::<Option<String>>::matches(&Some("ab".to_string()), &some));
         assert!(!IntoColumns::<Option<String>>::matches(&None, &some));
-        assert!(IntoColumns::<Option<String>>::matches(&None, &encoded::<Option<String>, _>(&None)));
+        assert!(IntoColumns::<Option<String>>::matches(
+            &None,
+            &encoded::<Option<String>, _>(&None)
+        ));
     }
 }

@@ -34,7 +34,10 @@ pub struct Emit<K: Columns, V: Columns> {
 }
 
 enum EmitMode<K, V> {
-    Direct { keys: Vec<ColumnBuilder>, values: Vec<ColumnBuilder> },
+    Direct {
+        keys: Vec<ColumnBuilder>,
+        values: Vec<ColumnBuilder>,
+    },
     Grouping(Grouping<K, V>),
 }
 
@@ -92,7 +95,10 @@ impl<K: Columns, V: Columns> Grouping<K, V> {
         key.hash_key(&mut hasher);
         let hash = hasher.finish();
         let arena = &self.arena;
-        let found = self.table.find(hash, |e| key.matches(e.encoded(arena))).map(|e| e.group as usize);
+        let found = self
+            .table
+            .find(hash, |e| key.matches(e.encoded(arena)))
+            .map(|e| e.group as usize);
         match found {
             Some(g) => {
                 let base = g * FOLD_AT;
@@ -116,7 +122,11 @@ impl<K: Columns, V: Columns> Grouping<K, V> {
                 } else {
                     inline[..4].copy_from_slice(&arena_offset(start).to_le_bytes());
                 }
-                let entry = Entry { group: arena_offset(self.keys.len()), len: arena_offset(len), inline };
+                let entry = Entry {
+                    group: arena_offset(self.keys.len()),
+                    len: arena_offset(len),
+                    inline,
+                };
                 self.slab.push(value);
                 self.slab.extend(std::iter::repeat_with(V::default).take(FOLD_AT - 1));
                 self.counts.push(1);
@@ -144,7 +154,10 @@ impl<K: Columns, V: Columns> Emit<K, V> {
                 slab: Vec::new(),
                 hashes: Vec::new(),
             }),
-            None => EmitMode::Direct { keys: builders_for::<K>(), values: builders_for::<V>() },
+            None => EmitMode::Direct {
+                keys: builders_for::<K>(),
+                values: builders_for::<V>(),
+            },
         };
         Emit { mode, rows: 0 }
     }
@@ -217,7 +230,11 @@ impl<K: Columns, V: Columns> Emit<K, V> {
 pub(crate) fn batch_of(builders: impl Iterator<Item = ColumnBuilder>, num_rows: usize) -> Batch {
     let columns: Vec<Column> = builders.map(ColumnBuilder::finish).collect();
     let names = (0..columns.len()).map(|i| format!("c{i}")).collect();
-    Batch { num_rows: rows_u32(num_rows), names, columns }
+    Batch {
+        num_rows: rows_u32(num_rows),
+        names,
+        columns,
+    }
 }
 
 fn rows_u32(rows: usize) -> u32 {
@@ -231,18 +248,32 @@ pub struct Values<'a, V> {
 }
 
 enum ValuesSource<'a, V> {
-    Columns { cols: &'a [Column], next: usize, end: usize, _v: PhantomData<V> },
+    Columns {
+        cols: &'a [Column],
+        next: usize,
+        end: usize,
+        _v: PhantomData<V>,
+    },
     /// Values taken out of the in-mapper combiner's slots.
     Taking(std::slice::IterMut<'a, V>),
 }
 
 impl<'a, V: Columns> Values<'a, V> {
     pub(crate) fn rows(cols: &'a [Column], start: usize, end: usize) -> Self {
-        Values { source: ValuesSource::Columns { cols, next: start, end, _v: PhantomData } }
+        Values {
+            source: ValuesSource::Columns {
+                cols,
+                next: start,
+                end,
+                _v: PhantomData,
+            },
+        }
     }
 
     pub(crate) fn taking(values: &'a mut [V]) -> Self {
-        Values { source: ValuesSource::Taking(values.iter_mut()) }
+        Values {
+            source: ValuesSource::Taking(values.iter_mut()),
+        }
     }
 }
 
@@ -310,7 +341,11 @@ pub struct Output<O: Columns> {
 
 impl<O: Columns> Output<O> {
     pub(crate) fn new() -> Self {
-        Output { cols: builders_for::<O>(), rows: 0, _row: PhantomData }
+        Output {
+            cols: builders_for::<O>(),
+            rows: 0,
+            _row: PhantomData,
+        }
     }
 
     /// Write one output row. Borrowed parts are accepted, e.g. `(&str, u64)`
@@ -344,7 +379,12 @@ mod tests {
     fn rows_of(batch: &Batch) -> Vec<(String, u64)> {
         let (keys, values) = batch.columns.split_at(1);
         (0..batch.num_rows as usize)
-            .map(|r| (String::read(keys, r).expect("key"), u64::read(values, r).expect("value")))
+            .map(|r| {
+                (
+                    String::read(keys, r).expect("key"),
+                    u64::read(values, r).expect("value"),
+                )
+            })
             .collect()
     }
 
@@ -363,7 +403,10 @@ mod tests {
         emit.emit("", 7);
         // Keys too long to keep inline in the table, 20 of each.
         for i in 0..40 {
-            emit.emit(["a key longer than sixteen bytes", "a key longer than sixteen bytez"][i % 2], 1);
+            emit.emit(
+                ["a key longer than sixteen bytes", "a key longer than sixteen bytez"][i % 2],
+                1,
+            );
         }
         assert_eq!(emit.len(), 1053);
         let rows = rows_of(&emit.finish());

@@ -6,12 +6,12 @@ use std::any::Any;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 
+use crate::Job;
 use crate::bindings::wmr::job::host;
-use crate::bindings::wmr::job::types::{Batch, Field as WitField, GuestError, Grouped, JobInfo};
+use crate::bindings::wmr::job::types::{Batch, Field as WitField, Grouped, GuestError, JobInfo};
 use crate::columns::Columns;
 use crate::emit::{Emit, Output, Values};
 use crate::record::{InputBatch, Params};
-use crate::Job;
 
 /// Builds a job from its parameters.
 pub type ConfigureFn<J> = fn(&Params) -> Result<J, String>;
@@ -80,10 +80,15 @@ pub fn log(level: LogLevel, message: &str) {
 }
 
 fn with_job<J: Job, R>(f: impl FnOnce(&J, &[String]) -> R) -> Result<R, GuestError> {
-    STATE.with_borrow(|state| match state.as_ref().and_then(|s| s.job.downcast_ref::<J>().map(|j| (j, s))) {
-        Some((job, s)) => Ok(f(job, &s.output_names)),
-        None => Err(GuestError { message: "the job was called before configure".into(), row: None }),
-    })
+    STATE.with_borrow(
+        |state| match state.as_ref().and_then(|s| s.job.downcast_ref::<J>().map(|j| (j, s))) {
+            Some((job, s)) => Ok(f(job, &s.output_names)),
+            None => Err(GuestError {
+                message: "the job was called before configure".into(),
+                row: None,
+            }),
+        },
+    )
 }
 
 fn finish<R>(result: Result<R, GuestError>) -> Result<R, GuestError> {
@@ -102,7 +107,10 @@ pub fn configure<J: Job>(params: Vec<(String, String)>, build: ConfigureFn<J>) -
                 None => "panic with a non-string payload".to_string(),
             },
         };
-        let location = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
+        let location = info
+            .location()
+            .map(|l| format!(" at {}:{}", l.file(), l.line()))
+            .unwrap_or_default();
         host::report_panic(&format!("{message}{location}"), CURRENT_ROW.get());
     }));
     let job = build(&Params::new(params))?;
@@ -122,11 +130,18 @@ pub fn configure<J: Job>(params: Vec<(String, String)>, build: ConfigureFn<J>) -
         output: output_names
             .iter()
             .zip(output_types)
-            .map(|(name, data_type)| WitField { name: name.clone(), data_type, nullable: true })
+            .map(|(name, data_type)| WitField {
+                name: name.clone(),
+                data_type,
+                nullable: true,
+            })
             .collect(),
         combines: J::COMBINES,
     };
-    STATE.set(Some(State { job: Box::new(job), output_names }));
+    STATE.set(Some(State {
+        job: Box::new(job),
+        output_names,
+    }));
     Ok(info)
 }
 
@@ -184,38 +199,45 @@ fn groups(input: &Grouped) -> impl Iterator<Item = (usize, usize, usize)> + '_ {
 }
 
 fn bad_group(g: usize) -> GuestError {
-    GuestError { message: format!("the host sent an unreadable key in group {g}"), row: None }
+    GuestError {
+        message: format!("the host sent an unreadable key in group {g}"),
+        row: None,
+    }
 }
 
 /// The `combine` export.
 pub fn combine<J: Job>(input: Grouped) -> Result<Batch, GuestError> {
-    finish(with_job::<J, _>(|job, _| {
-        let mut keys = crate::columns::builders_for::<J::Key>();
-        let mut values = crate::columns::builders_for::<J::Value>();
-        let mut rows = 0;
-        for (g, start, end) in groups(&input) {
-            CURRENT_ROW.set(Some(start as u32));
-            let key = J::Key::read(&input.keys.columns, g).ok_or_else(|| bad_group(g))?;
-            let combined = job.combine(&key, Values::rows(&input.values.columns, start, end));
-            key.append(&mut keys);
-            combined.append(&mut values);
-            rows += 1;
-        }
-        Ok(crate::emit::batch_of(keys.into_iter().chain(values), rows))
-    })
-    .and_then(|r| r))
+    finish(
+        with_job::<J, _>(|job, _| {
+            let mut keys = crate::columns::builders_for::<J::Key>();
+            let mut values = crate::columns::builders_for::<J::Value>();
+            let mut rows = 0;
+            for (g, start, end) in groups(&input) {
+                CURRENT_ROW.set(Some(start as u32));
+                let key = J::Key::read(&input.keys.columns, g).ok_or_else(|| bad_group(g))?;
+                let combined = job.combine(&key, Values::rows(&input.values.columns, start, end));
+                key.append(&mut keys);
+                combined.append(&mut values);
+                rows += 1;
+            }
+            Ok(crate::emit::batch_of(keys.into_iter().chain(values), rows))
+        })
+        .and_then(|r| r),
+    )
 }
 
 /// The `reduce` export.
 pub fn reduce<J: Job>(input: Grouped) -> Result<Batch, GuestError> {
-    finish(with_job::<J, _>(|job, names| {
-        let mut out = Output::<J::Output>::new();
-        for (g, start, end) in groups(&input) {
-            CURRENT_ROW.set(Some(start as u32));
-            let key = J::Key::read(&input.keys.columns, g).ok_or_else(|| bad_group(g))?;
-            job.reduce(key, Values::rows(&input.values.columns, start, end), &mut out);
-        }
-        Ok(out.finish(names))
-    })
-    .and_then(|r| r))
+    finish(
+        with_job::<J, _>(|job, names| {
+            let mut out = Output::<J::Output>::new();
+            for (g, start, end) in groups(&input) {
+                CURRENT_ROW.set(Some(start as u32));
+                let key = J::Key::read(&input.keys.columns, g).ok_or_else(|| bad_group(g))?;
+                job.reduce(key, Values::rows(&input.values.columns, start, end), &mut out);
+            }
+            Ok(out.finish(names))
+        })
+        .and_then(|r| r),
+    )
 }

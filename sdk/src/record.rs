@@ -1,9 +1,9 @@
 //! The input side of a job: [`Record`], one input row handed to `map`, and
 //! [`Params`], the `--param name=value` pairs given at submit.
 
-use crate::bindings::wmr::job::types::{Batch, Column};
-use crate::columns::{is_valid, type_name, var_width, Field};
 use crate::bindings::wmr::job::types::ColumnData;
+use crate::bindings::wmr::job::types::{Batch, Column};
+use crate::columns::{Field, is_valid, type_name, var_width};
 
 /// One input record. For text input its columns are `offset` and `line` (see
 /// [`Record::line`]); for Parquet input they are the file's own columns, read
@@ -33,7 +33,13 @@ impl<'a> InputBatch<'a> {
             ColumnData::Utf8(v) => Some((v.offsets.as_slice(), std::str::from_utf8(&v.values).ok()?)),
             _ => None,
         });
-        InputBatch { source, batch, line, lines, offset: find("offset") }
+        InputBatch {
+            source,
+            batch,
+            line,
+            lines,
+            offset: find("offset"),
+        }
     }
 
     pub(crate) fn rows(&self) -> usize {
@@ -50,11 +56,14 @@ impl<'a> InputBatch<'a> {
     }
 
     fn missing(&self, name: &str) -> ! {
-        panic!("input has no column {name:?}; its columns are: {}", self.batch.names.join(", "))
+        panic!(
+            "input has no column {name:?}; its columns are: {}",
+            self.batch.names.join(", ")
+        )
     }
 }
 
-fn text_at<'a>(col: Option<&'a Column>, row: usize) -> Option<&'a str> {
+fn text_at(col: Option<&Column>, row: usize) -> Option<&str> {
     match &col?.data {
         ColumnData::Utf8(v) => std::str::from_utf8(var_width(v, row)).ok(),
         _ => None,
@@ -156,7 +165,11 @@ impl Params {
     /// assert_eq!(p.get("pattern"), Some("foo"));
     /// ```
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.pairs.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        self.pairs
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 
     /// The value of `name`, or an error saying how to give it.
@@ -164,7 +177,8 @@ impl Params {
     /// # Errors
     /// When the parameter was not given.
     pub fn require(&self, name: &str) -> Result<&str, String> {
-        self.get(name).ok_or_else(|| format!("missing job parameter {name:?}; give it with --param {name}=VALUE"))
+        self.get(name)
+            .ok_or_else(|| format!("missing job parameter {name:?}; give it with --param {name}=VALUE"))
     }
 
     /// All pairs, in the order given.

@@ -37,7 +37,12 @@ fn ascii_letters(word: u64) -> u64 {
 fn word_at(bytes: &[u8], at: usize) -> u64 {
     match bytes.get(at..).and_then(|b| b.first_chunk::<8>()) {
         Some(chunk) => u64::from_le_bytes(*chunk),
-        None => bytes.get(at..).unwrap_or(&[]).iter().rev().fold(0, |w, &b| (w << 8) | u64::from(b)),
+        None => bytes
+            .get(at..)
+            .unwrap_or(&[])
+            .iter()
+            .rev()
+            .fold(0, |w, &b| (w << 8) | u64::from(b)),
     }
 }
 
@@ -52,7 +57,11 @@ impl Words<'_> {
             let word = word_at(bytes, at);
             let letter = ascii_letters(word);
             // Bytes that might end the run: non-ASCII ones always.
-            let stop = if letters { letter | (word & HIGH_BITS) } else { !letter & HIGH_BITS };
+            let stop = if letters {
+                letter | (word & HIGH_BITS)
+            } else {
+                !letter & HIGH_BITS
+            };
             if stop == 0 {
                 // Eight ASCII bytes (or the zero padding past the end).
                 at += 8;
@@ -118,12 +127,19 @@ mod tests {
 
     #[test]
     fn long_runs_split_like_char_by_char() {
-        let text = "aaaaaaaaaaaaaaaaaaa;;;;;;;;;;;;;;;;;;;;;ZZZZZZZZZZZZZZ9999999999999999é£££££££££££££xyzxyzxyzxyzxyz";
-        let expected: Vec<&str> = text.split(|c: char| !c.is_alphabetic()).filter(|w| !w.is_empty()).collect();
+        let text =
+            "aaaaaaaaaaaaaaaaaaa;;;;;;;;;;;;;;;;;;;;;ZZZZZZZZZZZZZZ9999999999999999é£££££££££££££xyzxyzxyzxyzxyz";
+        let expected: Vec<&str> = text
+            .split(|c: char| !c.is_alphabetic())
+            .filter(|w| !w.is_empty())
+            .collect();
         assert_eq!(words(text).collect::<Vec<_>>(), expected);
         for cut in 0..text.len() {
             if let Some(t) = text.get(cut..) {
-                let expected: Vec<&str> = t.split(|c: char| !c.is_alphabetic()).filter(|w| !w.is_empty()).collect();
+                let expected: Vec<&str> = t
+                    .split(|c: char| !c.is_alphabetic())
+                    .filter(|w| !w.is_empty())
+                    .collect();
                 assert_eq!(words(t).collect::<Vec<_>>(), expected, "from byte {cut}");
             }
         }

@@ -9,7 +9,7 @@ use crate::harness::*;
 // the build script lists the guests, and a guest without a module fails to compile.
 macro_rules! assert_test_exists {
     ($name:ident) => {
-        #[allow(unused_imports)]
+        #[expect(unused_imports, reason = "only checks that the module exists")]
         use self::$name as _;
     };
 }

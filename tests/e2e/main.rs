@@ -1,5 +1,6 @@
 //! End-to-end tests: the real `wmr` binary, real guest components from
 //! `target/guests/` (built by `cargo xtask guests`), real files.
+#![expect(clippy::unwrap_used, reason = "a failed unwrap is a failed test, with its location")]
 
 mod harness;
 

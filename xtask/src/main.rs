@@ -17,6 +17,7 @@ const USAGE: &str = "usage: cargo xtask <command>
   guests                          build every guest into target/guests/NAME.wasm
   demo                            build, generate a sample corpus, run wordcount embedded
   test                            build guests, then run every test (what CI runs)
+  lint                            rustfmt --check and clippy -D warnings on every workspace (CI runs it too)
   bench wordcount [--size-mib N]  time wmr (2 slots) against native Rust (2 threads); default 256 MiB";
 
 fn main() -> Result<()> {
@@ -25,6 +26,7 @@ fn main() -> Result<()> {
         Some("guests") => guests().map(|_| ()),
         Some("demo") => demo(),
         Some("test") => test(),
+        Some("lint") => lint(),
         Some("bench") => bench(&args[1..]),
         _ => {
             eprintln!("{USAGE}");
@@ -237,6 +239,50 @@ fn test() -> Result<()> {
     run(Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .current_dir(&root)
         .args(["test", "--release", "--workspace"]))
+}
+
+/// Formatting and clippy, warnings denied, over the host workspace, the SDK
+/// and both guest workspaces.
+fn lint() -> Result<()> {
+    let root = root();
+    let cargo = || Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    run(cargo().current_dir(&root).args(["fmt", "--all", "--check"]))?;
+    for workspace in ["sdk", "guest-examples", "tests/guests"] {
+        run(cargo()
+            .args(["fmt", "--all", "--check", "--manifest-path"])
+            .arg(root.join(workspace).join("Cargo.toml")))?;
+    }
+    run(cargo().current_dir(&root).args([
+        "clippy",
+        "--quiet",
+        "--release",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    let guest_build = root.join("target/guest-build");
+    run(cargo()
+        .args(["clippy", "--quiet", "--all-targets", "--manifest-path"])
+        .arg(root.join("sdk/Cargo.toml"))
+        .args(["--", "-D", "warnings"])
+        .env("CARGO_TARGET_DIR", &guest_build))?;
+    for workspace in ["guest-examples", "tests/guests"] {
+        run(cargo()
+            .args([
+                "clippy",
+                "--quiet",
+                "--release",
+                "--target",
+                "wasm32-wasip2",
+                "--manifest-path",
+            ])
+            .arg(root.join(workspace).join("Cargo.toml"))
+            .args(["--", "-D", "warnings"])
+            .env("CARGO_TARGET_DIR", &guest_build))?;
+    }
+    Ok(())
 }
 
 /// The bench's native word count: same word definition, `threads` threads.

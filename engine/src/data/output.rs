@@ -192,7 +192,9 @@ mod tests {
             ("value", Arc::new(UInt64Array::from(vec![509, 2])) as _),
         ])
         .unwrap();
-        let bytes = OutputFormat::Text.encode("t", &b.schema(), &[b.clone()]).unwrap();
+        let bytes = OutputFormat::Text
+            .encode("t", &b.schema(), std::slice::from_ref(&b))
+            .unwrap();
         assert_eq!(&bytes[..], b"A 509\nb 2\n");
         let pq = OutputFormat::Parquet.encode("p", &b.schema(), &[b]).unwrap();
         assert_eq!(&pq[..4], b"PAR1");

@@ -191,7 +191,7 @@ impl WasiView for GuestState {
 impl GuestState {
     fn append_log(&mut self, line: &str) {
         let room = self.limits.max_log_bytes.saturating_sub(self.log.len());
-        if line.len() + 1 <= room {
+        if line.len() < room {
             self.log.push_str(line);
             self.log.push('\n');
         } else {

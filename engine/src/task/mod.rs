@@ -171,7 +171,7 @@ impl InputReader {
 fn position_of(batch: &RecordBatch, row: u32, source: &str, split: &Split) -> String {
     let offset = batch
         .column_by_name("offset")
-        .and_then(|c| c.as_any().downcast_ref::<Int64Array>().map(|a| a.clone()));
+        .and_then(|c| c.as_any().downcast_ref::<Int64Array>().cloned());
     match offset {
         Some(o) if (row as usize) < o.len() => format!("{source} byte offset {}", o.value(row as usize)),
         _ => format!("{} (row {row} of a batch)", split.describe()),

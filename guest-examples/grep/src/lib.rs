@@ -13,7 +13,9 @@ impl Grep {
         if pattern.is_empty() {
             return Err("--param pattern= must not be empty".into());
         }
-        Ok(Grep { pattern: pattern.to_string() })
+        Ok(Grep {
+            pattern: pattern.to_string(),
+        })
     }
 }
 

@@ -12,7 +12,10 @@ struct GroupBy {
 
 impl GroupBy {
     fn from_params(params: &Params) -> Result<GroupBy, String> {
-        Ok(GroupBy { key: params.require("key")?.to_string(), value: params.require("value")?.to_string() })
+        Ok(GroupBy {
+            key: params.require("key")?.to_string(),
+            value: params.require("value")?.to_string(),
+        })
     }
 }
 
