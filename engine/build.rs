@@ -1,9 +1,32 @@
-//! Build-time code: the list of example guests, as the `foreach_example!`
-//! macro the end-to-end tests use to make sure every guest has tests.
+//! Build-time code: Rust for `proto/wmr.proto` (compiled with protox, so no
+//! `protoc` is needed), and the list of example guests as the
+//! `foreach_example!` macro the end-to-end tests use to make sure every guest
+//! has tests.
 
 use std::path::Path;
 
-fn main() {
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    compile_proto()?;
+    list_examples();
+    Ok(())
+}
+
+fn compile_proto() -> Result<(), Box<dyn std::error::Error>> {
+    let proto_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../proto");
+    let proto = proto_dir.join("wmr.proto");
+    println!("cargo:rerun-if-changed={}", proto.display());
+    let descriptors = protox::compile([&proto], [&proto_dir])?;
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    // The descriptor set also feeds gRPC reflection.
+    std::fs::write(
+        out.join("wmr_descriptor.bin"),
+        prost::Message::encode_to_vec(&descriptors),
+    )?;
+    tonic_prost_build::configure().compile_fds(descriptors)?;
+    Ok(())
+}
+
+fn list_examples() {
     let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../guest-examples");
     println!("cargo:rerun-if-changed={}", examples.display());
     let mut names: Vec<String> = std::fs::read_dir(&examples)

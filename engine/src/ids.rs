@@ -24,6 +24,14 @@ impl JobId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// A job id received from outside: `job-` then letters and digits only,
+    /// since ids become parts of storage paths.
+    pub fn parse(s: &str) -> Option<Self> {
+        let rest = s.strip_prefix("job-")?;
+        (!rest.is_empty() && rest.len() <= 64 && rest.bytes().all(|b| b.is_ascii_alphanumeric()))
+            .then(|| JobId(s.to_string()))
+    }
 }
 
 impl fmt::Display for JobId {
@@ -119,6 +127,12 @@ impl ModuleDigest {
     /// The digest as hex text.
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// A digest received from outside: 64 lowercase hex digits.
+    pub fn parse(hex: &str) -> Option<Self> {
+        (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+            .then(|| ModuleDigest(hex.to_string()))
     }
 }
 

@@ -6,13 +6,15 @@
 //! and combines into one shuffle object) or a reduce attempt (merge every
 //! map output's partition, guest `reduce`, write Parquet); [`coordinator`]
 //! schedules tasks and commits the first successful attempt of each;
-//! [`worker`] runs attempts in slots on a dedicated compute pool; [`cli`] is
-//! the thin shell over all of it.
+//! [`worker`] runs attempts in slots on a dedicated compute pool; [`rpc`]
+//! carries all of that between machines (gRPC); [`cli`] is the thin shell
+//! over all of it.
 
 pub mod cli;
 pub mod coordinator;
 pub mod data;
 mod ids;
+pub mod rpc;
 pub mod runtime;
 pub mod shuffle;
 mod spawn;

@@ -3,7 +3,10 @@
 //! object_store directly.
 
 mod cat;
+mod client;
+mod cluster;
 pub mod exit;
+mod job_args;
 mod run;
 
 use clap::{Parser, Subcommand};
@@ -30,6 +33,18 @@ pub enum Command {
     Run(RunArgs),
     /// Print a finished job's output rows as `key value` lines.
     Cat(cat::CatArgs),
+    /// Serve the job API and the worker protocol (the cluster's coordinator).
+    Coordinator(cluster::CoordinatorArgs),
+    /// Run tasks for a coordinator.
+    Worker(cluster::WorkerArgs),
+    /// Submit a job to a coordinator; prints its id, or waits with --wait.
+    Submit(client::SubmitArgs),
+    /// Show a job's state, progress, counters and failed attempts.
+    Status(client::StatusArgs),
+    /// List the coordinator's jobs.
+    Jobs(client::ClientArgs),
+    /// Cancel a job.
+    Cancel(client::CancelArgs),
 }
 
 /// An error for the binary's edge: its line and exit code.
@@ -49,5 +64,25 @@ pub fn run(cli: Cli) -> Result<u8, Failure> {
     match cli.command {
         Command::Run(args) => run::run(args),
         Command::Cat(args) => cat::run(args),
+        Command::Coordinator(args) => cluster::coordinator(args),
+        Command::Worker(args) => cluster::worker(args),
+        Command::Submit(args) => client::submit(args),
+        Command::Status(args) => client::status(args),
+        Command::Jobs(args) => client::jobs(args),
+        Command::Cancel(args) => client::cancel(args),
     }
+}
+
+/// A tokio runtime for I/O only (`threads` threads); CPU work goes to the
+/// compute pool.
+fn io_runtime(threads: usize) -> Result<tokio::runtime::Runtime, Failure> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads.max(1))
+        .thread_name("wmr-io")
+        .enable_all()
+        .build()
+        .map_err(|e| Failure {
+            code: exit::INFRASTRUCTURE,
+            message: format!("starting the I/O runtime: {e}"),
+        })
 }

@@ -10,13 +10,12 @@ use futures::TryStreamExt;
 use object_store::ObjectStoreExt;
 use serde::Serialize;
 
+use super::job_args::JobArgs;
 use super::{Failure, exit};
-use crate::coordinator::job::DEFAULT_MAX_ATTEMPTS;
 use crate::coordinator::{Coordinator, Job, JobSpec, JobState, remove_all};
-use crate::data::output::{Manifest, OutputFormat};
+use crate::data::output::Manifest;
 use crate::data::{Location, plan_splits};
-use crate::runtime::limits::{DEFAULT_MAX_CALL_TIME, DEFAULT_MAX_LOG_BYTES, DEFAULT_MAX_MEMORY_BYTES};
-use crate::runtime::{Limits, Runtime};
+use crate::runtime::Runtime;
 use crate::task::{Counters, JobContext};
 use crate::worker::{ComputePool, error_chain, run_slots};
 use crate::{JobId, WorkerId};
@@ -25,58 +24,18 @@ use crate::{JobId, WorkerId};
 #[derive(Debug, Args)]
 #[command(after_help = super::exit::HELP)]
 pub struct RunArgs {
-    /// The job: a wasm component built with wmr-sdk (path or URL).
-    #[arg(long, value_name = "JOB.wasm")]
-    pub job: String,
-    /// Input files, directories, globs (quoted) or URLs (file://, memory://, s3://).
-    #[arg(long, required = true, num_args = 1.., value_name = "IN")]
-    pub input: Vec<String>,
-    /// The output directory (path or URL); must be empty or absent unless --overwrite.
-    #[arg(long, value_name = "OUT")]
-    pub output: String,
-    /// Number of reduce partitions (output files) [default: the number of slots].
-    #[arg(long, value_name = "R")]
-    pub reducers: Option<u32>,
+    /// The job and its data.
+    #[command(flatten)]
+    pub spec: JobArgs,
     /// Task slots running at once [default: the number of cores].
     #[arg(long, value_name = "N")]
     pub slots: Option<usize>,
-    /// Output format: Parquet files, or `key value` text lines.
-    #[arg(long, value_enum, default_value_t = OutputFormat::Parquet)]
-    pub format: OutputFormat,
-    /// Text split size, e.g. 67108864, 64MiB or 1KiB.
-    #[arg(long, value_name = "BYTES", default_value = "64MiB")]
-    pub split_size: bytesize::ByteSize,
-    /// A job parameter, passed to the job's configure (repeatable).
-    #[arg(long = "param", value_name = "NAME=VALUE", value_parser = parse_param)]
-    pub params: Vec<(String, String)>,
-    /// Replace the output directory's contents if it is not empty.
-    #[arg(long)]
-    pub overwrite: bool,
-    /// Attempts per task before the job fails.
-    #[arg(long, default_value_t = DEFAULT_MAX_ATTEMPTS, value_name = "N")]
-    pub max_attempts: u32,
-    /// Memory cap per guest instance.
-    #[arg(long, value_name = "BYTES", default_value_t = bytesize::ByteSize::b(DEFAULT_MAX_MEMORY_BYTES))]
-    pub max_memory: bytesize::ByteSize,
-    /// Time budget of one guest call, e.g. 60s or 2m.
-    #[arg(long, value_name = "DURATION", default_value_t = humantime::Duration::from(DEFAULT_MAX_CALL_TIME))]
-    pub max_call_time: humantime::Duration,
-    /// Log bytes kept per attempt; the excess is dropped and counted.
-    #[arg(long, value_name = "BYTES", default_value_t = bytesize::ByteSize::b(DEFAULT_MAX_LOG_BYTES as u64))]
-    pub max_log: bytesize::ByteSize,
     /// Print the summary as one JSON document.
     #[arg(long)]
     pub json: bool,
     /// Print nothing but errors.
     #[arg(long, short)]
     pub quiet: bool,
-}
-
-fn parse_param(s: &str) -> Result<(String, String), String> {
-    match s.split_once('=') {
-        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
-        _ => Err(format!("{s:?} is not NAME=VALUE")),
-    }
 }
 
 fn usage(message: String) -> Failure {
@@ -131,63 +90,50 @@ pub(super) fn run(args: RunArgs) -> Result<u8, Failure> {
     if slots == 0 {
         return Err(usage("--slots must be at least 1".into()));
     }
-    let reducers = args.reducers.unwrap_or(slots as u32);
+    let reducers = args.spec.reducers.unwrap_or(slots as u32);
     if reducers == 0 || reducers > 100_000 {
         return Err(usage(format!("--reducers {reducers} is out of range; use 1 to 100000")));
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("wmr-io")
-        .enable_all()
-        .build()
-        .map_err(|e| Failure {
-            code: exit::INFRASTRUCTURE,
-            message: format!("starting the I/O runtime: {e}"),
-        })?;
-    runtime.block_on(run_async(args, slots, reducers))
+    super::io_runtime(2)?.block_on(run_async(args, slots, reducers))
 }
 
 async fn run_async(args: RunArgs, slots: usize, reducers: u32) -> Result<u8, Failure> {
     let started = Instant::now();
-    let limits = Limits {
-        max_memory_bytes: args.max_memory.as_u64(),
-        max_call_time: *args.max_call_time,
-        max_log_bytes: args.max_log.as_u64() as usize,
-    };
+    let limits = args.spec.limits();
     // Validate everything before any work: the module, the output, the input.
-    let module_location = Location::parse(&args.job).map_err(data_failure)?;
+    let module_location = Location::parse(&args.spec.job).map_err(data_failure)?;
     let module_bytes = match module_location.store.get(&module_location.path).await {
         Ok(r) => r
             .bytes()
             .await
-            .map_err(|e| data_failure(crate::data::Error::io(&args.job, "reading", e)))?,
+            .map_err(|e| data_failure(crate::data::Error::io(&args.spec.job, "reading", e)))?,
         Err(object_store::Error::NotFound { .. }) => {
             return Err(usage(format!(
                 "job module {} does not exist; build the examples with `cargo xtask guests`",
-                args.job
+                args.spec.job
             )));
         }
-        Err(e) => return Err(data_failure(crate::data::Error::io(&args.job, "reading", e))),
+        Err(e) => return Err(data_failure(crate::data::Error::io(&args.spec.job, "reading", e))),
     };
     let pool = Arc::new(ComputePool::new(slots).map_err(|e| Failure {
         code: exit::INFRASTRUCTURE,
         message: format!("starting compute threads: {e}"),
     })?);
-    let wasm = Arc::new(Runtime::new(limits).map_err(|e| Failure {
+    let wasm = Arc::new(Runtime::new().map_err(|e| Failure {
         code: exit::INFRASTRUCTURE,
         message: error_chain(&e),
     })?);
-    let (what, params) = (args.job.clone(), args.params.clone());
+    let (what, params) = (args.spec.job.clone(), args.spec.params.clone());
     let loader = wasm.clone();
     let module = pool
-        .run(move || loader.load(&what, &module_bytes, &params))
+        .run(move || loader.load(&what, &module_bytes, &params, limits))
         .await
         .map_err(|e| Failure {
             code: exit::INFRASTRUCTURE,
             message: e.to_string(),
         })?
         .map_err(|e| usage(error_chain(&e)))?;
-    let output = Location::parse(&args.output).map_err(data_failure)?;
+    let output = Location::parse(&args.spec.output).map_err(data_failure)?;
     let existing: Vec<_> = output
         .store
         .list(Some(&output.path))
@@ -195,26 +141,26 @@ async fn run_async(args: RunArgs, slots: usize, reducers: u32) -> Result<u8, Fai
         .await
         .map_err(|e| data_failure(crate::data::Error::io(&output.display, "listing", e)))?;
     if !existing.is_empty() {
-        if !args.overwrite {
+        if !args.spec.overwrite {
             return Err(usage(format!(
                 "output {} already exists and is not empty; choose another --output or pass --overwrite",
-                args.output
+                args.spec.output
             )));
         }
         remove_all(&output).await.map_err(data_failure)?;
     }
-    let splits = plan_splits(&args.input, args.split_size.as_u64())
+    let splits = plan_splits(&args.spec.input, args.spec.split_size.as_u64())
         .await
         .map_err(data_failure)?;
     let id = JobId::generate();
     let spec = JobSpec {
         work_dir: output.child(&format!("_temporary/{id}")).display.clone(),
         id: id.clone(),
-        inputs: args.input.clone(),
-        output: args.output.clone(),
+        inputs: args.spec.input.clone(),
+        output: args.spec.output.clone(),
         reducers,
-        format: args.format,
-        max_attempts: args.max_attempts,
+        format: args.spec.format,
+        max_attempts: args.spec.max_attempts,
     };
     let coordinator = Arc::new(Coordinator::new(Job::new(spec, splits)));
     let ctx = JobContext {
@@ -244,7 +190,7 @@ async fn run_async(args: RunArgs, slots: usize, reducers: u32) -> Result<u8, Fai
         name: job_name,
         state: job.state,
         error: job.error.clone(),
-        output: args.output.clone(),
+        output: args.spec.output.clone(),
         manifest,
         maps: job.maps.len(),
         reduces: job.reduces.len(),

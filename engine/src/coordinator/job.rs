@@ -14,6 +14,7 @@
 //! attempt that is no longer running (lost, superseded, or from a finished
 //! job) is refused as stale: only the first successful attempt commits.
 
+use std::collections::VecDeque;
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
@@ -146,6 +147,16 @@ pub enum Assignment {
     Reduce(ReduceAssignment),
 }
 
+impl Assignment {
+    /// The task and attempt this assignment runs.
+    pub fn task_and_attempt(&self) -> (TaskId, AttemptId) {
+        match self {
+            Assignment::Map(a) => (a.task, a.attempt),
+            Assignment::Reduce(a) => (a.task, a.attempt),
+        }
+    }
+}
+
 /// What an attempt reports when it ends.
 #[derive(Debug, Clone)]
 pub enum Outcome {
@@ -195,6 +206,18 @@ pub struct Job {
     /// Why the job failed.
     pub error: Option<String>,
     next_attempt: u64,
+    /// Pending tasks in the order they are handed out, so that choosing the
+    /// next one costs O(1) however large the job.
+    #[serde(skip)]
+    pending_maps: VecDeque<u32>,
+    #[serde(skip)]
+    pending_reduces: VecDeque<u32>,
+    #[serde(skip)]
+    maps_committed: usize,
+    #[serde(skip)]
+    reduces_committed: usize,
+    #[serde(skip)]
+    running: usize,
 }
 
 impl Job {
@@ -203,6 +226,11 @@ impl Job {
         let maps = (0..splits.len() as u32).map(|i| Task::new(TaskId::map(i))).collect();
         let reduces = (0..spec.reducers).map(|i| Task::new(TaskId::reduce(i))).collect();
         Job {
+            pending_maps: (0..splits.len() as u32).collect(),
+            pending_reduces: (0..spec.reducers).collect(),
+            maps_committed: 0,
+            reduces_committed: 0,
+            running: 0,
             map_outputs: vec![None; splits.len()],
             reduce_outputs: vec![None; spec.reducers as usize],
             spec,
@@ -215,8 +243,41 @@ impl Job {
         }
     }
 
+    /// Start attempt ids at `base`: a restarted coordinator gives each of
+    /// its runs its own range, so no attempt id is ever handed out twice.
+    pub fn set_attempt_base(&mut self, base: u64) {
+        self.next_attempt = self.next_attempt.max(base);
+    }
+
     fn maps_done(&self) -> bool {
-        self.maps.iter().all(|t| t.state == TaskState::Committed)
+        self.maps_committed == self.maps.len()
+    }
+
+    /// Attempts running now.
+    pub fn running_attempts(&self) -> usize {
+        self.running
+    }
+
+    /// Whether a task is waiting for a slot.
+    pub fn has_pending(&self) -> bool {
+        self.state == JobState::Running
+            && if self.maps_done() {
+                !self.pending_reduces.is_empty()
+            } else {
+                !self.pending_maps.is_empty()
+            }
+    }
+
+    /// Whether any attempt has started yet.
+    pub fn started(&self) -> bool {
+        self.maps.iter().chain(&self.reduces).any(|t| !t.attempts.is_empty())
+    }
+
+    fn requeue(&mut self, task: TaskId) {
+        match task.phase {
+            Phase::Map => self.pending_maps.push_back(task.index),
+            Phase::Reduce => self.pending_reduces.push_back(task.index),
+        }
     }
 
     /// Whether the job has ended (succeeded, failed or cancelled).
@@ -230,13 +291,21 @@ impl Job {
             return None;
         }
         let phase = if self.maps_done() { Phase::Reduce } else { Phase::Map };
-        let tasks = match phase {
-            Phase::Map => &mut self.maps,
-            Phase::Reduce => &mut self.reduces,
+        let (queue, tasks) = match phase {
+            Phase::Map => (&mut self.pending_maps, &mut self.maps),
+            Phase::Reduce => (&mut self.pending_reduces, &mut self.reduces),
         };
-        let task = tasks.iter_mut().find(|t| t.state == TaskState::Pending)?;
+        // Entries can be stale (a lost attempt's task re-queued, then
+        // committed by the attempt's own late report): skip those.
+        let task = loop {
+            let index = queue.pop_front()?;
+            if let Some(t) = tasks.get_mut(index as usize).filter(|t| t.state == TaskState::Pending) {
+                break t;
+            }
+        };
         let attempt = AttemptId(self.next_attempt);
         self.next_attempt += 1;
+        self.running += 1;
         task.state = TaskState::Running;
         task.attempts.push(Attempt {
             id: attempt,
@@ -277,13 +346,6 @@ impl Job {
         })
     }
 
-    fn task_mut(&mut self, task: TaskId) -> Option<&mut Task> {
-        match task.phase {
-            Phase::Map => self.maps.get_mut(task.index as usize),
-            Phase::Reduce => self.reduces.get_mut(task.index as usize),
-        }
-    }
-
     /// Record how attempt `attempt` of `task` ended.
     pub fn report(&mut self, task: TaskId, attempt: AttemptId, outcome: Outcome, now: SystemTime) -> ReportResult {
         if self.state != JobState::Running {
@@ -291,7 +353,13 @@ impl Job {
         }
         let max_attempts = self.spec.max_attempts.max(1);
         let reducers = self.spec.reducers as usize;
-        let Some(t) = self.task_mut(task) else {
+        // Fields, not `task_mut`, so the borrow of the task stays apart
+        // from the counters changed below.
+        let tasks = match task.phase {
+            Phase::Map => &mut self.maps,
+            Phase::Reduce => &mut self.reduces,
+        };
+        let Some(t) = tasks.get_mut(task.index as usize) else {
             return ReportResult::Stale;
         };
         if t.state != TaskState::Running {
@@ -301,18 +369,21 @@ impl Job {
             return ReportResult::Stale;
         };
         a.ended = Some(now);
+        self.running -= 1;
         match outcome {
             Outcome::Map(out) if task.phase == Phase::Map && out.ranges.len() == reducers => {
                 a.state = AttemptState::Succeeded;
                 t.state = TaskState::Committed;
                 self.map_outputs[task.index as usize] = Some(out);
+                self.maps_committed += 1;
                 ReportResult::Committed
             }
             Outcome::Reduce(out) if task.phase == Phase::Reduce => {
                 a.state = AttemptState::Succeeded;
                 t.state = TaskState::Committed;
                 self.reduce_outputs[task.index as usize] = Some(out);
-                if self.reduces.iter().all(|t| t.state == TaskState::Committed) {
+                self.reduces_committed += 1;
+                if self.reduces_committed == self.reduces.len() {
                     self.state = JobState::Committing;
                 }
                 ReportResult::Committed
@@ -322,6 +393,7 @@ impl Job {
                     error: "reported output of the wrong kind".into(),
                 };
                 t.state = TaskState::Pending;
+                self.requeue(task);
                 ReportResult::WillRetry
             }
             Outcome::Failed { error, retryable } => {
@@ -329,6 +401,7 @@ impl Job {
                 t.failures += 1;
                 if retryable && t.failures < max_attempts {
                     t.state = TaskState::Pending;
+                    self.requeue(task);
                     ReportResult::WillRetry
                 } else {
                     t.state = TaskState::Failed;
@@ -350,6 +423,7 @@ impl Job {
 
     /// Re-queue every running attempt of `worker`; committed output stays.
     pub fn worker_lost(&mut self, worker: &WorkerId, now: SystemTime) {
+        let mut requeue = Vec::new();
         for t in self.maps.iter_mut().chain(self.reduces.iter_mut()) {
             for a in t
                 .attempts
@@ -358,11 +432,73 @@ impl Job {
             {
                 a.state = AttemptState::Lost;
                 a.ended = Some(now);
+                self.running -= 1;
                 if t.state == TaskState::Running {
                     t.state = TaskState::Pending;
+                    requeue.push(t.id);
                 }
             }
         }
+        for task in requeue {
+            self.requeue(task);
+        }
+    }
+
+    /// Replay a committed attempt from the journal.
+    pub fn restore_commit(
+        &mut self,
+        task: TaskId,
+        attempt: AttemptId,
+        worker: WorkerId,
+        outcome: Outcome,
+        at: SystemTime,
+    ) {
+        self.restore_attempt(task, attempt, worker, at);
+        self.report(task, attempt, outcome, at);
+    }
+
+    /// Replay a failed attempt from the journal.
+    pub fn restore_failure(
+        &mut self,
+        task: TaskId,
+        attempt: AttemptId,
+        worker: WorkerId,
+        error: String,
+        retryable: bool,
+        at: SystemTime,
+    ) {
+        self.restore_attempt(task, attempt, worker, at);
+        self.report(task, attempt, Outcome::Failed { error, retryable }, at);
+    }
+
+    /// Put a journaled attempt back as running, so that its report replays.
+    fn restore_attempt(&mut self, task: TaskId, attempt: AttemptId, worker: WorkerId, at: SystemTime) {
+        self.next_attempt = self.next_attempt.max(attempt.0 + 1);
+        let tasks = match task.phase {
+            Phase::Map => &mut self.maps,
+            Phase::Reduce => &mut self.reduces,
+        };
+        let Some(t) = tasks.get_mut(task.index as usize) else {
+            return;
+        };
+        if t.state != TaskState::Pending {
+            return;
+        }
+        t.state = TaskState::Running;
+        t.attempts.push(Attempt {
+            id: attempt,
+            worker,
+            started: at,
+            ended: None,
+            state: AttemptState::Running,
+        });
+        self.running += 1;
+    }
+
+    /// End the job as the journal says it ended.
+    pub fn restore_end(&mut self, state: JobState, error: Option<String>) {
+        self.state = state;
+        self.error = error;
     }
 
     /// Cancel the job.
@@ -395,10 +531,9 @@ impl Job {
 
     /// (done, total) for maps and for reduces.
     pub fn progress(&self) -> ((usize, usize), (usize, usize)) {
-        let done = |ts: &[Task]| ts.iter().filter(|t| t.state == TaskState::Committed).count();
         (
-            (done(&self.maps), self.maps.len()),
-            (done(&self.reduces), self.reduces.len()),
+            (self.maps_committed, self.maps.len()),
+            (self.reduces_committed, self.reduces.len()),
         )
     }
 }

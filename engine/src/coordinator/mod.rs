@@ -4,7 +4,10 @@
 //! directory, then the `_SUCCESS` manifest is written, then the scratch
 //! directory is removed. Knows nothing of wasmtime.
 
+pub mod cluster;
 pub mod job;
+pub mod journal;
+pub mod status;
 
 use std::sync::Mutex;
 use std::time::SystemTime;
@@ -100,7 +103,22 @@ impl Coordinator {
     /// # Errors
     /// [`Error::Commit`] if the store refuses a move or the manifest.
     pub async fn commit(&self, job_name: &str) -> Result<Manifest, Error> {
-        let job = self.snapshot();
+        let manifest = commit_output(&self.snapshot(), job_name).await?;
+        self.lock().committed();
+        self.changed.notify_waiters();
+        Ok(manifest)
+    }
+}
+
+/// Commit the output of `job`, whose reduces have all committed: move each
+/// committed reduce output into the output directory, write `_SUCCESS`
+/// listing them, and remove the scratch directory. Safe to repeat after an
+/// interruption.
+///
+/// # Errors
+/// [`Error::Commit`] if the store refuses a move or the manifest.
+pub async fn commit_output(job: &Job, job_name: &str) -> Result<Manifest, Error> {
+    {
         let commit_err = |source| Error::Commit {
             job: job.spec.id.to_string(),
             source,
@@ -154,8 +172,6 @@ impl Coordinator {
         remove_all(&Location::parse(&job.spec.work_dir).map_err(commit_err)?)
             .await
             .map_err(commit_err)?;
-        self.lock().committed();
-        self.changed.notify_waiters();
         Ok(manifest)
     }
 }

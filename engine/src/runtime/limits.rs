@@ -13,7 +13,7 @@ pub const DEFAULT_MAX_LOG_BYTES: usize = 1 << 20;
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 /// The limits applied to every guest instance.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Limits {
     /// Largest linear memory a guest may grow to, in bytes.
     pub max_memory_bytes: u64,

@@ -278,7 +278,6 @@ impl Drop for EpochTicker {
 pub struct Runtime {
     engine: Engine,
     linker: Linker<GuestState>,
-    limits: Limits,
     modules: Mutex<HashMap<ModuleDigest, Arc<CompiledModule>>>,
     _ticker: EpochTicker,
 }
@@ -288,11 +287,11 @@ struct CompiledModule {
 }
 
 impl Runtime {
-    /// Start a runtime whose guests run under `limits`.
+    /// Start the runtime: one wasmtime engine, its linker and module cache.
     ///
     /// # Errors
     /// If wasmtime can't be configured on this machine.
-    pub fn new(limits: Limits) -> Result<Self, Error> {
+    pub fn new() -> Result<Self, Error> {
         let mut config = Config::new();
         config.epoch_interruption(true);
         config.wasm_component_model(true);
@@ -318,15 +317,9 @@ impl Runtime {
         Ok(Runtime {
             engine,
             linker,
-            limits,
             modules: Mutex::new(HashMap::new()),
             _ticker: ticker,
         })
-    }
-
-    /// The limits guests run under.
-    pub fn limits(&self) -> Limits {
-        self.limits
     }
 
     fn compiled(&self, what: &str, bytes: &[u8]) -> Result<(ModuleDigest, Arc<CompiledModule>), Error> {
@@ -364,18 +357,26 @@ impl Runtime {
     }
 
     /// Compile (once per digest), validate against the WIT world, and
-    /// configure a job with `params`, learning what it is.
+    /// configure a job with `params`, learning what it is. Its instances
+    /// will run under `limits`.
     ///
     /// # Errors
     /// [`Error::InvalidModule`] for bytes that are not a wmr job component,
     /// [`Error::Configure`] when the job rejects its parameters, and
     /// [`Error::Guest`] when `configure` traps.
-    pub fn load(&self, what: &str, bytes: &[u8], params: &[(String, String)]) -> Result<JobModule, Error> {
+    pub fn load(
+        &self,
+        what: &str,
+        bytes: &[u8],
+        params: &[(String, String)],
+        limits: Limits,
+    ) -> Result<JobModule, Error> {
         let (digest, compiled) = self.compiled(what, bytes)?;
         let mut module = JobModule {
             digest,
             compiled,
             params: params.to_vec(),
+            limits,
             info: JobInfo {
                 name: String::new(),
                 key_types: vec![],
@@ -390,19 +391,19 @@ impl Runtime {
         Ok(module)
     }
 
-    fn new_store(&self) -> Store<GuestState> {
+    fn new_store(&self, limits: Limits) -> Store<GuestState> {
         // No preopens, environment, arguments or sockets: an empty WASI.
         // Guest stdout/stderr are captured into memory (capped) and appended
         // to the attempt's log when it ends.
-        let stdout = MemoryOutputPipe::new(self.limits.max_log_bytes);
-        let stderr = MemoryOutputPipe::new(self.limits.max_log_bytes);
+        let stdout = MemoryOutputPipe::new(limits.max_log_bytes);
+        let stderr = MemoryOutputPipe::new(limits.max_log_bytes);
         let mut builder = wasmtime_wasi::WasiCtxBuilder::new();
         builder.stdout(stdout.clone());
         builder.stderr(stderr.clone());
         let state = GuestState {
             wasi: builder.build(),
             table: ResourceTable::new(),
-            limits: self.limits,
+            limits,
             memory_limit_hit: false,
             counters: BTreeMap::new(),
             log: String::new(),
@@ -413,7 +414,7 @@ impl Runtime {
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| s as &mut dyn ResourceLimiter);
-        store.set_epoch_deadline(self.limits.call_ticks());
+        store.set_epoch_deadline(limits.call_ticks());
         store.epoch_deadline_trap();
         store
     }
@@ -425,6 +426,7 @@ pub struct JobModule {
     digest: ModuleDigest,
     compiled: Arc<CompiledModule>,
     params: Vec<(String, String)>,
+    limits: Limits,
     info: JobInfo,
     what: String,
 }
@@ -455,7 +457,7 @@ impl JobModule {
     /// # Errors
     /// As [`Runtime::load`].
     pub fn instantiate(&self, runtime: &Runtime) -> Result<GuestInstance, Error> {
-        let mut store = runtime.new_store();
+        let mut store = runtime.new_store(self.limits);
         let job = self
             .compiled
             .pre

@@ -1,8 +1,11 @@
 //! Task slots and the compute pool. A slot asks the coordinator for an
 //! assignment, runs the attempt (I/O on tokio, CPU on the [`ComputePool`]),
-//! and reports how it ended, until the job leaves the running state.
+//! and reports how it ended, until the job leaves the running state: in
+//! process for `wmr run` ([`run_slots`]), over gRPC for `wmr worker`
+//! ([`remote`]).
 
 mod pool;
+pub mod remote;
 
 use std::sync::Arc;
 
@@ -18,8 +21,12 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut line = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
-        line.push_str(": ");
-        line.push_str(&s.to_string());
+        let text = s.to_string();
+        // Some errors repeat their cause in their own message.
+        if !line.ends_with(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
         source = s.source();
     }
     line

@@ -1,0 +1,358 @@
+//! The client commands: `wmr submit`, `wmr status`, `wmr jobs`, `wmr cancel`.
+//! Each talks to a coordinator (`--coordinator` or `WMR_COORDINATOR`) and
+//! prints for people, or JSON with `--json`.
+
+use std::io::{IsTerminal, Write};
+use std::time::Duration;
+
+use clap::Args;
+use object_store::ObjectStoreExt;
+use tonic::Code;
+use tonic::transport::Channel;
+
+use super::job_args::JobArgs;
+use super::{Failure, exit, io_runtime};
+use crate::coordinator::status::{JobStatusDoc, UserState};
+use crate::data::Location;
+use crate::rpc::pb::job_service_client::JobServiceClient;
+use crate::rpc::{client, convert, pb};
+use crate::worker::error_chain;
+
+/// Where the coordinator is, and how to print.
+#[derive(Debug, Clone, Args)]
+pub struct ClientArgs {
+    /// The coordinator, host:port or http://host:port.
+    #[arg(long, env = "WMR_COORDINATOR", value_name = "URL")]
+    pub coordinator: String,
+    /// Print JSON for scripts.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Submit a job to a coordinator.
+#[derive(Debug, Args)]
+#[command(after_help = super::exit::HELP)]
+pub struct SubmitArgs {
+    /// The coordinator and output style.
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// The job and its data.
+    #[command(flatten)]
+    pub spec: JobArgs,
+    /// Wait for the job to end (progress bar on a terminal); exit 0 only if it succeeded.
+    #[arg(long)]
+    pub wait: bool,
+    /// Never run backup attempts of slow tasks.
+    #[arg(long)]
+    pub no_speculation: bool,
+}
+
+/// Show a job's status.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The coordinator and output style.
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// The job id.
+    pub job: String,
+}
+
+/// Cancel a job.
+#[derive(Debug, Args)]
+pub struct CancelArgs {
+    /// The coordinator and output style.
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// The job id.
+    pub job: String,
+}
+
+fn rpc_failure(what: &str, status: &tonic::Status) -> Failure {
+    let code = match status.code() {
+        Code::Unavailable | Code::Internal | Code::Unknown | Code::DeadlineExceeded => exit::INFRASTRUCTURE,
+        _ => exit::USAGE,
+    };
+    Failure {
+        code,
+        message: format!("{what}: {}", status.message()),
+    }
+}
+
+async fn connect(args: &ClientArgs) -> Result<JobServiceClient<Channel>, Failure> {
+    let channel = client::connect(&args.coordinator).await.map_err(|e| Failure {
+        code: exit::INFRASTRUCTURE,
+        message: e.to_string(),
+    })?;
+    Ok(client::jobs(channel))
+}
+
+fn print(text: &str) {
+    // A closed stdout (piped into `head`) is not an error.
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
+}
+
+fn doc_of(status: &pb::JobStatus) -> Result<JobStatusDoc, Failure> {
+    serde_json::from_str(&status.detail_json).map_err(|e| Failure {
+        code: exit::INFRASTRUCTURE,
+        message: format!("the coordinator sent a status this client can't read: {e}"),
+    })
+}
+
+/// A status for people: one line, then details.
+fn render(doc: &JobStatusDoc) -> String {
+    let mut t = format!(
+        "{} ({}): {}\n  tasks     maps {}/{}, reduces {}/{}\n",
+        doc.job,
+        doc.name,
+        serde_json::to_value(doc.state)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default(),
+        doc.maps.done,
+        doc.maps.total,
+        doc.reduces.done,
+        doc.reduces.total
+    );
+    if let Some(e) = &doc.error {
+        t.push_str(&format!("  error     {e}\n"));
+    }
+    let counters: Vec<String> = doc.counters.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    if !counters.is_empty() {
+        t.push_str(&format!("  counters  {}\n", counters.join(" ")));
+    }
+    for task in &doc.tasks {
+        for a in task.attempts.iter().filter(|a| a.error.is_some()) {
+            t.push_str(&format!(
+                "  {} {} attempt {} on {} failed: {}\n",
+                task.phase,
+                task.index,
+                a.attempt,
+                a.worker,
+                a.error.as_deref().unwrap_or("")
+            ));
+        }
+    }
+    if doc.state == UserState::Succeeded {
+        t.push_str(&format!("  output    {}\n", doc.output));
+    }
+    t
+}
+
+fn exit_for(state: UserState) -> Result<u8, Failure> {
+    Ok(if state == UserState::Succeeded {
+        exit::SUCCESS
+    } else {
+        exit::JOB_FAILED
+    })
+}
+
+pub(super) fn submit(args: SubmitArgs) -> Result<u8, Failure> {
+    io_runtime(2)?.block_on(async move {
+        let spec = &args.spec;
+        let module = Location::parse(&spec.job).map_err(|e| Failure {
+            code: exit::USAGE,
+            message: error_chain(&e),
+        })?;
+        let bytes = match module.store.get(&module.path).await {
+            Ok(r) => r.bytes().await.map_err(|e| Failure {
+                code: exit::INFRASTRUCTURE,
+                message: format!("reading {}: {e}", spec.job),
+            })?,
+            Err(object_store::Error::NotFound { .. }) => {
+                return Err(Failure {
+                    code: exit::USAGE,
+                    message: format!("job module {} does not exist", spec.job),
+                });
+            }
+            Err(e) => {
+                return Err(Failure {
+                    code: exit::INFRASTRUCTURE,
+                    message: format!("reading {}: {e}", spec.job),
+                });
+            }
+        };
+        let mut jobs = connect(&args.client).await?;
+        let chunks: Vec<pb::ModuleChunk> = bytes
+            .chunks(1 << 20)
+            .map(|c| pb::ModuleChunk { data: c.to_vec() })
+            .collect();
+        let uploaded = jobs
+            .upload_module(futures::stream::iter(chunks))
+            .await
+            .map_err(|s| rpc_failure("uploading the module", &s))?
+            .into_inner();
+        let request = pb::SubmitJobRequest {
+            module_digest: uploaded.digest,
+            inputs: spec.input.clone(),
+            output: spec.output.clone(),
+            reducers: spec.reducers.unwrap_or(1),
+            split_size: spec.split_size.as_u64(),
+            format: pb::OutputFormat::from(spec.format) as i32,
+            params: convert::params_to_pb(&spec.params),
+            max_attempts: spec.max_attempts,
+            limits: Some(spec.limits().into()),
+            overwrite: spec.overwrite,
+            no_speculation: args.no_speculation,
+        };
+        let job = jobs
+            .submit_job(request)
+            .await
+            .map_err(|s| rpc_failure("submitting the job", &s))?
+            .into_inner()
+            .job_id;
+        if !args.wait {
+            if args.client.json {
+                print(&format!("{}\n", serde_json::json!({ "job": job })));
+            } else {
+                print(&format!("{job}\n"));
+            }
+            return Ok(exit::SUCCESS);
+        }
+        let last = watch(&mut jobs, &job, !args.client.json).await?;
+        // The final status with every task, as `wmr status` shows it.
+        let full = jobs
+            .get_job(pb::GetJobRequest { job_id: job.clone() })
+            .await
+            .map_err(|s| rpc_failure("reading the job's status", &s))?
+            .into_inner();
+        let doc = doc_of(&full).unwrap_or(last);
+        if args.client.json {
+            print(&(serde_json::to_string_pretty(&doc).unwrap_or_default() + "\n"));
+        } else {
+            print(&render(&doc));
+        }
+        exit_for(doc.state)
+    })
+}
+
+/// Follow a job until it ends, drawing progress on a terminal.
+async fn watch(jobs: &mut JobServiceClient<Channel>, job: &str, show: bool) -> Result<JobStatusDoc, Failure> {
+    let bar = (show && std::io::stderr().is_terminal()).then(|| {
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar
+    });
+    let started = std::time::Instant::now();
+    // A watch can break (coordinator restart): watch again until the job ends.
+    loop {
+        let stream = jobs
+            .watch_job(pb::WatchJobRequest {
+                job_id: job.to_string(),
+            })
+            .await;
+        let mut stream = match stream {
+            Ok(s) => s.into_inner(),
+            Err(s) if s.code() == Code::Unavailable => {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+            Err(s) => return Err(rpc_failure("watching the job", &s)),
+        };
+        loop {
+            match stream.message().await {
+                Ok(Some(status)) => {
+                    let doc = doc_of(&status)?;
+                    if let Some(bar) = &bar {
+                        let mib_s = status.input_bytes_done as f64
+                            / (1 << 20) as f64
+                            / started.elapsed().as_secs_f64().max(0.001);
+                        bar.set_length(u64::from(status.maps_total + status.reduces_total));
+                        bar.set_position(u64::from(status.maps_done + status.reduces_done));
+                        bar.set_message(format!(
+                            "maps {}/{}  reduces {}/{}  {mib_s:.1} MiB/s",
+                            status.maps_done, status.maps_total, status.reduces_done, status.reduces_total
+                        ));
+                    }
+                    if doc.state.is_final() {
+                        if let Some(bar) = &bar {
+                            bar.finish_and_clear();
+                        }
+                        return Ok(doc);
+                    }
+                }
+                // The stream ended or broke before the job did: watch again.
+                Ok(None) | Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    break;
+                }
+            }
+        }
+    }
+}
+
+pub(super) fn status(args: StatusArgs) -> Result<u8, Failure> {
+    io_runtime(1)?.block_on(async move {
+        let mut jobs = connect(&args.client).await?;
+        let status = jobs
+            .get_job(pb::GetJobRequest {
+                job_id: args.job.clone(),
+            })
+            .await
+            .map_err(|s| rpc_failure(&format!("job {}", args.job), &s))?
+            .into_inner();
+        let doc = doc_of(&status)?;
+        if args.client.json {
+            print(&(serde_json::to_string_pretty(&doc).unwrap_or_default() + "\n"));
+        } else {
+            print(&render(&doc));
+        }
+        Ok(exit::SUCCESS)
+    })
+}
+
+pub(super) fn jobs(args: ClientArgs) -> Result<u8, Failure> {
+    io_runtime(1)?.block_on(async move {
+        let mut jobs = connect(&args).await?;
+        let list = jobs
+            .list_jobs(pb::ListJobsRequest {})
+            .await
+            .map_err(|s| rpc_failure("listing jobs", &s))?
+            .into_inner();
+        let docs: Vec<JobStatusDoc> = list.jobs.iter().map(doc_of).collect::<Result<_, _>>()?;
+        if args.json {
+            print(&(serde_json::to_string_pretty(&docs).unwrap_or_default() + "\n"));
+        } else {
+            let mut t = String::new();
+            for d in &docs {
+                let state = serde_json::to_value(d.state)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default();
+                t.push_str(&format!(
+                    "{}  {:<10} {:<9} maps {}/{}  reduces {}/{}\n",
+                    d.job, d.name, state, d.maps.done, d.maps.total, d.reduces.done, d.reduces.total
+                ));
+            }
+            print(&t);
+        }
+        Ok(exit::SUCCESS)
+    })
+}
+
+pub(super) fn cancel(args: CancelArgs) -> Result<u8, Failure> {
+    io_runtime(1)?.block_on(async move {
+        let mut jobs = connect(&args.client).await?;
+        let reply = jobs
+            .cancel_job(pb::CancelJobRequest {
+                job_id: args.job.clone(),
+            })
+            .await
+            .map_err(|s| rpc_failure(&format!("cancelling job {}", args.job), &s))?
+            .into_inner();
+        let state = match pb::JobState::try_from(reply.state) {
+            Ok(pb::JobState::Cancelled) => "cancelled",
+            Ok(pb::JobState::Succeeded) => "succeeded",
+            Ok(pb::JobState::Failed) => "failed",
+            _ => "running",
+        };
+        if args.client.json {
+            print(&format!("{}\n", serde_json::json!({ "job": args.job, "state": state })));
+        } else {
+            print(&format!("{}: {state}\n", args.job));
+        }
+        Ok(exit::SUCCESS)
+    })
+}

@@ -1,0 +1,110 @@
+//! `wmr coordinator` and `wmr worker`: the two long-running processes of a
+//! cluster.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Args;
+
+use super::{Failure, exit, io_runtime};
+use crate::data::Location;
+use crate::rpc::server::{CoordinatorState, bind, serve};
+use crate::worker::error_chain;
+use crate::worker::remote::{WorkerConfig, run_worker};
+
+/// Serve the job API and the worker protocol.
+#[derive(Debug, Args)]
+pub struct CoordinatorArgs {
+    /// Address to listen on, e.g. 127.0.0.1:7070 (port 0 picks a free one;
+    /// the address is printed on stdout).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7070")]
+    pub listen: SocketAddr,
+    /// Where modules, shuffle data and the journal live: a directory,
+    /// file://, or s3://bucket/prefix (AWS_* variables, AWS_ENDPOINT for a
+    /// custom server).
+    #[arg(long, value_name = "URL")]
+    pub store: String,
+    /// A worker silent this long is lost and its running attempts re-queued.
+    #[arg(long, value_name = "DURATION", default_value = "10s")]
+    pub lease: humantime::Duration,
+}
+
+/// Run tasks for a coordinator.
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// The coordinator, host:port or http://host:port.
+    #[arg(long, env = "WMR_COORDINATOR", value_name = "URL")]
+    pub coordinator: String,
+    /// Task slots running at once [default: the number of cores].
+    #[arg(long, value_name = "N")]
+    pub slots: Option<usize>,
+}
+
+pub(super) fn coordinator(args: CoordinatorArgs) -> Result<u8, Failure> {
+    let infra = |message: String| Failure {
+        code: exit::INFRASTRUCTURE,
+        message,
+    };
+    io_runtime(2)?.block_on(async move {
+        let store = Location::parse(&args.store).map_err(|e| Failure {
+            code: exit::USAGE,
+            message: error_chain(&e),
+        })?;
+        let lease: Duration = *args.lease;
+        if lease < Duration::from_millis(100) {
+            return Err(Failure {
+                code: exit::USAGE,
+                message: format!("--lease {} is too short; give at least 100ms", args.lease),
+            });
+        }
+        let state = CoordinatorState::open(store, lease)
+            .await
+            .map_err(|e| infra(error_chain(&e)))?;
+        let listener = bind(args.listen)
+            .await
+            .map_err(|e| infra(format!("can't listen on {}: {e}", args.listen)))?;
+        let addr = listener.local_addr().map_err(|e| infra(e.to_string()))?;
+        {
+            let mut out = std::io::stdout().lock();
+            // Scripts and tests read the bound address from this line.
+            let _ = writeln!(out, "wmr coordinator listening on {addr}, store {}", args.store);
+            let _ = out.flush();
+        }
+        let shutdown = async {
+            // If signals can't be watched, run until killed.
+            if tokio::signal::ctrl_c().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
+        serve(state, listener, shutdown)
+            .await
+            .map_err(|e| infra(format!("serving on {addr}: {}", error_chain(&e))))?;
+        Ok(exit::SUCCESS)
+    })
+}
+
+pub(super) fn worker(args: WorkerArgs) -> Result<u8, Failure> {
+    let slots = args
+        .slots
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    if slots == 0 {
+        return Err(Failure {
+            code: exit::USAGE,
+            message: "--slots must be at least 1".into(),
+        });
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "host".into());
+    let config = WorkerConfig {
+        coordinator: args.coordinator,
+        slots,
+        name: format!("{}:{}", host.trim(), std::process::id()),
+    };
+    io_runtime(2)?.block_on(async move {
+        run_worker(config).await.map_err(|e| Failure {
+            code: exit::INFRASTRUCTURE,
+            message: error_chain(&e),
+        })?;
+        Ok(exit::SUCCESS)
+    })
+}

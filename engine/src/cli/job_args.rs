@@ -1,0 +1,67 @@
+//! The flags that describe a job, shared by `wmr run` and `wmr submit`.
+
+use clap::Args;
+
+use crate::coordinator::job::DEFAULT_MAX_ATTEMPTS;
+use crate::data::output::OutputFormat;
+use crate::runtime::Limits;
+use crate::runtime::limits::{DEFAULT_MAX_CALL_TIME, DEFAULT_MAX_LOG_BYTES, DEFAULT_MAX_MEMORY_BYTES};
+
+/// A job: its module, input, output and settings.
+#[derive(Debug, Clone, Args)]
+pub struct JobArgs {
+    /// The job: a wasm component built with wmr-sdk (path or URL).
+    #[arg(long, value_name = "JOB.wasm")]
+    pub job: String,
+    /// Input files, directories, globs (quoted) or URLs (file://, memory://, s3://).
+    #[arg(long, required = true, num_args = 1.., value_name = "IN")]
+    pub input: Vec<String>,
+    /// The output directory (path or URL); must be empty or absent unless --overwrite.
+    #[arg(long, value_name = "OUT")]
+    pub output: String,
+    /// Number of reduce partitions (output files) [default: the number of slots for `run`, 1 for `submit`].
+    #[arg(long, value_name = "R")]
+    pub reducers: Option<u32>,
+    /// Output format: Parquet files, or `key value` text lines.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Parquet)]
+    pub format: OutputFormat,
+    /// Text split size, e.g. 67108864, 64MiB or 1KiB.
+    #[arg(long, value_name = "BYTES", default_value = "64MiB")]
+    pub split_size: bytesize::ByteSize,
+    /// A job parameter, passed to the job's configure (repeatable).
+    #[arg(long = "param", value_name = "NAME=VALUE", value_parser = parse_param)]
+    pub params: Vec<(String, String)>,
+    /// Replace the output directory's contents if it is not empty.
+    #[arg(long)]
+    pub overwrite: bool,
+    /// Attempts per task before the job fails.
+    #[arg(long, default_value_t = DEFAULT_MAX_ATTEMPTS, value_name = "N")]
+    pub max_attempts: u32,
+    /// Memory cap per guest instance.
+    #[arg(long, value_name = "BYTES", default_value_t = bytesize::ByteSize::b(DEFAULT_MAX_MEMORY_BYTES))]
+    pub max_memory: bytesize::ByteSize,
+    /// Time budget of one guest call, e.g. 60s or 2m.
+    #[arg(long, value_name = "DURATION", default_value_t = humantime::Duration::from(DEFAULT_MAX_CALL_TIME))]
+    pub max_call_time: humantime::Duration,
+    /// Log bytes kept per attempt; the excess is dropped and counted.
+    #[arg(long, value_name = "BYTES", default_value_t = bytesize::ByteSize::b(DEFAULT_MAX_LOG_BYTES as u64))]
+    pub max_log: bytesize::ByteSize,
+}
+
+impl JobArgs {
+    /// The sandbox limits the flags ask for.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_memory_bytes: self.max_memory.as_u64(),
+            max_call_time: *self.max_call_time,
+            max_log_bytes: usize::try_from(self.max_log.as_u64()).unwrap_or(usize::MAX),
+        }
+    }
+}
+
+fn parse_param(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("{s:?} is not NAME=VALUE")),
+    }
+}

@@ -1,0 +1,324 @@
+//! The coordinator's durable record: an append-only journal of events in the
+//! object store, so a coordinator killed at any moment and restarted on the
+//! same store resumes every job without re-running a committed task.
+//!
+//! Object stores cannot append, so the journal is a sequence of objects,
+//! `journal/00000000000000000001.json`, ..., each a JSON array of events.
+//! Appends are grouped: whatever is queued while one object is being
+//! written goes into the next, and each caller waits until its events are
+//! durable. A commit is acknowledged to a worker only after that. Only
+//! put, get and list are needed, which every object store (S3 included)
+//! offers. One coordinator per store.
+
+use std::time::SystemTime;
+
+use futures::TryStreamExt;
+use object_store::{ObjectStoreExt, PutPayload};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+
+use super::cluster::JobRef;
+use super::job::{JobSpec, JobState};
+use crate::data::{Location, Split};
+use crate::spawn::SpawnedTask;
+use crate::task::{MapOutput, ReduceOutput};
+use crate::{AttemptId, JobId, TaskId, WorkerId};
+
+/// One thing that happened, as the journal records it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// A coordinator run started (runs are counted to keep attempt ids unique).
+    Started {
+        /// When.
+        at: SystemTime,
+    },
+    /// A job was accepted.
+    Submitted {
+        /// What it is to do.
+        spec: JobSpec,
+        /// Its splits.
+        splits: Vec<Split>,
+        /// Its module, parameters and limits.
+        job_ref: JobRef,
+        /// Its name.
+        name: String,
+        /// When.
+        at: SystemTime,
+    },
+    /// An attempt committed its task.
+    Committed {
+        /// The job.
+        job: JobId,
+        /// The task.
+        task: TaskId,
+        /// The attempt.
+        attempt: AttemptId,
+        /// Where it ran.
+        worker: WorkerId,
+        /// What it produced.
+        output: TaskOutput,
+        /// When.
+        at: SystemTime,
+    },
+    /// An attempt failed.
+    Failed {
+        /// The job.
+        job: JobId,
+        /// The task.
+        task: TaskId,
+        /// The attempt.
+        attempt: AttemptId,
+        /// Where it ran.
+        worker: WorkerId,
+        /// The error.
+        error: String,
+        /// Whether another attempt may succeed.
+        retryable: bool,
+        /// When.
+        at: SystemTime,
+    },
+    /// A job ended (its output committed, or it failed or was cancelled).
+    Ended {
+        /// The job.
+        job: JobId,
+        /// How.
+        state: JobState,
+        /// Why, if it did not succeed.
+        error: Option<String>,
+        /// When.
+        at: SystemTime,
+    },
+}
+
+/// A committed task's output.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskOutput {
+    /// A map's shuffle object.
+    Map(MapOutput),
+    /// A reduce's output file.
+    Reduce(ReduceOutput),
+}
+
+/// Errors of the journal.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The store failed.
+    #[error("journal in {store}: {action} {object} failed")]
+    Io {
+        /// The store.
+        store: String,
+        /// What we were doing.
+        action: &'static str,
+        /// The object.
+        object: String,
+        /// Why.
+        #[source]
+        source: object_store::Error,
+    },
+    /// An object of the journal is not a journal object.
+    #[error(
+        "journal object {object} is corrupt ({reason}); the coordinator will not start over it: \
+         move it away only if you accept losing the jobs it records"
+    )]
+    Corrupt {
+        /// The object, as a path or URL.
+        object: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Writing the next journal object failed.
+    #[error("appending to the journal failed: {reason}; check that the store is writable")]
+    Write {
+        /// Why.
+        reason: String,
+    },
+    /// The writer is gone (the coordinator is shutting down).
+    #[error("the journal writer has stopped")]
+    Stopped,
+}
+
+type Append = (Vec<Event>, oneshot::Sender<Result<(), String>>);
+
+/// Events queued in order, not yet known to be durable; see [`Pending::durable`].
+pub struct Pending(oneshot::Receiver<Result<(), String>>);
+
+impl Pending {
+    /// Wait until the events are durable.
+    ///
+    /// # Errors
+    /// If the store refused the write.
+    pub async fn durable(self) -> Result<(), Error> {
+        match self.0.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(reason)) => Err(Error::Write { reason }),
+            Err(_) => Err(Error::Stopped),
+        }
+    }
+}
+
+/// An open journal: replayed events, and appends that wait for durability.
+pub struct Journal {
+    tx: mpsc::UnboundedSender<Append>,
+    _writer: SpawnedTask<()>,
+}
+
+const DIR: &str = "journal";
+
+impl Journal {
+    /// Open the journal under `store`, returning it and every event so far,
+    /// oldest first.
+    ///
+    /// # Errors
+    /// If the store can't be listed or read, or an object is corrupt.
+    pub async fn open(store: &Location) -> Result<(Journal, Vec<Event>), Error> {
+        let dir = store.child(DIR);
+        let io = |action: &'static str, object: String| {
+            let store = store.display.clone();
+            move |source| Error::Io {
+                store,
+                action,
+                object,
+                source,
+            }
+        };
+        let mut objects: Vec<_> = dir
+            .store
+            .list(Some(&dir.path))
+            .try_collect()
+            .await
+            .map_err(io("listing", dir.display.clone()))?;
+        objects.sort_by(|a, b| a.location.cmp(&b.location));
+        let mut events = Vec::new();
+        let mut last_seq = 0u64;
+        for meta in objects {
+            let name = meta.location.filename().unwrap_or_default().to_string();
+            let corrupt = |reason: String| Error::Corrupt {
+                object: dir.child(&name).display,
+                reason,
+            };
+            let Some(seq) = name.strip_suffix(".json").and_then(|n| n.parse::<u64>().ok()) else {
+                // Not ours (an editor's backup, say): leave it alone.
+                continue;
+            };
+            let bytes = dir
+                .store
+                .get(&meta.location)
+                .await
+                .map_err(io("reading", name.clone()))?
+                .bytes()
+                .await
+                .map_err(io("reading", name.clone()))?;
+            let batch: Vec<Event> = serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
+            events.extend(batch);
+            last_seq = last_seq.max(seq);
+        }
+        let (tx, rx) = mpsc::unbounded_channel::<Append>();
+        let writer = SpawnedTask::spawn(write_loop(dir, last_seq, rx));
+        Ok((Journal { tx, _writer: writer }, events))
+    }
+
+    /// Queue `events` without waiting: events are written in the order they
+    /// are queued, so queueing under the lock that orders state changes
+    /// keeps the journal in that order.
+    pub fn queue(&self, events: Vec<Event>) -> Pending {
+        let (done, wait) = oneshot::channel();
+        // If the writer is gone, `wait` fails and `durable` says so.
+        let _ = self.tx.send((events, done));
+        Pending(wait)
+    }
+
+    /// Append `events` and wait until they are durable.
+    ///
+    /// # Errors
+    /// If the store refuses the write; the events may then not be recorded.
+    pub async fn append(&self, events: Vec<Event>) -> Result<(), Error> {
+        self.queue(events).durable().await
+    }
+}
+
+async fn write_loop(dir: Location, mut seq: u64, mut rx: mpsc::UnboundedReceiver<Append>) {
+    while let Some(first) = rx.recv().await {
+        let mut group = vec![first];
+        while let Ok(more) = rx.try_recv() {
+            group.push(more);
+        }
+        let events: Vec<&Event> = group.iter().flat_map(|(e, _)| e).collect();
+        let result = match serde_json::to_vec(&events) {
+            Ok(json) => {
+                seq += 1;
+                let object = dir.child(&format!("{seq:020}.json"));
+                object
+                    .store
+                    .put(&object.path, PutPayload::from(json))
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| format!("writing {}: {e}", object.display))
+            }
+            Err(e) => Err(format!("encoding events: {e}")),
+        };
+        for (_, done) in group {
+            // The caller may have given up waiting; nothing to do then.
+            let _ = done.send(result.clone());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn events_survive_reopening_in_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Location::parse(dir.path().to_str().expect("utf-8 path")).expect("location");
+        let (journal, replayed) = Journal::open(&store).await.expect("open");
+        assert!(replayed.is_empty());
+        for i in 0..5u64 {
+            journal
+                .append(vec![Event::Started {
+                    at: SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(i),
+                }])
+                .await
+                .expect("append");
+        }
+        drop(journal);
+        let (journal, replayed) = Journal::open(&store).await.expect("reopen");
+        let times: Vec<u64> = replayed
+            .iter()
+            .map(|e| match e {
+                Event::Started { at } => at
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .expect("after epoch")
+                    .as_secs(),
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        assert_eq!(times, [0, 1, 2, 3, 4]);
+        // Appends after reopening go after the old ones.
+        journal
+            .append(vec![Event::Started {
+                at: SystemTime::UNIX_EPOCH,
+            }])
+            .await
+            .expect("append");
+        drop(journal);
+        let (_, replayed) = Journal::open(&store).await.expect("reopen");
+        assert_eq!(replayed.len(), 6);
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_object_is_refused_by_name() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(dir.path().join("journal")).expect("mkdir");
+        std::fs::write(dir.path().join("journal/00000000000000000001.json"), b"{nope").expect("write");
+        let store = Location::parse(dir.path().to_str().expect("utf-8 path")).expect("location");
+        let e = Journal::open(&store).await.err().expect("refused").to_string();
+        assert!(
+            e.contains("journal/00000000000000000001.json is corrupt (invalid type"),
+            "{e}"
+        );
+    }
+}

@@ -1,0 +1,343 @@
+//! Every conversion between wire messages (`pb`) and domain types, in one
+//! place. Incoming messages are checked here: a missing field or a bad id is
+//! a [`MalformedMessage`], never a panic or a default invented downstream.
+
+use std::time::Duration;
+
+use super::MalformedMessage;
+use super::pb;
+use crate::coordinator::cluster::JobRef;
+use crate::coordinator::{Assignment, Outcome, ReportResult};
+use crate::data::output::OutputFormat;
+use crate::data::{Split, SplitKind};
+use crate::runtime::Limits;
+use crate::task::{Counters, MapAssignment, MapOutput, ReduceAssignment, ReduceOutput, ShuffleInput};
+use crate::{AttemptId, JobId, ModuleDigest, Phase, TaskId};
+
+/// A job id from the wire.
+///
+/// # Errors
+/// If it is not a well-formed job id.
+pub fn job_id(message: &'static str, s: &str) -> Result<JobId, MalformedMessage> {
+    JobId::parse(s).ok_or_else(|| MalformedMessage {
+        message,
+        problem: format!("{s:?} is not a job id (job-<letters and digits>)"),
+    })
+}
+
+/// A module digest from the wire.
+///
+/// # Errors
+/// If it is not 64 hex digits.
+pub fn digest(message: &'static str, s: &str) -> Result<ModuleDigest, MalformedMessage> {
+    ModuleDigest::parse(s).ok_or_else(|| MalformedMessage {
+        message,
+        problem: format!("{s:?} is not a sha256 digest in hex"),
+    })
+}
+
+impl From<OutputFormat> for pb::OutputFormat {
+    fn from(f: OutputFormat) -> Self {
+        match f {
+            OutputFormat::Parquet => pb::OutputFormat::Parquet,
+            OutputFormat::Text => pb::OutputFormat::Text,
+        }
+    }
+}
+
+/// An output format from the wire (unspecified means Parquet).
+pub fn output_format(f: i32) -> OutputFormat {
+    match pb::OutputFormat::try_from(f) {
+        Ok(pb::OutputFormat::Text) => OutputFormat::Text,
+        _ => OutputFormat::Parquet,
+    }
+}
+
+impl From<Limits> for pb::Limits {
+    fn from(l: Limits) -> Self {
+        pb::Limits {
+            max_memory_bytes: l.max_memory_bytes,
+            max_call_time_ms: l.max_call_time.as_millis() as u64,
+            max_log_bytes: l.max_log_bytes as u64,
+        }
+    }
+}
+
+/// Limits from the wire; zero or absent fields take the defaults.
+pub fn limits(l: Option<pb::Limits>) -> Limits {
+    let d = Limits::default();
+    let l = l.unwrap_or_default();
+    Limits {
+        max_memory_bytes: if l.max_memory_bytes == 0 {
+            d.max_memory_bytes
+        } else {
+            l.max_memory_bytes
+        },
+        max_call_time: if l.max_call_time_ms == 0 {
+            d.max_call_time
+        } else {
+            Duration::from_millis(l.max_call_time_ms)
+        },
+        max_log_bytes: if l.max_log_bytes == 0 {
+            d.max_log_bytes
+        } else {
+            usize::try_from(l.max_log_bytes).unwrap_or(usize::MAX)
+        },
+    }
+}
+
+/// Parameters as wire pairs.
+pub fn params_to_pb(params: &[(String, String)]) -> Vec<pb::Param> {
+    params
+        .iter()
+        .map(|(name, value)| pb::Param {
+            name: name.clone(),
+            value: value.clone(),
+        })
+        .collect()
+}
+
+/// Parameters from wire pairs.
+pub fn params(params: Vec<pb::Param>) -> Vec<(String, String)> {
+    params.into_iter().map(|p| (p.name, p.value)).collect()
+}
+
+impl From<TaskId> for pb::TaskRef {
+    fn from(t: TaskId) -> Self {
+        pb::TaskRef {
+            phase: match t.phase {
+                Phase::Map => pb::Phase::Map,
+                Phase::Reduce => pb::Phase::Reduce,
+            } as i32,
+            index: t.index,
+        }
+    }
+}
+
+impl TryFrom<Option<pb::TaskRef>> for TaskId {
+    type Error = MalformedMessage;
+
+    fn try_from(t: Option<pb::TaskRef>) -> Result<Self, MalformedMessage> {
+        let t = t.ok_or_else(|| MalformedMessage::missing("TaskRef", "task"))?;
+        match pb::Phase::try_from(t.phase) {
+            Ok(pb::Phase::Map) => Ok(TaskId::map(t.index)),
+            Ok(pb::Phase::Reduce) => Ok(TaskId::reduce(t.index)),
+            _ => Err(MalformedMessage {
+                message: "TaskRef",
+                problem: format!("phase {} is neither map nor reduce", t.phase),
+            }),
+        }
+    }
+}
+
+fn range_to_pb(r: &std::ops::Range<u64>) -> pb::ByteRange {
+    pb::ByteRange {
+        start: r.start,
+        end: r.end,
+    }
+}
+
+fn range(message: &'static str, r: Option<pb::ByteRange>) -> Result<std::ops::Range<u64>, MalformedMessage> {
+    let r = r.ok_or_else(|| MalformedMessage::missing(message, "range"))?;
+    if r.start > r.end {
+        return Err(MalformedMessage {
+            message,
+            problem: format!("byte range {}..{} runs backwards", r.start, r.end),
+        });
+    }
+    Ok(r.start..r.end)
+}
+
+impl From<&Split> for pb::Split {
+    fn from(s: &Split) -> Self {
+        pb::Split {
+            file: s.file.clone(),
+            file_size: s.file_size,
+            kind: Some(match &s.kind {
+                SplitKind::Text { start, end } => pb::split::Kind::Text(pb::ByteRange {
+                    start: *start,
+                    end: *end,
+                }),
+                SplitKind::Parquet { row_groups } => pb::split::Kind::Parquet(pb::RowGroups {
+                    row_groups: row_groups.iter().map(|&g| g as u64).collect(),
+                }),
+            }),
+        }
+    }
+}
+
+impl TryFrom<Option<pb::Split>> for Split {
+    type Error = MalformedMessage;
+
+    fn try_from(s: Option<pb::Split>) -> Result<Self, MalformedMessage> {
+        let s = s.ok_or_else(|| MalformedMessage::missing("MapWork", "split"))?;
+        let kind = match s.kind.ok_or_else(|| MalformedMessage::missing("Split", "kind"))? {
+            pb::split::Kind::Text(r) => {
+                let r = range("Split", Some(r))?;
+                SplitKind::Text {
+                    start: r.start,
+                    end: r.end,
+                }
+            }
+            pb::split::Kind::Parquet(g) => SplitKind::Parquet {
+                row_groups: g
+                    .row_groups
+                    .into_iter()
+                    .map(|g| usize::try_from(g).unwrap_or(usize::MAX))
+                    .collect(),
+            },
+        };
+        Ok(Split {
+            file: s.file,
+            file_size: s.file_size,
+            kind,
+        })
+    }
+}
+
+/// An assignment for the wire.
+pub fn assignment_to_pb(job: &JobRef, a: &Assignment) -> pb::Assignment {
+    let (task, attempt) = a.task_and_attempt();
+    pb::Assignment {
+        job_id: job.job.to_string(),
+        task: Some(task.into()),
+        attempt: attempt.0,
+        module_digest: job.module.as_str().to_string(),
+        params: params_to_pb(&job.params),
+        limits: Some(job.limits.into()),
+        work: Some(match a {
+            Assignment::Map(m) => pb::assignment::Work::Map(pb::MapWork {
+                split: Some((&m.split).into()),
+                partitions: m.partitions,
+                shuffle_object: m.shuffle_object.clone(),
+            }),
+            Assignment::Reduce(r) => pb::assignment::Work::Reduce(pb::ReduceWork {
+                inputs: r
+                    .inputs
+                    .iter()
+                    .map(|i| pb::ShuffleInput {
+                        object: i.object.clone(),
+                        range: Some(range_to_pb(&i.range)),
+                    })
+                    .collect(),
+                output_file: r.output_file.clone(),
+                format: pb::OutputFormat::from(r.format) as i32,
+            }),
+        }),
+    }
+}
+
+/// An assignment from the wire.
+///
+/// # Errors
+/// If a field is missing or malformed.
+pub fn assignment(a: pb::Assignment) -> Result<(JobRef, Assignment), MalformedMessage> {
+    let job = JobRef {
+        job: job_id("Assignment", &a.job_id)?,
+        module: digest("Assignment", &a.module_digest)?,
+        params: params(a.params),
+        limits: limits(a.limits),
+    };
+    let task = TaskId::try_from(a.task)?;
+    let attempt = AttemptId(a.attempt);
+    let work = match a.work.ok_or_else(|| MalformedMessage::missing("Assignment", "work"))? {
+        pb::assignment::Work::Map(m) if task.phase == Phase::Map => Assignment::Map(MapAssignment {
+            task,
+            attempt,
+            split: Split::try_from(m.split)?,
+            partitions: m.partitions,
+            shuffle_object: m.shuffle_object,
+        }),
+        pb::assignment::Work::Reduce(r) if task.phase == Phase::Reduce => Assignment::Reduce(ReduceAssignment {
+            task,
+            attempt,
+            inputs: r
+                .inputs
+                .into_iter()
+                .map(|i| {
+                    Ok(ShuffleInput {
+                        object: i.object,
+                        range: range("ShuffleInput", i.range)?,
+                    })
+                })
+                .collect::<Result<_, MalformedMessage>>()?,
+            output_file: r.output_file,
+            format: output_format(r.format),
+        }),
+        _ => {
+            return Err(MalformedMessage {
+                message: "Assignment",
+                problem: format!("its work does not match {task}"),
+            });
+        }
+    };
+    Ok((job, work))
+}
+
+fn counters(c: std::collections::HashMap<String, i64>) -> Counters {
+    c.into_iter().collect()
+}
+
+/// An attempt's outcome for the wire.
+pub fn outcome_to_pb(o: &Outcome) -> pb::report_task_request::Outcome {
+    use pb::report_task_request::Outcome as O;
+    match o {
+        Outcome::Map(m) => O::Map(pb::MapDone {
+            object: m.object.clone(),
+            ranges: m.ranges.iter().map(range_to_pb).collect(),
+            counters: m.counters.clone().into_iter().collect(),
+        }),
+        Outcome::Reduce(r) => O::Reduce(pb::ReduceDone {
+            file: r.file.clone(),
+            rows: r.rows,
+            bytes: r.bytes,
+            counters: r.counters.clone().into_iter().collect(),
+        }),
+        Outcome::Failed { error, retryable } => O::Failed(pb::AttemptFailed {
+            error: error.clone(),
+            retryable: *retryable,
+        }),
+    }
+}
+
+/// An attempt's outcome from the wire.
+///
+/// # Errors
+/// If the outcome is missing or a range is malformed.
+pub fn outcome(o: Option<pb::report_task_request::Outcome>) -> Result<Outcome, MalformedMessage> {
+    use pb::report_task_request::Outcome as O;
+    Ok(
+        match o.ok_or_else(|| MalformedMessage::missing("ReportTaskRequest", "outcome"))? {
+            O::Map(m) => Outcome::Map(MapOutput {
+                object: m.object,
+                ranges: m
+                    .ranges
+                    .into_iter()
+                    .map(|r| range("MapDone", Some(r)))
+                    .collect::<Result<_, _>>()?,
+                counters: counters(m.counters),
+            }),
+            O::Reduce(r) => Outcome::Reduce(ReduceOutput {
+                file: r.file,
+                rows: r.rows,
+                bytes: r.bytes,
+                counters: counters(r.counters),
+            }),
+            O::Failed(f) => Outcome::Failed {
+                error: f.error,
+                retryable: f.retryable,
+            },
+        },
+    )
+}
+
+impl From<ReportResult> for pb::ReportResult {
+    fn from(r: ReportResult) -> Self {
+        match r {
+            ReportResult::Committed => pb::ReportResult::Committed,
+            ReportResult::WillRetry => pb::ReportResult::WillRetry,
+            ReportResult::JobFailed => pb::ReportResult::JobFailed,
+            ReportResult::Stale => pb::ReportResult::Stale,
+        }
+    }
+}

@@ -1,0 +1,703 @@
+//! `wmr coordinator`: the job service for clients and the worker service,
+//! over one [`Cluster`], with the journal making every accepted job, commit
+//! and ending durable before it is acknowledged.
+//!
+//! Every state change happens under the cluster lock, and its journal event
+//! is queued under that same lock, so the journal's order is the order of
+//! the changes. The reply waits until the event is durable.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use futures::{Stream, TryStreamExt};
+use object_store::{ObjectStoreExt, PutPayload};
+use tokio::sync::Notify;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{info, warn};
+
+use super::convert;
+use super::pb;
+use super::pb::job_service_server::{JobService, JobServiceServer};
+use super::pb::worker_service_server::{WorkerService, WorkerServiceServer};
+use crate::coordinator::cluster::{Cluster, ClusterJob, JobRef};
+use crate::coordinator::journal::{Event, Journal, TaskOutput};
+use crate::coordinator::status::{JobStatusDoc, UserState};
+use crate::coordinator::{Job, JobSpec, JobState, Outcome, ReportResult, commit_output, remove_all};
+use crate::data::{Location, plan_splits};
+use crate::runtime::Runtime;
+use crate::spawn::SpawnedTask;
+use crate::worker::{ComputePool, error_chain};
+use crate::{AttemptId, JobId, ModuleDigest, WorkerId};
+
+/// Largest module accepted by `UploadModule`.
+pub const MAX_MODULE_BYTES: usize = 256 << 20;
+/// Longest a `PollTask` waits before answering "nothing yet".
+pub const MAX_POLL_WAIT: Duration = Duration::from_secs(30);
+/// Where modules live in the store.
+pub const MODULES_DIR: &str = "modules";
+
+/// The coordinator's shared state.
+pub struct CoordinatorState {
+    cluster: Mutex<Cluster>,
+    /// Wakes pollers and watchers after any change.
+    changed: Notify,
+    journal: Journal,
+    store: Location,
+    runtime: Arc<Runtime>,
+    pool: Arc<ComputePool>,
+    /// Jobs whose output is being committed right now.
+    committing: Mutex<HashSet<JobId>>,
+}
+
+/// Errors starting the coordinator.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The journal could not be read.
+    #[error(transparent)]
+    Journal(#[from] crate::coordinator::journal::Error),
+    /// The wasm runtime or the compute pool could not start.
+    #[error("starting the coordinator's runtime: {0}")]
+    Runtime(String),
+}
+
+fn lock(m: &Mutex<Cluster>) -> std::sync::MutexGuard<'_, Cluster> {
+    // Every change is made whole under the lock, so a panic elsewhere (our
+    // bug) leaves a consistent state behind.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl CoordinatorState {
+    /// Open the store's journal, replay it, and start a new run.
+    ///
+    /// # Errors
+    /// If the journal can't be read or written, or the runtime can't start.
+    pub async fn open(store: Location, lease: Duration) -> Result<Arc<Self>, StartError> {
+        let (journal, events) = Journal::open(&store).await?;
+        let runs = events.iter().filter(|e| matches!(e, Event::Started { .. })).count() as u64;
+        let mut cluster = Cluster::new(lease, (runs + 1) << 40);
+        replay(&mut cluster, events);
+        journal.append(vec![Event::Started { at: SystemTime::now() }]).await?;
+        let runtime = Runtime::new().map_err(|e| StartError::Runtime(error_chain(&e)))?;
+        let pool = ComputePool::new(1).map_err(|e| StartError::Runtime(e.to_string()))?;
+        let state = Arc::new(CoordinatorState {
+            cluster: Mutex::new(cluster),
+            changed: Notify::new(),
+            journal,
+            store,
+            runtime: Arc::new(runtime),
+            pool: Arc::new(pool),
+            committing: Mutex::new(HashSet::new()),
+        });
+        Ok(state)
+    }
+
+    fn notify(&self) {
+        self.changed.notify_waiters();
+    }
+
+    /// Commit every job whose reduces have all committed but whose output is
+    /// not yet in place (after a restart, or a report that just finished it).
+    async fn commit_ready(&self) {
+        let ready: Vec<ClusterJob> = lock(&self.cluster)
+            .jobs()
+            .filter(|j| j.job.state == JobState::Committing)
+            .cloned()
+            .collect();
+        for j in ready {
+            let id = j.job.spec.id.clone();
+            if !self
+                .committing
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(id.clone())
+            {
+                continue;
+            }
+            let result = commit_output(&j.job, &j.name).await;
+            let now = SystemTime::now();
+            let pending = {
+                let mut cluster = lock(&self.cluster);
+                let Some(cj) = cluster.job_mut(&id) else { continue };
+                match &result {
+                    Ok(_) => {
+                        cj.job.committed();
+                        info!(job = %id, "output committed");
+                    }
+                    Err(e) => {
+                        warn!(job = %id, error = %error_chain(e), "committing output failed");
+                        cj.job.restore_end(JobState::Failed, Some(error_chain(e)));
+                    }
+                }
+                cj.ended = Some(now);
+                self.journal.queue(vec![Event::Ended {
+                    job: id.clone(),
+                    state: cj.job.state,
+                    error: cj.job.error.clone(),
+                    at: now,
+                }])
+            };
+            if let Err(e) = pending.durable().await {
+                warn!(job = %id, error = %e, "journaling the end of a job failed");
+            }
+            self.committing.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+            self.notify();
+        }
+    }
+
+    fn status(&self, id: &JobId, tasks: bool) -> Result<pb::JobStatus, Status> {
+        let cluster = lock(&self.cluster);
+        let j = cluster
+            .job(id)
+            .ok_or_else(|| Status::not_found(format!("no job {id} on this coordinator; `wmr jobs` lists them")))?;
+        Ok(status_pb(j, tasks))
+    }
+
+    async fn module_bytes(&self, digest: &ModuleDigest) -> Result<bytes::Bytes, Status> {
+        let object = self.store.child(&format!("{MODULES_DIR}/{}.wasm", digest.as_str()));
+        match object.store.get(&object.path).await {
+            Ok(r) => r
+                .bytes()
+                .await
+                .map_err(|e| Status::unavailable(format!("reading module {digest} from the store: {e}"))),
+            Err(object_store::Error::NotFound { .. }) => Err(Status::failed_precondition(format!(
+                "module {digest} was never uploaded; upload it with UploadModule first"
+            ))),
+            Err(e) => Err(Status::unavailable(format!(
+                "reading module {digest} from the store: {e}"
+            ))),
+        }
+    }
+}
+
+fn status_pb(j: &ClusterJob, tasks: bool) -> pb::JobStatus {
+    let doc = JobStatusDoc::of(j, tasks);
+    let state = match doc.state {
+        UserState::Queued => pb::JobState::Queued,
+        UserState::Running => pb::JobState::Running,
+        UserState::Succeeded => pb::JobState::Succeeded,
+        UserState::Failed => pb::JobState::Failed,
+        UserState::Cancelled => pb::JobState::Cancelled,
+    };
+    let input_bytes_done = j
+        .job
+        .splits
+        .iter()
+        .zip(&j.job.map_outputs)
+        .filter(|(_, o)| o.is_some())
+        .map(|(s, _)| s.size_hint())
+        .sum();
+    pb::JobStatus {
+        job_id: doc.job.clone(),
+        name: doc.name.clone(),
+        state: state as i32,
+        error: doc.error.clone().unwrap_or_default(),
+        output: doc.output.clone(),
+        maps_done: doc.maps.done as u32,
+        maps_total: doc.maps.total as u32,
+        reduces_done: doc.reduces.done as u32,
+        reduces_total: doc.reduces.total as u32,
+        counters: doc.counters.clone().into_iter().collect(),
+        input_bytes_done,
+        submitted_ms: doc.submitted_ms,
+        ended_ms: doc.ended_ms.unwrap_or(0),
+        detail_json: serde_json::to_string(&doc).unwrap_or_default(),
+    }
+}
+
+/// Rebuild the cluster's jobs from the journal.
+fn replay(cluster: &mut Cluster, events: Vec<Event>) {
+    for event in events {
+        match event {
+            Event::Started { .. } => {}
+            Event::Submitted {
+                spec,
+                splits,
+                job_ref,
+                name,
+                at,
+            } => cluster.add_job(ClusterJob {
+                job: Job::new(spec, splits),
+                job_ref,
+                name,
+                submitted: at,
+                ended: None,
+            }),
+            Event::Committed {
+                job,
+                task,
+                attempt,
+                worker,
+                output,
+                at,
+            } => {
+                if let Some(j) = cluster.job_mut(&job) {
+                    let outcome = match output {
+                        TaskOutput::Map(m) => Outcome::Map(m),
+                        TaskOutput::Reduce(r) => Outcome::Reduce(r),
+                    };
+                    j.job.restore_commit(task, attempt, worker, outcome, at);
+                }
+            }
+            Event::Failed {
+                job,
+                task,
+                attempt,
+                worker,
+                error,
+                retryable,
+                at,
+            } => {
+                if let Some(j) = cluster.job_mut(&job) {
+                    j.job.restore_failure(task, attempt, worker, error, retryable, at);
+                }
+            }
+            Event::Ended { job, state, error, at } => {
+                if let Some(j) = cluster.job_mut(&job) {
+                    j.job.restore_end(state, error);
+                    j.ended = Some(at);
+                }
+            }
+        }
+    }
+}
+
+/// The client-facing service.
+pub struct JobApi(pub Arc<CoordinatorState>);
+
+/// The worker-facing service.
+pub struct WorkerApi(pub Arc<CoordinatorState>);
+
+type StatusStream = Pin<Box<dyn Stream<Item = Result<pb::JobStatus, Status>> + Send>>;
+
+fn parse_job(id: &str) -> Result<JobId, Status> {
+    Ok(convert::job_id("request", id)?)
+}
+
+#[tonic::async_trait]
+impl JobService for JobApi {
+    async fn upload_module(
+        &self,
+        request: Request<Streaming<pb::ModuleChunk>>,
+    ) -> Result<Response<pb::UploadModuleResponse>, Status> {
+        let mut stream = request.into_inner();
+        let mut bytes = Vec::new();
+        while let Some(chunk) = stream.try_next().await? {
+            if bytes.len() + chunk.data.len() > MAX_MODULE_BYTES {
+                return Err(Status::resource_exhausted(format!(
+                    "the module is larger than {} MiB, the most a coordinator accepts",
+                    MAX_MODULE_BYTES >> 20
+                )));
+            }
+            bytes.extend_from_slice(&chunk.data);
+        }
+        let digest = ModuleDigest::of(&bytes);
+        let size = bytes.len() as u64;
+        let object = self.0.store.child(&format!("{MODULES_DIR}/{}.wasm", digest.as_str()));
+        if object.store.head(&object.path).await.is_err() {
+            object
+                .store
+                .put(&object.path, PutPayload::from(bytes))
+                .await
+                .map_err(|e| Status::unavailable(format!("storing module {digest}: {e}")))?;
+        }
+        Ok(Response::new(pb::UploadModuleResponse {
+            digest: digest.as_str().to_string(),
+            size,
+        }))
+    }
+
+    async fn submit_job(
+        &self,
+        request: Request<pb::SubmitJobRequest>,
+    ) -> Result<Response<pb::SubmitJobResponse>, Status> {
+        let r = request.into_inner();
+        let state = &self.0;
+        let digest = convert::digest("SubmitJobRequest", &r.module_digest)?;
+        if r.inputs.is_empty() {
+            return Err(Status::invalid_argument("no inputs; give at least one --input"));
+        }
+        if r.reducers == 0 || r.reducers > 100_000 {
+            return Err(Status::invalid_argument(format!(
+                "--reducers {} is out of range; use 1 to 100000",
+                r.reducers
+            )));
+        }
+        let job_ref = JobRef {
+            job: JobId::generate(),
+            module: digest.clone(),
+            params: convert::params(r.params),
+            limits: convert::limits(r.limits),
+        };
+        // Validate the module and the parameters: configure it once.
+        let bytes = state.module_bytes(&digest).await?;
+        let (runtime, what, params, limits) = (
+            state.runtime.clone(),
+            digest.to_string(),
+            job_ref.params.clone(),
+            job_ref.limits,
+        );
+        let module = state
+            .pool
+            .run(move || runtime.load(&what, &bytes, &params, limits))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Status::invalid_argument(error_chain(&e)))?;
+        let output = Location::parse(&r.output).map_err(|e| Status::invalid_argument(error_chain(&e)))?;
+        let existing: Vec<_> = output
+            .store
+            .list(Some(&output.path))
+            .try_collect()
+            .await
+            .map_err(|e| Status::unavailable(format!("listing output {}: {e}", output.display)))?;
+        if !existing.is_empty() {
+            if !r.overwrite {
+                return Err(Status::already_exists(format!(
+                    "output {} already exists and is not empty; choose another --output or pass --overwrite",
+                    r.output
+                )));
+            }
+            remove_all(&output)
+                .await
+                .map_err(|e| Status::unavailable(error_chain(&e)))?;
+        }
+        let split_size = if r.split_size == 0 { 64 << 20 } else { r.split_size };
+        let splits = plan_splits(&r.inputs, split_size).await.map_err(|e| match e {
+            crate::data::Error::Io { .. } => Status::unavailable(error_chain(&e)),
+            _ => Status::invalid_argument(error_chain(&e)),
+        })?;
+        let id = job_ref.job.clone();
+        let spec = JobSpec {
+            work_dir: output.child(&format!("_temporary/{id}")).display.clone(),
+            id: id.clone(),
+            inputs: r.inputs,
+            output: r.output,
+            reducers: r.reducers,
+            format: convert::output_format(r.format),
+            max_attempts: if r.max_attempts == 0 {
+                crate::coordinator::job::DEFAULT_MAX_ATTEMPTS
+            } else {
+                r.max_attempts
+            },
+        };
+        let name = module.info().name.clone();
+        let now = SystemTime::now();
+        let pending = {
+            let mut cluster = lock(&state.cluster);
+            let pending = state.journal.queue(vec![Event::Submitted {
+                spec: spec.clone(),
+                splits: splits.clone(),
+                job_ref: job_ref.clone(),
+                name: name.clone(),
+                at: now,
+            }]);
+            cluster.add_job(ClusterJob {
+                job: Job::new(spec, splits),
+                job_ref,
+                name,
+                submitted: now,
+                ended: None,
+            });
+            pending
+        };
+        pending
+            .durable()
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        info!(job = %id, "job accepted");
+        state.notify();
+        Ok(Response::new(pb::SubmitJobResponse { job_id: id.to_string() }))
+    }
+
+    async fn get_job(&self, request: Request<pb::GetJobRequest>) -> Result<Response<pb::JobStatus>, Status> {
+        let id = parse_job(&request.into_inner().job_id)?;
+        Ok(Response::new(self.0.status(&id, true)?))
+    }
+
+    async fn list_jobs(
+        &self,
+        _request: Request<pb::ListJobsRequest>,
+    ) -> Result<Response<pb::ListJobsResponse>, Status> {
+        let cluster = lock(&self.0.cluster);
+        let jobs = cluster.jobs().map(|j| status_pb(j, false)).collect();
+        Ok(Response::new(pb::ListJobsResponse { jobs }))
+    }
+
+    type WatchJobStream = StatusStream;
+
+    async fn watch_job(&self, request: Request<pb::WatchJobRequest>) -> Result<Response<StatusStream>, Status> {
+        let id = parse_job(&request.into_inner().job_id)?;
+        let state = self.0.clone();
+        state.status(&id, false)?;
+        // Send the status now, then on every change (or every second, for
+        // progress), until one shows the job ended.
+        let stream = futures::stream::unfold(Some((state, id, true)), |s| async move {
+            let (state, id, first) = s?;
+            if !first {
+                let changed = state.changed.notified();
+                let _ = tokio::time::timeout(Duration::from_secs(1), changed).await;
+            }
+            let status = state.status(&id, false);
+            let ended = match &status {
+                Ok(s) => matches!(
+                    pb::JobState::try_from(s.state),
+                    Ok(pb::JobState::Succeeded | pb::JobState::Failed | pb::JobState::Cancelled)
+                ),
+                Err(_) => true,
+            };
+            Some((status, (!ended).then_some((state, id, false))))
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn cancel_job(
+        &self,
+        request: Request<pb::CancelJobRequest>,
+    ) -> Result<Response<pb::CancelJobResponse>, Status> {
+        let id = parse_job(&request.into_inner().job_id)?;
+        let state = &self.0;
+        let now = SystemTime::now();
+        let (pending, work_dir) = {
+            let mut cluster = lock(&state.cluster);
+            let j = cluster
+                .job_mut(&id)
+                .ok_or_else(|| Status::not_found(format!("no job {id} on this coordinator")))?;
+            if j.job.is_finished() || j.job.state == JobState::Committing {
+                let state = status_pb(j, false).state;
+                return Ok(Response::new(pb::CancelJobResponse { state }));
+            }
+            j.job.cancel();
+            j.ended = Some(now);
+            let pending = state.journal.queue(vec![Event::Ended {
+                job: id.clone(),
+                state: JobState::Cancelled,
+                error: j.job.error.clone(),
+                at: now,
+            }]);
+            (pending, j.job.spec.work_dir.clone())
+        };
+        pending
+            .durable()
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        state.notify();
+        // Scratch data of a cancelled job is of no use to anyone.
+        if let Ok(dir) = Location::parse(&work_dir)
+            && let Err(e) = remove_all(&dir).await
+        {
+            warn!(job = %id, error = %error_chain(&e), "removing a cancelled job's scratch data");
+        }
+        Ok(Response::new(pb::CancelJobResponse {
+            state: pb::JobState::Cancelled as i32,
+        }))
+    }
+}
+
+fn worker_id(s: &str) -> Result<WorkerId, Status> {
+    if s.is_empty() {
+        return Err(Status::invalid_argument("worker_id is missing; register first"));
+    }
+    Ok(WorkerId(s.to_string()))
+}
+
+fn unknown_worker(w: &WorkerId) -> Status {
+    Status::not_found(format!(
+        "worker {w} is not registered (its lease expired or the coordinator restarted); register again"
+    ))
+}
+
+#[tonic::async_trait]
+impl WorkerService for WorkerApi {
+    async fn register_worker(
+        &self,
+        request: Request<pb::RegisterWorkerRequest>,
+    ) -> Result<Response<pb::RegisterWorkerResponse>, Status> {
+        let r = request.into_inner();
+        let mut cluster = lock(&self.0.cluster);
+        let id = cluster.register(r.name.clone(), r.slots, Instant::now());
+        info!(worker = %id, name = %r.name, slots = r.slots, "worker registered");
+        Ok(Response::new(pb::RegisterWorkerResponse {
+            worker_id: id.0,
+            lease_ms: cluster.lease().as_millis() as u64,
+            store: self.0.store.display.clone(),
+        }))
+    }
+
+    async fn poll_task(&self, request: Request<pb::PollTaskRequest>) -> Result<Response<pb::PollTaskResponse>, Status> {
+        let r = request.into_inner();
+        let worker = worker_id(&r.worker_id)?;
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(r.wait_ms).min(MAX_POLL_WAIT);
+        loop {
+            let changed = self.0.changed.notified();
+            {
+                let mut cluster = lock(&self.0.cluster);
+                // Asking for work is a sign of life.
+                if !cluster.heartbeat(&worker, Instant::now()) {
+                    return Err(unknown_worker(&worker));
+                }
+                if let Some((job, assignment)) = cluster.next_assignment(&worker, SystemTime::now()) {
+                    return Ok(Response::new(pb::PollTaskResponse {
+                        assignment: Some(convert::assignment_to_pb(&job, &assignment)),
+                    }));
+                }
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return Ok(Response::new(pb::PollTaskResponse { assignment: None }));
+            }
+        }
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<pb::HeartbeatRequest>,
+    ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let r = request.into_inner();
+        let worker = worker_id(&r.worker_id)?;
+        let mut cluster = lock(&self.0.cluster);
+        let known = cluster.heartbeat(&worker, Instant::now());
+        let running: Vec<AttemptId> = r.running_attempts.into_iter().map(AttemptId).collect();
+        let cancel = if known {
+            cluster.attempts_to_cancel(&running)
+        } else {
+            Vec::new()
+        };
+        Ok(Response::new(pb::HeartbeatResponse {
+            known,
+            cancel_attempts: cancel.into_iter().map(|a| a.0).collect(),
+        }))
+    }
+
+    async fn report_task(
+        &self,
+        request: Request<pb::ReportTaskRequest>,
+    ) -> Result<Response<pb::ReportTaskResponse>, Status> {
+        let r = request.into_inner();
+        let worker = worker_id(&r.worker_id)?;
+        let job = parse_job(&r.job_id)?;
+        let task = crate::TaskId::try_from(r.task)?;
+        let attempt = AttemptId(r.attempt);
+        let outcome = convert::outcome(r.outcome)?;
+        let state = &self.0;
+        let now = SystemTime::now();
+        let (result, pending) = {
+            let mut cluster = lock(&state.cluster);
+            let event = match &outcome {
+                Outcome::Map(m) => Some(TaskOutput::Map(m.clone())),
+                Outcome::Reduce(o) => Some(TaskOutput::Reduce(o.clone())),
+                Outcome::Failed { .. } => None,
+            };
+            let failure = match &outcome {
+                Outcome::Failed { error, retryable } => Some((error.clone(), *retryable)),
+                _ => None,
+            };
+            let result = cluster.report(&job, task, attempt, outcome, now);
+            let mut events = Vec::new();
+            match (result.clone(), event, failure) {
+                (ReportResult::Committed, Some(output), _) => events.push(Event::Committed {
+                    job: job.clone(),
+                    task,
+                    attempt,
+                    worker: worker.clone(),
+                    output,
+                    at: now,
+                }),
+                (ReportResult::WillRetry | ReportResult::JobFailed, _, Some((error, retryable))) => {
+                    events.push(Event::Failed {
+                        job: job.clone(),
+                        task,
+                        attempt,
+                        worker: worker.clone(),
+                        error,
+                        retryable,
+                        at: now,
+                    });
+                }
+                _ => {}
+            }
+            if result == ReportResult::JobFailed
+                && let Some(j) = cluster.job_mut(&job)
+            {
+                j.ended = Some(now);
+                events.push(Event::Ended {
+                    job: job.clone(),
+                    state: JobState::Failed,
+                    error: j.job.error.clone(),
+                    at: now,
+                });
+            }
+            let pending = (!events.is_empty()).then(|| state.journal.queue(events));
+            (result, pending)
+        };
+        if let Some(pending) = pending {
+            pending
+                .durable()
+                .await
+                .map_err(|e| Status::unavailable(e.to_string()))?;
+        }
+        if result == ReportResult::Stale {
+            info!(%job, %task, %attempt, %worker, "refused a stale report");
+        }
+        state.notify();
+        state.commit_ready().await;
+        Ok(Response::new(pb::ReportTaskResponse {
+            result: pb::ReportResult::from(result) as i32,
+        }))
+    }
+}
+
+/// Serve both services, health and reflection on `listener` until `shutdown`
+/// resolves; also expires silent workers and finishes interrupted commits.
+///
+/// # Errors
+/// If the server fails.
+pub async fn serve(
+    state: Arc<CoordinatorState>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter.set_serving::<JobServiceServer<JobApi>>().await;
+    health_reporter.set_serving::<WorkerServiceServer<WorkerApi>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .ok();
+    let expiry_state = state.clone();
+    let _expiry = SpawnedTask::spawn(async move {
+        let every = (lock(&expiry_state.cluster).lease() / 4).max(Duration::from_millis(50));
+        loop {
+            tokio::time::sleep(every).await;
+            let lost = lock(&expiry_state.cluster).expire(Instant::now(), SystemTime::now());
+            for w in &lost {
+                warn!(worker = %w, "worker lost: silent past its lease; its running attempts are re-queued");
+            }
+            if !lost.is_empty() {
+                expiry_state.notify();
+            }
+        }
+    });
+    // A restart may find jobs whose reduces all committed but whose output
+    // was not yet moved into place.
+    let commit_state = state.clone();
+    let _commits = SpawnedTask::spawn(async move { commit_state.commit_ready().await });
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let mut router = tonic::transport::Server::builder()
+        .add_service(health)
+        .add_service(JobServiceServer::new(JobApi(state.clone())).max_decoding_message_size(64 << 20))
+        .add_service(WorkerServiceServer::new(WorkerApi(state)).max_decoding_message_size(64 << 20));
+    if let Some(reflection) = reflection {
+        router = router.add_service(reflection);
+    }
+    router.serve_with_incoming_shutdown(incoming, shutdown).await
+}
+
+/// Bind `addr` for [`serve`].
+///
+/// # Errors
+/// If the address can't be bound.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await
+}

@@ -1,0 +1,312 @@
+//! `wmr worker`: task slots serving a coordinator over gRPC. Each slot long-
+//! polls for an assignment, runs it (the same task code as `wmr run`), and
+//! reports; a heartbeat keeps the lease and learns which attempts to stop.
+//! When the coordinator forgets the worker (its lease expired, or the
+//! coordinator restarted) or cannot be reached, the worker registers again
+//! by itself, with backoff.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use object_store::ObjectStoreExt;
+use tokio::sync::Notify;
+use tonic::Code;
+use tonic::transport::Channel;
+use tracing::{Instrument, info, info_span, warn};
+
+use super::{ComputePool, error_chain, run_assignment};
+use crate::coordinator::Outcome;
+use crate::coordinator::cluster::JobRef;
+use crate::data::Location;
+use crate::rpc::client;
+use crate::rpc::convert;
+use crate::rpc::pb;
+use crate::rpc::pb::worker_service_client::WorkerServiceClient;
+use crate::runtime::{JobModule, Runtime};
+use crate::task::JobContext;
+use crate::{AttemptId, JobId, WorkerId};
+
+/// How long one `PollTask` waits at the coordinator.
+const POLL_WAIT: Duration = Duration::from_secs(10);
+
+/// A worker's configuration.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// The coordinator's address.
+    pub coordinator: String,
+    /// Task slots.
+    pub slots: usize,
+    /// This worker's name in logs and status.
+    pub name: String,
+}
+
+/// Errors that stop a worker.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The wasm runtime or the compute pool could not start.
+    #[error("starting the worker: {0}")]
+    Start(String),
+}
+
+/// Compiled modules, configured per job, shared by the slots.
+struct Modules {
+    runtime: Arc<Runtime>,
+    pool: Arc<ComputePool>,
+    loaded: Mutex<HashMap<JobId, JobModule>>,
+}
+
+impl Modules {
+    async fn context(&self, store: &str, job: &JobRef) -> Result<JobContext, String> {
+        let cached = self
+            .loaded
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&job.job)
+            .cloned();
+        let module = match cached {
+            Some(m) => m,
+            None => {
+                let location = Location::parse(store).map_err(|e| error_chain(&e))?.child(&format!(
+                    "{}/{}.wasm",
+                    crate::rpc::server::MODULES_DIR,
+                    job.module.as_str()
+                ));
+                let bytes = location
+                    .store
+                    .get(&location.path)
+                    .await
+                    .map_err(|e| format!("fetching module {} from {}: {e}", job.module, location.display))?
+                    .bytes()
+                    .await
+                    .map_err(|e| format!("fetching module {} from {}: {e}", job.module, location.display))?;
+                let (runtime, what, params, limits) = (
+                    self.runtime.clone(),
+                    job.module.to_string(),
+                    job.params.clone(),
+                    job.limits,
+                );
+                let module = self
+                    .pool
+                    .run(move || runtime.load(&what, &bytes, &params, limits))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| error_chain(&e))?;
+                self.loaded
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(job.job.clone(), module.clone());
+                module
+            }
+        };
+        Ok(JobContext {
+            runtime: self.runtime.clone(),
+            module,
+            pool: self.pool.clone(),
+        })
+    }
+}
+
+/// The attempts running on this worker, each with a way to stop it.
+type Running = Arc<Mutex<HashMap<AttemptId, Arc<Notify>>>>;
+
+/// One registration with the coordinator.
+struct Session {
+    client: WorkerServiceClient<Channel>,
+    id: WorkerId,
+    lease: Duration,
+    store: String,
+}
+
+/// Run a worker until the process is stopped.
+///
+/// # Errors
+/// Only if the worker cannot start; coordinator trouble is waited out.
+pub async fn run_worker(config: WorkerConfig) -> Result<(), Error> {
+    let modules = Arc::new(Modules {
+        runtime: Arc::new(Runtime::new().map_err(|e| Error::Start(error_chain(&e)))?),
+        pool: Arc::new(ComputePool::new(config.slots.max(1)).map_err(|e| Error::Start(e.to_string()))?),
+        loaded: Mutex::new(HashMap::new()),
+    });
+    let running: Running = Arc::new(Mutex::new(HashMap::new()));
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let session = match register(&config).await {
+            Ok(s) => {
+                backoff = Duration::from_millis(100);
+                s
+            }
+            Err(e) => {
+                warn!(error = %e, "can't register with the coordinator; retrying in {backoff:?}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        info!(worker = %session.id, "registered");
+        let session = Arc::new(session);
+        let heartbeat = heartbeat_loop(session.clone(), running.clone());
+        let slots = futures::future::join_all(
+            (0..config.slots.max(1)).map(|slot| slot_loop(session.clone(), modules.clone(), running.clone(), slot)),
+        );
+        // Either ends when the coordinator no longer knows this worker.
+        tokio::select! {
+            () = heartbeat => {}
+            _ = slots => {}
+        }
+        warn!(worker = %session.id, "the coordinator no longer knows this worker; registering again");
+    }
+}
+
+async fn register(config: &WorkerConfig) -> Result<Session, String> {
+    let channel = client::connect(&config.coordinator).await.map_err(|e| e.to_string())?;
+    let mut client = client::workers(channel);
+    let reply = client
+        .register_worker(pb::RegisterWorkerRequest {
+            name: config.name.clone(),
+            slots: config.slots as u32,
+        })
+        .await
+        .map_err(|s| s.message().to_string())?
+        .into_inner();
+    Ok(Session {
+        client,
+        id: WorkerId(reply.worker_id),
+        lease: Duration::from_millis(reply.lease_ms.max(100)),
+        store: reply.store,
+    })
+}
+
+/// Heartbeat every third of the lease; returns once the coordinator says it
+/// does not know this worker, or has not answered for a whole lease.
+async fn heartbeat_loop(session: Arc<Session>, running: Running) {
+    let every = session.lease / 3;
+    let mut last_answer = tokio::time::Instant::now();
+    loop {
+        tokio::time::sleep(every).await;
+        let attempts: Vec<u64> = running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .map(|a| a.0)
+            .collect();
+        let mut client = session.client.clone();
+        let request = pb::HeartbeatRequest {
+            worker_id: session.id.0.clone(),
+            running_attempts: attempts,
+        };
+        match tokio::time::timeout(session.lease, client.heartbeat(request)).await {
+            Ok(Ok(reply)) => {
+                let reply = reply.into_inner();
+                if !reply.known {
+                    return;
+                }
+                last_answer = tokio::time::Instant::now();
+                let running = running.lock().unwrap_or_else(|p| p.into_inner());
+                for a in reply.cancel_attempts {
+                    if let Some(stop) = running.get(&AttemptId(a)) {
+                        info!(attempt = a, "stopping an attempt the coordinator no longer needs");
+                        stop.notify_one();
+                    }
+                }
+            }
+            Ok(Err(status)) => warn!(error = %status.message(), "heartbeat failed"),
+            Err(_) => warn!("heartbeat timed out"),
+        }
+        if last_answer.elapsed() > session.lease {
+            return;
+        }
+    }
+}
+
+/// One slot: poll, run, report, until the coordinator forgets this worker.
+async fn slot_loop(session: Arc<Session>, modules: Arc<Modules>, running: Running, slot: usize) {
+    loop {
+        let mut client = session.client.clone();
+        let polled = client
+            .poll_task(pb::PollTaskRequest {
+                worker_id: session.id.0.clone(),
+                wait_ms: POLL_WAIT.as_millis() as u64,
+            })
+            .await;
+        let assignment = match polled {
+            Ok(reply) => match reply.into_inner().assignment {
+                Some(a) => a,
+                None => continue,
+            },
+            Err(status) if status.code() == Code::NotFound => return,
+            Err(status) => {
+                warn!(slot, error = %status.message(), "polling for a task failed");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        let (job, assignment) = match convert::assignment(assignment) {
+            Ok(a) => a,
+            Err(e) => {
+                warn!(slot, error = %e, "the coordinator sent an assignment this worker can't read");
+                continue;
+            }
+        };
+        let (task, attempt) = assignment.task_and_attempt();
+        let span = info_span!("attempt", worker = %session.id, slot, job = %job.job, %task, attempt = attempt.0);
+        let stop = Arc::new(Notify::new());
+        running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(attempt, stop.clone());
+        let outcome = async {
+            let ctx = match modules.context(&session.store, &job).await {
+                Ok(ctx) => ctx,
+                Err(error) => {
+                    return Some(Outcome::Failed { error, retryable: true });
+                }
+            };
+            tokio::select! {
+                outcome = run_assignment(&ctx, &assignment) => Some(outcome),
+                () = stop.notified() => None,
+            }
+        }
+        .instrument(span.clone())
+        .await;
+        running.lock().unwrap_or_else(|p| p.into_inner()).remove(&attempt);
+        let Some(outcome) = outcome else { continue };
+        report(&session, &job, task, attempt, &outcome).instrument(span).await;
+    }
+}
+
+/// Report an outcome, retrying while the coordinator is unreachable: a
+/// committed map output is worth delivering. Gives up after a few leases;
+/// the attempt is then lost and re-run elsewhere.
+async fn report(session: &Session, job: &JobRef, task: crate::TaskId, attempt: AttemptId, outcome: &Outcome) {
+    let request = pb::ReportTaskRequest {
+        worker_id: session.id.0.clone(),
+        job_id: job.job.to_string(),
+        task: Some(task.into()),
+        attempt: attempt.0,
+        outcome: Some(convert::outcome_to_pb(outcome)),
+    };
+    let give_up = tokio::time::Instant::now() + session.lease * 3;
+    loop {
+        let mut client = session.client.clone();
+        match client.report_task(request.clone()).await {
+            Ok(reply) => {
+                let result = pb::ReportResult::try_from(reply.into_inner().result);
+                info!(?result, "reported");
+                return;
+            }
+            Err(status) if matches!(status.code(), Code::Unavailable | Code::Unknown | Code::Cancelled) => {
+                if tokio::time::Instant::now() > give_up {
+                    warn!(error = %status.message(), "giving up reporting");
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(status) => {
+                warn!(error = %status.message(), "report refused");
+                return;
+            }
+        }
+    }
+}
