@@ -1,4 +1,4 @@
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arrow::array::{Array, Float64Array, Int64Array, RecordBatch, StringArray, UInt64Array};
@@ -42,24 +42,13 @@ mod wordcount {
         let lines = text_output(&out);
         assert_eq!(lines.len(), 22_107);
         assert_eq!(lines[0], "A 509");
-        let texts: Vec<String> = glob_texts();
+        let texts: Vec<String> = gutenberg_texts();
         assert_eq!(lines, as_lines(&reference_wordcount(&texts)));
         let total: u64 = lines
             .iter()
             .map(|l| l.rsplit_once(' ').unwrap().1.parse::<u64>().unwrap())
             .sum();
         assert_eq!(total, 623_948);
-    }
-
-    fn glob_texts() -> Vec<String> {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/gutenberg");
-        let mut files: Vec<_> = std::fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .filter(|p| p.extension().is_some_and(|e| e == "txt"))
-            .collect();
-        files.sort();
-        files.iter().map(|p| std::fs::read_to_string(p).unwrap()).collect()
     }
 
     #[test]
@@ -118,33 +107,7 @@ mod indexer {
             "300KiB",
         ]);
         let lines = text_output(&out);
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/gutenberg");
-        let mut index: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-        for e in std::fs::read_dir(&dir).unwrap() {
-            let p = e.unwrap().path();
-            if p.extension().is_none_or(|e| e != "txt") {
-                continue;
-            }
-            let name = p.file_name().unwrap().to_str().unwrap().to_string();
-            for w in std::fs::read_to_string(&p)
-                .unwrap()
-                .split(|c: char| !c.is_alphabetic())
-                .filter(|w| !w.is_empty())
-            {
-                index.entry(w.to_string()).or_default().insert(name.clone());
-            }
-        }
-        let mut expected: Vec<String> = index
-            .iter()
-            .map(|(w, files)| {
-                format!(
-                    "{w} {} {}",
-                    files.len(),
-                    files.iter().cloned().collect::<Vec<_>>().join(",")
-                )
-            })
-            .collect();
-        expected.sort();
+        let expected = reference_index_of_gutenberg();
         assert_eq!(lines.len(), 22_107);
         assert_eq!(lines, expected);
     }

@@ -1,7 +1,7 @@
 //! Shared helpers: a fresh directory per test, guest paths, and a command
 //! wrapper whose failures print everything needed to debug them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -148,4 +148,48 @@ pub fn corpus(lines: usize, seed: u64) -> String {
         out.push('\n');
     }
     out
+}
+
+/// The indexer's expected lines over the Gutenberg books: `word N a.txt,b.txt`.
+pub fn reference_index_of_gutenberg() -> Vec<String> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/gutenberg");
+    let mut index: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_none_or(|e| e != "txt") {
+            continue;
+        }
+        let name = p.file_name().unwrap().to_str().unwrap().to_string();
+        for w in std::fs::read_to_string(&p)
+            .unwrap()
+            .split(|c: char| !c.is_alphabetic())
+            .filter(|w| !w.is_empty())
+        {
+            index.entry(w.to_string()).or_default().insert(name.clone());
+        }
+    }
+    let mut expected: Vec<String> = index
+        .iter()
+        .map(|(w, files)| {
+            format!(
+                "{w} {} {}",
+                files.len(),
+                files.iter().cloned().collect::<Vec<_>>().join(",")
+            )
+        })
+        .collect();
+    expected.sort();
+    expected
+}
+
+/// The Gutenberg books' texts, sorted by file name.
+pub fn gutenberg_texts() -> Vec<String> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/gutenberg");
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "txt"))
+        .collect();
+    files.sort();
+    files.iter().map(|p| std::fs::read_to_string(p).unwrap()).collect()
 }

@@ -6,6 +6,8 @@ mod harness;
 
 /// `wmr run` flags, errors and exit codes.
 mod cli;
+/// Distributed mode: coordinator, workers, failures, restarts.
+mod cluster;
 /// Every example guest against a sequential reference written here.
 mod examples;
 /// Text input edge cases: empty files, CRLF, long lines, many tiny files.

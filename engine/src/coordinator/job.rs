@@ -444,16 +444,30 @@ impl Job {
         }
     }
 
-    /// Replay a committed attempt from the journal.
+    /// When attempt `attempt` of `task` started.
+    pub fn attempt_started(&self, task: TaskId, attempt: AttemptId) -> Option<SystemTime> {
+        let tasks = match task.phase {
+            Phase::Map => &self.maps,
+            Phase::Reduce => &self.reduces,
+        };
+        tasks
+            .get(task.index as usize)?
+            .attempts
+            .iter()
+            .find(|a| a.id == attempt)
+            .map(|a| a.started)
+    }
+
+    /// Replay a committed attempt from the journal: it ran from `started` to `at`.
     pub fn restore_commit(
         &mut self,
         task: TaskId,
         attempt: AttemptId,
         worker: WorkerId,
         outcome: Outcome,
-        at: SystemTime,
+        (started, at): (SystemTime, SystemTime),
     ) {
-        self.restore_attempt(task, attempt, worker, at);
+        self.restore_attempt(task, attempt, worker, started);
         self.report(task, attempt, outcome, at);
     }
 
@@ -465,9 +479,9 @@ impl Job {
         worker: WorkerId,
         error: String,
         retryable: bool,
-        at: SystemTime,
+        (started, at): (SystemTime, SystemTime),
     ) {
-        self.restore_attempt(task, attempt, worker, at);
+        self.restore_attempt(task, attempt, worker, started);
         self.report(task, attempt, Outcome::Failed { error, retryable }, at);
     }
 

@@ -58,7 +58,9 @@ pub enum Event {
         worker: WorkerId,
         /// What it produced.
         output: TaskOutput,
-        /// When.
+        /// When it started.
+        started: SystemTime,
+        /// When it ended.
         at: SystemTime,
     },
     /// An attempt failed.
@@ -75,7 +77,9 @@ pub enum Event {
         error: String,
         /// Whether another attempt may succeed.
         retryable: bool,
-        /// When.
+        /// When it started.
+        started: SystemTime,
+        /// When it ended.
         at: SystemTime,
     },
     /// A job ended (its output committed, or it failed or was cancelled).

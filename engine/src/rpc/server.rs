@@ -232,6 +232,7 @@ fn replay(cluster: &mut Cluster, events: Vec<Event>) {
                 attempt,
                 worker,
                 output,
+                started,
                 at,
             } => {
                 if let Some(j) = cluster.job_mut(&job) {
@@ -239,7 +240,7 @@ fn replay(cluster: &mut Cluster, events: Vec<Event>) {
                         TaskOutput::Map(m) => Outcome::Map(m),
                         TaskOutput::Reduce(r) => Outcome::Reduce(r),
                     };
-                    j.job.restore_commit(task, attempt, worker, outcome, at);
+                    j.job.restore_commit(task, attempt, worker, outcome, (started, at));
                 }
             }
             Event::Failed {
@@ -249,10 +250,12 @@ fn replay(cluster: &mut Cluster, events: Vec<Event>) {
                 worker,
                 error,
                 retryable,
+                started,
                 at,
             } => {
                 if let Some(j) = cluster.job_mut(&job) {
-                    j.job.restore_failure(task, attempt, worker, error, retryable, at);
+                    j.job
+                        .restore_failure(task, attempt, worker, error, retryable, (started, at));
                 }
             }
             Event::Ended { job, state, error, at } => {
@@ -593,6 +596,10 @@ impl WorkerService for WorkerApi {
                 Outcome::Failed { error, retryable } => Some((error.clone(), *retryable)),
                 _ => None,
             };
+            let started = cluster
+                .job(&job)
+                .and_then(|j| j.job.attempt_started(task, attempt))
+                .unwrap_or(now);
             let result = cluster.report(&job, task, attempt, outcome, now);
             let mut events = Vec::new();
             match (result.clone(), event, failure) {
@@ -602,6 +609,7 @@ impl WorkerService for WorkerApi {
                     attempt,
                     worker: worker.clone(),
                     output,
+                    started,
                     at: now,
                 }),
                 (ReportResult::WillRetry | ReportResult::JobFailed, _, Some((error, retryable))) => {
@@ -612,6 +620,7 @@ impl WorkerService for WorkerApi {
                         worker: worker.clone(),
                         error,
                         retryable,
+                        started,
                         at: now,
                     });
                 }

@@ -1,0 +1,548 @@
+//! Distributed mode with real processes on loopback, in the spirit of the
+//! classic MapReduce lab's test script: a `wmr coordinator`, `wmr worker`s
+//! that are killed, frozen and restarted, and `wmr submit`/`status`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::harness::*;
+
+/// A coordinator and its workers; every process is killed on drop.
+struct Cluster {
+    store: PathBuf,
+    addr: String,
+    lease: &'static str,
+    coordinator: Child,
+    workers: Vec<Child>,
+    logs: PathBuf,
+}
+
+impl Cluster {
+    fn start(t: &TestDir, lease: &'static str) -> Self {
+        let store = t.path("store");
+        let logs = t.path("logs");
+        std::fs::create_dir_all(&logs).unwrap();
+        let (coordinator, addr) = start_coordinator(&store, "127.0.0.1:0", lease, &logs);
+        Cluster {
+            store,
+            addr,
+            lease,
+            coordinator,
+            workers: Vec::new(),
+            logs,
+        }
+    }
+
+    fn add_worker(&mut self, slots: usize) {
+        let log = std::fs::File::create(self.logs.join(format!("worker-{}.log", self.workers.len()))).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_wmr"))
+            .args([
+                "-v",
+                "worker",
+                "--coordinator",
+                &self.addr,
+                "--slots",
+                &slots.to_string(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("starting wmr worker");
+        self.workers.push(child);
+    }
+
+    /// SIGKILL the coordinator and start it again on the same address and store.
+    fn restart_coordinator(&mut self) {
+        self.coordinator.kill().unwrap();
+        self.coordinator.wait().unwrap();
+        let (coordinator, addr) = start_coordinator(&self.store, &self.addr, self.lease, &self.logs);
+        assert_eq!(addr, self.addr);
+        self.coordinator = coordinator;
+    }
+
+    fn client(&self, args: &[&str]) -> std::process::Output {
+        let mut all = vec![args[0], "--coordinator", &self.addr];
+        all.extend_from_slice(&args[1..]);
+        wmr(&all)
+    }
+
+    fn submit(&self, job: &str, input: &str, out: &Path, extra: &[&str]) -> String {
+        let guest = guest(job);
+        let mut args = vec![
+            "submit",
+            "--job",
+            guest.to_str().unwrap(),
+            "--input",
+            input,
+            "--output",
+            out.to_str().unwrap(),
+            "--format",
+            "text",
+        ];
+        args.extend_from_slice(extra);
+        let o = self.client(&args);
+        assert!(
+            o.status.success(),
+            "submit failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let stdout = String::from_utf8(o.stdout).unwrap();
+        stdout
+            .lines()
+            .last()
+            .expect("submit prints the job id last")
+            .to_string()
+    }
+
+    fn status(&self, job: &str) -> Value {
+        let o = self.client(&["status", "--json", job]);
+        assert!(
+            o.status.success(),
+            "status failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        serde_json::from_slice(&o.stdout).unwrap()
+    }
+
+    /// Poll until `done(status)` or the deadline; returns the last status.
+    fn wait_for(&self, job: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let s = self.status(job);
+            if done(&s) {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; last status: {s}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn wait_finished(&self, job: &str) -> Value {
+        self.wait_for(job, "the job to end", |s| {
+            matches!(s["state"].as_str(), Some("succeeded" | "failed" | "cancelled"))
+        })
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for w in &mut self.workers {
+            let _ = w.kill();
+            let _ = w.wait();
+        }
+        let _ = self.coordinator.kill();
+        let _ = self.coordinator.wait();
+    }
+}
+
+fn start_coordinator(store: &Path, listen: &str, lease: &str, logs: &Path) -> (Child, String) {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(logs.join("coordinator.log"))
+        .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wmr"))
+        .args([
+            "-v",
+            "coordinator",
+            "--listen",
+            listen,
+            "--store",
+            store.to_str().unwrap(),
+            "--lease",
+            lease,
+        ])
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .expect("starting wmr coordinator");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .split_whitespace()
+        .nth(4)
+        .unwrap_or_else(|| panic!("coordinator printed {line:?}, not its address"))
+        .trim_end_matches(',')
+        .to_string();
+    (child, addr)
+}
+
+/// Every attempt of every task of a status: (phase, index, attempt json).
+fn attempts(status: &Value) -> Vec<(String, u64, Value)> {
+    status["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|t| {
+            let (phase, index) = (t["phase"].as_str().unwrap().to_string(), t["index"].as_u64().unwrap());
+            t["attempts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(move |a| (phase.clone(), index, a.clone()))
+        })
+        .collect()
+}
+
+/// Whether two attempts of `phase` on different workers ran at the same
+/// time, and every worker in `workers` ran at least one.
+fn ran_in_parallel(status: &Value, phase: &str) -> (bool, BTreeSet<String>) {
+    let spans: Vec<(u64, u64, String)> = attempts(status)
+        .into_iter()
+        .filter(|(p, _, a)| p == phase && a["state"] == "succeeded")
+        .map(|(_, _, a)| {
+            (
+                a["started_ms"].as_u64().unwrap(),
+                a["ended_ms"].as_u64().unwrap(),
+                a["worker"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let workers = spans.iter().map(|s| s.2.clone()).collect();
+    let overlap = spans
+        .iter()
+        .enumerate()
+        .any(|(i, a)| spans[i + 1..].iter().any(|b| a.2 != b.2 && a.0 < b.1 && b.0 < a.1));
+    (overlap, workers)
+}
+
+/// A generated text input: `files` files of about `lines` lines each.
+fn generated_input(t: &TestDir, files: u64, lines: usize) -> (String, Vec<String>) {
+    let texts: Vec<String> = (0..files).map(|i| corpus(lines, i + 7)).collect();
+    for (i, text) in texts.iter().enumerate() {
+        t.write(&format!("in/part-{i:02}.txt"), text);
+    }
+    (t.path("in").to_str().unwrap().to_string(), texts)
+}
+
+#[test]
+fn wordcount_and_indexer_with_three_workers_equal_the_references() {
+    let t = TestDir::new();
+    let mut c = Cluster::start(&t, "10s");
+    for _ in 0..3 {
+        c.add_worker(1);
+    }
+    let out = t.path("wc");
+    let job = c.submit(
+        "wordcount",
+        &gutenberg(),
+        &out,
+        &["--reducers", "10", "--split-size", "300KiB"],
+    );
+    assert_eq!(c.wait_finished(&job)["state"], "succeeded");
+    assert_eq!(text_output(&out), as_lines(&reference_wordcount(&gutenberg_texts())));
+    let out = t.path("ix");
+    let job = c.submit(
+        "indexer",
+        &gutenberg(),
+        &out,
+        &["--reducers", "3", "--split-size", "300KiB"],
+    );
+    let status = c.wait_finished(&job);
+    assert_eq!(status["state"], "succeeded");
+    assert_eq!(text_output(&out), reference_index_of_gutenberg());
+    // The counters are those of committed attempts only.
+    assert_eq!(status["counters"]["wmr.reduce.output.records"], 22_107);
+}
+
+#[test]
+fn maps_and_reduces_run_in_parallel_on_both_workers() {
+    let t = TestDir::new();
+    let mut c = Cluster::start(&t, "10s");
+    c.add_worker(1);
+    c.add_worker(1);
+    let (input, texts) = generated_input(&t, 8, 40_000);
+    let out = t.path("out");
+    let job = c.submit(
+        "wordcount",
+        &input,
+        &out,
+        &["--reducers", "8", "--split-size", "512KiB"],
+    );
+    let status = c.wait_finished(&job);
+    assert_eq!(status["state"], "succeeded");
+    assert_eq!(text_output(&out), as_lines(&reference_wordcount(&texts)));
+    for phase in ["map", "reduce"] {
+        let (overlap, workers) = ran_in_parallel(&status, phase);
+        assert!(overlap, "no two {phase} attempts overlapped in time: {status}");
+        assert_eq!(workers.len(), 2, "{phase}s ran only on {workers:?}");
+    }
+}
+
+#[test]
+fn each_task_runs_once_without_failures_even_when_workers_join_late() {
+    let t = TestDir::new();
+    let mut c = Cluster::start(&t, "10s");
+    c.add_worker(1);
+    let (input, texts) = generated_input(&t, 6, 30_000);
+    let out = t.path("out");
+    let job = c.submit(
+        "wordcount",
+        &input,
+        &out,
+        &["--reducers", "4", "--split-size", "256KiB"],
+    );
+    // Two more workers join once the job is under way.
+    c.wait_for(&job, "the first map to commit", |s| {
+        s["maps"]["done"].as_u64() >= Some(1)
+    });
+    c.add_worker(1);
+    c.add_worker(2);
+    let status = c.wait_finished(&job);
+    assert_eq!(status["state"], "succeeded");
+    assert_eq!(text_output(&out), as_lines(&reference_wordcount(&texts)));
+    let mut per_task: BTreeMap<(String, u64), usize> = BTreeMap::new();
+    for (phase, index, _) in attempts(&status) {
+        *per_task.entry((phase, index)).or_default() += 1;
+    }
+    assert!(
+        per_task.values().all(|&n| n == 1),
+        "some task ran more than once: {per_task:?}"
+    );
+    assert_eq!(status["counters"]["wmr.attempts.retried"], 0);
+}
+
+#[test]
+fn submit_wait_returns_only_once_the_output_is_complete() {
+    let t = TestDir::new();
+    let mut c = Cluster::start(&t, "10s");
+    c.add_worker(2);
+    let (input, texts) = generated_input(&t, 4, 20_000);
+    let out = t.path("out");
+    let guest = guest("wordcount");
+    let o = c.client(&[
+        "submit",
+        "--job",
+        guest.to_str().unwrap(),
+        "--input",
+        &input,
+        "--output",
+        out.to_str().unwrap(),
+        "--format",
+        "text",
+        "--reducers",
+        "5",
+        "--split-size",
+        "256KiB",
+        "--wait",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let printed: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(printed["state"], "succeeded");
+    // The moment `--wait` returns, the output is whole and committed...
+    let expected = as_lines(&reference_wordcount(&texts));
+    let manifest: Value = serde_json::from_slice(&std::fs::read(out.join("_SUCCESS")).unwrap()).unwrap();
+    assert_eq!(manifest["files"].as_array().unwrap().len(), 5);
+    let snapshot = dir_contents(&out);
+    assert_eq!(text_output(&out), expected);
+    // ...and stays exactly so: nothing is written after the job ends.
+    let job = printed["job"].as_str().unwrap();
+    assert_eq!(c.status(job)["state"], "succeeded");
+    c.add_worker(1);
+    assert_eq!(dir_contents(&out), snapshot);
+}
+
+fn dir_contents(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let p = e.unwrap().path();
+            (
+                p.file_name().unwrap().to_str().unwrap().to_string(),
+                std::fs::read(&p).unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn workers_killed_at_random_cost_only_their_running_attempts() {
+    let t = TestDir::new();
+    let mut c = Cluster::start(&t, "1s");
+    for _ in 0..3 {
+        c.add_worker(1);
+    }
+    let (input, texts) = generated_input(&t, 10, 40_000);
+    let expected = as_lines(&reference_wordcount(&texts));
+    for round in 0..2 {
+        let out = t.path(&format!("out-{round}"));
+        let job = c.submit(
+            "wordcount",
+            &input,
+            &out,
+            &["--reducers", "6", "--split-size", "256KiB"],
+        );
+        // Kill a random worker and start a new one, again and again, until
+        // the job ends; at least one worker is always alive.
+        let mut seed = 0x2545_f491_4f6c_dd1du64 + round;
+        let mut kills = 0;
+        let status = loop {
+            let s = c.status(&job);
+            if matches!(s["state"].as_str(), Some("succeeded" | "failed" | "cancelled")) {
+                break s;
+            }
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let victim = (seed % c.workers.len() as u64) as usize;
+            let mut dead = c.workers.remove(victim);
+            dead.kill().unwrap();
+            dead.wait().unwrap();
+            kills += 1;
+            c.add_worker(1);
+            std::thread::sleep(Duration::from_millis(150 + seed % 250));
+        };
+        assert_eq!(status["state"], "succeeded", "after {kills} kills: {status}");
+        assert!(kills >= 3, "the job ended after only {kills} kills; make it longer");
+        assert_eq!(text_output(&out), expected, "round {round}, after {kills} kills");
+    }
+}
+
+#[test]
+fn a_coordinator_killed_mid_job_resumes_without_rerunning_committed_tasks() {
+    let t = TestDir::new();
+    let mut c = Cluster::start(&t, "2s");
+    c.add_worker(1);
+    let (input, texts) = generated_input(&t, 12, 40_000);
+    let out = t.path("out");
+    let job = c.submit(
+        "wordcount",
+        &input,
+        &out,
+        &["--reducers", "4", "--split-size", "256KiB"],
+    );
+    let before = c.wait_for(&job, "some maps to commit", |s| s["maps"]["done"].as_u64() >= Some(3));
+    assert_eq!(
+        before["state"], "running",
+        "the job ended before the coordinator could be killed"
+    );
+    let committed: Vec<(String, u64, Value)> = attempts(&before)
+        .into_iter()
+        .filter(|(_, _, a)| a["state"] == "succeeded")
+        .collect();
+    c.restart_coordinator();
+    let after = c.wait_finished(&job);
+    assert_eq!(after["state"], "succeeded", "{after}");
+    assert_eq!(text_output(&out), as_lines(&reference_wordcount(&texts)));
+    let all = attempts(&after);
+    for (phase, index, attempt) in &committed {
+        let of_task: Vec<&Value> = all
+            .iter()
+            .filter(|(p, i, _)| p == phase && i == index)
+            .map(|(_, _, a)| a)
+            .collect();
+        assert_eq!(of_task, vec![attempt], "{phase} {index} ran again after the restart");
+    }
+}
+
+#[test]
+fn a_worker_frozen_past_its_lease_commits_nothing_stale() {
+    let t = TestDir::new();
+    let mut c = Cluster::start(&t, "1s");
+    c.add_worker(1);
+    let (input, texts) = generated_input(&t, 8, 40_000);
+    let out = t.path("out");
+    let job = c.submit(
+        "wordcount",
+        &input,
+        &out,
+        &["--reducers", "4", "--split-size", "256KiB"],
+    );
+    c.wait_for(&job, "the worker to start a map", |s| {
+        attempts(s).iter().any(|(_, _, a)| a["state"] == "running")
+    });
+    let frozen = c.workers[0].id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-STOP", &frozen])
+            .status()
+            .unwrap()
+            .success()
+    );
+    // Past the lease, the coordinator re-queues its attempt for a new worker.
+    let lost = c.wait_for(&job, "the frozen worker's attempt to be lost", |s| {
+        attempts(s).iter().any(|(_, _, a)| a["state"] == "lost")
+    });
+    let lost_attempts: BTreeSet<u64> = attempts(&lost)
+        .iter()
+        .filter(|(_, _, a)| a["state"] == "lost")
+        .map(|(_, _, a)| a["attempt"].as_u64().unwrap())
+        .collect();
+    c.add_worker(1);
+    assert!(
+        Command::new("kill")
+            .args(["-CONT", &frozen])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = c.wait_finished(&job);
+    assert_eq!(status["state"], "succeeded");
+    assert_eq!(text_output(&out), as_lines(&reference_wordcount(&texts)));
+    // The resumed worker's lost attempts stay lost: their late reports were refused.
+    for (_, _, a) in attempts(&status) {
+        if lost_attempts.contains(&a["attempt"].as_u64().unwrap()) {
+            assert_eq!(a["state"], "lost", "{a}");
+        }
+    }
+}
+
+#[test]
+fn reports_after_the_job_ended_are_refused_cleanly() {
+    use wmr::rpc::pb;
+    let t = TestDir::new();
+    let mut c = Cluster::start(&t, "10s");
+    c.add_worker(1);
+    let (input, _) = generated_input(&t, 1, 2_000);
+    let out = t.path("out");
+    let job = c.submit("wordcount", &input, &out, &["--reducers", "1"]);
+    let status = c.wait_finished(&job);
+    assert_eq!(status["state"], "succeeded");
+    let done = &attempts(&status)[0].2;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let channel = wmr::rpc::client::connect(&c.addr).await.unwrap();
+        let mut client = wmr::rpc::client::workers(channel);
+        let worker = client
+            .register_worker(pb::RegisterWorkerRequest {
+                name: "late".into(),
+                slots: 1,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .worker_id;
+        let report = pb::ReportTaskRequest {
+            worker_id: worker,
+            job_id: job.clone(),
+            task: Some(pb::TaskRef {
+                phase: pb::Phase::Map as i32,
+                index: 0,
+            }),
+            attempt: done["attempt"].as_u64().unwrap(),
+            outcome: Some(pb::report_task_request::Outcome::Failed(pb::AttemptFailed {
+                error: "late".into(),
+                retryable: true,
+            })),
+        };
+        let reply = client.report_task(report).await.unwrap().into_inner();
+        assert_eq!(reply.result, pb::ReportResult::Stale as i32);
+    });
+    // The job and its output are untouched.
+    assert_eq!(c.status(&job)["state"], "succeeded");
+    assert!(out.join("_SUCCESS").exists());
+}
