@@ -17,6 +17,7 @@ struct Cluster {
     store: PathBuf,
     addr: String,
     lease: &'static str,
+    backup_after: &'static str,
     coordinator: Child,
     workers: Vec<Child>,
     logs: PathBuf,
@@ -24,14 +25,19 @@ struct Cluster {
 
 impl Cluster {
     fn start(t: &TestDir, lease: &'static str) -> Self {
+        Self::start_with_backups(t, lease, "5s")
+    }
+
+    fn start_with_backups(t: &TestDir, lease: &'static str, backup_after: &'static str) -> Self {
         let store = t.path("store");
         let logs = t.path("logs");
         std::fs::create_dir_all(&logs).unwrap();
-        let (coordinator, addr) = start_coordinator(&store, "127.0.0.1:0", lease, &logs);
+        let (coordinator, addr) = start_coordinator(&store, "127.0.0.1:0", lease, backup_after, &logs);
         Cluster {
             store,
             addr,
             lease,
+            backup_after,
             coordinator,
             workers: Vec::new(),
             logs,
@@ -60,7 +66,7 @@ impl Cluster {
     fn restart_coordinator(&mut self) {
         self.coordinator.kill().unwrap();
         self.coordinator.wait().unwrap();
-        let (coordinator, addr) = start_coordinator(&self.store, &self.addr, self.lease, &self.logs);
+        let (coordinator, addr) = start_coordinator(&self.store, &self.addr, self.lease, self.backup_after, &self.logs);
         assert_eq!(addr, self.addr);
         self.coordinator = coordinator;
     }
@@ -143,7 +149,7 @@ impl Drop for Cluster {
     }
 }
 
-fn start_coordinator(store: &Path, listen: &str, lease: &str, logs: &Path) -> (Child, String) {
+fn start_coordinator(store: &Path, listen: &str, lease: &str, backup_after: &str, logs: &Path) -> (Child, String) {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -545,4 +551,93 @@ fn reports_after_the_job_ended_are_refused_cleanly() {
     // The job and its output are untouched.
     assert_eq!(c.status(&job)["state"], "succeeded");
     assert!(out.join("_SUCCESS").exists());
+}
+
+/// Worker 0 is frozen (SIGSTOP, well within its lease) while it runs a map;
+/// worker 1 does the rest. Returns the cluster, the job, its input's texts,
+/// the output directory and the frozen map's index.
+fn job_with_a_straggler(t: &TestDir, extra: &[&str]) -> (Cluster, String, Vec<String>, PathBuf, u64) {
+    let mut c = Cluster::start_with_backups(t, "60s", "1s");
+    c.add_worker(1);
+    let (input, texts) = generated_input(t, 6, 30_000);
+    let out = t.path("out");
+    let mut args = vec!["--reducers", "2", "--split-size", "512KiB"];
+    args.extend_from_slice(extra);
+    let job = c.submit("wordcount", &input, &out, &args);
+    let pid = c.workers[0].id().to_string();
+    let signal = |sig: &str| assert!(Command::new("kill").args([sig, &pid]).status().unwrap().success());
+    // Freeze the worker mid-map: stop it, then check that a map of its is
+    // still running (a report it sent just before does not count); if not,
+    // let it go on and try again.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let frozen = loop {
+        assert!(Instant::now() < deadline, "never caught the worker mid-map");
+        c.wait_for(&job, "the worker to run a map", |s| {
+            attempts(s).iter().any(|(_, _, a)| a["state"] == "running")
+        });
+        signal("-STOP");
+        let s = c.status(&job);
+        if let Some((_, index, _)) = attempts(&s)
+            .into_iter()
+            .find(|(p, _, a)| p == "map" && a["state"] == "running")
+        {
+            break index;
+        }
+        signal("-CONT");
+    };
+    c.add_worker(1);
+    (c, job, texts, out, frozen)
+}
+
+fn attempts_of_map(status: &Value, index: u64) -> Vec<String> {
+    attempts(status)
+        .into_iter()
+        .filter(|(p, i, _)| p == "map" && *i == index)
+        .map(|(_, _, a)| a["state"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn a_straggler_gets_a_backup_and_the_first_to_commit_wins() {
+    let t = TestDir::new();
+    let (c, job, texts, out, frozen) = job_with_a_straggler(&t, &[]);
+    // The job finishes while the straggler is still frozen.
+    let status = c.wait_finished(&job);
+    assert_eq!(status["state"], "succeeded");
+    assert_eq!(text_output(&out), as_lines(&reference_wordcount(&texts)));
+    assert_eq!(attempts_of_map(&status, frozen), ["superseded", "succeeded"]);
+    // Every other task ran once: backups only for the slow.
+    let backups = attempts(&status).len() - status["tasks"].as_array().unwrap().len();
+    assert_eq!(backups, 1, "{status}");
+    assert!(
+        Command::new("kill")
+            .args(["-CONT", &c.workers[0].id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+}
+
+#[test]
+fn no_speculation_means_no_backups() {
+    let t = TestDir::new();
+    let (c, job, texts, out, frozen) = job_with_a_straggler(&t, &["--no-speculation"]);
+    let total = c.status(&job)["maps"]["total"].as_u64().unwrap();
+    c.wait_for(&job, "every other map to commit", |s| {
+        s["maps"]["done"].as_u64() == Some(total - 1)
+    });
+    // Well past the 1 s backup threshold, the straggler is still alone.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(attempts_of_map(&c.status(&job), frozen), ["running"]);
+    assert!(
+        Command::new("kill")
+            .args(["-CONT", &c.workers[0].id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = c.wait_finished(&job);
+    assert_eq!(status["state"], "succeeded");
+    assert_eq!(text_output(&out), as_lines(&reference_wordcount(&texts)));
+    assert_eq!(attempts_of_map(&status, frozen), ["succeeded"]);
 }

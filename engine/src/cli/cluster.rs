@@ -28,6 +28,11 @@ pub struct CoordinatorArgs {
     /// A worker silent this long is lost and its running attempts re-queued.
     #[arg(long, value_name = "DURATION", default_value = "10s")]
     pub lease: humantime::Duration,
+    /// Near the end of a phase, start a backup attempt of a task that has run
+    /// longer than this and three times the phase's mean (the first attempt
+    /// to commit wins). Jobs opt out with `submit --no-speculation`.
+    #[arg(long, value_name = "DURATION", default_value = "5s")]
+    pub backup_after: humantime::Duration,
 }
 
 /// Run tasks for a coordinator.
@@ -58,7 +63,7 @@ pub(super) fn coordinator(args: CoordinatorArgs) -> Result<u8, Failure> {
                 message: format!("--lease {} is too short; give at least 100ms", args.lease),
             });
         }
-        let state = CoordinatorState::open(store, lease)
+        let state = CoordinatorState::open(store, lease, Some(*args.backup_after))
             .await
             .map_err(|e| infra(error_chain(&e)))?;
         let listener = bind(args.listen)

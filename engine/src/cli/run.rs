@@ -161,6 +161,8 @@ async fn run_async(args: RunArgs, slots: usize, reducers: u32) -> Result<u8, Fai
         reducers,
         format: args.spec.format,
         max_attempts: args.spec.max_attempts,
+        // One machine's slots: a slow task is slow on any of them.
+        speculation: false,
     };
     let coordinator = Arc::new(Coordinator::new(Job::new(spec, splits)));
     let ctx = JobContext {

@@ -64,12 +64,15 @@ pub struct Cluster {
     /// Attempt ids of this coordinator run start here (see [`Job::set_attempt_base`]).
     attempt_base: u64,
     lease: Duration,
+    /// Backup attempts for slow tasks start no sooner than this; `None`: never.
+    backup_after: Option<Duration>,
 }
 
 impl Cluster {
     /// An empty cluster whose workers must heartbeat within `lease`, handing
-    /// out attempt ids from `attempt_base` up.
-    pub fn new(lease: Duration, attempt_base: u64) -> Self {
+    /// out attempt ids from `attempt_base` up, and backup attempts for tasks
+    /// slower than `backup_after` (see [`Job::next_assignment`]).
+    pub fn new(lease: Duration, attempt_base: u64, backup_after: Option<Duration>) -> Self {
         Cluster {
             jobs: BTreeMap::new(),
             workers: HashMap::new(),
@@ -77,6 +80,7 @@ impl Cluster {
             next_worker: 1,
             attempt_base,
             lease,
+            backup_after,
         }
     }
 
@@ -177,12 +181,17 @@ impl Cluster {
         if !self.workers.contains_key(worker) {
             return None;
         }
-        let job = self
+        let mut running: Vec<&mut ClusterJob> = self
             .jobs
             .values_mut()
-            .filter(|j| j.job.has_pending())
-            .min_by_key(|j| (j.job.running_attempts(), j.submitted))?;
-        let assignment = job.job.next_assignment(worker, now)?;
+            .filter(|j| j.job.state == JobState::Running)
+            .collect();
+        running.sort_by_key(|j| (j.job.running_attempts(), j.submitted));
+        // The fairest job first; one with nothing to hand out (not even a
+        // backup) passes its turn to the next.
+        let (job, assignment) = running
+            .into_iter()
+            .find_map(|j| j.job.next_assignment(worker, now, self.backup_after).map(|a| (j, a)))?;
         let (_, attempt) = assignment.task_and_attempt();
         self.attempts.insert(attempt, job.job.spec.id.clone());
         Some((job.job_ref.clone(), assignment))
@@ -229,6 +238,7 @@ mod tests {
             reducers: 1,
             format: OutputFormat::Text,
             max_attempts: 2,
+            speculation: true,
         };
         let splits = (0..maps)
             .map(|i| Split {
@@ -253,7 +263,7 @@ mod tests {
 
     #[test]
     fn two_jobs_share_slots_evenly() {
-        let mut c = Cluster::new(Duration::from_secs(10), 0);
+        let mut c = Cluster::new(Duration::from_secs(10), 0, None);
         let (a, b) = (job(10, 1), job(10, 2));
         let (ida, idb) = (a.job.spec.id.clone(), b.job.spec.id.clone());
         c.add_job(a);
@@ -268,7 +278,7 @@ mod tests {
 
     #[test]
     fn a_silent_worker_loses_its_attempts_but_not_its_commits() {
-        let mut c = Cluster::new(Duration::from_secs(10), 0);
+        let mut c = Cluster::new(Duration::from_secs(10), 0, None);
         let j = job(2, 1);
         let id = j.job.spec.id.clone();
         c.add_job(j);

@@ -15,7 +15,7 @@
 //! job) is refused as stale: only the first successful attempt commits.
 
 use std::collections::VecDeque;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
@@ -44,6 +44,13 @@ pub struct JobSpec {
     pub format: OutputFormat,
     /// Maximum attempts per task.
     pub max_attempts: u32,
+    /// Whether slow tasks may get backup attempts near the end of a phase.
+    #[serde(default = "speculation_default")]
+    pub speculation: bool,
+}
+
+fn speculation_default() -> bool {
+    true
 }
 
 /// The state of a job.
@@ -91,6 +98,8 @@ pub enum AttemptState {
     },
     /// Its worker was lost.
     Lost,
+    /// Another attempt of its task (a backup, or the original) committed first.
+    Superseded,
 }
 
 /// One attempt of a task.
@@ -129,12 +138,6 @@ impl Task {
             attempts: Vec::new(),
             failures: 0,
         }
-    }
-
-    fn running_attempt(&mut self, id: AttemptId) -> Option<&mut Attempt> {
-        self.attempts
-            .iter_mut()
-            .find(|a| a.id == id && a.state == AttemptState::Running)
     }
 }
 
@@ -218,6 +221,10 @@ pub struct Job {
     reduces_committed: usize,
     #[serde(skip)]
     running: usize,
+    /// (count, total run time) of committed attempts, maps then reduces:
+    /// what "slow" is measured against.
+    #[serde(skip)]
+    committed_time: [(u32, Duration); 2],
 }
 
 impl Job {
@@ -231,6 +238,7 @@ impl Job {
             maps_committed: 0,
             reduces_committed: 0,
             running: 0,
+            committed_time: [(0, Duration::ZERO); 2],
             map_outputs: vec![None; splits.len()],
             reduce_outputs: vec![None; spec.reducers as usize],
             spec,
@@ -285,8 +293,51 @@ impl Job {
         matches!(self.state, JobState::Succeeded | JobState::Failed | JobState::Cancelled)
     }
 
-    /// Hand the next pending task to `worker`, if any is ready.
-    pub fn next_assignment(&mut self, worker: &WorkerId, now: SystemTime) -> Option<Assignment> {
+    /// A running task of `phase` that deserves a backup attempt on
+    /// `worker`: no task of the phase is waiting, and its one running
+    /// attempt (on another worker) has run longer than `backup_after` and
+    /// three times the phase's mean. The oldest such task.
+    fn backup_candidate(
+        &self,
+        phase: Phase,
+        worker: &WorkerId,
+        now: SystemTime,
+        backup_after: Option<Duration>,
+    ) -> Option<u32> {
+        let backup_after = backup_after.filter(|_| self.spec.speculation)?;
+        let (count, total) = self.committed_time[phase as usize];
+        if count == 0 {
+            return None;
+        }
+        let threshold = backup_after.max(total / count * 3);
+        let tasks = match phase {
+            Phase::Map => &self.maps,
+            Phase::Reduce => &self.reduces,
+        };
+        tasks
+            .iter()
+            .filter(|t| t.state == TaskState::Running)
+            .filter_map(|t| {
+                let mut running = t.attempts.iter().filter(|a| a.state == AttemptState::Running);
+                let only = running.next()?;
+                let slow = running.next().is_none()
+                    && &only.worker != worker
+                    && now.duration_since(only.started).is_ok_and(|ran| ran > threshold);
+                slow.then_some((only.started, t.id.index))
+            })
+            .min()
+            .map(|(_, index)| index)
+    }
+
+    /// Hand the next pending task to `worker`, if any is ready; failing
+    /// that, a backup attempt of a slow task (the MapReduce paper's fix for
+    /// stragglers) when `backup_after` is given.
+    pub fn next_assignment(
+        &mut self,
+        worker: &WorkerId,
+        now: SystemTime,
+        backup_after: Option<Duration>,
+    ) -> Option<Assignment> {
         if self.state != JobState::Running {
             return None;
         }
@@ -297,12 +348,18 @@ impl Job {
         };
         // Entries can be stale (a lost attempt's task re-queued, then
         // committed by the attempt's own late report): skip those.
-        let task = loop {
-            let index = queue.pop_front()?;
-            if let Some(t) = tasks.get_mut(index as usize).filter(|t| t.state == TaskState::Pending) {
-                break t;
+        let index = loop {
+            match queue.pop_front() {
+                Some(i) if tasks.get(i as usize).is_some_and(|t| t.state == TaskState::Pending) => break i,
+                Some(_) => {}
+                None => break self.backup_candidate(phase, worker, now, backup_after)?,
             }
         };
+        let tasks = match phase {
+            Phase::Map => &mut self.maps,
+            Phase::Reduce => &mut self.reduces,
+        };
+        let task = tasks.get_mut(index as usize)?;
         let attempt = AttemptId(self.next_attempt);
         self.next_attempt += 1;
         self.running += 1;
@@ -365,22 +422,40 @@ impl Job {
         if t.state != TaskState::Running {
             return ReportResult::Stale;
         }
-        let Some(a) = t.running_attempt(attempt) else {
+        let Some(ai) = t
+            .attempts
+            .iter()
+            .position(|a| a.id == attempt && a.state == AttemptState::Running)
+        else {
             return ReportResult::Stale;
         };
-        a.ended = Some(now);
+        t.attempts[ai].ended = Some(now);
+        let ran = now.duration_since(t.attempts[ai].started).unwrap_or_default();
         self.running -= 1;
+        let succeeded = match &outcome {
+            Outcome::Map(out) => task.phase == Phase::Map && out.ranges.len() == reducers,
+            Outcome::Reduce(_) => task.phase == Phase::Reduce,
+            Outcome::Failed { .. } => false,
+        };
+        if succeeded {
+            t.attempts[ai].state = AttemptState::Succeeded;
+            t.state = TaskState::Committed;
+            // The first to commit wins; any other attempt is superseded.
+            for other in t.attempts.iter_mut().filter(|o| o.state == AttemptState::Running) {
+                other.state = AttemptState::Superseded;
+                other.ended = Some(now);
+                self.running -= 1;
+            }
+            let time = &mut self.committed_time[task.phase as usize];
+            *time = (time.0 + 1, time.1 + ran);
+        }
         match outcome {
-            Outcome::Map(out) if task.phase == Phase::Map && out.ranges.len() == reducers => {
-                a.state = AttemptState::Succeeded;
-                t.state = TaskState::Committed;
+            Outcome::Map(out) if succeeded => {
                 self.map_outputs[task.index as usize] = Some(out);
                 self.maps_committed += 1;
                 ReportResult::Committed
             }
-            Outcome::Reduce(out) if task.phase == Phase::Reduce => {
-                a.state = AttemptState::Succeeded;
-                t.state = TaskState::Committed;
+            Outcome::Reduce(out) if succeeded => {
                 self.reduce_outputs[task.index as usize] = Some(out);
                 self.reduces_committed += 1;
                 if self.reduces_committed == self.reduces.len() {
@@ -389,19 +464,25 @@ impl Job {
                 ReportResult::Committed
             }
             Outcome::Map(_) | Outcome::Reduce(_) => {
-                a.state = AttemptState::Failed {
+                t.attempts[ai].state = AttemptState::Failed {
                     error: "reported output of the wrong kind".into(),
                 };
-                t.state = TaskState::Pending;
-                self.requeue(task);
+                if !t.attempts.iter().any(|o| o.state == AttemptState::Running) {
+                    t.state = TaskState::Pending;
+                    self.requeue(task);
+                }
                 ReportResult::WillRetry
             }
             Outcome::Failed { error, retryable } => {
-                a.state = AttemptState::Failed { error: error.clone() };
+                t.attempts[ai].state = AttemptState::Failed { error: error.clone() };
                 t.failures += 1;
+                let other_running = t.attempts.iter().any(|o| o.state == AttemptState::Running);
                 if retryable && t.failures < max_attempts {
-                    t.state = TaskState::Pending;
-                    self.requeue(task);
+                    // With a backup still running, let it finish rather than start a third.
+                    if !other_running {
+                        t.state = TaskState::Pending;
+                        self.requeue(task);
+                    }
                     ReportResult::WillRetry
                 } else {
                     t.state = TaskState::Failed;
@@ -433,10 +514,11 @@ impl Job {
                 a.state = AttemptState::Lost;
                 a.ended = Some(now);
                 self.running -= 1;
-                if t.state == TaskState::Running {
-                    t.state = TaskState::Pending;
-                    requeue.push(t.id);
-                }
+            }
+            // Re-queue unless a backup attempt elsewhere is still running.
+            if t.state == TaskState::Running && !t.attempts.iter().any(|a| a.state == AttemptState::Running) {
+                t.state = TaskState::Pending;
+                requeue.push(t.id);
             }
         }
         for task in requeue {
@@ -566,6 +648,7 @@ mod tests {
             reducers,
             format: OutputFormat::Text,
             max_attempts: 2,
+            speculation: true,
         };
         let splits = (0..maps)
             .map(|i| Split {
@@ -597,9 +680,12 @@ mod tests {
         let (w1, w2) = (WorkerId("w1".into()), WorkerId("w2".into()));
         let now = SystemTime::now();
         let mut j = job(2, 1);
-        let a1 = j.next_assignment(&w1, now).unwrap();
-        let a2 = j.next_assignment(&w2, now).unwrap();
-        assert!(j.next_assignment(&w1, now).is_none(), "no reduce before maps commit");
+        let a1 = j.next_assignment(&w1, now, None).unwrap();
+        let a2 = j.next_assignment(&w2, now, None).unwrap();
+        assert!(
+            j.next_assignment(&w1, now, None).is_none(),
+            "no reduce before maps commit"
+        );
         let (t1, at1) = ids(&a1);
         assert_eq!(j.report(t1, at1, map_ok(1), now), ReportResult::Committed);
         assert_eq!(
@@ -611,11 +697,11 @@ mod tests {
         j.worker_lost(&w2, now);
         let (t2, at2) = ids(&a2);
         assert_eq!(j.report(t2, at2, map_ok(1), now), ReportResult::Stale);
-        let retry = j.next_assignment(&w1, now).unwrap();
+        let retry = j.next_assignment(&w1, now, None).unwrap();
         assert_eq!(ids(&retry).0, t2);
         assert_ne!(ids(&retry).1, at2);
         assert_eq!(j.report(t2, ids(&retry).1, map_ok(1), now), ReportResult::Committed);
-        let r = j.next_assignment(&w1, now).unwrap();
+        let r = j.next_assignment(&w1, now, None).unwrap();
         let Assignment::Reduce(ra) = &r else {
             panic!("expected a reduce")
         };
@@ -640,15 +726,85 @@ mod tests {
             error: "boom".into(),
             retryable: true,
         };
-        let (t, a) = ids(&j.next_assignment(&w, now).unwrap());
+        let (t, a) = ids(&j.next_assignment(&w, now, None).unwrap());
         assert_eq!(j.report(t, a, fail(), now), ReportResult::WillRetry);
-        let (t, a) = ids(&j.next_assignment(&w, now).unwrap());
+        let (t, a) = ids(&j.next_assignment(&w, now, None).unwrap());
         assert_eq!(j.report(t, a, fail(), now), ReportResult::JobFailed);
         assert_eq!(j.state, JobState::Failed);
         assert_eq!(
             j.error.as_deref(),
             Some("map task 0 failed 2 time(s); last error: boom")
         );
-        assert!(j.next_assignment(&w, now).is_none());
+        assert!(j.next_assignment(&w, now, None).is_none());
+    }
+
+    #[test]
+    fn a_slow_task_gets_one_backup_near_the_end_and_the_first_commit_wins() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1000);
+        let at = |secs: u64| t0 + Duration::from_secs(secs);
+        let after = Some(Duration::from_secs(5));
+        let (w1, w2) = (WorkerId("w1".into()), WorkerId("w2".into()));
+        let mut j = job(3, 1);
+        let slow = j.next_assignment(&w1, at(0), after).unwrap();
+        let fast1 = j.next_assignment(&w2, at(0), after).unwrap();
+        assert_eq!(
+            j.report(ids(&fast1).0, ids(&fast1).1, map_ok(1), at(1)),
+            ReportResult::Committed
+        );
+        let fast2 = j.next_assignment(&w2, at(1), after).unwrap();
+        assert_eq!(
+            j.report(ids(&fast2).0, ids(&fast2).1, map_ok(1), at(2)),
+            ReportResult::Committed
+        );
+        // Nothing is pending now, but the slow task is not slow enough yet
+        // (5 s and three times the 1 s mean), nor ever for its own worker.
+        assert!(j.next_assignment(&w2, at(4), after).is_none());
+        assert!(j.next_assignment(&w1, at(60), after).is_none());
+        // Without speculation: never.
+        assert!(j.next_assignment(&w2, at(60), None).is_none());
+        let backup = j.next_assignment(&w2, at(7), after).expect("a backup");
+        assert_eq!(ids(&backup).0, ids(&slow).0);
+        assert_ne!(ids(&backup).1, ids(&slow).1);
+        // Only one backup per task.
+        assert!(j.next_assignment(&WorkerId("w3".into()), at(30), after).is_none());
+        // The backup commits first; the original is superseded and its late
+        // report refused.
+        assert_eq!(
+            j.report(ids(&backup).0, ids(&backup).1, map_ok(1), at(8)),
+            ReportResult::Committed
+        );
+        assert_eq!(
+            j.report(ids(&slow).0, ids(&slow).1, map_ok(1), at(9)),
+            ReportResult::Stale
+        );
+        let states: Vec<&AttemptState> = j.maps[ids(&slow).0.index as usize]
+            .attempts
+            .iter()
+            .map(|a| &a.state)
+            .collect();
+        assert_eq!(states, [&AttemptState::Superseded, &AttemptState::Succeeded]);
+        assert_eq!(j.running_attempts(), 0);
+        assert_eq!(j.progress().0, (3, 3));
+    }
+
+    #[test]
+    fn losing_the_original_keeps_the_task_with_its_backup() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1000);
+        let at = |secs: u64| t0 + Duration::from_secs(secs);
+        let after = Some(Duration::from_secs(1));
+        let (w1, w2) = (WorkerId("w1".into()), WorkerId("w2".into()));
+        let mut j = job(2, 1);
+        let slow = j.next_assignment(&w1, at(0), after).unwrap();
+        let fast = j.next_assignment(&w2, at(0), after).unwrap();
+        j.report(ids(&fast).0, ids(&fast).1, map_ok(1), at(1));
+        let backup = j.next_assignment(&w2, at(10), after).expect("a backup");
+        j.worker_lost(&w1, at(11));
+        // Not re-queued: the backup is still running.
+        assert!(j.next_assignment(&WorkerId("w3".into()), at(11), None).is_none());
+        assert_eq!(
+            j.report(ids(&backup).0, ids(&backup).1, map_ok(1), at(12)),
+            ReportResult::Committed
+        );
+        assert_eq!(ids(&slow).0, ids(&backup).0);
     }
 }

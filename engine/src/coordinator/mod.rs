@@ -75,7 +75,7 @@ impl Coordinator {
                 if job.state != JobState::Running {
                     return None;
                 }
-                if let Some(a) = job.next_assignment(worker, SystemTime::now()) {
+                if let Some(a) = job.next_assignment(worker, SystemTime::now(), None) {
                     return Some(a);
                 }
             }

@@ -125,6 +125,7 @@ fn task_status(t: &Task) -> TaskStatus {
                     AttemptState::Succeeded => ("succeeded", None),
                     AttemptState::Failed { error } => ("failed", Some(error.clone())),
                     AttemptState::Lost => ("lost", None),
+                    AttemptState::Superseded => ("superseded", None),
                 };
                 AttemptStatus {
                     attempt: a.id.0,

@@ -71,14 +71,20 @@ fn lock(m: &Mutex<Cluster>) -> std::sync::MutexGuard<'_, Cluster> {
 }
 
 impl CoordinatorState {
-    /// Open the store's journal, replay it, and start a new run.
+    /// Open the store's journal, replay it, and start a new run. Workers
+    /// must heartbeat within `lease`; slow tasks get backup attempts once
+    /// they have run `backup_after` (never if `None`).
     ///
     /// # Errors
     /// If the journal can't be read or written, or the runtime can't start.
-    pub async fn open(store: Location, lease: Duration) -> Result<Arc<Self>, StartError> {
+    pub async fn open(
+        store: Location,
+        lease: Duration,
+        backup_after: Option<Duration>,
+    ) -> Result<Arc<Self>, StartError> {
         let (journal, events) = Journal::open(&store).await?;
         let runs = events.iter().filter(|e| matches!(e, Event::Started { .. })).count() as u64;
-        let mut cluster = Cluster::new(lease, (runs + 1) << 40);
+        let mut cluster = Cluster::new(lease, (runs + 1) << 40, backup_after);
         replay(&mut cluster, events);
         journal.append(vec![Event::Started { at: SystemTime::now() }]).await?;
         let runtime = Runtime::new().map_err(|e| StartError::Runtime(error_chain(&e)))?;
@@ -385,6 +391,7 @@ impl JobService for JobApi {
             } else {
                 r.max_attempts
             },
+            speculation: !r.no_speculation,
         };
         let name = module.info().name.clone();
         let now = SystemTime::now();
