@@ -165,6 +165,8 @@ fn start_coordinator(store: &Path, listen: &str, lease: &str, backup_after: &str
             store.to_str().unwrap(),
             "--lease",
             lease,
+            "--backup-after",
+            backup_after,
         ])
         .stdout(Stdio::piped())
         .stderr(log)
