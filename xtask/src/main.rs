@@ -18,7 +18,10 @@ const USAGE: &str = "usage: cargo xtask <command>
   demo                            build, generate a sample corpus, run wordcount embedded
   test                            build guests, then run every test (what CI runs)
   lint                            rustfmt --check and clippy -D warnings on every workspace (CI runs it too)
-  bench wordcount [--size-mib N]  time wmr (2 slots) against native Rust (2 threads); default 256 MiB";
+  bench wordcount [--size-mib N]  time wmr (2 slots) against native Rust (2 threads); default 256 MiB
+  bench cluster [--size-mib N]    the same word count on 1 worker, then 2 workers (1 slot each); speedup
+  bench coordinator [--workers N] [--tasks N]
+                                  assignments+reports/s with simulated workers (default 1000, 100000)";
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -340,26 +343,143 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
-fn bench(args: &[String]) -> Result<()> {
-    if args.first().map(String::as_str) != Some("wordcount") {
-        bail!("{USAGE}");
-    }
-    let size_mib: u64 = match args.iter().position(|a| a == "--size-mib") {
+/// The value of numeric flag `name` in `args`, or `default`.
+fn numeric_flag(args: &[String], name: &str, default: u64) -> Result<u64> {
+    match args.iter().position(|a| a == name) {
         Some(i) => args
             .get(i + 1)
-            .context("--size-mib needs a number")?
+            .with_context(|| format!("{name} needs a number"))?
             .parse()
-            .context("--size-mib needs a number")?,
-        None => 256,
-    };
-    let root = root();
-    let guests = guests()?;
-    let wmr = build_wmr()?;
-    let corpus = root.join(format!("target/bench/corpus-{size_mib}mib"));
+            .with_context(|| format!("{name} needs a number")),
+        None => Ok(default),
+    }
+}
+
+/// The bench corpus of `size_mib` MiB, generated on first use.
+fn bench_corpus(size_mib: u64) -> Result<PathBuf> {
+    let corpus = root().join(format!("target/bench/corpus-{size_mib}mib"));
     if !corpus.exists() {
         eprintln!("generating a {size_mib} MiB corpus in {}", corpus.display());
         generate_corpus(&corpus, size_mib << 20, 8)?;
     }
+    Ok(corpus)
+}
+
+fn bench(args: &[String]) -> Result<()> {
+    match args.first().map(String::as_str) {
+        Some("wordcount") => bench_wordcount(args),
+        Some("cluster") => bench_cluster(args),
+        Some("coordinator") => {
+            let (workers, tasks) = (
+                numeric_flag(args, "--workers", 1000)?,
+                numeric_flag(args, "--tasks", 100_000)?,
+            );
+            run(Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+                .current_dir(root())
+                .args([
+                    "run",
+                    "--quiet",
+                    "--release",
+                    "-p",
+                    "wmr",
+                    "--example",
+                    "coordinator_load",
+                    "--",
+                ])
+                .args(["--workers", &workers.to_string(), "--tasks", &tasks.to_string()]))
+        }
+        _ => bail!("{USAGE}"),
+    }
+}
+
+/// A coordinator and `workers` workers of one slot each, killed on drop.
+struct BenchCluster {
+    processes: Vec<std::process::Child>,
+    addr: String,
+}
+
+impl BenchCluster {
+    fn start(wmr: &Path, store: &Path, workers: usize) -> Result<Self> {
+        use std::io::BufRead as _;
+        let _ = std::fs::remove_dir_all(store);
+        let mut coordinator = Command::new(wmr)
+            .args(["coordinator", "--listen", "127.0.0.1:0", "--store"])
+            .arg(store)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .context("starting wmr coordinator")?;
+        let mut line = String::new();
+        std::io::BufReader::new(coordinator.stdout.take().context("coordinator stdout")?).read_line(&mut line)?;
+        let addr = line
+            .split_whitespace()
+            .nth(4)
+            .with_context(|| format!("coordinator printed {line:?}"))?
+            .trim_end_matches(',')
+            .to_string();
+        let mut processes = vec![coordinator];
+        for _ in 0..workers {
+            processes.push(
+                Command::new(wmr)
+                    .args(["worker", "--slots", "1", "--coordinator", &addr])
+                    .spawn()
+                    .context("starting wmr worker")?,
+            );
+        }
+        Ok(BenchCluster { processes, addr })
+    }
+}
+
+impl Drop for BenchCluster {
+    fn drop(&mut self) {
+        for p in &mut self.processes {
+            let _ = p.kill();
+            let _ = p.wait();
+        }
+    }
+}
+
+/// Word count on a cluster of 1 worker and of 2 workers (1 slot each),
+/// timed through `wmr submit --wait`.
+fn bench_cluster(args: &[String]) -> Result<()> {
+    let size_mib = numeric_flag(args, "--size-mib", 256)?;
+    let guests = guests()?;
+    let wmr = build_wmr()?;
+    let corpus = bench_corpus(size_mib)?;
+    let root = root();
+    let mut medians = Vec::new();
+    for workers in [1, 2] {
+        let cluster = BenchCluster::start(&wmr, &root.join("target/bench/store"), workers)?;
+        let mut times = Vec::new();
+        for round in 0..ROUNDS {
+            let t = Instant::now();
+            run(Command::new(&wmr)
+                .args(["submit", "--wait", "--coordinator", &cluster.addr, "--job"])
+                .arg(guests.join("wordcount.wasm"))
+                .arg("--input")
+                .arg(&corpus)
+                .arg("--output")
+                .arg(root.join("target/bench/cluster-out"))
+                .args(["--overwrite", "--reducers", "2", "--split-size", "32MiB"])
+                .stdout(std::process::Stdio::null()))?;
+            times.push(t.elapsed());
+            eprintln!("{workers} worker(s), round {round}: {:.2?}", times[round]);
+        }
+        medians.push(median(times));
+    }
+    let (one, two) = (medians[0].as_secs_f64(), medians[1].as_secs_f64());
+    println!("wordcount over {size_mib} MiB on a cluster, median of {ROUNDS} rounds:");
+    println!("  1 worker  (1 slot):       {one:.2} s");
+    println!("  2 workers (1 slot each):  {two:.2} s");
+    println!("  speedup:                  {:.2}x (target: at least 1.8x)", one / two);
+    Ok(())
+}
+
+fn bench_wordcount(args: &[String]) -> Result<()> {
+    let size_mib = numeric_flag(args, "--size-mib", 256)?;
+    let root = root();
+    let guests = guests()?;
+    let wmr = build_wmr()?;
+    let corpus = bench_corpus(size_mib)?;
     let mut files: Vec<PathBuf> = std::fs::read_dir(&corpus)?
         .map(|e| e.map(|e| e.path()))
         .collect::<Result<_, _>>()?;

@@ -105,6 +105,43 @@ impl CoordinatorState {
         self.changed.notify_waiters();
     }
 
+    /// Accept a validated job: journal it, then schedule it.
+    ///
+    /// # Errors
+    /// If the journal can't record it; it is then not accepted.
+    pub async fn accept(
+        &self,
+        spec: JobSpec,
+        splits: Vec<crate::data::Split>,
+        job_ref: JobRef,
+        name: String,
+    ) -> Result<(), crate::coordinator::journal::Error> {
+        let id = spec.id.clone();
+        let now = SystemTime::now();
+        let pending = {
+            let mut cluster = lock(&self.cluster);
+            let pending = self.journal.queue(vec![Event::Submitted {
+                spec: spec.clone(),
+                splits: splits.clone(),
+                job_ref: job_ref.clone(),
+                name: name.clone(),
+                at: now,
+            }]);
+            cluster.add_job(ClusterJob {
+                job: Job::new(spec, splits),
+                job_ref,
+                name,
+                submitted: now,
+                ended: None,
+            });
+            pending
+        };
+        pending.durable().await?;
+        info!(job = %id, "job accepted");
+        self.notify();
+        Ok(())
+    }
+
     /// Commit every job whose reduces have all committed but whose output is
     /// not yet in place (after a restart, or a report that just finished it).
     async fn commit_ready(&self) {
@@ -394,31 +431,10 @@ impl JobService for JobApi {
             speculation: !r.no_speculation,
         };
         let name = module.info().name.clone();
-        let now = SystemTime::now();
-        let pending = {
-            let mut cluster = lock(&state.cluster);
-            let pending = state.journal.queue(vec![Event::Submitted {
-                spec: spec.clone(),
-                splits: splits.clone(),
-                job_ref: job_ref.clone(),
-                name: name.clone(),
-                at: now,
-            }]);
-            cluster.add_job(ClusterJob {
-                job: Job::new(spec, splits),
-                job_ref,
-                name,
-                submitted: now,
-                ended: None,
-            });
-            pending
-        };
-        pending
-            .durable()
+        state
+            .accept(spec, splits, job_ref, name)
             .await
             .map_err(|e| Status::unavailable(e.to_string()))?;
-        info!(job = %id, "job accepted");
-        state.notify();
         Ok(Response::new(pb::SubmitJobResponse { job_id: id.to_string() }))
     }
 
