@@ -14,7 +14,9 @@ use crate::harness::*;
 
 /// A coordinator and its workers; every process is killed on drop.
 struct Cluster {
-    store: PathBuf,
+    store: String,
+    /// Environment for every process (S3 credentials and endpoint).
+    env: Vec<(String, String)>,
     addr: String,
     lease: &'static str,
     backup_after: &'static str,
@@ -29,12 +31,23 @@ impl Cluster {
     }
 
     fn start_with_backups(t: &TestDir, lease: &'static str, backup_after: &'static str) -> Self {
-        let store = t.path("store");
+        let store = t.path("store").to_str().unwrap().to_string();
+        Self::start_on(t, store, Vec::new(), lease, backup_after)
+    }
+
+    fn start_on(
+        t: &TestDir,
+        store: String,
+        env: Vec<(String, String)>,
+        lease: &'static str,
+        backup_after: &'static str,
+    ) -> Self {
         let logs = t.path("logs");
         std::fs::create_dir_all(&logs).unwrap();
-        let (coordinator, addr) = start_coordinator(&store, "127.0.0.1:0", lease, backup_after, &logs);
+        let (coordinator, addr) = start_coordinator(&store, &env, "127.0.0.1:0", (lease, backup_after), &logs);
         Cluster {
             store,
+            env,
             addr,
             lease,
             backup_after,
@@ -55,6 +68,7 @@ impl Cluster {
                 "--slots",
                 &slots.to_string(),
             ])
+            .envs(self.env.iter().cloned())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -66,18 +80,32 @@ impl Cluster {
     fn restart_coordinator(&mut self) {
         self.coordinator.kill().unwrap();
         self.coordinator.wait().unwrap();
-        let (coordinator, addr) = start_coordinator(&self.store, &self.addr, self.lease, self.backup_after, &self.logs);
+        let (coordinator, addr) = start_coordinator(
+            &self.store,
+            &self.env,
+            &self.addr,
+            (self.lease, self.backup_after),
+            &self.logs,
+        );
         assert_eq!(addr, self.addr);
         self.coordinator = coordinator;
     }
 
     fn client(&self, args: &[&str]) -> std::process::Output {
-        let mut all = vec![args[0], "--coordinator", &self.addr];
-        all.extend_from_slice(&args[1..]);
-        wmr(&all)
+        Command::new(env!("CARGO_BIN_EXE_wmr"))
+            .arg(args[0])
+            .args(["--coordinator", &self.addr])
+            .args(&args[1..])
+            .envs(self.env.iter().cloned())
+            .output()
+            .expect("running wmr")
     }
 
     fn submit(&self, job: &str, input: &str, out: &Path, extra: &[&str]) -> String {
+        self.submit_to(job, input, out.to_str().unwrap(), extra)
+    }
+
+    fn submit_to(&self, job: &str, input: &str, out: &str, extra: &[&str]) -> String {
         let guest = guest(job);
         let mut args = vec![
             "submit",
@@ -86,7 +114,7 @@ impl Cluster {
             "--input",
             input,
             "--output",
-            out.to_str().unwrap(),
+            out,
             "--format",
             "text",
         ];
@@ -149,7 +177,13 @@ impl Drop for Cluster {
     }
 }
 
-fn start_coordinator(store: &Path, listen: &str, lease: &str, backup_after: &str, logs: &Path) -> (Child, String) {
+fn start_coordinator(
+    store: &str,
+    env: &[(String, String)],
+    listen: &str,
+    (lease, backup_after): (&str, &str),
+    logs: &Path,
+) -> (Child, String) {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -162,12 +196,13 @@ fn start_coordinator(store: &Path, listen: &str, lease: &str, backup_after: &str
             "--listen",
             listen,
             "--store",
-            store.to_str().unwrap(),
+            store,
             "--lease",
             lease,
             "--backup-after",
             backup_after,
         ])
+        .envs(env.iter().cloned())
         .stdout(Stdio::piped())
         .stderr(log)
         .spawn()
@@ -642,4 +677,125 @@ fn no_speculation_means_no_backups() {
     assert_eq!(status["state"], "succeeded");
     assert_eq!(text_output(&out), as_lines(&reference_wordcount(&texts)));
     assert_eq!(attempts_of_map(&status, frozen), ["succeeded"]);
+}
+
+/// An S3-compatible server (s3s-fs) on loopback, serving `root`; killed on drop.
+struct S3Server {
+    child: Child,
+    env: Vec<(String, String)>,
+}
+
+impl S3Server {
+    fn start(root: &Path) -> Self {
+        let binary = std::env::var("WMR_S3S_FS")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/tools/bin/s3s-fs"));
+        assert!(
+            binary.exists(),
+            "{} is missing: `cargo xtask test` installs it (cargo install s3s-fs@0.14.1 --locked --features binary)",
+            binary.display()
+        );
+        // A free port: bind one, let it go, hand it to the server.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new(binary)
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--access-key", "wmr-test", "--secret-key", "wmr-test-secret"])
+            .arg(root)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting s3s-fs");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "s3s-fs did not start listening on port {port}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let env = [
+            ("AWS_ACCESS_KEY_ID", "wmr-test".to_string()),
+            ("AWS_SECRET_ACCESS_KEY", "wmr-test-secret".to_string()),
+            ("AWS_REGION", "us-east-1".to_string()),
+            ("AWS_ENDPOINT", format!("http://127.0.0.1:{port}")),
+            ("AWS_ALLOW_HTTP", "true".to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        S3Server { child, env }
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_whole_job_runs_on_s3_through_a_coordinator_restart() {
+    let t = TestDir::new();
+    // s3s-fs keeps bucket `wmr` as the directory s3/wmr.
+    let root = t.path("s3");
+    for (i, text) in gutenberg_texts().iter().enumerate() {
+        t.write(&format!("s3/wmr/in/book-{i}.txt"), text);
+    }
+    let s3 = S3Server::start(&root);
+    let mut c = Cluster::start_on(&t, "s3://wmr/store".into(), s3.env.clone(), "2s", "5s");
+    c.add_worker(1);
+    c.add_worker(1);
+    let job = c.submit_to(
+        "wordcount",
+        "s3://wmr/in/*.txt",
+        "s3://wmr/out",
+        &["--reducers", "4", "--split-size", "64KiB"],
+    );
+    // Input, shuffle, output and the journal are all in S3: kill the
+    // coordinator once some maps are in, and the job still completes.
+    let before = c.wait_for(&job, "some maps to commit", |s| s["maps"]["done"].as_u64() >= Some(2));
+    assert_eq!(
+        before["state"], "running",
+        "the job ended before the coordinator could be killed"
+    );
+    c.restart_coordinator();
+    let status = c.wait_finished(&job);
+    assert_eq!(status["state"], "succeeded", "{status}");
+    let expected = as_lines(&reference_wordcount(&gutenberg_texts()));
+    assert_eq!(text_output(&root.join("wmr/out")), expected);
+    // Read back through S3 too, with `wmr cat`.
+    let cat = Command::new(env!("CARGO_BIN_EXE_wmr"))
+        .args(["cat", "s3://wmr/out"])
+        .envs(s3.env.iter().cloned())
+        .output()
+        .unwrap();
+    assert!(cat.status.success(), "{}", String::from_utf8_lossy(&cat.stderr));
+    let mut lines: Vec<String> = String::from_utf8(cat.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    lines.sort();
+    assert_eq!(lines, expected);
+    // The journal lives in the bucket, and no scratch object is left.
+    assert!(std::fs::read_dir(root.join("wmr/store/journal")).unwrap().count() >= 3);
+    let leftovers = files_under(&root.join("wmr/out/_temporary"));
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flat_map(|e| {
+            let p = e.unwrap().path();
+            if p.is_dir() { files_under(&p) } else { vec![p] }
+        })
+        .collect()
 }

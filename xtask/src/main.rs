@@ -230,8 +230,31 @@ fn demo() -> Result<()> {
     Ok(())
 }
 
+/// The S3-compatible server the end-to-end tests start on loopback,
+/// installed into target/tools on first use.
+fn s3_server() -> Result<()> {
+    let root = root();
+    if root.join("target/tools/bin/s3s-fs").exists() {
+        return Ok(());
+    }
+    eprintln!("installing s3s-fs (an S3-compatible server for the tests) into target/tools");
+    run(Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args([
+            "install",
+            "--quiet",
+            "s3s-fs@0.14.1",
+            "--locked",
+            "--features",
+            "binary",
+            "--root",
+        ])
+        .arg(root.join("target/tools"))
+        .env("CARGO_TARGET_DIR", root.join("target/tools/build")))
+}
+
 fn test() -> Result<()> {
     guests()?;
+    s3_server()?;
     let root = root();
     // The SDK is its own workspace (guests depend on it, the host does not);
     // its tests run natively, in the guests' target directory.
