@@ -584,6 +584,20 @@ fn reports_after_the_job_ended_are_refused_cleanly() {
         };
         let reply = client.report_task(report).await.unwrap().into_inner();
         assert_eq!(reply.result, pb::ReportResult::Stale as i32);
+        // The standard health service answers for both services.
+        let channel = wmr::rpc::client::connect(&c.addr).await.unwrap();
+        let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+        for service in ["wmr.v1.JobService", "wmr.v1.WorkerService"] {
+            let request = tonic_health::pb::HealthCheckRequest {
+                service: service.into(),
+            };
+            let status = health.check(request).await.unwrap().into_inner().status;
+            assert_eq!(
+                status,
+                tonic_health::pb::health_check_response::ServingStatus::Serving as i32,
+                "{service}"
+            );
+        }
     });
     // The job and its output are untouched.
     assert_eq!(c.status(&job)["state"], "succeeded");
@@ -798,4 +812,57 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
             if p.is_dir() { files_under(&p) } else { vec![p] }
         })
         .collect()
+}
+
+#[test]
+fn a_task_that_keeps_failing_fails_the_job_with_every_attempts_error() {
+    let t = TestDir::new();
+    let mut c = Cluster::start(&t, "10s");
+    c.add_worker(1);
+    c.add_worker(1);
+    let input = t.write("in/a.txt", "fine line\nthis one goes BOOM\n");
+    let guest = guest("panicky");
+    let o = c.client(&[
+        "submit",
+        "--job",
+        guest.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        t.path("out").to_str().unwrap(),
+        "--max-attempts",
+        "3",
+        "--wait",
+        "--json",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", String::from_utf8_lossy(&o.stderr));
+    let status: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(status["state"], "failed");
+    assert!(
+        status["error"]
+            .as_str()
+            .unwrap()
+            .contains("map task 0 failed 3 time(s)"),
+        "{status}"
+    );
+    let failed: Vec<Value> = attempts(&status).into_iter().map(|(_, _, a)| a).collect();
+    assert_eq!(failed.len(), 3, "{status}");
+    for a in &failed {
+        assert_eq!(a["state"], "failed");
+        let error = a["error"].as_str().unwrap();
+        assert!(error.contains("refusing to count a line with BOOM in it"), "{error}");
+        assert!(error.contains("a.txt byte offset 10"), "{error}");
+    }
+    // Retried on the other worker rather than where it just failed.
+    let workers: BTreeSet<&str> = failed.iter().map(|a| a["worker"].as_str().unwrap()).collect();
+    assert_eq!(workers.len(), 2, "{status}");
+    assert_ne!(failed[0]["worker"], failed[1]["worker"]);
+    assert!(!t.path("out/_SUCCESS").exists());
+    // `wmr status` shows every attempt's error to people too.
+    let job = status["job"].as_str().unwrap();
+    let text = String::from_utf8(c.client(&["status", job]).stdout).unwrap();
+    let attempt_lines = text
+        .lines()
+        .filter(|l| l.starts_with("  map 0 attempt") && l.contains("with BOOM"));
+    assert_eq!(attempt_lines.count(), 3, "{text}");
 }

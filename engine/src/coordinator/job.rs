@@ -130,7 +130,18 @@ pub struct Task {
     pub failures: u32,
 }
 
+/// How far down the pending queue to look for a task that has not failed
+/// on the asking worker.
+const RETRY_ELSEWHERE_LOOKAHEAD: usize = 64;
+
 impl Task {
+    /// Whether an attempt of this task failed on `worker`.
+    fn failed_on(&self, worker: &WorkerId) -> bool {
+        self.attempts
+            .iter()
+            .any(|a| &a.worker == worker && matches!(a.state, AttemptState::Failed { .. }))
+    }
+
     fn new(id: TaskId) -> Self {
         Task {
             id,
@@ -347,12 +358,26 @@ impl Job {
             Phase::Reduce => (&mut self.pending_reduces, &mut self.reduces),
         };
         // Entries can be stale (a lost attempt's task re-queued, then
-        // committed by the attempt's own late report): skip those.
+        // committed by the attempt's own late report): skip those. A task
+        // that failed on this worker goes to another worker where possible:
+        // look a little way down the queue for one that did not.
+        let pending = |i: &u32| tasks.get(*i as usize).is_some_and(|t| t.state == TaskState::Pending);
         let index = loop {
-            match queue.pop_front() {
-                Some(i) if tasks.get(i as usize).is_some_and(|t| t.state == TaskState::Pending) => break i,
-                Some(_) => {}
-                None => break self.backup_candidate(phase, worker, now, backup_after)?,
+            let Some(head) = queue.front() else {
+                break self.backup_candidate(phase, worker, now, backup_after)?;
+            };
+            if !pending(head) {
+                queue.pop_front();
+                continue;
+            }
+            let elsewhere = queue
+                .iter()
+                .take(RETRY_ELSEWHERE_LOOKAHEAD)
+                .position(|i| pending(i) && !tasks[*i as usize].failed_on(worker))
+                .unwrap_or(0);
+            match queue.remove(elsewhere) {
+                Some(i) => break i,
+                None => return None,
             }
         };
         let tasks = match phase {
@@ -806,5 +831,32 @@ mod tests {
             ReportResult::Committed
         );
         assert_eq!(ids(&slow).0, ids(&backup).0);
+    }
+
+    #[test]
+    fn a_failed_task_is_retried_on_another_worker_where_possible() {
+        let now = SystemTime::now();
+        let (w1, w2) = (WorkerId("w1".into()), WorkerId("w2".into()));
+        let mut j = job(2, 1);
+        let first = j.next_assignment(&w1, now, None).unwrap();
+        let failed = Outcome::Failed {
+            error: "boom".into(),
+            retryable: true,
+        };
+        assert_eq!(
+            j.report(ids(&first).0, ids(&first).1, failed.clone(), now),
+            ReportResult::WillRetry
+        );
+        // w1 gets the other task, not the one that failed on it...
+        let next = j.next_assignment(&w1, now, None).unwrap();
+        assert_ne!(ids(&next).0, ids(&first).0);
+        // ...which goes to w2.
+        let retry = j.next_assignment(&w2, now, None).unwrap();
+        assert_eq!(ids(&retry).0, ids(&first).0);
+        // With no other choice, a task is retried on the worker it failed on.
+        let mut j = job(1, 1);
+        let only = j.next_assignment(&w1, now, None).unwrap();
+        j.report(ids(&only).0, ids(&only).1, failed, now);
+        assert_eq!(ids(&j.next_assignment(&w1, now, None).unwrap()).0, ids(&only).0);
     }
 }
