@@ -48,6 +48,7 @@ fn main() {
             format: OutputFormat::Parquet,
             max_attempts: 4,
             speculation: false,
+            map_buffer: 1 << 20,
         };
         let splits = (0..tasks as u64)
             .map(|i| Split {

@@ -52,6 +52,51 @@ mod wordcount {
     }
 
     #[test]
+    fn wordcount_spills_and_combines_when_its_buffer_is_small() {
+        let t = TestDir::new();
+        // Many distinct words, so combining alone can't keep the buffer small.
+        let text: String = (0..40_000)
+            .map(|i| format!("w{} common word{}\n", i % 7, encode(i)))
+            .collect();
+        let input = t.write("in/a.txt", &text);
+        let out = t.path("out");
+        let o = wmr_ok(&[
+            "run",
+            "--job",
+            guest("wordcount").to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+            "--format",
+            "text",
+            "--reducers",
+            "2",
+            "--map-buffer",
+            "256KiB",
+            "--json",
+        ]);
+        let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert!(
+            summary["counters"]["wmr.map.spilled.bytes"].as_i64().unwrap_or(0) > 0,
+            "{summary}"
+        );
+        assert_eq!(text_output(&out), as_lines(&reference_wordcount(&[text])));
+    }
+
+    /// `i` in letters only, so it stays one word.
+    fn encode(mut i: usize) -> String {
+        let mut s = String::new();
+        loop {
+            s.push((b'a' + (i % 26) as u8) as char);
+            i /= 26;
+            if i == 0 {
+                return s;
+            }
+        }
+    }
+
+    #[test]
     fn wordcount_on_generated_input_for_many_splits_and_reducer_counts() {
         let t = TestDir::new();
         let texts: Vec<String> = (0..3).map(|i| corpus(3000, i + 1)).collect();
@@ -116,6 +161,47 @@ mod indexer {
 /// `guest-examples/grep`
 mod grep {
     use super::*;
+
+    #[test]
+    fn grep_spills_map_output_past_its_buffer_and_loses_nothing() {
+        let t = TestDir::new();
+        // Every line matches: map output as large as the input.
+        let text: String = (0..20_000).map(|i| format!("line {i} has a needle\n")).collect();
+        let input = t.write("in/a.txt", &text);
+        let out = t.path("out");
+        let o = wmr_ok(&[
+            "run",
+            "--job",
+            guest("grep").to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+            "--format",
+            "text",
+            "--param",
+            "pattern=needle",
+            "--reducers",
+            "3",
+            "--map-buffer",
+            "64KiB",
+            "--json",
+        ]);
+        let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let spilled = summary["counters"]["wmr.map.spilled.bytes"].as_i64().unwrap_or(0);
+        assert!(spilled > 100_000, "spilled only {spilled} bytes: {summary}");
+        let mut offset = 0;
+        let mut expected: Vec<String> = text
+            .lines()
+            .map(|l| {
+                let line = format!("{} {offset} {l}", input.display());
+                offset += l.len() + 1;
+                line
+            })
+            .collect();
+        expected.sort();
+        assert_eq!(text_output(&out), expected);
+    }
 
     #[test]
     fn grep_finds_matching_lines_with_file_and_offset() {

@@ -193,6 +193,7 @@ pub(super) fn submit(args: SubmitArgs) -> Result<u8, Failure> {
             limits: Some(spec.limits().into()),
             overwrite: spec.overwrite,
             no_speculation: args.no_speculation,
+            map_buffer: spec.map_buffer.as_u64(),
         };
         let job = jobs
             .submit_job(request)

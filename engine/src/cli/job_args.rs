@@ -2,7 +2,7 @@
 
 use clap::Args;
 
-use crate::coordinator::job::DEFAULT_MAX_ATTEMPTS;
+use crate::coordinator::job::{DEFAULT_MAP_BUFFER, DEFAULT_MAX_ATTEMPTS};
 use crate::data::output::OutputFormat;
 use crate::runtime::Limits;
 use crate::runtime::limits::{DEFAULT_MAX_CALL_TIME, DEFAULT_MAX_LOG_BYTES, DEFAULT_MAX_MEMORY_BYTES};
@@ -34,6 +34,9 @@ pub struct JobArgs {
     /// Replace the output directory's contents if it is not empty.
     #[arg(long)]
     pub overwrite: bool,
+    /// Map output a map task holds in memory before sorting it and spilling it to local disk.
+    #[arg(long, value_name = "BYTES", default_value_t = bytesize::ByteSize::b(DEFAULT_MAP_BUFFER))]
+    pub map_buffer: bytesize::ByteSize,
     /// Attempts per task before the job fails.
     #[arg(long, default_value_t = DEFAULT_MAX_ATTEMPTS, value_name = "N")]
     pub max_attempts: u32,

@@ -239,6 +239,7 @@ mod tests {
             format: OutputFormat::Text,
             max_attempts: 2,
             speculation: true,
+            map_buffer: 1 << 20,
         };
         let splits = (0..maps)
             .map(|i| Split {

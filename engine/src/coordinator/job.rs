@@ -47,6 +47,16 @@ pub struct JobSpec {
     /// Whether slow tasks may get backup attempts near the end of a phase.
     #[serde(default = "speculation_default")]
     pub speculation: bool,
+    /// Map output a map task holds in memory before spilling to local disk.
+    #[serde(default = "map_buffer_default")]
+    pub map_buffer: u64,
+}
+
+/// Default for [`JobSpec::map_buffer`].
+pub const DEFAULT_MAP_BUFFER: u64 = 256 << 20;
+
+fn map_buffer_default() -> u64 {
+    DEFAULT_MAP_BUFFER
 }
 
 fn speculation_default() -> bool {
@@ -404,6 +414,7 @@ impl Job {
                 split: self.splits[index as usize].clone(),
                 partitions: self.spec.reducers,
                 shuffle_object: format!("{}/map-{index:05}-{}.shuffle", self.spec.work_dir, attempt.0),
+                buffer_bytes: self.spec.map_buffer,
             }),
             Phase::Reduce => Assignment::Reduce(ReduceAssignment {
                 task: task.id,
@@ -674,6 +685,7 @@ mod tests {
             format: OutputFormat::Text,
             max_attempts: 2,
             speculation: true,
+            map_buffer: 1 << 20,
         };
         let splits = (0..maps)
             .map(|i| Split {

@@ -210,6 +210,7 @@ pub fn assignment_to_pb(job: &JobRef, a: &Assignment) -> pb::Assignment {
                 split: Some((&m.split).into()),
                 partitions: m.partitions,
                 shuffle_object: m.shuffle_object.clone(),
+                buffer_bytes: m.buffer_bytes,
             }),
             Assignment::Reduce(r) => pb::assignment::Work::Reduce(pb::ReduceWork {
                 inputs: r
@@ -247,6 +248,11 @@ pub fn assignment(a: pb::Assignment) -> Result<(JobRef, Assignment), MalformedMe
             split: Split::try_from(m.split)?,
             partitions: m.partitions,
             shuffle_object: m.shuffle_object,
+            buffer_bytes: if m.buffer_bytes == 0 {
+                crate::coordinator::job::DEFAULT_MAP_BUFFER
+            } else {
+                m.buffer_bytes
+            },
         }),
         pb::assignment::Work::Reduce(r) if task.phase == Phase::Reduce => Assignment::Reduce(ReduceAssignment {
             task,

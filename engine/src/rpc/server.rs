@@ -429,6 +429,11 @@ impl JobService for JobApi {
                 r.max_attempts
             },
             speculation: !r.no_speculation,
+            map_buffer: if r.map_buffer == 0 {
+                crate::coordinator::job::DEFAULT_MAP_BUFFER
+            } else {
+                r.map_buffer
+            },
         };
         let name = module.info().name.clone();
         state

@@ -11,6 +11,8 @@
 //!         group → guest reduce → encode Parquet/text] ──bytes──▶ put file
 //! ```
 
+mod spill;
+
 use std::collections::BTreeMap;
 use std::ops::Range;
 use std::sync::Arc;
@@ -65,6 +67,9 @@ pub enum Error {
     /// A compute thread panicked.
     #[error(transparent)]
     Panic(#[from] crate::worker::ComputePanic),
+    /// Map output could not be spilled to local disk, or read back.
+    #[error("spilling map output to local disk failed; check the free space in the temp directory ($TMPDIR)")]
+    Spill(#[source] std::io::Error),
 }
 
 impl Error {
@@ -103,6 +108,8 @@ pub struct MapAssignment {
     pub partitions: u32,
     /// Where to write the shuffle object (path or URL).
     pub shuffle_object: String,
+    /// Map output held in memory before it is sorted and spilled to local disk.
+    pub buffer_bytes: u64,
 }
 
 /// What a successful map attempt produced.
@@ -278,20 +285,32 @@ fn sort_and_combine(
             continue;
         }
         let ends = run.group_ends_in(&range);
-        let (keys, values) = shuffle::grouped(&part, encoder.key_columns(), &ends)?;
-        let combined = guest
-            .combine(&keys, &values, &ends)
-            .map_err(guest_err(task, attempt, None))?;
-        // The SDK combines group by group, in order; a hand-written guest
-        // might not, so its output is re-sorted rather than trusted.
-        let combined = if shuffle::is_sorted(encoder, &combined)? {
-            combined
-        } else {
-            shuffle::partition_and_sort(encoder, &combined, 1)?.batch
-        };
-        out.push(vec![combined]);
+        out.push(vec![combine_sorted(guest, encoder, &part, &ends, task, attempt)?]);
     }
     Ok(out)
+}
+
+/// Combine the groups of `sorted` (ending at `ends`) with the guest's
+/// `combine`; the result is sorted by key.
+fn combine_sorted(
+    guest: &mut GuestInstance,
+    encoder: &KeyEncoder,
+    sorted: &RecordBatch,
+    ends: &[u32],
+    task: TaskId,
+    attempt: AttemptId,
+) -> Result<RecordBatch, Error> {
+    let (keys, values) = shuffle::grouped(sorted, encoder.key_columns(), ends)?;
+    let combined = guest
+        .combine(&keys, &values, ends)
+        .map_err(guest_err(task, attempt, None))?;
+    // The SDK combines group by group, in order; a hand-written guest
+    // might not, so its output is re-sorted rather than trusted.
+    Ok(if shuffle::is_sorted(encoder, &combined)? {
+        combined
+    } else {
+        shuffle::partition_and_sort(encoder, &combined, 1)?.batch
+    })
 }
 
 fn map_compute(
@@ -309,31 +328,65 @@ fn map_compute(
     let encoder = KeyEncoder::new(&info.key_types)?;
     let mut counters = Counters::new();
     let mut pending: Vec<RecordBatch> = Vec::new();
-    let mut pending_rows = 0usize;
+    let (mut pending_rows, mut pending_bytes) = (0usize, 0usize);
+    let buffer = usize::try_from(a.buffer_bytes).unwrap_or(usize::MAX).max(1);
+    let mut spills = spill::Spills::new();
     let (mut records_in, mut map_out) = (0i64, 0i64);
-    while let Some(batch) = reader.next_batch()? {
-        records_in += batch.num_rows() as i64;
-        let out = guest.map(source, &batch).map_err(|e| {
-            let position = e.guest_row().map(|row| position_of(&batch, row, source, &a.split));
-            guest_err(a.task, a.attempt, position)(e)
-        })?;
+    let mut more_input = true;
+    while more_input {
+        // The guest's output for the next batch, or at the end what it held back.
+        let out = match reader.next_batch()? {
+            Some(batch) => {
+                records_in += batch.num_rows() as i64;
+                guest.map(source, &batch).map_err(|e| {
+                    let position = e.guest_row().map(|row| position_of(&batch, row, source, &a.split));
+                    guest_err(a.task, a.attempt, position)(e)
+                })?
+            }
+            None => {
+                more_input = false;
+                guest.flush().map_err(guest_err(a.task, a.attempt, None))?
+            }
+        };
         map_out += out.num_rows() as i64;
         pending_rows += out.num_rows();
+        pending_bytes += out.get_array_memory_size();
         pending.push(out);
-        if info.combines && pending_rows >= COMBINE_EVERY_ROWS {
-            // Combine what we have so far in place, so memory stays bounded
-            // by the number of distinct keys rather than the input size.
+        let full = pending_bytes >= buffer;
+        if full || (info.combines && pending_rows >= COMBINE_EVERY_ROWS) {
+            // Sort and combine what we have so far; if it still fills half
+            // the buffer, spill it to disk, else keep it (combined) in memory.
             let all = shuffle::concat(&schema, &pending)?;
             let parts = sort_and_combine(&mut guest, &encoder, &all, a.partitions, a.task, a.attempt)?;
-            pending = parts.into_iter().flatten().collect();
+            let kept: usize = parts.iter().flatten().map(RecordBatch::get_array_memory_size).sum();
+            if full && kept >= buffer / 2 {
+                spills.spill(&schema, &parts)?;
+                pending.clear();
+            } else {
+                pending = parts.into_iter().flatten().collect();
+            }
             pending_rows = pending.iter().map(RecordBatch::num_rows).sum();
+            pending_bytes = pending.iter().map(RecordBatch::get_array_memory_size).sum();
         }
     }
-    let held = guest.flush().map_err(guest_err(a.task, a.attempt, None))?;
-    map_out += held.num_rows() as i64;
-    pending.push(held);
     let all = shuffle::concat(&schema, &pending)?;
-    let partitions = sort_and_combine(&mut guest, &encoder, &all, a.partitions, a.task, a.attempt)?;
+    let mut partitions = sort_and_combine(&mut guest, &encoder, &all, a.partitions, a.task, a.attempt)?;
+    if !spills.is_empty() {
+        // Merge each partition's spilled runs with what is still in memory.
+        for (p, in_memory) in partitions.iter_mut().enumerate() {
+            let mut runs = spills.partition(p)?;
+            runs.append(in_memory);
+            if let Some((merged, ends)) = shuffle::merge_sorted(&encoder, &schema, runs)? {
+                let merged = if info.combines {
+                    combine_sorted(&mut guest, &encoder, &merged, &ends, a.task, a.attempt)?
+                } else {
+                    merged
+                };
+                in_memory.push(merged);
+            }
+        }
+        counters.insert("wmr.map.spilled.bytes".into(), spills.bytes as i64);
+    }
     let shuffled: i64 = partitions.iter().flatten().map(|b| b.num_rows() as i64).sum();
     let (bytes, ranges) = shuffle::encode_shuffle(&schema, &partitions)?;
     counters.extend(guest.counters().clone());
