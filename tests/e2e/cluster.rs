@@ -15,8 +15,10 @@ use crate::harness::*;
 /// A coordinator and its workers; every process is killed on drop.
 struct Cluster {
     store: String,
-    /// Environment for every process (S3 credentials and endpoint).
+    /// Environment for every process (S3 credentials and endpoint, token).
     env: Vec<(String, String)>,
+    /// Extra flags for the coordinator.
+    coordinator_args: Vec<String>,
     addr: String,
     lease: &'static str,
     backup_after: &'static str,
@@ -44,10 +46,11 @@ impl Cluster {
     ) -> Self {
         let logs = t.path("logs");
         std::fs::create_dir_all(&logs).unwrap();
-        let (coordinator, addr) = start_coordinator(&store, &env, "127.0.0.1:0", (lease, backup_after), &logs);
+        let (coordinator, addr) = start_coordinator(&store, &env, "127.0.0.1:0", (lease, backup_after), &[], &logs);
         Cluster {
             store,
             env,
+            coordinator_args: Vec::new(),
             addr,
             lease,
             backup_after,
@@ -85,6 +88,7 @@ impl Cluster {
             &self.env,
             &self.addr,
             (self.lease, self.backup_after),
+            &self.coordinator_args,
             &self.logs,
         );
         assert_eq!(addr, self.addr);
@@ -182,6 +186,7 @@ fn start_coordinator(
     env: &[(String, String)],
     listen: &str,
     (lease, backup_after): (&str, &str),
+    extra: &[String],
     logs: &Path,
 ) -> (Child, String) {
     let log = std::fs::OpenOptions::new()
@@ -202,6 +207,7 @@ fn start_coordinator(
             "--backup-after",
             backup_after,
         ])
+        .args(extra)
         .envs(env.iter().cloned())
         .stdout(Stdio::piped())
         .stderr(log)
@@ -559,7 +565,7 @@ fn reports_after_the_job_ended_are_refused_cleanly() {
         .unwrap();
     runtime.block_on(async {
         let channel = wmr::rpc::client::connect(&c.addr).await.unwrap();
-        let mut client = wmr::rpc::client::workers(channel);
+        let mut client = wmr::rpc::client::workers(channel, None);
         let worker = client
             .register_worker(pb::RegisterWorkerRequest {
                 name: "late".into(),
@@ -865,4 +871,106 @@ fn a_task_that_keeps_failing_fails_the_job_with_every_attempts_error() {
         .lines()
         .filter(|l| l.starts_with("  map 0 attempt") && l.contains("with BOOM"));
     assert_eq!(attempt_lines.count(), 3, "{text}");
+}
+
+#[test]
+fn a_token_is_required_on_every_call_of_both_services() {
+    use wmr::rpc::pb;
+    let t = TestDir::new();
+    let token_file = t.write("token", "s3cret-token\n");
+    let mut c = Cluster::start_on(
+        &t,
+        t.path("store").to_str().unwrap().to_string(),
+        vec![("WMR_TOKEN".into(), "s3cret-token".into())],
+        "10s",
+        "5s",
+    );
+    // Restart with the token required (the same store and address).
+    c.coordinator_args = vec!["--token-file".into(), token_file.to_str().unwrap().into()];
+    c.restart_coordinator();
+    c.add_worker(1);
+    let (input, texts) = generated_input(&t, 1, 2_000);
+    let out = t.path("out");
+    // With the token (WMR_TOKEN), clients and workers get through.
+    let job = c.submit("wordcount", &input, &out, &["--reducers", "2"]);
+    assert_eq!(c.wait_finished(&job)["state"], "succeeded");
+    assert_eq!(text_output(&out), as_lines(&reference_wordcount(&texts)));
+    // Job service: no token, or the wrong one, is refused with a clear line.
+    for (token, what) in [(None, "no token"), (Some("wrong"), "a wrong token")] {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_wmr"));
+        cmd.args(["status", "--coordinator", &c.addr, &job])
+            .env_remove("WMR_TOKEN");
+        if let Some(token) = token {
+            cmd.env("WMR_TOKEN", token);
+        }
+        let o = cmd.output().unwrap();
+        assert_eq!(o.status.code(), Some(2));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains(&format!("the coordinator refused the call: {what}")),
+            "{err}"
+        );
+    }
+    // Worker service, likewise.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        for token in [None, Some("wrong")] {
+            let token = token.map(|t| wmr::rpc::auth::Token::new(t, "test").unwrap());
+            let channel = wmr::rpc::client::connect(&c.addr).await.unwrap();
+            let mut client = wmr::rpc::client::workers(channel, token);
+            let refused = client
+                .register_worker(pb::RegisterWorkerRequest {
+                    name: "intruder".into(),
+                    slots: 1,
+                })
+                .await
+                .unwrap_err();
+            assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+        }
+    });
+    // The coordinator logged each refusal.
+    let log = std::fs::read_to_string(t.path("logs/coordinator.log")).unwrap();
+    assert!(log.contains("refused a call with no token"), "{log}");
+    assert!(log.contains("refused a call with a wrong token"), "{log}");
+    assert!(log.contains("WorkerService") && log.contains("JobService"), "{log}");
+}
+
+#[test]
+fn a_coordinator_refuses_a_public_address_without_a_token() {
+    let t = TestDir::new();
+    let store = t.path("store");
+    let o = wmr(&[
+        "coordinator",
+        "--listen",
+        "0.0.0.0:0",
+        "--store",
+        store.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("refusing to listen on 0.0.0.0:0 without a token"), "{err}");
+    // --insecure says the network is private: it starts.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wmr"))
+        .args([
+            "coordinator",
+            "--listen",
+            "0.0.0.0:0",
+            "--insecure",
+            "--store",
+            store.to_str().unwrap(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(line.starts_with("wmr coordinator listening on 0.0.0.0:"), "{line}");
 }

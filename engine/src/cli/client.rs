@@ -8,12 +8,13 @@ use std::time::Duration;
 use clap::Args;
 use object_store::ObjectStoreExt;
 use tonic::Code;
-use tonic::transport::Channel;
 
 use super::job_args::JobArgs;
 use super::{Failure, exit, io_runtime};
 use crate::coordinator::status::{JobStatusDoc, UserState};
 use crate::data::Location;
+use crate::rpc::auth::Token;
+use crate::rpc::client::AuthedChannel;
 use crate::rpc::pb::job_service_client::JobServiceClient;
 use crate::rpc::{client, convert, pb};
 use crate::worker::error_chain;
@@ -27,6 +28,9 @@ pub struct ClientArgs {
     /// Print JSON for scripts.
     #[arg(long)]
     pub json: bool,
+    /// A file holding the cluster's token (else `WMR_TOKEN`, if set).
+    #[arg(long, value_name = "PATH")]
+    pub token_file: Option<std::path::PathBuf>,
 }
 
 /// Submit a job to a coordinator.
@@ -78,12 +82,16 @@ fn rpc_failure(what: &str, status: &tonic::Status) -> Failure {
     }
 }
 
-async fn connect(args: &ClientArgs) -> Result<JobServiceClient<Channel>, Failure> {
+async fn connect(args: &ClientArgs) -> Result<JobServiceClient<AuthedChannel>, Failure> {
+    let token = Token::from_flag_or_env(args.token_file.as_deref()).map_err(|e| Failure {
+        code: exit::USAGE,
+        message: e.to_string(),
+    })?;
     let channel = client::connect(&args.coordinator).await.map_err(|e| Failure {
         code: exit::INFRASTRUCTURE,
         message: e.to_string(),
     })?;
-    Ok(client::jobs(channel))
+    Ok(client::jobs(channel, token))
 }
 
 fn print(text: &str) {
@@ -227,7 +235,7 @@ pub(super) fn submit(args: SubmitArgs) -> Result<u8, Failure> {
 }
 
 /// Follow a job until it ends, drawing progress on a terminal.
-async fn watch(jobs: &mut JobServiceClient<Channel>, job: &str, show: bool) -> Result<JobStatusDoc, Failure> {
+async fn watch(jobs: &mut JobServiceClient<AuthedChannel>, job: &str, show: bool) -> Result<JobStatusDoc, Failure> {
     let bar = (show && std::io::stderr().is_terminal()).then(|| {
         let bar = indicatif::ProgressBar::new(0);
         bar.set_style(

@@ -9,6 +9,7 @@ use clap::Args;
 
 use super::{Failure, exit, io_runtime};
 use crate::data::Location;
+use crate::rpc::auth::Token;
 use crate::rpc::server::{CoordinatorState, bind, serve};
 use crate::worker::error_chain;
 use crate::worker::remote::{WorkerConfig, run_worker};
@@ -33,6 +34,14 @@ pub struct CoordinatorArgs {
     /// to commit wins). Jobs opt out with `submit --no-speculation`.
     #[arg(long, value_name = "DURATION", default_value = "5s")]
     pub backup_after: humantime::Duration,
+    /// A file holding the cluster's shared token: every call to the job and
+    /// worker services must then carry it.
+    #[arg(long, value_name = "PATH")]
+    pub token_file: Option<std::path::PathBuf>,
+    /// Listen on a non-loopback address without a token (anyone who can
+    /// reach the port can then run code on the workers).
+    #[arg(long)]
+    pub insecure: bool,
 }
 
 /// Run tasks for a coordinator.
@@ -44,6 +53,9 @@ pub struct WorkerArgs {
     /// Task slots running at once [default: the number of cores].
     #[arg(long, value_name = "N")]
     pub slots: Option<usize>,
+    /// A file holding the cluster's token (else `WMR_TOKEN`, if set).
+    #[arg(long, value_name = "PATH")]
+    pub token_file: Option<std::path::PathBuf>,
 }
 
 pub(super) fn coordinator(args: CoordinatorArgs) -> Result<u8, Failure> {
@@ -51,6 +63,23 @@ pub(super) fn coordinator(args: CoordinatorArgs) -> Result<u8, Failure> {
         code: exit::INFRASTRUCTURE,
         message,
     };
+    let usage = |message: String| Failure {
+        code: exit::USAGE,
+        message,
+    };
+    let token = args
+        .token_file
+        .as_deref()
+        .map(Token::from_file)
+        .transpose()
+        .map_err(|e| usage(e.to_string()))?;
+    if token.is_none() && !args.listen.ip().is_loopback() && !args.insecure {
+        return Err(usage(format!(
+            "refusing to listen on {} without a token: anyone who reaches it could run code on the workers; \
+             give --token-file, or --insecure if the network is private",
+            args.listen
+        )));
+    }
     io_runtime(2)?.block_on(async move {
         let store = Location::parse(&args.store).map_err(|e| Failure {
             code: exit::USAGE,
@@ -82,7 +111,7 @@ pub(super) fn coordinator(args: CoordinatorArgs) -> Result<u8, Failure> {
                 std::future::pending::<()>().await;
             }
         };
-        serve(state, listener, shutdown)
+        serve(state, listener, token, shutdown)
             .await
             .map_err(|e| infra(format!("serving on {addr}: {}", error_chain(&e))))?;
         Ok(exit::SUCCESS)
@@ -100,7 +129,12 @@ pub(super) fn worker(args: WorkerArgs) -> Result<u8, Failure> {
         });
     }
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "host".into());
+    let token = Token::from_flag_or_env(args.token_file.as_deref()).map_err(|e| Failure {
+        code: exit::USAGE,
+        message: e.to_string(),
+    })?;
     let config = WorkerConfig {
+        token,
         coordinator: args.coordinator,
         slots,
         name: format!("{}:{}", host.trim(), std::process::id()),

@@ -1,6 +1,9 @@
 //! Connecting to a coordinator, for clients and workers.
 
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
+
+use super::auth::{SendToken, Token};
 
 use super::pb::job_service_client::JobServiceClient;
 use super::pb::worker_service_client::WorkerServiceClient;
@@ -57,12 +60,15 @@ pub async fn connect(url: &str) -> Result<Channel, ConnectError> {
         })
 }
 
-/// A job service client over `channel`.
-pub fn jobs(channel: Channel) -> JobServiceClient<Channel> {
-    JobServiceClient::new(channel).max_decoding_message_size(256 << 20)
+/// A channel whose calls carry the cluster's token, if any.
+pub type AuthedChannel = InterceptedService<Channel, SendToken>;
+
+/// A job service client over `channel`, sending `token`.
+pub fn jobs(channel: Channel, token: Option<Token>) -> JobServiceClient<AuthedChannel> {
+    JobServiceClient::with_interceptor(channel, SendToken(token)).max_decoding_message_size(256 << 20)
 }
 
-/// A worker service client over `channel`.
-pub fn workers(channel: Channel) -> WorkerServiceClient<Channel> {
-    WorkerServiceClient::new(channel).max_decoding_message_size(256 << 20)
+/// A worker service client over `channel`, sending `token`.
+pub fn workers(channel: Channel, token: Option<Token>) -> WorkerServiceClient<AuthedChannel> {
+    WorkerServiceClient::with_interceptor(channel, SendToken(token)).max_decoding_message_size(256 << 20)
 }

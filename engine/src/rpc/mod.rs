@@ -3,6 +3,7 @@
 //! ([`convert`]), the coordinator's two services ([`server`]) and client
 //! connections ([`client`]). Domain code never sees `pb` types.
 
+pub mod auth;
 pub mod client;
 pub mod convert;
 pub mod server;

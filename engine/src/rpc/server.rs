@@ -15,9 +15,11 @@ use std::time::{Duration, Instant, SystemTime};
 use futures::{Stream, TryStreamExt};
 use object_store::{ObjectStoreExt, PutPayload};
 use tokio::sync::Notify;
+use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, warn};
 
+use super::auth::{RequireToken, Token};
 use super::convert;
 use super::pb;
 use super::pb::job_service_server::{JobService, JobServiceServer};
@@ -687,12 +689,15 @@ impl WorkerService for WorkerApi {
 
 /// Serve both services, health and reflection on `listener` until `shutdown`
 /// resolves; also expires silent workers and finishes interrupted commits.
+/// With a `token`, both services refuse calls that do not carry it (health
+/// and reflection stay open, for probes).
 ///
 /// # Errors
 /// If the server fails.
 pub async fn serve(
     state: Arc<CoordinatorState>,
     listener: tokio::net::TcpListener,
+    token: Option<Token>,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     let (health_reporter, health) = tonic_health::server::health_reporter();
@@ -723,8 +728,20 @@ pub async fn serve(
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let mut router = tonic::transport::Server::builder()
         .add_service(health)
-        .add_service(JobServiceServer::new(JobApi(state.clone())).max_decoding_message_size(64 << 20))
-        .add_service(WorkerServiceServer::new(WorkerApi(state)).max_decoding_message_size(64 << 20));
+        .add_service(InterceptedService::new(
+            JobServiceServer::new(JobApi(state.clone())).max_decoding_message_size(64 << 20),
+            RequireToken {
+                token: token.clone(),
+                service: "JobService",
+            },
+        ))
+        .add_service(InterceptedService::new(
+            WorkerServiceServer::new(WorkerApi(state)).max_decoding_message_size(64 << 20),
+            RequireToken {
+                token,
+                service: "WorkerService",
+            },
+        ));
     if let Some(reflection) = reflection {
         router = router.add_service(reflection);
     }

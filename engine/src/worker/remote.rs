@@ -12,7 +12,6 @@ use std::time::Duration;
 use object_store::ObjectStoreExt;
 use tokio::sync::Notify;
 use tonic::Code;
-use tonic::transport::Channel;
 use tracing::{Instrument, info, info_span, warn};
 
 use super::{ComputePool, error_chain, run_assignment};
@@ -39,6 +38,8 @@ pub struct WorkerConfig {
     pub slots: usize,
     /// This worker's name in logs and status.
     pub name: String,
+    /// The cluster's token, if it has one.
+    pub token: Option<crate::rpc::auth::Token>,
 }
 
 /// Errors that stop a worker.
@@ -113,7 +114,7 @@ type Running = Arc<Mutex<HashMap<AttemptId, Arc<Notify>>>>;
 
 /// One registration with the coordinator.
 struct Session {
-    client: WorkerServiceClient<Channel>,
+    client: WorkerServiceClient<client::AuthedChannel>,
     id: WorkerId,
     lease: Duration,
     store: String,
@@ -161,7 +162,7 @@ pub async fn run_worker(config: WorkerConfig) -> Result<(), Error> {
 
 async fn register(config: &WorkerConfig) -> Result<Session, String> {
     let channel = client::connect(&config.coordinator).await.map_err(|e| e.to_string())?;
-    let mut client = client::workers(channel);
+    let mut client = client::workers(channel, config.token.clone());
     let reply = client
         .register_worker(pb::RegisterWorkerRequest {
             name: config.name.clone(),
