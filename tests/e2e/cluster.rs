@@ -974,3 +974,39 @@ fn a_coordinator_refuses_a_public_address_without_a_token() {
     child.wait().unwrap();
     assert!(line.starts_with("wmr coordinator listening on 0.0.0.0:"), "{line}");
 }
+
+#[test]
+fn a_worker_survives_a_hostile_job_and_runs_the_next_one() {
+    let t = TestDir::new();
+    let mut c = Cluster::start(&t, "10s");
+    c.add_worker(1);
+    let input = t.write("in/a.txt", "some words here\n");
+    let hostile = guest("hostile");
+    let o = c.client(&[
+        "submit",
+        "--job",
+        hostile.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        t.path("bad").to_str().unwrap(),
+        "--param",
+        "mode=loop-map",
+        "--max-call-time",
+        "300ms",
+        "--max-attempts",
+        "2",
+        "--wait",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.contains("time limit of 300ms; raise it with --max-call-time"),
+        "{text}"
+    );
+    assert!(c.workers[0].try_wait().unwrap().is_none(), "the worker died");
+    let out = t.path("good");
+    let job = c.submit("wordcount", input.to_str().unwrap(), &out, &["--reducers", "1"]);
+    assert_eq!(c.wait_finished(&job)["state"], "succeeded");
+    assert_eq!(text_output(&out), ["here 1", "some 1", "words 1"]);
+}

@@ -10,5 +10,7 @@ mod cli;
 mod cluster;
 /// Every example guest against a sequential reference written here.
 mod examples;
+/// Hostile guests: every misbehaviour contained.
+mod hostile;
 /// Text input edge cases: empty files, CRLF, long lines, many tiny files.
 mod input;

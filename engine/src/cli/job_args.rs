@@ -5,7 +5,9 @@ use clap::Args;
 use crate::coordinator::job::{DEFAULT_MAP_BUFFER, DEFAULT_MAX_ATTEMPTS};
 use crate::data::output::OutputFormat;
 use crate::runtime::Limits;
-use crate::runtime::limits::{DEFAULT_MAX_CALL_TIME, DEFAULT_MAX_LOG_BYTES, DEFAULT_MAX_MEMORY_BYTES};
+use crate::runtime::limits::{
+    DEFAULT_MAX_CALL_TIME, DEFAULT_MAX_LOG_BYTES, DEFAULT_MAX_MEMORY_BYTES, DEFAULT_MAX_OUTPUT_BYTES,
+};
 
 /// A job: its module, input, output and settings.
 #[derive(Debug, Clone, Args)]
@@ -46,6 +48,9 @@ pub struct JobArgs {
     /// Time budget of one guest call, e.g. 60s or 2m.
     #[arg(long, value_name = "DURATION", default_value_t = humantime::Duration::from(DEFAULT_MAX_CALL_TIME))]
     pub max_call_time: humantime::Duration,
+    /// Bytes one task attempt may write (its shuffle data or output file).
+    #[arg(long, value_name = "BYTES", default_value_t = bytesize::ByteSize::b(DEFAULT_MAX_OUTPUT_BYTES))]
+    pub max_output: bytesize::ByteSize,
     /// Log bytes kept per attempt; the excess is dropped and counted.
     #[arg(long, value_name = "BYTES", default_value_t = bytesize::ByteSize::b(DEFAULT_MAX_LOG_BYTES as u64))]
     pub max_log: bytesize::ByteSize,
@@ -58,6 +63,7 @@ impl JobArgs {
             max_memory_bytes: self.max_memory.as_u64(),
             max_call_time: *self.max_call_time,
             max_log_bytes: usize::try_from(self.max_log.as_u64()).unwrap_or(usize::MAX),
+            max_output_bytes: self.max_output.as_u64(),
         }
     }
 }

@@ -59,6 +59,7 @@ impl From<Limits> for pb::Limits {
             max_memory_bytes: l.max_memory_bytes,
             max_call_time_ms: l.max_call_time.as_millis() as u64,
             max_log_bytes: l.max_log_bytes as u64,
+            max_output_bytes: l.max_output_bytes,
         }
     }
 }
@@ -82,6 +83,11 @@ pub fn limits(l: Option<pb::Limits>) -> Limits {
             d.max_log_bytes
         } else {
             usize::try_from(l.max_log_bytes).unwrap_or(usize::MAX)
+        },
+        max_output_bytes: if l.max_output_bytes == 0 {
+            d.max_output_bytes
+        } else {
+            l.max_output_bytes
         },
     }
 }

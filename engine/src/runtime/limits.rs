@@ -9,6 +9,9 @@ pub const DEFAULT_MAX_CALL_TIME: Duration = Duration::from_secs(60);
 /// Default cap on what a guest writes to its log (stdout, stderr and log
 /// lines together) per attempt: 1 MiB (`--max-log`). Excess is dropped.
 pub const DEFAULT_MAX_LOG_BYTES: usize = 1 << 20;
+/// Default cap on what one task attempt writes (its shuffle object, or its
+/// output file): 4 GiB (`--max-output`).
+pub const DEFAULT_MAX_OUTPUT_BYTES: u64 = 4 << 30;
 /// How often the epoch ticker advances; the granularity of time limits.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
@@ -21,6 +24,13 @@ pub struct Limits {
     pub max_call_time: Duration,
     /// Most log bytes kept per attempt.
     pub max_log_bytes: usize,
+    /// Most bytes one attempt may write (shuffle object or output file).
+    #[serde(default = "default_max_output")]
+    pub max_output_bytes: u64,
+}
+
+fn default_max_output() -> u64 {
+    DEFAULT_MAX_OUTPUT_BYTES
 }
 
 impl Default for Limits {
@@ -29,6 +39,7 @@ impl Default for Limits {
             max_memory_bytes: DEFAULT_MAX_MEMORY_BYTES,
             max_call_time: DEFAULT_MAX_CALL_TIME,
             max_log_bytes: DEFAULT_MAX_LOG_BYTES,
+            max_output_bytes: DEFAULT_MAX_OUTPUT_BYTES,
         }
     }
 }

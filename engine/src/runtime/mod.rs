@@ -451,6 +451,11 @@ impl JobModule {
         &self.info
     }
 
+    /// The limits its instances run under.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
     /// A fresh instance for one task attempt, configured with the job's
     /// parameters.
     ///
@@ -537,9 +542,23 @@ impl GuestInstance {
         if let Some((message, row)) = state.panic.take() {
             return GuestError::Panicked { message, row };
         }
-        GuestError::Trapped {
-            message: format!("{e:#}"),
+        // The trap and the innermost guest function, not the whole chain
+        // with its backtrace: one line a user can read.
+        let frame = e
+            .downcast_ref::<wasmtime::WasmBacktrace>()
+            .and_then(|bt| bt.frames().first().and_then(|f| f.func_name().map(str::to_string)))
+            .map(|name| format!("{:#}", rustc_demangle::demangle(&name)));
+        let mut message = match e.downcast_ref::<Trap>() {
+            Some(trap) => trap.to_string(),
+            None => e.root_cause().to_string(),
+        };
+        if e.downcast_ref::<Trap>() == Some(&Trap::MemoryOutOfBounds) {
+            message.push_str(" (deep recursion overflowing the guest's stack ends like this too)");
         }
+        if let Some(frame) = frame {
+            message.push_str(&format!(" in {frame}"));
+        }
+        GuestError::Trapped { message }
     }
 
     fn batch_result(

@@ -67,6 +67,16 @@ pub enum Error {
     /// A compute thread panicked.
     #[error(transparent)]
     Panic(#[from] crate::worker::ComputePanic),
+    /// The attempt wrote more than its limit allows.
+    #[error("{what} is {written} bytes, over the task output limit of {limit} bytes; raise it with --max-output")]
+    OutputLimit {
+        /// What was being written.
+        what: &'static str,
+        /// Its size.
+        written: u64,
+        /// The limit.
+        limit: u64,
+    },
     /// Map output could not be spilled to local disk, or read back.
     #[error("spilling map output to local disk failed; check the free space in the temp directory ($TMPDIR)")]
     Spill(#[source] std::io::Error),
@@ -247,6 +257,13 @@ pub async fn run_map(ctx: &JobContext, a: &MapAssignment) -> Result<MapOutput, E
     })
 }
 
+fn check_output(what: &'static str, written: u64, limit: u64) -> Result<(), Error> {
+    if written > limit {
+        return Err(Error::OutputLimit { what, written, limit });
+    }
+    Ok(())
+}
+
 fn guest_err(
     a_task: TaskId,
     attempt: AttemptId,
@@ -361,6 +378,7 @@ fn map_compute(
             let kept: usize = parts.iter().flatten().map(RecordBatch::get_array_memory_size).sum();
             if full && kept >= buffer / 2 {
                 spills.spill(&schema, &parts)?;
+                check_output("the map output spilled", spills.bytes, module.limits().max_output_bytes)?;
                 pending.clear();
             } else {
                 pending = parts.into_iter().flatten().collect();
@@ -389,6 +407,7 @@ fn map_compute(
     }
     let shuffled: i64 = partitions.iter().flatten().map(|b| b.num_rows() as i64).sum();
     let (bytes, ranges) = shuffle::encode_shuffle(&schema, &partitions)?;
+    check_output("the map output", bytes.len() as u64, module.limits().max_output_bytes)?;
     counters.extend(guest.counters().clone());
     counters.insert("wmr.map.input.records".into(), records_in);
     if let InputReader::Text(r) = &reader {
@@ -510,6 +529,11 @@ fn reduce_compute(
     }
     let rows: u64 = outputs.iter().map(|b| b.num_rows() as u64).sum();
     let bytes = a.format.encode(&a.output_file, &info.output_schema, &outputs)?;
+    check_output(
+        "the reduce output",
+        bytes.len() as u64,
+        module.limits().max_output_bytes,
+    )?;
     let mut counters = guest.counters().clone();
     counters.insert("wmr.reduce.input.records".into(), records_in as i64);
     counters.insert("wmr.reduce.input.groups".into(), groups as i64);

@@ -1,0 +1,99 @@
+//! Hostile guests (`tests/guests/hostile`): each misbehaviour ends its
+//! attempts with an error naming the limit, its value and the flag that
+//! raises it; the job fails after its attempts; nothing escapes the sandbox.
+
+use crate::harness::*;
+
+/// Run the hostile guest in `mode` over a small text with `flags`; returns
+/// (exit code, stderr, test dir).
+fn run_hostile(mode: &str, flags: &[&str]) -> (Option<i32>, String, TestDir) {
+    let t = TestDir::new();
+    let text: String = (0..3000).map(|i| format!("{i} some text on this line\n")).collect();
+    let input = t.write("in/a.txt", text);
+    let param = format!("mode={mode}");
+    let (job, out) = (guest("hostile"), t.path("out"));
+    let mut args = vec![
+        "run",
+        "--job",
+        job.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        "--format",
+        "text",
+        "--param",
+        &param,
+        "--max-attempts",
+        "2",
+        "--quiet",
+    ];
+    args.extend_from_slice(flags);
+    let o = wmr(&args);
+    let stderr = String::from_utf8_lossy(&o.stderr)
+        .lines()
+        .last()
+        .unwrap_or("")
+        .to_string();
+    (o.status.code(), stderr, t)
+}
+
+fn assert_contained(mode: &str, flags: &[&str], expected: &[&str]) {
+    let (code, err, t) = run_hostile(mode, flags);
+    assert_eq!(code, Some(1), "{mode}: {err}");
+    assert!(err.contains("failed 2 time(s)"), "{mode}: {err}");
+    for e in expected {
+        assert!(err.contains(e), "{mode}: expected {e:?} in {err}");
+    }
+    assert!(!t.path("out/_SUCCESS").exists(), "{mode} left output behind");
+}
+
+#[test]
+fn an_endless_map_hits_the_call_time_limit() {
+    assert_contained(
+        "loop-map",
+        &["--max-call-time", "300ms"],
+        &["map task 0", "time limit of 300ms; raise it with --max-call-time"],
+    );
+}
+
+#[test]
+fn an_endless_reduce_hits_the_call_time_limit() {
+    assert_contained(
+        "loop-reduce",
+        &["--max-call-time", "300ms"],
+        &["reduce task", "time limit of 300ms; raise it with --max-call-time"],
+    );
+}
+
+#[test]
+fn unbounded_memory_growth_hits_the_memory_limit() {
+    assert_contained(
+        "grow",
+        &["--max-memory", "64MiB"],
+        &["memory limit of 64 MiB; raise it with --max-memory"],
+    );
+}
+
+#[test]
+fn a_stack_overflow_traps_with_the_guest_function() {
+    assert_contained("recurse", &[], &["the job trapped", "stack", "in hostile::recurse"]);
+}
+
+#[test]
+fn too_much_output_hits_the_output_limit() {
+    assert_contained(
+        "output",
+        &["--max-memory", "512MiB", "--max-output", "1MiB"],
+        &["over the task output limit of 1048576 bytes; raise it with --max-output"],
+    );
+}
+
+#[test]
+fn files_sockets_environment_and_arguments_are_out_of_reach() {
+    let (code, err, t) = run_hostile("escape", &[]);
+    assert_eq!(code, Some(0), "{err}");
+    let lines = text_output(&t.path("out"));
+    // Clocks and random numbers are real (WASI's, from the host); the rest is absent.
+    assert_eq!(lines, ["args 0", "clock 1", "env 0", "file 0", "random 1", "socket 0"]);
+}
