@@ -4,6 +4,8 @@
 
 mod harness;
 
+/// Bad input of every kind, refused or explained.
+mod bad_input;
 /// `wmr run` flags, errors and exit codes.
 mod cli;
 /// Distributed mode: coordinator, workers, failures, restarts.

@@ -14,7 +14,7 @@ use super::job_args::JobArgs;
 use super::{Failure, exit};
 use crate::coordinator::{Coordinator, Job, JobSpec, JobState, remove_all};
 use crate::data::output::Manifest;
-use crate::data::{Location, plan_splits};
+use crate::data::{Location, check_output_outside, plan_splits};
 use crate::runtime::Runtime;
 use crate::task::{Counters, JobContext};
 use crate::worker::{ComputePool, error_chain, run_slots};
@@ -134,6 +134,7 @@ async fn run_async(args: RunArgs, slots: usize, reducers: u32) -> Result<u8, Fai
         })?
         .map_err(|e| usage(error_chain(&e)))?;
     let output = Location::parse(&args.spec.output).map_err(data_failure)?;
+    check_output_outside(&args.spec.input, &output).map_err(data_failure)?;
     let existing: Vec<_> = output
         .store
         .list(Some(&output.path))

@@ -162,6 +162,12 @@ impl Location {
         }
     }
 
+    /// Whether `self` is `other` or lies inside it (same store, and its
+    /// path starts with all of `other`'s parts).
+    pub fn is_within(&self, other: &Location) -> bool {
+        self.root == other.root && self.path.prefix_match(&other.path).is_some()
+    }
+
     /// Whether this is a local filesystem location.
     pub fn is_local(&self) -> bool {
         self.root == "file://"

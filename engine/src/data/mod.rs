@@ -13,7 +13,7 @@ mod split;
 pub mod text;
 
 pub use location::Location;
-pub use split::{DEFAULT_SPLIT_SIZE, Split, SplitKind, is_parquet, plan_splits};
+pub use split::{DEFAULT_SPLIT_SIZE, Split, SplitKind, check_output_outside, is_parquet, plan_splits};
 
 /// Errors reading input or writing output.
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +31,14 @@ pub enum Error {
     #[error("input {input} does not exist; check the path, or quote a glob so the shell leaves it alone")]
     MissingInput {
         /// The input as given.
+        input: String,
+    },
+    /// The output would be written inside an input.
+    #[error("output {output} is inside the input {input}; choose an --output outside the input")]
+    OutputInsideInput {
+        /// The output.
+        output: String,
+        /// The input it is in.
         input: String,
     },
     /// A glob that matched no files.

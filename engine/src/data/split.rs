@@ -102,13 +102,41 @@ async fn list_visible(base: &Location, keep: impl Fn(&str) -> bool) -> Result<Ve
     Ok(files)
 }
 
+/// The literal directory part of a glob (before its first wildcard).
+fn glob_base(input: &str) -> &str {
+    let cut = input[..input.find(['*', '?', '[', '{']).unwrap_or(0)]
+        .rfind('/')
+        .map_or(0, |i| i + 1);
+    &input[..cut]
+}
+
+/// Refuse an output inside any input: the job would read its own output,
+/// now or on its next run.
+///
+/// # Errors
+/// [`Error::OutputInsideInput`], or a bad input location.
+pub fn check_output_outside(inputs: &[String], output: &Location) -> Result<(), Error> {
+    for input in inputs {
+        let base = if has_glob(input) {
+            glob_base(input)
+        } else {
+            input.as_str()
+        };
+        let base = Location::parse(if base.is_empty() { "." } else { base })?;
+        if output.is_within(&base) {
+            return Err(Error::OutputInsideInput {
+                output: output.display.clone(),
+                input: input.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Expand one input into the files it names, sorted by path.
 async fn expand(input: &str) -> Result<Vec<(Location, ObjectMeta)>, Error> {
     if has_glob(input) {
-        let cut = input[..input.find(['*', '?', '[', '{']).unwrap_or(0)]
-            .rfind('/')
-            .map_or(0, |i| i + 1);
-        let (base, pattern) = input.split_at(cut);
+        let (base, pattern) = input.split_at(glob_base(input).len());
         let base = Location::parse(if base.is_empty() { "." } else { base })?;
         let matcher: GlobMatcher = GlobBuilder::new(pattern)
             .literal_separator(true)

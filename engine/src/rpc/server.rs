@@ -395,6 +395,7 @@ impl JobService for JobApi {
             .map_err(|e| Status::internal(e.to_string()))?
             .map_err(|e| Status::invalid_argument(error_chain(&e)))?;
         let output = Location::parse(&r.output).map_err(|e| Status::invalid_argument(error_chain(&e)))?;
+        crate::data::check_output_outside(&r.inputs, &output).map_err(|e| Status::invalid_argument(error_chain(&e)))?;
         let existing: Vec<_> = output
             .store
             .list(Some(&output.path))
