@@ -121,6 +121,14 @@ fn an_output_inside_the_input_is_refused() {
     );
     // The input is untouched.
     assert_eq!(std::fs::read_dir(t.path("in")).unwrap().count(), 1);
+    // So is an output a glob input would match...
+    let pattern = format!("{}/**/*.txt", t.path("in").display());
+    let result = run("wordcount", &[&pattern], &out, &[]);
+    refused("output matched by a glob", result, 2, &["is inside the input"], &out);
+    // ...but not one beside the files a glob reads.
+    let pattern = format!("{}/*.txt", t.path("in").display());
+    let (code, err) = run("wordcount", &[&pattern], &out, &[]);
+    assert_eq!(code, Some(0), "{err}");
 }
 
 #[test]

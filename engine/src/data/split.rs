@@ -110,20 +110,54 @@ fn glob_base(input: &str) -> &str {
     &input[..cut]
 }
 
-/// Refuse an output inside any input: the job would read its own output,
-/// now or on its next run.
+fn glob_matcher(input: &str, pattern: &str) -> Result<GlobMatcher, Error> {
+    Ok(GlobBuilder::new(pattern)
+        .literal_separator(true)
+        .build()
+        .map_err(|e| Error::BadLocation {
+            input: input.to_string(),
+            reason: format!("bad glob: {e}"),
+        })?
+        .compile_matcher())
+}
+
+/// Refuse an output inside an input, where the job's output files would
+/// be read as input by the next run: inside an input directory, or where
+/// an input glob would match the output files.
 ///
 /// # Errors
 /// [`Error::OutputInsideInput`], or a bad input location.
 pub fn check_output_outside(inputs: &[String], output: &Location) -> Result<(), Error> {
     for input in inputs {
-        let base = if has_glob(input) {
-            glob_base(input)
+        let cut = if has_glob(input) {
+            glob_base(input).len()
         } else {
-            input.as_str()
+            input.len()
         };
+        let (base, pattern) = input.split_at(cut);
         let base = Location::parse(if base.is_empty() { "." } else { base })?;
-        if output.is_within(&base) {
+        if !output.is_within(&base) {
+            continue;
+        }
+        let inside = if pattern.is_empty() {
+            true
+        } else {
+            let rel: Vec<String> = output
+                .path
+                .prefix_match(&base.path)
+                .map(|parts| parts.map(|p| p.as_ref().to_string()).collect())
+                .unwrap_or_default();
+            let dir = rel.join("/");
+            let matcher = glob_matcher(input, pattern)?;
+            ["part-00000.txt", "part-00000.parquet"].iter().any(|f| {
+                matcher.is_match(if dir.is_empty() {
+                    f.to_string()
+                } else {
+                    format!("{dir}/{f}")
+                })
+            })
+        };
+        if inside {
             return Err(Error::OutputInsideInput {
                 output: output.display.clone(),
                 input: input.clone(),
@@ -138,14 +172,7 @@ async fn expand(input: &str) -> Result<Vec<(Location, ObjectMeta)>, Error> {
     if has_glob(input) {
         let (base, pattern) = input.split_at(glob_base(input).len());
         let base = Location::parse(if base.is_empty() { "." } else { base })?;
-        let matcher: GlobMatcher = GlobBuilder::new(pattern)
-            .literal_separator(true)
-            .build()
-            .map_err(|e| Error::BadLocation {
-                input: input.to_string(),
-                reason: format!("bad glob: {e}"),
-            })?
-            .compile_matcher();
+        let matcher = glob_matcher(input, pattern)?;
         let files = list_visible(&base, |rel| matcher.is_match(rel)).await?;
         if files.is_empty() {
             return Err(Error::NoMatch {
