@@ -17,7 +17,7 @@ use crate::data::output::Manifest;
 use crate::data::{Location, check_output_outside, plan_splits};
 use crate::runtime::Runtime;
 use crate::task::{Counters, JobContext};
-use crate::worker::{ComputePool, error_chain, run_slots};
+use crate::worker::{ComputePool, error_chain, load_module, run_slots};
 use crate::{JobId, WorkerId};
 
 /// Run a job embedded.
@@ -123,10 +123,7 @@ async fn run_async(args: RunArgs, slots: usize, reducers: u32) -> Result<u8, Fai
         code: exit::INFRASTRUCTURE,
         message: error_chain(&e),
     })?);
-    let (what, params) = (args.spec.job.clone(), args.spec.params.clone());
-    let loader = wasm.clone();
-    let module = pool
-        .run(move || loader.load(&what, &module_bytes, &params, limits))
+    let module = load_module(&wasm, &pool, &args.spec.job, module_bytes, &args.spec.params, limits)
         .await
         .map_err(|e| Failure {
             code: exit::INFRASTRUCTURE,

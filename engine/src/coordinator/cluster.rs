@@ -223,39 +223,18 @@ impl Cluster {
 mod tests {
     use super::*;
     use crate::Phase;
-    use crate::coordinator::JobSpec;
-    use crate::data::output::OutputFormat;
-    use crate::data::{Split, SplitKind};
     use crate::task::MapOutput;
 
     fn job(maps: usize, submitted_secs: u64) -> ClusterJob {
-        let id = JobId::generate();
-        let spec = JobSpec {
-            id: id.clone(),
-            inputs: vec![],
-            output: "out".into(),
-            work_dir: format!("out/_temporary/{id}"),
-            reducers: 1,
-            format: OutputFormat::Text,
-            max_attempts: 2,
-            speculation: true,
-            map_buffer: 1 << 20,
-        };
-        let splits = (0..maps)
-            .map(|i| Split {
-                file: format!("f{i}"),
-                file_size: 10,
-                kind: SplitKind::Text { start: 0, end: 10 },
-            })
-            .collect();
+        let job = crate::coordinator::job::test_job(maps, 1);
         ClusterJob {
-            job: Job::new(spec, splits),
             job_ref: JobRef {
-                job: id,
+                job: job.spec.id.clone(),
                 module: ModuleDigest::of(b"m"),
                 params: vec![],
                 limits: Limits::default(),
             },
+            job,
             name: "t".into(),
             submitted: SystemTime::UNIX_EPOCH + Duration::from_secs(submitted_secs),
             ended: None,

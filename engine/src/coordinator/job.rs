@@ -670,31 +670,36 @@ impl Job {
     }
 }
 
+/// A job of `maps` one-split text maps and `reducers` reduces, for tests.
+#[cfg(test)]
+pub(crate) fn test_job(maps: usize, reducers: u32) -> Job {
+    let spec = JobSpec {
+        id: JobId::generate(),
+        inputs: vec![],
+        output: "out".into(),
+        work_dir: "out/_temporary/j".into(),
+        reducers,
+        format: OutputFormat::Text,
+        max_attempts: 2,
+        speculation: true,
+        map_buffer: 1 << 20,
+    };
+    let splits = (0..maps)
+        .map(|i| Split {
+            file: format!("f{i}"),
+            file_size: 10,
+            kind: crate::data::SplitKind::Text { start: 0, end: 10 },
+        })
+        .collect();
+    Job::new(spec, splits)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::data::SplitKind;
 
     fn job(maps: usize, reducers: u32) -> Job {
-        let spec = JobSpec {
-            id: JobId::generate(),
-            inputs: vec![],
-            output: "out".into(),
-            work_dir: "out/_temporary/j".into(),
-            reducers,
-            format: OutputFormat::Text,
-            max_attempts: 2,
-            speculation: true,
-            map_buffer: 1 << 20,
-        };
-        let splits = (0..maps)
-            .map(|i| Split {
-                file: format!("f{i}"),
-                file_size: 10,
-                kind: SplitKind::Text { start: 0, end: 10 },
-            })
-            .collect();
-        Job::new(spec, splits)
+        test_job(maps, reducers)
     }
 
     fn map_ok(reducers: u32) -> Outcome {

@@ -31,7 +31,7 @@ use crate::coordinator::{Job, JobSpec, JobState, Outcome, ReportResult, commit_o
 use crate::data::{Location, plan_splits};
 use crate::runtime::Runtime;
 use crate::spawn::SpawnedTask;
-use crate::worker::{ComputePool, error_chain};
+use crate::worker::{ComputePool, error_chain, load_module};
 use crate::{AttemptId, JobId, ModuleDigest, WorkerId};
 
 /// Largest module accepted by `UploadModule`.
@@ -382,18 +382,18 @@ impl JobService for JobApi {
         };
         // Validate the module and the parameters: configure it once.
         let bytes = state.module_bytes(&digest).await?;
-        let (runtime, what, params, limits) = (
-            state.runtime.clone(),
-            digest.to_string(),
-            job_ref.params.clone(),
+        let what = digest.to_string();
+        let module = load_module(
+            &state.runtime,
+            &state.pool,
+            &what,
+            bytes,
+            &job_ref.params,
             job_ref.limits,
-        );
-        let module = state
-            .pool
-            .run(move || runtime.load(&what, &bytes, &params, limits))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(|e| Status::invalid_argument(error_chain(&e)))?;
+        )
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(|e| Status::invalid_argument(error_chain(&e)))?;
         let output = Location::parse(&r.output).map_err(|e| Status::invalid_argument(error_chain(&e)))?;
         crate::data::check_output_outside(&r.inputs, &output).map_err(|e| Status::invalid_argument(error_chain(&e)))?;
         let existing: Vec<_> = output

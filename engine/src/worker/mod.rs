@@ -32,6 +32,24 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     line
 }
 
+/// Compile (once per digest), validate and configure a job module on the
+/// compute pool: compiling is CPU work.
+///
+/// # Errors
+/// The outer error if the compute thread panicked, the inner one if the
+/// module is not a valid wmr job or rejects its parameters.
+pub async fn load_module(
+    runtime: &Arc<crate::runtime::Runtime>,
+    pool: &ComputePool,
+    what: &str,
+    bytes: bytes::Bytes,
+    params: &[(String, String)],
+    limits: crate::runtime::Limits,
+) -> Result<Result<crate::runtime::JobModule, crate::runtime::Error>, ComputePanic> {
+    let (runtime, what, params) = (runtime.clone(), what.to_string(), params.to_vec());
+    pool.run(move || runtime.load(&what, &bytes, &params, limits)).await
+}
+
 /// Run one attempt and turn its result into an outcome.
 pub async fn run_assignment(ctx: &JobContext, assignment: &Assignment) -> Outcome {
     let result = match assignment {

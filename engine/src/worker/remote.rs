@@ -14,7 +14,7 @@ use tokio::sync::Notify;
 use tonic::Code;
 use tracing::{Instrument, info, info_span, warn};
 
-use super::{ComputePool, error_chain, run_assignment};
+use super::{ComputePool, error_chain, load_module, run_assignment};
 use crate::coordinator::Outcome;
 use crate::coordinator::cluster::JobRef;
 use crate::data::Location;
@@ -82,15 +82,8 @@ impl Modules {
                     .bytes()
                     .await
                     .map_err(|e| format!("fetching module {} from {}: {e}", job.module, location.display))?;
-                let (runtime, what, params, limits) = (
-                    self.runtime.clone(),
-                    job.module.to_string(),
-                    job.params.clone(),
-                    job.limits,
-                );
-                let module = self
-                    .pool
-                    .run(move || runtime.load(&what, &bytes, &params, limits))
+                let what = job.module.to_string();
+                let module = load_module(&self.runtime, &self.pool, &what, bytes, &job.params, job.limits)
                     .await
                     .map_err(|e| e.to_string())?
                     .map_err(|e| error_chain(&e))?;
