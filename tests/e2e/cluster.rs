@@ -1010,3 +1010,39 @@ fn a_worker_survives_a_hostile_job_and_runs_the_next_one() {
     assert_eq!(c.wait_finished(&job)["state"], "succeeded");
     assert_eq!(text_output(&out), ["here 1", "some 1", "words 1"]);
 }
+
+#[test]
+fn a_cancelled_job_ends_cancelled_and_commits_nothing() {
+    let t = TestDir::new();
+    let mut c = Cluster::start(&t, "10s");
+    c.add_worker(1);
+    let (input, _) = generated_input(&t, 8, 40_000);
+    let out = t.path("out");
+    let job = c.submit(
+        "wordcount",
+        &input,
+        &out,
+        &["--reducers", "2", "--split-size", "128KiB"],
+    );
+    c.wait_for(&job, "a map to commit", |s| s["maps"]["done"].as_u64() >= Some(1));
+    let o = c.client(&["cancel", "--json", &job]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let reply: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(reply["state"], "cancelled");
+    let status = c.status(&job);
+    assert_eq!(status["state"], "cancelled");
+    assert!(
+        status["maps"]["done"].as_u64() < status["maps"]["total"].as_u64(),
+        "{status}"
+    );
+    // No output was committed, and the job list says so too.
+    assert!(!out.join("_SUCCESS").exists());
+    let jobs: Value = serde_json::from_slice(&c.client(&["jobs", "--json"]).stdout).unwrap();
+    assert_eq!(jobs[0]["state"], "cancelled");
+    // The worker is free for the next job.
+    let out2 = t.path("out2");
+    let small = t.write("small/a.txt", "one two two\n");
+    let next = c.submit("wordcount", small.to_str().unwrap(), &out2, &["--reducers", "1"]);
+    assert_eq!(c.wait_finished(&next)["state"], "succeeded");
+    assert_eq!(text_output(&out2), ["one 1", "two 2"]);
+}

@@ -403,8 +403,8 @@ fn map_compute(
                 in_memory.push(merged);
             }
         }
-        counters.insert("wmr.map.spilled.bytes".into(), spills.bytes as i64);
     }
+    counters.insert("wmr.map.spilled.bytes".into(), spills.bytes as i64);
     let shuffled: i64 = partitions.iter().flatten().map(|b| b.num_rows() as i64).sum();
     let (bytes, ranges) = shuffle::encode_shuffle(&schema, &partitions)?;
     check_output("the map output", bytes.len() as u64, module.limits().max_output_bytes)?;
