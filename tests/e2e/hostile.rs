@@ -97,3 +97,33 @@ fn files_sockets_environment_and_arguments_are_out_of_reach() {
     // Clocks and random numbers are real (WASI's, from the host); the rest is absent.
     assert_eq!(lines, ["args 0", "clock 1", "env 0", "file 0", "random 1", "socket 0"]);
 }
+
+#[test]
+fn a_log_flood_is_dropped_and_counted_not_an_error() {
+    let t = TestDir::new();
+    let text: String = (0..3000).map(|i| format!("{i} some text on this line\n")).collect();
+    let input = t.write("in/a.txt", text);
+    let out = t.path("out");
+    let o = wmr_ok(&[
+        "run",
+        "--job",
+        guest("hostile").to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        "--format",
+        "text",
+        "--param",
+        "mode=log-flood",
+        "--max-log",
+        "64KiB",
+        "--json",
+    ]);
+    let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(summary["state"], "succeeded");
+    // 3000 lines of about 50 bytes, 100 times, to stdout alone.
+    let dropped = summary["counters"]["wmr.log.dropped.bytes"].as_i64().unwrap_or(0);
+    assert!(dropped > 10_000_000, "{summary}");
+    assert_eq!(text_output(&out), ["lines 3000"]);
+}

@@ -7,6 +7,7 @@
 //! pre-instantiated), then [`GuestInstance`] (one per task attempt: a fresh
 //! store with an empty WASI context, a memory cap and a time budget).
 
+mod capture;
 mod convert;
 pub mod limits;
 
@@ -17,9 +18,9 @@ use std::time::Duration;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::{DataType, SchemaRef};
+use capture::CappedPipe;
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{Config, Engine, ResourceLimiter, Store, Trap};
-use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::ids::ModuleDigest;
@@ -175,8 +176,8 @@ struct GuestState {
     log: String,
     log_dropped: u64,
     panic: Option<(String, Option<u32>)>,
-    stdout: MemoryOutputPipe,
-    stderr: MemoryOutputPipe,
+    stdout: CappedPipe,
+    stderr: CappedPipe,
 }
 
 impl WasiView for GuestState {
@@ -395,8 +396,8 @@ impl Runtime {
         // No preopens, environment, arguments or sockets: an empty WASI.
         // Guest stdout/stderr are captured into memory (capped) and appended
         // to the attempt's log when it ends.
-        let stdout = MemoryOutputPipe::new(limits.max_log_bytes);
-        let stderr = MemoryOutputPipe::new(limits.max_log_bytes);
+        let stdout = CappedPipe::new(limits.max_log_bytes);
+        let stderr = CappedPipe::new(limits.max_log_bytes);
         let mut builder = wasmtime_wasi::WasiCtxBuilder::new();
         builder.stdout(stdout.clone());
         builder.stderr(stderr.clone());
@@ -662,17 +663,24 @@ impl GuestInstance {
         let state = self.store.data();
         let mut log = state.log.clone();
         for (name, pipe) in [("stdout", &state.stdout), ("stderr", &state.stderr)] {
-            let bytes = pipe.contents();
+            let (bytes, _) = pipe.contents();
             if !bytes.is_empty() {
                 log.push_str(&format!("[{name}]\n{}", String::from_utf8_lossy(&bytes)));
             }
         }
-        if state.log_dropped > 0 {
+        let dropped = self.log_dropped_bytes();
+        if dropped > 0 {
             log.push_str(&format!(
-                "[wmr: {} log bytes dropped past the {}-byte limit]\n",
-                state.log_dropped, state.limits.max_log_bytes
+                "[wmr: {dropped} log bytes dropped past the {}-byte limit; raise it with --max-log]\n",
+                state.limits.max_log_bytes
             ));
         }
         log
+    }
+
+    /// Log bytes (log lines, stdout, stderr) dropped past the limit.
+    pub fn log_dropped_bytes(&self) -> u64 {
+        let state = self.store.data();
+        state.log_dropped + state.stdout.contents().1 + state.stderr.contents().1
     }
 }

@@ -257,6 +257,19 @@ pub async fn run_map(ctx: &JobContext, a: &MapAssignment) -> Result<MapOutput, E
     })
 }
 
+/// Put the guest's captured log in this process's log (`-v` shows it), and
+/// count what the log limit dropped.
+fn record_log(guest: &GuestInstance, task: TaskId, attempt: AttemptId, counters: &mut Counters) {
+    let log = guest.log();
+    if !log.is_empty() {
+        tracing::info!(%task, attempt = attempt.0, "guest log:\n{}", log.trim_end());
+    }
+    let dropped = guest.log_dropped_bytes();
+    if dropped > 0 {
+        counters.insert("wmr.log.dropped.bytes".into(), dropped as i64);
+    }
+}
+
 fn check_output(what: &'static str, written: u64, limit: u64) -> Result<(), Error> {
     if written > limit {
         return Err(Error::OutputLimit { what, written, limit });
@@ -409,6 +422,7 @@ fn map_compute(
     let (bytes, ranges) = shuffle::encode_shuffle(&schema, &partitions)?;
     check_output("the map output", bytes.len() as u64, module.limits().max_output_bytes)?;
     counters.extend(guest.counters().clone());
+    record_log(&guest, a.task, a.attempt, &mut counters);
     counters.insert("wmr.map.input.records".into(), records_in);
     if let InputReader::Text(r) = &reader {
         counters.insert("wmr.map.input.bytes".into(), r.bytes_read as i64);
@@ -535,6 +549,7 @@ fn reduce_compute(
         module.limits().max_output_bytes,
     )?;
     let mut counters = guest.counters().clone();
+    record_log(&guest, a.task, a.attempt, &mut counters);
     counters.insert("wmr.reduce.input.records".into(), records_in as i64);
     counters.insert("wmr.reduce.input.groups".into(), groups as i64);
     counters.insert("wmr.reduce.output.records".into(), rows as i64);

@@ -4,6 +4,7 @@
 //! - `grow`: allocate without end in map;
 //! - `recurse`: recurse until the stack overflows;
 //! - `output`: emit 100 rows of 64 hex digits per input line;
+//! - `log-flood`: print 300 lines to stdout, stderr and the log per input line;
 //! - `escape`: try to read a host file, open a socket, and read the
 //!   environment and arguments, and read the clock and random numbers;
 //!   emits one `(what, 1 if it worked)` row for each.
@@ -94,6 +95,14 @@ impl Job for Hostile {
                         .collect();
                     out.emit(key, 1);
                 }
+            }
+            "log-flood" => {
+                for i in 0..100 {
+                    println!("line {i} of a flood on stdout, from {}", record.offset());
+                    eprintln!("and on stderr");
+                    wmr_sdk::log(wmr_sdk::LogLevel::Info, "and through the host's log");
+                }
+                out.emit("lines", 1);
             }
             "escape" => {
                 if record.offset() == 0 {
