@@ -210,3 +210,60 @@ fn write_parquet(path: &Path) {
     writer.write(&batch).unwrap();
     writer.close().unwrap();
 }
+
+/// `wmr run` of the module `bytes`; returns (exit code, stderr).
+fn run_module(t: &TestDir, name: &str, bytes: &[u8]) -> (Option<i32>, String) {
+    let module = t.write(name, bytes);
+    let input = t.write("in/a.txt", "x\n");
+    let o = wmr(&[
+        "run",
+        "--job",
+        module.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        t.path("out").to_str().unwrap(),
+    ]);
+    (o.status.code(), String::from_utf8_lossy(&o.stderr).to_string())
+}
+
+#[test]
+fn modules_that_are_not_wmr_jobs_are_refused_before_any_work() {
+    let t = TestDir::new();
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "core.wasm",
+            wat::parse_str("(module (func (export \"map\")))").unwrap(),
+            "it is a core wasm module, not a component",
+        ),
+        (
+            "other-world.wasm",
+            wat::parse_str("(component (core module (func (export \"run\"))))").unwrap(),
+            "it does not export the wmr:job world",
+        ),
+        (
+            "foreign-import.wasm",
+            wat::parse_str("(component (import \"evil:host/steal\" (instance (export \"secrets\" (func)))))").unwrap(),
+            "it imports what a wmr job may not",
+        ),
+    ];
+    for (name, bytes, expected) in cases {
+        let (code, err) = run_module(&t, name, &bytes);
+        assert_eq!(code, Some(2), "{name}: {err}");
+        assert!(
+            err.contains(&format!("{name} is not a wmr job component")),
+            "{name}: {err}"
+        );
+        assert!(err.contains(expected), "{name}: expected {expected:?} in {err}");
+        assert!(!t.path("out/_SUCCESS").exists());
+    }
+    // A module over the size limit is refused before it is compiled.
+    let mut huge = b"\0asm\x0d\0\x01\0".to_vec();
+    huge.resize((256 << 20) + 1, 0);
+    let (code, err) = run_module(&t, "huge.wasm", &huge);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("huge.wasm is not a wmr job component: it is larger than 256 MiB"),
+        "{err}"
+    );
+}

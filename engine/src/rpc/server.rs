@@ -34,8 +34,7 @@ use crate::spawn::SpawnedTask;
 use crate::worker::{ComputePool, error_chain, load_module};
 use crate::{AttemptId, JobId, ModuleDigest, WorkerId};
 
-/// Largest module accepted by `UploadModule`.
-pub const MAX_MODULE_BYTES: usize = 256 << 20;
+use crate::runtime::limits::MAX_MODULE_BYTES;
 /// Longest a `PollTask` waits before answering "nothing yet".
 pub const MAX_POLL_WAIT: Duration = Duration::from_secs(30);
 /// Where modules live in the store.

@@ -12,6 +12,8 @@ pub const DEFAULT_MAX_LOG_BYTES: usize = 1 << 20;
 /// Default cap on what one task attempt writes (its shuffle object, or its
 /// output file): 4 GiB (`--max-output`).
 pub const DEFAULT_MAX_OUTPUT_BYTES: u64 = 4 << 30;
+/// Largest module accepted (by `wmr run`, `UploadModule` and workers).
+pub const MAX_MODULE_BYTES: usize = 256 << 20;
 /// How often the epoch ticker advances; the granularity of time limits.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 

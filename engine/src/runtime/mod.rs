@@ -337,6 +337,12 @@ impl Runtime {
             what: what.to_string(),
             reason,
         };
+        if bytes.len() > limits::MAX_MODULE_BYTES {
+            return Err(invalid(format!(
+                "it is larger than {} MiB, the most wmr accepts",
+                limits::MAX_MODULE_BYTES >> 20
+            )));
+        }
         if !bytes.starts_with(b"\0asm") {
             return Err(invalid("it does not start with the wasm magic bytes".into()));
         }
@@ -344,11 +350,13 @@ impl Runtime {
             return Err(invalid("it is a core wasm module, not a component".into()));
         }
         let component = Component::new(&self.engine, bytes).map_err(|e| invalid(format!("{e:#}")))?;
-        let instance_pre = self
-            .linker
-            .instantiate_pre(&component)
-            .map_err(|e| invalid(format!("{e:#}")))?;
-        let pre = bindings::JobPre::new(instance_pre).map_err(|e| invalid(format!("{e:#}")))?;
+        let instance_pre = self.linker.instantiate_pre(&component).map_err(|e| {
+            invalid(format!(
+                "it imports what a wmr job may not (only an empty WASI and wmr's host functions are offered): {e:#}"
+            ))
+        })?;
+        let pre = bindings::JobPre::new(instance_pre)
+            .map_err(|e| invalid(format!("it does not export the wmr:job world ({e:#})")))?;
         let compiled = Arc::new(CompiledModule { pre });
         self.modules
             .lock()
