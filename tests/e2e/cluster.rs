@@ -1046,3 +1046,28 @@ fn a_cancelled_job_ends_cancelled_and_commits_nothing() {
     assert_eq!(c.wait_finished(&next)["state"], "succeeded");
     assert_eq!(text_output(&out2), ["one 1", "two 2"]);
 }
+
+#[test]
+fn an_input_that_disappears_mid_job_fails_it_with_the_file_named() {
+    let t = TestDir::new();
+    let mut c = Cluster::start(&t, "10s");
+    c.add_worker(1);
+    let (input, _) = generated_input(&t, 8, 40_000);
+    let out = t.path("out");
+    let job = c.submit(
+        "wordcount",
+        &input,
+        &out,
+        &["--reducers", "2", "--split-size", "128KiB", "--max-attempts", "2"],
+    );
+    c.wait_for(&job, "a map to commit", |s| s["maps"]["done"].as_u64() >= Some(1));
+    let gone = t.path("in/part-07.txt");
+    std::fs::remove_file(&gone).unwrap();
+    let status = c.wait_finished(&job);
+    assert_eq!(status["state"], "failed", "{status}");
+    let error = status["error"].as_str().unwrap();
+    assert!(error.contains("part-07.txt"), "{error}");
+    assert!(!out.join("_SUCCESS").exists());
+    // The other inputs are untouched.
+    assert_eq!(std::fs::read_dir(t.path("in")).unwrap().count(), 7);
+}
