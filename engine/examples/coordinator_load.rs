@@ -49,6 +49,7 @@ fn main() {
             max_attempts: 4,
             speculation: false,
             map_buffer: 1 << 20,
+            skip_bad_records: 0,
         };
         let splits = (0..tasks as u64)
             .map(|i| Split {

@@ -110,3 +110,39 @@ fn a_guest_panic_fails_the_run_with_its_message_and_position() {
     );
     assert!(!t.path("out/_SUCCESS").exists());
 }
+
+#[test]
+fn skip_bad_records_skips_at_most_its_budget() {
+    let t = TestDir::new();
+    let input = t.write("in.txt", "fine\nBOOM once\nfine again\nBOOM twice\n");
+    let run = |budget: &str, out: &str| {
+        wmr(&[
+            "run",
+            "--job",
+            guest("panicky").to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            t.path(out).to_str().unwrap(),
+            "--format",
+            "text",
+            "--skip-bad-records",
+            budget,
+            "--max-attempts",
+            "2",
+            "--json",
+        ])
+    };
+    // Two bad records, budget two: both skipped, the job succeeds.
+    let o = run("2", "out2");
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(summary["counters"]["wmr.map.skipped.records"], 2);
+    assert_eq!(text_output(&t.path("out2")), ["again 1", "fine 2"]);
+    // Budget one: the second bad record fails the job as usual.
+    let o = run("1", "out1");
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("byte offset 26") && err.contains("BOOM"), "{err}");
+    assert!(!t.path("out1/_SUCCESS").exists());
+}

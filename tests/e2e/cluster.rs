@@ -586,6 +586,7 @@ fn reports_after_the_job_ended_are_refused_cleanly() {
             outcome: Some(pb::report_task_request::Outcome::Failed(pb::AttemptFailed {
                 error: "late".into(),
                 retryable: true,
+                bad_record: None,
             })),
         };
         let reply = client.report_task(report).await.unwrap().into_inner();
@@ -1070,4 +1071,21 @@ fn an_input_that_disappears_mid_job_fails_it_with_the_file_named() {
     assert!(!out.join("_SUCCESS").exists());
     // The other inputs are untouched.
     assert_eq!(std::fs::read_dir(t.path("in")).unwrap().count(), 7);
+}
+
+#[test]
+fn bad_records_are_skipped_counted_and_listed_in_the_status() {
+    let t = TestDir::new();
+    let mut c = Cluster::start(&t, "10s");
+    c.add_worker(1);
+    let input = t.write("in/a.txt", "one two\nBOOM here\nthree\n");
+    let out = t.path("out");
+    let job = c.submit("panicky", input.to_str().unwrap(), &out, &["--skip-bad-records", "1"]);
+    let status = c.wait_finished(&job);
+    assert_eq!(status["state"], "succeeded", "{status}");
+    assert_eq!(text_output(&out), ["one 1", "three 1", "two 1"]);
+    assert_eq!(status["counters"]["wmr.map.skipped.records"], 1);
+    // The status names the record by its byte offset, and the failure that found it.
+    assert_eq!(status["tasks"][0]["skipped"], serde_json::json!([8]), "{status}");
+    assert_eq!(status["tasks"][0]["attempts"][0]["state"], "failed");
 }

@@ -202,6 +202,7 @@ pub(super) fn submit(args: SubmitArgs) -> Result<u8, Failure> {
             overwrite: spec.overwrite,
             no_speculation: args.no_speculation,
             map_buffer: spec.map_buffer.as_u64(),
+            skip_bad_records: spec.skip_bad_records,
         };
         let job = jobs
             .submit_job(request)

@@ -292,6 +292,7 @@ mod tests {
         let late = Outcome::Failed {
             error: "x".into(),
             retryable: true,
+            bad_record: None,
         };
         assert_eq!(
             c.report(&id, lost_task, lost_attempt, late, SystemTime::now()),

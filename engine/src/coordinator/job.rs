@@ -50,6 +50,9 @@ pub struct JobSpec {
     /// Map output a map task holds in memory before spilling to local disk.
     #[serde(default = "map_buffer_default")]
     pub map_buffer: u64,
+    /// Records a map task may skip after the guest failed on them.
+    #[serde(default)]
+    pub skip_bad_records: u32,
 }
 
 /// Default for [`JobSpec::map_buffer`].
@@ -138,6 +141,9 @@ pub struct Task {
     pub attempts: Vec<Attempt>,
     /// Failures counted toward the maximum.
     pub failures: u32,
+    /// Byte offsets of input records the guest failed on, skipped from then on.
+    #[serde(default)]
+    pub skipped: Vec<u64>,
 }
 
 /// How far down the pending queue to look for a task that has not failed
@@ -158,6 +164,7 @@ impl Task {
             state: TaskState::Pending,
             attempts: Vec::new(),
             failures: 0,
+            skipped: Vec::new(),
         }
     }
 }
@@ -194,6 +201,8 @@ pub enum Outcome {
         error: String,
         /// Whether another attempt could succeed.
         retryable: bool,
+        /// The input record (byte offset) the guest failed on, if known.
+        bad_record: Option<u64>,
     },
 }
 
@@ -415,6 +424,7 @@ impl Job {
                 partitions: self.spec.reducers,
                 shuffle_object: format!("{}/map-{index:05}-{}.shuffle", self.spec.work_dir, attempt.0),
                 buffer_bytes: self.spec.map_buffer,
+                skip_records: task.skipped.clone(),
             }),
             Phase::Reduce => Assignment::Reduce(ReduceAssignment {
                 task: task.id,
@@ -509,9 +519,24 @@ impl Job {
                 }
                 ReportResult::WillRetry
             }
-            Outcome::Failed { error, retryable } => {
+            Outcome::Failed {
+                error,
+                retryable,
+                bad_record,
+            } => {
                 t.attempts[ai].state = AttemptState::Failed { error: error.clone() };
-                t.failures += 1;
+                // A record the guest fails on is skipped by the next attempts,
+                // up to the job's budget (the MapReduce paper's section 4.6);
+                // such a failure is not held against the task.
+                let skip = bad_record.filter(|r| {
+                    task.phase == Phase::Map
+                        && !t.skipped.contains(r)
+                        && t.skipped.len() < self.spec.skip_bad_records as usize
+                });
+                match skip {
+                    Some(record) => t.skipped.push(record),
+                    None => t.failures += 1,
+                }
                 let other_running = t.attempts.iter().any(|o| o.state == AttemptState::Running);
                 if retryable && t.failures < max_attempts {
                     // With a backup still running, let it finish rather than start a third.
@@ -596,11 +621,16 @@ impl Job {
         attempt: AttemptId,
         worker: WorkerId,
         error: String,
-        retryable: bool,
+        (retryable, bad_record): (bool, Option<u64>),
         (started, at): (SystemTime, SystemTime),
     ) {
         self.restore_attempt(task, attempt, worker, started);
-        self.report(task, attempt, Outcome::Failed { error, retryable }, at);
+        let outcome = Outcome::Failed {
+            error,
+            retryable,
+            bad_record,
+        };
+        self.report(task, attempt, outcome, at);
     }
 
     /// Put a journaled attempt back as running, so that its report replays.
@@ -683,6 +713,7 @@ pub(crate) fn test_job(maps: usize, reducers: u32) -> Job {
         max_attempts: 2,
         speculation: true,
         map_buffer: 1 << 20,
+        skip_bad_records: 0,
     };
     let splits = (0..maps)
         .map(|i| Split {
@@ -767,6 +798,7 @@ mod tests {
         let fail = || Outcome::Failed {
             error: "boom".into(),
             retryable: true,
+            bad_record: None,
         };
         let (t, a) = ids(&j.next_assignment(&w, now, None).unwrap());
         assert_eq!(j.report(t, a, fail(), now), ReportResult::WillRetry);
@@ -859,6 +891,7 @@ mod tests {
         let failed = Outcome::Failed {
             error: "boom".into(),
             retryable: true,
+            bad_record: None,
         };
         assert_eq!(
             j.report(ids(&first).0, ids(&first).1, failed.clone(), now),

@@ -77,6 +77,9 @@ pub enum Event {
         error: String,
         /// Whether another attempt may succeed.
         retryable: bool,
+        /// The input record it failed on, if known.
+        #[serde(default)]
+        bad_record: Option<u64>,
         /// When it started.
         started: SystemTime,
         /// When it ended.

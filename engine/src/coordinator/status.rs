@@ -68,6 +68,9 @@ pub struct TaskStatus {
     pub index: u32,
     /// pending, running, committed or failed.
     pub state: String,
+    /// Byte offsets of the input records skipped because the job failed on them.
+    #[serde(default)]
+    pub skipped: Vec<u64>,
     /// Every attempt.
     pub attempts: Vec<AttemptStatus>,
 }
@@ -116,6 +119,7 @@ fn task_status(t: &Task) -> TaskStatus {
             TaskState::Failed => "failed",
         }
         .into(),
+        skipped: t.skipped.clone(),
         attempts: t
             .attempts
             .iter()

@@ -217,6 +217,7 @@ pub fn assignment_to_pb(job: &JobRef, a: &Assignment) -> pb::Assignment {
                 partitions: m.partitions,
                 shuffle_object: m.shuffle_object.clone(),
                 buffer_bytes: m.buffer_bytes,
+                skip_records: m.skip_records.clone(),
             }),
             Assignment::Reduce(r) => pb::assignment::Work::Reduce(pb::ReduceWork {
                 inputs: r
@@ -259,6 +260,7 @@ pub fn assignment(a: pb::Assignment) -> Result<(JobRef, Assignment), MalformedMe
             } else {
                 m.buffer_bytes
             },
+            skip_records: m.skip_records,
         }),
         pb::assignment::Work::Reduce(r) if task.phase == Phase::Reduce => Assignment::Reduce(ReduceAssignment {
             task,
@@ -305,9 +307,14 @@ pub fn outcome_to_pb(o: &Outcome) -> pb::report_task_request::Outcome {
             bytes: r.bytes,
             counters: r.counters.clone().into_iter().collect(),
         }),
-        Outcome::Failed { error, retryable } => O::Failed(pb::AttemptFailed {
+        Outcome::Failed {
+            error,
+            retryable,
+            bad_record,
+        } => O::Failed(pb::AttemptFailed {
             error: error.clone(),
             retryable: *retryable,
+            bad_record: *bad_record,
         }),
     }
 }
@@ -338,6 +345,7 @@ pub fn outcome(o: Option<pb::report_task_request::Outcome>) -> Result<Outcome, M
             O::Failed(f) => Outcome::Failed {
                 error: f.error,
                 retryable: f.retryable,
+                bad_record: f.bad_record,
             },
         },
     )

@@ -294,12 +294,13 @@ fn replay(cluster: &mut Cluster, events: Vec<Event>) {
                 worker,
                 error,
                 retryable,
+                bad_record,
                 started,
                 at,
             } => {
                 if let Some(j) = cluster.job_mut(&job) {
                     j.job
-                        .restore_failure(task, attempt, worker, error, retryable, (started, at));
+                        .restore_failure(task, attempt, worker, error, (retryable, bad_record), (started, at));
                 }
             }
             Event::Ended { job, state, error, at } => {
@@ -431,6 +432,7 @@ impl JobService for JobApi {
                 r.max_attempts
             },
             speculation: !r.no_speculation,
+            skip_bad_records: r.skip_bad_records,
             map_buffer: if r.map_buffer == 0 {
                 crate::coordinator::job::DEFAULT_MAP_BUFFER
             } else {
@@ -623,7 +625,11 @@ impl WorkerService for WorkerApi {
                 Outcome::Failed { .. } => None,
             };
             let failure = match &outcome {
-                Outcome::Failed { error, retryable } => Some((error.clone(), *retryable)),
+                Outcome::Failed {
+                    error,
+                    retryable,
+                    bad_record,
+                } => Some((error.clone(), *retryable, *bad_record)),
                 _ => None,
             };
             let started = cluster
@@ -642,7 +648,7 @@ impl WorkerService for WorkerApi {
                     started,
                     at: now,
                 }),
-                (ReportResult::WillRetry | ReportResult::JobFailed, _, Some((error, retryable))) => {
+                (ReportResult::WillRetry | ReportResult::JobFailed, _, Some((error, retryable, bad_record))) => {
                     events.push(Event::Failed {
                         job: job.clone(),
                         task,
@@ -650,6 +656,7 @@ impl WorkerService for WorkerApi {
                         worker: worker.clone(),
                         error,
                         retryable,
+                        bad_record,
                         started,
                         at: now,
                     });

@@ -57,6 +57,8 @@ pub enum Error {
         attempt: AttemptId,
         /// Where in the input: `file offset N` or a row.
         position: Option<String>,
+        /// The byte offset of the text record it failed on, if known.
+        record: Option<u64>,
         /// The runtime's error.
         #[source]
         source: crate::runtime::Error,
@@ -83,6 +85,14 @@ pub enum Error {
 }
 
 impl Error {
+    /// The input record (byte offset) a guest failure happened on, if known.
+    pub fn bad_record(&self) -> Option<u64> {
+        match self {
+            Error::Guest { record, .. } => *record,
+            _ => None,
+        }
+    }
+
     /// Whether running the task again could succeed: guest failures and
     /// corrupt input are retried too (another worker may differ), up to the
     /// job's maximum attempts.
@@ -120,6 +130,9 @@ pub struct MapAssignment {
     pub shuffle_object: String,
     /// Map output held in memory before it is sorted and spilled to local disk.
     pub buffer_bytes: u64,
+    /// Byte offsets of records to skip: the guest failed on them before.
+    #[serde(default)]
+    pub skip_records: Vec<u64>,
 }
 
 /// What a successful map attempt produced.
@@ -186,13 +199,37 @@ impl InputReader {
 
 /// Where row `row` of an input batch came from, for error messages.
 fn position_of(batch: &RecordBatch, row: u32, source: &str, split: &Split) -> String {
-    let offset = batch
-        .column_by_name("offset")
-        .and_then(|c| c.as_any().downcast_ref::<Int64Array>().cloned());
-    match offset {
-        Some(o) if (row as usize) < o.len() => format!("{source} byte offset {}", o.value(row as usize)),
-        _ => format!("{} (row {row} of a batch)", split.describe()),
+    match offset_of(batch, row) {
+        Some(offset) => format!("{source} byte offset {offset}"),
+        None => format!("{} (row {row} of a batch)", split.describe()),
     }
+}
+
+/// The byte offset of row `row` of a text input batch.
+fn offset_of(batch: &RecordBatch, row: u32) -> Option<u64> {
+    let offsets = batch.column_by_name("offset")?.as_any().downcast_ref::<Int64Array>()?;
+    ((row as usize) < offsets.len()).then(|| offsets.value(row as usize) as u64)
+}
+
+/// `batch` without the rows at the byte offsets in `skip`, and how many went.
+fn without_records(batch: RecordBatch, skip: &[u64]) -> Result<(RecordBatch, usize), Error> {
+    let Some(offsets) = batch
+        .column_by_name("offset")
+        .and_then(|c| c.as_any().downcast_ref::<Int64Array>())
+    else {
+        return Ok((batch, 0));
+    };
+    let keep: arrow::array::BooleanArray = offsets
+        .iter()
+        .map(|o| Some(!o.is_some_and(|o| skip.contains(&(o as u64)))))
+        .collect();
+    let skipped = keep.false_count();
+    if skipped == 0 {
+        return Ok((batch, 0));
+    }
+    let kept = arrow::compute::filter_record_batch(&batch, &keep)
+        .map_err(|e| Error::Data(crate::data::Error::Internal(format!("skipping records: {e}"))))?;
+    Ok((kept, skipped))
 }
 
 fn put_error(what: &str, e: object_store::Error) -> Error {
@@ -286,6 +323,7 @@ fn guest_err(
         task: a_task,
         attempt,
         position,
+        record: None,
         source,
     }
 }
@@ -363,14 +401,29 @@ fn map_compute(
     let mut spills = spill::Spills::new();
     let (mut records_in, mut map_out) = (0i64, 0i64);
     let mut more_input = true;
+    let mut skipped_records = 0i64;
     while more_input {
         // The guest's output for the next batch, or at the end what it held back.
         let out = match reader.next_batch()? {
             Some(batch) => {
+                let (batch, skipped) = if a.skip_records.is_empty() {
+                    (batch, 0)
+                } else {
+                    without_records(batch, &a.skip_records)?
+                };
+                skipped_records += skipped as i64;
                 records_in += batch.num_rows() as i64;
                 guest.map(source, &batch).map_err(|e| {
-                    let position = e.guest_row().map(|row| position_of(&batch, row, source, &a.split));
-                    guest_err(a.task, a.attempt, position)(e)
+                    let row = e.guest_row();
+                    let position = row.map(|row| position_of(&batch, row, source, &a.split));
+                    let record = row.and_then(|row| offset_of(&batch, row));
+                    Error::Guest {
+                        task: a.task,
+                        attempt: a.attempt,
+                        position,
+                        record,
+                        source: e,
+                    }
                 })?
             }
             None => {
@@ -424,6 +477,9 @@ fn map_compute(
     counters.extend(guest.counters().clone());
     record_log(&guest, a.task, a.attempt, &mut counters);
     counters.insert("wmr.map.input.records".into(), records_in);
+    if skipped_records > 0 {
+        counters.insert("wmr.map.skipped.records".into(), skipped_records);
+    }
     if let InputReader::Text(r) = &reader {
         counters.insert("wmr.map.input.bytes".into(), r.bytes_read as i64);
         if r.invalid_utf8_lines > 0 {

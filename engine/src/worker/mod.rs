@@ -62,6 +62,7 @@ pub async fn run_assignment(ctx: &JobContext, assignment: &Assignment) -> Outcom
         Outcome::Failed {
             error,
             retryable: e.retryable(),
+            bad_record: e.bad_record(),
         }
     })
 }

@@ -254,7 +254,11 @@ async fn slot_loop(session: Arc<Session>, modules: Arc<Modules>, running: Runnin
             let ctx = match modules.context(&session.store, &job).await {
                 Ok(ctx) => ctx,
                 Err(error) => {
-                    return Some(Outcome::Failed { error, retryable: true });
+                    return Some(Outcome::Failed {
+                        error,
+                        retryable: true,
+                        bad_record: None,
+                    });
                 }
             };
             tokio::select! {
