@@ -112,10 +112,7 @@ fn render(doc: &JobStatusDoc) -> String {
         "{} ({}): {}\n  tasks     maps {}/{}, reduces {}/{}\n",
         doc.job,
         doc.name,
-        serde_json::to_value(doc.state)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_string))
-            .unwrap_or_default(),
+        doc.state.as_str(),
         doc.maps.done,
         doc.maps.total,
         doc.reduces.done,
@@ -327,10 +324,7 @@ pub(super) fn jobs(args: ClientArgs) -> Result<u8, Failure> {
         } else {
             let mut t = String::new();
             for d in &docs {
-                let state = serde_json::to_value(d.state)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_string))
-                    .unwrap_or_default();
+                let state = d.state.as_str();
                 t.push_str(&format!(
                     "{}  {:<10} {:<9} maps {}/{}  reduces {}/{}\n",
                     d.job, d.name, state, d.maps.done, d.maps.total, d.reduces.done, d.reduces.total

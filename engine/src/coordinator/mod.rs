@@ -118,62 +118,60 @@ impl Coordinator {
 /// # Errors
 /// [`Error::Commit`] if the store refuses a move or the manifest.
 pub async fn commit_output(job: &Job, job_name: &str) -> Result<Manifest, Error> {
-    {
-        let commit_err = |source| Error::Commit {
-            job: job.spec.id.to_string(),
-            source,
-        };
-        let out = Location::parse(&job.spec.output).map_err(commit_err)?;
-        let mut files = Vec::new();
-        for (partition, reduce) in job.reduce_outputs.iter().enumerate() {
-            let reduce = reduce
-                .as_ref()
-                .ok_or_else(|| Error::Internal(format!("committing with reduce {partition} not committed")))?;
-            let from = Location::parse(&reduce.file).map_err(commit_err)?;
-            let name = job.spec.format.file_name(partition as u32);
-            let to = out.child(&name);
-            match from.store.rename(&from.path, &to.path).await {
-                Ok(()) => {}
-                // Already moved by an earlier, interrupted commit.
-                Err(object_store::Error::NotFound { .. }) if to.store.head(&to.path).await.is_ok() => {}
-                Err(e) => {
-                    return Err(commit_err(crate::data::Error::Io {
-                        what: from.display.clone(),
-                        action: "moving",
-                        source: e,
-                    }));
-                }
-            }
-            files.push(OutputFile {
-                name,
-                rows: reduce.rows,
-                bytes: reduce.bytes,
-            });
-        }
-        let manifest = Manifest {
-            job: job.spec.id.to_string(),
-            name: job_name.to_string(),
-            format: job.spec.format,
-            files,
-        };
-        let json = serde_json::to_vec_pretty(&manifest).map_err(|e| Error::Internal(e.to_string()))?;
-        let success = out.child(MANIFEST_NAME);
-        success
-            .store
-            .put(&success.path, PutPayload::from(json))
-            .await
-            .map_err(|e| {
-                commit_err(crate::data::Error::Io {
-                    what: success.display.clone(),
-                    action: "writing",
+    let commit_err = |source| Error::Commit {
+        job: job.spec.id.to_string(),
+        source,
+    };
+    let out = Location::parse(&job.spec.output).map_err(commit_err)?;
+    let mut files = Vec::new();
+    for (partition, reduce) in job.reduce_outputs.iter().enumerate() {
+        let reduce = reduce
+            .as_ref()
+            .ok_or_else(|| Error::Internal(format!("committing with reduce {partition} not committed")))?;
+        let from = Location::parse(&reduce.file).map_err(commit_err)?;
+        let name = job.spec.format.file_name(partition as u32);
+        let to = out.child(&name);
+        match from.store.rename(&from.path, &to.path).await {
+            Ok(()) => {}
+            // Already moved by an earlier, interrupted commit.
+            Err(object_store::Error::NotFound { .. }) if to.store.head(&to.path).await.is_ok() => {}
+            Err(e) => {
+                return Err(commit_err(crate::data::Error::Io {
+                    what: from.display.clone(),
+                    action: "moving",
                     source: e,
-                })
-            })?;
-        remove_all(&Location::parse(&job.spec.work_dir).map_err(commit_err)?)
-            .await
-            .map_err(commit_err)?;
-        Ok(manifest)
+                }));
+            }
+        }
+        files.push(OutputFile {
+            name,
+            rows: reduce.rows,
+            bytes: reduce.bytes,
+        });
     }
+    let manifest = Manifest {
+        job: job.spec.id.to_string(),
+        name: job_name.to_string(),
+        format: job.spec.format,
+        files,
+    };
+    let json = serde_json::to_vec_pretty(&manifest).map_err(|e| Error::Internal(e.to_string()))?;
+    let success = out.child(MANIFEST_NAME);
+    success
+        .store
+        .put(&success.path, PutPayload::from(json))
+        .await
+        .map_err(|e| {
+            commit_err(crate::data::Error::Io {
+                what: success.display.clone(),
+                action: "writing",
+                source: e,
+            })
+        })?;
+    remove_all(&Location::parse(&job.spec.work_dir).map_err(commit_err)?)
+        .await
+        .map_err(commit_err)?;
+    Ok(manifest)
 }
 
 /// Delete every object under `dir` (and, for a local directory, the

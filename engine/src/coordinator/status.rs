@@ -27,6 +27,17 @@ pub enum UserState {
 }
 
 impl UserState {
+    /// The state as `status --json` spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UserState::Queued => "queued",
+            UserState::Running => "running",
+            UserState::Succeeded => "succeeded",
+            UserState::Failed => "failed",
+            UserState::Cancelled => "cancelled",
+        }
+    }
+
     /// Whether the job has ended.
     pub fn is_final(self) -> bool {
         matches!(self, UserState::Succeeded | UserState::Failed | UserState::Cancelled)
@@ -172,6 +183,24 @@ impl JobStatusDoc {
             } else {
                 Vec::new()
             },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::UserState;
+
+    #[test]
+    fn as_str_spells_states_as_the_json_does() {
+        for s in [
+            UserState::Queued,
+            UserState::Running,
+            UserState::Succeeded,
+            UserState::Failed,
+            UserState::Cancelled,
+        ] {
+            assert_eq!(serde_json::to_value(s).expect("serializes"), s.as_str());
         }
     }
 }
