@@ -68,10 +68,10 @@ fn main() {
         let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = serve(state, listener, None, async {
+        let server = serve(state, listener, Default::default(), async {
             let _ = stopped.await;
         });
-        let channel = wmr::rpc::client::connect(&addr).await.unwrap();
+        let channel = wmr::rpc::client::connect(&addr, &Default::default()).await.unwrap();
         let started = Instant::now();
         let simulated = (0..workers).map(|w| {
             let mut client = wmr::rpc::client::workers(channel.clone(), None);

@@ -44,13 +44,30 @@ impl Cluster {
         lease: &'static str,
         backup_after: &'static str,
     ) -> Self {
+        Self::start_with_args(t, store, env, (lease, backup_after), Vec::new())
+    }
+
+    fn start_with_args(
+        t: &TestDir,
+        store: String,
+        env: Vec<(String, String)>,
+        (lease, backup_after): (&'static str, &'static str),
+        coordinator_args: Vec<String>,
+    ) -> Self {
         let logs = t.path("logs");
         std::fs::create_dir_all(&logs).unwrap();
-        let (coordinator, addr) = start_coordinator(&store, &env, "127.0.0.1:0", (lease, backup_after), &[], &logs);
+        let (coordinator, addr) = start_coordinator(
+            &store,
+            &env,
+            "127.0.0.1:0",
+            (lease, backup_after),
+            &coordinator_args,
+            &logs,
+        );
         Cluster {
             store,
             env,
-            coordinator_args: Vec::new(),
+            coordinator_args,
             addr,
             lease,
             backup_after,
@@ -83,10 +100,11 @@ impl Cluster {
     fn restart_coordinator(&mut self) {
         self.coordinator.kill().unwrap();
         self.coordinator.wait().unwrap();
+        let listen = self.addr.split_once("://").map_or(self.addr.as_str(), |(_, a)| a);
         let (coordinator, addr) = start_coordinator(
             &self.store,
             &self.env,
-            &self.addr,
+            listen,
             (self.lease, self.backup_after),
             &self.coordinator_args,
             &self.logs,
@@ -564,7 +582,7 @@ fn reports_after_the_job_ended_are_refused_cleanly() {
         .build()
         .unwrap();
     runtime.block_on(async {
-        let channel = wmr::rpc::client::connect(&c.addr).await.unwrap();
+        let channel = wmr::rpc::client::connect(&c.addr, &Default::default()).await.unwrap();
         let mut client = wmr::rpc::client::workers(channel, None);
         let worker = client
             .register_worker(pb::RegisterWorkerRequest {
@@ -592,7 +610,7 @@ fn reports_after_the_job_ended_are_refused_cleanly() {
         let reply = client.report_task(report).await.unwrap().into_inner();
         assert_eq!(reply.result, pb::ReportResult::Stale as i32);
         // The standard health service answers for both services.
-        let channel = wmr::rpc::client::connect(&c.addr).await.unwrap();
+        let channel = wmr::rpc::client::connect(&c.addr, &Default::default()).await.unwrap();
         let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
         for service in ["wmr.v1.JobService", "wmr.v1.WorkerService"] {
             let request = tonic_health::pb::HealthCheckRequest {
@@ -920,7 +938,7 @@ fn a_token_is_required_on_every_call_of_both_services() {
     runtime.block_on(async {
         for token in [None, Some("wrong")] {
             let token = token.map(|t| wmr::rpc::auth::Token::new(t, "test").unwrap());
-            let channel = wmr::rpc::client::connect(&c.addr).await.unwrap();
+            let channel = wmr::rpc::client::connect(&c.addr, &Default::default()).await.unwrap();
             let mut client = wmr::rpc::client::workers(channel, token);
             let refused = client
                 .register_worker(pb::RegisterWorkerRequest {
@@ -937,6 +955,233 @@ fn a_token_is_required_on_every_call_of_both_services() {
     assert!(log.contains("refused a call with no token"), "{log}");
     assert!(log.contains("refused a call with a wrong token"), "{log}");
     assert!(log.contains("WorkerService") && log.contains("JobService"), "{log}");
+}
+
+/// A CA, and certificates it signs, made for one test.
+struct Pki {
+    ca: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+}
+
+impl Pki {
+    fn new(name: &str) -> Self {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.distinguished_name.push(rcgen::DnType::CommonName, name);
+        let ca = rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap()).unwrap();
+        Pki { ca }
+    }
+
+    /// Write the CA certificate as `NAME.pem` and return its path.
+    fn write_ca(&self, t: &TestDir, name: &str) -> String {
+        t.write(&format!("{name}.pem"), self.ca.pem())
+            .to_str()
+            .unwrap()
+            .to_string()
+    }
+
+    /// A certificate for `names`, signed by the CA: (cert path, key path).
+    fn issue(&self, t: &TestDir, file: &str, names: &[&str]) -> (String, String) {
+        let params = rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.ca).unwrap();
+        let cert_path = t.write(&format!("{file}.pem"), cert.pem());
+        let key_path = t.write(&format!("{file}.key"), key.serialize_pem());
+        (
+            cert_path.to_str().unwrap().to_string(),
+            key_path.to_str().unwrap().to_string(),
+        )
+    }
+}
+
+#[test]
+fn tls_with_client_certificates_runs_jobs_and_refuses_strangers() {
+    use wmr::rpc::pb;
+    let t = TestDir::new();
+    let pki = Pki::new("wmr test CA");
+    let ca = pki.write_ca(&t, "ca");
+    let (server_cert, server_key) = pki.issue(&t, "coordinator", &["localhost", "127.0.0.1"]);
+    let (client_cert, client_key) = pki.issue(&t, "client", &["wmr-client"]);
+    let env = vec![
+        ("WMR_CA".to_string(), ca.clone()),
+        ("WMR_TLS_CERT".to_string(), client_cert.clone()),
+        ("WMR_TLS_KEY".to_string(), client_key.clone()),
+    ];
+    let mut c = Cluster::start_with_args(
+        &t,
+        t.path("store").to_str().unwrap().to_string(),
+        env,
+        ("10s", "5s"),
+        ["--tls-cert", &server_cert, "--tls-key", &server_key, "--ca", &ca]
+            .map(String::from)
+            .to_vec(),
+    );
+    assert!(c.addr.starts_with("https://127.0.0.1:"), "{}", c.addr);
+    c.add_worker(1);
+    let (input, texts) = generated_input(&t, 2, 2_000);
+    let out = t.path("out");
+    let job = c.submit("wordcount", &input, &out, &["--reducers", "2"]);
+    assert_eq!(c.wait_finished(&job)["state"], "succeeded");
+    assert_eq!(text_output(&out), as_lines(&reference_wordcount(&texts)));
+
+    // Each way of getting TLS wrong is one line naming the fix.
+    let stranger = Pki::new("someone else's CA");
+    let other_ca = stranger.write_ca(&t, "other-ca");
+    let (stranger_cert, stranger_key) = stranger.issue(&t, "stranger", &["stranger"]);
+    let host_port = c.addr.trim_start_matches("https://").to_string();
+    let plain = format!("http://{host_port}");
+    /// An address, the TLS environment, and what the error must say.
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+    let cases: [Case; 5] = [
+        (&c.addr, &[], "give its CA with --ca"),
+        (&c.addr, &[("WMR_CA", &other_ca)], "give its CA with --ca"),
+        (
+            &c.addr,
+            &[("WMR_CA", &ca)],
+            "client certificate: give --tls-cert and --tls-key",
+        ),
+        (
+            &c.addr,
+            &[
+                ("WMR_CA", &ca),
+                ("WMR_TLS_CERT", &stranger_cert),
+                ("WMR_TLS_KEY", &stranger_key),
+            ],
+            "give one signed by the CA the coordinator trusts",
+        ),
+        (&plain, &[], "if it serves TLS, use https://"),
+    ];
+    for (addr, env, expected) in cases {
+        let o = Command::new(env!("CARGO_BIN_EXE_wmr"))
+            .args(["jobs", "--coordinator", addr])
+            .env_remove("WMR_CA")
+            .env_remove("WMR_TLS_CERT")
+            .env_remove("WMR_TLS_KEY")
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{addr} {env:?} got through");
+        assert!(err.contains(expected), "{addr} {env:?}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+    }
+    // A bare host:port means https once TLS settings are given.
+    let o = Command::new(env!("CARGO_BIN_EXE_wmr"))
+        .args(["jobs", "--json", "--coordinator", &host_port])
+        .envs(c.env.iter().cloned())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let jobs: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(jobs[0]["job"], job.as_str());
+    // The worker service is behind the same TLS: no client certificate, no
+    // registration.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let tls = wmr::rpc::tls::ClientTls::from_flags(Some(Path::new(&ca)), None, None).unwrap();
+        let refused = match wmr::rpc::client::connect(&c.addr, &tls).await {
+            Err(e) => e.to_string(),
+            Ok(channel) => wmr::rpc::client::workers(channel, None)
+                .register_worker(pb::RegisterWorkerRequest {
+                    name: "intruder".into(),
+                    slots: 1,
+                })
+                .await
+                .unwrap_err()
+                .to_string(),
+        };
+        assert!(refused.contains("client certificate: give --tls-cert"), "{refused}");
+    });
+}
+
+#[test]
+fn tls_for_the_server_only_carries_the_token_and_checks_files() {
+    let t = TestDir::new();
+    let pki = Pki::new("wmr test CA");
+    let ca = pki.write_ca(&t, "ca");
+    let (cert, key) = pki.issue(&t, "coordinator", &["localhost"]);
+    let token_file = t.write("token", "tls-token\n");
+    let env = vec![
+        ("WMR_CA".to_string(), ca.clone()),
+        ("WMR_TOKEN".to_string(), "tls-token".to_string()),
+    ];
+    let args = ["--tls-cert", &cert, "--tls-key", &key, "--token-file"]
+        .map(String::from)
+        .into_iter()
+        .chain([token_file.to_str().unwrap().to_string()])
+        .collect();
+    let mut c = Cluster::start_with_args(
+        &t,
+        t.path("store").to_str().unwrap().to_string(),
+        env,
+        ("10s", "5s"),
+        args,
+    );
+    // The certificate names localhost, so that is the address to use.
+    c.addr = c.addr.replace("127.0.0.1", "localhost");
+    c.add_worker(1);
+    let (input, texts) = generated_input(&t, 1, 1_000);
+    let out = t.path("out");
+    let job = c.submit("wordcount", &input, &out, &[]);
+    assert_eq!(c.wait_finished(&job)["state"], "succeeded");
+    assert_eq!(text_output(&out), as_lines(&reference_wordcount(&texts)));
+    // TLS does not replace the token.
+    let o = Command::new(env!("CARGO_BIN_EXE_wmr"))
+        .args(["jobs", "--coordinator", &c.addr])
+        .env("WMR_CA", &ca)
+        .env_remove("WMR_TOKEN")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("the coordinator refused the call: no token"), "{err}");
+    // An address by IP is not one the certificate names.
+    let by_ip = c.addr.replace("localhost", "127.0.0.1");
+    let err = String::from_utf8(c.client(&["jobs"]).stderr).unwrap();
+    assert!(err.is_empty(), "{err}");
+    let o = Command::new(env!("CARGO_BIN_EXE_wmr"))
+        .args(["jobs", "--coordinator", &by_ip])
+        .envs(c.env.iter().cloned())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("does not name the host in the address"), "{err}");
+    // TLS settings with an http:// address contradict each other.
+    let plain = c.addr.replace("https://", "http://");
+    let o = Command::new(env!("CARGO_BIN_EXE_wmr"))
+        .args(["jobs", "--coordinator", &plain])
+        .envs(c.env.iter().cloned())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("says http://; use https://"), "{err}");
+    // Files that are not PEM are refused by name, before anything starts.
+    let junk = t.write("junk.pem", "not pem");
+    let o = wmr(&[
+        "coordinator",
+        "--store",
+        t.path("store2").to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--tls-cert",
+        junk.to_str().unwrap(),
+        "--tls-key",
+        &key,
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("junk.pem (given to --tls-cert) holds no PEM certificate"),
+        "{err}"
+    );
+    let o = Command::new(env!("CARGO_BIN_EXE_wmr"))
+        .args(["jobs", "--coordinator", &c.addr, "--tls-cert", &cert])
+        .env("WMR_CA", &ca)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("--tls-cert and --tls-key go together"), "{err}");
 }
 
 #[test]
@@ -973,7 +1218,10 @@ fn a_coordinator_refuses_a_public_address_without_a_token() {
         .unwrap();
     child.kill().unwrap();
     child.wait().unwrap();
-    assert!(line.starts_with("wmr coordinator listening on 0.0.0.0:"), "{line}");
+    assert!(
+        line.starts_with("wmr coordinator listening on http://0.0.0.0:"),
+        "{line}"
+    );
 }
 
 #[test]

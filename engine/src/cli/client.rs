@@ -3,6 +3,7 @@
 //! prints for people, or JSON with `--json`.
 
 use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
@@ -16,21 +17,57 @@ use crate::data::Location;
 use crate::rpc::auth::Token;
 use crate::rpc::client::AuthedChannel;
 use crate::rpc::pb::job_service_client::JobServiceClient;
+use crate::rpc::tls::ClientTls;
 use crate::rpc::{client, convert, pb};
 use crate::worker::error_chain;
+
+/// How to reach the coordinator: its address, the cluster's token and TLS.
+/// Shared by the client commands and `wmr worker`.
+#[derive(Debug, Clone, Args)]
+pub struct ConnectionArgs {
+    /// The coordinator: host:port, http://host:port, or https://host:port
+    /// for TLS (a bare host:port means https when --ca or --tls-cert is given).
+    #[arg(long, env = "WMR_COORDINATOR", value_name = "URL")]
+    pub coordinator: String,
+    /// A file holding the cluster's token (else `WMR_TOKEN`, if set).
+    #[arg(long, value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
+    /// The CA certificate (PEM) that signed the coordinator's TLS
+    /// certificate [default: the system's trusted roots].
+    #[arg(long, env = "WMR_CA", value_name = "PATH")]
+    pub ca: Option<PathBuf>,
+    /// This process's own certificate (PEM), for a coordinator that
+    /// requires client certificates; with --tls-key.
+    #[arg(long, env = "WMR_TLS_CERT", value_name = "PATH")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, env = "WMR_TLS_KEY", value_name = "PATH")]
+    pub tls_key: Option<PathBuf>,
+}
+
+impl ConnectionArgs {
+    /// The token and TLS settings these flags name.
+    pub(super) fn load(&self) -> Result<(Option<Token>, ClientTls), Failure> {
+        let usage = |message: String| Failure {
+            code: exit::USAGE,
+            message,
+        };
+        let token = Token::from_flag_or_env(self.token_file.as_deref()).map_err(|e| usage(e.to_string()))?;
+        let tls = ClientTls::from_flags(self.ca.as_deref(), self.tls_cert.as_deref(), self.tls_key.as_deref())
+            .map_err(|e| usage(e.to_string()))?;
+        Ok((token, tls))
+    }
+}
 
 /// Where the coordinator is, and how to print.
 #[derive(Debug, Clone, Args)]
 pub struct ClientArgs {
-    /// The coordinator, host:port or http://host:port.
-    #[arg(long, env = "WMR_COORDINATOR", value_name = "URL")]
-    pub coordinator: String,
+    /// The coordinator and how to reach it.
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
     /// Print JSON for scripts.
     #[arg(long)]
     pub json: bool,
-    /// A file holding the cluster's token (else `WMR_TOKEN`, if set).
-    #[arg(long, value_name = "PATH")]
-    pub token_file: Option<std::path::PathBuf>,
 }
 
 /// Submit a job to a coordinator.
@@ -78,19 +115,18 @@ fn rpc_failure(what: &str, status: &tonic::Status) -> Failure {
     };
     Failure {
         code,
-        message: format!("{what}: {}", status.message()),
+        message: format!("{what}: {}", client::explain(status)),
     }
 }
 
 async fn connect(args: &ClientArgs) -> Result<JobServiceClient<AuthedChannel>, Failure> {
-    let token = Token::from_flag_or_env(args.token_file.as_deref()).map_err(|e| Failure {
-        code: exit::USAGE,
-        message: e.to_string(),
-    })?;
-    let channel = client::connect(&args.coordinator).await.map_err(|e| Failure {
-        code: exit::INFRASTRUCTURE,
-        message: e.to_string(),
-    })?;
+    let (token, tls) = args.connection.load()?;
+    let channel = client::connect(&args.connection.coordinator, &tls)
+        .await
+        .map_err(|e| Failure {
+            code: exit::INFRASTRUCTURE,
+            message: e.to_string(),
+        })?;
     Ok(client::jobs(channel, token))
 }
 

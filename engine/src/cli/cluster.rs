@@ -6,11 +6,14 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Args;
+use tracing::warn;
 
+use super::client::ConnectionArgs;
 use super::{Failure, exit, io_runtime};
 use crate::data::Location;
 use crate::rpc::auth::Token;
-use crate::rpc::server::{CoordinatorState, bind, serve};
+use crate::rpc::server::{CoordinatorState, Security, bind, serve};
+use crate::rpc::tls::ServerTls;
 use crate::worker::error_chain;
 use crate::worker::remote::{WorkerConfig, run_worker};
 
@@ -42,20 +45,28 @@ pub struct CoordinatorArgs {
     /// reach the port can then run code on the workers).
     #[arg(long)]
     pub insecure: bool,
+    /// Serve TLS with this certificate chain (PEM); with --tls-key.
+    /// Clients then connect to https://HOST:PORT.
+    #[arg(long, value_name = "PATH", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, value_name = "PATH", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
+    /// Require every client and worker to present a certificate signed by
+    /// this CA (PEM): mutual TLS. Needs --tls-cert and --tls-key.
+    #[arg(long, value_name = "PATH", requires = "tls_cert")]
+    pub ca: Option<std::path::PathBuf>,
 }
 
 /// Run tasks for a coordinator.
 #[derive(Debug, Args)]
 pub struct WorkerArgs {
-    /// The coordinator, host:port or http://host:port.
-    #[arg(long, env = "WMR_COORDINATOR", value_name = "URL")]
-    pub coordinator: String,
+    /// The coordinator and how to reach it.
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
     /// Task slots running at once [default: the number of cores].
     #[arg(long, value_name = "N")]
     pub slots: Option<usize>,
-    /// A file holding the cluster's token (else `WMR_TOKEN`, if set).
-    #[arg(long, value_name = "PATH")]
-    pub token_file: Option<std::path::PathBuf>,
 }
 
 pub(super) fn coordinator(args: CoordinatorArgs) -> Result<u8, Failure> {
@@ -73,12 +84,22 @@ pub(super) fn coordinator(args: CoordinatorArgs) -> Result<u8, Failure> {
         .map(Token::from_file)
         .transpose()
         .map_err(|e| usage(e.to_string()))?;
-    if token.is_none() && !args.listen.ip().is_loopback() && !args.insecure {
+    let tls = ServerTls::from_flags(args.tls_cert.as_deref(), args.tls_key.as_deref(), args.ca.as_deref())
+        .map_err(|e| usage(e.to_string()))?;
+    let public = !args.listen.ip().is_loopback();
+    let authenticated = token.is_some() || tls.as_ref().is_some_and(ServerTls::requires_client_certificates);
+    if public && !authenticated && !args.insecure {
         return Err(usage(format!(
             "refusing to listen on {} without a token: anyone who reaches it could run code on the workers; \
-             give --token-file, or --insecure if the network is private",
+             give --token-file (or --ca for client certificates), or --insecure if the network is private",
             args.listen
         )));
+    }
+    if public && token.is_some() && tls.is_none() {
+        warn!(
+            "the token travels in clear text on {}; give --tls-cert and --tls-key to encrypt it",
+            args.listen
+        );
     }
     io_runtime(2)?.block_on(async move {
         let store = Location::parse(&args.store).map_err(|e| Failure {
@@ -95,6 +116,7 @@ pub(super) fn coordinator(args: CoordinatorArgs) -> Result<u8, Failure> {
         let state = CoordinatorState::open(store, lease, Some(*args.backup_after))
             .await
             .map_err(|e| infra(error_chain(&e)))?;
+        let tls_on = tls.is_some();
         let listener = bind(args.listen)
             .await
             .map_err(|e| infra(format!("can't listen on {}: {e}", args.listen)))?;
@@ -102,7 +124,12 @@ pub(super) fn coordinator(args: CoordinatorArgs) -> Result<u8, Failure> {
         {
             let mut out = std::io::stdout().lock();
             // Scripts and tests read the bound address from this line.
-            let _ = writeln!(out, "wmr coordinator listening on {addr}, store {}", args.store);
+            let scheme = if tls_on { "https" } else { "http" };
+            let _ = writeln!(
+                out,
+                "wmr coordinator listening on {scheme}://{addr}, store {}",
+                args.store
+            );
             let _ = out.flush();
         }
         let shutdown = async {
@@ -111,7 +138,7 @@ pub(super) fn coordinator(args: CoordinatorArgs) -> Result<u8, Failure> {
                 std::future::pending::<()>().await;
             }
         };
-        serve(state, listener, token, shutdown)
+        serve(state, listener, Security { token, tls }, shutdown)
             .await
             .map_err(|e| infra(format!("serving on {addr}: {}", error_chain(&e))))?;
         Ok(exit::SUCCESS)
@@ -129,13 +156,11 @@ pub(super) fn worker(args: WorkerArgs) -> Result<u8, Failure> {
         });
     }
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "host".into());
-    let token = Token::from_flag_or_env(args.token_file.as_deref()).map_err(|e| Failure {
-        code: exit::USAGE,
-        message: e.to_string(),
-    })?;
+    let (token, tls) = args.connection.load()?;
     let config = WorkerConfig {
         token,
-        coordinator: args.coordinator,
+        tls,
+        coordinator: args.connection.coordinator,
         slots,
         name: format!("{}:{}", host.trim(), std::process::id()),
     };

@@ -1,12 +1,14 @@
 //! The gRPC layer: generated code for `proto/wmr.proto` (in [`pb`], never
 //! edited), conversions between wire messages and domain types
 //! ([`convert`]), the coordinator's two services ([`server`]) and client
-//! connections ([`client`]). Domain code never sees `pb` types.
+//! connections ([`client`]), with the shared token ([`auth`]) and TLS
+//! ([`tls`]). Domain code never sees `pb` types.
 
 pub mod auth;
 pub mod client;
 pub mod convert;
 pub mod server;
+pub mod tls;
 
 /// Code generated from `proto/wmr.proto` at build time.
 #[allow(

@@ -24,6 +24,7 @@ use super::convert;
 use super::pb;
 use super::pb::job_service_server::{JobService, JobServiceServer};
 use super::pb::worker_service_server::{WorkerService, WorkerServiceServer};
+use super::tls::ServerTls;
 use crate::coordinator::cluster::{Cluster, ClusterJob, JobRef};
 use crate::coordinator::journal::{Event, Journal, TaskOutput};
 use crate::coordinator::status::{JobStatusDoc, UserState};
@@ -704,9 +705,10 @@ impl WorkerService for WorkerApi {
 pub async fn serve(
     state: Arc<CoordinatorState>,
     listener: tokio::net::TcpListener,
-    token: Option<Token>,
+    security: Security,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
+    let Security { token, tls } = security;
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<JobServiceServer<JobApi>>().await;
     health_reporter.set_serving::<WorkerServiceServer<WorkerApi>>().await;
@@ -733,7 +735,13 @@ pub async fn serve(
     let commit_state = state.clone();
     let _commits = SpawnedTask::spawn(async move { commit_state.commit_ready().await });
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    let mut router = tonic::transport::Server::builder()
+    let mut server = tonic::transport::Server::builder();
+    if let Some(tls) = &tls {
+        // A client that fails the handshake is dropped by tonic, which logs
+        // it at debug level (`RUST_LOG=tonic=debug`); it never reaches a service.
+        server = server.tls_config(tls.config())?;
+    }
+    let mut router = server
         .add_service(health)
         .add_service(InterceptedService::new(
             JobServiceServer::new(JobApi(state.clone())).max_decoding_message_size(64 << 20),
@@ -753,6 +761,16 @@ pub async fn serve(
         router = router.add_service(reflection);
     }
     router.serve_with_incoming_shutdown(incoming, shutdown).await
+}
+
+/// Who may call the coordinator: the shared token every call must carry,
+/// and TLS (with client certificates if it has a client CA).
+#[derive(Debug, Clone, Default)]
+pub struct Security {
+    /// The cluster's token, if it has one.
+    pub token: Option<Token>,
+    /// TLS settings; `None` serves plain HTTP/2.
+    pub tls: Option<ServerTls>,
 }
 
 /// Bind `addr` for [`serve`].

@@ -40,6 +40,8 @@ pub struct WorkerConfig {
     pub name: String,
     /// The cluster's token, if it has one.
     pub token: Option<crate::rpc::auth::Token>,
+    /// TLS settings for an `https://` coordinator.
+    pub tls: crate::rpc::tls::ClientTls,
 }
 
 /// Errors that stop a worker.
@@ -154,7 +156,9 @@ pub async fn run_worker(config: WorkerConfig) -> Result<(), Error> {
 }
 
 async fn register(config: &WorkerConfig) -> Result<Session, String> {
-    let channel = client::connect(&config.coordinator).await.map_err(|e| e.to_string())?;
+    let channel = client::connect(&config.coordinator, &config.tls)
+        .await
+        .map_err(|e| e.to_string())?;
     let mut client = client::workers(channel, config.token.clone());
     let reply = client
         .register_worker(pb::RegisterWorkerRequest {
@@ -162,7 +166,7 @@ async fn register(config: &WorkerConfig) -> Result<Session, String> {
             slots: config.slots as u32,
         })
         .await
-        .map_err(|s| s.message().to_string())?
+        .map_err(|s| client::explain(&s))?
         .into_inner();
     Ok(Session {
         client,
@@ -205,7 +209,7 @@ async fn heartbeat_loop(session: Arc<Session>, running: Running) {
                     }
                 }
             }
-            Ok(Err(status)) => warn!(error = %status.message(), "heartbeat failed"),
+            Ok(Err(status)) => warn!(error = %client::explain(&status), "heartbeat failed"),
             Err(_) => warn!("heartbeat timed out"),
         }
         if last_answer.elapsed() > session.lease {
@@ -231,7 +235,7 @@ async fn slot_loop(session: Arc<Session>, modules: Arc<Modules>, running: Runnin
             },
             Err(status) if status.code() == Code::NotFound => return,
             Err(status) => {
-                warn!(slot, error = %status.message(), "polling for a task failed");
+                warn!(slot, error = %client::explain(&status), "polling for a task failed");
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 continue;
             }
@@ -296,13 +300,13 @@ async fn report(session: &Session, job: &JobRef, task: crate::TaskId, attempt: A
             }
             Err(status) if matches!(status.code(), Code::Unavailable | Code::Unknown | Code::Cancelled) => {
                 if tokio::time::Instant::now() > give_up {
-                    warn!(error = %status.message(), "giving up reporting");
+                    warn!(error = %client::explain(&status), "giving up reporting");
                     return;
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
             Err(status) => {
-                warn!(error = %status.message(), "report refused");
+                warn!(error = %client::explain(&status), "report refused");
                 return;
             }
         }
