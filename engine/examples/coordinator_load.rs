@@ -35,7 +35,7 @@ fn main() {
     runtime.block_on(async move {
         let store_dir = tempfile::tempdir().unwrap();
         let store = Location::parse(store_dir.path().to_str().unwrap()).unwrap();
-        let state = CoordinatorState::open(store, Duration::from_secs(30), None)
+        let state = CoordinatorState::open(store, Duration::from_secs(30), None, wmr::runtime::Compiler::InProcess)
             .await
             .unwrap();
         let id = JobId::generate();

@@ -1185,6 +1185,41 @@ fn tls_for_the_server_only_carries_the_token_and_checks_files() {
 }
 
 #[test]
+fn a_coordinator_compiles_submitted_modules_within_its_bounds() {
+    let t = TestDir::new();
+    let mut c = Cluster::start_with_args(
+        &t,
+        t.path("store").to_str().unwrap().to_string(),
+        Vec::new(),
+        ("10s", "5s"),
+        vec!["--max-compile-memory".into(), "64MiB".into()],
+    );
+    c.add_worker(1);
+    let bomb = crate::hostile::compile_bomb(&t, 200_000);
+    let input = t.write("in/a.txt", "one two two\n");
+    let o = c.client(&[
+        "submit",
+        "--job",
+        bomb.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        t.path("bomb-out").to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("needed more than 64.0 MiB of memory, the limit; raise it with --max-compile-memory"),
+        "{err}"
+    );
+    // The coordinator is unharmed and runs the next job.
+    let out = t.path("out");
+    let job = c.submit("wordcount", input.to_str().unwrap(), &out, &[]);
+    assert_eq!(c.wait_finished(&job)["state"], "succeeded");
+    assert_eq!(text_output(&out), vec!["one 1", "two 2"]);
+}
+
+#[test]
 fn a_coordinator_refuses_a_public_address_without_a_token() {
     let t = TestDir::new();
     let store = t.path("store");

@@ -1,6 +1,7 @@
 //! Hostile guests (`tests/guests/hostile`): each misbehaviour ends its
 //! attempts with an error naming the limit, its value and the flag that
 //! raises it; the job fails after its attempts; nothing escapes the sandbox.
+//! A module costly to compile is stopped by the compile bounds.
 
 use crate::harness::*;
 
@@ -126,4 +127,74 @@ fn a_log_flood_is_dropped_and_counted_not_an_error() {
     let dropped = summary["counters"]["wmr.log.dropped.bytes"].as_i64().unwrap_or(0);
     assert!(dropped > 10_000_000, "{summary}");
     assert_eq!(text_output(&out), ["lines 3000"]);
+}
+
+/// A component whose one core function pushes `n` constants and then adds
+/// them up: small to send, costly to compile, as every value is live at once.
+/// At 200,000 it is 1 MB, and compiling it takes about a second and 170 MB.
+pub fn compile_bomb(t: &TestDir, n: usize) -> std::path::PathBuf {
+    let mut body = String::with_capacity(n * 24);
+    for i in 0..n {
+        body.push_str(&format!("i32.const {i}\n"));
+    }
+    for _ in 1..n {
+        body.push_str("i32.add\n");
+    }
+    let wat = format!("(component (core module (func (export \"f\") (result i32)\n{body})))");
+    t.write("bomb.wasm", wat::parse_str(&wat).unwrap())
+}
+
+/// `wmr run` over a module: (exit code, last line of stderr).
+fn run_module(t: &TestDir, module: &std::path::Path, flags: &[&str]) -> (Option<i32>, String) {
+    let input = t.write("in/a.txt", "a b c\n");
+    let out = t.path("out");
+    let mut args = vec![
+        "run",
+        "--job",
+        module.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        "--overwrite",
+        "--quiet",
+    ];
+    args.extend_from_slice(flags);
+    let o = wmr(&args);
+    let err = String::from_utf8_lossy(&o.stderr);
+    (o.status.code(), err.lines().last().unwrap_or("").to_string())
+}
+
+#[test]
+fn compiling_a_module_is_bounded_in_memory() {
+    let t = TestDir::new();
+    let bomb = compile_bomb(&t, 200_000);
+    let (code, err) = run_module(&t, &bomb, &["--max-compile-memory", "64MiB"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("bomb.wasm needed more than 64.0 MiB of memory, the limit; raise it with --max-compile-memory"),
+        "{err}"
+    );
+    // Under the default bound it compiles, and is refused only for what it is.
+    let (code, err) = run_module(&t, &bomb, &[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("is not a wmr job component"), "{err}");
+    assert!(!err.contains("compiling"), "{err}");
+    // A real job fits easily under the small bound.
+    let (code, err) = run_module(&t, &guest("wordcount"), &["--max-compile-memory", "64MiB"]);
+    assert_eq!(code, Some(0), "{err}");
+}
+
+#[test]
+fn compiling_a_module_is_bounded_in_time() {
+    let t = TestDir::new();
+    let bomb = compile_bomb(&t, 200_000);
+    let (code, err) = run_module(&t, &bomb, &["--max-compile-time", "200ms"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("bomb.wasm took longer than 200ms, the limit; raise it with --max-compile-time"),
+        "{err}"
+    );
+    let (code, err) = run_module(&t, &guest("wordcount"), &["--max-compile-time", "20s"]);
+    assert_eq!(code, Some(0), "{err}");
 }

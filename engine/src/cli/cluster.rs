@@ -9,6 +9,7 @@ use clap::Args;
 use tracing::warn;
 
 use super::client::ConnectionArgs;
+use super::compile::CompileArgs;
 use super::{Failure, exit, io_runtime};
 use crate::data::Location;
 use crate::rpc::auth::Token;
@@ -56,6 +57,9 @@ pub struct CoordinatorArgs {
     /// this CA (PEM): mutual TLS. Needs --tls-cert and --tls-key.
     #[arg(long, value_name = "PATH", requires = "tls_cert")]
     pub ca: Option<std::path::PathBuf>,
+    /// Bounds on compiling a submitted module (to check it).
+    #[command(flatten)]
+    pub compile: CompileArgs,
 }
 
 /// Run tasks for a coordinator.
@@ -67,6 +71,9 @@ pub struct WorkerArgs {
     /// Task slots running at once [default: the number of cores].
     #[arg(long, value_name = "N")]
     pub slots: Option<usize>,
+    /// Bounds on compiling a job's module.
+    #[command(flatten)]
+    pub compile: CompileArgs,
 }
 
 pub(super) fn coordinator(args: CoordinatorArgs) -> Result<u8, Failure> {
@@ -101,6 +108,7 @@ pub(super) fn coordinator(args: CoordinatorArgs) -> Result<u8, Failure> {
             args.listen
         );
     }
+    let compiler = args.compile.compiler()?;
     io_runtime(2)?.block_on(async move {
         let store = Location::parse(&args.store).map_err(|e| Failure {
             code: exit::USAGE,
@@ -113,7 +121,7 @@ pub(super) fn coordinator(args: CoordinatorArgs) -> Result<u8, Failure> {
                 message: format!("--lease {} is too short; give at least 100ms", args.lease),
             });
         }
-        let state = CoordinatorState::open(store, lease, Some(*args.backup_after))
+        let state = CoordinatorState::open(store, lease, Some(*args.backup_after), compiler)
             .await
             .map_err(|e| infra(error_chain(&e)))?;
         let tls_on = tls.is_some();
@@ -158,6 +166,7 @@ pub(super) fn worker(args: WorkerArgs) -> Result<u8, Failure> {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "host".into());
     let (token, tls) = args.connection.load()?;
     let config = WorkerConfig {
+        compiler: args.compile.compiler()?,
         token,
         tls,
         coordinator: args.connection.coordinator,

@@ -5,6 +5,7 @@
 mod cat;
 mod client;
 mod cluster;
+mod compile;
 pub mod exit;
 mod job_args;
 mod run;
@@ -45,6 +46,9 @@ pub enum Command {
     Jobs(client::ClientArgs),
     /// Cancel a job.
     Cancel(client::CancelArgs),
+    /// Compile a module read on stdin (run by wmr itself, within limits).
+    #[command(hide = true)]
+    CompileModule(compile::CompileModuleArgs),
 }
 
 /// An error for the binary's edge: its line and exit code.
@@ -70,6 +74,7 @@ pub fn run(cli: Cli) -> Result<u8, Failure> {
         Command::Status(args) => client::status(args),
         Command::Jobs(args) => client::jobs(args),
         Command::Cancel(args) => client::cancel(args),
+        Command::CompileModule(args) => compile::compile_module(args),
     }
 }
 

@@ -10,6 +10,7 @@ use futures::TryStreamExt;
 use object_store::ObjectStoreExt;
 use serde::Serialize;
 
+use super::compile::CompileArgs;
 use super::job_args::JobArgs;
 use super::{Failure, exit};
 use crate::coordinator::{Coordinator, Job, JobSpec, JobState, remove_all};
@@ -36,6 +37,9 @@ pub struct RunArgs {
     /// Print nothing but errors.
     #[arg(long, short)]
     pub quiet: bool,
+    /// Bounds on compiling the module.
+    #[command(flatten)]
+    pub compile: CompileArgs,
 }
 
 fn usage(message: String) -> Failure {
@@ -119,7 +123,7 @@ async fn run_async(args: RunArgs, slots: usize, reducers: u32) -> Result<u8, Fai
         code: exit::INFRASTRUCTURE,
         message: format!("starting compute threads: {e}"),
     })?);
-    let wasm = Arc::new(Runtime::new().map_err(|e| Failure {
+    let wasm = Arc::new(Runtime::new(args.compile.compiler()?).map_err(|e| Failure {
         code: exit::INFRASTRUCTURE,
         message: error_chain(&e),
     })?);

@@ -30,7 +30,7 @@ use crate::coordinator::journal::{Event, Journal, TaskOutput};
 use crate::coordinator::status::{JobStatusDoc, UserState};
 use crate::coordinator::{Job, JobSpec, JobState, Outcome, ReportResult, commit_output, remove_all};
 use crate::data::{Location, plan_splits};
-use crate::runtime::Runtime;
+use crate::runtime::{Compiler, Runtime};
 use crate::spawn::SpawnedTask;
 use crate::worker::{ComputePool, error_chain, load_module};
 use crate::{AttemptId, JobId, ModuleDigest, WorkerId};
@@ -75,7 +75,8 @@ fn lock(m: &Mutex<Cluster>) -> std::sync::MutexGuard<'_, Cluster> {
 impl CoordinatorState {
     /// Open the store's journal, replay it, and start a new run. Workers
     /// must heartbeat within `lease`; slow tasks get backup attempts once
-    /// they have run `backup_after` (never if `None`).
+    /// they have run `backup_after` (never if `None`); submitted modules are
+    /// checked by compiling them with `compiler`.
     ///
     /// # Errors
     /// If the journal can't be read or written, or the runtime can't start.
@@ -83,13 +84,14 @@ impl CoordinatorState {
         store: Location,
         lease: Duration,
         backup_after: Option<Duration>,
+        compiler: Compiler,
     ) -> Result<Arc<Self>, StartError> {
         let (journal, events) = Journal::open(&store).await?;
         let runs = events.iter().filter(|e| matches!(e, Event::Started { .. })).count() as u64;
         let mut cluster = Cluster::new(lease, (runs + 1) << 40, backup_after);
         replay(&mut cluster, events);
         journal.append(vec![Event::Started { at: SystemTime::now() }]).await?;
-        let runtime = Runtime::new().map_err(|e| StartError::Runtime(error_chain(&e)))?;
+        let runtime = Runtime::new(compiler).map_err(|e| StartError::Runtime(error_chain(&e)))?;
         let pool = ComputePool::new(1).map_err(|e| StartError::Runtime(e.to_string()))?;
         let state = Arc::new(CoordinatorState {
             cluster: Mutex::new(cluster),
@@ -394,7 +396,10 @@ impl JobService for JobApi {
         )
         .await
         .map_err(|e| Status::internal(e.to_string()))?
-        .map_err(|e| Status::invalid_argument(error_chain(&e)))?;
+        .map_err(|e| match e {
+            crate::runtime::Error::Internal(_) => Status::internal(error_chain(&e)),
+            _ => Status::invalid_argument(error_chain(&e)),
+        })?;
         let output = Location::parse(&r.output).map_err(|e| Status::invalid_argument(error_chain(&e)))?;
         crate::data::check_output_outside(&r.inputs, &output).map_err(|e| Status::invalid_argument(error_chain(&e)))?;
         let existing: Vec<_> = output

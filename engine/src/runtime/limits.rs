@@ -14,6 +14,12 @@ pub const DEFAULT_MAX_LOG_BYTES: usize = 1 << 20;
 pub const DEFAULT_MAX_OUTPUT_BYTES: u64 = 4 << 30;
 /// Largest module accepted (by `wmr run`, `UploadModule` and workers).
 pub const MAX_MODULE_BYTES: usize = 256 << 20;
+/// Default wall-clock limit on compiling one module: 60 s
+/// (`--max-compile-time` on `run`, `coordinator` and `worker`).
+pub const DEFAULT_MAX_COMPILE_TIME: Duration = Duration::from_secs(60);
+/// Default cap on the memory compiling one module may use: 2 GiB
+/// (`--max-compile-memory`).
+pub const DEFAULT_MAX_COMPILE_MEMORY_BYTES: u64 = 2 << 30;
 /// How often the epoch ticker advances; the granularity of time limits.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
@@ -50,5 +56,25 @@ impl Limits {
     /// The call-time limit in epoch ticks (at least one).
     pub(crate) fn call_ticks(&self) -> u64 {
         (self.max_call_time.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64
+    }
+}
+
+/// Bounds on compiling one module. They belong to whoever runs the process
+/// that compiles (the coordinator's and workers' operators), not to the job:
+/// a job can't raise them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CompileLimits {
+    /// Longest compiling may take, wall clock.
+    pub max_time: Duration,
+    /// Most data memory the compiler process may use, in bytes.
+    pub max_memory_bytes: u64,
+}
+
+impl Default for CompileLimits {
+    fn default() -> Self {
+        CompileLimits {
+            max_time: DEFAULT_MAX_COMPILE_TIME,
+            max_memory_bytes: DEFAULT_MAX_COMPILE_MEMORY_BYTES,
+        }
     }
 }

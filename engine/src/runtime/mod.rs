@@ -8,6 +8,7 @@
 //! store with an empty WASI context, a memory cap and a time budget).
 
 mod capture;
+pub mod compile;
 mod convert;
 pub mod limits;
 
@@ -24,6 +25,7 @@ use wasmtime::{Config, Engine, ResourceLimiter, Store, Trap};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::ids::ModuleDigest;
+pub use compile::Compiler;
 pub use convert::is_guest_type;
 pub use limits::Limits;
 
@@ -60,6 +62,16 @@ pub enum Error {
         module: String,
         /// The guest's message.
         message: String,
+    },
+    /// Compiling the module went past a bound.
+    #[error("compiling {what} {limit}, the limit; raise it with {flag} on the process that compiles it")]
+    CompileLimit {
+        /// The module.
+        what: String,
+        /// Which bound, and its value.
+        limit: String,
+        /// The flag that raises it.
+        flag: &'static str,
     },
     /// A guest call failed.
     #[error("{call} failed: {kind}")]
@@ -274,10 +286,32 @@ impl Drop for EpochTicker {
     }
 }
 
+/// The engine's configuration, the same in the compiler process and the one
+/// that runs the code (wasmtime refuses artifacts made under another).
+fn engine_config() -> Config {
+    let mut config = Config::new();
+    config.epoch_interruption(true);
+    config.wasm_component_model(true);
+    // For profiling guests with `perf`: WMR_WASM_PROFILER=perfmap names
+    // JIT frames (/tmp/perf-PID.map); =jitdump also keeps their code, for
+    // `perf record -k 1` then `perf inject --jit` and `perf annotate`.
+    match std::env::var("WMR_WASM_PROFILER").as_deref() {
+        Ok("perfmap") => {
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
+        Ok("jitdump") => {
+            config.profiler(wasmtime::ProfilingStrategy::JitDump);
+        }
+        _ => {}
+    }
+    config
+}
+
 /// One per process: the wasmtime engine, the linker with WASI and our host
 /// imports, the epoch ticker, and a cache of compiled modules by digest.
 pub struct Runtime {
     engine: Engine,
+    compiler: Compiler,
     linker: Linker<GuestState>,
     modules: Mutex<HashMap<ModuleDigest, Arc<CompiledModule>>>,
     _ticker: EpochTicker,
@@ -289,26 +323,12 @@ struct CompiledModule {
 
 impl Runtime {
     /// Start the runtime: one wasmtime engine, its linker and module cache.
+    /// Modules are compiled by `compiler`.
     ///
     /// # Errors
     /// If wasmtime can't be configured on this machine.
-    pub fn new() -> Result<Self, Error> {
-        let mut config = Config::new();
-        config.epoch_interruption(true);
-        config.wasm_component_model(true);
-        // For profiling guests with `perf`: WMR_WASM_PROFILER=perfmap names
-        // JIT frames (/tmp/perf-PID.map); =jitdump also keeps their code, for
-        // `perf record -k 1` then `perf inject --jit` and `perf annotate`.
-        match std::env::var("WMR_WASM_PROFILER").as_deref() {
-            Ok("perfmap") => {
-                config.profiler(wasmtime::ProfilingStrategy::PerfMap);
-            }
-            Ok("jitdump") => {
-                config.profiler(wasmtime::ProfilingStrategy::JitDump);
-            }
-            _ => {}
-        }
-        let engine = Engine::new(&config).map_err(|e| Error::Internal(format!("wasmtime engine: {e}")))?;
+    pub fn new(compiler: Compiler) -> Result<Self, Error> {
+        let engine = Engine::new(&engine_config()).map_err(|e| Error::Internal(format!("wasmtime engine: {e}")))?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
             .map_err(|e| Error::Internal(format!("linking WASI: {e}")))?;
@@ -317,6 +337,7 @@ impl Runtime {
         let ticker = EpochTicker::start(engine.clone()).map_err(|e| Error::Internal(format!("epoch thread: {e}")))?;
         Ok(Runtime {
             engine,
+            compiler,
             linker,
             modules: Mutex::new(HashMap::new()),
             _ticker: ticker,
@@ -349,7 +370,14 @@ impl Runtime {
         if bytes.get(4..8) == Some(&[1, 0, 0, 0]) {
             return Err(invalid("it is a core wasm module, not a component".into()));
         }
-        let component = Component::new(&self.engine, bytes).map_err(|e| invalid(format!("{e:#}")))?;
+        let component = match &self.compiler {
+            Compiler::InProcess => Component::new(&self.engine, bytes).map_err(|e| invalid(format!("{e:#}")))?,
+            Compiler::Sandboxed { program, limits } => {
+                let artifact = compile::in_child(program, *limits, what, bytes)?;
+                compile::load_artifact(&self.engine, &artifact)
+                    .map_err(|e| Error::Internal(format!("loading the compiled {what}: {e:#}")))?
+            }
+        };
         let instance_pre = self.linker.instantiate_pre(&component).map_err(|e| {
             invalid(format!(
                 "it imports what a wmr job may not (only an empty WASI and wmr's host functions are offered): {e:#}"

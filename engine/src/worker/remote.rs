@@ -40,6 +40,8 @@ pub struct WorkerConfig {
     pub name: String,
     /// The cluster's token, if it has one.
     pub token: Option<crate::rpc::auth::Token>,
+    /// How job modules are compiled.
+    pub compiler: crate::runtime::Compiler,
     /// TLS settings for an `https://` coordinator.
     pub tls: crate::rpc::tls::ClientTls,
 }
@@ -121,7 +123,7 @@ struct Session {
 /// Only if the worker cannot start; coordinator trouble is waited out.
 pub async fn run_worker(config: WorkerConfig) -> Result<(), Error> {
     let modules = Arc::new(Modules {
-        runtime: Arc::new(Runtime::new().map_err(|e| Error::Start(error_chain(&e)))?),
+        runtime: Arc::new(Runtime::new(config.compiler.clone()).map_err(|e| Error::Start(error_chain(&e)))?),
         pool: Arc::new(ComputePool::new(config.slots.max(1)).map_err(|e| Error::Start(e.to_string()))?),
         loaded: Mutex::new(HashMap::new()),
     });
