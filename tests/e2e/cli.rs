@@ -146,3 +146,52 @@ fn skip_bad_records_skips_at_most_its_budget() {
     assert!(err.contains("byte offset 26") && err.contains("BOOM"), "{err}");
     assert!(!t.path("out1/_SUCCESS").exists());
 }
+
+#[test]
+fn skip_bad_records_skips_parquet_rows_by_ordinal() {
+    use std::sync::Arc;
+    let t = TestDir::new();
+    // Two row groups of three; the bad rows are records 2 and 4.
+    let lines = ["fine", "fine again", "BOOM once", "more", "BOOM twice", "end"];
+    let batch = arrow::array::RecordBatch::try_from_iter([(
+        "line",
+        Arc::new(arrow::array::StringArray::from(lines.to_vec())) as _,
+    )])
+    .unwrap();
+    let props = parquet::file::properties::WriterProperties::builder()
+        .set_max_row_group_row_count(Some(3))
+        .build();
+    let mut buf = Vec::new();
+    let mut w = parquet::arrow::ArrowWriter::try_new(&mut buf, batch.schema(), Some(props)).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+    let input = t.write("in.parquet", &buf);
+    let run = |budget: &str, out: &str| {
+        wmr(&[
+            "run",
+            "--job",
+            guest("panicky").to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            t.path(out).to_str().unwrap(),
+            "--format",
+            "text",
+            "--skip-bad-records",
+            budget,
+            "--max-attempts",
+            "2",
+            "--json",
+        ])
+    };
+    let o = run("2", "out2");
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(summary["counters"]["wmr.map.skipped.records"], 2);
+    assert_eq!(text_output(&t.path("out2")), ["again 1", "end 1", "fine 2", "more 1"]);
+    let o = run("1", "out1");
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("record 4 of") && err.contains("BOOM"), "{err}");
+    assert!(!t.path("out1/_SUCCESS").exists());
+}

@@ -40,7 +40,7 @@ pub struct JobArgs {
     #[arg(long, value_name = "BYTES", default_value_t = bytesize::ByteSize::b(DEFAULT_MAP_BUFFER))]
     pub map_buffer: bytesize::ByteSize,
     /// Records per map task that may be skipped once the job has failed on them
-    /// (text input; each is counted and listed), instead of failing the job.
+    /// (each is counted and listed), instead of failing the job.
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub skip_bad_records: u32,
     /// Attempts per task before the job fails.

@@ -79,7 +79,8 @@ pub struct TaskStatus {
     pub index: u32,
     /// pending, running, committed or failed.
     pub state: String,
-    /// Byte offsets of the input records skipped because the job failed on them.
+    /// The input records skipped because the job failed on them: text lines
+    /// by byte offset, other records (Parquet rows) by ordinal in the split.
     #[serde(default)]
     pub skipped: Vec<u64>,
     /// Every attempt.

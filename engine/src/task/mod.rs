@@ -57,7 +57,8 @@ pub enum Error {
         attempt: AttemptId,
         /// Where in the input: `file offset N` or a row.
         position: Option<String>,
-        /// The byte offset of the text record it failed on, if known.
+        /// The record it failed on (a text line's byte offset, else its
+        /// ordinal in the split), if known.
         record: Option<u64>,
         /// The runtime's error.
         #[source]
@@ -85,7 +86,8 @@ pub enum Error {
 }
 
 impl Error {
-    /// The input record (byte offset) a guest failure happened on, if known.
+    /// The input record a guest failure happened on (a text line's byte
+    /// offset, else its ordinal in the split), if known.
     pub fn bad_record(&self) -> Option<u64> {
         match self {
             Error::Guest { record, .. } => *record,
@@ -130,7 +132,8 @@ pub struct MapAssignment {
     pub shuffle_object: String,
     /// Map output held in memory before it is sorted and spilled to local disk.
     pub buffer_bytes: u64,
-    /// Byte offsets of records to skip: the guest failed on them before.
+    /// Records to skip, because the guest failed on them before: text lines
+    /// by byte offset, other records by ordinal within the split.
     #[serde(default)]
     pub skip_records: Vec<u64>,
 }
@@ -198,10 +201,11 @@ impl InputReader {
 }
 
 /// Where row `row` of an input batch came from, for error messages.
-fn position_of(batch: &RecordBatch, row: u32, source: &str, split: &Split) -> String {
-    match offset_of(batch, row) {
-        Some(offset) => format!("{source} byte offset {offset}"),
-        None => format!("{} (row {row} of a batch)", split.describe()),
+fn position_of(batch: &RecordBatch, row: u32, source: &str, split: &Split, ids: &RecordIds) -> String {
+    match (offset_of(batch, row), ids.of(batch, row)) {
+        (Some(offset), _) => format!("{source} byte offset {offset}"),
+        (None, Some(ordinal)) => format!("record {ordinal} of {}", split.describe()),
+        (None, None) => format!("{} (row {row} of a batch)", split.describe()),
     }
 }
 
@@ -211,25 +215,56 @@ fn offset_of(batch: &RecordBatch, row: u32) -> Option<u64> {
     ((row as usize) < offsets.len()).then(|| offsets.value(row as usize) as u64)
 }
 
-/// `batch` without the rows at the byte offsets in `skip`, and how many went.
-fn without_records(batch: RecordBatch, skip: &[u64]) -> Result<(RecordBatch, usize), Error> {
-    let Some(offsets) = batch
+/// How the records of one input batch are named, the same in every
+/// attempt: a text line by its byte offset (its `offset` column), any other
+/// record by its ordinal within the split, counted from 0.
+struct RecordIds {
+    /// The ordinal of the batch's first record, before any were skipped.
+    first: u64,
+    /// The ordinals of the rows left after skipping, if any were skipped.
+    kept: Option<Vec<u64>>,
+}
+
+impl RecordIds {
+    /// The id of row `row` of `batch` (after skipping).
+    fn of(&self, batch: &RecordBatch, row: u32) -> Option<u64> {
+        if let Some(offset) = offset_of(batch, row) {
+            return Some(offset);
+        }
+        match &self.kept {
+            Some(kept) => kept.get(row as usize).copied(),
+            None => ((row as usize) < batch.num_rows()).then(|| self.first + u64::from(row)),
+        }
+    }
+}
+
+/// `batch` (whose first record has ordinal `first` in the split) without
+/// the records whose ids are in `skip`; how many went; and how the rest are
+/// named.
+fn without_records(batch: RecordBatch, first: u64, skip: &[u64]) -> Result<(RecordBatch, usize, RecordIds), Error> {
+    let offsets = batch
         .column_by_name("offset")
-        .and_then(|c| c.as_any().downcast_ref::<Int64Array>())
-    else {
-        return Ok((batch, 0));
+        .and_then(|c| c.as_any().downcast_ref::<Int64Array>());
+    let ids: Vec<u64> = match offsets {
+        Some(offsets) => offsets.iter().map(|o| o.map_or(u64::MAX, |o| o as u64)).collect(),
+        None => (first..first + batch.num_rows() as u64).collect(),
     };
-    let keep: arrow::array::BooleanArray = offsets
-        .iter()
-        .map(|o| Some(!o.is_some_and(|o| skip.contains(&(o as u64)))))
-        .collect();
+    let keep: arrow::array::BooleanArray = ids.iter().map(|id| Some(!skip.contains(id))).collect();
     let skipped = keep.false_count();
     if skipped == 0 {
-        return Ok((batch, 0));
+        return Ok((batch, 0, RecordIds { first, kept: None }));
     }
+    let kept_ids = ids.into_iter().filter(|id| !skip.contains(id)).collect();
     let kept = arrow::compute::filter_record_batch(&batch, &keep)
         .map_err(|e| Error::Data(crate::data::Error::Internal(format!("skipping records: {e}"))))?;
-    Ok((kept, skipped))
+    Ok((
+        kept,
+        skipped,
+        RecordIds {
+            first,
+            kept: Some(kept_ids),
+        },
+    ))
 }
 
 fn put_error(what: &str, e: object_store::Error) -> Error {
@@ -402,21 +437,26 @@ fn map_compute(
     let (mut records_in, mut map_out) = (0i64, 0i64);
     let mut more_input = true;
     let mut skipped_records = 0i64;
+    // Input records read so far, skipped ones included: the ordinal of the
+    // next batch's first record.
+    let mut records_read = 0u64;
     while more_input {
         // The guest's output for the next batch, or at the end what it held back.
         let out = match reader.next_batch()? {
             Some(batch) => {
-                let (batch, skipped) = if a.skip_records.is_empty() {
-                    (batch, 0)
+                let first = records_read;
+                records_read += batch.num_rows() as u64;
+                let (batch, skipped, ids) = if a.skip_records.is_empty() {
+                    (batch, 0, RecordIds { first, kept: None })
                 } else {
-                    without_records(batch, &a.skip_records)?
+                    without_records(batch, first, &a.skip_records)?
                 };
                 skipped_records += skipped as i64;
                 records_in += batch.num_rows() as i64;
                 guest.map(source, &batch).map_err(|e| {
                     let row = e.guest_row();
-                    let position = row.map(|row| position_of(&batch, row, source, &a.split));
-                    let record = row.and_then(|row| offset_of(&batch, row));
+                    let position = row.map(|row| position_of(&batch, row, source, &a.split, &ids));
+                    let record = row.and_then(|row| ids.of(&batch, row));
                     Error::Guest {
                         task: a.task,
                         attempt: a.attempt,
@@ -610,4 +650,46 @@ fn reduce_compute(
     counters.insert("wmr.reduce.input.groups".into(), groups as i64);
     counters.insert("wmr.reduce.output.records".into(), rows as i64);
     Ok((bytes, rows, counters))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow::array::StringArray;
+    use arrow::datatypes::{DataType, Field, Schema};
+
+    use super::*;
+
+    fn batch(offsets: Option<Vec<i64>>, lines: &[&str]) -> RecordBatch {
+        let mut fields = vec![Field::new("line", DataType::Utf8, false)];
+        let mut columns: Vec<arrow::array::ArrayRef> = vec![Arc::new(StringArray::from(lines.to_vec()))];
+        if let Some(o) = offsets {
+            fields.push(Field::new("offset", DataType::Int64, false));
+            columns.push(Arc::new(Int64Array::from(o)));
+        }
+        RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).unwrap()
+    }
+
+    #[test]
+    fn text_records_are_skipped_by_byte_offset() {
+        let b = batch(Some(vec![0, 5, 16]), &["fine", "BOOM once", "again"]);
+        let (kept, skipped, ids) = without_records(b, 0, &[5]).unwrap();
+        assert_eq!((kept.num_rows(), skipped), (2, 1));
+        assert_eq!(ids.of(&kept, 1), Some(16));
+    }
+
+    #[test]
+    fn other_records_are_skipped_by_ordinal_across_batches() {
+        // The second batch of a split: its records are 3, 4 and 5.
+        let b = batch(None, &["fine", "BOOM", "after"]);
+        let (kept, skipped, ids) = without_records(b.clone(), 3, &[4, 1]).unwrap();
+        assert_eq!((kept.num_rows(), skipped), (2, 1));
+        // Row 1 of what is left is record 5, not 4.
+        assert_eq!(ids.of(&kept, 1), Some(5));
+        assert_eq!(ids.of(&kept, 2), None);
+        let (_, skipped, ids) = without_records(b.clone(), 3, &[9]).unwrap();
+        assert_eq!(skipped, 0);
+        assert_eq!(ids.of(&b, 2), Some(5));
+    }
 }
