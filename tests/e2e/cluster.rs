@@ -1212,6 +1212,21 @@ fn a_coordinator_compiles_submitted_modules_within_its_bounds() {
         err.contains("needed more than 64.0 MiB of memory, the limit; raise it with --max-compile-memory"),
         "{err}"
     );
+    // A module over the size limit is refused before it is sent.
+    let huge = t.path("huge.wasm");
+    std::fs::File::create(&huge).unwrap().set_len((256 << 20) + 1).unwrap();
+    let o = c.client(&[
+        "submit",
+        "--job",
+        huge.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        t.path("huge-out").to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("huge.wasm is 268435457 bytes, over the 256 MiB"), "{err}");
     // The coordinator is unharmed and runs the next job.
     let out = t.path("out");
     let job = c.submit("wordcount", input.to_str().unwrap(), &out, &[]);

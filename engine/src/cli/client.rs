@@ -19,6 +19,7 @@ use crate::rpc::client::AuthedChannel;
 use crate::rpc::pb::job_service_client::JobServiceClient;
 use crate::rpc::tls::ClientTls;
 use crate::rpc::{client, convert, pb};
+use crate::runtime::limits::MAX_MODULE_BYTES;
 use crate::worker::error_chain;
 
 /// How to reach the coordinator: its address, the cluster's token and TLS.
@@ -195,6 +196,17 @@ pub(super) fn submit(args: SubmitArgs) -> Result<u8, Failure> {
             message: error_chain(&e),
         })?;
         let bytes = match module.store.get(&module.path).await {
+            Ok(r) if r.meta.size > MAX_MODULE_BYTES as u64 => {
+                return Err(Failure {
+                    code: exit::USAGE,
+                    message: format!(
+                        "job module {} is {} bytes, over the {} MiB a coordinator accepts",
+                        spec.job,
+                        r.meta.size,
+                        MAX_MODULE_BYTES >> 20
+                    ),
+                });
+            }
             Ok(r) => r.bytes().await.map_err(|e| Failure {
                 code: exit::INFRASTRUCTURE,
                 message: format!("reading {}: {e}", spec.job),
