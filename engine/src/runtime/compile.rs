@@ -46,10 +46,16 @@ impl Compiler {
     /// # Errors
     /// If the running binary can't be found.
     pub fn sandboxed(limits: CompileLimits) -> std::io::Result<Self> {
-        Ok(Compiler::Sandboxed {
-            program: std::env::current_exe()?,
-            limits,
-        })
+        // On Linux, the running image itself, even if its file has since
+        // been replaced by an upgrade: the artifact must come from the same
+        // wasmtime as the engine that loads it.
+        let own_image = std::path::Path::new("/proc/self/exe");
+        let program = if own_image.exists() {
+            own_image.to_path_buf()
+        } else {
+            std::env::current_exe()?
+        };
+        Ok(Compiler::Sandboxed { program, limits })
     }
 }
 
@@ -238,5 +244,29 @@ pub fn child_main(limits: CompileLimits) -> i32 {
             let _ = writeln!(std::io::stderr(), "can't write the compiled module: {e}");
             1
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_compiler_binary_is_named() {
+        let missing = std::path::Path::new("/nonexistent/wmr");
+        let e = in_child(missing, CompileLimits::default(), "job.wasm", b"\0asm").unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.contains("starting /nonexistent/wmr for compiling job.wasm"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn the_sandboxed_compiler_runs_this_binary() {
+        let Compiler::Sandboxed { program, .. } = Compiler::sandboxed(CompileLimits::default()).unwrap() else {
+            panic!("not sandboxed");
+        };
+        assert!(program.exists(), "{}", program.display());
     }
 }
