@@ -13,7 +13,7 @@ mod convert;
 pub mod limits;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -308,12 +308,14 @@ fn engine_config() -> Config {
 }
 
 /// One per process: the wasmtime engine, the linker with WASI and our host
-/// imports, the epoch ticker, and a cache of compiled modules by digest.
+/// imports, the epoch ticker, and a cache of compiled modules by digest
+/// (weak: a module stays compiled while some [`JobModule`] holds it, and is
+/// freed with the last one).
 pub struct Runtime {
     engine: Engine,
     compiler: Compiler,
     linker: Linker<GuestState>,
-    modules: Mutex<HashMap<ModuleDigest, Arc<CompiledModule>>>,
+    modules: Mutex<HashMap<ModuleDigest, Weak<CompiledModule>>>,
     _ticker: EpochTicker,
 }
 
@@ -351,8 +353,9 @@ impl Runtime {
             .lock()
             .map_err(|_| Error::Internal("module cache poisoned".into()))?
             .get(&digest)
+            .and_then(Weak::upgrade)
         {
-            return Ok((digest, m.clone()));
+            return Ok((digest, m));
         }
         let invalid = |reason: String| Error::InvalidModule {
             what: what.to_string(),
@@ -386,10 +389,13 @@ impl Runtime {
         let pre = bindings::JobPre::new(instance_pre)
             .map_err(|e| invalid(format!("it does not export the wmr:job world ({e:#})")))?;
         let compiled = Arc::new(CompiledModule { pre });
-        self.modules
+        let mut modules = self
+            .modules
             .lock()
-            .map_err(|_| Error::Internal("module cache poisoned".into()))?
-            .insert(digest.clone(), compiled.clone());
+            .map_err(|_| Error::Internal("module cache poisoned".into()))?;
+        modules.retain(|_, m| m.strong_count() > 0);
+        modules.insert(digest.clone(), Arc::downgrade(&compiled));
+        drop(modules);
         Ok((digest, compiled))
     }
 

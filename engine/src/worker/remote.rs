@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use object_store::ObjectStoreExt;
 use tokio::sync::Notify;
@@ -55,11 +55,26 @@ pub enum Error {
     Start(String),
 }
 
+/// How many jobs' modules a worker keeps loaded; the least recently used
+/// goes first (and its compiled code with it, once no attempt holds it).
+const LOADED_JOBS: usize = 16;
+
 /// Compiled modules, configured per job, shared by the slots.
 struct Modules {
     runtime: Arc<Runtime>,
     pool: Arc<ComputePool>,
-    loaded: Mutex<HashMap<JobId, JobModule>>,
+    /// Each job's module, and when an attempt last asked for it.
+    loaded: Mutex<HashMap<JobId, (JobModule, Instant)>>,
+}
+
+/// Drop the least recently used entries of `map` until at most `keep` remain.
+fn evict_least_recent<K: Clone + Eq + std::hash::Hash, V>(map: &mut HashMap<K, (V, Instant)>, keep: usize) {
+    while map.len() > keep {
+        let Some(oldest) = map.iter().min_by_key(|(_, (_, used))| *used).map(|(k, _)| k.clone()) else {
+            return;
+        };
+        map.remove(&oldest);
+    }
 }
 
 impl Modules {
@@ -68,8 +83,11 @@ impl Modules {
             .loaded
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .get(&job.job)
-            .cloned();
+            .get_mut(&job.job)
+            .map(|(module, used)| {
+                *used = Instant::now();
+                module.clone()
+            });
         let module = match cached {
             Some(m) => m,
             None => {
@@ -91,10 +109,9 @@ impl Modules {
                     .await
                     .map_err(|e| e.to_string())?
                     .map_err(|e| error_chain(&e))?;
-                self.loaded
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(job.job.clone(), module.clone());
+                let mut loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
+                loaded.insert(job.job.clone(), (module.clone(), Instant::now()));
+                evict_least_recent(&mut loaded, LOADED_JOBS);
                 module
             }
         };
@@ -312,5 +329,25 @@ async fn report(session: &Session, job: &JobRef, task: crate::TaskId, attempt: A
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_least_recently_used_modules_go_first() {
+        let start = Instant::now();
+        let mut map: HashMap<&str, ((), Instant)> = HashMap::new();
+        for (i, job) in ["a", "b", "c", "d"].into_iter().enumerate() {
+            map.insert(job, ((), start + Duration::from_secs(i as u64)));
+        }
+        // "a" was used again most recently.
+        map.get_mut("a").unwrap().1 = start + Duration::from_secs(10);
+        evict_least_recent(&mut map, 2);
+        let mut left: Vec<_> = map.keys().copied().collect();
+        left.sort_unstable();
+        assert_eq!(left, ["a", "d"]);
     }
 }
