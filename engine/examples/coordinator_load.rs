@@ -71,65 +71,65 @@ fn main() {
         let server = serve(state, listener, Default::default(), async {
             let _ = stopped.await;
         });
-        let channel = wmr::rpc::client::connect(&addr, &Default::default()).await.unwrap();
-        let started = Instant::now();
-        let simulated = (0..workers).map(|w| {
-            let mut client = wmr::rpc::client::workers(channel.clone(), None);
-            async move {
-                let worker_id = client
-                    .register_worker(pb::RegisterWorkerRequest {
-                        name: format!("sim-{w}"),
-                        slots: 1,
-                    })
-                    .await
-                    .unwrap()
-                    .into_inner()
-                    .worker_id;
-                let mut done = 0u64;
-                let mut last = Instant::now();
-                loop {
-                    let polled = client
-                        .poll_task(pb::PollTaskRequest {
-                            worker_id: worker_id.clone(),
-                            wait_ms: 200,
+        // Clients run beside the server: connecting already asks it a question.
+        let clients = async {
+            let channel = wmr::rpc::client::connect(&addr, &Default::default()).await.unwrap();
+            let started = Instant::now();
+            let simulated = (0..workers).map(|w| {
+                let mut client = wmr::rpc::client::workers(channel.clone(), None);
+                async move {
+                    let worker_id = client
+                        .register_worker(pb::RegisterWorkerRequest {
+                            name: format!("sim-{w}"),
+                            slots: 1,
                         })
                         .await
                         .unwrap()
-                        .into_inner();
-                    let Some(a) = polled.assignment else {
-                        return (done, last);
-                    };
-                    let Some(pb::assignment::Work::Map(_)) = a.work else {
-                        return (done, last);
-                    };
-                    let outcome = pb::report_task_request::Outcome::Map(pb::MapDone {
-                        object: format!("/synthetic/shuffle-{}", a.attempt),
-                        ranges: vec![pb::ByteRange { start: 0, end: 0 }],
-                        counters: Default::default(),
-                    });
-                    client
-                        .report_task(pb::ReportTaskRequest {
-                            worker_id: worker_id.clone(),
-                            job_id: a.job_id,
-                            task: a.task,
-                            attempt: a.attempt,
-                            outcome: Some(outcome),
-                        })
-                        .await
-                        .unwrap();
-                    done += 1;
-                    last = Instant::now();
+                        .into_inner()
+                        .worker_id;
+                    let mut done = 0u64;
+                    let mut last = Instant::now();
+                    loop {
+                        let polled = client
+                            .poll_task(pb::PollTaskRequest {
+                                worker_id: worker_id.clone(),
+                                wait_ms: 200,
+                            })
+                            .await
+                            .unwrap()
+                            .into_inner();
+                        let Some(a) = polled.assignment else {
+                            return (done, last);
+                        };
+                        let Some(pb::assignment::Work::Map(_)) = a.work else {
+                            return (done, last);
+                        };
+                        let outcome = pb::report_task_request::Outcome::Map(pb::MapDone {
+                            object: format!("/synthetic/shuffle-{}", a.attempt),
+                            ranges: vec![pb::ByteRange { start: 0, end: 0 }],
+                            counters: Default::default(),
+                        });
+                        client
+                            .report_task(pb::ReportTaskRequest {
+                                worker_id: worker_id.clone(),
+                                job_id: a.job_id,
+                                task: a.task,
+                                attempt: a.attempt,
+                                outcome: Some(outcome),
+                            })
+                            .await
+                            .unwrap();
+                        done += 1;
+                        last = Instant::now();
+                    }
                 }
-            }
-        });
-        let (counts, _) = tokio::join!(
-            async {
-                let counts = futures::future::join_all(simulated).await;
-                let _ = stop.send(());
-                counts
-            },
-            server
-        );
+            });
+            let counts = futures::future::join_all(simulated).await;
+            let _ = stop.send(());
+            (counts, started)
+        };
+        let ((counts, started), served) = tokio::join!(clients, server);
+        served.unwrap();
         // Until the last map report: idle workers' final empty polls don't count.
         let elapsed = counts.iter().map(|c| c.1).max().unwrap_or(started) - started;
         let maps: u64 = counts.iter().map(|c| c.0).sum();

@@ -371,6 +371,9 @@ pub(super) fn jobs(args: ClientArgs) -> Result<u8, Failure> {
             print(&(serde_json::to_string_pretty(&docs).unwrap_or_default() + "\n"));
         } else {
             let mut t = String::new();
+            if docs.is_empty() {
+                t.push_str("no jobs\n");
+            }
             for d in &docs {
                 let state = d.state.as_str();
                 t.push_str(&format!(

@@ -102,6 +102,9 @@ pub async fn connect(url: &str, tls: &ClientTls) -> Result<Channel, ConnectError
     Ok(channel)
 }
 
+/// How long a new connection's health check may take.
+const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// One health check over a fresh channel, so that a mismatch shows up here,
 /// explained, rather than as a closed connection at the first call. In TLS
 /// 1.3 the server checks a client's certificate after the client's
@@ -109,7 +112,19 @@ pub async fn connect(url: &str, tls: &ClientTls) -> Result<Channel, ConnectError
 /// closed connection; a plain client talking to a TLS server likewise.
 async fn probe(channel: &Channel, url: &str, tls: &ClientTls) -> Result<(), ConnectError> {
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
-    let Err(status) = health.check(tonic_health::pb::HealthCheckRequest::default()).await else {
+    let checked = tokio::time::timeout(
+        PROBE_TIMEOUT,
+        health.check(tonic_health::pb::HealthCheckRequest::default()),
+    )
+    .await
+    .map_err(|_| ConnectError::Unreachable {
+        url: url.to_string(),
+        reason: format!(
+            "it accepted the connection but did not answer within {}",
+            humantime::format_duration(PROBE_TIMEOUT)
+        ),
+    })?;
+    let Err(status) = checked else {
         return Ok(());
     };
     // Any answer from the service means the transport works; a transport

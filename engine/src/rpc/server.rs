@@ -52,6 +52,8 @@ pub struct CoordinatorState {
     pool: Arc<ComputePool>,
     /// Jobs whose output is being committed right now.
     committing: Mutex<HashSet<JobId>>,
+    /// Wakes the committer (see [`serve`]) when a job's reduces are all in.
+    commit_wanted: Notify,
 }
 
 /// Errors starting the coordinator.
@@ -101,6 +103,7 @@ impl CoordinatorState {
             runtime: Arc::new(runtime),
             pool: Arc::new(pool),
             committing: Mutex::new(HashSet::new()),
+            commit_wanted: Notify::new(),
         });
         Ok(state)
     }
@@ -693,7 +696,9 @@ impl WorkerService for WorkerApi {
             info!(%job, %task, %attempt, %worker, "refused a stale report");
         }
         state.notify();
-        state.commit_ready().await;
+        // The output is moved into place by the committer, so this report
+        // (and the worker's slot) does not wait on the renames.
+        state.commit_wanted.notify_one();
         Ok(Response::new(pb::ReportTaskResponse {
             result: pb::ReportResult::from(result) as i32,
         }))
@@ -735,10 +740,16 @@ pub async fn serve(
             }
         }
     });
-    // A restart may find jobs whose reduces all committed but whose output
-    // was not yet moved into place.
+    // The committer: moves each finished job's output into place. It looks
+    // once at start, since a restart may find jobs whose reduces all
+    // committed but whose output was not yet moved, then after each report.
     let commit_state = state.clone();
-    let _commits = SpawnedTask::spawn(async move { commit_state.commit_ready().await });
+    let _commits = SpawnedTask::spawn(async move {
+        loop {
+            commit_state.commit_ready().await;
+            commit_state.commit_wanted.notified().await;
+        }
+    });
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let mut server = tonic::transport::Server::builder();
     if let Some(tls) = &tls {
