@@ -42,8 +42,9 @@ pub struct CoordinatorArgs {
     /// worker services must then carry it.
     #[arg(long, value_name = "PATH")]
     pub token_file: Option<std::path::PathBuf>,
-    /// Listen on a non-loopback address without a token (anyone who can
-    /// reach the port can then run code on the workers).
+    /// Listen on a non-loopback address with neither a token nor client
+    /// certificates (anyone who can reach the port can then run code on the
+    /// workers).
     #[arg(long)]
     pub insecure: bool,
     /// Serve TLS with this certificate chain (PEM); with --tls-key.
