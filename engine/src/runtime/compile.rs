@@ -82,6 +82,9 @@ pub(super) fn in_child(
         // allocation-failure report; the reason is enough.
         .env("RUST_BACKTRACE", "0")
         .env("RUST_LIB_BACKTRACE", "0")
+        // Nor should a debug log level meant for this process flood the
+        // child's stderr with the compiler's own logging.
+        .env_remove("RUST_LOG")
         .arg("compile-module")
         .arg("--max-memory")
         .arg(limits.max_memory_bytes.to_string())
@@ -165,7 +168,13 @@ pub(super) fn in_child(
             if stderr.is_empty() {
                 String::new()
             } else {
-                format!(": {}", stderr.lines().last().unwrap_or_default())
+                // A panic's last line is the hint about RUST_BACKTRACE.
+                let last = stderr
+                    .lines()
+                    .rev()
+                    .find(|l| !l.starts_with("note: "))
+                    .unwrap_or_default();
+                format!(": {last}")
             }
         ),
     })
