@@ -1387,3 +1387,30 @@ fn bad_records_are_skipped_counted_and_listed_in_the_status() {
     assert_eq!(status["tasks"][0]["skipped"], serde_json::json!([8]), "{status}");
     assert_eq!(status["tasks"][0]["attempts"][0]["state"], "failed");
 }
+
+#[test]
+fn a_coordinator_that_accepts_but_never_answers_is_named_within_the_probe_timeout() {
+    // A listener whose connections are accepted (by the kernel) and then
+    // left unread: what a hung coordinator looks like from outside.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    let e = runtime
+        .block_on(wmr::rpc::client::connect(&addr, &Default::default()))
+        .unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(30));
+    let e = e.to_string();
+    assert!(
+        e.contains(&format!("can't reach the coordinator at http://{addr}")),
+        "{e}"
+    );
+    assert!(
+        e.contains("accepted the connection but did not answer within 10s"),
+        "{e}"
+    );
+    drop(listener);
+}
