@@ -1094,6 +1094,9 @@ fn tls_with_client_certificates_runs_jobs_and_refuses_strangers() {
         };
         assert!(refused.contains("client certificate: give --tls-cert"), "{refused}");
     });
+    // The coordinator logged the refused handshakes.
+    let log = std::fs::read_to_string(t.path("logs/coordinator.log")).unwrap();
+    assert!(log.contains("tls accept error"), "{log}");
 }
 
 #[test]
