@@ -158,6 +158,11 @@ async fn probe(channel: &Channel, url: &str, tls: &ClientTls) -> Result<(), Conn
 /// TLS is the cause.
 pub fn explain(status: &tonic::Status) -> String {
     let line = reason(status);
+    // Only a transport failure carries a source; a status the coordinator
+    // sent is its own words, never a TLS problem.
+    if std::error::Error::source(status).is_none() {
+        return line;
+    }
     match tls::advice(&line) {
         Some(advice) => format!("{advice} ({line})"),
         None => line,

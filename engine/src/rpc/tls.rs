@@ -204,7 +204,7 @@ pub fn advice(reason: &str) -> Option<&'static str> {
         "the coordinator's certificate is not signed by an authority this process trusts; give its CA with --ca"
     } else if reason.contains("NotValidForName") || reason.contains("not valid for name") {
         "the coordinator's certificate does not name the host in the address; connect by a name or IP the certificate lists"
-    } else if reason.contains("Expired") || reason.contains("expired") {
+    } else if reason.contains("certificate: Expired") || reason.contains("certificate expired") {
         "the coordinator's certificate has expired"
     } else if reason.contains("CertificateRequired") || reason.contains("certificate required") {
         "the coordinator requires a client certificate: give --tls-cert and --tls-key"
@@ -265,5 +265,8 @@ mod tests {
                 .contains("--ca")
         );
         assert!(advice("connection refused").is_none());
+        // Words of ours that merely resemble a TLS failure.
+        assert!(advice("worker w-1 is not registered (its lease expired)").is_none());
+        assert!(advice("invalid peer certificate: Expired").unwrap().contains("expired"));
     }
 }
