@@ -211,22 +211,6 @@ fn write_parquet(path: &Path) {
     writer.close().unwrap();
 }
 
-/// `wmr run` of the module `bytes`; returns (exit code, stderr).
-fn run_module(t: &TestDir, name: &str, bytes: &[u8]) -> (Option<i32>, String) {
-    let module = t.write(name, bytes);
-    let input = t.write("in/a.txt", "x\n");
-    let o = wmr(&[
-        "run",
-        "--job",
-        module.to_str().unwrap(),
-        "--input",
-        input.to_str().unwrap(),
-        "--output",
-        t.path("out").to_str().unwrap(),
-    ]);
-    (o.status.code(), String::from_utf8_lossy(&o.stderr).to_string())
-}
-
 #[test]
 fn modules_that_are_not_wmr_jobs_are_refused_before_any_work() {
     let t = TestDir::new();
@@ -248,7 +232,7 @@ fn modules_that_are_not_wmr_jobs_are_refused_before_any_work() {
         ),
     ];
     for (name, bytes, expected) in cases {
-        let (code, err) = run_module(&t, name, &bytes);
+        let (code, err) = run_module(&t, &t.write(name, &bytes), &[]);
         assert_eq!(code, Some(2), "{name}: {err}");
         assert!(
             err.contains(&format!("{name} is not a wmr job component")),
@@ -260,7 +244,7 @@ fn modules_that_are_not_wmr_jobs_are_refused_before_any_work() {
     // A module over the size limit is refused before it is compiled.
     let mut huge = b"\0asm\x0d\0\x01\0".to_vec();
     huge.resize((256 << 20) + 1, 0);
-    let (code, err) = run_module(&t, "huge.wasm", &huge);
+    let (code, err) = run_module(&t, &t.write("huge.wasm", &huge), &[]);
     assert_eq!(code, Some(2), "{err}");
     assert!(
         err.contains("huge.wasm is not a wmr job component: it is larger than 256 MiB"),

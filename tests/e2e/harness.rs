@@ -58,6 +58,27 @@ pub fn wmr(args: &[&str]) -> Output {
         .expect("running wmr")
 }
 
+/// `wmr run` of `module` over a one-line text into `OUT` (overwritten),
+/// with `flags`: (exit code, stderr).
+pub fn run_module(t: &TestDir, module: &Path, flags: &[&str]) -> (Option<i32>, String) {
+    let input = t.write("in/a.txt", "a b c\n");
+    let out = t.path("out");
+    let mut args = vec![
+        "run",
+        "--job",
+        module.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        "--overwrite",
+        "--quiet",
+    ];
+    args.extend_from_slice(flags);
+    let o = wmr(&args);
+    (o.status.code(), String::from_utf8_lossy(&o.stderr).into_owned())
+}
+
 /// Run `wmr` and insist it succeeded.
 pub fn wmr_ok(args: &[&str]) -> Output {
     let out = wmr(args);

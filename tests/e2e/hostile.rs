@@ -144,27 +144,6 @@ pub fn compile_bomb(t: &TestDir, n: usize) -> std::path::PathBuf {
     t.write("bomb.wasm", wat::parse_str(&wat).unwrap())
 }
 
-/// `wmr run` over a module: (exit code, last line of stderr).
-fn run_module(t: &TestDir, module: &std::path::Path, flags: &[&str]) -> (Option<i32>, String) {
-    let input = t.write("in/a.txt", "a b c\n");
-    let out = t.path("out");
-    let mut args = vec![
-        "run",
-        "--job",
-        module.to_str().unwrap(),
-        "--input",
-        input.to_str().unwrap(),
-        "--output",
-        out.to_str().unwrap(),
-        "--overwrite",
-        "--quiet",
-    ];
-    args.extend_from_slice(flags);
-    let o = wmr(&args);
-    let err = String::from_utf8_lossy(&o.stderr);
-    (o.status.code(), err.lines().last().unwrap_or("").to_string())
-}
-
 #[test]
 fn compiling_a_module_is_bounded_in_memory() {
     let t = TestDir::new();

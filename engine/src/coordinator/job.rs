@@ -141,7 +141,8 @@ pub struct Task {
     pub attempts: Vec<Attempt>,
     /// Failures counted toward the maximum.
     pub failures: u32,
-    /// Byte offsets of input records the guest failed on, skipped from then on.
+    /// Input records the guest failed on, skipped from then on: text lines
+    /// by byte offset, other records by ordinal within the split.
     #[serde(default)]
     pub skipped: Vec<u64>,
 }
@@ -201,7 +202,8 @@ pub enum Outcome {
         error: String,
         /// Whether another attempt could succeed.
         retryable: bool,
-        /// The input record (byte offset) the guest failed on, if known.
+        /// The input record the guest failed on (a text line's byte offset,
+        /// else its ordinal within the split), if known.
         bad_record: Option<u64>,
     },
 }

@@ -6,7 +6,6 @@
 //! is queued under that same lock, so the journal's order is the order of
 //! the changes. The reply waits until the event is durable.
 
-use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -30,12 +29,12 @@ use crate::coordinator::journal::{Event, Journal, TaskOutput};
 use crate::coordinator::status::{JobStatusDoc, UserState};
 use crate::coordinator::{Job, JobSpec, JobState, Outcome, ReportResult, commit_output, remove_all};
 use crate::data::{Location, plan_splits};
+use crate::runtime::limits::MAX_MODULE_BYTES;
 use crate::runtime::{Compiler, Runtime};
 use crate::spawn::SpawnedTask;
 use crate::worker::{ComputePool, error_chain, load_module};
 use crate::{AttemptId, JobId, ModuleDigest, WorkerId};
 
-use crate::runtime::limits::MAX_MODULE_BYTES;
 /// Longest a `PollTask` waits before answering "nothing yet".
 pub const MAX_POLL_WAIT: Duration = Duration::from_secs(30);
 /// Where modules live in the store.
@@ -50,8 +49,6 @@ pub struct CoordinatorState {
     store: Location,
     runtime: Arc<Runtime>,
     pool: Arc<ComputePool>,
-    /// Jobs whose output is being committed right now.
-    committing: Mutex<HashSet<JobId>>,
     /// Wakes the committer (see [`serve`]) when a job's reduces are all in.
     commit_wanted: Notify,
 }
@@ -102,7 +99,6 @@ impl CoordinatorState {
             store,
             runtime: Arc::new(runtime),
             pool: Arc::new(pool),
-            committing: Mutex::new(HashSet::new()),
             commit_wanted: Notify::new(),
         });
         Ok(state)
@@ -151,6 +147,8 @@ impl CoordinatorState {
 
     /// Commit every job whose reduces have all committed but whose output is
     /// not yet in place (after a restart, or a report that just finished it).
+    /// Only the committer task started by [`serve`] calls this, so no two
+    /// commits of one job overlap.
     async fn commit_ready(&self) {
         let ready: Vec<ClusterJob> = lock(&self.cluster)
             .jobs()
@@ -159,14 +157,6 @@ impl CoordinatorState {
             .collect();
         for j in ready {
             let id = j.job.spec.id.clone();
-            if !self
-                .committing
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(id.clone())
-            {
-                continue;
-            }
             let result = commit_output(&j.job, &j.name).await;
             let now = SystemTime::now();
             let pending = {
@@ -193,7 +183,6 @@ impl CoordinatorState {
             if let Err(e) = pending.durable().await {
                 warn!(job = %id, error = %e, "journaling the end of a job failed");
             }
-            self.committing.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
             self.notify();
         }
     }
@@ -707,8 +696,9 @@ impl WorkerService for WorkerApi {
 
 /// Serve both services, health and reflection on `listener` until `shutdown`
 /// resolves; also expires silent workers and finishes interrupted commits.
-/// With a `token`, both services refuse calls that do not carry it (health
-/// and reflection stay open, for probes).
+/// With a token, both services refuse calls that do not carry it (health
+/// and reflection stay open, for probes); with TLS settings, every
+/// connection is TLS.
 ///
 /// # Errors
 /// If the server fails.

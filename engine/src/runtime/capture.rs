@@ -42,10 +42,19 @@ impl CappedPipe {
         c.dropped += (bytes.len() - kept) as u64;
     }
 
-    /// What was kept, and how many bytes were dropped.
-    pub fn contents(&self) -> (Bytes, u64) {
-        let c = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        (c.kept.clone().freeze(), c.dropped)
+    /// What was kept.
+    pub fn kept(&self) -> Bytes {
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .kept
+            .clone()
+            .freeze()
+    }
+
+    /// How many bytes were dropped past the capacity.
+    pub fn dropped(&self) -> u64 {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).dropped
     }
 }
 
@@ -111,8 +120,7 @@ mod tests {
         pipe.write(Bytes::from_static(b"0123456")).expect("never an error");
         pipe.write(Bytes::from_static(b"789abc")).expect("never an error");
         assert!(pipe.check_write().expect("always room") > 0);
-        let (kept, dropped) = pipe.contents();
-        assert_eq!(&kept[..], b"0123456789");
-        assert_eq!(dropped, 3);
+        assert_eq!(&pipe.kept()[..], b"0123456789");
+        assert_eq!(pipe.dropped(), 3);
     }
 }

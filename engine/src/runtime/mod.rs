@@ -705,7 +705,7 @@ impl GuestInstance {
         let state = self.store.data();
         let mut log = state.log.clone();
         for (name, pipe) in [("stdout", &state.stdout), ("stderr", &state.stderr)] {
-            let (bytes, _) = pipe.contents();
+            let bytes = pipe.kept();
             if !bytes.is_empty() {
                 log.push_str(&format!("[{name}]\n{}", String::from_utf8_lossy(&bytes)));
             }
@@ -723,6 +723,6 @@ impl GuestInstance {
     /// Log bytes (log lines, stdout, stderr) dropped past the limit.
     pub fn log_dropped_bytes(&self) -> u64 {
         let state = self.store.data();
-        state.log_dropped + state.stdout.contents().1 + state.stderr.contents().1
+        state.log_dropped + state.stdout.dropped() + state.stderr.dropped()
     }
 }

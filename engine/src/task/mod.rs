@@ -249,12 +249,17 @@ fn without_records(batch: RecordBatch, first: u64, skip: &[u64]) -> Result<(Reco
         Some(offsets) => offsets.iter().map(|o| o.map_or(u64::MAX, |o| o as u64)).collect(),
         None => (first..first + batch.num_rows() as u64).collect(),
     };
-    let keep: arrow::array::BooleanArray = ids.iter().map(|id| Some(!skip.contains(id))).collect();
-    let skipped = keep.false_count();
+    let keep: Vec<bool> = ids.iter().map(|id| !skip.contains(id)).collect();
+    let skipped = keep.iter().filter(|k| !**k).count();
     if skipped == 0 {
         return Ok((batch, 0, RecordIds { first, kept: None }));
     }
-    let kept_ids = ids.into_iter().filter(|id| !skip.contains(id)).collect();
+    let kept_ids = ids
+        .into_iter()
+        .zip(&keep)
+        .filter_map(|(id, k)| k.then_some(id))
+        .collect();
+    let keep = arrow::array::BooleanArray::from(keep);
     let kept = arrow::compute::filter_record_batch(&batch, &keep)
         .map_err(|e| Error::Data(crate::data::Error::Internal(format!("skipping records: {e}"))))?;
     Ok((
