@@ -48,7 +48,7 @@ fn main() {
             format: OutputFormat::Parquet,
             max_attempts: 4,
             speculation: false,
-            map_buffer: 1 << 20,
+            task_memory: 1 << 20,
             skip_bad_records: 0,
         };
         let splits = (0..tasks as u64)

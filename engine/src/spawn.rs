@@ -21,6 +21,16 @@ impl<T: Send + 'static> SpawnedTask<T> {
     }
 }
 
+impl<T> SpawnedTask<T> {
+    /// Wait for the task's result; `None` if it panicked or was aborted.
+    pub(crate) async fn join(&mut self) -> Option<T> {
+        match self.handle.as_mut() {
+            Some(h) => h.await.ok(),
+            None => None,
+        }
+    }
+}
+
 impl<T> Drop for SpawnedTask<T> {
     fn drop(&mut self) {
         if let Some(h) = &self.handle {

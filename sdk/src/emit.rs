@@ -190,6 +190,17 @@ impl<K: Columns, V: Columns> Emit<K, V> {
         }
     }
 
+    /// Whether grouping saved at least a tenth of the pairs emitted into it.
+    /// When it did not (keys mostly distinct), grouping the rest of the
+    /// task's pairs would cost a hash probe and a key copy per pair for
+    /// nothing, and the host sorts them anyway.
+    pub(crate) fn grouping_pays(&self) -> bool {
+        match &self.mode {
+            EmitMode::Direct { .. } => false,
+            EmitMode::Grouping(g) => self.rows * 10 >= g.keys.len() * 11,
+        }
+    }
+
     /// How many pairs have been emitted so far.
     pub fn len(&self) -> usize {
         self.rows
@@ -409,6 +420,7 @@ mod tests {
             );
         }
         assert_eq!(emit.len(), 1053);
+        assert!(emit.grouping_pays());
         let rows = rows_of(&emit.finish());
         assert_eq!(
             rows,
@@ -424,6 +436,19 @@ mod tests {
                 ("a key longer than sixteen bytez".to_string(), 20),
             ]
         );
+    }
+
+    #[test]
+    fn grouping_does_not_pay_when_keys_are_distinct() {
+        let mut emit = Emit::<String, u64>::new(Some(sum));
+        for i in 0..1000u64 {
+            emit.emit(format!("k{i}"), 1);
+            if i % 50 == 0 {
+                emit.emit("again", 1);
+            }
+        }
+        assert!(!emit.grouping_pays());
+        assert!(!Emit::<String, u64>::new(None).grouping_pays());
     }
 
     #[test]

@@ -27,6 +27,10 @@ thread_local! {
     static CURRENT_ROW: Cell<Option<u32>> = const { Cell::new(None) };
     /// The map output held back between `map` calls (an `Emit<J::Key, J::Value>`).
     static HELD: RefCell<Option<Box<dyn Any>>> = const { RefCell::new(None) };
+    /// Set once in-mapper combining was found not to pay in this task (each
+    /// task attempt has its own instance): the rest of its pairs go
+    /// straight to the host, as DuckDB and Spark stop partial aggregation.
+    static GROUPING_OFF: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Add `delta` to the job counter `name`. Counters are summed over every
@@ -156,6 +160,9 @@ pub fn map<J: Job>(source: String, input: Batch) -> Result<Batch, GuestError> {
         }
         CURRENT_ROW.set(None);
         if out.is_full() {
+            if !out.grouping_pays() {
+                GROUPING_OFF.set(true);
+            }
             out.finish()
         } else {
             // Keep combining across calls: a task then returns one row per
@@ -175,7 +182,7 @@ pub fn flush<J: Job>() -> Result<Batch, GuestError> {
 fn take_held<J: Job>() -> Emit<J::Key, J::Value> {
     match HELD.take().map(|held| held.downcast::<Emit<J::Key, J::Value>>()) {
         Some(Ok(held)) => *held,
-        _ => Emit::new(J::COMBINES.then_some(combine_with_job::<J>)),
+        _ => Emit::new((J::COMBINES && !GROUPING_OFF.get()).then_some(combine_with_job::<J>)),
     }
 }
 

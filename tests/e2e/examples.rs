@@ -72,8 +72,8 @@ mod wordcount {
             "text",
             "--reducers",
             "2",
-            "--map-buffer",
-            "256KiB",
+            "--task-memory",
+            "1MiB",
             "--json",
         ]);
         let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
@@ -183,8 +183,8 @@ mod grep {
             "pattern=needle",
             "--reducers",
             "3",
-            "--map-buffer",
-            "64KiB",
+            "--task-memory",
+            "256KiB",
             "--json",
         ]);
         let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();

@@ -3,7 +3,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 pub struct TestDir {
     dir: tempfile::TempDir,
@@ -213,4 +214,63 @@ pub fn gutenberg_texts() -> Vec<String> {
         .collect();
     files.sort();
     files.iter().map(|p| std::fs::read_to_string(p).unwrap()).collect()
+}
+
+/// An S3-compatible server (s3s-fs) on loopback, serving `root`; killed on drop.
+pub struct S3Server {
+    child: Child,
+    pub env: Vec<(String, String)>,
+}
+
+impl S3Server {
+    pub fn start(root: &Path) -> Self {
+        let binary = std::env::var("WMR_S3S_FS")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/tools/bin/s3s-fs"));
+        assert!(
+            binary.exists(),
+            "{} is missing: `cargo xtask test` installs it (cargo install s3s-fs@0.14.1 --locked --features binary)",
+            binary.display()
+        );
+        // A free port: bind one, let it go, hand it to the server.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new(binary)
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--access-key", "wmr-test", "--secret-key", "wmr-test-secret"])
+            .arg(root)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting s3s-fs");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "s3s-fs did not start listening on port {port}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let env = [
+            ("AWS_ACCESS_KEY_ID", "wmr-test".to_string()),
+            ("AWS_SECRET_ACCESS_KEY", "wmr-test-secret".to_string()),
+            ("AWS_REGION", "us-east-1".to_string()),
+            ("AWS_ENDPOINT", format!("http://127.0.0.1:{port}")),
+            ("AWS_ALLOW_HTTP", "true".to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        S3Server { child, env }
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

@@ -16,3 +16,5 @@ mod examples;
 mod hostile;
 /// Text input edge cases: empty files, CRLF, long lines, many tiny files.
 mod input;
+/// The memory budget: spills, merge passes, record limits, multipart uploads.
+mod memory;

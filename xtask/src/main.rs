@@ -6,19 +6,23 @@
 )]
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
+mod bench;
+
 const USAGE: &str = "usage: cargo xtask <command>
   guests                          build every guest into target/guests/NAME.wasm
   demo                            build, generate a sample corpus, run wordcount embedded
   test                            build guests, then run every test (what CI runs)
   lint                            rustfmt --check and clippy -D warnings on every workspace (CI runs it too)
-  bench wordcount [--size-mib N]  time wmr (2 slots) against native Rust (2 threads); default 256 MiB
+  bench wordcount [--size-mib N] [--distinct]
+                                  wmr (2 slots) against DuckDB and native Rust (2 threads), outputs
+                                  checked equal; Zipf text, or --distinct for most words distinct
+  bench scale [--max-gib N]       the high-cardinality word count at 1, 2, 4 .. N GiB (default 8)
   bench cluster [--size-mib N]    the same word count on 1 worker, then 2 workers (1 slot each); speedup
   bench coordinator [--workers N] [--tasks N]
                                   assignments+reports/s with simulated workers (default 1000, 100000)";
@@ -99,8 +103,14 @@ fn build_wmr() -> Result<PathBuf> {
     Ok(target.join("release/wmr"))
 }
 
-/// A deterministic English-like corpus of about `bytes` bytes.
-fn generate_corpus(dir: &Path, bytes: u64, files: usize) -> Result<()> {
+/// Distinct words in the demo's corpus.
+const DEMO_VOCABULARY: usize = 20_000;
+/// Distinct words in the word-count bench's Zipf corpus.
+const BENCH_VOCABULARY: usize = 200_000;
+
+/// A deterministic English-like corpus of about `bytes` bytes, over a
+/// Zipf-distributed vocabulary of `vocabulary` words.
+fn generate_corpus(dir: &Path, bytes: u64, files: usize, vocabulary: usize) -> Result<()> {
     let syllables = [
         "ka", "lo", "mi", "ren", "sa", "tor", "vel", "in", "dra", "os", "qua", "pe", "li", "the", "an", "ro",
     ];
@@ -114,7 +124,7 @@ fn generate_corpus(dir: &Path, bytes: u64, files: usize) -> Result<()> {
     };
     // Word i spells i in base 16 with one syllable per digit (so every word is
     // distinct), with short words first: the most frequent words are the shortest.
-    let vocab: Vec<String> = (0..20_000usize)
+    let vocab: Vec<String> = (0..vocabulary)
         .map(|i| {
             let mut w = String::new();
             let mut n = i;
@@ -206,7 +216,7 @@ fn demo() -> Result<()> {
     let corpus = root.join("target/demo/corpus");
     if !corpus.exists() {
         eprintln!("generating a 32 MiB sample corpus in {}", corpus.display());
-        generate_corpus(&corpus, 32 << 20, 8)?;
+        generate_corpus(&corpus, 32 << 20, 8, DEMO_VOCABULARY)?;
     }
     let out = root.join("target/demo/wordcount");
     run_wordcount(
@@ -311,53 +321,6 @@ fn lint() -> Result<()> {
     Ok(())
 }
 
-/// The bench's native word count: same word definition, `threads` threads.
-fn native_wordcount(files: &[PathBuf], threads: usize) -> Result<HashMap<String, u64>> {
-    let texts: Vec<String> = files.iter().map(std::fs::read_to_string).collect::<Result<_, _>>()?;
-    let mut chunks: Vec<&str> = Vec::new();
-    for t in &texts {
-        let mut rest = t.as_str();
-        let per = t.len() / threads + 1;
-        while !rest.is_empty() {
-            let cut = rest.len().min(per);
-            let cut = rest[cut..].find('\n').map_or(rest.len(), |i| cut + i + 1);
-            chunks.push(&rest[..cut]);
-            rest = &rest[cut..];
-        }
-    }
-    let is_letter = |c: char| {
-        if c.is_ascii() {
-            c.is_ascii_alphabetic()
-        } else {
-            c.is_alphabetic()
-        }
-    };
-    let partials: Vec<HashMap<&str, u64>> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..threads)
-            .map(|t| {
-                let mine: Vec<&str> = chunks.iter().skip(t).step_by(threads).copied().collect();
-                s.spawn(move || {
-                    let mut m: HashMap<&str, u64> = HashMap::new();
-                    for c in mine {
-                        for w in c.split(|ch: char| !is_letter(ch)).filter(|w| !w.is_empty()) {
-                            *m.entry(w).or_insert(0) += 1;
-                        }
-                    }
-                    m
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().expect("bench thread")).collect()
-    });
-    let mut total: HashMap<String, u64> = HashMap::new();
-    for p in partials {
-        for (w, c) in p {
-            *total.entry(w.to_string()).or_insert(0) += c;
-        }
-    }
-    Ok(total)
-}
-
 /// Timed rounds per side; the median is reported (the machine is shared and noisy).
 const ROUNDS: usize = 5;
 
@@ -383,14 +346,15 @@ fn bench_corpus(size_mib: u64) -> Result<PathBuf> {
     let corpus = root().join(format!("target/bench/corpus-{size_mib}mib"));
     if !corpus.exists() {
         eprintln!("generating a {size_mib} MiB corpus in {}", corpus.display());
-        generate_corpus(&corpus, size_mib << 20, 8)?;
+        generate_corpus(&corpus, size_mib << 20, 8, DEMO_VOCABULARY)?;
     }
     Ok(corpus)
 }
 
 fn bench(args: &[String]) -> Result<()> {
     match args.first().map(String::as_str) {
-        Some("wordcount") => bench_wordcount(args),
+        Some("wordcount") => bench::wordcount(args),
+        Some("scale") => bench::scale(args),
         Some("cluster") => bench_cluster(args),
         Some("coordinator") => {
             let (workers, tasks) = (
@@ -494,63 +458,5 @@ fn bench_cluster(args: &[String]) -> Result<()> {
     println!("  1 worker  (1 slot):       {one:.2} s");
     println!("  2 workers (1 slot each):  {two:.2} s");
     println!("  speedup:                  {:.2}x (target: at least 1.8x)", one / two);
-    Ok(())
-}
-
-fn bench_wordcount(args: &[String]) -> Result<()> {
-    let size_mib = numeric_flag(args, "--size-mib", 256)?;
-    let root = root();
-    let guests = guests()?;
-    let wmr = build_wmr()?;
-    let corpus = bench_corpus(size_mib)?;
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&corpus)?
-        .map(|e| e.map(|e| e.path()))
-        .collect::<Result<_, _>>()?;
-    files.sort();
-    let out = root.join("target/bench/out");
-    let (mut wmr_times, mut native_times) = (Vec::new(), Vec::new());
-    let mut native_counts = HashMap::new();
-    for round in 0..ROUNDS {
-        let t = Instant::now();
-        run_wordcount(
-            &wmr,
-            &guests,
-            &corpus,
-            &out,
-            &["--slots", "2", "--reducers", "2", "--quiet"],
-        )?;
-        wmr_times.push(t.elapsed());
-        let t = Instant::now();
-        native_counts = native_wordcount(&files, 2)?;
-        native_times.push(t.elapsed());
-        eprintln!(
-            "round {round}: wmr {:.2?}, native {:.2?}",
-            wmr_times[round], native_times[round]
-        );
-    }
-    // Both sides must have done the same work.
-    let wmr_counts = read_counts(&wmr, &out)?;
-    if wmr_counts != native_counts {
-        bail!(
-            "wmr and the native word count disagree: {} vs {} distinct words",
-            wmr_counts.len(),
-            native_counts.len()
-        );
-    }
-    let native_distinct = native_counts.len();
-    let (w, n) = (median(wmr_times), median(native_times));
-    let mut report = String::new();
-    writeln!(
-        report,
-        "wordcount over {size_mib} MiB ({native_distinct} distinct words), median of {ROUNDS} rounds:"
-    )?;
-    writeln!(report, "  wmr run, 2 slots:        {:.2} s", w.as_secs_f64())?;
-    writeln!(report, "  native Rust, 2 threads:  {:.2} s", n.as_secs_f64())?;
-    writeln!(
-        report,
-        "  ratio wmr/native:        {:.2}x (target: at most 1.7x)",
-        w.as_secs_f64() / n.as_secs_f64()
-    )?;
-    print!("{report}");
     Ok(())
 }

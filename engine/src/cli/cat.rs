@@ -6,7 +6,7 @@ use std::io::Write;
 use clap::Args;
 
 use super::{Failure, exit};
-use crate::data::output::{OutputFormat, read_output_rows};
+use crate::data::output::{read_output_rows, write_text_lines};
 use crate::worker::error_chain;
 
 /// Print a job's output as text lines.
@@ -29,18 +29,23 @@ pub(super) fn run(args: CatArgs) -> Result<u8, Failure> {
         code: exit::USAGE,
         message: error_chain(&e),
     })?;
-    let mut out = std::io::stdout().lock();
-    for (schema, batch) in batches {
-        let text = OutputFormat::Text
-            .encode(&args.output, &schema, &[batch])
-            .map_err(|e| Failure {
-                code: exit::USAGE,
-                message: error_chain(&e),
-            })?;
-        if out.write_all(&text).is_err() {
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut line = String::new();
+    for (_, batch) in batches {
+        match write_text_lines(&batch, &mut out, &mut line) {
+            Ok(()) => {}
             // Broken pipe (`wmr cat OUT | head`): success, as in ripgrep.
-            return Ok(exit::SUCCESS);
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(exit::SUCCESS),
+            Err(e) => {
+                return Err(Failure {
+                    code: exit::USAGE,
+                    message: format!("printing {}: {e}", args.output),
+                });
+            }
         }
+    }
+    if out.flush().is_err() {
+        return Ok(exit::SUCCESS);
     }
     Ok(exit::SUCCESS)
 }

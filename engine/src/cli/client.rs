@@ -246,7 +246,7 @@ pub(super) fn submit(args: SubmitArgs) -> Result<u8, Failure> {
             limits: Some(spec.limits().into()),
             overwrite: spec.overwrite,
             no_speculation: args.no_speculation,
-            map_buffer: spec.map_buffer.as_u64(),
+            task_memory: spec.task_memory.as_u64(),
             skip_bad_records: spec.skip_bad_records,
         };
         let job = jobs

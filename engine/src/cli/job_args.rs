@@ -2,11 +2,12 @@
 
 use clap::Args;
 
-use crate::coordinator::job::{DEFAULT_MAP_BUFFER, DEFAULT_MAX_ATTEMPTS};
+use crate::coordinator::job::{DEFAULT_MAX_ATTEMPTS, DEFAULT_TASK_MEMORY};
 use crate::data::output::OutputFormat;
 use crate::runtime::Limits;
 use crate::runtime::limits::{
     DEFAULT_MAX_CALL_TIME, DEFAULT_MAX_LOG_BYTES, DEFAULT_MAX_MEMORY_BYTES, DEFAULT_MAX_OUTPUT_BYTES,
+    DEFAULT_MAX_RECORD_BYTES,
 };
 
 /// A job: its module, input, output and settings.
@@ -36,9 +37,11 @@ pub struct JobArgs {
     /// Replace the output directory's contents if it is not empty.
     #[arg(long)]
     pub overwrite: bool,
-    /// Map output a map task holds in memory before sorting it and spilling it to local disk.
-    #[arg(long, value_name = "BYTES", default_value_t = bytesize::ByteSize::b(DEFAULT_MAP_BUFFER))]
-    pub map_buffer: bytesize::ByteSize,
+    /// Working memory of one task (its map output buffer, merges and output
+    /// writer); past it, map output is sorted and spilled to local disk, and
+    /// merges go through local disk. Per task slot, beside the guest's own memory.
+    #[arg(long, alias = "map-buffer", value_name = "BYTES", default_value_t = bytesize::ByteSize::b(DEFAULT_TASK_MEMORY))]
+    pub task_memory: bytesize::ByteSize,
     /// Records per map task that may be skipped once the job has failed on them
     /// (each is counted and listed), instead of failing the job.
     #[arg(long, value_name = "N", default_value_t = 0)]
@@ -58,6 +61,9 @@ pub struct JobArgs {
     /// Log bytes kept per attempt; the excess is dropped and counted.
     #[arg(long, value_name = "BYTES", default_value_t = bytesize::ByteSize::b(DEFAULT_MAX_LOG_BYTES as u64))]
     pub max_log: bytesize::ByteSize,
+    /// Longest input record (a text line); a longer one fails its task with its file and offset.
+    #[arg(long, value_name = "BYTES", default_value_t = bytesize::ByteSize::b(DEFAULT_MAX_RECORD_BYTES))]
+    pub max_record: bytesize::ByteSize,
 }
 
 impl JobArgs {
@@ -68,6 +74,7 @@ impl JobArgs {
             max_call_time: *self.max_call_time,
             max_log_bytes: usize::try_from(self.max_log.as_u64()).unwrap_or(usize::MAX),
             max_output_bytes: self.max_output.as_u64(),
+            max_record_bytes: self.max_record.as_u64(),
         }
     }
 }

@@ -165,7 +165,7 @@ async fn run_async(args: RunArgs, slots: usize, reducers: u32) -> Result<u8, Fai
         max_attempts: args.spec.max_attempts,
         // One machine's slots: a slow task is slow on any of them.
         speculation: false,
-        map_buffer: args.spec.map_buffer.as_u64(),
+        task_memory: args.spec.task_memory.as_u64(),
         skip_bad_records: args.spec.skip_bad_records,
     };
     let coordinator = Arc::new(Coordinator::new(Job::new(spec, splits)));

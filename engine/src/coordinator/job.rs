@@ -47,19 +47,20 @@ pub struct JobSpec {
     /// Whether slow tasks may get backup attempts near the end of a phase.
     #[serde(default = "speculation_default")]
     pub speculation: bool,
-    /// Map output a map task holds in memory before spilling to local disk.
-    #[serde(default = "map_buffer_default")]
-    pub map_buffer: u64,
+    /// The memory budget of one task (map buffer, merges, writers), in
+    /// bytes; past it, a task spills to local disk.
+    #[serde(default = "task_memory_default", alias = "map_buffer")]
+    pub task_memory: u64,
     /// Records a map task may skip after the guest failed on them.
     #[serde(default)]
     pub skip_bad_records: u32,
 }
 
-/// Default for [`JobSpec::map_buffer`].
-pub const DEFAULT_MAP_BUFFER: u64 = 256 << 20;
+/// Default for [`JobSpec::task_memory`]: 256 MiB per task slot.
+pub const DEFAULT_TASK_MEMORY: u64 = 256 << 20;
 
-fn map_buffer_default() -> u64 {
-    DEFAULT_MAP_BUFFER
+fn task_memory_default() -> u64 {
+    DEFAULT_TASK_MEMORY
 }
 
 fn speculation_default() -> bool {
@@ -425,7 +426,7 @@ impl Job {
                 split: self.splits[index as usize].clone(),
                 partitions: self.spec.reducers,
                 shuffle_object: format!("{}/map-{index:05}-{}.shuffle", self.spec.work_dir, attempt.0),
-                buffer_bytes: self.spec.map_buffer,
+                memory_bytes: self.spec.task_memory,
                 skip_records: task.skipped.clone(),
             }),
             Phase::Reduce => Assignment::Reduce(ReduceAssignment {
@@ -447,6 +448,7 @@ impl Job {
                     self.spec.format.file_name(index)
                 ),
                 format: self.spec.format,
+                memory_bytes: self.spec.task_memory,
             }),
         })
     }
@@ -714,7 +716,7 @@ pub(crate) fn test_job(maps: usize, reducers: u32) -> Job {
         format: OutputFormat::Text,
         max_attempts: 2,
         speculation: true,
-        map_buffer: 1 << 20,
+        task_memory: 1 << 20,
         skip_bad_records: 0,
     };
     let splits = (0..maps)

@@ -4,11 +4,12 @@
 //!
 //! Read [`Location`] (a path or URL resolved to a store), then
 //! [`plan_splits`], then the readers [`text`] and [`parquet_input`], then
-//! [`output`].
+//! [`output`], which writes through [`sink`].
 
 mod location;
 pub mod output;
 pub mod parquet_input;
+pub mod sink;
 mod split;
 pub mod text;
 
@@ -67,6 +68,18 @@ pub enum Error {
         file: String,
         /// Where it now ends.
         at: u64,
+    },
+    /// A text line longer than the record limit.
+    #[error(
+        "input {file} has a record at byte offset {offset} longer than the record limit of {limit} bytes; raise it with --max-record, or check that the file is newline-delimited text"
+    )]
+    RecordTooLong {
+        /// The file.
+        file: String,
+        /// Where the record starts.
+        offset: u64,
+        /// The limit, in bytes.
+        limit: u64,
     },
     /// A Parquet file that can't be read.
     #[error("Parquet file {file} can't be read ({place})")]

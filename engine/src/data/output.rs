@@ -1,18 +1,26 @@
-//! Output files and the `_SUCCESS` manifest. Encoding happens on a compute
-//! thread into memory; the caller uploads the bytes.
+//! Output files and the `_SUCCESS` manifest. An [`OutputWriter`] encodes on
+//! a compute thread, batch by batch, into an [`ObjectSink`] that uploads as
+//! it goes: Parquet row group by row group, text line by line. No output
+//! file is ever whole in memory.
 
 use std::fmt::Write as _;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use arrow::util::display::{ArrayFormatter, FormatOptions};
-use bytes::Bytes;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use serde::{Deserialize, Serialize};
 
 use super::Error;
+use super::sink::ObjectSink;
+
+/// Largest Parquet row group buffered before it is written out, in bytes
+/// of encoded data (also capped by [`ROW_GROUP_ROWS`]).
+pub const ROW_GROUP_BYTES: usize = 32 << 20;
+/// Most rows in one Parquet row group.
+pub const ROW_GROUP_ROWS: usize = 1 << 20;
 
 /// The name of the manifest written last into a job's output directory.
 pub const MANIFEST_NAME: &str = "_SUCCESS";
@@ -37,52 +45,126 @@ impl OutputFormat {
         }
     }
 
-    /// Encode `batches` (all of `schema`) as one file.
+    /// A writer of one output file of `schema` in this format into `sink`
+    /// (`what` names the file in errors).
     ///
     /// # Errors
-    /// [`Error::Encode`] if the writer fails.
-    pub fn encode(self, what: &str, schema: &SchemaRef, batches: &[RecordBatch]) -> Result<Bytes, Error> {
-        let fail = |reason: String| Error::Encode {
-            what: what.to_string(),
-            reason,
-        };
-        match self {
+    /// [`Error::Encode`] if the Parquet writer can't be built.
+    pub fn writer(self, what: &str, schema: &SchemaRef, sink: ObjectSink) -> Result<OutputWriter, Error> {
+        let inner = match self {
             OutputFormat::Parquet => {
                 let props = WriterProperties::builder()
-                    .set_compression(Compression::ZSTD(
-                        ZstdLevel::try_new(1).map_err(|e| fail(e.to_string()))?,
-                    ))
+                    .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).map_err(encode_error(what))?))
+                    .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
                     .build();
-                let mut writer =
-                    ArrowWriter::try_new(Vec::new(), schema.clone(), Some(props)).map_err(|e| fail(e.to_string()))?;
-                for b in batches {
-                    writer.write(b).map_err(|e| fail(e.to_string()))?;
-                }
-                Ok(Bytes::from(writer.into_inner().map_err(|e| fail(e.to_string()))?))
+                Writer::Parquet(Box::new(
+                    ArrowWriter::try_new(sink, schema.clone(), Some(props)).map_err(encode_error(what))?,
+                ))
             }
-            OutputFormat::Text => {
-                let options = FormatOptions::default().with_null("");
-                let mut out = String::new();
-                for b in batches {
-                    let formatters = b
-                        .columns()
-                        .iter()
-                        .map(|c| ArrayFormatter::try_new(c.as_ref(), &options))
-                        .collect::<Result<Vec<_>, _>>()
-                        .map_err(|e| fail(e.to_string()))?;
-                    for row in 0..b.num_rows() {
-                        for (i, f) in formatters.iter().enumerate() {
-                            if i > 0 {
-                                out.push(' ');
-                            }
-                            write!(out, "{}", f.value(row)).map_err(|e| fail(e.to_string()))?;
-                        }
-                        out.push('\n');
-                    }
-                }
-                Ok(Bytes::from(out))
+            OutputFormat::Text => Writer::Text {
+                sink,
+                line: String::new(),
+            },
+        };
+        Ok(OutputWriter {
+            inner,
+            what: what.to_string(),
+            rows: 0,
+        })
+    }
+}
+
+fn encode_error<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> Error {
+    move |e| Error::Encode {
+        what: what.to_string(),
+        reason: e.to_string(),
+    }
+}
+
+/// Write `batch` to `out` as text lines: columns separated by one space,
+/// nulls empty. `line` is scratch space, reused across calls.
+///
+/// # Errors
+/// The first error formatting a value or writing, as an `io::Error`.
+pub fn write_text_lines(batch: &RecordBatch, out: &mut impl std::io::Write, line: &mut String) -> std::io::Result<()> {
+    let options = FormatOptions::default().with_null("");
+    let formatters = batch
+        .columns()
+        .iter()
+        .map(|c| ArrayFormatter::try_new(c.as_ref(), &options))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(std::io::Error::other)?;
+    for row in 0..batch.num_rows() {
+        line.clear();
+        for (i, f) in formatters.iter().enumerate() {
+            if i > 0 {
+                line.push(' ');
             }
+            write!(line, "{}", f.value(row)).map_err(std::io::Error::other)?;
         }
+        line.push('\n');
+        out.write_all(line.as_bytes())?;
+    }
+    Ok(())
+}
+
+enum Writer {
+    Parquet(Box<ArrowWriter<ObjectSink>>),
+    Text { sink: ObjectSink, line: String },
+}
+
+/// Writes one output file batch by batch into an upload.
+pub struct OutputWriter {
+    inner: Writer,
+    what: String,
+    rows: u64,
+}
+
+impl OutputWriter {
+    /// Write `batch`.
+    ///
+    /// # Errors
+    /// [`Error::Encode`] if encoding or the upload underneath fails.
+    pub fn write(&mut self, batch: &RecordBatch) -> Result<(), Error> {
+        let fail = encode_error(&self.what);
+        match &mut self.inner {
+            Writer::Parquet(w) => {
+                w.write(batch).map_err(encode_error(&self.what))?;
+                if w.in_progress_size() >= ROW_GROUP_BYTES {
+                    w.flush().map_err(encode_error(&self.what))?;
+                }
+            }
+            Writer::Text { sink, line } => write_text_lines(batch, sink, line).map_err(fail)?,
+        }
+        self.rows += batch.num_rows() as u64;
+        Ok(())
+    }
+
+    /// Bytes handed to the upload so far (Parquet's buffered row group not
+    /// included).
+    pub fn written(&self) -> u64 {
+        match &self.inner {
+            Writer::Parquet(w) => w.bytes_written() as u64,
+            Writer::Text { sink, .. } => sink.written(),
+        }
+    }
+
+    /// Rows written so far.
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    /// Finish the file (Parquet's footer) and complete the upload; returns
+    /// its size in bytes.
+    ///
+    /// # Errors
+    /// [`Error::Encode`] if encoding or the upload underneath fails.
+    pub fn finish(self) -> Result<u64, Error> {
+        let sink = match self.inner {
+            Writer::Parquet(w) => w.into_inner().map_err(encode_error(&self.what))?,
+            Writer::Text { sink, .. } => sink,
+        };
+        sink.finish().map_err(encode_error(&self.what))
     }
 }
 
@@ -185,18 +267,37 @@ mod tests {
     use arrow::array::{StringArray, UInt64Array};
     use std::sync::Arc;
 
-    #[test]
-    fn text_output_is_space_separated_lines() {
+    #[tokio::test]
+    async fn text_and_parquet_files_are_written_as_they_come() {
         let b = RecordBatch::try_from_iter([
             ("key", Arc::new(StringArray::from(vec!["A", "b"])) as _),
             ("value", Arc::new(UInt64Array::from(vec![509, 2])) as _),
         ])
         .unwrap();
-        let bytes = OutputFormat::Text
-            .encode("t", &b.schema(), std::slice::from_ref(&b))
-            .unwrap();
-        assert_eq!(&bytes[..], b"A 509\nb 2\n");
-        let pq = OutputFormat::Parquet.encode("p", &b.schema(), &[b]).unwrap();
-        assert_eq!(&pq[..4], b"PAR1");
+        let dir = tempfile::tempdir().unwrap();
+        let pool = crate::worker::ComputePool::new(1).unwrap();
+        for (format, name) in [(OutputFormat::Text, "t.txt"), (OutputFormat::Parquet, "p.parquet")] {
+            let at = super::super::Location::parse(dir.path().join(name).to_str().unwrap()).unwrap();
+            let (sink, upload) = super::super::sink::upload(&at);
+            let (b2, schema) = (b.clone(), b.schema());
+            let size = pool
+                .run(move || {
+                    let mut w = format.writer(name, &schema, sink)?;
+                    w.write(&b2)?;
+                    w.write(&b2)?;
+                    assert_eq!(w.rows(), 4);
+                    w.finish()
+                })
+                .await
+                .unwrap()
+                .unwrap();
+            upload.finish().await.unwrap();
+            let got = std::fs::read(dir.path().join(name)).unwrap();
+            assert_eq!(got.len() as u64, size);
+            match format {
+                OutputFormat::Text => assert_eq!(&got[..], b"A 509\nb 2\nA 509\nb 2\n"),
+                OutputFormat::Parquet => assert_eq!(&got[..4], b"PAR1"),
+            }
+        }
     }
 }

@@ -90,6 +90,8 @@ pub struct TextSplitReader {
     line_start: Option<u64>,
     eof: bool,
     done: bool,
+    /// Longest line accepted, in bytes.
+    max_record: u64,
     /// Lines with invalid UTF-8 seen so far.
     pub invalid_utf8_lines: u64,
     /// Line bytes (without terminators) delivered so far.
@@ -110,8 +112,24 @@ impl TextSplitReader {
             line_start: if start == 0 { Some(0) } else { None },
             eof: false,
             done: start >= file_size,
+            max_record: u64::MAX,
             invalid_utf8_lines: 0,
             bytes_read: 0,
+        }
+    }
+
+    /// Refuse lines longer than `bytes` (the default is no limit) with
+    /// [`Error::RecordTooLong`], instead of buffering them.
+    pub fn with_max_record(mut self, bytes: u64) -> Self {
+        self.max_record = bytes;
+        self
+    }
+
+    fn too_long(&self, offset: u64) -> Error {
+        Error::RecordTooLong {
+            file: self.file.clone(),
+            offset,
+            limit: self.max_record,
         }
     }
 
@@ -187,6 +205,9 @@ impl TextSplitReader {
                 Some(i) => (rel + scan_from + i, Some(start + (scan_from + i) as u64 + 1)),
                 None => {
                     let scanned = self.buf.len() - rel;
+                    if scanned as u64 > self.max_record {
+                        return Err(self.too_long(start));
+                    }
                     if self.fill()? {
                         // Search only the new bytes next time round.
                         scan_from = scanned;
@@ -196,6 +217,9 @@ impl TextSplitReader {
                 }
             };
             scan_from = 0;
+            if (line_end - rel) as u64 > self.max_record {
+                return Err(self.too_long(start));
+            }
             let mut line = &self.buf[rel..line_end];
             if line.last() == Some(&b'\r') {
                 line = &line[..line.len() - 1];
@@ -303,6 +327,32 @@ mod tests {
         assert_eq!(lines.value(1), "bad \u{fffd} here");
         assert_eq!(r.invalid_utf8_lines, 1);
         assert_eq!(lines.null_count(), 0);
+    }
+
+    #[test]
+    fn a_line_over_the_record_limit_is_refused_without_buffering_it() {
+        let long = "x".repeat(100);
+        let data = format!("short\n{long}\nafter\n");
+        let (tx, rx) = mpsc::channel(64);
+        for c in data.as_bytes().chunks(8) {
+            tx.try_send(Ok(Bytes::copy_from_slice(c))).unwrap();
+        }
+        drop(tx);
+        let mut r = TextSplitReader::new(rx, "f".into(), 0, data.len() as u64, data.len() as u64).with_max_record(50);
+        let e = r.next_batch().unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::RecordTooLong {
+                    offset: 6,
+                    limit: 50,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(r.buf.len() < 80, "stopped reading once past the limit");
+        assert_eq!(read(data.as_bytes(), 0, data.len() as u64, 8).len(), 3);
     }
 
     #[test]

@@ -60,6 +60,7 @@ impl From<Limits> for pb::Limits {
             max_call_time_ms: l.max_call_time.as_millis() as u64,
             max_log_bytes: l.max_log_bytes as u64,
             max_output_bytes: l.max_output_bytes,
+            max_record_bytes: l.max_record_bytes,
         }
     }
 }
@@ -88,6 +89,11 @@ pub fn limits(l: Option<pb::Limits>) -> Limits {
             d.max_output_bytes
         } else {
             l.max_output_bytes
+        },
+        max_record_bytes: if l.max_record_bytes == 0 {
+            d.max_record_bytes
+        } else {
+            l.max_record_bytes
         },
     }
 }
@@ -216,7 +222,7 @@ pub fn assignment_to_pb(job: &JobRef, a: &Assignment) -> pb::Assignment {
                 split: Some((&m.split).into()),
                 partitions: m.partitions,
                 shuffle_object: m.shuffle_object.clone(),
-                buffer_bytes: m.buffer_bytes,
+                memory_bytes: m.memory_bytes,
                 skip_records: m.skip_records.clone(),
             }),
             Assignment::Reduce(r) => pb::assignment::Work::Reduce(pb::ReduceWork {
@@ -230,8 +236,18 @@ pub fn assignment_to_pb(job: &JobRef, a: &Assignment) -> pb::Assignment {
                     .collect(),
                 output_file: r.output_file.clone(),
                 format: pb::OutputFormat::from(r.format) as i32,
+                memory_bytes: r.memory_bytes,
             }),
         }),
+    }
+}
+
+/// A task memory budget from the wire (zero means the default).
+fn memory_or_default(bytes: u64) -> u64 {
+    if bytes == 0 {
+        crate::coordinator::job::DEFAULT_TASK_MEMORY
+    } else {
+        bytes
     }
 }
 
@@ -255,11 +271,7 @@ pub fn assignment(a: pb::Assignment) -> Result<(JobRef, Assignment), MalformedMe
             split: Split::try_from(m.split)?,
             partitions: m.partitions,
             shuffle_object: m.shuffle_object,
-            buffer_bytes: if m.buffer_bytes == 0 {
-                crate::coordinator::job::DEFAULT_MAP_BUFFER
-            } else {
-                m.buffer_bytes
-            },
+            memory_bytes: memory_or_default(m.memory_bytes),
             skip_records: m.skip_records,
         }),
         pb::assignment::Work::Reduce(r) if task.phase == Phase::Reduce => Assignment::Reduce(ReduceAssignment {
@@ -277,6 +289,7 @@ pub fn assignment(a: pb::Assignment) -> Result<(JobRef, Assignment), MalformedMe
                 .collect::<Result<_, MalformedMessage>>()?,
             output_file: r.output_file,
             format: output_format(r.format),
+            memory_bytes: memory_or_default(r.memory_bytes),
         }),
         _ => {
             return Err(MalformedMessage {

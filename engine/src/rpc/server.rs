@@ -431,10 +431,10 @@ impl JobService for JobApi {
             },
             speculation: !r.no_speculation,
             skip_bad_records: r.skip_bad_records,
-            map_buffer: if r.map_buffer == 0 {
-                crate::coordinator::job::DEFAULT_MAP_BUFFER
+            task_memory: if r.task_memory == 0 {
+                crate::coordinator::job::DEFAULT_TASK_MEMORY
             } else {
-                r.map_buffer
+                r.task_memory
             },
         };
         let name = module.info().name.clone();

@@ -12,6 +12,8 @@ pub const DEFAULT_MAX_LOG_BYTES: usize = 1 << 20;
 /// Default cap on what one task attempt writes (its shuffle object, or its
 /// output file): 4 GiB (`--max-output`).
 pub const DEFAULT_MAX_OUTPUT_BYTES: u64 = 4 << 30;
+/// Default cap on one input record (a text line): 64 MiB (`--max-record`).
+pub const DEFAULT_MAX_RECORD_BYTES: u64 = 64 << 20;
 /// Largest module accepted (by `wmr run`, `UploadModule` and workers).
 pub const MAX_MODULE_BYTES: usize = 256 << 20;
 /// Default wall-clock limit on compiling one module: 60 s
@@ -35,6 +37,13 @@ pub struct Limits {
     /// Most bytes one attempt may write (shuffle object or output file).
     #[serde(default = "default_max_output")]
     pub max_output_bytes: u64,
+    /// Longest input record (a text line) a map task reads, in bytes.
+    #[serde(default = "default_max_record")]
+    pub max_record_bytes: u64,
+}
+
+fn default_max_record() -> u64 {
+    DEFAULT_MAX_RECORD_BYTES
 }
 
 fn default_max_output() -> u64 {
@@ -48,6 +57,7 @@ impl Default for Limits {
             max_call_time: DEFAULT_MAX_CALL_TIME,
             max_log_bytes: DEFAULT_MAX_LOG_BYTES,
             max_output_bytes: DEFAULT_MAX_OUTPUT_BYTES,
+            max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
         }
     }
 }

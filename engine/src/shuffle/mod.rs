@@ -1,31 +1,27 @@
 //! The shuffle: hash partitioning, sorting and grouping by key, the shuffle
-//! object a map task writes, and the k-way merge a reduce task runs. Knows
-//! nothing of gRPC or wasmtime; all of it is CPU work for compute threads.
+//! object a map task writes, and the streaming k-way merge that map tasks
+//! (over their spills) and reduce tasks (over fetched partitions) run.
+//! Knows nothing of gRPC or wasmtime; all of it is CPU work for compute
+//! threads.
 //!
 //! Keys are ordered and hashed through `arrow::row`'s byte-comparable
 //! encoding ([`KeyEncoder`]), so any key type, one column or several, sorts
 //! and partitions the same way in every process.
 //!
-//! A shuffle object is R Arrow IPC streams (LZ4-compressed), one per reduce
-//! partition, back to back, then an index: R+1 little-endian u64 offsets,
-//! the u32 R, and the magic `WMRSHUF1`. Reducers range-read their stream
-//! using the offsets the map task reported at commit.
+//! Read [`ShuffleWriter`] (the object's layout), then [`Merger`].
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+mod merge;
+mod object;
+
 use std::ops::Range;
 
 use arrow::array::{ArrayRef, RecordBatch, UInt32Array};
-use arrow::compute::{concat_batches, interleave_record_batch, take_record_batch};
+use arrow::compute::{concat_batches, take_record_batch};
 use arrow::datatypes::{DataType, SchemaRef};
-use arrow::ipc::CompressionType;
-use arrow::ipc::reader::StreamReader;
-use arrow::ipc::writer::{IpcWriteOptions, StreamWriter};
 use arrow::row::{RowConverter, Rows, SortField};
-use bytes::Bytes;
 
-/// The trailer that ends every shuffle object.
-pub const MAGIC: &[u8; 8] = b"WMRSHUF1";
+pub use merge::{FileSection, IpcRun, MIN_FAN_IN, MemoryRun, Merger, RunReader, fan_in, reduce_runs};
+pub use object::{MAGIC, RUN_BATCH_ROWS, ShuffleWriter, index_len, parse_index};
 
 /// Errors of the shuffle.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +34,15 @@ pub enum Error {
         what: String,
         /// What is wrong.
         reason: String,
+    },
+    /// The disk or the upload under a writer failed.
+    #[error("{action} failed")]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// The error.
+        #[source]
+        source: std::io::Error,
     },
     /// An Arrow kernel failed on data we built.
     #[error("internal error in the shuffle while {action}: {source}; please report this as a bug")]
@@ -201,127 +206,12 @@ pub fn is_sorted(encoder: &KeyEncoder, batch: &RecordBatch) -> Result<bool, Erro
     Ok((1..rows.num_rows()).all(|i| rows.row(i - 1) <= rows.row(i)))
 }
 
-/// Encode one shuffle object: each partition's batches as an IPC stream,
-/// back to back, then the index. Returns the bytes and each partition's
-/// byte range.
-///
-/// # Errors
-/// Only on an internal error.
-pub fn encode_shuffle(schema: &SchemaRef, partitions: &[Vec<RecordBatch>]) -> Result<(Bytes, Vec<Range<u64>>), Error> {
-    let options = IpcWriteOptions::default()
-        .try_with_compression(Some(CompressionType::LZ4_FRAME))
-        .map_err(internal("configuring IPC"))?;
-    let mut out: Vec<u8> = Vec::new();
-    let mut ranges = Vec::with_capacity(partitions.len());
-    for batches in partitions {
-        let start = out.len() as u64;
-        if batches.iter().any(|b| b.num_rows() > 0) {
-            let mut writer = StreamWriter::try_new_with_options(&mut out, schema, options.clone())
-                .map_err(internal("writing shuffle"))?;
-            for b in batches.iter().filter(|b| b.num_rows() > 0) {
-                writer.write(b).map_err(internal("writing shuffle"))?;
-            }
-            writer.finish().map_err(internal("writing shuffle"))?;
-        }
-        ranges.push(start..out.len() as u64);
-    }
-    for r in &ranges {
-        out.extend_from_slice(&r.start.to_le_bytes());
-    }
-    out.extend_from_slice(&(out.len() as u64).to_le_bytes());
-    out.extend_from_slice(&(partitions.len() as u32).to_le_bytes());
-    out.extend_from_slice(MAGIC);
-    Ok((Bytes::from(out), ranges))
-}
-
-/// Decode one partition's range of a shuffle object.
-///
-/// # Errors
-/// [`Error::Corrupt`] if the bytes are not a valid IPC stream.
-pub fn decode_partition(what: &str, bytes: Bytes) -> Result<Vec<RecordBatch>, Error> {
-    if bytes.is_empty() {
-        return Ok(Vec::new());
-    }
-    let corrupt = |e: arrow::error::ArrowError| Error::Corrupt {
-        what: what.to_string(),
-        reason: e.to_string(),
-    };
-    let reader = StreamReader::try_new(std::io::Cursor::new(bytes), None).map_err(corrupt)?;
-    reader.collect::<Result<Vec<_>, _>>().map_err(corrupt)
-}
-
-/// Merge key-sorted runs into one key-sorted batch, and find its groups.
-/// Returns `None` when there are no rows.
-///
-/// # Errors
-/// Only on an internal error (runs of another schema).
-pub fn merge_sorted(
-    encoder: &KeyEncoder,
-    schema: &SchemaRef,
-    runs: Vec<RecordBatch>,
-) -> Result<Option<(RecordBatch, Vec<u32>)>, Error> {
-    let runs: Vec<RecordBatch> = runs.into_iter().filter(|r| r.num_rows() > 0).collect();
-    if runs.is_empty() {
-        return Ok(None);
-    }
-    let rows: Vec<Rows> = runs.iter().map(|r| encoder.rows(r)).collect::<Result<_, _>>()?;
-    let total: usize = runs.iter().map(RecordBatch::num_rows).sum();
-    let mut heap = BinaryHeap::with_capacity(runs.len());
-    for (run, r) in rows.iter().enumerate() {
-        heap.push(Reverse((r.row(0), run, 0usize)));
-    }
-    let mut order: Vec<(usize, usize)> = Vec::with_capacity(total);
-    let mut group_ends: Vec<u32> = Vec::new();
-    let mut last = None;
-    while let Some(Reverse((row, run, idx))) = heap.pop() {
-        if let Some(prev) = last
-            && prev != row
-        {
-            group_ends.push(order.len() as u32);
-        }
-        last = Some(row);
-        order.push((run, idx));
-        if idx + 1 < rows[run].num_rows() {
-            heap.push(Reverse((rows[run].row(idx + 1), run, idx + 1)));
-        }
-    }
-    group_ends.push(order.len() as u32);
-    let refs: Vec<&RecordBatch> = runs.iter().collect();
-    let merged = if refs.len() == 1 {
-        refs[0].clone()
-    } else {
-        interleave_record_batch(&refs, &order).map_err(internal("merging runs"))?
-    };
-    debug_assert_eq!(merged.schema().fields().len(), schema.fields().len());
-    Ok(Some((merged, group_ends)))
-}
-
 /// Concatenate batches of one schema.
 ///
 /// # Errors
 /// Only on an internal error.
 pub fn concat(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<RecordBatch, Error> {
     concat_batches(schema, batches).map_err(internal("concatenating batches"))
-}
-
-/// Cut `group_ends` of a batch into chunks of at least `min_rows` rows that
-/// keep groups whole; returns (row range, group ends relative to it).
-pub fn chunk_groups(group_ends: &[u32], min_rows: usize) -> Vec<(Range<usize>, Vec<u32>)> {
-    let mut chunks = Vec::new();
-    let mut start = 0usize;
-    let mut ends = Vec::new();
-    for &e in group_ends {
-        ends.push(e - start as u32);
-        if e as usize - start >= min_rows {
-            chunks.push((start..e as usize, std::mem::take(&mut ends)));
-            start = e as usize;
-        }
-    }
-    if !ends.is_empty() {
-        let end = start + *ends.last().unwrap_or(&0) as usize;
-        chunks.push((start..end, ends));
-    }
-    chunks
 }
 
 /// Rows `range` of `batch`.
@@ -382,37 +272,38 @@ mod tests {
     }
 
     #[test]
-    fn shuffle_objects_round_trip_and_runs_merge() {
+    fn shuffle_objects_round_trip_through_their_index() {
+        use std::io::Write;
+        use std::sync::Arc;
         let enc = KeyEncoder::new(&[DataType::Utf8]).unwrap();
         let schema = batch(&[], &[]).schema();
-        let (bytes, ranges) = encode_shuffle(
-            &schema,
-            &[vec![batch(&["a", "c"], &[1, 2])], vec![], vec![batch(&["b"], &[3])]],
-        )
-        .unwrap();
+        let mut w = ShuffleWriter::new(Vec::new(), &schema, 3).unwrap();
+        w.write(0, &batch(&["a", "c"], &[1, 2])).unwrap();
+        w.write(2, &batch(&["b"], &[3])).unwrap();
+        assert!(w.write(1, &batch(&["z"], &[3])).is_err(), "partitions go in order");
+        let (bytes, ranges) = w.finish().unwrap();
         assert_eq!(&bytes[bytes.len() - 8..], MAGIC);
         assert!(ranges[1].is_empty());
-        let p0 = decode_partition("t", bytes.slice(ranges[0].start as usize..ranges[0].end as usize)).unwrap();
-        assert_eq!(keys(&p0[0]), ["a", "c"]);
-        let truncated = bytes.slice(ranges[0].start as usize..(ranges[0].end as usize - 10));
-        assert!(matches!(decode_partition("t", truncated), Err(Error::Corrupt { .. })));
-        let (merged, ends) = merge_sorted(
-            &enc,
-            &schema,
-            vec![batch(&["a", "c"], &[1, 2]), batch(&["a", "b"], &[3, 4])],
-        )
-        .unwrap()
-        .unwrap();
+        let tail = &bytes[bytes.len() - index_len(3) as usize..];
+        assert_eq!(parse_index("t", tail, 3, bytes.len() as u64).unwrap(), ranges);
+        assert!(parse_index("t", tail, 4, bytes.len() as u64).is_err());
+        assert!(parse_index("t", &bytes[..index_len(3) as usize], 3, bytes.len() as u64).is_err());
+        let mut file = tempfile::tempfile().unwrap();
+        file.write_all(&bytes).unwrap();
+        let file = Arc::new(file);
+        let run = IpcRun::open(FileSection::new(file.clone(), ranges[0].clone()), "t".into(), &schema).unwrap();
+        let other = MemoryRun::new(vec![batch(&["a", "b"], &[3, 4])]);
+        let mut m = Merger::new(&enc, vec![Box::new(run), Box::new(other)]).unwrap();
+        let (merged, ends) = m.next_chunk(100).unwrap().unwrap();
         assert_eq!(keys(&merged), ["a", "a", "b", "c"]);
         assert_eq!(ends, [2, 3, 4]);
         let (k, v) = grouped(&merged, 1, &ends).unwrap();
         assert_eq!(keys(&k), ["a", "b", "c"]);
         assert_eq!(v.num_rows(), 4);
-    }
-
-    #[test]
-    fn chunks_keep_groups_whole() {
-        let chunks = chunk_groups(&[3, 4, 10, 11], 4);
-        assert_eq!(chunks, vec![(0..4, vec![3, 4]), (4..10, vec![6]), (10..11, vec![1])]);
+        // A truncated stream is corrupt, not a panic.
+        let cut = ranges[0].start..ranges[0].end - 10;
+        let truncated = IpcRun::open(FileSection::new(file, cut), "t".into(), &schema)
+            .and_then(|mut r| r.next_batch().and_then(|_| r.next_batch()));
+        assert!(matches!(truncated, Err(Error::Corrupt { .. })));
     }
 }

@@ -1,15 +1,22 @@
 //! Running one map or one reduce attempt, on top of `runtime`, `data` and
 //! `shuffle`. Knows nothing of gRPC or scheduling.
 //!
-//! Each attempt is an async orchestrator that does the I/O and hands whole
-//! batches to a compute thread over a bounded channel:
+//! Each attempt is an async orchestrator that does the I/O, and one job on
+//! a compute thread that does the work; they meet at bounded channels, so
+//! an attempt holds a bounded amount of memory whatever the data:
 //!
 //! ```text
-//! map:    read split ──chunks──▶ [compute: lines → guest map → combine →
-//!         partition + sort → combine → encode] ──bytes──▶ put shuffle object
-//! reduce: range-read every map output ──▶ [compute: decode → k-way merge →
-//!         group → guest reduce → encode Parquet/text] ──bytes──▶ put file
+//! map:    read split ──chunks──▶ [compute: lines → guest map → buffer (≤ ¼ of
+//!         the task memory) → partition + sort → combine → spill runs to
+//!         local disk → merge runs → combine] ──chunks──▶ upload shuffle object
+//! reduce: ranged reads of every map output ──blocks──▶ [compute: to a local
+//!         file → k-way merge (in passes past the fan-in) → groups → guest
+//!         reduce → Parquet/text] ──chunks──▶ upload output file
 //! ```
+//!
+//! Combining is adaptive: when a combine pass leaves most rows as they were
+//! (keys mostly distinct), the task stops combining, as DuckDB and Spark
+//! stop partial aggregation.
 
 mod spill;
 
@@ -18,19 +25,21 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use arrow::array::{Array, Int64Array, RecordBatch};
+use arrow::datatypes::SchemaRef;
 use bytes::Bytes;
-use object_store::{ObjectStoreExt, PutPayload};
+use object_store::ObjectStoreExt;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use crate::data::output::OutputFormat;
 use crate::data::parquet_input::{ParquetSplitReader, fetch_parquet_split};
+use crate::data::sink::{self, ObjectSink, Upload};
 use crate::data::text::{TextSplitReader, stream_text_split};
 use crate::data::{Location, Split, SplitKind};
 use crate::runtime::{GuestInstance, JobModule, Runtime};
-use crate::shuffle::{self, KeyEncoder};
+use crate::shuffle::{self, FileSection, IpcRun, KeyEncoder, MemoryRun, Merger, RunReader, ShuffleWriter};
 use crate::spawn::SpawnedTask;
-use crate::worker::ComputePool;
+use crate::worker::{ComputePanic, ComputePool};
 use crate::{AttemptId, TaskId};
 
 /// Named counters: the engine's own (`wmr.` prefix) and the guest's.
@@ -38,8 +47,19 @@ pub type Counters = BTreeMap<String, i64>;
 
 /// Map output rows collected before they are sorted and combined in place.
 pub const COMBINE_EVERY_ROWS: usize = 1 << 20;
-/// Smallest number of rows handed to one `reduce` call (groups stay whole).
+/// Smallest number of rows handed to one `reduce` or merge-time `combine`
+/// call (groups stay whole).
 pub const REDUCE_CALL_ROWS: usize = 32 * 1024;
+/// Rows a combine pass must see before the task judges whether combining
+/// pays.
+pub const COMBINE_JUDGED_AFTER_ROWS: u64 = 256 * 1024;
+/// A combine pass that keeps more than this share of its rows (in tenths)
+/// turns combining off for the rest of the task.
+pub const COMBINE_USELESS_TENTHS: u64 = 9;
+/// Bytes of one ranged read of a shuffle object by a reduce task.
+pub const FETCH_BLOCK: u64 = 4 << 20;
+/// Ranged reads a reduce task keeps in flight.
+pub const FETCH_CONCURRENCY: usize = 4;
 
 /// Errors of a task attempt.
 #[derive(Debug, thiserror::Error)]
@@ -101,7 +121,11 @@ impl Error {
     pub fn retryable(&self) -> bool {
         !matches!(
             self,
-            Error::Data(crate::data::Error::MissingInput { .. } | crate::data::Error::BadLocation { .. })
+            Error::Data(
+                crate::data::Error::MissingInput { .. }
+                    | crate::data::Error::BadLocation { .. }
+                    | crate::data::Error::RecordTooLong { .. }
+            )
         )
     }
 }
@@ -130,8 +154,9 @@ pub struct MapAssignment {
     pub partitions: u32,
     /// Where to write the shuffle object (path or URL).
     pub shuffle_object: String,
-    /// Map output held in memory before it is sorted and spilled to local disk.
-    pub buffer_bytes: u64,
+    /// The task's memory budget, in bytes ([`TaskMemory`]).
+    #[serde(alias = "buffer_bytes")]
+    pub memory_bytes: u64,
     /// Records to skip, because the guest failed on them before: text lines
     /// by byte offset, other records by ordinal within the split.
     #[serde(default)]
@@ -171,6 +196,30 @@ pub struct ReduceAssignment {
     pub output_file: String,
     /// The output format.
     pub format: OutputFormat,
+    /// The task's memory budget, in bytes ([`TaskMemory`]).
+    #[serde(default = "default_task_memory")]
+    pub memory_bytes: u64,
+}
+
+fn default_task_memory() -> u64 {
+    crate::coordinator::job::DEFAULT_TASK_MEMORY
+}
+
+/// How a task divides its memory budget.
+#[derive(Debug, Clone, Copy)]
+pub struct TaskMemory(pub u64);
+
+impl TaskMemory {
+    /// Map output held before it is sorted and combined or spilled: a
+    /// quarter, since sorting copies it and encoding keys adds to it.
+    pub fn map_buffer(self) -> usize {
+        usize::try_from(self.0 / 4).unwrap_or(usize::MAX).max(1)
+    }
+
+    /// Runs one merge opens at once: half the budget, one batch each.
+    pub fn fan_in(self) -> usize {
+        shuffle::fan_in(self.0 / 2)
+    }
 }
 
 /// What a successful reduce attempt produced.
@@ -272,16 +321,25 @@ fn without_records(batch: RecordBatch, first: u64, skip: &[u64]) -> Result<(Reco
     ))
 }
 
-fn put_error(what: &str, e: object_store::Error) -> Error {
-    Error::Data(crate::data::Error::Io {
-        what: what.to_string(),
-        action: "writing",
-        source: e,
-    })
+/// Wait for an upload once the compute job that fed it is done. When the
+/// compute job failed because the upload had stopped, the upload's own
+/// error is the one worth showing.
+async fn finish_upload<T>(computed: Result<Result<T, Error>, ComputePanic>, upload: Upload) -> Result<T, Error> {
+    match computed {
+        Ok(Ok(value)) => {
+            upload.finish().await?;
+            Ok(value)
+        }
+        Ok(Err(e)) => match upload.finish().await {
+            Err(store @ crate::data::Error::Io { .. }) => Err(Error::Data(store)),
+            _ => Err(e),
+        },
+        Err(panic) => Err(panic.into()),
+    }
 }
 
 /// Run one map attempt: read the split, map, combine, partition, sort and
-/// write one shuffle object.
+/// write one shuffle object as it is produced.
 ///
 /// # Errors
 /// Input errors, guest failures (with the input position), and I/O errors
@@ -293,16 +351,9 @@ pub async fn run_map(ctx: &JobContext, a: &MapAssignment) -> Result<MapOutput, E
             // Two blocks in flight: one being read while one is cut into lines.
             let (tx, rx) = mpsc::channel(2);
             let fetch = SpawnedTask::spawn(stream_text_split(file.clone(), *start, *end, a.split.file_size, tx));
-            (
-                InputReader::Text(TextSplitReader::new(
-                    rx,
-                    file.display.clone(),
-                    *start,
-                    *end,
-                    a.split.file_size,
-                )),
-                Some(fetch),
-            )
+            let reader = TextSplitReader::new(rx, file.display.clone(), *start, *end, a.split.file_size)
+                .with_max_record(ctx.module.limits().max_record_bytes);
+            (InputReader::Text(reader), Some(fetch))
         }
         SplitKind::Parquet { row_groups } => {
             let fetched = fetch_parquet_split(&file, a.split.file_size, row_groups).await?;
@@ -310,23 +361,17 @@ pub async fn run_map(ctx: &JobContext, a: &MapAssignment) -> Result<MapOutput, E
             (InputReader::Parquet(Box::new(reader)), None)
         }
     };
+    let object = Location::parse(&a.shuffle_object)?;
+    let (sink, upload) = sink::upload(&object);
     let runtime = ctx.runtime.clone();
     let module = ctx.module.clone();
     let assignment = a.clone();
     let source = file.display.clone();
-    let (bytes, ranges, counters) = ctx
+    let computed = ctx
         .pool
-        .run(move || map_compute(&runtime, &module, &assignment, &source, reader))
-        .await??;
-    let object = Location::parse(&a.shuffle_object)?;
-    let size = bytes.len();
-    object
-        .store
-        .put(&object.path, PutPayload::from(bytes))
-        .await
-        .map_err(|e| put_error(&object.display, e))?;
-    let mut counters = counters;
-    *counters.entry("wmr.shuffle.bytes".into()).or_insert(0) += size as i64;
+        .run(move || map_compute(&runtime, &module, &assignment, &source, reader, sink))
+        .await;
+    let (ranges, counters) = finish_upload(computed, upload).await?;
     Ok(MapOutput {
         object: a.shuffle_object.clone(),
         ranges,
@@ -368,57 +413,86 @@ fn guest_err(
     }
 }
 
-/// Sort `batch` by (partition, key) and, for a combining job, combine each
-/// partition's groups. Returns each partition's sorted batches.
-fn sort_and_combine(
-    guest: &mut GuestInstance,
-    encoder: &KeyEncoder,
-    batch: &RecordBatch,
-    partitions: u32,
-    task: TaskId,
-    attempt: AttemptId,
-) -> Result<Vec<Vec<RecordBatch>>, Error> {
-    let run = shuffle::partition_and_sort(encoder, batch, partitions)?;
-    let combines = guest.info().combines;
-    let mut out = Vec::with_capacity(partitions as usize);
-    for p in 0..partitions as usize {
-        let range = run.partition(p);
-        if range.is_empty() {
-            out.push(Vec::new());
-            continue;
-        }
-        let part = shuffle::slice(&run.batch, &range);
-        if !combines {
-            out.push(vec![part]);
-            continue;
-        }
-        let ends = run.group_ends_in(&range);
-        out.push(vec![combine_sorted(guest, encoder, &part, &ends, task, attempt)?]);
-    }
-    Ok(out)
+/// Whether a map task still combines, judged from what combining has
+/// achieved so far: once a task has combined enough rows to tell, and
+/// combining kept nearly all of them (keys mostly distinct), it stops.
+struct Combining {
+    on: bool,
+    rows_in: u64,
+    rows_out: u64,
+    /// Rows that went to the shuffle uncombined once combining was off.
+    skipped: u64,
 }
 
-/// Combine the groups of `sorted` (ending at `ends`) with the guest's
-/// `combine`; the result is sorted by key.
-fn combine_sorted(
-    guest: &mut GuestInstance,
-    encoder: &KeyEncoder,
-    sorted: &RecordBatch,
-    ends: &[u32],
-    task: TaskId,
-    attempt: AttemptId,
-) -> Result<RecordBatch, Error> {
-    let (keys, values) = shuffle::grouped(sorted, encoder.key_columns(), ends)?;
-    let combined = guest
-        .combine(&keys, &values, ends)
-        .map_err(guest_err(task, attempt, None))?;
-    // The SDK combines group by group, in order; a hand-written guest
-    // might not, so its output is re-sorted rather than trusted.
-    Ok(if shuffle::is_sorted(encoder, &combined)? {
-        combined
-    } else {
-        shuffle::partition_and_sort(encoder, &combined, 1)?.batch
-    })
+impl Combining {
+    fn new(combines: bool) -> Self {
+        Combining {
+            on: combines,
+            rows_in: 0,
+            rows_out: 0,
+            skipped: 0,
+        }
+    }
+
+    fn record(&mut self, rows_in: usize, rows_out: usize) {
+        self.rows_in += rows_in as u64;
+        self.rows_out += rows_out as u64;
+        if self.rows_in >= COMBINE_JUDGED_AFTER_ROWS && self.rows_out * 10 > self.rows_in * COMBINE_USELESS_TENTHS {
+            self.on = false;
+        }
+    }
+}
+
+/// The guest, the key encoder and what a map task needs to combine.
+struct MapWork<'a> {
+    guest: GuestInstance,
+    encoder: KeyEncoder,
+    combining: Combining,
+    a: &'a MapAssignment,
+}
+
+impl MapWork<'_> {
+    /// Sort `batch` by (partition, key) and, while combining pays, combine
+    /// each partition's groups. Returns each partition's sorted batches.
+    fn sort_and_combine(&mut self, batch: &RecordBatch) -> Result<Vec<Vec<RecordBatch>>, Error> {
+        let partitions = self.a.partitions;
+        let run = shuffle::partition_and_sort(&self.encoder, batch, partitions)?;
+        let mut out = Vec::with_capacity(partitions as usize);
+        for p in 0..partitions as usize {
+            let range = run.partition(p);
+            if range.is_empty() {
+                out.push(Vec::new());
+                continue;
+            }
+            let part = shuffle::slice(&run.batch, &range);
+            if !self.combining.on {
+                self.combining.skipped += part.num_rows() as u64;
+                out.push(vec![part]);
+                continue;
+            }
+            let ends = run.group_ends_in(&range);
+            out.push(vec![self.combine_sorted(&part, &ends)?]);
+        }
+        Ok(out)
+    }
+
+    /// Combine the groups of `sorted` (ending at `ends`) with the guest's
+    /// `combine`; the result is sorted by key.
+    fn combine_sorted(&mut self, sorted: &RecordBatch, ends: &[u32]) -> Result<RecordBatch, Error> {
+        let (keys, values) = shuffle::grouped(sorted, self.encoder.key_columns(), ends)?;
+        let combined =
+            self.guest
+                .combine(&keys, &values, ends)
+                .map_err(guest_err(self.a.task, self.a.attempt, None))?;
+        self.combining.record(sorted.num_rows(), combined.num_rows());
+        // The SDK combines group by group, in order; a hand-written guest
+        // might not, so its output is re-sorted rather than trusted.
+        Ok(if shuffle::is_sorted(&self.encoder, &combined)? {
+            combined
+        } else {
+            shuffle::partition_and_sort(&self.encoder, &combined, 1)?.batch
+        })
+    }
 }
 
 fn map_compute(
@@ -427,17 +501,25 @@ fn map_compute(
     a: &MapAssignment,
     source: &str,
     mut reader: InputReader,
-) -> Result<(Bytes, Vec<Range<u64>>, Counters), Error> {
-    let mut guest = module
+    sink: ObjectSink,
+) -> Result<(Vec<Range<u64>>, Counters), Error> {
+    let guest = module
         .instantiate(runtime)
         .map_err(guest_err(a.task, a.attempt, None))?;
     let info = guest.info().clone();
     let schema = info.map_output_schema();
-    let encoder = KeyEncoder::new(&info.key_types)?;
+    let mut work = MapWork {
+        encoder: KeyEncoder::new(&info.key_types)?,
+        guest,
+        combining: Combining::new(info.combines),
+        a,
+    };
+    let memory = TaskMemory(a.memory_bytes);
+    let max_output = module.limits().max_output_bytes;
     let mut counters = Counters::new();
     let mut pending: Vec<RecordBatch> = Vec::new();
     let (mut pending_rows, mut pending_bytes) = (0usize, 0usize);
-    let buffer = usize::try_from(a.buffer_bytes).unwrap_or(usize::MAX).max(1);
+    let buffer = memory.map_buffer();
     let mut spills = spill::Spills::new();
     let (mut records_in, mut map_out) = (0i64, 0i64);
     let mut more_input = true;
@@ -458,7 +540,7 @@ fn map_compute(
                 };
                 skipped_records += skipped as i64;
                 records_in += batch.num_rows() as i64;
-                guest.map(source, &batch).map_err(|e| {
+                work.guest.map(source, &batch).map_err(|e| {
                     let row = e.guest_row();
                     let position = row.map(|row| position_of(&batch, row, source, &a.split, &ids));
                     let record = row.and_then(|row| ids.of(&batch, row));
@@ -473,7 +555,7 @@ fn map_compute(
             }
             None => {
                 more_input = false;
-                guest.flush().map_err(guest_err(a.task, a.attempt, None))?
+                work.guest.flush().map_err(guest_err(a.task, a.attempt, None))?
             }
         };
         map_out += out.num_rows() as i64;
@@ -481,16 +563,17 @@ fn map_compute(
         pending_bytes += out.get_array_memory_size();
         pending.push(out);
         let full = pending_bytes >= buffer;
-        if full || (info.combines && pending_rows >= COMBINE_EVERY_ROWS) {
-            // Sort and combine what we have so far; if it still fills half
-            // the buffer, spill it to disk, else keep it (combined) in memory.
+        if full || (work.combining.on && pending_rows >= COMBINE_EVERY_ROWS) {
+            // Sort (and combine) what we have so far; if it still fills half
+            // the buffer, spill it to disk, else keep it in memory.
             let all = shuffle::concat(&schema, &pending)?;
-            let parts = sort_and_combine(&mut guest, &encoder, &all, a.partitions, a.task, a.attempt)?;
+            pending.clear();
+            let parts = work.sort_and_combine(&all)?;
+            drop(all);
             let kept: usize = parts.iter().flatten().map(RecordBatch::get_array_memory_size).sum();
             if full && kept >= buffer / 2 {
                 spills.spill(&schema, &parts)?;
-                check_output("the map output spilled", spills.bytes, module.limits().max_output_bytes)?;
-                pending.clear();
+                check_output("the map output spilled", spills.bytes, max_output)?;
             } else {
                 pending = parts.into_iter().flatten().collect();
             }
@@ -499,28 +582,50 @@ fn map_compute(
         }
     }
     let all = shuffle::concat(&schema, &pending)?;
-    let mut partitions = sort_and_combine(&mut guest, &encoder, &all, a.partitions, a.task, a.attempt)?;
-    if !spills.is_empty() {
-        // Merge each partition's spilled runs with what is still in memory.
-        for (p, in_memory) in partitions.iter_mut().enumerate() {
-            let mut runs = spills.partition(p)?;
-            runs.append(in_memory);
-            if let Some((merged, ends)) = shuffle::merge_sorted(&encoder, &schema, runs)? {
-                let merged = if info.combines {
-                    combine_sorted(&mut guest, &encoder, &merged, &ends, a.task, a.attempt)?
+    drop(pending);
+    let partitions = work.sort_and_combine(&all)?;
+    drop(all);
+    let mut out = ShuffleWriter::new(sink, &schema, a.partitions)?;
+    let mut shuffled = 0i64;
+    let mut merge_spilled = 0u64;
+    let fan_in = memory.fan_in();
+    for (p, in_memory) in partitions.into_iter().enumerate() {
+        let p32 = p as u32;
+        if spills.is_empty() {
+            for batch in &in_memory {
+                out.write(p32, batch)?;
+                shuffled += batch.num_rows() as i64;
+            }
+        } else {
+            // Merge this partition's spilled runs with what is still in
+            // memory, combining again while that pays.
+            let mut runs = spills.partition(p, &schema)?;
+            runs.push(Box::new(MemoryRun::new(in_memory)));
+            let (runs, passes) = shuffle::reduce_runs(&work.encoder, &schema, runs, fan_in)?;
+            merge_spilled += passes;
+            let encoder = KeyEncoder::new(&info.key_types)?;
+            let mut merger = Merger::new(&encoder, runs)?;
+            while let Some((chunk, ends)) = merger.next_chunk(REDUCE_CALL_ROWS)? {
+                let chunk = if work.combining.on {
+                    work.combine_sorted(&chunk, &ends)?
                 } else {
-                    merged
+                    work.combining.skipped += chunk.num_rows() as u64;
+                    chunk
                 };
-                in_memory.push(merged);
+                out.write(p32, &chunk)?;
+                shuffled += chunk.num_rows() as i64;
             }
         }
+        check_output("the map output", out.written(), max_output)?;
     }
-    counters.insert("wmr.map.spilled.bytes".into(), spills.bytes as i64);
-    let shuffled: i64 = partitions.iter().flatten().map(|b| b.num_rows() as i64).sum();
-    let (bytes, ranges) = shuffle::encode_shuffle(&schema, &partitions)?;
-    check_output("the map output", bytes.len() as u64, module.limits().max_output_bytes)?;
-    counters.extend(guest.counters().clone());
-    record_log(&guest, a.task, a.attempt, &mut counters);
+    let (sink, ranges) = out.finish()?;
+    let size = sink.finish().map_err(|source| shuffle::Error::Io {
+        action: "uploading the shuffle object",
+        source,
+    })?;
+    check_output("the map output", size, max_output)?;
+    counters.extend(work.guest.counters().clone());
+    record_log(&work.guest, a.task, a.attempt, &mut counters);
     counters.insert("wmr.map.input.records".into(), records_in);
     if skipped_records > 0 {
         counters.insert("wmr.map.skipped.records".into(), skipped_records);
@@ -531,130 +636,190 @@ fn map_compute(
             counters.insert("input.invalid_utf8_lines".into(), r.invalid_utf8_lines as i64);
         }
     }
+    if info.combines && !work.combining.on {
+        counters.insert("wmr.map.combine.skipped.records".into(), work.combining.skipped as i64);
+    }
     counters.insert("wmr.map.output.records".into(), map_out);
+    counters.insert(
+        "wmr.map.spilled.bytes".into(),
+        i64::try_from(spills.bytes + merge_spilled).unwrap_or(i64::MAX),
+    );
     counters.insert("wmr.shuffle.records".into(), shuffled);
-    Ok((bytes, ranges, counters))
+    counters.insert("wmr.shuffle.bytes".into(), size as i64);
+    Ok((ranges, counters))
 }
 
-/// Run one reduce attempt: fetch this partition of every map output, merge,
-/// reduce, and write the attempt's output file.
+/// One ranged read of a shuffle object, for a reduce task.
+struct Fetched {
+    /// Which of the assignment's inputs.
+    input: usize,
+    /// Where in that input's range the bytes start.
+    offset: u64,
+    bytes: Bytes,
+}
+
+/// Read this reduce's range of every map output in blocks of
+/// [`FETCH_BLOCK`], [`FETCH_CONCURRENCY`] at a time, in order, and send
+/// them to the compute job. Stops at the first error, which it sends on.
+async fn fetch_inputs(inputs: Vec<ShuffleInput>, tx: mpsc::Sender<Result<Fetched, Error>>) {
+    use futures::StreamExt;
+    let mut blocks = Vec::new();
+    for (i, input) in inputs.iter().enumerate() {
+        let object = match Location::parse(&input.object) {
+            Ok(o) => o,
+            Err(e) => {
+                let _ = tx.send(Err(e.into())).await;
+                return;
+            }
+        };
+        let mut at = input.range.start;
+        while at < input.range.end {
+            let end = (at + FETCH_BLOCK).min(input.range.end);
+            blocks.push((i, object.clone(), input.range.start, at..end));
+            at = end;
+        }
+    }
+    let mut reads = futures::stream::iter(blocks)
+        .map(|(input, object, base, range)| async move {
+            let what = format!("{} bytes {}..{}", object.display, range.start, range.end);
+            object
+                .store
+                .get_range(&object.path, range.clone())
+                .await
+                .map(|bytes| Fetched {
+                    input,
+                    offset: range.start - base,
+                    bytes,
+                })
+                .map_err(|e| Error::Data(crate::data::Error::io(&what, "reading", e)))
+        })
+        .buffered(FETCH_CONCURRENCY);
+    while let Some(item) = reads.next().await {
+        let failed = item.is_err();
+        // The compute job is gone only if the attempt failed or was cancelled.
+        if tx.send(item).await.is_err() || failed {
+            return;
+        }
+    }
+}
+
+/// Run one reduce attempt: fetch this partition of every map output,
+/// merge, reduce, and write the attempt's output file as it is produced.
 ///
 /// # Errors
 /// I/O errors, corrupt shuffle data, and guest failures.
 pub async fn run_reduce(ctx: &JobContext, a: &ReduceAssignment) -> Result<ReduceOutput, Error> {
-    let mut fetches = Vec::new();
-    for input in &a.inputs {
-        if input.range.is_empty() {
-            continue;
-        }
-        let object = Location::parse(&input.object)?;
-        let range = input.range.clone();
-        fetches.push(async move {
-            let what = format!("{} bytes {}..{}", object.display, range.start, range.end);
-            object
-                .store
-                .get_range(&object.path, range)
-                .await
-                .map(|b| (what.clone(), b))
-                .map_err(|e| {
-                    Error::Data(crate::data::Error::Io {
-                        what,
-                        action: "reading",
-                        source: e,
-                    })
-                })
-        });
-    }
-    let parts: Vec<(String, Bytes)> = futures::future::try_join_all(fetches).await?;
-    let fetched: i64 = parts.iter().map(|(_, b)| b.len() as i64).sum();
+    let (tx, rx) = mpsc::channel(FETCH_CONCURRENCY);
+    let _fetch = SpawnedTask::spawn(fetch_inputs(a.inputs.clone(), tx));
+    let file = Location::parse(&a.output_file)?;
+    let (sink, upload) = sink::upload(&file);
     let runtime = ctx.runtime.clone();
     let module = ctx.module.clone();
     let assignment = a.clone();
-    let (bytes, rows, mut counters) = ctx
+    let computed = ctx
         .pool
-        .run(move || reduce_compute(&runtime, &module, &assignment, parts))
-        .await??;
-    let file = Location::parse(&a.output_file)?;
-    let size = bytes.len() as u64;
-    file.store
-        .put(&file.path, PutPayload::from(bytes))
-        .await
-        .map_err(|e| put_error(&file.display, e))?;
-    counters.insert("wmr.reduce.shuffle.bytes".into(), fetched);
-    counters.insert("wmr.output.bytes".into(), size as i64);
+        .run(move || reduce_compute(&runtime, &module, &assignment, rx, sink))
+        .await;
+    let (rows, bytes, counters) = finish_upload(computed, upload).await?;
     Ok(ReduceOutput {
         file: a.output_file.clone(),
         rows,
-        bytes: size,
+        bytes,
         counters,
     })
+}
+
+/// Receive every fetched block into one local temp file, each input at its
+/// own place, and open each input's range as a run.
+fn receive_inputs(
+    a: &ReduceAssignment,
+    schema: &SchemaRef,
+    mut rx: mpsc::Receiver<Result<Fetched, Error>>,
+) -> Result<(Vec<Box<dyn RunReader>>, u64), Error> {
+    use std::os::unix::fs::FileExt;
+    let mut bases = Vec::with_capacity(a.inputs.len());
+    let mut total = 0u64;
+    for input in &a.inputs {
+        bases.push(total);
+        total += input.range.end.saturating_sub(input.range.start);
+    }
+    let file = tempfile::tempfile().map_err(Error::Spill)?;
+    let mut received = 0u64;
+    while let Some(fetched) = rx.blocking_recv() {
+        let f = fetched?;
+        let at = bases.get(f.input).copied().unwrap_or(0) + f.offset;
+        file.write_all_at(&f.bytes, at).map_err(Error::Spill)?;
+        received += f.bytes.len() as u64;
+    }
+    if received != total {
+        return Err(Error::Data(crate::data::Error::Internal(format!(
+            "fetched {received} of {total} shuffle bytes; the fetch stopped without an error"
+        ))));
+    }
+    let file = Arc::new(file);
+    let mut runs: Vec<Box<dyn RunReader>> = Vec::new();
+    for (input, base) in a.inputs.iter().zip(bases) {
+        if input.range.is_empty() {
+            continue;
+        }
+        let what = format!("{} bytes {}..{}", input.object, input.range.start, input.range.end);
+        let section = FileSection::new(file.clone(), base..base + (input.range.end - input.range.start));
+        runs.push(Box::new(IpcRun::open(section, what, schema)?));
+    }
+    Ok((runs, total))
 }
 
 fn reduce_compute(
     runtime: &Runtime,
     module: &JobModule,
     a: &ReduceAssignment,
-    parts: Vec<(String, Bytes)>,
-) -> Result<(Bytes, u64, Counters), Error> {
+    rx: mpsc::Receiver<Result<Fetched, Error>>,
+    sink: ObjectSink,
+) -> Result<(u64, u64, Counters), Error> {
     let mut guest = module
         .instantiate(runtime)
         .map_err(guest_err(a.task, a.attempt, None))?;
     let info = guest.info().clone();
     let schema = info.map_output_schema();
     let encoder = KeyEncoder::new(&info.key_types)?;
-    let mut runs = Vec::with_capacity(parts.len());
-    for (what, bytes) in parts {
-        let batches = shuffle::decode_partition(&what, bytes)?;
-        if batches
-            .iter()
-            .any(|b| b.schema().fields().len() != schema.fields().len())
-        {
-            return Err(shuffle::Error::Corrupt {
-                what,
-                reason: "its schema is not this job's map output schema".into(),
-            }
-            .into());
-        }
-        let run = shuffle::concat(&schema, &batches).map_err(|_| shuffle::Error::Corrupt {
-            what,
-            reason: "mismatched column types".into(),
+    let max_output = module.limits().max_output_bytes;
+    let (runs, fetched) = receive_inputs(a, &schema, rx)?;
+    let (runs, merge_spilled) = shuffle::reduce_runs(&encoder, &schema, runs, TaskMemory(a.memory_bytes).fan_in())?;
+    let mut writer = a.format.writer(&a.output_file, &info.output_schema, sink)?;
+    let mut merger = Merger::new(&encoder, runs)?;
+    let (mut records_in, mut groups) = (0usize, 0usize);
+    while let Some((chunk, ends)) = merger.next_chunk(REDUCE_CALL_ROWS)? {
+        let (keys, values) = shuffle::grouped(&chunk, encoder.key_columns(), &ends)?;
+        let first_row = records_in;
+        let out = guest.reduce(&keys, &values, &ends).map_err(|e| {
+            let position = e.guest_row().map(|r| {
+                format!(
+                    "reduce group starting at row {} of partition {}",
+                    first_row + r as usize,
+                    a.task.index
+                )
+            });
+            guest_err(a.task, a.attempt, position)(e)
         })?;
-        runs.push(run);
+        records_in += chunk.num_rows();
+        groups += ends.len();
+        writer.write(&out)?;
+        check_output("the reduce output", writer.written(), max_output)?;
     }
-    let records_in: usize = runs.iter().map(RecordBatch::num_rows).sum();
-    let mut outputs = Vec::new();
-    let mut groups = 0usize;
-    if let Some((merged, ends)) = shuffle::merge_sorted(&encoder, &schema, runs)? {
-        groups = ends.len();
-        for (range, chunk_ends) in shuffle::chunk_groups(&ends, REDUCE_CALL_ROWS) {
-            let chunk = shuffle::slice(&merged, &range);
-            let (keys, values) = shuffle::grouped(&chunk, encoder.key_columns(), &chunk_ends)?;
-            let out = guest.reduce(&keys, &values, &chunk_ends).map_err(|e| {
-                let position = e.guest_row().map(|r| {
-                    format!(
-                        "reduce group starting at row {} of partition {}",
-                        range.start + r as usize,
-                        a.task.index
-                    )
-                });
-                guest_err(a.task, a.attempt, position)(e)
-            })?;
-            outputs.push(out);
-        }
-    }
-    let rows: u64 = outputs.iter().map(|b| b.num_rows() as u64).sum();
-    let bytes = a.format.encode(&a.output_file, &info.output_schema, &outputs)?;
-    check_output(
-        "the reduce output",
-        bytes.len() as u64,
-        module.limits().max_output_bytes,
-    )?;
+    let rows = writer.rows();
+    let bytes = writer.finish()?;
+    check_output("the reduce output", bytes, max_output)?;
     let mut counters = guest.counters().clone();
     record_log(&guest, a.task, a.attempt, &mut counters);
     counters.insert("wmr.reduce.input.records".into(), records_in as i64);
     counters.insert("wmr.reduce.input.groups".into(), groups as i64);
     counters.insert("wmr.reduce.output.records".into(), rows as i64);
-    Ok((bytes, rows, counters))
+    counters.insert("wmr.reduce.shuffle.bytes".into(), fetched as i64);
+    if merge_spilled > 0 {
+        counters.insert("wmr.reduce.spilled.bytes".into(), merge_spilled as i64);
+    }
+    counters.insert("wmr.output.bytes".into(), bytes as i64);
+    Ok((rows, bytes, counters))
 }
 
 #[cfg(test)]

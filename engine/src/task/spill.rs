@@ -1,24 +1,24 @@
 //! Map output that outgrows a task's buffer: each time the buffer fills, its
-//! rows are sorted by (partition, key), combined if the job combines, and
-//! written as one run (the shuffle format: partitions back to back) to an
-//! anonymous local temp file. At the end, each partition's runs are read
-//! back and merged. Like Hadoop's `io.sort.mb` spills, but the file vanishes
+//! rows are sorted by (partition, key), combined while that pays, and
+//! written as one run (the shuffle layout: partitions back to back) to an
+//! anonymous local temp file. At the end, each partition's runs are merged
+//! as streams. Like Hadoop's `io.sort.mb` spills, but the file vanishes
 //! with the task whatever happens to it.
 
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{BufWriter, Seek, SeekFrom};
 use std::ops::Range;
+use std::sync::Arc;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
-use bytes::Bytes;
 
 use super::Error;
-use crate::shuffle;
+use crate::shuffle::{FileSection, IpcRun, RunReader, ShuffleWriter};
 
 /// The runs spilled so far by one map attempt.
 pub struct Spills {
-    file: Option<File>,
+    file: Option<Arc<File>>,
     /// Each run's start in the file and its partitions' ranges within the run.
     runs: Vec<(u64, Vec<Range<u64>>)>,
     /// Bytes written.
@@ -45,35 +45,45 @@ impl Spills {
     /// # Errors
     /// If encoding or the disk fails.
     pub fn spill(&mut self, schema: &SchemaRef, partitions: &[Vec<RecordBatch>]) -> Result<(), Error> {
-        let (bytes, ranges) = shuffle::encode_shuffle(schema, partitions)?;
-        let file = match &mut self.file {
-            Some(f) => f,
-            None => self.file.insert(tempfile::tempfile().map_err(Error::Spill)?),
+        let file = match &self.file {
+            Some(f) => f.clone(),
+            None => self
+                .file
+                .insert(Arc::new(tempfile::tempfile().map_err(Error::Spill)?))
+                .clone(),
         };
-        file.write_all(&bytes).map_err(Error::Spill)?;
+        let mut out: &File = &file;
+        out.seek(SeekFrom::Start(self.bytes)).map_err(Error::Spill)?;
+        let mut writer = ShuffleWriter::new(BufWriter::new(out), schema, partitions.len() as u32)?;
+        for (p, batches) in partitions.iter().enumerate() {
+            for b in batches {
+                writer.write(p as u32, b)?;
+            }
+        }
+        let written = writer.written();
+        let (_, ranges) = writer.finish()?;
         self.runs.push((self.bytes, ranges));
-        self.bytes += bytes.len() as u64;
+        // The run's streams, and its index (unread: the ranges are kept here).
+        self.bytes += written + crate::shuffle::index_len(partitions.len() as u32);
         Ok(())
     }
 
-    /// Partition `p` of every run, in run order, each sorted by key.
+    /// Partition `p` of every run, in run order, each sorted by key, as
+    /// runs to merge.
     ///
     /// # Errors
-    /// If the disk fails or a run does not decode.
-    pub fn partition(&mut self, p: usize) -> Result<Vec<RecordBatch>, Error> {
-        let Some(file) = &mut self.file else {
+    /// If a run does not open.
+    pub fn partition(&self, p: usize, schema: &SchemaRef) -> Result<Vec<Box<dyn RunReader>>, Error> {
+        let Some(file) = &self.file else {
             return Ok(Vec::new());
         };
-        let mut out = Vec::new();
+        let mut out: Vec<Box<dyn RunReader>> = Vec::new();
         for (start, ranges) in &self.runs {
             let Some(range) = ranges.get(p).filter(|r| !r.is_empty()) else {
                 continue;
             };
-            let len = usize::try_from(range.end - range.start).map_err(|e| Error::Spill(std::io::Error::other(e)))?;
-            let mut buf = vec![0u8; len];
-            file.seek(SeekFrom::Start(start + range.start)).map_err(Error::Spill)?;
-            file.read_exact(&mut buf).map_err(Error::Spill)?;
-            out.extend(shuffle::decode_partition("a spilled run", Bytes::from(buf))?);
+            let section = FileSection::new(file.clone(), start + range.start..start + range.end);
+            out.push(Box::new(IpcRun::open(section, "a spilled run".into(), schema)?));
         }
         Ok(out)
     }

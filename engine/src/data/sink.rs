@@ -1,0 +1,249 @@
+//! Writing one object while it is produced. A compute thread writes into an
+//! [`ObjectSink`] (a plain `std::io::Write`); full chunks cross a bounded
+//! channel to an async [`Upload`] on tokio, which sends an object smaller
+//! than one part with a single put and anything larger as a multipart
+//! upload (S3's, or the local store's staged file), a few parts in flight.
+//! Nothing holds the whole object, and the object appears only when the
+//! upload completes: a failed or abandoned upload leaves nothing behind.
+
+use std::io::Write;
+
+use bytes::Bytes;
+use object_store::{ObjectStoreExt, PutPayload, WriteMultipart};
+use tokio::sync::mpsc;
+
+use super::Error;
+use super::location::Location;
+use crate::spawn::SpawnedTask;
+
+/// Size of one multipart part (S3 wants at least 5 MiB).
+pub const PART_BYTES: usize = 8 << 20;
+/// Parts uploading at once.
+const PARTS_IN_FLIGHT: usize = 2;
+/// Bytes the sink gathers before handing them to the upload.
+const CHUNK_BYTES: usize = 1 << 20;
+/// Chunks waiting between the sink and the upload.
+const CHUNKS_QUEUED: usize = 4;
+
+enum Message {
+    Data(Bytes),
+    /// Everything was written: complete the object.
+    Finish,
+}
+
+/// The writing end, for a compute thread. Dropping it without
+/// [`ObjectSink::finish`] abandons the object.
+pub struct ObjectSink {
+    tx: mpsc::Sender<Message>,
+    buf: Vec<u8>,
+    written: u64,
+    display: String,
+}
+
+/// The uploading end, owned by the async caller; await [`Upload::finish`].
+pub struct Upload {
+    task: SpawnedTask<Result<(), Error>>,
+    display: String,
+}
+
+/// Start writing the object at `location`.
+pub fn upload(location: &Location) -> (ObjectSink, Upload) {
+    let (tx, rx) = mpsc::channel(CHUNKS_QUEUED);
+    let task = SpawnedTask::spawn(run_upload(location.clone(), rx));
+    (
+        ObjectSink {
+            tx,
+            buf: Vec::with_capacity(CHUNK_BYTES),
+            written: 0,
+            display: location.display.clone(),
+        },
+        Upload {
+            task,
+            display: location.display.clone(),
+        },
+    )
+}
+
+async fn run_upload(location: Location, mut rx: mpsc::Receiver<Message>) -> Result<(), Error> {
+    let fail = |e| Error::io(&location.display, "writing", e);
+    let mut small: Vec<Bytes> = Vec::new();
+    let mut small_len = 0usize;
+    let mut multipart: Option<WriteMultipart> = None;
+    loop {
+        match rx.recv().await {
+            Some(Message::Data(chunk)) => {
+                if multipart.is_none() && small_len + chunk.len() < PART_BYTES {
+                    small_len += chunk.len();
+                    small.push(chunk);
+                    continue;
+                }
+                let upload = match &mut multipart {
+                    Some(u) => u,
+                    None => {
+                        let started = location.store.put_multipart(&location.path).await.map_err(fail)?;
+                        let mut u = WriteMultipart::new_with_chunk_size(started, PART_BYTES);
+                        for b in small.drain(..) {
+                            u.put(b);
+                        }
+                        multipart.insert(u)
+                    }
+                };
+                if let Err(e) = upload.wait_for_capacity(PARTS_IN_FLIGHT).await {
+                    if let Some(u) = multipart.take() {
+                        // Best effort: the store may already have dropped it.
+                        let _ = u.abort().await;
+                    }
+                    return Err(fail(e));
+                }
+                upload.put(chunk);
+            }
+            Some(Message::Finish) => {
+                return match multipart {
+                    Some(u) => u.finish().await.map(|_| ()).map_err(fail),
+                    None => location
+                        .store
+                        .put(&location.path, PutPayload::from_iter(small))
+                        .await
+                        .map(|_| ())
+                        .map_err(fail),
+                };
+            }
+            None => {
+                // The writer gave up: abandon what was sent.
+                if let Some(u) = multipart {
+                    let _ = u.abort().await;
+                }
+                return Err(Error::Internal(format!(
+                    "the upload of {} was abandoned before it finished",
+                    location.display
+                )));
+            }
+        }
+    }
+}
+
+impl ObjectSink {
+    /// Bytes written so far.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    fn send(&mut self, message: Message) -> std::io::Result<()> {
+        // Called from a compute thread, never from tokio's.
+        self.tx.blocking_send(message).map_err(|_| {
+            std::io::Error::other(format!(
+                "the upload of {} stopped; its own error says why",
+                self.display
+            ))
+        })
+    }
+
+    fn send_buffer(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let full = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK_BYTES));
+        self.send(Message::Data(Bytes::from(full)))
+    }
+
+    /// Send what is left and complete the object; returns its size. Await
+    /// [`Upload::finish`] to know it was stored.
+    ///
+    /// # Errors
+    /// If the upload has stopped (its own error says why).
+    pub fn finish(mut self) -> std::io::Result<u64> {
+        self.send_buffer()?;
+        self.send(Message::Finish)?;
+        Ok(self.written)
+    }
+}
+
+impl Write for ObjectSink {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        self.written += data.len() as u64;
+        if self.buf.len() >= CHUNK_BYTES {
+            self.send_buffer()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        // Chunks go when full; the object is complete only at `finish`.
+        Ok(())
+    }
+}
+
+impl Upload {
+    /// Wait for the object to be stored.
+    ///
+    /// # Errors
+    /// The store's error, or [`Error::Internal`] if the sink was dropped
+    /// without finishing.
+    pub async fn finish(mut self) -> Result<(), Error> {
+        match self.task.join().await {
+            Some(result) => result,
+            None => Err(Error::Internal(format!("the upload of {} was cancelled", self.display))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::worker::ComputePool;
+
+    async fn write_object(location: &Location, size: usize) -> Result<u64, Error> {
+        let pool = ComputePool::new(1).unwrap();
+        let (sink, upload) = upload(location);
+        let written = pool
+            .run(move || {
+                let mut sink = sink;
+                let block: Vec<u8> = (0..64 * 1024).map(|i| (i % 251) as u8).collect();
+                let mut left = size;
+                while left > 0 {
+                    let n = left.min(block.len());
+                    sink.write_all(&block[..n])?;
+                    left -= n;
+                }
+                sink.finish()
+            })
+            .await
+            .unwrap();
+        upload.finish().await?;
+        Ok(written.unwrap())
+    }
+
+    #[tokio::test]
+    async fn small_and_multipart_objects_arrive_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        for size in [0usize, 10, PART_BYTES * 2 + 12345] {
+            let at = Location::parse(dir.path().join(format!("o{size}")).to_str().unwrap()).unwrap();
+            assert_eq!(write_object(&at, size).await.unwrap(), size as u64);
+            let got = std::fs::read(dir.path().join(format!("o{size}"))).unwrap();
+            assert_eq!(got.len(), size);
+            assert!(
+                got.iter()
+                    .enumerate()
+                    .all(|(i, &b)| b == ((i % (64 * 1024)) % 251) as u8)
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_sink_leaves_no_object() {
+        let dir = tempfile::tempdir().unwrap();
+        let at = Location::parse(dir.path().join("gone").to_str().unwrap()).unwrap();
+        let pool = ComputePool::new(1).unwrap();
+        let (sink, upload) = upload(&at);
+        pool.run(move || {
+            let mut sink = sink;
+            sink.write_all(&vec![7u8; PART_BYTES * 2]).unwrap();
+            drop(sink);
+        })
+        .await
+        .unwrap();
+        assert!(matches!(upload.finish().await, Err(Error::Internal(_))));
+        assert!(!dir.path().join("gone").exists());
+    }
+}

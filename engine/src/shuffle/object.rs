@@ -1,0 +1,245 @@
+//! The shuffle object, written as it is produced: R Arrow IPC streams
+//! (LZ4-compressed), one per reduce partition, back to back, then an index
+//! of R+1 little-endian u64 offsets, the u32 R, and the magic `WMRSHUF1`.
+//! Spilled runs use the same layout in local temp files.
+//!
+//! [`ShuffleWriter`] writes to any `std::io::Write` (an upload, a temp
+//! file) and never holds more than one batch; batches are cut to at most
+//! [`RUN_BATCH_ROWS`] rows so that a reader merging many runs holds one
+//! small batch of each.
+
+use std::io::Write;
+use std::ops::Range;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use arrow::error::ArrowError;
+use arrow::ipc::CompressionType;
+use arrow::ipc::writer::{IpcWriteOptions, StreamWriter};
+
+use super::{Error, internal};
+
+/// The trailer that ends every shuffle object.
+pub const MAGIC: &[u8; 8] = b"WMRSHUF1";
+/// Most rows in one IPC batch of a shuffle object or spilled run.
+pub const RUN_BATCH_ROWS: usize = 8 * 1024;
+/// About the most bytes in one IPC batch of a shuffle object or spilled run.
+pub const RUN_BATCH_BYTES: usize = 1 << 20;
+
+/// A writer that counts what passes through it.
+pub(crate) struct Counting<W> {
+    pub(crate) inner: W,
+    pub(crate) written: u64,
+}
+
+impl<W: Write> Write for Counting<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.written += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+enum State<W: Write> {
+    /// Between partitions: nothing open.
+    Between(Counting<W>),
+    /// Writing partition `partition`'s stream.
+    In {
+        partition: u32,
+        writer: Box<StreamWriter<Counting<W>>>,
+    },
+    /// Poisoned by an earlier error.
+    Failed,
+}
+
+/// Writes one shuffle object (or spilled run): partitions in ascending
+/// order, each as an IPC stream, then the index.
+pub struct ShuffleWriter<W: Write> {
+    state: State<W>,
+    schema: SchemaRef,
+    options: IpcWriteOptions,
+    partitions: u32,
+    /// Where each partition started, for partitions begun so far.
+    starts: Vec<u64>,
+}
+
+/// An I/O error (the disk, or the upload behind the writer) stays one; any
+/// other Arrow error writing our own batches is a bug.
+fn write_error(action: &'static str) -> impl FnOnce(ArrowError) -> Error {
+    move |e| match e {
+        ArrowError::IoError(_, source) => Error::Io { action, source },
+        other => internal(action)(other),
+    }
+}
+
+impl<W: Write> ShuffleWriter<W> {
+    /// A writer of `partitions` partitions of `schema` into `out`.
+    ///
+    /// # Errors
+    /// Only on an internal error.
+    pub fn new(out: W, schema: &SchemaRef, partitions: u32) -> Result<Self, Error> {
+        let options = IpcWriteOptions::default()
+            .try_with_compression(Some(CompressionType::LZ4_FRAME))
+            .map_err(internal("configuring IPC"))?;
+        Ok(ShuffleWriter {
+            state: State::Between(Counting { inner: out, written: 0 }),
+            schema: schema.clone(),
+            options,
+            partitions: partitions.max(1),
+            starts: Vec::new(),
+        })
+    }
+
+    /// Bytes written so far.
+    pub fn written(&self) -> u64 {
+        match &self.state {
+            State::Between(c) => c.written,
+            State::In { writer, .. } => writer.get_ref().written,
+            State::Failed => 0,
+        }
+    }
+
+    /// Close the open partition, if any, and leave the writer between
+    /// partitions.
+    fn close(&mut self) -> Result<&mut Counting<W>, Error> {
+        if let State::In { .. } = self.state {
+            let State::In { writer, .. } = std::mem::replace(&mut self.state, State::Failed) else {
+                unreachable!("matched just above");
+            };
+            let out = writer.into_inner().map_err(write_error("writing shuffle data"))?;
+            self.state = State::Between(out);
+        }
+        match &mut self.state {
+            State::Between(out) => Ok(out),
+            _ => Err(Error::Io {
+                action: "writing shuffle data",
+                source: std::io::Error::other("the writer failed earlier"),
+            }),
+        }
+    }
+
+    /// Append `batch` (of the writer's schema, sorted by key) to partition
+    /// `partition`. Partitions must come in ascending order; an empty batch
+    /// writes nothing.
+    ///
+    /// # Errors
+    /// I/O errors from the writer underneath, or an internal error (a
+    /// partition out of order or out of range).
+    pub fn write(&mut self, partition: u32, batch: &RecordBatch) -> Result<(), Error> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        let open = match &self.state {
+            State::In { partition: p, .. } => Some(*p),
+            _ => None,
+        };
+        if open != Some(partition) {
+            if partition >= self.partitions || open.is_some_and(|p| p > partition) {
+                return Err(internal("writing shuffle data")(ArrowError::InvalidArgumentError(
+                    format!("partition {partition} after {open:?} of {}", self.partitions),
+                )));
+            }
+            let out = self.close()?;
+            let at = out.written;
+            // Partitions skipped over are empty, at this position.
+            while self.starts.len() <= partition as usize {
+                self.starts.push(at);
+            }
+            let State::Between(out) = std::mem::replace(&mut self.state, State::Failed) else {
+                unreachable!("close leaves the writer between partitions");
+            };
+            let writer = StreamWriter::try_new_with_options(out, &self.schema, self.options.clone())
+                .map_err(write_error("writing shuffle data"))?;
+            self.state = State::In {
+                partition,
+                writer: Box::new(writer),
+            };
+        }
+        let State::In { writer, .. } = &mut self.state else {
+            unreachable!("a partition was opened above");
+        };
+        let rows = batch.num_rows();
+        let bytes_per_row = (batch.get_array_memory_size() / rows).max(1);
+        let step = (RUN_BATCH_BYTES / bytes_per_row).clamp(1, RUN_BATCH_ROWS);
+        let mut at = 0;
+        while at < rows {
+            let len = step.min(rows - at);
+            writer
+                .write(&batch.slice(at, len))
+                .map_err(write_error("writing shuffle data"))?;
+            at += len;
+        }
+        Ok(())
+    }
+
+    /// Close the last partition, write the index, and return the writer
+    /// and each partition's byte range.
+    ///
+    /// # Errors
+    /// I/O errors from the writer underneath.
+    pub fn finish(mut self) -> Result<(W, Vec<Range<u64>>), Error> {
+        let partitions = self.partitions;
+        let out = self.close()?;
+        let end = out.written;
+        let mut offsets = std::mem::take(&mut self.starts);
+        offsets.resize(partitions as usize + 1, end);
+        let mut index = Vec::with_capacity(offsets.len() * 8 + 12);
+        for o in &offsets {
+            index.extend_from_slice(&o.to_le_bytes());
+        }
+        index.extend_from_slice(&partitions.to_le_bytes());
+        index.extend_from_slice(MAGIC);
+        let State::Between(mut out) = std::mem::replace(&mut self.state, State::Failed) else {
+            unreachable!("close leaves the writer between partitions");
+        };
+        out.write_all(&index).map_err(|source| Error::Io {
+            action: "writing the shuffle index",
+            source,
+        })?;
+        out.flush().map_err(|source| Error::Io {
+            action: "writing shuffle data",
+            source,
+        })?;
+        let ranges = offsets.windows(2).map(|w| w[0]..w[1]).collect();
+        Ok((out.inner, ranges))
+    }
+}
+
+/// The bytes of a shuffle object's index for `partitions` partitions: the
+/// length of the object's tail to read to find every partition's range.
+pub fn index_len(partitions: u32) -> u64 {
+    (u64::from(partitions) + 1) * 8 + 4 + MAGIC.len() as u64
+}
+
+/// Parse the index at the end of a shuffle object of `partitions`
+/// partitions from the object's last [`index_len`] bytes.
+///
+/// # Errors
+/// [`Error::Corrupt`] if the tail is not an index of that many partitions.
+pub fn parse_index(what: &str, tail: &[u8], partitions: u32, object_len: u64) -> Result<Vec<Range<u64>>, Error> {
+    let corrupt = |reason: &str| Error::Corrupt {
+        what: what.to_string(),
+        reason: reason.to_string(),
+    };
+    let want = index_len(partitions);
+    if tail.len() as u64 != want || !tail.ends_with(MAGIC) {
+        return Err(corrupt("it does not end with a shuffle index"));
+    }
+    let r = &tail[tail.len() - 12..tail.len() - 8];
+    if u32::from_le_bytes([r[0], r[1], r[2], r[3]]) != partitions {
+        return Err(corrupt("its index has another number of partitions"));
+    }
+    let offsets: Vec<u64> = tail[..tail.len() - 12]
+        .chunks_exact(8)
+        .map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+        .collect();
+    let data_end = object_len.saturating_sub(want);
+    if offsets.windows(2).any(|w| w[0] > w[1]) || offsets.last().is_some_and(|&e| e != data_end) {
+        return Err(corrupt("its index offsets are out of order or out of bounds"));
+    }
+    Ok(offsets.windows(2).map(|w| w[0]..w[1]).collect())
+}

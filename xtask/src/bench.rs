@@ -1,0 +1,377 @@
+//! Benchmarks against peers measured in the same run: DuckDB (installed from
+//! PyPI into its own venv under target/bench) and the hand-tuned native
+//! baselines in ../shared/bench/native-wc. Every side's output is checked
+//! equal before a figure is printed; figures are medians, with each side's
+//! peak RSS (from wait4).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use crate::{build_wmr, guests, numeric_flag, root, run};
+
+/// Timed rounds per side in the peer benches.
+const PEER_ROUNDS: usize = 3;
+
+/// What one timed run of a process took.
+#[derive(Debug, Clone, Copy)]
+pub struct Measured {
+    pub wall: Duration,
+    /// Peak resident set size, in bytes.
+    pub peak_rss: u64,
+}
+
+/// Run `cmd` to completion, timing it and reading its peak RSS from wait4.
+pub fn measure(cmd: &mut Command) -> Result<Measured> {
+    let start = Instant::now();
+    let child = cmd.spawn().with_context(|| format!("starting {cmd:?}"))?;
+    let (status, peak_rss) = wait_with_rusage(child)?;
+    let wall = start.elapsed();
+    if status != 0 {
+        bail!("{cmd:?} failed with exit status {status}");
+    }
+    Ok(Measured { wall, peak_rss })
+}
+
+/// Reap `child` with wait4, which reports the child's own peak RSS
+/// (getrusage's RUSAGE_CHILDREN would give the maximum over every child).
+#[allow(unsafe_code, reason = "wait4 has no safe std equivalent; the pointers are to locals")]
+fn wait_with_rusage(child: std::process::Child) -> Result<(i32, u64)> {
+    let pid = child.id() as libc::pid_t;
+    let mut status: libc::c_int = 0;
+    // SAFETY: zeroed rusage is a valid value of a plain C struct.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `status` and `usage` are valid for writes for the call; `pid`
+    // is our unreaped child (std does not reap it unless we call wait).
+    let got = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    if got != pid {
+        bail!("wait4 on {pid} failed: {}", std::io::Error::last_os_error());
+    }
+    let code = if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else {
+        128 + libc::WTERMSIG(status)
+    };
+    // ru_maxrss is in KiB on Linux.
+    Ok((code, u64::try_from(usage.ru_maxrss).unwrap_or(0) * 1024))
+}
+
+fn median_of(mut v: Vec<Measured>) -> Measured {
+    v.sort_by_key(|m| m.wall);
+    let mid = v[v.len() / 2];
+    Measured {
+        wall: mid.wall,
+        peak_rss: v.iter().map(|m| m.peak_rss).max().unwrap_or(0),
+    }
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1u64 << 20) as f64
+}
+
+/// The native baselines, built once into target/native-wc.
+fn native_tools() -> Result<PathBuf> {
+    let root = root();
+    let manifest = root.join("../shared/bench/native-wc/Cargo.toml");
+    if !manifest.exists() {
+        bail!(
+            "{} is missing: the native baselines live in ../shared/bench/native-wc",
+            manifest.display()
+        );
+    }
+    let target = root.join("target/native-wc");
+    run(Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["build", "--quiet", "--release", "--manifest-path"])
+        .arg(&manifest)
+        .env("CARGO_TARGET_DIR", &target))?;
+    Ok(target.join("release"))
+}
+
+/// A Python venv with DuckDB in target/bench/venv; returns its python.
+fn duckdb_python() -> Result<PathBuf> {
+    let venv = root().join("target/bench/venv");
+    let python = venv.join("bin/python");
+    let has = Command::new(&python)
+        .args(["-c", "import duckdb"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has {
+        eprintln!("installing DuckDB from PyPI into {}", venv.display());
+        run(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
+        run(Command::new(&python).args(["-m", "pip", "install", "--quiet", "duckdb"]))?;
+    }
+    Ok(python)
+}
+
+/// DuckDB's word count: the same words (maximal runs of letters) from every
+/// `*.txt` under a directory, written to Parquet; prints the query's
+/// seconds, then exports the counts as `word\tcount` lines, untimed.
+const DUCKDB_WORDCOUNT: &str = r#"
+import sys, time, duckdb
+src, out, tsv, threads = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+con = duckdb.connect(config={"threads": threads})
+start = time.monotonic()
+con.execute(f"""
+COPY (
+  SELECT word, count(*) AS count
+  FROM (SELECT unnest(regexp_extract_all(line, '\p{{L}}+')) AS word
+        FROM read_csv('{src}/*.txt', columns={{'line': 'VARCHAR'}}, header=false,
+                      delim='\x01', quote='', escape='', auto_detect=false))
+  GROUP BY word
+) TO '{out}' (FORMAT parquet)""")
+print(time.monotonic() - start)
+con.execute(f"COPY (SELECT word, count FROM '{out}') TO '{tsv}' (FORMAT csv, DELIMITER '\t', HEADER false, QUOTE '')")
+"#;
+
+/// `word<sep>count` lines into a map.
+fn parse_counts(text: &str, sep: char, what: &str) -> Result<HashMap<String, u64>> {
+    text.lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            l.rsplit_once(sep)
+                .and_then(|(w, c)| Some((w.to_string(), c.trim().parse().ok()?)))
+                .with_context(|| format!("{what} printed {l:?}, not a word and a count"))
+        })
+        .collect()
+}
+
+/// A corpus where most words are distinct: letters spelling a 64-bit hash
+/// of a counter, with one word in five from a small common set. About
+/// `bytes` bytes in `files` files, written once.
+pub fn distinct_corpus(dir: &Path, bytes: u64, files: usize) -> Result<()> {
+    if dir.exists() {
+        return Ok(());
+    }
+    eprintln!(
+        "generating a {} MiB high-cardinality corpus in {}",
+        bytes >> 20,
+        dir.display()
+    );
+    let tmp = dir.with_extension("partial");
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp)?;
+    let common = ["the", "of", "and", "to", "in", "that", "was", "with", "for", "as"];
+    let mut state = 0x2545_F491_4F6C_DD1Du64;
+    let per_file = bytes / files as u64;
+    for f in 0..files {
+        let mut text = String::with_capacity(per_file as usize + 128);
+        while (text.len() as u64) < per_file {
+            for k in 0..10 {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                if k > 0 {
+                    text.push(' ');
+                }
+                if state.is_multiple_of(5) {
+                    text.push_str(common[(state >> 8) as usize % common.len()]);
+                } else {
+                    // 7 letters: 8 billion words, so nearly every one is new.
+                    let mut n = state >> 16;
+                    for _ in 0..7 {
+                        text.push((b'a' + (n % 26) as u8) as char);
+                        n /= 26;
+                    }
+                }
+            }
+            text.push('\n');
+        }
+        std::fs::write(tmp.join(format!("part-{f:03}.txt")), text)?;
+    }
+    std::fs::rename(&tmp, dir)?;
+    Ok(())
+}
+
+/// Word count: wmr against DuckDB and native Rust, both at 2 threads, on a
+/// Zipf corpus or (with `--distinct`) a high-cardinality one.
+pub fn wordcount(args: &[String]) -> Result<()> {
+    let size_mib = numeric_flag(args, "--size-mib", 256)?;
+    let distinct = args.iter().any(|a| a == "--distinct");
+    let root = root();
+    let guests = guests()?;
+    let wmr = build_wmr()?;
+    let native = native_tools()?;
+    let python = duckdb_python()?;
+    let corpus = if distinct {
+        let dir = root.join(format!("target/bench/distinct-{size_mib}mib"));
+        distinct_corpus(&dir, size_mib << 20, 8)?;
+        dir
+    } else {
+        let dir = root.join(format!("target/bench/zipf-{size_mib}mib"));
+        if !dir.exists() {
+            crate::generate_corpus(&dir, size_mib << 20, 8, crate::BENCH_VOCABULARY)?;
+        }
+        dir
+    };
+    let work = root.join("target/bench/wordcount");
+    std::fs::create_dir_all(&work)?;
+    let (wmr_out, native_out, duck_out, duck_tsv) = (
+        work.join("wmr"),
+        work.join("native.txt"),
+        work.join("duckdb.parquet"),
+        work.join("duckdb.tsv"),
+    );
+    let (mut w, mut n, mut d) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..PEER_ROUNDS {
+        w.push(measure(
+            Command::new(&wmr)
+                .args([
+                    "run",
+                    "--quiet",
+                    "--overwrite",
+                    "--slots",
+                    "2",
+                    "--reducers",
+                    "2",
+                    "--job",
+                ])
+                .arg(guests.join("wordcount.wasm"))
+                .arg("--input")
+                .arg(&corpus)
+                .arg("--output")
+                .arg(&wmr_out),
+        )?);
+        n.push(measure(
+            Command::new(native.join("wc"))
+                .args(["--threads", "2", "--out"])
+                .arg(&native_out)
+                .arg(&corpus),
+        )?);
+        let _ = std::fs::remove_file(&duck_out);
+        let mut duck = Command::new(&python);
+        duck.args(["-c", DUCKDB_WORDCOUNT])
+            .arg(&corpus)
+            .arg(&duck_out)
+            .arg(&duck_tsv)
+            .arg("2")
+            .stdout(std::process::Stdio::piped());
+        let mut child = duck.spawn().context("starting DuckDB")?;
+        let mut stdout = String::new();
+        std::io::Read::read_to_string(&mut child.stdout.take().context("DuckDB's stdout")?, &mut stdout)?;
+        let (status, peak_rss) = wait_with_rusage(child)?;
+        if status != 0 {
+            bail!("the DuckDB word count failed with status {status}");
+        }
+        let query: f64 = stdout
+            .lines()
+            .next()
+            .and_then(|l| l.trim().parse().ok())
+            .with_context(|| format!("DuckDB printed {stdout:?}"))?;
+        d.push(Measured {
+            wall: Duration::from_secs_f64(query),
+            peak_rss,
+        });
+        eprintln!(
+            "round {round}: wmr {:.2?} ({:.0} MiB), native {:.2?}, DuckDB {:.2?} ({:.0} MiB)",
+            w[round].wall,
+            mib(w[round].peak_rss),
+            n[round].wall,
+            d[round].wall,
+            mib(d[round].peak_rss)
+        );
+    }
+    let wmr_counts = crate::read_counts(&wmr, &wmr_out)?;
+    let native_counts = parse_counts(&std::fs::read_to_string(&native_out)?, ' ', "native wc")?;
+    let duck_counts = parse_counts(&std::fs::read_to_string(&duck_tsv)?, '\t', "DuckDB")?;
+    for (name, counts) in [("native Rust", &native_counts), ("DuckDB", &duck_counts)] {
+        if *counts != wmr_counts {
+            let differing = wmr_counts.iter().find(|(k, v)| counts.get(*k) != Some(v));
+            bail!(
+                "wmr and {name} disagree: {} vs {} distinct words; e.g. {differing:?} vs {:?}",
+                wmr_counts.len(),
+                counts.len(),
+                differing.and_then(|(k, _)| counts.get(k))
+            );
+        }
+    }
+    let (w, n, d) = (median_of(w), median_of(n), median_of(d));
+    let kind = if distinct { "high-cardinality" } else { "Zipf" };
+    println!(
+        "wordcount, {size_mib} MiB of {kind} text ({} distinct words), median of {PEER_ROUNDS} rounds, outputs equal:",
+        wmr_counts.len()
+    );
+    println!(
+        "  wmr run, 2 slots:        {:>7.2} s   peak RSS {:>6.0} MiB",
+        w.wall.as_secs_f64(),
+        mib(w.peak_rss)
+    );
+    println!(
+        "  native Rust, 2 threads:  {:>7.2} s   peak RSS {:>6.0} MiB",
+        n.wall.as_secs_f64(),
+        mib(n.peak_rss)
+    );
+    println!(
+        "  DuckDB, 2 threads:       {:>7.2} s   peak RSS {:>6.0} MiB (query time, Python's startup excluded)",
+        d.wall.as_secs_f64(),
+        mib(d.peak_rss)
+    );
+    let (ws, ns, ds) = (w.wall.as_secs_f64(), n.wall.as_secs_f64(), d.wall.as_secs_f64());
+    if distinct {
+        println!("  wmr/DuckDB time:  {:.2}x (target: at most 1.5x)", ws / ds);
+        println!("  wmr/native time:  {:.2}x", ws / ns);
+        println!(
+            "  wmr peak RSS:     {:.0} MiB (target: under 1024 MiB)",
+            mib(w.peak_rss)
+        );
+    } else {
+        println!("  wmr/native time:  {:.2}x (target: at most 1.7x)", ws / ns);
+        println!("  wmr/DuckDB throughput: {:.2}x (target: at least 1.5x)", ds / ws);
+    }
+    Ok(())
+}
+
+/// The high-cardinality word count at growing sizes: time per GiB and peak
+/// RSS should stay flat.
+pub fn scale(args: &[String]) -> Result<()> {
+    let max_gib = numeric_flag(args, "--max-gib", 8)?;
+    let root = root();
+    let guests = guests()?;
+    let wmr = build_wmr()?;
+    let mut rows = Vec::new();
+    let mut gib = 1;
+    while gib <= max_gib {
+        let corpus = root.join(format!("target/bench/distinct-{gib}gib"));
+        distinct_corpus(&corpus, gib << 30, (gib as usize) * 8)?;
+        let out = root.join("target/bench/scale-out");
+        let m = measure(
+            Command::new(&wmr)
+                .args([
+                    "run",
+                    "--quiet",
+                    "--overwrite",
+                    "--slots",
+                    "2",
+                    "--reducers",
+                    "4",
+                    "--job",
+                ])
+                .arg(guests.join("wordcount.wasm"))
+                .arg("--input")
+                .arg(&corpus)
+                .arg("--output")
+                .arg(&out),
+        )?;
+        eprintln!("{gib} GiB: {:.1?}, peak RSS {:.0} MiB", m.wall, mib(m.peak_rss));
+        rows.push((gib, m));
+        // The corpus is large; keep the disk for the next size.
+        std::fs::remove_dir_all(&corpus)?;
+        gib *= 2;
+    }
+    println!("high-cardinality wordcount, wmr run with 2 slots, one run per size:");
+    println!(
+        "  {:>5}  {:>9}  {:>10}  {:>13}",
+        "GiB", "seconds", "s per GiB", "peak RSS MiB"
+    );
+    for (gib, m) in rows {
+        println!(
+            "  {gib:>5}  {:>9.1}  {:>10.1}  {:>13.0}",
+            m.wall.as_secs_f64(),
+            m.wall.as_secs_f64() / gib as f64,
+            mib(m.peak_rss)
+        );
+    }
+    Ok(())
+}
