@@ -19,7 +19,7 @@ const FOLD_AT: usize = 8;
 
 /// The in-mapper combiner returns what it holds once it holds this many
 /// distinct keys...
-const MAX_HELD_KEYS: usize = 1 << 17;
+const MAX_HELD_KEYS: usize = 1 << 18;
 /// ...or this many bytes of encoded keys.
 const MAX_HELD_KEY_BYTES: usize = 32 << 20;
 

@@ -113,6 +113,7 @@ const DUCKDB_WORDCOUNT: &str = r#"
 import sys, time, duckdb
 src, out, tsv, threads = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 con = duckdb.connect(config={"threads": threads})
+con.execute("SET enable_progress_bar = false")
 start = time.monotonic()
 con.execute(f"""
 COPY (
@@ -257,7 +258,7 @@ pub fn wordcount(args: &[String]) -> Result<()> {
         }
         let query: f64 = stdout
             .lines()
-            .next()
+            .last()
             .and_then(|l| l.trim().parse().ok())
             .with_context(|| format!("DuckDB printed {stdout:?}"))?;
         d.push(Measured {

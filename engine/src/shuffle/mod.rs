@@ -130,26 +130,53 @@ impl SortedRun {
     }
 }
 
+/// A row's place in a sort, by normalized key.
+#[derive(Clone, Copy)]
+struct SortEntry {
+    prefix: u64,
+    part: u32,
+    row: u32,
+}
+
+/// The first 8 bytes of a byte-comparable key as a big-endian integer,
+/// zero-padded: ordering these orders the keys, except where they tie.
+pub fn key_prefix(key: &[u8]) -> u64 {
+    let mut bytes = [0u8; 8];
+    let n = key.len().min(8);
+    bytes[..n].copy_from_slice(&key[..n]);
+    u64::from_be_bytes(bytes)
+}
+
 /// Sort `batch` by (partition, key) into `partitions` partitions.
 ///
 /// # Errors
 /// Only on an internal error.
 pub fn partition_and_sort(encoder: &KeyEncoder, batch: &RecordBatch, partitions: u32) -> Result<SortedRun, Error> {
     let rows = encoder.rows(batch)?;
-    let parts: Vec<u32> = rows.iter().map(|r| partition_of(r.as_ref(), partitions)).collect();
-    let mut order: Vec<u32> = (0..batch.num_rows() as u32).collect();
-    order.sort_unstable_by(|&a, &b| {
-        parts[a as usize]
-            .cmp(&parts[b as usize])
-            .then_with(|| rows.row(a as usize).cmp(&rows.row(b as usize)))
+    // Normalized keys: the partition and the key's first 8 bytes settle most
+    // comparisons as integers; only rows whose prefixes tie compare whole keys.
+    let mut order: Vec<SortEntry> = rows
+        .iter()
+        .enumerate()
+        .map(|(i, r)| SortEntry {
+            part: partition_of(r.as_ref(), partitions),
+            prefix: key_prefix(r.as_ref()),
+            row: i as u32,
+        })
+        .collect();
+    order.sort_unstable_by(|a, b| {
+        (a.part, a.prefix)
+            .cmp(&(b.part, b.prefix))
+            .then_with(|| rows.row(a.row as usize).cmp(&rows.row(b.row as usize)))
     });
     let mut partition_ends = vec![0usize; partitions.max(1) as usize];
     let mut group_ends = Vec::new();
-    for (i, &idx) in order.iter().enumerate() {
-        partition_ends[parts[idx as usize] as usize] = i + 1;
+    for (i, e) in order.iter().enumerate() {
+        partition_ends[e.part as usize] = i + 1;
         if i > 0 {
-            let prev = order[i - 1] as usize;
-            if parts[prev] != parts[idx as usize] || rows.row(prev) != rows.row(idx as usize) {
+            let prev = &order[i - 1];
+            if (prev.part, prev.prefix) != (e.part, e.prefix) || rows.row(prev.row as usize) != rows.row(e.row as usize)
+            {
                 group_ends.push(i);
             }
         }
@@ -157,6 +184,7 @@ pub fn partition_and_sort(encoder: &KeyEncoder, batch: &RecordBatch, partitions:
     if !order.is_empty() {
         group_ends.push(order.len());
     }
+    let order: Vec<u32> = order.into_iter().map(|e| e.row).collect();
     // Empty partitions end where the previous one did.
     for p in 1..partition_ends.len() {
         partition_ends[p] = partition_ends[p].max(partition_ends[p - 1]);
@@ -269,6 +297,28 @@ mod tests {
         }
         seen.sort();
         assert_eq!(seen, ["a", "a", "b", "b", "c", "d"]);
+    }
+
+    #[test]
+    fn normalized_keys_sort_as_whole_keys_do() {
+        let enc = KeyEncoder::new(&[DataType::Utf8]).unwrap();
+        // Keys that tie on their first bytes, differ only past 8 bytes, or
+        // are prefixes of each other.
+        let mut ks: Vec<String> = Vec::new();
+        for i in 0..300u32 {
+            ks.push(format!("common-prefix-{}", i % 17));
+            ks.push("ab".repeat((i % 7) as usize));
+            ks.push(format!("{}", (i * 7919) % 1000));
+        }
+        let refs: Vec<&str> = ks.iter().map(String::as_str).collect();
+        let run = partition_and_sort(&enc, &batch(&refs, &vec![0; refs.len()]), 1).unwrap();
+        let mut expected = ks.clone();
+        expected.sort();
+        assert_eq!(keys(&run.batch), expected);
+        let mut distinct = expected.clone();
+        distinct.dedup();
+        assert_eq!(run.group_ends.len(), distinct.len());
+        assert!(key_prefix(b"ab") < key_prefix(b"ab\x01") && key_prefix(b"a") == key_prefix(b"a\0"));
     }
 
     #[test]

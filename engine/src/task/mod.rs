@@ -420,8 +420,6 @@ struct Combining {
     on: bool,
     rows_in: u64,
     rows_out: u64,
-    /// Rows that went to the shuffle uncombined once combining was off.
-    skipped: u64,
 }
 
 impl Combining {
@@ -430,7 +428,6 @@ impl Combining {
             on: combines,
             rows_in: 0,
             rows_out: 0,
-            skipped: 0,
         }
     }
 
@@ -466,7 +463,6 @@ impl MapWork<'_> {
             }
             let part = shuffle::slice(&run.batch, &range);
             if !self.combining.on {
-                self.combining.skipped += part.num_rows() as u64;
                 out.push(vec![part]);
                 continue;
             }
@@ -609,7 +605,6 @@ fn map_compute(
                 let chunk = if work.combining.on {
                     work.combine_sorted(&chunk, &ends)?
                 } else {
-                    work.combining.skipped += chunk.num_rows() as u64;
                     chunk
                 };
                 out.write(p32, &chunk)?;
@@ -637,7 +632,8 @@ fn map_compute(
         }
     }
     if info.combines && !work.combining.on {
-        counters.insert("wmr.map.combine.skipped.records".into(), work.combining.skipped as i64);
+        // Summed over the job: how many map tasks found combining useless.
+        counters.insert("wmr.map.combine.stopped.tasks".into(), 1);
     }
     counters.insert("wmr.map.output.records".into(), map_out);
     counters.insert(
