@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use wmr::coordinator::JobSpec;
 use wmr::coordinator::cluster::JobRef;
 use wmr::data::output::OutputFormat;
-use wmr::data::{Location, Split, SplitKind};
+use wmr::data::{Location, MapInput, Split, SplitKind};
 use wmr::rpc::pb;
 use wmr::rpc::server::{CoordinatorState, bind, serve};
 use wmr::runtime::Limits;
@@ -52,10 +52,12 @@ fn main() {
             skip_bad_records: 0,
         };
         let splits = (0..tasks as u64)
-            .map(|i| Split {
-                file: format!("/synthetic/part-{i}"),
-                file_size: 1,
-                kind: SplitKind::Text { start: 0, end: 1 },
+            .map(|i| MapInput {
+                splits: vec![Split {
+                    file: format!("/synthetic/part-{i}"),
+                    file_size: 1,
+                    kind: SplitKind::Text { start: 0, end: 1 },
+                }],
             })
             .collect();
         let job_ref = JobRef {

@@ -148,6 +148,37 @@ fn skip_bad_records_skips_at_most_its_budget() {
 }
 
 #[test]
+fn skip_bad_records_names_records_of_small_files_packed_into_one_task() {
+    let t = TestDir::new();
+    // Three small files, packed into one map task; the bad line of the third
+    // is at the same byte offset as a good line of the first.
+    t.write("in/a.txt", "fine\nfine again\n");
+    t.write("in/b.txt", "more\n");
+    t.write("in/c.txt", "fine\nBOOM here\n");
+    let o = wmr(&[
+        "run",
+        "--job",
+        guest("panicky").to_str().unwrap(),
+        "--input",
+        t.path("in").to_str().unwrap(),
+        "--output",
+        t.path("out").to_str().unwrap(),
+        "--format",
+        "text",
+        "--skip-bad-records",
+        "1",
+        "--max-attempts",
+        "2",
+        "--json",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(summary["maps"], 1, "{summary}");
+    assert_eq!(summary["counters"]["wmr.map.skipped.records"], 1);
+    assert_eq!(text_output(&t.path("out")), ["again 1", "fine 3", "more 1"]);
+}
+
+#[test]
 fn skip_bad_records_skips_parquet_rows_by_ordinal() {
     use std::sync::Arc;
     let t = TestDir::new();

@@ -287,3 +287,31 @@ fn outputs_bigger_than_one_multipart_part_reach_s3_whole() {
     expected_sorted.sort();
     assert_eq!(got, expected_sorted);
 }
+
+#[test]
+fn many_small_files_are_packed_into_few_maps_with_the_same_output() {
+    let t = TestDir::new();
+    let texts: Vec<String> = (0..300).map(|i| corpus(3, i + 1)).collect();
+    for (i, text) in texts.iter().enumerate() {
+        t.write(&format!("in/f{i:03}.txt"), text);
+    }
+    let out = t.path("out");
+    let o = wmr_ok(&[
+        "run",
+        "--job",
+        guest("wordcount").to_str().unwrap(),
+        "--input",
+        t.path("in").to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        "--reducers",
+        "3",
+        "--format",
+        "text",
+        "--json",
+    ]);
+    let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    // At most 64 files a task at the default split size.
+    assert_eq!(summary["maps"], 5, "{summary}");
+    assert_eq!(text_output(&out), as_lines(&reference_wordcount(&texts)));
+}

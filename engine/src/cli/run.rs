@@ -15,7 +15,7 @@ use super::job_args::JobArgs;
 use super::{Failure, exit};
 use crate::coordinator::{Coordinator, Job, JobSpec, JobState, remove_all};
 use crate::data::output::Manifest;
-use crate::data::{Location, check_output_outside, plan_splits};
+use crate::data::{Location, check_output_outside, plan_map_inputs};
 use crate::runtime::Runtime;
 use crate::task::{Counters, JobContext};
 use crate::worker::{ComputePool, error_chain, load_module, run_slots};
@@ -151,7 +151,7 @@ async fn run_async(args: RunArgs, slots: usize, reducers: u32) -> Result<u8, Fai
         }
         remove_all(&output).await.map_err(data_failure)?;
     }
-    let splits = plan_splits(&args.spec.input, args.spec.split_size.as_u64())
+    let splits = plan_map_inputs(&args.spec.input, args.spec.split_size.as_u64())
         .await
         .map_err(data_failure)?;
     let id = JobId::generate();

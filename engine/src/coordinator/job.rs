@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-use crate::data::Split;
+use crate::data::MapInput;
 use crate::data::output::OutputFormat;
 use crate::task::{Counters, MapAssignment, MapOutput, ReduceAssignment, ReduceOutput, ShuffleInput};
 use crate::{AttemptId, JobId, Phase, TaskId, WorkerId};
@@ -229,8 +229,8 @@ pub struct Job {
     pub spec: JobSpec,
     /// Its state.
     pub state: JobState,
-    /// The splits, one per map task.
-    pub splits: Vec<Split>,
+    /// What each map task reads.
+    pub splits: Vec<MapInput>,
     /// The map tasks.
     pub maps: Vec<Task>,
     /// The reduce tasks.
@@ -261,8 +261,8 @@ pub struct Job {
 }
 
 impl Job {
-    /// A new job over `splits`.
-    pub fn new(spec: JobSpec, splits: Vec<Split>) -> Self {
+    /// A new job over `splits`, one map task each.
+    pub fn new(spec: JobSpec, splits: Vec<MapInput>) -> Self {
         let maps = (0..splits.len() as u32).map(|i| Task::new(TaskId::map(i))).collect();
         let reduces = (0..spec.reducers).map(|i| Task::new(TaskId::reduce(i))).collect();
         Job {
@@ -423,7 +423,7 @@ impl Job {
             Phase::Map => Assignment::Map(MapAssignment {
                 task: task.id,
                 attempt,
-                split: self.splits[index as usize].clone(),
+                input: self.splits[index as usize].clone(),
                 partitions: self.spec.reducers,
                 shuffle_object: format!("{}/map-{index:05}-{}.shuffle", self.spec.work_dir, attempt.0),
                 memory_bytes: self.spec.task_memory,
@@ -720,10 +720,12 @@ pub(crate) fn test_job(maps: usize, reducers: u32) -> Job {
         skip_bad_records: 0,
     };
     let splits = (0..maps)
-        .map(|i| Split {
-            file: format!("f{i}"),
-            file_size: 10,
-            kind: crate::data::SplitKind::Text { start: 0, end: 10 },
+        .map(|i| MapInput {
+            splits: vec![crate::data::Split {
+                file: format!("f{i}"),
+                file_size: 10,
+                kind: crate::data::SplitKind::Text { start: 0, end: 10 },
+            }],
         })
         .collect();
     Job::new(spec, splits)

@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::cluster::JobRef;
 use super::job::{JobSpec, JobState};
-use crate::data::{Location, Split};
+use crate::data::{Location, MapInput};
 use crate::spawn::SpawnedTask;
 use crate::task::{MapOutput, ReduceOutput};
 use crate::{AttemptId, JobId, TaskId, WorkerId};
@@ -37,8 +37,8 @@ pub enum Event {
     Submitted {
         /// What it is to do.
         spec: JobSpec,
-        /// Its splits.
-        splits: Vec<Split>,
+        /// What each of its map tasks reads.
+        splits: Vec<MapInput>,
         /// Its module, parameters and limits.
         job_ref: JobRef,
         /// Its name.

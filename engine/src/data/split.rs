@@ -14,6 +14,68 @@ use super::location::Location;
 
 /// Default split size for text input: 64 MiB.
 pub const DEFAULT_SPLIT_SIZE: u64 = 64 << 20;
+/// Most files packed into one map task: each file is counted as at least
+/// 1/64 of the split size (1 MiB at the default), for what opening it costs,
+/// as Spark counts `openCostInBytes`.
+pub const MAX_FILES_PER_TASK: u64 = 64;
+
+/// What one map task reads: one split of a large file, or several small
+/// files (or tail pieces) packed together up to the split size, read in
+/// order, as Hadoop's `CombineFileInputFormat` does, so that 100,000 tiny
+/// files do not make 100,000 map tasks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct MapInput {
+    /// The splits, in the order they are read.
+    pub splits: Vec<Split>,
+}
+
+impl MapInput {
+    /// The input bytes this task covers (for progress).
+    pub fn size_hint(&self) -> u64 {
+        self.splits.iter().map(Split::size_hint).sum()
+    }
+
+    /// A short description for messages.
+    pub fn describe(&self) -> String {
+        match self.splits.as_slice() {
+            [one] => one.describe(),
+            [first, .., last] => format!(
+                "{} files packed together, {} .. {}",
+                self.splits.len(),
+                first.file,
+                last.file
+            ),
+            [] => "no input".into(),
+        }
+    }
+}
+
+/// Pack consecutive splits into map inputs of up to `split_size` bytes,
+/// each counted as at least 1/[`MAX_FILES_PER_TASK`] of it; a split as
+/// large as the split size stays alone.
+pub fn pack_splits(splits: Vec<Split>, split_size: u64) -> Vec<MapInput> {
+    let split_size = split_size.max(1);
+    let open_cost = split_size / MAX_FILES_PER_TASK;
+    let mut inputs = Vec::new();
+    let mut current: Vec<Split> = Vec::new();
+    let mut bytes = 0u64;
+    for split in splits {
+        let cost = split.size_hint().max(open_cost);
+        if !current.is_empty() && (bytes + cost > split_size || current.len() as u64 >= MAX_FILES_PER_TASK) {
+            inputs.push(MapInput {
+                splits: std::mem::take(&mut current),
+            });
+            bytes = 0;
+        }
+        bytes += cost;
+        current.push(split);
+    }
+    if !current.is_empty() {
+        inputs.push(MapInput { splits: current });
+    }
+    inputs
+}
 
 /// The part of one input file a map task reads.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -198,6 +260,14 @@ async fn expand(input: &str) -> Result<Vec<(Location, ObjectMeta)>, Error> {
     }
 }
 
+/// Cut `inputs` into map inputs: [`plan_splits`], then [`pack_splits`].
+///
+/// # Errors
+/// As [`plan_splits`].
+pub async fn plan_map_inputs(inputs: &[String], split_size: u64) -> Result<Vec<MapInput>, Error> {
+    Ok(pack_splits(plan_splits(inputs, split_size).await?, split_size))
+}
+
 /// Cut `inputs` into splits: text files into byte ranges of `split_size`,
 /// Parquet files into runs of whole row groups of about `split_size`.
 ///
@@ -254,4 +324,35 @@ pub async fn plan_splits(inputs: &[String], split_size: u64) -> Result<Vec<Split
         }
     }
     Ok(splits)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(file: &str, start: u64, end: u64) -> Split {
+        Split {
+            file: file.into(),
+            file_size: end,
+            kind: SplitKind::Text { start, end },
+        }
+    }
+
+    #[test]
+    fn small_files_are_packed_and_large_splits_stay_alone() {
+        let mb = 1u64 << 20;
+        let mut splits = vec![text("big", 0, 64 * mb), text("big", 64 * mb, 72 * mb)];
+        splits.extend((0..20).map(|i| text(&format!("tiny{i}"), 0, 100)));
+        splits.push(text("mid", 0, 40 * mb));
+        let inputs = pack_splits(splits, 64 * mb);
+        let sizes: Vec<usize> = inputs.iter().map(|i| i.splits.len()).collect();
+        // The full split alone; the big file's 8 MiB tail with all 20 tiny
+        // files (each counted as 1 MiB); the 40 MiB file would overflow
+        // that, so it goes alone.
+        assert_eq!(sizes, [1, 21, 1]);
+        let many = pack_splits((0..200).map(|i| text(&format!("t{i}"), 0, 10)).collect(), 64 * mb);
+        assert_eq!(many.len(), 4, "at most 64 files a task");
+        assert_eq!(inputs.iter().map(|i| i.splits.len()).sum::<usize>(), 23);
+        assert!(inputs[1].describe().contains("21 files packed together"));
+    }
 }

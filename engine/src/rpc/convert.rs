@@ -9,7 +9,7 @@ use super::pb;
 use crate::coordinator::cluster::JobRef;
 use crate::coordinator::{Assignment, Outcome, ReportResult};
 use crate::data::output::OutputFormat;
-use crate::data::{Split, SplitKind};
+use crate::data::{MapInput, Split, SplitKind};
 use crate::runtime::Limits;
 use crate::task::{Counters, MapAssignment, MapOutput, ReduceAssignment, ReduceOutput, ShuffleInput};
 use crate::{AttemptId, JobId, ModuleDigest, Phase, TaskId};
@@ -178,11 +178,10 @@ impl From<&Split> for pb::Split {
     }
 }
 
-impl TryFrom<Option<pb::Split>> for Split {
+impl TryFrom<pb::Split> for Split {
     type Error = MalformedMessage;
 
-    fn try_from(s: Option<pb::Split>) -> Result<Self, MalformedMessage> {
-        let s = s.ok_or_else(|| MalformedMessage::missing("MapWork", "split"))?;
+    fn try_from(s: pb::Split) -> Result<Self, MalformedMessage> {
         let kind = match s.kind.ok_or_else(|| MalformedMessage::missing("Split", "kind"))? {
             pb::split::Kind::Text(r) => {
                 let r = range("Split", Some(r))?;
@@ -219,7 +218,7 @@ pub fn assignment_to_pb(job: &JobRef, a: &Assignment) -> pb::Assignment {
         limits: Some(job.limits.into()),
         work: Some(match a {
             Assignment::Map(m) => pb::assignment::Work::Map(pb::MapWork {
-                split: Some((&m.split).into()),
+                splits: m.input.splits.iter().map(pb::Split::from).collect(),
                 partitions: m.partitions,
                 shuffle_object: m.shuffle_object.clone(),
                 memory_bytes: m.memory_bytes,
@@ -268,7 +267,13 @@ pub fn assignment(a: pb::Assignment) -> Result<(JobRef, Assignment), MalformedMe
         pb::assignment::Work::Map(m) if task.phase == Phase::Map => Assignment::Map(MapAssignment {
             task,
             attempt,
-            split: Split::try_from(m.split)?,
+            input: MapInput {
+                splits: if m.splits.is_empty() {
+                    return Err(MalformedMessage::missing("MapWork", "splits"));
+                } else {
+                    m.splits.into_iter().map(Split::try_from).collect::<Result<_, _>>()?
+                },
+            },
             partitions: m.partitions,
             shuffle_object: m.shuffle_object,
             memory_bytes: memory_or_default(m.memory_bytes),

@@ -28,7 +28,7 @@ use crate::coordinator::cluster::{Cluster, ClusterJob, JobRef};
 use crate::coordinator::journal::{Event, Journal, TaskOutput};
 use crate::coordinator::status::{JobStatusDoc, UserState};
 use crate::coordinator::{Job, JobSpec, JobState, Outcome, ReportResult, commit_output, remove_all};
-use crate::data::{Location, plan_splits};
+use crate::data::{Location, plan_map_inputs};
 use crate::runtime::limits::MAX_MODULE_BYTES;
 use crate::runtime::{Compiler, Runtime};
 use crate::spawn::SpawnedTask;
@@ -115,7 +115,7 @@ impl CoordinatorState {
     pub async fn accept(
         &self,
         spec: JobSpec,
-        splits: Vec<crate::data::Split>,
+        splits: Vec<crate::data::MapInput>,
         job_ref: JobRef,
         name: String,
     ) -> Result<(), crate::coordinator::journal::Error> {
@@ -412,7 +412,7 @@ impl JobService for JobApi {
                 .map_err(|e| Status::unavailable(error_chain(&e)))?;
         }
         let split_size = if r.split_size == 0 { 64 << 20 } else { r.split_size };
-        let splits = plan_splits(&r.inputs, split_size).await.map_err(|e| match e {
+        let splits = plan_map_inputs(&r.inputs, split_size).await.map_err(|e| match e {
             crate::data::Error::Io { .. } => Status::unavailable(error_chain(&e)),
             _ => Status::invalid_argument(error_chain(&e)),
         })?;

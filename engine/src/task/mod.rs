@@ -35,7 +35,7 @@ use crate::data::output::OutputFormat;
 use crate::data::parquet_input::{ParquetSplitReader, fetch_parquet_split};
 use crate::data::sink::{self, ObjectSink, Upload};
 use crate::data::text::{TextSplitReader, stream_text_split};
-use crate::data::{Location, Split, SplitKind};
+use crate::data::{Location, MapInput, Split, SplitKind};
 use crate::runtime::{GuestInstance, JobModule, Runtime};
 use crate::shuffle::{self, FileSection, IpcRun, KeyEncoder, MemoryRun, Merger, RunReader, ShuffleWriter};
 use crate::spawn::SpawnedTask;
@@ -148,8 +148,8 @@ pub struct MapAssignment {
     pub task: TaskId,
     /// This attempt.
     pub attempt: AttemptId,
-    /// The input.
-    pub split: Split,
+    /// What it reads: one split, or small files packed together.
+    pub input: MapInput,
     /// Number of reduce partitions.
     pub partitions: u32,
     /// Where to write the shuffle object (path or URL).
@@ -158,7 +158,9 @@ pub struct MapAssignment {
     #[serde(alias = "buffer_bytes")]
     pub memory_bytes: u64,
     /// Records to skip, because the guest failed on them before: text lines
-    /// by byte offset, other records by ordinal within the split.
+    /// by byte offset, other records by ordinal within their split; the
+    /// split's index in [`MapAssignment::input`] is in the top 16 bits
+    /// ([`record_id`]).
     #[serde(default)]
     pub skip_records: Vec<u64>,
 }
@@ -247,6 +249,21 @@ impl InputReader {
             InputReader::Parquet(r) => r.next_batch(),
         }
     }
+}
+
+/// How a record is named across a map task's splits: its id within its
+/// split (a text line's byte offset, else its ordinal), with the split's
+/// index in the top 16 bits. A task of one split names records as before.
+pub fn record_id(split_index: usize, id_in_split: u64) -> u64 {
+    ((split_index as u64) << 48) | (id_in_split & ((1 << 48) - 1))
+}
+
+/// The ids within split `split_index` of the records to skip there.
+fn skip_ids_of(skip: &[u64], split_index: usize) -> Vec<u64> {
+    skip.iter()
+        .filter(|&&id| (id >> 48) as usize == split_index)
+        .map(|&id| id & ((1 << 48) - 1))
+        .collect()
 }
 
 /// Where row `row` of an input batch came from, for error messages.
@@ -345,31 +362,21 @@ async fn finish_upload<T>(computed: Result<Result<T, Error>, ComputePanic>, uplo
 /// Input errors, guest failures (with the input position), and I/O errors
 /// writing the shuffle object.
 pub async fn run_map(ctx: &JobContext, a: &MapAssignment) -> Result<MapOutput, Error> {
-    let file = Location::parse(&a.split.file)?;
-    let (reader, _fetch): (InputReader, Option<SpawnedTask<()>>) = match &a.split.kind {
-        SplitKind::Text { start, end } => {
-            // Two blocks in flight: one being read while one is cut into lines.
-            let (tx, rx) = mpsc::channel(2);
-            let fetch = SpawnedTask::spawn(stream_text_split(file.clone(), *start, *end, a.split.file_size, tx));
-            let reader = TextSplitReader::new(rx, file.display.clone(), *start, *end, a.split.file_size)
-                .with_max_record(ctx.module.limits().max_record_bytes);
-            (InputReader::Text(reader), Some(fetch))
-        }
-        SplitKind::Parquet { row_groups } => {
-            let fetched = fetch_parquet_split(&file, a.split.file_size, row_groups).await?;
-            let reader = ctx.pool.run(move || ParquetSplitReader::new(fetched)).await??;
-            (InputReader::Parquet(Box::new(reader)), None)
-        }
-    };
+    // One split opened ahead of the one being read.
+    let (tx, rx) = mpsc::channel(1);
+    let _open = SpawnedTask::spawn(open_splits(
+        a.input.splits.clone(),
+        ctx.module.limits().max_record_bytes,
+        tx,
+    ));
     let object = Location::parse(&a.shuffle_object)?;
     let (sink, upload) = sink::upload(&object);
     let runtime = ctx.runtime.clone();
     let module = ctx.module.clone();
     let assignment = a.clone();
-    let source = file.display.clone();
     let computed = ctx
         .pool
-        .run(move || map_compute(&runtime, &module, &assignment, &source, reader, sink))
+        .run(move || map_compute(&runtime, &module, &assignment, rx, sink))
         .await;
     let (ranges, counters) = finish_upload(computed, upload).await?;
     Ok(MapOutput {
@@ -377,6 +384,65 @@ pub async fn run_map(ctx: &JobContext, a: &MapAssignment) -> Result<MapOutput, E
         ranges,
         counters,
     })
+}
+
+/// The split a map attempt is reading.
+struct ReadingSplit {
+    /// Its index in the task's input.
+    index: usize,
+    source: String,
+    reader: InputReader,
+    _fetch: Option<SpawnedTask<()>>,
+}
+
+/// One split of a map task, opened: its reader, and the fetch feeding it.
+struct OpenedSplit {
+    source: String,
+    reader: OpenedReader,
+    /// Owns a text split's fetch; dropping it stops the fetch.
+    _fetch: Option<SpawnedTask<()>>,
+}
+
+enum OpenedReader {
+    Text(TextSplitReader),
+    /// Fetched bytes, decoded on the compute thread.
+    Parquet(crate::data::parquet_input::FetchedParquet),
+}
+
+/// Open each split in turn and hand it to the compute job: a text split
+/// starts its streamed fetch; a Parquet split is fetched whole (its row
+/// groups). Stops at the first error, which it sends on.
+async fn open_splits(splits: Vec<Split>, max_record: u64, tx: mpsc::Sender<Result<OpenedSplit, Error>>) {
+    for split in splits {
+        let opened = async {
+            let file = Location::parse(&split.file)?;
+            Ok(match &split.kind {
+                SplitKind::Text { start, end } => {
+                    // Two blocks in flight: one being read while one is cut into lines.
+                    let (btx, brx) = mpsc::channel(2);
+                    let fetch = SpawnedTask::spawn(stream_text_split(file.clone(), *start, *end, split.file_size, btx));
+                    let reader = TextSplitReader::new(brx, file.display.clone(), *start, *end, split.file_size)
+                        .with_max_record(max_record);
+                    OpenedSplit {
+                        source: file.display,
+                        reader: OpenedReader::Text(reader),
+                        _fetch: Some(fetch),
+                    }
+                }
+                SplitKind::Parquet { row_groups } => OpenedSplit {
+                    reader: OpenedReader::Parquet(fetch_parquet_split(&file, split.file_size, row_groups).await?),
+                    source: file.display,
+                    _fetch: None,
+                },
+            })
+        }
+        .await;
+        let failed = opened.is_err();
+        // The compute job is gone only if the attempt failed or was cancelled.
+        if tx.send(opened).await.is_err() || failed {
+            return;
+        }
+    }
 }
 
 /// Put the guest's captured log in this process's log (`-v` shows it), and
@@ -495,8 +561,7 @@ fn map_compute(
     runtime: &Runtime,
     module: &JobModule,
     a: &MapAssignment,
-    source: &str,
-    mut reader: InputReader,
+    mut splits: mpsc::Receiver<Result<OpenedSplit, Error>>,
     sink: ObjectSink,
 ) -> Result<(Vec<Range<u64>>, Counters), Error> {
     let guest = module
@@ -520,26 +585,69 @@ fn map_compute(
     let (mut records_in, mut map_out) = (0i64, 0i64);
     let mut more_input = true;
     let mut skipped_records = 0i64;
-    // Input records read so far, skipped ones included: the ordinal of the
-    // next batch's first record.
+    let (mut input_bytes, mut invalid_utf8_lines) = (0u64, 0u64);
+    // The split being read, and the ordinal of its next record.
+    let mut current: Option<ReadingSplit> = None;
+    let mut next_index = 0usize;
     let mut records_read = 0u64;
     while more_input {
+        // The next batch, from the current split or the next one; `None`
+        // once every split is read.
+        let batch = loop {
+            if current.is_none() {
+                let Some(opened) = splits.blocking_recv() else {
+                    if next_index < a.input.splits.len() {
+                        return Err(Error::Data(crate::data::Error::Internal(
+                            "the input stopped before its last split without an error".into(),
+                        )));
+                    }
+                    break None;
+                };
+                let OpenedSplit { source, reader, _fetch } = opened?;
+                let reader = match reader {
+                    OpenedReader::Text(r) => InputReader::Text(r),
+                    OpenedReader::Parquet(fetched) => InputReader::Parquet(Box::new(ParquetSplitReader::new(fetched)?)),
+                };
+                current = Some(ReadingSplit {
+                    index: next_index,
+                    source,
+                    reader,
+                    _fetch,
+                });
+                next_index += 1;
+                records_read = 0;
+            }
+            let Some(reading) = &mut current else { break None };
+            match reading.reader.next_batch()? {
+                Some(batch) => break Some(batch),
+                None => {
+                    if let InputReader::Text(r) = &reading.reader {
+                        input_bytes += r.bytes_read;
+                        invalid_utf8_lines += r.invalid_utf8_lines;
+                    }
+                    current = None;
+                }
+            }
+        };
         // The guest's output for the next batch, or at the end what it held back.
-        let out = match reader.next_batch()? {
-            Some(batch) => {
+        let out = match (batch, &current) {
+            (Some(batch), Some(reading)) => {
+                let (index, source) = (reading.index, reading.source.as_str());
+                let split = &a.input.splits[index];
                 let first = records_read;
                 records_read += batch.num_rows() as u64;
-                let (batch, skipped, ids) = if a.skip_records.is_empty() {
+                let skip = skip_ids_of(&a.skip_records, index);
+                let (batch, skipped, ids) = if skip.is_empty() {
                     (batch, 0, RecordIds { first, kept: None })
                 } else {
-                    without_records(batch, first, &a.skip_records)?
+                    without_records(batch, first, &skip)?
                 };
                 skipped_records += skipped as i64;
                 records_in += batch.num_rows() as i64;
                 work.guest.map(source, &batch).map_err(|e| {
                     let row = e.guest_row();
-                    let position = row.map(|row| position_of(&batch, row, source, &a.split, &ids));
-                    let record = row.and_then(|row| ids.of(&batch, row));
+                    let position = row.map(|row| position_of(&batch, row, source, split, &ids));
+                    let record = row.and_then(|row| ids.of(&batch, row)).map(|id| record_id(index, id));
                     Error::Guest {
                         task: a.task,
                         attempt: a.attempt,
@@ -549,7 +657,7 @@ fn map_compute(
                     }
                 })?
             }
-            None => {
+            _ => {
                 more_input = false;
                 work.guest.flush().map_err(guest_err(a.task, a.attempt, None))?
             }
@@ -625,11 +733,11 @@ fn map_compute(
     if skipped_records > 0 {
         counters.insert("wmr.map.skipped.records".into(), skipped_records);
     }
-    if let InputReader::Text(r) = &reader {
-        counters.insert("wmr.map.input.bytes".into(), r.bytes_read as i64);
-        if r.invalid_utf8_lines > 0 {
-            counters.insert("input.invalid_utf8_lines".into(), r.invalid_utf8_lines as i64);
-        }
+    if input_bytes > 0 {
+        counters.insert("wmr.map.input.bytes".into(), input_bytes as i64);
+    }
+    if invalid_utf8_lines > 0 {
+        counters.insert("input.invalid_utf8_lines".into(), invalid_utf8_lines as i64);
     }
     if info.combines && !work.combining.on {
         // Summed over the job: how many map tasks found combining useless.
