@@ -108,7 +108,6 @@ fn main() {
                         };
                         let outcome = pb::report_task_request::Outcome::Map(pb::MapDone {
                             object: format!("/synthetic/shuffle-{}", a.attempt),
-                            ranges: vec![pb::ByteRange { start: 0, end: 0 }],
                             counters: Default::default(),
                         });
                         client

@@ -269,7 +269,6 @@ mod tests {
         let (task, attempt) = first.task_and_attempt();
         let out = Outcome::Map(MapOutput {
             object: "o".into(),
-            ranges: std::iter::once(0..1).collect(),
             counters: Default::default(),
         });
         assert_eq!(

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::MapInput;
 use crate::data::output::OutputFormat;
-use crate::task::{Counters, MapAssignment, MapOutput, ReduceAssignment, ReduceOutput, ShuffleInput};
+use crate::task::{Counters, MapAssignment, MapOutput, ReduceAssignment, ReduceOutput};
 use crate::{AttemptId, JobId, Phase, TaskId, WorkerId};
 
 /// Default maximum attempts per task.
@@ -432,15 +432,8 @@ impl Job {
             Phase::Reduce => Assignment::Reduce(ReduceAssignment {
                 task: task.id,
                 attempt,
-                inputs: self
-                    .map_outputs
-                    .iter()
-                    .flatten()
-                    .map(|m| ShuffleInput {
-                        object: m.object.clone(),
-                        range: m.ranges[index as usize].clone(),
-                    })
-                    .collect(),
+                map_outputs: self.map_outputs.iter().flatten().map(|m| m.object.clone()).collect(),
+                partitions: self.spec.reducers,
                 output_file: format!(
                     "{}/reduce-{index:05}-{}/{}",
                     self.spec.work_dir,
@@ -459,7 +452,6 @@ impl Job {
             return ReportResult::Stale;
         }
         let max_attempts = self.spec.max_attempts.max(1);
-        let reducers = self.spec.reducers as usize;
         // Fields, not `task_mut`, so the borrow of the task stays apart
         // from the counters changed below.
         let tasks = match task.phase {
@@ -483,7 +475,7 @@ impl Job {
         let ran = now.duration_since(t.attempts[ai].started).unwrap_or_default();
         self.running -= 1;
         let succeeded = match &outcome {
-            Outcome::Map(out) => task.phase == Phase::Map && out.ranges.len() == reducers,
+            Outcome::Map(_) => task.phase == Phase::Map,
             Outcome::Reduce(_) => task.phase == Phase::Reduce,
             Outcome::Failed { .. } => false,
         };
@@ -739,10 +731,9 @@ mod tests {
         test_job(maps, reducers)
     }
 
-    fn map_ok(reducers: u32) -> Outcome {
+    fn map_ok() -> Outcome {
         Outcome::Map(MapOutput {
             object: "o".into(),
-            ranges: vec![0..0; reducers as usize],
             counters: Counters::new(),
         })
     }
@@ -766,25 +757,25 @@ mod tests {
             "no reduce before maps commit"
         );
         let (t1, at1) = ids(&a1);
-        assert_eq!(j.report(t1, at1, map_ok(1), now), ReportResult::Committed);
+        assert_eq!(j.report(t1, at1, map_ok(), now), ReportResult::Committed);
         assert_eq!(
-            j.report(t1, at1, map_ok(1), now),
+            j.report(t1, at1, map_ok(), now),
             ReportResult::Stale,
             "a duplicate report is refused"
         );
         // w2 dies; its map is re-queued and its late report refused.
         j.worker_lost(&w2, now);
         let (t2, at2) = ids(&a2);
-        assert_eq!(j.report(t2, at2, map_ok(1), now), ReportResult::Stale);
+        assert_eq!(j.report(t2, at2, map_ok(), now), ReportResult::Stale);
         let retry = j.next_assignment(&w1, now, None).unwrap();
         assert_eq!(ids(&retry).0, t2);
         assert_ne!(ids(&retry).1, at2);
-        assert_eq!(j.report(t2, ids(&retry).1, map_ok(1), now), ReportResult::Committed);
+        assert_eq!(j.report(t2, ids(&retry).1, map_ok(), now), ReportResult::Committed);
         let r = j.next_assignment(&w1, now, None).unwrap();
         let Assignment::Reduce(ra) = &r else {
             panic!("expected a reduce")
         };
-        assert_eq!(ra.inputs.len(), 2);
+        assert_eq!(ra.map_outputs.len(), 2);
         let out = Outcome::Reduce(ReduceOutput {
             file: "f".into(),
             rows: 1,
@@ -828,12 +819,12 @@ mod tests {
         let slow = j.next_assignment(&w1, at(0), after).unwrap();
         let fast1 = j.next_assignment(&w2, at(0), after).unwrap();
         assert_eq!(
-            j.report(ids(&fast1).0, ids(&fast1).1, map_ok(1), at(1)),
+            j.report(ids(&fast1).0, ids(&fast1).1, map_ok(), at(1)),
             ReportResult::Committed
         );
         let fast2 = j.next_assignment(&w2, at(1), after).unwrap();
         assert_eq!(
-            j.report(ids(&fast2).0, ids(&fast2).1, map_ok(1), at(2)),
+            j.report(ids(&fast2).0, ids(&fast2).1, map_ok(), at(2)),
             ReportResult::Committed
         );
         // Nothing is pending now, but the slow task is not slow enough yet
@@ -850,11 +841,11 @@ mod tests {
         // The backup commits first; the original is superseded and its late
         // report refused.
         assert_eq!(
-            j.report(ids(&backup).0, ids(&backup).1, map_ok(1), at(8)),
+            j.report(ids(&backup).0, ids(&backup).1, map_ok(), at(8)),
             ReportResult::Committed
         );
         assert_eq!(
-            j.report(ids(&slow).0, ids(&slow).1, map_ok(1), at(9)),
+            j.report(ids(&slow).0, ids(&slow).1, map_ok(), at(9)),
             ReportResult::Stale
         );
         let states: Vec<&AttemptState> = j.maps[ids(&slow).0.index as usize]
@@ -876,13 +867,13 @@ mod tests {
         let mut j = job(2, 1);
         let slow = j.next_assignment(&w1, at(0), after).unwrap();
         let fast = j.next_assignment(&w2, at(0), after).unwrap();
-        j.report(ids(&fast).0, ids(&fast).1, map_ok(1), at(1));
+        j.report(ids(&fast).0, ids(&fast).1, map_ok(), at(1));
         let backup = j.next_assignment(&w2, at(10), after).expect("a backup");
         j.worker_lost(&w1, at(11));
         // Not re-queued: the backup is still running.
         assert!(j.next_assignment(&WorkerId("w3".into()), at(11), None).is_none());
         assert_eq!(
-            j.report(ids(&backup).0, ids(&backup).1, map_ok(1), at(12)),
+            j.report(ids(&backup).0, ids(&backup).1, map_ok(), at(12)),
             ReportResult::Committed
         );
         assert_eq!(ids(&slow).0, ids(&backup).0);

@@ -265,7 +265,17 @@ async fn expand(input: &str) -> Result<Vec<(Location, ObjectMeta)>, Error> {
 /// # Errors
 /// As [`plan_splits`].
 pub async fn plan_map_inputs(inputs: &[String], split_size: u64) -> Result<Vec<MapInput>, Error> {
-    Ok(pack_splits(plan_splits(inputs, split_size).await?, split_size))
+    let started = std::time::Instant::now();
+    let splits = plan_splits(inputs, split_size).await?;
+    let count = splits.len();
+    let packed = pack_splits(splits, split_size);
+    tracing::info!(
+        splits = count,
+        map_tasks = packed.len(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "planned the input"
+    );
+    Ok(packed)
 }
 
 /// Cut `inputs` into splits: text files into byte ranges of `split_size`,

@@ -11,7 +11,7 @@ use crate::coordinator::{Assignment, Outcome, ReportResult};
 use crate::data::output::OutputFormat;
 use crate::data::{MapInput, Split, SplitKind};
 use crate::runtime::Limits;
-use crate::task::{Counters, MapAssignment, MapOutput, ReduceAssignment, ReduceOutput, ShuffleInput};
+use crate::task::{Counters, MapAssignment, MapOutput, ReduceAssignment, ReduceOutput};
 use crate::{AttemptId, JobId, ModuleDigest, Phase, TaskId};
 
 /// A job id from the wire.
@@ -142,13 +142,6 @@ impl TryFrom<Option<pb::TaskRef>> for TaskId {
     }
 }
 
-fn range_to_pb(r: &std::ops::Range<u64>) -> pb::ByteRange {
-    pb::ByteRange {
-        start: r.start,
-        end: r.end,
-    }
-}
-
 fn range(message: &'static str, r: Option<pb::ByteRange>) -> Result<std::ops::Range<u64>, MalformedMessage> {
     let r = r.ok_or_else(|| MalformedMessage::missing(message, "range"))?;
     if r.start > r.end {
@@ -225,14 +218,8 @@ pub fn assignment_to_pb(job: &JobRef, a: &Assignment) -> pb::Assignment {
                 skip_records: m.skip_records.clone(),
             }),
             Assignment::Reduce(r) => pb::assignment::Work::Reduce(pb::ReduceWork {
-                inputs: r
-                    .inputs
-                    .iter()
-                    .map(|i| pb::ShuffleInput {
-                        object: i.object.clone(),
-                        range: Some(range_to_pb(&i.range)),
-                    })
-                    .collect(),
+                map_outputs: r.map_outputs.clone(),
+                partitions: r.partitions,
                 output_file: r.output_file.clone(),
                 format: pb::OutputFormat::from(r.format) as i32,
                 memory_bytes: r.memory_bytes,
@@ -282,16 +269,8 @@ pub fn assignment(a: pb::Assignment) -> Result<(JobRef, Assignment), MalformedMe
         pb::assignment::Work::Reduce(r) if task.phase == Phase::Reduce => Assignment::Reduce(ReduceAssignment {
             task,
             attempt,
-            inputs: r
-                .inputs
-                .into_iter()
-                .map(|i| {
-                    Ok(ShuffleInput {
-                        object: i.object,
-                        range: range("ShuffleInput", i.range)?,
-                    })
-                })
-                .collect::<Result<_, MalformedMessage>>()?,
+            map_outputs: r.map_outputs,
+            partitions: r.partitions,
             output_file: r.output_file,
             format: output_format(r.format),
             memory_bytes: memory_or_default(r.memory_bytes),
@@ -316,7 +295,6 @@ pub fn outcome_to_pb(o: &Outcome) -> pb::report_task_request::Outcome {
     match o {
         Outcome::Map(m) => O::Map(pb::MapDone {
             object: m.object.clone(),
-            ranges: m.ranges.iter().map(range_to_pb).collect(),
             counters: m.counters.clone().into_iter().collect(),
         }),
         Outcome::Reduce(r) => O::Reduce(pb::ReduceDone {
@@ -347,11 +325,6 @@ pub fn outcome(o: Option<pb::report_task_request::Outcome>) -> Result<Outcome, M
         match o.ok_or_else(|| MalformedMessage::missing("ReportTaskRequest", "outcome"))? {
             O::Map(m) => Outcome::Map(MapOutput {
                 object: m.object,
-                ranges: m
-                    .ranges
-                    .into_iter()
-                    .map(|r| range("MapDone", Some(r)))
-                    .collect::<Result<_, _>>()?,
                 counters: counters(m.counters),
             }),
             O::Reduce(r) => Outcome::Reduce(ReduceOutput {

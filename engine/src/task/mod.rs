@@ -168,21 +168,10 @@ pub struct MapAssignment {
 /// What a successful map attempt produced.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MapOutput {
-    /// The shuffle object.
+    /// The shuffle object; its index says where each partition is.
     pub object: String,
-    /// Each partition's byte range in it.
-    pub ranges: Vec<Range<u64>>,
     /// Counters of this attempt.
     pub counters: Counters,
-}
-
-/// One partition's input for a reduce: a range of a committed shuffle object.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ShuffleInput {
-    /// The shuffle object.
-    pub object: String,
-    /// The partition's byte range in it.
-    pub range: Range<u64>,
 }
 
 /// One reduce attempt to run.
@@ -192,8 +181,11 @@ pub struct ReduceAssignment {
     pub task: TaskId,
     /// This attempt.
     pub attempt: AttemptId,
-    /// The partition of every committed map output.
-    pub inputs: Vec<ShuffleInput>,
+    /// Every committed shuffle object, whose index says where this
+    /// task's partition is in it.
+    pub map_outputs: Vec<String>,
+    /// The number of partitions, which every index has.
+    pub partitions: u32,
     /// Where to write this attempt's output file (path or URL).
     pub output_file: String,
     /// The output format.
@@ -378,10 +370,9 @@ pub async fn run_map(ctx: &JobContext, a: &MapAssignment) -> Result<MapOutput, E
         .pool
         .run(move || map_compute(&runtime, &module, &assignment, rx, sink))
         .await;
-    let (ranges, counters) = finish_upload(computed, upload).await?;
+    let counters = finish_upload(computed, upload).await?;
     Ok(MapOutput {
         object: a.shuffle_object.clone(),
-        ranges,
         counters,
     })
 }
@@ -563,7 +554,7 @@ fn map_compute(
     a: &MapAssignment,
     mut splits: mpsc::Receiver<Result<OpenedSplit, Error>>,
     sink: ObjectSink,
-) -> Result<(Vec<Range<u64>>, Counters), Error> {
+) -> Result<Counters, Error> {
     let guest = module
         .instantiate(runtime)
         .map_err(guest_err(a.task, a.attempt, None))?;
@@ -721,7 +712,7 @@ fn map_compute(
         }
         check_output("the map output", out.written(), max_output)?;
     }
-    let (sink, ranges) = out.finish()?;
+    let (sink, _) = out.finish()?;
     let size = sink.finish().map_err(|source| shuffle::Error::Io {
         action: "uploading the shuffle object",
         source,
@@ -750,36 +741,82 @@ fn map_compute(
     );
     counters.insert("wmr.shuffle.records".into(), shuffled);
     counters.insert("wmr.shuffle.bytes".into(), size as i64);
-    Ok((ranges, counters))
+    Ok(counters)
 }
 
-/// One ranged read of a shuffle object, for a reduce task.
-struct Fetched {
-    /// Which of the assignment's inputs.
-    input: usize,
-    /// Where in that input's range the bytes start.
-    offset: u64,
-    bytes: Bytes,
+/// What a reduce task's fetch sends its compute job.
+enum Fetched {
+    /// First: this task's partition in each map output, from their indexes.
+    Ranges(Vec<Range<u64>>),
+    /// Then the bytes, block by block.
+    Block {
+        /// Which map output.
+        input: usize,
+        /// Where in that output's range the bytes start.
+        offset: u64,
+        bytes: Bytes,
+    },
 }
 
-/// Read this reduce's range of every map output in blocks of
-/// [`FETCH_BLOCK`], [`FETCH_CONCURRENCY`] at a time, in order, and send
-/// them to the compute job. Stops at the first error, which it sends on.
-async fn fetch_inputs(inputs: Vec<ShuffleInput>, tx: mpsc::Sender<Result<Fetched, Error>>) {
-    use futures::StreamExt;
+/// Read the index at the end of `object` (of `partitions` partitions) and
+/// return partition `partition`'s byte range.
+async fn partition_range(object: &Location, partitions: u32, partition: u32) -> Result<Range<u64>, Error> {
+    let len = shuffle::index_len(partitions);
+    let options = object_store::GetOptions {
+        range: Some(object_store::GetRange::Suffix(len)),
+        ..Default::default()
+    };
+    let io = |e| Error::Data(crate::data::Error::io(&object.display, "reading the index of", e));
+    let got = object.store.get_opts(&object.path, options).await.map_err(io)?;
+    let size = got.meta.size;
+    let tail = got.bytes().await.map_err(io)?;
+    let ranges = shuffle::parse_index(&object.display, &tail, partitions, size)?;
+    ranges.get(partition as usize).cloned().ok_or_else(|| {
+        Error::Shuffle(shuffle::Error::Corrupt {
+            what: object.display.clone(),
+            reason: format!("its index has no partition {partition}"),
+        })
+    })
+}
+
+/// Read each map output's index for this task's partition, send the
+/// ranges, then read the ranges in blocks of [`FETCH_BLOCK`],
+/// [`FETCH_CONCURRENCY`] at a time, in order. Stops at the first error,
+/// which it sends on.
+async fn fetch_inputs(a: ReduceAssignment, tx: mpsc::Sender<Result<Fetched, Error>>) {
+    use futures::{StreamExt, TryStreamExt};
+    let located = async {
+        let objects = a
+            .map_outputs
+            .iter()
+            .map(|o| Location::parse(o))
+            .collect::<Result<Vec<_>, _>>()?;
+        // Index reads are small: more of them in flight.
+        let (partitions, partition) = (a.partitions, a.task.index);
+        let ranges: Vec<Range<u64>> = futures::stream::iter(objects.clone())
+            .map(|o| async move { partition_range(&o, partitions, partition).await })
+            .buffered(FETCH_CONCURRENCY * 4)
+            .try_collect()
+            .await?;
+        Ok::<_, Error>((objects, ranges))
+    }
+    .await;
+    let (objects, ranges) = match located {
+        Ok(found) => found,
+        Err(e) => {
+            let _ = tx.send(Err(e)).await;
+            return;
+        }
+    };
+    if tx.send(Ok(Fetched::Ranges(ranges.clone()))).await.is_err() {
+        return;
+    }
     let mut blocks = Vec::new();
-    for (i, input) in inputs.iter().enumerate() {
-        let object = match Location::parse(&input.object) {
-            Ok(o) => o,
-            Err(e) => {
-                let _ = tx.send(Err(e.into())).await;
-                return;
-            }
-        };
-        let mut at = input.range.start;
-        while at < input.range.end {
-            let end = (at + FETCH_BLOCK).min(input.range.end);
-            blocks.push((i, object.clone(), input.range.start, at..end));
+    for (i, (object, range)) in objects.into_iter().zip(ranges).enumerate() {
+        let mut at = range.start;
+        while at < range.end {
+            let end = (at + FETCH_BLOCK).min(range.end);
+            blocks.push((i, object.clone(), range.start, at..end));
             at = end;
         }
     }
@@ -790,7 +827,7 @@ async fn fetch_inputs(inputs: Vec<ShuffleInput>, tx: mpsc::Sender<Result<Fetched
                 .store
                 .get_range(&object.path, range.clone())
                 .await
-                .map(|bytes| Fetched {
+                .map(|bytes| Fetched::Block {
                     input,
                     offset: range.start - base,
                     bytes,
@@ -814,7 +851,7 @@ async fn fetch_inputs(inputs: Vec<ShuffleInput>, tx: mpsc::Sender<Result<Fetched
 /// I/O errors, corrupt shuffle data, and guest failures.
 pub async fn run_reduce(ctx: &JobContext, a: &ReduceAssignment) -> Result<ReduceOutput, Error> {
     let (tx, rx) = mpsc::channel(FETCH_CONCURRENCY);
-    let _fetch = SpawnedTask::spawn(fetch_inputs(a.inputs.clone(), tx));
+    let _fetch = SpawnedTask::spawn(fetch_inputs(a.clone(), tx));
     let file = Location::parse(&a.output_file)?;
     let (sink, upload) = sink::upload(&file);
     let runtime = ctx.runtime.clone();
@@ -841,33 +878,43 @@ fn receive_inputs(
     mut rx: mpsc::Receiver<Result<Fetched, Error>>,
 ) -> Result<(Vec<Box<dyn RunReader>>, u64), Error> {
     use std::os::unix::fs::FileExt;
-    let mut bases = Vec::with_capacity(a.inputs.len());
+    let stopped = || {
+        Error::Data(crate::data::Error::Internal(
+            "the shuffle fetch stopped without an error".into(),
+        ))
+    };
+    let ranges = match rx.blocking_recv() {
+        Some(Ok(Fetched::Ranges(ranges))) => ranges,
+        Some(Err(e)) => return Err(e),
+        _ => return Err(stopped()),
+    };
+    let mut bases = Vec::with_capacity(ranges.len());
     let mut total = 0u64;
-    for input in &a.inputs {
+    for range in &ranges {
         bases.push(total);
-        total += input.range.end.saturating_sub(input.range.start);
+        total += range.end - range.start;
     }
     let file = tempfile::tempfile().map_err(Error::Spill)?;
     let mut received = 0u64;
     while let Some(fetched) = rx.blocking_recv() {
-        let f = fetched?;
-        let at = bases.get(f.input).copied().unwrap_or(0) + f.offset;
-        file.write_all_at(&f.bytes, at).map_err(Error::Spill)?;
-        received += f.bytes.len() as u64;
+        let Fetched::Block { input, offset, bytes } = fetched? else {
+            return Err(stopped());
+        };
+        let at = bases.get(input).copied().unwrap_or(0) + offset;
+        file.write_all_at(&bytes, at).map_err(Error::Spill)?;
+        received += bytes.len() as u64;
     }
     if received != total {
-        return Err(Error::Data(crate::data::Error::Internal(format!(
-            "fetched {received} of {total} shuffle bytes; the fetch stopped without an error"
-        ))));
+        return Err(stopped());
     }
     let file = Arc::new(file);
     let mut runs: Vec<Box<dyn RunReader>> = Vec::new();
-    for (input, base) in a.inputs.iter().zip(bases) {
-        if input.range.is_empty() {
+    for ((object, range), base) in a.map_outputs.iter().zip(&ranges).zip(bases) {
+        if range.is_empty() {
             continue;
         }
-        let what = format!("{} bytes {}..{}", input.object, input.range.start, input.range.end);
-        let section = FileSection::new(file.clone(), base..base + (input.range.end - input.range.start));
+        let what = format!("{object} bytes {}..{}", range.start, range.end);
+        let section = FileSection::new(file.clone(), base..base + (range.end - range.start));
         runs.push(Box::new(IpcRun::open(section, what, schema)?));
     }
     Ok((runs, total))
