@@ -50,6 +50,7 @@ fn main() {
             speculation: false,
             task_memory: 1 << 20,
             skip_bad_records: 0,
+            partitioner: Default::default(),
         };
         let splits = (0..tasks as u64)
             .map(|i| MapInput {

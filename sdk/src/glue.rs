@@ -141,6 +141,7 @@ pub fn configure<J: Job>(params: Vec<(String, String)>, build: ConfigureFn<J>) -
             })
             .collect(),
         combines: J::COMBINES,
+        total_order: J::TOTAL_ORDER,
     };
     STATE.set(Some(State {
         job: Box::new(job),

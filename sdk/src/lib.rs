@@ -79,6 +79,31 @@ pub trait Job: 'static {
     /// Whether [`Job::combine`] is implemented and should be used.
     const COMBINES: bool = false;
 
+    /// Whether the job's output must be in global key order: every key in
+    /// `part-00000` before every key in `part-00001`, and so on. The engine
+    /// then samples keys from the input (running `map` on the first records
+    /// of a few splits) and gives each reduce partition a range of keys, as
+    /// TeraSort does, instead of hashing keys. `wmr run --total-order` asks
+    /// the same of any job.
+    ///
+    /// ```
+    /// # use wmr_sdk::{Emit, Job, Output, Record, Values};
+    /// struct Sort;
+    /// impl Job for Sort {
+    ///     type Key = String;
+    ///     type Value = String;
+    ///     type Output = String;
+    ///     const TOTAL_ORDER: bool = true;
+    ///     fn map(&self, r: &Record, out: &mut Emit<String, String>) {
+    ///         out.emit(r.line().get(..10).unwrap_or(r.line()), r.line().to_string())
+    ///     }
+    ///     fn reduce(&self, _key: String, lines: Values<String>, out: &mut Output<String>) {
+    ///         for line in lines { out.push(line) }
+    ///     }
+    /// }
+    /// ```
+    const TOTAL_ORDER: bool = false;
+
     /// The job's name, shown by the engine. Defaults to the type's name.
     fn name(&self) -> String {
         let full = std::any::type_name::<Self>();

@@ -1358,3 +1358,33 @@ fn a_coordinator_that_accepts_but_never_answers_is_named_within_the_probe_timeou
     );
     drop(listener);
 }
+
+#[test]
+fn a_total_order_job_on_a_cluster_writes_parts_in_key_order() {
+    let t = TestDir::new();
+    let mut c = Cluster::start(&t, "10s");
+    c.add_worker(1);
+    c.add_worker(1);
+    let texts: Vec<String> = (0..4).map(|i| corpus(3000, i + 21)).collect();
+    for (i, text) in texts.iter().enumerate() {
+        t.write(&format!("in/f{i}.txt"), text);
+    }
+    let out = t.path("out");
+    let job = c.submit(
+        "wordcount",
+        t.path("in").to_str().unwrap(),
+        &out,
+        &["--reducers", "3", "--split-size", "16KiB", "--total-order"],
+    );
+    let status = c.wait_finished(&job);
+    assert_eq!(status["state"], "succeeded", "{status}");
+    let mut words = Vec::new();
+    for p in 0..3 {
+        let part = std::fs::read_to_string(out.join(format!("part-{p:05}.txt"))).unwrap();
+        words.extend(part.lines().map(|l| l.rsplit_once(' ').unwrap().0.to_string()));
+    }
+    let mut sorted = words.clone();
+    sorted.sort_unstable();
+    assert_eq!(words, sorted, "the parts in order are in key order");
+    assert_eq!(text_output(&out), as_lines(&reference_wordcount(&texts)));
+}

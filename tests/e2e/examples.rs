@@ -340,3 +340,121 @@ mod groupby {
         assert_eq!(got, expected);
     }
 }
+
+/// `guest-examples/sort`
+mod sort {
+    use super::*;
+
+    /// `n` TeraSort-style records (as `gen_sort` lays them out): a 10-byte
+    /// key of printable ASCII, a space, the record number in hex, a space,
+    /// filler, a newline; 100 bytes each.
+    fn records(n: usize, seed: u64) -> String {
+        let mut s = seed | 1;
+        let mut out = String::with_capacity(n * 100);
+        for i in 0..n {
+            for _ in 0..10 {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                out.push((b'!' + (s % 94) as u8) as char);
+            }
+            out.push_str(&format!(" {i:016X} "));
+            for k in 0..71 {
+                out.push((b'A' + ((i + k) % 26) as u8) as char);
+            }
+            out.push('\n');
+        }
+        out
+    }
+
+    /// The part files of `dir` concatenated in name order.
+    fn parts_in_order(dir: &std::path::Path) -> String {
+        let mut names: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.starts_with("part-"))
+            .collect();
+        names.sort();
+        names
+            .iter()
+            .map(|n| std::fs::read_to_string(dir.join(n)).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn sort_output_concatenated_in_order_is_the_sorted_input() {
+        let t = TestDir::new();
+        let input = records(20_000, 11);
+        t.write("in/a.txt", &input);
+        t.write("in/b.txt", records(5_000, 12));
+        let mut lines: Vec<&str> = input.lines().collect();
+        let b = std::fs::read_to_string(t.path("in/b.txt")).unwrap();
+        lines.extend(b.lines());
+        lines.sort_unstable();
+        let expected: String = lines.iter().map(|l| format!("{l}\n")).collect();
+        for r in ["1", "3", "10"] {
+            let out = t.path(&format!("out-{r}"));
+            wmr_ok(&[
+                "run",
+                "--job",
+                guest("sort").to_str().unwrap(),
+                "--input",
+                t.path("in").to_str().unwrap(),
+                "--output",
+                out.to_str().unwrap(),
+                "--reducers",
+                r,
+                "--format",
+                "text",
+                "--split-size",
+                "64KiB",
+            ]);
+            let got = parts_in_order(&out);
+            assert!(
+                got == expected,
+                "with {r} reducers the parts in order are not the sorted input"
+            );
+            // The sampled ranges spread the records over every partition.
+            if r == "3" {
+                for p in 0..3 {
+                    let part = std::fs::read_to_string(out.join(format!("part-{p:05}.txt"))).unwrap();
+                    let n = part.lines().count();
+                    assert!(n > 25_000 / 6, "part {p} has only {n} records");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn total_order_is_a_flag_for_any_job() {
+        let t = TestDir::new();
+        let texts: Vec<String> = (0..4).map(|i| corpus(2000, i + 3)).collect();
+        for (i, text) in texts.iter().enumerate() {
+            t.write(&format!("in/f{i}.txt"), text);
+        }
+        let out = t.path("out");
+        wmr_ok(&[
+            "run",
+            "--job",
+            guest("wordcount").to_str().unwrap(),
+            "--input",
+            t.path("in").to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+            "--reducers",
+            "4",
+            "--format",
+            "text",
+            "--total-order",
+        ]);
+        // In part order the words are already sorted, and the counts right.
+        let got: Vec<String> = parts_in_order(&out).lines().map(str::to_string).collect();
+        let words: Vec<&str> = got.iter().map(|l| l.rsplit_once(' ').unwrap().0).collect();
+        let mut sorted = words.clone();
+        sorted.sort_unstable();
+        assert_eq!(words, sorted);
+        let mut got_sorted = got.clone();
+        got_sorted.sort();
+        assert_eq!(got_sorted, as_lines(&reference_wordcount(&texts)));
+    }
+}

@@ -247,6 +247,7 @@ pub(super) fn submit(args: SubmitArgs) -> Result<u8, Failure> {
             overwrite: spec.overwrite,
             no_speculation: args.no_speculation,
             task_memory: spec.task_memory.as_u64(),
+            total_order: spec.total_order,
             skip_bad_records: spec.skip_bad_records,
         };
         let job = jobs

@@ -37,6 +37,10 @@ pub struct JobArgs {
     /// Replace the output directory's contents if it is not empty.
     #[arg(long)]
     pub overwrite: bool,
+    /// Partition by key ranges sampled from the input (TeraSort's way), so that
+    /// part files are in global key order; jobs can also ask for it themselves.
+    #[arg(long)]
+    pub total_order: bool,
     /// Working memory of one task (its map output buffer, merges and output
     /// writer); past it, map output is sorted and spilled to local disk, and
     /// merges go through local disk. Per task slot, beside the guest's own memory.

@@ -17,7 +17,8 @@ use crate::coordinator::{Coordinator, Job, JobSpec, JobState, remove_all};
 use crate::data::output::Manifest;
 use crate::data::{Location, check_output_outside, plan_map_inputs};
 use crate::runtime::Runtime;
-use crate::task::{Counters, JobContext};
+use crate::shuffle::Partitioner;
+use crate::task::{Counters, JobContext, sample_partitioner};
 use crate::worker::{ComputePool, error_chain, load_module, run_slots};
 use crate::{JobId, WorkerId};
 
@@ -46,6 +47,20 @@ fn usage(message: String) -> Failure {
     Failure {
         code: exit::USAGE,
         message,
+    }
+}
+
+/// A task-layer failure before the job ran (sampling): bad input is a usage
+/// error, a store outage infrastructure, a guest failure the job's.
+fn task_failure(doing: &str, e: crate::task::Error) -> Failure {
+    let code = match &e {
+        crate::task::Error::Data(crate::data::Error::Io { .. }) => exit::INFRASTRUCTURE,
+        crate::task::Error::Data(_) => exit::USAGE,
+        _ => exit::JOB_FAILED,
+    };
+    Failure {
+        code,
+        message: format!("{doing}: {}", error_chain(&e)),
     }
 }
 
@@ -154,6 +169,18 @@ async fn run_async(args: RunArgs, slots: usize, reducers: u32) -> Result<u8, Fai
     let splits = plan_map_inputs(&args.spec.input, args.spec.split_size.as_u64())
         .await
         .map_err(data_failure)?;
+    let ctx = JobContext {
+        runtime: wasm,
+        module: module.clone(),
+        pool,
+    };
+    let partitioner = if (args.spec.total_order || module.info().total_order) && reducers > 1 {
+        sample_partitioner(&ctx, &splits, reducers)
+            .await
+            .map_err(|e| task_failure("sampling keys for a total order", e))?
+    } else {
+        Partitioner::Hash
+    };
     let id = JobId::generate();
     let spec = JobSpec {
         work_dir: output.child(&format!("_temporary/{id}")).display.clone(),
@@ -167,13 +194,9 @@ async fn run_async(args: RunArgs, slots: usize, reducers: u32) -> Result<u8, Fai
         speculation: false,
         task_memory: args.spec.task_memory.as_u64(),
         skip_bad_records: args.spec.skip_bad_records,
+        partitioner,
     };
     let coordinator = Arc::new(Coordinator::new(Job::new(spec, splits)));
-    let ctx = JobContext {
-        runtime: wasm,
-        module: module.clone(),
-        pool,
-    };
     let show_progress = std::io::stderr().is_terminal() && !args.json && !args.quiet;
     let slots_done = run_slots(coordinator.clone(), ctx, WorkerId("embedded".into()), slots);
     let progress = progress_loop(coordinator.clone(), show_progress);

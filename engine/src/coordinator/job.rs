@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::MapInput;
 use crate::data::output::OutputFormat;
+use crate::shuffle::Partitioner;
 use crate::task::{Counters, MapAssignment, MapOutput, ReduceAssignment, ReduceOutput};
 use crate::{AttemptId, JobId, Phase, TaskId, WorkerId};
 
@@ -54,6 +55,9 @@ pub struct JobSpec {
     /// Records a map task may skip after the guest failed on them.
     #[serde(default)]
     pub skip_bad_records: u32,
+    /// How map output is divided among reduce partitions.
+    #[serde(default)]
+    pub partitioner: Partitioner,
 }
 
 /// Default for [`JobSpec::task_memory`]: 256 MiB per task slot.
@@ -425,6 +429,7 @@ impl Job {
                 attempt,
                 input: self.splits[index as usize].clone(),
                 partitions: self.spec.reducers,
+                partitioner: self.spec.partitioner.clone(),
                 shuffle_object: format!("{}/map-{index:05}-{}.shuffle", self.spec.work_dir, attempt.0),
                 memory_bytes: self.spec.task_memory,
                 skip_records: task.skipped.clone(),
@@ -710,6 +715,7 @@ pub(crate) fn test_job(maps: usize, reducers: u32) -> Job {
         speculation: true,
         task_memory: 1 << 20,
         skip_bad_records: 0,
+        partitioner: Partitioner::Hash,
     };
     let splits = (0..maps)
         .map(|i| MapInput {

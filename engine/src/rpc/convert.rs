@@ -11,6 +11,7 @@ use crate::coordinator::{Assignment, Outcome, ReportResult};
 use crate::data::output::OutputFormat;
 use crate::data::{MapInput, Split, SplitKind};
 use crate::runtime::Limits;
+use crate::shuffle::Partitioner;
 use crate::task::{Counters, MapAssignment, MapOutput, ReduceAssignment, ReduceOutput};
 use crate::{AttemptId, JobId, ModuleDigest, Phase, TaskId};
 
@@ -216,6 +217,11 @@ pub fn assignment_to_pb(job: &JobRef, a: &Assignment) -> pb::Assignment {
                 shuffle_object: m.shuffle_object.clone(),
                 memory_bytes: m.memory_bytes,
                 skip_records: m.skip_records.clone(),
+                range_partitioned: matches!(m.partitioner, Partitioner::Range { .. }),
+                range_bounds: match &m.partitioner {
+                    Partitioner::Range { bounds } => bounds.clone(),
+                    Partitioner::Hash => Vec::new(),
+                },
             }),
             Assignment::Reduce(r) => pb::assignment::Work::Reduce(pb::ReduceWork {
                 map_outputs: r.map_outputs.clone(),
@@ -265,6 +271,11 @@ pub fn assignment(a: pb::Assignment) -> Result<(JobRef, Assignment), MalformedMe
             shuffle_object: m.shuffle_object,
             memory_bytes: memory_or_default(m.memory_bytes),
             skip_records: m.skip_records,
+            partitioner: if m.range_partitioned {
+                Partitioner::Range { bounds: m.range_bounds }
+            } else {
+                Partitioner::Hash
+            },
         }),
         pb::assignment::Work::Reduce(r) if task.phase == Phase::Reduce => Assignment::Reduce(ReduceAssignment {
             task,

@@ -416,6 +416,26 @@ impl JobService for JobApi {
             crate::data::Error::Io { .. } => Status::unavailable(error_chain(&e)),
             _ => Status::invalid_argument(error_chain(&e)),
         })?;
+        // Range partitioning samples the job's keys now, running its map on
+        // the first records of a few splits (bounded like any guest call).
+        let partitioner = if (r.total_order || module.info().total_order) && r.reducers > 1 {
+            let ctx = crate::task::JobContext {
+                runtime: state.runtime.clone(),
+                module: module.clone(),
+                pool: state.pool.clone(),
+            };
+            crate::task::sample_partitioner(&ctx, &splits, r.reducers)
+                .await
+                .map_err(|e| {
+                    let message = format!("sampling keys for a total order: {}", error_chain(&e));
+                    match e {
+                        crate::task::Error::Data(crate::data::Error::Io { .. }) => Status::unavailable(message),
+                        _ => Status::invalid_argument(message),
+                    }
+                })?
+        } else {
+            crate::shuffle::Partitioner::Hash
+        };
         let id = job_ref.job.clone();
         let spec = JobSpec {
             work_dir: output.child(&format!("_temporary/{id}")).display.clone(),
@@ -436,6 +456,7 @@ impl JobService for JobApi {
             } else {
                 r.task_memory
             },
+            partitioner,
         };
         let name = module.info().name.clone();
         state

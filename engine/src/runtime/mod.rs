@@ -165,6 +165,8 @@ pub struct JobInfo {
     pub output_schema: SchemaRef,
     /// Whether the job has a combiner.
     pub combines: bool,
+    /// Whether the job asks for output in global key order.
+    pub total_order: bool,
 }
 
 impl JobInfo {
@@ -426,6 +428,7 @@ impl Runtime {
                 value_types: vec![],
                 output_schema: convert::schema_of([], &[]),
                 combines: false,
+                total_order: false,
             },
             what: what.to_string(),
         };
@@ -537,6 +540,7 @@ impl JobModule {
             value_types: info.value_types.into_iter().map(convert::arrow_type).collect(),
             output_schema: convert::schema_of(info.output.into_iter().map(|f| f.name), &output_types),
             combines: info.combines,
+            total_order: info.total_order,
         };
         instance.map_schema = Some(instance.info.map_output_schema());
         Ok(instance)

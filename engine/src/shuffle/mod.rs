@@ -96,9 +96,55 @@ impl KeyEncoder {
     }
 }
 
-/// The reduce partition of an encoded key.
+/// The reduce partition of an encoded key, by hash.
 pub fn partition_of(key: &[u8], partitions: u32) -> u32 {
     (xxhash_rust::xxh3::xxh3_64(key) % u64::from(partitions.max(1))) as u32
+}
+
+/// How map output is divided among reduce partitions.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Partitioner {
+    /// By a hash of the key: even, in no order.
+    #[default]
+    Hash,
+    /// By key ranges: partition `i` holds the keys from `bounds[i-1]`
+    /// (inclusive) up to `bounds[i]` (exclusive), so partitions are in key
+    /// order. `bounds` are encoded keys ([`KeyEncoder`]), ascending, one
+    /// fewer than the partitions: split points sampled from the input, as
+    /// TeraSort chooses them.
+    Range {
+        /// The split points.
+        bounds: Vec<Vec<u8>>,
+    },
+}
+
+impl Partitioner {
+    /// The partition of encoded key `key`, of `partitions`.
+    pub fn partition(&self, key: &[u8], partitions: u32) -> u32 {
+        match self {
+            Partitioner::Hash => partition_of(key, partitions),
+            Partitioner::Range { bounds } => {
+                let p = bounds.partition_point(|b| b.as_slice() <= key) as u32;
+                p.min(partitions.max(1) - 1)
+            }
+        }
+    }
+
+    /// Range partitioning for `partitions` partitions, its split points
+    /// chosen from `sample` (encoded keys, in any order) at even quantiles.
+    pub fn from_sample(mut sample: Vec<Vec<u8>>, partitions: u32) -> Partitioner {
+        sample.sort_unstable();
+        let n = sample.len();
+        let bounds = if n == 0 {
+            Vec::new()
+        } else {
+            (1..partitions as usize)
+                .map(|i| sample[(i * n / partitions as usize).min(n - 1)].clone())
+                .collect()
+        };
+        Partitioner::Range { bounds }
+    }
 }
 
 /// A batch sorted by (partition, key), with where each partition ends and
@@ -147,11 +193,17 @@ pub fn key_prefix(key: &[u8]) -> u64 {
     u64::from_be_bytes(bytes)
 }
 
-/// Sort `batch` by (partition, key) into `partitions` partitions.
+/// Sort `batch` by (partition, key) into `partitions` partitions, as
+/// `partitioner` divides them.
 ///
 /// # Errors
 /// Only on an internal error.
-pub fn partition_and_sort(encoder: &KeyEncoder, batch: &RecordBatch, partitions: u32) -> Result<SortedRun, Error> {
+pub fn partition_and_sort(
+    encoder: &KeyEncoder,
+    batch: &RecordBatch,
+    partitioner: &Partitioner,
+    partitions: u32,
+) -> Result<SortedRun, Error> {
     let rows = encoder.rows(batch)?;
     // Normalized keys: the partition and the key's first 8 bytes settle most
     // comparisons as integers; only rows whose prefixes tie compare whole keys.
@@ -159,7 +211,7 @@ pub fn partition_and_sort(encoder: &KeyEncoder, batch: &RecordBatch, partitions:
         .iter()
         .enumerate()
         .map(|(i, r)| SortEntry {
-            part: partition_of(r.as_ref(), partitions),
+            part: partitioner.partition(r.as_ref(), partitions),
             prefix: key_prefix(r.as_ref()),
             row: i as u32,
         })
@@ -270,7 +322,7 @@ mod tests {
     fn partitions_sort_and_group() {
         let enc = KeyEncoder::new(&[DataType::Utf8]).unwrap();
         let b = batch(&["b", "a", "c", "a", "b", "d"], &[1, 2, 3, 4, 5, 6]);
-        let run = partition_and_sort(&enc, &b, 3).unwrap();
+        let run = partition_and_sort(&enc, &b, &Partitioner::Hash, 3).unwrap();
         assert_eq!(*run.partition_ends.last().unwrap(), 6);
         let mut seen = vec![];
         for p in 0..3 {
@@ -300,6 +352,37 @@ mod tests {
     }
 
     #[test]
+    fn range_partitions_are_in_key_order() {
+        let enc = KeyEncoder::new(&[DataType::Utf8]).unwrap();
+        let ks: Vec<String> = (0..1000).map(|i| format!("{:04}", (i * 7919) % 1000)).collect();
+        let refs: Vec<&str> = ks.iter().map(String::as_str).collect();
+        let b = batch(&refs, &vec![0; refs.len()]);
+        let sample: Vec<Vec<u8>> = enc
+            .rows(&b)
+            .unwrap()
+            .iter()
+            .step_by(7)
+            .map(|r| r.as_ref().to_vec())
+            .collect();
+        let range = Partitioner::from_sample(sample, 4);
+        let Partitioner::Range { bounds } = &range else {
+            panic!("a range partitioner")
+        };
+        assert_eq!(bounds.len(), 3);
+        let run = partition_and_sort(&enc, &b, &range, 4).unwrap();
+        // Concatenated in partition order, the keys are sorted; each
+        // partition holds about a quarter.
+        let mut expected = ks.clone();
+        expected.sort();
+        assert_eq!(keys(&run.batch), expected);
+        for p in 0..4 {
+            let n = run.partition(p).len();
+            assert!((150..350).contains(&n), "partition {p} has {n} rows");
+        }
+        assert_eq!(Partitioner::from_sample(vec![], 3).partition(b"x", 3), 0);
+    }
+
+    #[test]
     fn normalized_keys_sort_as_whole_keys_do() {
         let enc = KeyEncoder::new(&[DataType::Utf8]).unwrap();
         // Keys that tie on their first bytes, differ only past 8 bytes, or
@@ -311,7 +394,7 @@ mod tests {
             ks.push(format!("{}", (i * 7919) % 1000));
         }
         let refs: Vec<&str> = ks.iter().map(String::as_str).collect();
-        let run = partition_and_sort(&enc, &batch(&refs, &vec![0; refs.len()]), 1).unwrap();
+        let run = partition_and_sort(&enc, &batch(&refs, &vec![0; refs.len()]), &Partitioner::Hash, 1).unwrap();
         let mut expected = ks.clone();
         expected.sort();
         assert_eq!(keys(&run.batch), expected);

@@ -18,7 +18,10 @@
 //! (keys mostly distinct), the task stops combining, as DuckDB and Spark
 //! stop partial aggregation.
 
+mod sample;
 mod spill;
+
+pub use sample::sample_partitioner;
 
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -37,7 +40,7 @@ use crate::data::sink::{self, ObjectSink, Upload};
 use crate::data::text::{TextSplitReader, stream_text_split};
 use crate::data::{Location, MapInput, Split, SplitKind};
 use crate::runtime::{GuestInstance, JobModule, Runtime};
-use crate::shuffle::{self, FileSection, IpcRun, KeyEncoder, MemoryRun, Merger, RunReader, ShuffleWriter};
+use crate::shuffle::{self, FileSection, IpcRun, KeyEncoder, MemoryRun, Merger, Partitioner, RunReader, ShuffleWriter};
 use crate::spawn::SpawnedTask;
 use crate::worker::{ComputePanic, ComputePool};
 use crate::{AttemptId, TaskId};
@@ -152,6 +155,9 @@ pub struct MapAssignment {
     pub input: MapInput,
     /// Number of reduce partitions.
     pub partitions: u32,
+    /// How map output is divided among them.
+    #[serde(default)]
+    pub partitioner: Partitioner,
     /// Where to write the shuffle object (path or URL).
     pub shuffle_object: String,
     /// The task's memory budget, in bytes ([`TaskMemory`]).
@@ -394,6 +400,18 @@ struct OpenedSplit {
     _fetch: Option<SpawnedTask<()>>,
 }
 
+impl OpenedSplit {
+    /// Its source name, a reader for the compute thread (decoding a
+    /// Parquet split's footer and row groups here), and its fetch.
+    fn into_reader(self) -> Result<(String, InputReader, Option<SpawnedTask<()>>), Error> {
+        let reader = match self.reader {
+            OpenedReader::Text(r) => InputReader::Text(r),
+            OpenedReader::Parquet(fetched) => InputReader::Parquet(Box::new(ParquetSplitReader::new(fetched)?)),
+        };
+        Ok((self.source, reader, self._fetch))
+    }
+}
+
 enum OpenedReader {
     Text(TextSplitReader),
     /// Fetched bytes, decoded on the compute thread.
@@ -510,7 +528,7 @@ impl MapWork<'_> {
     /// each partition's groups. Returns each partition's sorted batches.
     fn sort_and_combine(&mut self, batch: &RecordBatch) -> Result<Vec<Vec<RecordBatch>>, Error> {
         let partitions = self.a.partitions;
-        let run = shuffle::partition_and_sort(&self.encoder, batch, partitions)?;
+        let run = shuffle::partition_and_sort(&self.encoder, batch, &self.a.partitioner, partitions)?;
         let mut out = Vec::with_capacity(partitions as usize);
         for p in 0..partitions as usize {
             let range = run.partition(p);
@@ -543,7 +561,7 @@ impl MapWork<'_> {
         Ok(if shuffle::is_sorted(&self.encoder, &combined)? {
             combined
         } else {
-            shuffle::partition_and_sort(&self.encoder, &combined, 1)?.batch
+            shuffle::partition_and_sort(&self.encoder, &combined, &Partitioner::Hash, 1)?.batch
         })
     }
 }
@@ -594,11 +612,7 @@ fn map_compute(
                     }
                     break None;
                 };
-                let OpenedSplit { source, reader, _fetch } = opened?;
-                let reader = match reader {
-                    OpenedReader::Text(r) => InputReader::Text(r),
-                    OpenedReader::Parquet(fetched) => InputReader::Parquet(Box::new(ParquetSplitReader::new(fetched)?)),
-                };
+                let (source, reader, _fetch) = opened?.into_reader()?;
                 current = Some(ReadingSplit {
                     index: next_index,
                     source,
