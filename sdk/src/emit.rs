@@ -15,7 +15,7 @@ pub(crate) type CombineFn<K, V> = fn(&K, Values<'_, V>) -> V;
 
 /// A key's pending values are combined into one whenever this many pile up,
 /// so memory stays bounded by the number of distinct keys held.
-const FOLD_AT: usize = 8;
+const FOLD_AT: usize = 4;
 
 /// The in-mapper combiner returns what it holds once it holds this many
 /// distinct keys...

@@ -23,22 +23,39 @@ pub(crate) struct InputBatch<'a> {
     /// UTF-8 once per batch rather than once per line.
     lines: Option<(&'a [i32], &'a str)>,
     offset: Option<usize>,
+    /// The same for every string column, by column index.
+    texts: Vec<Option<(&'a [i32], &'a str)>>,
+}
+
+/// A string column's offsets and values, if its values are UTF-8 as a whole.
+fn text_column(col: &Column) -> Option<(&[i32], &str)> {
+    match &col.data {
+        ColumnData::Utf8(v) => Some((v.offsets.as_slice(), std::str::from_utf8(&v.values).ok()?)),
+        _ => None,
+    }
+}
+
+/// Value `row` of a text column: `None` if the offsets are not both
+/// character boundaries within the values.
+fn text_value<'a>((offsets, values): (&'a [i32], &'a str), row: usize) -> Option<&'a str> {
+    let start = offsets.get(row).copied().unwrap_or(0).max(0) as usize;
+    let end = offsets.get(row + 1).copied().unwrap_or(0).max(0) as usize;
+    values.get(start..end)
 }
 
 impl<'a> InputBatch<'a> {
     pub(crate) fn new(source: &'a str, batch: &'a Batch) -> Self {
         let find = |name: &str| batch.names.iter().position(|n| n == name);
+        let texts: Vec<_> = batch.columns.iter().map(text_column).collect();
         let line = find("line");
-        let lines = line.and_then(|i| match &batch.columns.get(i)?.data {
-            ColumnData::Utf8(v) => Some((v.offsets.as_slice(), std::str::from_utf8(&v.values).ok()?)),
-            _ => None,
-        });
+        let lines = line.and_then(|i| texts.get(i).copied().flatten());
         InputBatch {
             source,
             batch,
             line,
             lines,
             offset: find("offset"),
+            texts,
         }
     }
 
@@ -50,9 +67,9 @@ impl<'a> InputBatch<'a> {
         Record { batch: self, row }
     }
 
-    fn column(&self, name: &str) -> Option<&'a Column> {
+    fn column(&self, name: &str) -> Option<(usize, &'a Column)> {
         let i = self.batch.names.iter().position(|n| n == name)?;
-        self.batch.columns.get(i)
+        Some((i, self.batch.columns.get(i)?))
     }
 
     fn missing(&self, name: &str) -> ! {
@@ -76,13 +93,9 @@ impl<'a> Record<'a> {
     /// # Panics
     /// If the input is not text (it has no `line` column).
     pub fn line(&self) -> &'a str {
-        if let Some((offsets, values)) = self.batch.lines {
-            let start = offsets.get(self.row).copied().unwrap_or(0).max(0) as usize;
-            let end = offsets.get(self.row + 1).copied().unwrap_or(0).max(0) as usize;
-            // Checks only that both ends are character boundaries.
-            if let Some(line) = values.get(start..end) {
-                return line;
-            }
+        // Checks only that both ends are character boundaries.
+        if let Some(line) = self.batch.lines.and_then(|text| text_value(text, self.row)) {
+            return line;
         }
         let col = self.batch.line.and_then(|i| self.batch.batch.columns.get(i));
         match text_at(col, self.row) {
@@ -111,7 +124,7 @@ impl<'a> Record<'a> {
     /// If there is no such column, or its type cannot be read as `T`; the
     /// message lists the columns there are, and the job fails with it.
     pub fn get<T: Field>(&self, name: &str) -> Option<T> {
-        let col = self.batch.column(name).unwrap_or_else(|| self.batch.missing(name));
+        let (_, col) = self.batch.column(name).unwrap_or_else(|| self.batch.missing(name));
         if !is_valid(col, self.row) {
             return None;
         }
@@ -130,9 +143,19 @@ impl<'a> Record<'a> {
     /// # Panics
     /// If there is no such column or it is not a string column.
     pub fn str(&self, name: &str) -> Option<&'a str> {
-        let col = self.batch.column(name).unwrap_or_else(|| self.batch.missing(name));
+        let (i, col) = self.batch.column(name).unwrap_or_else(|| self.batch.missing(name));
         if !is_valid(col, self.row) {
             return None;
+        }
+        if let Some(s) = self
+            .batch
+            .texts
+            .get(i)
+            .copied()
+            .flatten()
+            .and_then(|t| text_value(t, self.row))
+        {
+            return Some(s);
         }
         match text_at(Some(col), self.row) {
             Some(s) => Some(s),

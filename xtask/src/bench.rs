@@ -376,3 +376,313 @@ pub fn scale(args: &[String]) -> Result<()> {
     }
     Ok(())
 }
+
+/// Run a DuckDB script (its own venv's Python) that prints the seconds its
+/// timed part took as its last line; returns that time and the process's
+/// peak RSS.
+fn duckdb_timed(python: &Path, script: &str, args: &[&Path]) -> Result<Measured> {
+    let mut cmd = Command::new(python);
+    cmd.args(["-c", script]).args(args).stdout(std::process::Stdio::piped());
+    let mut child = cmd.spawn().context("starting DuckDB")?;
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().context("DuckDB's stdout")?, &mut stdout)?;
+    let (status, peak_rss) = wait_with_rusage(child)?;
+    if status != 0 {
+        bail!("the DuckDB script failed with status {status}");
+    }
+    let seconds: f64 = stdout
+        .lines()
+        .last()
+        .and_then(|l| l.trim().parse().ok())
+        .with_context(|| format!("DuckDB printed {stdout:?}"))?;
+    Ok(Measured {
+        wall: Duration::from_secs_f64(seconds),
+        peak_rss,
+    })
+}
+
+/// DuckDB's `ORDER BY` of the records (one line each) written to a text file.
+const DUCKDB_SORT: &str = r#"
+import sys, time, duckdb
+src, out = sys.argv[1], sys.argv[2]
+con = duckdb.connect(config={"threads": 2})
+con.execute("SET enable_progress_bar = false")
+start = time.monotonic()
+con.execute(f"""
+COPY (SELECT line FROM read_csv('{src}', columns={{'line': 'VARCHAR'}}, header=false,
+                                delim='\x01', quote='', escape='', auto_detect=false)
+      ORDER BY line)
+TO '{out}' (FORMAT csv, HEADER false, QUOTE '')""")
+print(time.monotonic() - start)
+"#;
+
+/// `valsort`'s verdict on a file or directory: (records, sorted, checksum).
+fn valsort(native: &Path, path: &Path) -> Result<String> {
+    let out = Command::new(native.join("valsort"))
+        .arg(path)
+        .output()
+        .context("running valsort")?;
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if !text.contains("sorted=yes") {
+        bail!("{} is not sorted: {text}", path.display());
+    }
+    Ok(text)
+}
+
+/// Whether the part files of `dir`, read in name order, equal `file` byte for byte.
+fn parts_equal(dir: &Path, file: &Path) -> Result<bool> {
+    use std::io::Read as _;
+    let mut parts: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<Result<_, _>>()?;
+    parts.retain(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("part-")));
+    parts.sort();
+    let mut expected = std::io::BufReader::new(std::fs::File::open(file)?);
+    let (mut a, mut b) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
+    for part in parts {
+        let mut got = std::io::BufReader::new(std::fs::File::open(part)?);
+        loop {
+            let n = got.read(&mut a)?;
+            if n == 0 {
+                break;
+            }
+            expected.read_exact(&mut b[..n])?;
+            if a[..n] != b[..n] {
+                return Ok(false);
+            }
+        }
+    }
+    Ok(expected.read(&mut b)? == 0)
+}
+
+/// Sort 1 GiB (or `--size-mib`) of TeraSort records: wmr's `sort` example
+/// against DuckDB's ORDER BY to a file and native-wc's parallel sort; every
+/// output validated sorted with the input's checksum, and wmr's equal to
+/// the native sort's byte for byte.
+pub fn sort(args: &[String]) -> Result<()> {
+    let size_mib = numeric_flag(args, "--size-mib", 1024)?;
+    let root = root();
+    let guests = guests()?;
+    let wmr = build_wmr()?;
+    let native = native_tools()?;
+    let python = duckdb_python()?;
+    let dir = root.join(format!("target/bench/sort-{size_mib}mib"));
+    let input = dir.join("records.txt");
+    if !input.exists() {
+        std::fs::create_dir_all(&dir)?;
+        run(Command::new(native.join("gen_sort"))
+            .args([
+                "--records",
+                &((size_mib << 20) / 100).to_string(),
+                "--seed",
+                "7",
+                "--out",
+            ])
+            .arg(&input))?;
+    }
+    let input_check = Command::new(native.join("valsort")).arg(&input).output()?;
+    let input_sum = String::from_utf8_lossy(&input_check.stdout)
+        .split_whitespace()
+        .find(|w| w.starts_with("checksum="))
+        .map(str::to_string)
+        .context("valsort printed no checksum")?;
+    let work = root.join("target/bench/sort");
+    std::fs::create_dir_all(&work)?;
+    let (wmr_out, native_out, duck_out) = (work.join("wmr"), work.join("native.txt"), work.join("duckdb.txt"));
+    let (mut w, mut n, mut d) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..PEER_ROUNDS {
+        w.push(measure(
+            Command::new(&wmr)
+                .args([
+                    "run",
+                    "--quiet",
+                    "--overwrite",
+                    "--slots",
+                    "2",
+                    "--reducers",
+                    "4",
+                    "--format",
+                    "text",
+                ])
+                .arg("--job")
+                .arg(guests.join("sort.wasm"))
+                .arg("--input")
+                .arg(&input)
+                .arg("--output")
+                .arg(&wmr_out),
+        )?);
+        n.push(measure(
+            Command::new(native.join("sort"))
+                .args(["--threads", "2", "--out"])
+                .arg(&native_out)
+                .arg(&input)
+                .stderr(std::process::Stdio::null()),
+        )?);
+        let _ = std::fs::remove_file(&duck_out);
+        d.push(duckdb_timed(&python, DUCKDB_SORT, &[&input, &duck_out])?);
+        eprintln!(
+            "round {round}: wmr {:.2?} ({:.0} MiB), native {:.2?}, DuckDB {:.2?} ({:.0} MiB)",
+            w[round].wall,
+            mib(w[round].peak_rss),
+            n[round].wall,
+            d[round].wall,
+            mib(d[round].peak_rss)
+        );
+    }
+    for (name, path) in [("wmr", &wmr_out), ("native sort", &native_out), ("DuckDB", &duck_out)] {
+        let verdict = valsort(&native, path)?;
+        if !verdict.contains(&input_sum) {
+            bail!("{name}'s output has other records than the input: {verdict} vs input {input_sum}");
+        }
+    }
+    if !parts_equal(&wmr_out, &native_out)? {
+        bail!("wmr's part files in order differ from the native sort's output");
+    }
+    let (w, n, d) = (median_of(w), median_of(n), median_of(d));
+    println!(
+        "sort, {size_mib} MiB of TeraSort records, median of {PEER_ROUNDS} rounds, every output sorted with the input's checksum, wmr's equal to the native sort's:"
+    );
+    println!(
+        "  wmr run, 2 slots, 4 reducers: {:>7.2} s   peak RSS {:>6.0} MiB",
+        w.wall.as_secs_f64(),
+        mib(w.peak_rss)
+    );
+    println!(
+        "  native sort, 2 threads:       {:>7.2} s   peak RSS {:>6.0} MiB",
+        n.wall.as_secs_f64(),
+        mib(n.peak_rss)
+    );
+    println!(
+        "  DuckDB ORDER BY to a file:    {:>7.2} s   peak RSS {:>6.0} MiB (query time)",
+        d.wall.as_secs_f64(),
+        mib(d.peak_rss)
+    );
+    println!(
+        "  wmr/DuckDB time: {:.2}x (target: at most 1.5x); wmr/native: {:.2}x",
+        w.wall.as_secs_f64() / d.wall.as_secs_f64(),
+        w.wall.as_secs_f64() / n.wall.as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Make the group-by table with DuckDB: `rows` rows, `keys` string keys.
+const DUCKDB_MAKE_GROUPBY: &str = r#"
+import sys, duckdb
+out, rows, keys = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+con = duckdb.connect()
+con.execute("SET enable_progress_bar = false")
+con.execute(f"""
+COPY (SELECT 'key-' || lpad(((hash(i) % {keys}))::VARCHAR, 6, '0') AS k, (i % 1000)::BIGINT - 300 AS v
+      FROM range({rows}) t(i))
+TO '{out}' (FORMAT parquet, ROW_GROUP_SIZE 1000000)""")
+"#;
+
+/// DuckDB's group-by, written to Parquet; then (untimed) whether it equals
+/// wmr's output, printed before the time.
+const DUCKDB_GROUPBY: &str = r#"
+import sys, time, duckdb
+src, out, theirs = sys.argv[1], sys.argv[2], sys.argv[3]
+con = duckdb.connect(config={"threads": 2})
+con.execute("SET enable_progress_bar = false")
+start = time.monotonic()
+con.execute(f"COPY (SELECT k, sum(v)::DOUBLE AS sum, count(*)::UBIGINT AS count FROM '{src}' GROUP BY k) TO '{out}' (FORMAT parquet)")
+took = time.monotonic() - start
+diff = con.execute(f"""
+SELECT count(*) FROM (
+  (SELECT k, sum, count FROM '{out}' EXCEPT SELECT k, sum, count FROM '{theirs}/*.parquet')
+  UNION ALL
+  (SELECT k, sum, count FROM '{theirs}/*.parquet' EXCEPT SELECT k, sum, count FROM '{out}'))""").fetchone()[0]
+rows = con.execute(f"SELECT count(*) FROM '{out}'").fetchone()[0]
+print(f"differing={diff} groups={rows}")
+print(took)
+"#;
+
+/// Group-by over 20M Parquet rows with 100k string keys (sum and count):
+/// wmr's `groupby` example against DuckDB, outputs compared row for row.
+pub fn groupby(args: &[String]) -> Result<()> {
+    let rows = numeric_flag(args, "--rows", 20_000_000)?;
+    let keys = numeric_flag(args, "--keys", 100_000)?;
+    let root = root();
+    let guests = guests()?;
+    let wmr = build_wmr()?;
+    let python = duckdb_python()?;
+    let dir = root.join(format!("target/bench/groupby-{rows}-{keys}"));
+    let input = dir.join("sales.parquet");
+    if !input.exists() {
+        std::fs::create_dir_all(&dir)?;
+        run(Command::new(&python)
+            .args(["-c", DUCKDB_MAKE_GROUPBY])
+            .arg(&input)
+            .args([rows.to_string(), keys.to_string()]))?;
+    }
+    let work = root.join("target/bench/groupby");
+    std::fs::create_dir_all(&work)?;
+    let (wmr_out, duck_out) = (work.join("wmr"), work.join("duckdb.parquet"));
+    let (mut w, mut d) = (Vec::new(), Vec::new());
+    let mut verdict = String::new();
+    for round in 0..PEER_ROUNDS {
+        w.push(measure(
+            Command::new(&wmr)
+                .args(["run", "--quiet", "--overwrite", "--slots", "2", "--reducers", "2"])
+                .args(["--param", "key=k", "--param", "value=v", "--job"])
+                .arg(guests.join("groupby.wasm"))
+                .arg("--input")
+                .arg(&input)
+                .arg("--output")
+                .arg(&wmr_out),
+        )?);
+        let _ = std::fs::remove_file(&duck_out);
+        let mut cmd = Command::new(&python);
+        cmd.args(["-c", DUCKDB_GROUPBY])
+            .arg(&input)
+            .arg(&duck_out)
+            .arg(&wmr_out)
+            .stdout(std::process::Stdio::piped());
+        let mut child = cmd.spawn().context("starting DuckDB")?;
+        let mut stdout = String::new();
+        std::io::Read::read_to_string(&mut child.stdout.take().context("DuckDB's stdout")?, &mut stdout)?;
+        let (status, peak_rss) = wait_with_rusage(child)?;
+        if status != 0 {
+            bail!("the DuckDB group-by failed with status {status}");
+        }
+        let mut lines = stdout.lines();
+        verdict = lines.next().unwrap_or_default().to_string();
+        let seconds: f64 = lines
+            .next()
+            .and_then(|l| l.trim().parse().ok())
+            .with_context(|| format!("DuckDB printed {stdout:?}"))?;
+        d.push(Measured {
+            wall: Duration::from_secs_f64(seconds),
+            peak_rss,
+        });
+        eprintln!(
+            "round {round}: wmr {:.2?} ({:.0} MiB), DuckDB {:.2?} ({:.0} MiB); {verdict}",
+            w[round].wall,
+            mib(w[round].peak_rss),
+            d[round].wall,
+            mib(d[round].peak_rss)
+        );
+    }
+    if !verdict.starts_with("differing=0 ") {
+        bail!("wmr's and DuckDB's group-by outputs differ: {verdict}");
+    }
+    let (w, d) = (median_of(w), median_of(d));
+    println!(
+        "groupby, {rows} Parquet rows, {keys} string keys, sum and count, median of {PEER_ROUNDS} rounds, outputs equal ({verdict}):"
+    );
+    println!(
+        "  wmr run, 2 slots:   {:>7.2} s   peak RSS {:>6.0} MiB",
+        w.wall.as_secs_f64(),
+        mib(w.peak_rss)
+    );
+    println!(
+        "  DuckDB, 2 threads:  {:>7.2} s   peak RSS {:>6.0} MiB (query time)",
+        d.wall.as_secs_f64(),
+        mib(d.peak_rss)
+    );
+    println!(
+        "  wmr/DuckDB time: {:.2}x (target: at most 1.5x)",
+        w.wall.as_secs_f64() / d.wall.as_secs_f64()
+    );
+    Ok(())
+}

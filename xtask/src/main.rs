@@ -23,6 +23,9 @@ const USAGE: &str = "usage: cargo xtask <command>
                                   wmr (2 slots) against DuckDB and native Rust (2 threads), outputs
                                   checked equal; Zipf text, or --distinct for most words distinct
   bench scale [--max-gib N]       the high-cardinality word count at 1, 2, 4 .. N GiB (default 8)
+  bench sort [--size-mib N]       TeraSort records (default 1 GiB): wmr against DuckDB ORDER BY and a native sort
+  bench groupby [--rows N] [--keys K]
+                                  Parquet group-by (default 20M rows, 100k keys) against DuckDB
   bench cluster [--size-mib N]    the same word count on 1 worker, then 2 workers (1 slot each); speedup
   bench coordinator [--workers N] [--tasks N]
                                   assignments+reports/s with simulated workers (default 1000, 100000)";
@@ -355,6 +358,8 @@ fn bench(args: &[String]) -> Result<()> {
     match args.first().map(String::as_str) {
         Some("wordcount") => bench::wordcount(args),
         Some("scale") => bench::scale(args),
+        Some("sort") => bench::sort(args),
+        Some("groupby") => bench::groupby(args),
         Some("cluster") => bench_cluster(args),
         Some("coordinator") => {
             let (workers, tasks) = (

@@ -166,7 +166,7 @@ async fn run_async(args: RunArgs, slots: usize, reducers: u32) -> Result<u8, Fai
         }
         remove_all(&output).await.map_err(data_failure)?;
     }
-    let splits = plan_map_inputs(&args.spec.input, args.spec.split_size.as_u64())
+    let splits = plan_map_inputs(&args.spec.input, args.spec.split_size.as_u64(), slots)
         .await
         .map_err(data_failure)?;
     let ctx = JobContext {

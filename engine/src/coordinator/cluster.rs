@@ -112,6 +112,12 @@ impl Cluster {
         jobs.into_iter()
     }
 
+    /// The task slots of every registered worker (at least 1): how many
+    /// map tasks a job needs to keep the cluster busy.
+    pub fn slots(&self) -> usize {
+        (self.workers.values().map(|w| w.slots as usize).sum::<usize>()).max(1)
+    }
+
     /// Register a worker; returns its new id.
     pub fn register(&mut self, name: String, slots: u32, now: Instant) -> WorkerId {
         let id = WorkerId(format!("w{}-{}", self.attempt_base >> 40, self.next_worker));

@@ -260,13 +260,32 @@ async fn expand(input: &str) -> Result<Vec<(Location, ObjectMeta)>, Error> {
     }
 }
 
-/// Cut `inputs` into map inputs: [`plan_splits`], then [`pack_splits`].
+/// The split size to cut with when `total` bytes of input meet `slots`
+/// task slots: `split_size`, or less when that would leave slots idle, so
+/// that a small input still gets one split per slot (as Spark computes
+/// `maxSplitBytes` from the total bytes and the default parallelism).
+pub fn split_size_for(split_size: u64, total: u64, slots: usize) -> u64 {
+    let per_slot = total.div_ceil(slots.max(1) as u64);
+    split_size.min(per_slot.max(MIN_SPLIT_SIZE)).max(1)
+}
+
+/// Smallest split size [`split_size_for`] chooses on its own.
+pub const MIN_SPLIT_SIZE: u64 = 1 << 20;
+
+/// Cut `inputs` into map inputs for `slots` task slots: [`plan_splits`] at
+/// [`split_size_for`], then [`pack_splits`].
 ///
 /// # Errors
 /// As [`plan_splits`].
-pub async fn plan_map_inputs(inputs: &[String], split_size: u64) -> Result<Vec<MapInput>, Error> {
+pub async fn plan_map_inputs(inputs: &[String], split_size: u64, slots: usize) -> Result<Vec<MapInput>, Error> {
     let started = std::time::Instant::now();
-    let splits = plan_splits(inputs, split_size).await?;
+    let mut files = Vec::new();
+    for input in inputs {
+        files.extend(expand(input).await?);
+    }
+    let total: u64 = files.iter().map(|(_, meta)| meta.size).sum();
+    let split_size = split_size_for(split_size, total, slots);
+    let splits = cut_files(files, split_size).await?;
     let count = splits.len();
     let packed = pack_splits(splits, split_size);
     tracing::info!(
@@ -286,10 +305,19 @@ pub async fn plan_map_inputs(inputs: &[String], split_size: u64) -> Result<Vec<M
 /// [`Error::NoMatch`] for a glob that matches nothing, [`Error::Parquet`] for
 /// a Parquet file whose footer can't be read, and I/O errors.
 pub async fn plan_splits(inputs: &[String], split_size: u64) -> Result<Vec<Split>, Error> {
+    let mut files = Vec::new();
+    for input in inputs {
+        files.extend(expand(input).await?);
+    }
+    cut_files(files, split_size).await
+}
+
+/// Cut expanded files into splits of about `split_size`.
+async fn cut_files(files: Vec<(Location, ObjectMeta)>, split_size: u64) -> Result<Vec<Split>, Error> {
     let split_size = split_size.max(1);
     let mut splits = Vec::new();
-    for input in inputs {
-        for (location, meta) in expand(input).await? {
+    {
+        for (location, meta) in files {
             let size = meta.size;
             if size == 0 {
                 continue;
@@ -364,5 +392,18 @@ mod tests {
         assert_eq!(many.len(), 4, "at most 64 files a task");
         assert_eq!(inputs.iter().map(|i| i.splits.len()).sum::<usize>(), 23);
         assert!(inputs[1].describe().contains("21 files packed together"));
+    }
+
+    #[test]
+    fn a_small_input_is_cut_for_every_slot() {
+        let mb = 1u64 << 20;
+        assert_eq!(split_size_for(64 * mb, 1024 * mb, 2), 64 * mb);
+        assert_eq!(split_size_for(64 * mb, 60 * mb, 2), 30 * mb);
+        assert_eq!(split_size_for(64 * mb, 100, 2), MIN_SPLIT_SIZE);
+        assert_eq!(
+            split_size_for(4096, 60 * mb, 2),
+            4096,
+            "an explicit small split size stays"
+        );
     }
 }

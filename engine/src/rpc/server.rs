@@ -412,10 +412,13 @@ impl JobService for JobApi {
                 .map_err(|e| Status::unavailable(error_chain(&e)))?;
         }
         let split_size = if r.split_size == 0 { 64 << 20 } else { r.split_size };
-        let splits = plan_map_inputs(&r.inputs, split_size).await.map_err(|e| match e {
-            crate::data::Error::Io { .. } => Status::unavailable(error_chain(&e)),
-            _ => Status::invalid_argument(error_chain(&e)),
-        })?;
+        let slots = lock(&state.cluster).slots();
+        let splits = plan_map_inputs(&r.inputs, split_size, slots)
+            .await
+            .map_err(|e| match e {
+                crate::data::Error::Io { .. } => Status::unavailable(error_chain(&e)),
+                _ => Status::invalid_argument(error_chain(&e)),
+            })?;
         // Range partitioning samples the job's keys now, running its map on
         // the first records of a few splits (bounded like any guest call).
         let partitioner = if (r.total_order || module.info().total_order) && r.reducers > 1 {
