@@ -22,6 +22,13 @@ impl<T: Send + 'static> SpawnedTask<T> {
 }
 
 impl<T> SpawnedTask<T> {
+    /// Let the task run on, owned by no one. For work that must finish even
+    /// when its owner goes (its caller says why losing the result is fine).
+    pub(crate) fn detach(mut self) {
+        // Dropping a JoinHandle detaches the task.
+        self.handle.take();
+    }
+
     /// Wait for the task's result; `None` if it panicked or was aborted.
     pub(crate) async fn join(&mut self) -> Option<T> {
         match self.handle.as_mut() {

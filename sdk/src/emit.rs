@@ -190,7 +190,7 @@ impl<K: Columns, V: Columns> Emit<K, V> {
         }
     }
 
-    /// Whether grouping saved at least a tenth of the pairs emitted into it.
+    /// Whether grouping paid: at least 1.1 pairs were emitted per key held.
     /// When it did not (keys mostly distinct), grouping the rest of the
     /// task's pairs would cost a hash probe and a key copy per pair for
     /// nothing, and the host sorts them anyway.

@@ -189,14 +189,7 @@ fn skip_bad_records_skips_parquet_rows_by_ordinal() {
         Arc::new(arrow::array::StringArray::from(lines.to_vec())) as _,
     )])
     .unwrap();
-    let props = parquet::file::properties::WriterProperties::builder()
-        .set_max_row_group_row_count(Some(3))
-        .build();
-    let mut buf = Vec::new();
-    let mut w = parquet::arrow::ArrowWriter::try_new(&mut buf, batch.schema(), Some(props)).unwrap();
-    w.write(&batch).unwrap();
-    w.close().unwrap();
-    let input = t.write("in.parquet", &buf);
+    let input = write_parquet(&t, "in.parquet", &batch, 3);
     let run = |budget: &str, out: &str| {
         wmr(&[
             "run",

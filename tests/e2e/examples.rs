@@ -1,7 +1,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use arrow::array::{Array, Float64Array, Int64Array, RecordBatch, StringArray, UInt64Array};
+use arrow::array::{Int64Array, RecordBatch, StringArray};
 
 use crate::harness::*;
 
@@ -269,14 +269,7 @@ mod groupby {
             ("amount", Arc::new(Int64Array::from(amount.clone())) as _),
         ])
         .unwrap();
-        let props = parquet::file::properties::WriterProperties::builder()
-            .set_max_row_group_row_count(Some(1000))
-            .build();
-        let mut buf = Vec::new();
-        let mut w = parquet::arrow::ArrowWriter::try_new(&mut buf, batch.schema(), Some(props)).unwrap();
-        w.write(&batch).unwrap();
-        w.close().unwrap();
-        t.write("in/sales.parquet", &buf);
+        write_parquet(&t, "in/sales.parquet", &batch, 1000);
         let out = t.path("out");
         let summary = wmr_ok(&[
             "run",
@@ -314,29 +307,7 @@ mod groupby {
                 e.1 += 1;
             }
         }
-        let mut got: BTreeMap<String, (f64, u64)> = BTreeMap::new();
-        for f in std::fs::read_dir(&out).unwrap() {
-            let p = f.unwrap().path();
-            if p.extension().is_none_or(|e| e != "parquet") {
-                continue;
-            }
-            let bytes = bytes::Bytes::from(std::fs::read(&p).unwrap());
-            let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
-                .unwrap()
-                .build()
-                .unwrap();
-            for b in reader {
-                let b = b.unwrap();
-                assert_eq!(b.schema().field(0).name(), "region");
-                assert_eq!(b.schema().field(1).name(), "sum");
-                let k = b.column(0).as_any().downcast_ref::<StringArray>().unwrap();
-                let s = b.column(1).as_any().downcast_ref::<Float64Array>().unwrap();
-                let c = b.column(2).as_any().downcast_ref::<UInt64Array>().unwrap();
-                for i in 0..b.num_rows() {
-                    got.insert(k.value(i).to_string(), (s.value(i), c.value(i)));
-                }
-            }
-        }
+        let got = groupby_output(&out, "region");
         assert_eq!(got, expected);
     }
 }

@@ -274,3 +274,48 @@ impl Drop for S3Server {
         let _ = self.child.wait();
     }
 }
+
+/// Write `batch` as the Parquet file `rel` in `t`, `rows_per_group` rows to
+/// a row group.
+pub fn write_parquet(t: &TestDir, rel: &str, batch: &arrow::array::RecordBatch, rows_per_group: usize) -> PathBuf {
+    let props = parquet::file::properties::WriterProperties::builder()
+        .set_max_row_group_row_count(Some(rows_per_group))
+        .build();
+    let mut buf = Vec::new();
+    let mut w = parquet::arrow::ArrowWriter::try_new(&mut buf, batch.schema(), Some(props)).unwrap();
+    w.write(batch).unwrap();
+    w.close().unwrap();
+    t.write(rel, &buf)
+}
+
+/// The `groupby` example's Parquet output in `dir`: key → (sum, count),
+/// insisting that no key appears twice and the columns are `KEY`, `sum`,
+/// `count`.
+pub fn groupby_output(dir: &Path, key: &str) -> BTreeMap<String, (f64, u64)> {
+    use arrow::array::{Array, Float64Array, StringArray, UInt64Array};
+    let mut got = BTreeMap::new();
+    for f in std::fs::read_dir(dir).unwrap() {
+        let p = f.unwrap().path();
+        if p.extension().is_none_or(|e| e != "parquet") {
+            continue;
+        }
+        let bytes = bytes::Bytes::from(std::fs::read(&p).unwrap());
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
+            .unwrap()
+            .build()
+            .unwrap();
+        for b in reader {
+            let b = b.unwrap();
+            assert_eq!(b.schema().field(0).name(), key);
+            assert_eq!(b.schema().field(1).name(), "sum");
+            let k = b.column(0).as_any().downcast_ref::<StringArray>().unwrap();
+            let s = b.column(1).as_any().downcast_ref::<Float64Array>().unwrap();
+            let c = b.column(2).as_any().downcast_ref::<UInt64Array>().unwrap();
+            for i in 0..b.num_rows() {
+                let twice = got.insert(k.value(i).to_string(), (s.value(i), c.value(i)));
+                assert!(twice.is_none(), "key {} twice in {}", k.value(i), dir.display());
+            }
+        }
+    }
+    got
+}

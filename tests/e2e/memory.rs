@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use arrow::array::{Array, Float64Array, Int64Array, RecordBatch, StringArray, UInt64Array};
+use arrow::array::{Int64Array, RecordBatch, StringArray};
 
 use crate::harness::*;
 
@@ -131,14 +131,7 @@ fn groupby_with_a_tiny_budget_matches_the_reference() {
         ("amount", Arc::new(Int64Array::from(amount.clone())) as _),
     ])
     .unwrap();
-    let props = parquet::file::properties::WriterProperties::builder()
-        .set_max_row_group_row_count(Some(4000))
-        .build();
-    let mut buf = Vec::new();
-    let mut w = parquet::arrow::ArrowWriter::try_new(&mut buf, batch.schema(), Some(props)).unwrap();
-    w.write(&batch).unwrap();
-    w.close().unwrap();
-    t.write("in/sales.parquet", &buf);
+    write_parquet(&t, "in/sales.parquet", &batch, 4000);
     let mut expected: BTreeMap<String, (f64, u64)> = BTreeMap::new();
     for (k, a) in keys.iter().zip(&amount) {
         let e = expected.entry(k.clone()).or_default();
@@ -166,31 +159,7 @@ fn groupby_with_a_tiny_budget_matches_the_reference() {
             "--task-memory",
             "128KiB",
         ]);
-        let mut got: BTreeMap<String, (f64, u64)> = BTreeMap::new();
-        for f in std::fs::read_dir(&out).unwrap() {
-            let p = f.unwrap().path();
-            if p.extension().is_none_or(|e| e != "parquet") {
-                continue;
-            }
-            let bytes = bytes::Bytes::from(std::fs::read(&p).unwrap());
-            let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
-                .unwrap()
-                .build()
-                .unwrap();
-            for b in reader {
-                let b = b.unwrap();
-                let k = b.column(0).as_any().downcast_ref::<StringArray>().unwrap();
-                let s = b.column(1).as_any().downcast_ref::<Float64Array>().unwrap();
-                let c = b.column(2).as_any().downcast_ref::<UInt64Array>().unwrap();
-                for i in 0..b.num_rows() {
-                    assert!(
-                        got.insert(k.value(i).to_string(), (s.value(i), c.value(i))).is_none(),
-                        "key {} twice with {r} reducers",
-                        k.value(i)
-                    );
-                }
-            }
-        }
+        let got = groupby_output(&out, "k");
         assert_eq!(got, expected, "with {r} reducers");
     }
 }

@@ -68,6 +68,15 @@ fn median_of(mut v: Vec<Measured>) -> Measured {
     }
 }
 
+/// One line of a bench's table: a side, its median time and peak RSS.
+fn print_row(label: &str, m: Measured, note: &str) {
+    println!(
+        "  {label}{:>7.2} s   peak RSS {:>6.0} MiB{note}",
+        m.wall.as_secs_f64(),
+        mib(m.peak_rss)
+    );
+}
+
 fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1u64 << 20) as f64
 }
@@ -107,12 +116,12 @@ fn duckdb_python() -> Result<PathBuf> {
 }
 
 /// DuckDB's word count: the same words (maximal runs of letters) from every
-/// `*.txt` under a directory, written to Parquet; prints the query's
-/// seconds, then exports the counts as `word\tcount` lines, untimed.
+/// `*.txt` under a directory, written to Parquet; then (untimed) the counts
+/// as `word\tcount` lines; last, the query's seconds.
 const DUCKDB_WORDCOUNT: &str = r#"
 import sys, time, duckdb
-src, out, tsv, threads = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-con = duckdb.connect(config={"threads": threads})
+src, out, tsv = sys.argv[1], sys.argv[2], sys.argv[3]
+con = duckdb.connect(config={"threads": 2})
 con.execute("SET enable_progress_bar = false")
 start = time.monotonic()
 con.execute(f"""
@@ -123,8 +132,9 @@ COPY (
                       delim='\x01', quote='', escape='', auto_detect=false))
   GROUP BY word
 ) TO '{out}' (FORMAT parquet)""")
-print(time.monotonic() - start)
+took = time.monotonic() - start
 con.execute(f"COPY (SELECT word, count FROM '{out}') TO '{tsv}' (FORMAT csv, DELIMITER '\t', HEADER false, QUOTE '')")
+print(took)
 "#;
 
 /// `word<sep>count` lines into a map.
@@ -242,29 +252,7 @@ pub fn wordcount(args: &[String]) -> Result<()> {
                 .arg(&corpus),
         )?);
         let _ = std::fs::remove_file(&duck_out);
-        let mut duck = Command::new(&python);
-        duck.args(["-c", DUCKDB_WORDCOUNT])
-            .arg(&corpus)
-            .arg(&duck_out)
-            .arg(&duck_tsv)
-            .arg("2")
-            .stdout(std::process::Stdio::piped());
-        let mut child = duck.spawn().context("starting DuckDB")?;
-        let mut stdout = String::new();
-        std::io::Read::read_to_string(&mut child.stdout.take().context("DuckDB's stdout")?, &mut stdout)?;
-        let (status, peak_rss) = wait_with_rusage(child)?;
-        if status != 0 {
-            bail!("the DuckDB word count failed with status {status}");
-        }
-        let query: f64 = stdout
-            .lines()
-            .last()
-            .and_then(|l| l.trim().parse().ok())
-            .with_context(|| format!("DuckDB printed {stdout:?}"))?;
-        d.push(Measured {
-            wall: Duration::from_secs_f64(query),
-            peak_rss,
-        });
+        d.push(duckdb_timed(&python, DUCKDB_WORDCOUNT, &[&corpus, &duck_out, &duck_tsv])?.0);
         eprintln!(
             "round {round}: wmr {:.2?} ({:.0} MiB), native {:.2?}, DuckDB {:.2?} ({:.0} MiB)",
             w[round].wall,
@@ -294,20 +282,12 @@ pub fn wordcount(args: &[String]) -> Result<()> {
         "wordcount, {size_mib} MiB of {kind} text ({} distinct words), median of {PEER_ROUNDS} rounds, outputs equal:",
         wmr_counts.len()
     );
-    println!(
-        "  wmr run, 2 slots:        {:>7.2} s   peak RSS {:>6.0} MiB",
-        w.wall.as_secs_f64(),
-        mib(w.peak_rss)
-    );
-    println!(
-        "  native Rust, 2 threads:  {:>7.2} s   peak RSS {:>6.0} MiB",
-        n.wall.as_secs_f64(),
-        mib(n.peak_rss)
-    );
-    println!(
-        "  DuckDB, 2 threads:       {:>7.2} s   peak RSS {:>6.0} MiB (query time, Python's startup excluded)",
-        d.wall.as_secs_f64(),
-        mib(d.peak_rss)
+    print_row("wmr run, 2 slots:        ", w, "");
+    print_row("native Rust, 2 threads:  ", n, "");
+    print_row(
+        "DuckDB, 2 threads:       ",
+        d,
+        " (query time, Python's startup excluded)",
     );
     let (ws, ns, ds) = (w.wall.as_secs_f64(), n.wall.as_secs_f64(), d.wall.as_secs_f64());
     if distinct {
@@ -378,9 +358,9 @@ pub fn scale(args: &[String]) -> Result<()> {
 }
 
 /// Run a DuckDB script (its own venv's Python) that prints the seconds its
-/// timed part took as its last line; returns that time and the process's
-/// peak RSS.
-fn duckdb_timed(python: &Path, script: &str, args: &[&Path]) -> Result<Measured> {
+/// timed part took as its last line; returns that time with the process's
+/// peak RSS, and the lines it printed before.
+fn duckdb_timed(python: &Path, script: &str, args: &[&Path]) -> Result<(Measured, String)> {
     let mut cmd = Command::new(python);
     cmd.args(["-c", script]).args(args).stdout(std::process::Stdio::piped());
     let mut child = cmd.spawn().context("starting DuckDB")?;
@@ -390,15 +370,17 @@ fn duckdb_timed(python: &Path, script: &str, args: &[&Path]) -> Result<Measured>
     if status != 0 {
         bail!("the DuckDB script failed with status {status}");
     }
-    let seconds: f64 = stdout
-        .lines()
-        .last()
-        .and_then(|l| l.trim().parse().ok())
+    let trimmed = stdout.trim_end();
+    let (before, last) = trimmed.rsplit_once('\n').unwrap_or(("", trimmed));
+    let seconds: f64 = last
+        .trim()
+        .parse()
         .with_context(|| format!("DuckDB printed {stdout:?}"))?;
-    Ok(Measured {
+    let measured = Measured {
         wall: Duration::from_secs_f64(seconds),
         peak_rss,
-    })
+    };
+    Ok((measured, before.to_string()))
 }
 
 /// DuckDB's `ORDER BY` of the records (one line each) written to a text file.
@@ -519,7 +501,7 @@ pub fn sort(args: &[String]) -> Result<()> {
                 .stderr(std::process::Stdio::null()),
         )?);
         let _ = std::fs::remove_file(&duck_out);
-        d.push(duckdb_timed(&python, DUCKDB_SORT, &[&input, &duck_out])?);
+        d.push(duckdb_timed(&python, DUCKDB_SORT, &[&input, &duck_out])?.0);
         eprintln!(
             "round {round}: wmr {:.2?} ({:.0} MiB), native {:.2?}, DuckDB {:.2?} ({:.0} MiB)",
             w[round].wall,
@@ -542,21 +524,9 @@ pub fn sort(args: &[String]) -> Result<()> {
     println!(
         "sort, {size_mib} MiB of TeraSort records, median of {PEER_ROUNDS} rounds, every output sorted with the input's checksum, wmr's equal to the native sort's:"
     );
-    println!(
-        "  wmr run, 2 slots, 4 reducers: {:>7.2} s   peak RSS {:>6.0} MiB",
-        w.wall.as_secs_f64(),
-        mib(w.peak_rss)
-    );
-    println!(
-        "  native sort, 2 threads:       {:>7.2} s   peak RSS {:>6.0} MiB",
-        n.wall.as_secs_f64(),
-        mib(n.peak_rss)
-    );
-    println!(
-        "  DuckDB ORDER BY to a file:    {:>7.2} s   peak RSS {:>6.0} MiB (query time)",
-        d.wall.as_secs_f64(),
-        mib(d.peak_rss)
-    );
+    print_row("wmr run, 2 slots, 4 reducers: ", w, "");
+    print_row("native sort, 2 threads:       ", n, "");
+    print_row("DuckDB ORDER BY to a file:    ", d, " (query time)");
     println!(
         "  wmr/DuckDB time: {:.2}x (target: at most 1.5x); wmr/native: {:.2}x",
         w.wall.as_secs_f64() / d.wall.as_secs_f64(),
@@ -632,29 +602,9 @@ pub fn groupby(args: &[String]) -> Result<()> {
                 .arg(&wmr_out),
         )?);
         let _ = std::fs::remove_file(&duck_out);
-        let mut cmd = Command::new(&python);
-        cmd.args(["-c", DUCKDB_GROUPBY])
-            .arg(&input)
-            .arg(&duck_out)
-            .arg(&wmr_out)
-            .stdout(std::process::Stdio::piped());
-        let mut child = cmd.spawn().context("starting DuckDB")?;
-        let mut stdout = String::new();
-        std::io::Read::read_to_string(&mut child.stdout.take().context("DuckDB's stdout")?, &mut stdout)?;
-        let (status, peak_rss) = wait_with_rusage(child)?;
-        if status != 0 {
-            bail!("the DuckDB group-by failed with status {status}");
-        }
-        let mut lines = stdout.lines();
-        verdict = lines.next().unwrap_or_default().to_string();
-        let seconds: f64 = lines
-            .next()
-            .and_then(|l| l.trim().parse().ok())
-            .with_context(|| format!("DuckDB printed {stdout:?}"))?;
-        d.push(Measured {
-            wall: Duration::from_secs_f64(seconds),
-            peak_rss,
-        });
+        let (measured, printed) = duckdb_timed(&python, DUCKDB_GROUPBY, &[&input, &duck_out, &wmr_out])?;
+        d.push(measured);
+        verdict = printed;
         eprintln!(
             "round {round}: wmr {:.2?} ({:.0} MiB), DuckDB {:.2?} ({:.0} MiB); {verdict}",
             w[round].wall,
@@ -670,16 +620,8 @@ pub fn groupby(args: &[String]) -> Result<()> {
     println!(
         "groupby, {rows} Parquet rows, {keys} string keys, sum and count, median of {PEER_ROUNDS} rounds, outputs equal ({verdict}):"
     );
-    println!(
-        "  wmr run, 2 slots:   {:>7.2} s   peak RSS {:>6.0} MiB",
-        w.wall.as_secs_f64(),
-        mib(w.peak_rss)
-    );
-    println!(
-        "  DuckDB, 2 threads:  {:>7.2} s   peak RSS {:>6.0} MiB (query time)",
-        d.wall.as_secs_f64(),
-        mib(d.peak_rss)
-    );
+    print_row("wmr run, 2 slots:   ", w, "");
+    print_row("DuckDB, 2 threads:  ", d, " (query time)");
     println!(
         "  wmr/DuckDB time: {:.2}x (target: at most 1.5x)",
         w.wall.as_secs_f64() / d.wall.as_secs_f64()

@@ -344,16 +344,6 @@ fn numeric_flag(args: &[String], name: &str, default: u64) -> Result<u64> {
     }
 }
 
-/// The bench corpus of `size_mib` MiB, generated on first use.
-fn bench_corpus(size_mib: u64) -> Result<PathBuf> {
-    let corpus = root().join(format!("target/bench/corpus-{size_mib}mib"));
-    if !corpus.exists() {
-        eprintln!("generating a {size_mib} MiB corpus in {}", corpus.display());
-        generate_corpus(&corpus, size_mib << 20, 8, DEMO_VOCABULARY)?;
-    }
-    Ok(corpus)
-}
-
 fn bench(args: &[String]) -> Result<()> {
     match args.first().map(String::as_str) {
         Some("wordcount") => bench::wordcount(args),
@@ -436,8 +426,13 @@ fn bench_cluster(args: &[String]) -> Result<()> {
     let size_mib = numeric_flag(args, "--size-mib", 256)?;
     let guests = guests()?;
     let wmr = build_wmr()?;
-    let corpus = bench_corpus(size_mib)?;
     let root = root();
+    // Eighty files of about book size, packed several to a map task.
+    let corpus = root.join(format!("target/bench/books-{size_mib}mib"));
+    if !corpus.exists() {
+        eprintln!("generating a {size_mib} MiB corpus of 80 files in {}", corpus.display());
+        generate_corpus(&corpus, size_mib << 20, 80, BENCH_VOCABULARY)?;
+    }
     let mut medians = Vec::new();
     for workers in [1, 2] {
         let cluster = BenchCluster::start(&wmr, &root.join("target/bench/store"), workers)?;
@@ -459,9 +454,9 @@ fn bench_cluster(args: &[String]) -> Result<()> {
         medians.push(median(times));
     }
     let (one, two) = (medians[0].as_secs_f64(), medians[1].as_secs_f64());
-    println!("wordcount over {size_mib} MiB on a cluster, median of {ROUNDS} rounds:");
+    println!("wordcount over {size_mib} MiB in 80 files on a cluster, median of {ROUNDS} rounds:");
     println!("  1 worker  (1 slot):       {one:.2} s");
     println!("  2 workers (1 slot each):  {two:.2} s");
-    println!("  speedup:                  {:.2}x (target: at least 1.8x)", one / two);
+    println!("  speedup:                  {:.2}x (target: at least 1.85x)", one / two);
     Ok(())
 }

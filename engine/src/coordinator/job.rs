@@ -147,7 +147,9 @@ pub struct Task {
     /// Failures counted toward the maximum.
     pub failures: u32,
     /// Input records the guest failed on, skipped from then on: text lines
-    /// by byte offset, other records by ordinal within the split.
+    /// by byte offset, other records by ordinal within their split, with
+    /// the split's index among the task's packed files in the top 16 bits
+    /// ([`crate::task::record_id`]).
     #[serde(default)]
     pub skipped: Vec<u64>,
 }
@@ -207,8 +209,8 @@ pub enum Outcome {
         error: String,
         /// Whether another attempt could succeed.
         retryable: bool,
-        /// The input record the guest failed on (a text line's byte offset,
-        /// else its ordinal within the split), if known.
+        /// The input record the guest failed on ([`crate::task::record_id`]),
+        /// if known.
         bad_record: Option<u64>,
     },
 }

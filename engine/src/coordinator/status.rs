@@ -80,7 +80,9 @@ pub struct TaskStatus {
     /// pending, running, committed or failed.
     pub state: String,
     /// The input records skipped because the job failed on them: text lines
-    /// by byte offset, other records (Parquet rows) by ordinal in the split.
+    /// by byte offset, other records (Parquet rows) by ordinal in their
+    /// split; in a task of packed files, the file's index is added in the
+    /// top 16 bits.
     #[serde(default)]
     pub skipped: Vec<u64>,
     /// Every attempt.

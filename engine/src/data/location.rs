@@ -45,6 +45,28 @@ fn memory_store(name: &str) -> Arc<dyn ObjectStore> {
         .clone()
 }
 
+/// One S3 client per bucket for the whole process: a reducer reading a
+/// thousand map outputs reuses one connection pool and one credential
+/// lookup rather than building a client for each.
+fn s3_store(bucket: &str) -> Result<Arc<dyn ObjectStore>, object_store::Error> {
+    static STORES: OnceLock<Mutex<HashMap<String, Arc<dyn ObjectStore>>>> = OnceLock::new();
+    let stores = STORES.get_or_init(Default::default);
+    let mut stores = match stores.lock() {
+        Ok(s) => s,
+        Err(poisoned) => poisoned.into_inner(),
+    };
+    if let Some(store) = stores.get(bucket) {
+        return Ok(store.clone());
+    }
+    let store: Arc<dyn ObjectStore> = Arc::new(
+        object_store::aws::AmazonS3Builder::from_env()
+            .with_bucket_name(bucket)
+            .build()?,
+    );
+    stores.insert(bucket.to_string(), store.clone());
+    Ok(store)
+}
+
 impl Location {
     /// Parse a user-given path or URL.
     ///
@@ -69,12 +91,10 @@ impl Location {
                 }
                 "s3" => {
                     let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
-                    let store = object_store::aws::AmazonS3Builder::from_env()
-                        .with_bucket_name(bucket)
-                        .build()
+                    let store = s3_store(bucket)
                         .map_err(|e| bad(format!("{e}; set AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION and, for a custom server, AWS_ENDPOINT")))?;
                     Ok(Location {
-                        store: Arc::new(store),
+                        store,
                         path: Path::from(key),
                         display: input.to_string(),
                         root: format!("s3://{bucket}"),
@@ -171,6 +191,14 @@ impl Location {
     /// Whether this is a local filesystem location.
     pub fn is_local(&self) -> bool {
         self.root == "file://"
+    }
+
+    /// The file this location names, if it is on the local filesystem.
+    pub fn local_path(&self) -> Option<std::path::PathBuf> {
+        if !self.is_local() {
+            return None;
+        }
+        LocalFileSystem::new().path_to_filesystem(&self.path).ok()
     }
 }
 

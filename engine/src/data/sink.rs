@@ -41,9 +41,22 @@ pub struct ObjectSink {
 }
 
 /// The uploading end, owned by the async caller; await [`Upload::finish`].
+/// Dropped unfinished, the upload is left to end by itself: once its sink
+/// is gone too, it aborts the multipart upload, so no part is left behind
+/// on the store.
 pub struct Upload {
-    task: SpawnedTask<Result<(), Error>>,
+    task: Option<SpawnedTask<Result<(), Error>>>,
     display: String,
+}
+
+impl Drop for Upload {
+    fn drop(&mut self) {
+        // Deliberately detached, not aborted: aborting it could cut short
+        // the abort of a multipart upload. It ends when its sink does.
+        if let Some(task) = self.task.take() {
+            task.detach();
+        }
+    }
 }
 
 /// Start writing the object at `location`.
@@ -58,7 +71,7 @@ pub fn upload(location: &Location) -> (ObjectSink, Upload) {
             display: location.display.clone(),
         },
         Upload {
-            task,
+            task: Some(task),
             display: location.display.clone(),
         },
     )
@@ -181,7 +194,11 @@ impl Upload {
     /// The store's error, or [`Error::Internal`] if the sink was dropped
     /// without finishing.
     pub async fn finish(mut self) -> Result<(), Error> {
-        match self.task.join().await {
+        let joined = match &mut self.task {
+            Some(task) => task.join().await,
+            None => None,
+        };
+        match joined {
             Some(result) => result,
             None => Err(Error::Internal(format!("the upload of {} was cancelled", self.display))),
         }

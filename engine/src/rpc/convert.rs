@@ -257,6 +257,18 @@ pub fn assignment(a: pb::Assignment) -> Result<(JobRef, Assignment), MalformedMe
     let task = TaskId::try_from(a.task)?;
     let attempt = AttemptId(a.attempt);
     let work = match a.work.ok_or_else(|| MalformedMessage::missing("Assignment", "work"))? {
+        pb::assignment::Work::Map(m) if m.partitions == 0 => {
+            return Err(MalformedMessage {
+                message: "MapWork",
+                problem: "it has 0 partitions".into(),
+            });
+        }
+        pb::assignment::Work::Reduce(r) if r.partitions == 0 || task.index >= r.partitions => {
+            return Err(MalformedMessage {
+                message: "ReduceWork",
+                problem: format!("{task} is not one of its {} partitions", r.partitions),
+            });
+        }
         pb::assignment::Work::Map(m) if task.phase == Phase::Map => Assignment::Map(MapAssignment {
             task,
             attempt,

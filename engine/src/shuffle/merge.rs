@@ -73,7 +73,7 @@ impl FileSection {
 
 impl Read for FileSection {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let left = usize::try_from(self.end - self.pos).unwrap_or(usize::MAX);
+        let left = usize::try_from(self.end.saturating_sub(self.pos)).unwrap_or(usize::MAX);
         let want = buf.len().min(left);
         if want == 0 {
             return Ok(0);
@@ -139,6 +139,60 @@ impl RunReader for IpcRun {
             Some(Ok(b)) => RecordBatch::try_new(self.schema.clone(), b.columns().to_vec())
                 .map(Some)
                 .map_err(|e| corrupt(e.to_string())),
+        }
+    }
+}
+
+/// Where a [`DeferredRun`]'s bytes are.
+pub enum RunFile {
+    /// A file already open (a spill file, or fetched shuffle data).
+    Open(Arc<File>),
+    /// A local file to open (a map output on a local store).
+    Path(std::path::PathBuf),
+}
+
+/// An IPC run in a section of a file, opened only when first read: a merge
+/// over thousands of map outputs or spilled runs then holds buffers (and
+/// file handles) only for the runs of the merge pass it is running.
+pub struct DeferredRun {
+    file: Option<RunFile>,
+    range: std::ops::Range<u64>,
+    what: String,
+    schema: SchemaRef,
+    opened: Option<IpcRun>,
+}
+
+impl DeferredRun {
+    /// Bytes `range` of `file` (named `what` in errors), an IPC stream of
+    /// `schema`'s column types.
+    pub fn new(file: RunFile, range: std::ops::Range<u64>, what: String, schema: &SchemaRef) -> Self {
+        DeferredRun {
+            file: Some(file),
+            range,
+            what,
+            schema: schema.clone(),
+            opened: None,
+        }
+    }
+}
+
+impl RunReader for DeferredRun {
+    fn next_batch(&mut self) -> Result<Option<RecordBatch>, Error> {
+        if self.opened.is_none() {
+            let file = match self.file.take() {
+                Some(RunFile::Open(file)) => file,
+                Some(RunFile::Path(path)) => Arc::new(File::open(&path).map_err(|source| Error::Io {
+                    action: "opening a map output",
+                    source,
+                })?),
+                None => return Ok(None),
+            };
+            let section = FileSection::new(file, self.range.clone());
+            self.opened = Some(IpcRun::open(section, std::mem::take(&mut self.what), &self.schema)?);
+        }
+        match &mut self.opened {
+            Some(run) => run.next_batch(),
+            None => Ok(None),
         }
     }
 }
@@ -234,6 +288,20 @@ impl<'a> Merger<'a> {
     /// # Errors
     /// Errors reading the runs, or an internal error.
     pub fn next_chunk(&mut self, min_rows: usize) -> Result<Option<(RecordBatch, Vec<u32>)>, Error> {
+        self.next(min_rows, true)
+    }
+
+    /// The next `rows` merged rows (fewer only at the end), cut anywhere:
+    /// for merges that need no groups (passes through disk, output that is
+    /// not combined), so no group, however large, is held whole.
+    ///
+    /// # Errors
+    /// Errors reading the runs, or an internal error.
+    pub fn next_rows(&mut self, rows: usize) -> Result<Option<RecordBatch>, Error> {
+        Ok(self.next(rows, false)?.map(|(chunk, _)| chunk))
+    }
+
+    fn next(&mut self, min_rows: usize, whole_groups: bool) -> Result<Option<(RecordBatch, Vec<u32>)>, Error> {
         // Start the chunk's sources afresh from the runs' current batches.
         self.slots.clear();
         for &i in &self.heap {
@@ -245,8 +313,12 @@ impl<'a> Merger<'a> {
         let mut ends: Vec<u32> = Vec::new();
         while let Some(&top) = self.heap.first() {
             let c = &self.cursors[top];
-            let row = c.rows.row(c.pos);
-            if !self.has_last || row.as_ref() != self.last_key.as_slice() {
+            if !whole_groups {
+                if indices.len() >= min_rows {
+                    break;
+                }
+            } else if !self.has_last || c.rows.row(c.pos).as_ref() != self.last_key.as_slice() {
+                let row = c.rows.row(c.pos);
                 if !indices.is_empty() {
                     ends.push(indices.len() as u32);
                     if indices.len() >= min_rows {
@@ -328,50 +400,47 @@ pub fn fan_in(memory: u64) -> usize {
 /// are left, so the final merge holds one batch of each. Returns the runs
 /// to merge last, and the bytes the passes wrote to disk.
 ///
+/// Each pass merges just enough runs into one to bring the count down to
+/// `fan_in`, at most `fan_in` at a time (as Hadoop sizes its first merge
+/// pass), so a count just past the fan-in costs a small pass, not a
+/// rewrite of everything.
+///
 /// # Errors
 /// Errors reading the runs, and [`Error::Io`] if the temp directory fails.
 pub fn reduce_runs(
     encoder: &KeyEncoder,
     schema: &SchemaRef,
-    mut runs: Vec<Box<dyn RunReader>>,
+    runs: Vec<Box<dyn RunReader>>,
     fan_in: usize,
 ) -> Result<(Vec<Box<dyn RunReader>>, u64), Error> {
     let fan_in = fan_in.max(2);
     let mut spilled = 0u64;
+    let mut runs: std::collections::VecDeque<Box<dyn RunReader>> = runs.into();
     while runs.len() > fan_in {
-        let mut next: Vec<Box<dyn RunReader>> = Vec::with_capacity(runs.len() / fan_in + 1);
-        let mut rest = runs.into_iter();
-        loop {
-            let group: Vec<Box<dyn RunReader>> = rest.by_ref().take(fan_in).collect();
-            if group.is_empty() {
-                break;
-            }
-            if group.len() == 1 {
-                next.extend(group);
-                continue;
-            }
-            let io = |source| Error::Io {
-                action: "writing a merge pass to the temp directory ($TMPDIR)",
-                source,
-            };
-            let file = tempfile::tempfile().map_err(io)?;
-            let mut writer = ShuffleWriter::new(BufWriter::new(&file), schema, 1)?;
-            let mut merger = Merger::new(encoder, group)?;
-            while let Some((chunk, _)) = merger.next_chunk(RUN_BATCH_ROWS)? {
-                writer.write(0, &chunk)?;
-            }
-            let (_, ranges) = writer.finish()?;
-            let range = ranges[0].clone();
-            spilled += range.end;
-            next.push(Box::new(IpcRun::open(
-                FileSection::new(Arc::new(file), range),
-                "a merge pass's run".into(),
-                schema,
-            )?));
+        let take = fan_in.min(runs.len() - fan_in + 1);
+        let group: Vec<Box<dyn RunReader>> = runs.drain(..take).collect();
+        let io = |source| Error::Io {
+            action: "writing a merge pass to the temp directory ($TMPDIR)",
+            source,
+        };
+        let file = tempfile::tempfile().map_err(io)?;
+        let mut writer = ShuffleWriter::new(BufWriter::new(&file), schema, 1)?;
+        let mut merger = Merger::new(encoder, group)?;
+        while let Some(chunk) = merger.next_rows(RUN_BATCH_ROWS)? {
+            writer.write(0, &chunk)?;
         }
-        runs = next;
+        drop(merger);
+        let (_, ranges) = writer.finish()?;
+        let range = ranges.first().cloned().unwrap_or(0..0);
+        spilled += range.end;
+        runs.push_back(Box::new(DeferredRun::new(
+            RunFile::Open(Arc::new(file)),
+            range,
+            "a merge pass's run".into(),
+            schema,
+        )));
     }
-    Ok((runs, spilled))
+    Ok((runs.into(), spilled))
 }
 
 #[cfg(test)]

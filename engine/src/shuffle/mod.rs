@@ -20,15 +20,19 @@ use arrow::compute::{concat_batches, take_record_batch};
 use arrow::datatypes::{DataType, SchemaRef};
 use arrow::row::{RowConverter, Rows, SortField};
 
-pub use merge::{FileSection, IpcRun, MIN_FAN_IN, MemoryRun, Merger, RunReader, fan_in, reduce_runs};
-pub use object::{MAGIC, RUN_BATCH_ROWS, ShuffleWriter, index_len, parse_index};
+pub use merge::{
+    DeferredRun, FileSection, IpcRun, MIN_FAN_IN, MemoryRun, Merger, RunFile, RunReader, fan_in, reduce_runs,
+};
+pub use object::{
+    MAGIC, RUN_BATCH_ROWS, ShuffleWriter, TRAILER_LEN, check_trailer, index_len, parse_index, parse_index_entries,
+};
 
 /// Errors of the shuffle.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// A shuffle object or range that can't be decoded.
-    #[error("shuffle data {what} is corrupt: {reason}; the map task that wrote it will be re-run")]
+    #[error("shuffle data {what} is corrupt: {reason}")]
     Corrupt {
         /// Which object and range.
         what: String,
@@ -294,6 +298,20 @@ pub fn concat(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<RecordBatch
     concat_batches(schema, batches).map_err(internal("concatenating batches"))
 }
 
+/// The memory `batch`'s rows take: for a slice, its share of the buffers,
+/// not the whole buffers it points into (as `get_array_memory_size` counts).
+pub fn batch_memory(batch: &RecordBatch) -> usize {
+    batch
+        .columns()
+        .iter()
+        .map(|c| {
+            c.to_data()
+                .get_slice_memory_size()
+                .unwrap_or_else(|_| c.get_array_memory_size())
+        })
+        .sum()
+}
+
 /// Rows `range` of `batch`.
 pub fn slice(batch: &RecordBatch, range: &Range<usize>) -> RecordBatch {
     batch.slice(range.start, range.end - range.start)
@@ -421,6 +439,22 @@ mod tests {
         assert_eq!(parse_index("t", tail, 3, bytes.len() as u64).unwrap(), ranges);
         assert!(parse_index("t", tail, 4, bytes.len() as u64).is_err());
         assert!(parse_index("t", &bytes[..index_len(3) as usize], 3, bytes.len() as u64).is_err());
+        // Past WHOLE_INDEX_UP_TO partitions a reducer reads the trailer, then
+        // just its two entries.
+        let size = bytes.len() as u64;
+        let trailer = &bytes[bytes.len() - TRAILER_LEN as usize..];
+        let index_start = check_trailer("t", trailer, 3, size).unwrap();
+        let at = (index_start + 8 * 2) as usize;
+        assert_eq!(
+            parse_index_entries("t", &bytes[at..at + 16], index_start).unwrap(),
+            ranges[2]
+        );
+        assert!(check_trailer("t", trailer, 4, size).is_err());
+        assert!(check_trailer("t", trailer, 3, 10).is_err(), "shorter than its index");
+        assert!(
+            parse_index_entries("t", &bytes[at..at + 16], 1).is_err(),
+            "past the data"
+        );
         let mut file = tempfile::tempfile().unwrap();
         file.write_all(&bytes).unwrap();
         let file = Arc::new(file);

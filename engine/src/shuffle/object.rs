@@ -163,7 +163,7 @@ impl<W: Write> ShuffleWriter<W> {
             unreachable!("a partition was opened above");
         };
         let rows = batch.num_rows();
-        let bytes_per_row = (batch.get_array_memory_size() / rows).max(1);
+        let bytes_per_row = (super::batch_memory(batch) / rows).max(1);
         let step = (RUN_BATCH_BYTES / bytes_per_row).clamp(1, RUN_BATCH_ROWS);
         let mut at = 0;
         while at < rows {
@@ -242,4 +242,51 @@ pub fn parse_index(what: &str, tail: &[u8], partitions: u32, object_len: u64) ->
         return Err(corrupt("its index offsets are out of order or out of bounds"));
     }
     Ok(offsets.windows(2).map(|w| w[0]..w[1]).collect())
+}
+
+/// The bytes that end every shuffle object: the u32 partition count and
+/// [`MAGIC`].
+pub const TRAILER_LEN: u64 = 4 + MAGIC.len() as u64;
+
+/// Check the last [`TRAILER_LEN`] bytes of a shuffle object of `object_len`
+/// bytes that should have `partitions` partitions; returns where its index
+/// starts.
+///
+/// # Errors
+/// [`Error::Corrupt`] if it is not such a trailer.
+pub fn check_trailer(what: &str, trailer: &[u8], partitions: u32, object_len: u64) -> Result<u64, Error> {
+    let corrupt = |reason: &str| Error::Corrupt {
+        what: what.to_string(),
+        reason: reason.to_string(),
+    };
+    if trailer.len() as u64 != TRAILER_LEN || !trailer.ends_with(MAGIC) {
+        return Err(corrupt("it does not end with a shuffle index"));
+    }
+    if u32::from_le_bytes([trailer[0], trailer[1], trailer[2], trailer[3]]) != partitions {
+        return Err(corrupt("its index has another number of partitions"));
+    }
+    object_len
+        .checked_sub(index_len(partitions))
+        .ok_or_else(|| corrupt("it is shorter than its index"))
+}
+
+/// Partition `partition`'s range from the two index entries (16 bytes) that
+/// bound it, in an object whose data ends at `data_end`.
+///
+/// # Errors
+/// [`Error::Corrupt`] if they are out of order or out of bounds.
+pub fn parse_index_entries(what: &str, entries: &[u8], data_end: u64) -> Result<Range<u64>, Error> {
+    let corrupt = |reason: &str| Error::Corrupt {
+        what: what.to_string(),
+        reason: reason.to_string(),
+    };
+    let [a0, a1, a2, a3, a4, a5, a6, a7, b0, b1, b2, b3, b4, b5, b6, b7] = entries else {
+        return Err(corrupt("its index is cut short"));
+    };
+    let start = u64::from_le_bytes([*a0, *a1, *a2, *a3, *a4, *a5, *a6, *a7]);
+    let end = u64::from_le_bytes([*b0, *b1, *b2, *b3, *b4, *b5, *b6, *b7]);
+    if start > end || end > data_end {
+        return Err(corrupt("its index offsets are out of order or out of bounds"));
+    }
+    Ok(start..end)
 }

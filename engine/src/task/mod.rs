@@ -40,7 +40,9 @@ use crate::data::sink::{self, ObjectSink, Upload};
 use crate::data::text::{TextSplitReader, stream_text_split};
 use crate::data::{Location, MapInput, Split, SplitKind};
 use crate::runtime::{GuestInstance, JobModule, Runtime};
-use crate::shuffle::{self, FileSection, IpcRun, KeyEncoder, MemoryRun, Merger, Partitioner, RunReader, ShuffleWriter};
+use crate::shuffle::{
+    self, DeferredRun, KeyEncoder, MemoryRun, Merger, Partitioner, RunFile, RunReader, ShuffleWriter,
+};
 use crate::spawn::SpawnedTask;
 use crate::worker::{ComputePanic, ComputePool};
 use crate::{AttemptId, TaskId};
@@ -423,6 +425,12 @@ enum OpenedReader {
 /// groups). Stops at the first error, which it sends on.
 async fn open_splits(splits: Vec<Split>, max_record: u64, tx: mpsc::Sender<Result<OpenedSplit, Error>>) {
     for split in splits {
+        // Fetch the next split only once the reader has room for it: one
+        // split read, one opened ahead, never more.
+        let Ok(permit) = tx.reserve().await else {
+            // The compute job is gone only if the attempt failed or was cancelled.
+            return;
+        };
         let opened = async {
             let file = Location::parse(&split.file)?;
             Ok(match &split.kind {
@@ -447,8 +455,8 @@ async fn open_splits(splits: Vec<Split>, max_record: u64, tx: mpsc::Sender<Resul
         }
         .await;
         let failed = opened.is_err();
-        // The compute job is gone only if the attempt failed or was cancelled.
-        if tx.send(opened).await.is_err() || failed {
+        permit.send(opened);
+        if failed {
             return;
         }
     }
@@ -489,27 +497,30 @@ fn guest_err(
 }
 
 /// Whether a map task still combines, judged from what combining has
-/// achieved so far: once a task has combined enough rows to tell, and
-/// combining kept nearly all of them (keys mostly distinct), it stops.
+/// achieved so far: once the task has seen enough rows from the guest to
+/// tell, and combining removed less than a tenth of them (keys mostly
+/// distinct), it stops.
 struct Combining {
     on: bool,
-    rows_in: u64,
-    rows_out: u64,
+    /// Rows the guest emitted that reached a combine pass.
+    seen: u64,
+    /// Rows combining removed.
+    removed: u64,
 }
 
 impl Combining {
     fn new(combines: bool) -> Self {
         Combining {
             on: combines,
-            rows_in: 0,
-            rows_out: 0,
+            seen: 0,
+            removed: 0,
         }
     }
 
-    fn record(&mut self, rows_in: usize, rows_out: usize) {
-        self.rows_in += rows_in as u64;
-        self.rows_out += rows_out as u64;
-        if self.rows_in >= COMBINE_JUDGED_AFTER_ROWS && self.rows_out * 10 > self.rows_in * COMBINE_USELESS_TENTHS {
+    /// `fresh` rows from the guest went into a pass.
+    fn saw(&mut self, fresh: usize) {
+        self.seen += fresh as u64;
+        if self.seen >= COMBINE_JUDGED_AFTER_ROWS && self.removed * 10 < self.seen * (10 - COMBINE_USELESS_TENTHS) {
             self.on = false;
         }
     }
@@ -555,7 +566,7 @@ impl MapWork<'_> {
             self.guest
                 .combine(&keys, &values, ends)
                 .map_err(guest_err(self.a.task, self.a.attempt, None))?;
-        self.combining.record(sorted.num_rows(), combined.num_rows());
+        self.combining.removed += sorted.num_rows().saturating_sub(combined.num_rows()) as u64;
         // The SDK combines group by group, in order; a hand-written guest
         // might not, so its output is re-sorted rather than trusted.
         Ok(if shuffle::is_sorted(&self.encoder, &combined)? {
@@ -588,7 +599,8 @@ fn map_compute(
     let max_output = module.limits().max_output_bytes;
     let mut counters = Counters::new();
     let mut pending: Vec<RecordBatch> = Vec::new();
-    let (mut pending_rows, mut pending_bytes) = (0usize, 0usize);
+    // Rows from the guest since the last sort, and what is held in all.
+    let (mut fresh_rows, mut pending_bytes) = (0usize, 0usize);
     let buffer = memory.map_buffer();
     let mut spills = spill::Spills::new();
     let (mut records_in, mut map_out) = (0i64, 0i64);
@@ -668,26 +680,29 @@ fn map_compute(
             }
         };
         map_out += out.num_rows() as i64;
-        pending_rows += out.num_rows();
-        pending_bytes += out.get_array_memory_size();
+        fresh_rows += out.num_rows();
+        pending_bytes += shuffle::batch_memory(&out);
         pending.push(out);
         let full = pending_bytes >= buffer;
-        if full || (work.combining.on && pending_rows >= COMBINE_EVERY_ROWS) {
+        if full || (work.combining.on && fresh_rows >= COMBINE_EVERY_ROWS) {
             // Sort (and combine) what we have so far; if it still fills half
             // the buffer, spill it to disk, else keep it in memory.
             let all = shuffle::concat(&schema, &pending)?;
             pending.clear();
             let parts = work.sort_and_combine(&all)?;
+            if work.combining.on {
+                work.combining.saw(fresh_rows);
+            }
+            fresh_rows = 0;
             drop(all);
-            let kept: usize = parts.iter().flatten().map(RecordBatch::get_array_memory_size).sum();
+            let kept: usize = parts.iter().flatten().map(shuffle::batch_memory).sum();
             if full && kept >= buffer / 2 {
                 spills.spill(&schema, &parts)?;
                 check_output("the map output spilled", spills.bytes, max_output)?;
             } else {
                 pending = parts.into_iter().flatten().collect();
             }
-            pending_rows = pending.iter().map(RecordBatch::num_rows).sum();
-            pending_bytes = pending.iter().map(RecordBatch::get_array_memory_size).sum();
+            pending_bytes = pending.iter().map(shuffle::batch_memory).sum();
         }
     }
     let all = shuffle::concat(&schema, &pending)?;
@@ -708,17 +723,24 @@ fn map_compute(
         } else {
             // Merge this partition's spilled runs with what is still in
             // memory, combining again while that pays.
-            let mut runs = spills.partition(p, &schema)?;
+            let mut runs = spills.partition(p, &schema);
             runs.push(Box::new(MemoryRun::new(in_memory)));
             let (runs, passes) = shuffle::reduce_runs(&work.encoder, &schema, runs, fan_in)?;
             merge_spilled += passes;
             let encoder = KeyEncoder::new(&info.key_types)?;
             let mut merger = Merger::new(&encoder, runs)?;
-            while let Some((chunk, ends)) = merger.next_chunk(REDUCE_CALL_ROWS)? {
+            loop {
+                // Combining needs whole groups; passing rows through does not.
                 let chunk = if work.combining.on {
-                    work.combine_sorted(&chunk, &ends)?
+                    match merger.next_chunk(REDUCE_CALL_ROWS)? {
+                        Some((chunk, ends)) => work.combine_sorted(&chunk, &ends)?,
+                        None => break,
+                    }
                 } else {
-                    chunk
+                    match merger.next_rows(REDUCE_CALL_ROWS)? {
+                        Some(chunk) => chunk,
+                        None => break,
+                    }
                 };
                 out.write(p32, &chunk)?;
                 shuffled += chunk.num_rows() as i64;
@@ -762,7 +784,10 @@ fn map_compute(
 enum Fetched {
     /// First: this task's partition in each map output, from their indexes.
     Ranges(Vec<Range<u64>>),
-    /// Then the bytes, block by block.
+    /// Then, when every map output is a local file, their paths: they are
+    /// read where they are rather than copied.
+    Local(Vec<std::path::PathBuf>),
+    /// Else the bytes, block by block.
     Block {
         /// Which map output.
         input: usize,
@@ -772,25 +797,47 @@ enum Fetched {
     },
 }
 
+/// Up to this many partitions, a reducer reads a shuffle object's whole
+/// index in one request; past it, the trailer and then just its two
+/// entries, so the bytes read stay small however many reducers there are.
+pub const WHOLE_INDEX_UP_TO: u32 = 4096;
+
 /// Read the index at the end of `object` (of `partitions` partitions) and
 /// return partition `partition`'s byte range.
 async fn partition_range(object: &Location, partitions: u32, partition: u32) -> Result<Range<u64>, Error> {
-    let len = shuffle::index_len(partitions);
-    let options = object_store::GetOptions {
+    let io = |e| Error::Data(crate::data::Error::io(&object.display, "reading the index of", e));
+    let suffix = |len| object_store::GetOptions {
         range: Some(object_store::GetRange::Suffix(len)),
         ..Default::default()
     };
-    let io = |e| Error::Data(crate::data::Error::io(&object.display, "reading the index of", e));
-    let got = object.store.get_opts(&object.path, options).await.map_err(io)?;
+    if partitions <= WHOLE_INDEX_UP_TO {
+        let got = object
+            .store
+            .get_opts(&object.path, suffix(shuffle::index_len(partitions)))
+            .await
+            .map_err(io)?;
+        let size = got.meta.size;
+        let tail = got.bytes().await.map_err(io)?;
+        let ranges = shuffle::parse_index(&object.display, &tail, partitions, size)?;
+        return ranges.get(partition as usize).cloned().ok_or_else(|| {
+            Error::Shuffle(shuffle::Error::Corrupt {
+                what: object.display.clone(),
+                reason: format!("its index has no partition {partition}"),
+            })
+        });
+    }
+    let got = object
+        .store
+        .get_opts(&object.path, suffix(shuffle::TRAILER_LEN))
+        .await
+        .map_err(io)?;
     let size = got.meta.size;
-    let tail = got.bytes().await.map_err(io)?;
-    let ranges = shuffle::parse_index(&object.display, &tail, partitions, size)?;
-    ranges.get(partition as usize).cloned().ok_or_else(|| {
-        Error::Shuffle(shuffle::Error::Corrupt {
-            what: object.display.clone(),
-            reason: format!("its index has no partition {partition}"),
-        })
-    })
+    let trailer = got.bytes().await.map_err(io)?;
+    let index_start = shuffle::check_trailer(&object.display, &trailer, partitions, size)?;
+    let data_end = index_start;
+    let at = index_start + 8 * u64::from(partition);
+    let entries = object.store.get_range(&object.path, at..at + 16).await.map_err(io)?;
+    Ok(shuffle::parse_index_entries(&object.display, &entries, data_end)?)
 }
 
 /// Read each map output's index for this task's partition, send the
@@ -823,6 +870,11 @@ async fn fetch_inputs(a: ReduceAssignment, tx: mpsc::Sender<Result<Fetched, Erro
         }
     };
     if tx.send(Ok(Fetched::Ranges(ranges.clone()))).await.is_err() {
+        return;
+    }
+    let local: Option<Vec<std::path::PathBuf>> = objects.iter().map(Location::local_path).collect();
+    if let Some(paths) = local {
+        let _ = tx.send(Ok(Fetched::Local(paths))).await;
         return;
     }
     let mut blocks = Vec::new();
@@ -908,11 +960,27 @@ fn receive_inputs(
         bases.push(total);
         total += range.end - range.start;
     }
+    let mut runs: Vec<Box<dyn RunReader>> = Vec::new();
     let file = tempfile::tempfile().map_err(Error::Spill)?;
     let mut received = 0u64;
     while let Some(fetched) = rx.blocking_recv() {
-        let Fetched::Block { input, offset, bytes } = fetched? else {
-            return Err(stopped());
+        let (input, offset, bytes) = match fetched? {
+            Fetched::Block { input, offset, bytes } => (input, offset, bytes),
+            Fetched::Local(paths) => {
+                for ((path, range), object) in paths.into_iter().zip(&ranges).zip(&a.map_outputs) {
+                    if !range.is_empty() {
+                        let what = format!("{object} bytes {}..{}", range.start, range.end);
+                        runs.push(Box::new(DeferredRun::new(
+                            RunFile::Path(path),
+                            range.clone(),
+                            what,
+                            schema,
+                        )));
+                    }
+                }
+                return Ok((runs, total));
+            }
+            Fetched::Ranges(_) => return Err(stopped()),
         };
         let at = bases.get(input).copied().unwrap_or(0) + offset;
         file.write_all_at(&bytes, at).map_err(Error::Spill)?;
@@ -922,14 +990,18 @@ fn receive_inputs(
         return Err(stopped());
     }
     let file = Arc::new(file);
-    let mut runs: Vec<Box<dyn RunReader>> = Vec::new();
     for ((object, range), base) in a.map_outputs.iter().zip(&ranges).zip(bases) {
         if range.is_empty() {
             continue;
         }
         let what = format!("{object} bytes {}..{}", range.start, range.end);
-        let section = FileSection::new(file.clone(), base..base + (range.end - range.start));
-        runs.push(Box::new(IpcRun::open(section, what, schema)?));
+        let section = base..base + (range.end - range.start);
+        runs.push(Box::new(DeferredRun::new(
+            RunFile::Open(file.clone()),
+            section,
+            what,
+            schema,
+        )));
     }
     Ok((runs, total))
 }

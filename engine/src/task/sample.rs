@@ -43,9 +43,24 @@ fn sample_compute(
     let mut guest = module.instantiate(runtime).map_err(guest_err(task, attempt, None))?;
     let encoder = KeyEncoder::new(&guest.info().key_types)?;
     let mut sample: Vec<Vec<u8>> = Vec::new();
-    let keep = |out: &arrow::array::RecordBatch, sample: &mut Vec<Vec<u8>>| -> Result<(), Error> {
-        if out.num_rows() > 0 {
-            sample.extend(encoder.rows(out)?.iter().map(|r| r.as_ref().to_vec()));
+    // Thinned as keys arrive (every other one kept, then every fourth...),
+    // so a guest that emits without end holds no more than twice the cap.
+    let mut stride = 1usize;
+    let mut seen = 0usize;
+    let mut keep = |out: &arrow::array::RecordBatch, sample: &mut Vec<Vec<u8>>| -> Result<(), Error> {
+        if out.num_rows() == 0 {
+            return Ok(());
+        }
+        for row in encoder.rows(out)?.iter() {
+            if seen.is_multiple_of(stride) {
+                sample.push(row.as_ref().to_vec());
+            }
+            seen += 1;
+            if sample.len() >= 2 * SAMPLE_KEYS {
+                let thinned: Vec<Vec<u8>> = std::mem::take(sample).into_iter().step_by(2).collect();
+                *sample = thinned;
+                stride *= 2;
+            }
         }
         Ok(())
     };
@@ -67,9 +82,5 @@ fn sample_compute(
     }
     let held = guest.flush().map_err(guest_err(task, attempt, None))?;
     keep(&held, &mut sample)?;
-    if sample.len() > SAMPLE_KEYS {
-        let stride = sample.len().div_ceil(SAMPLE_KEYS);
-        sample = sample.into_iter().step_by(stride).collect();
-    }
     Ok(sample)
 }

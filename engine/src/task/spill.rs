@@ -14,7 +14,7 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 
 use super::Error;
-use crate::shuffle::{FileSection, IpcRun, RunReader, ShuffleWriter};
+use crate::shuffle::{DeferredRun, RunFile, RunReader, ShuffleWriter};
 
 /// The runs spilled so far by one map attempt.
 pub struct Spills {
@@ -60,31 +60,33 @@ impl Spills {
                 writer.write(p as u32, b)?;
             }
         }
-        let written = writer.written();
         let (_, ranges) = writer.finish()?;
+        // The run's streams, then its index (unread: the ranges are kept here).
+        let written = ranges.last().map_or(0, |r| r.end) + crate::shuffle::index_len(partitions.len() as u32);
         self.runs.push((self.bytes, ranges));
-        // The run's streams, and its index (unread: the ranges are kept here).
-        self.bytes += written + crate::shuffle::index_len(partitions.len() as u32);
+        self.bytes += written;
         Ok(())
     }
 
     /// Partition `p` of every run, in run order, each sorted by key, as
-    /// runs to merge.
-    ///
-    /// # Errors
-    /// If a run does not open.
-    pub fn partition(&self, p: usize, schema: &SchemaRef) -> Result<Vec<Box<dyn RunReader>>, Error> {
+    /// runs to merge (each opened when first read).
+    pub fn partition(&self, p: usize, schema: &SchemaRef) -> Vec<Box<dyn RunReader>> {
         let Some(file) = &self.file else {
-            return Ok(Vec::new());
+            return Vec::new();
         };
         let mut out: Vec<Box<dyn RunReader>> = Vec::new();
         for (start, ranges) in &self.runs {
             let Some(range) = ranges.get(p).filter(|r| !r.is_empty()) else {
                 continue;
             };
-            let section = FileSection::new(file.clone(), start + range.start..start + range.end);
-            out.push(Box::new(IpcRun::open(section, "a spilled run".into(), schema)?));
+            let section = start + range.start..start + range.end;
+            out.push(Box::new(DeferredRun::new(
+                RunFile::Open(file.clone()),
+                section,
+                "a spilled run".into(),
+                schema,
+            )));
         }
-        Ok(out)
+        out
     }
 }
