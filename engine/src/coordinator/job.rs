@@ -60,10 +60,8 @@ pub struct JobSpec {
     pub partitioner: Partitioner,
 }
 
-/// Default for [`JobSpec::task_memory`]: 128 MiB per task slot. A
-/// process's peak RSS is about 300 MiB plus its slots times this, whatever
-/// the input (`cargo xtask bench scale` measures it).
-pub const DEFAULT_TASK_MEMORY: u64 = 128 << 20;
+/// Default for [`JobSpec::task_memory`] (the task layer owns the budget).
+pub use crate::task::DEFAULT_TASK_MEMORY;
 
 fn task_memory_default() -> u64 {
     DEFAULT_TASK_MEMORY

@@ -203,8 +203,13 @@ pub struct ReduceAssignment {
     pub memory_bytes: u64,
 }
 
+/// Default task memory budget: 128 MiB per task slot. A process's peak RSS
+/// is about 300 MiB plus its slots times this, whatever the input
+/// (`cargo xtask bench scale` measures it).
+pub const DEFAULT_TASK_MEMORY: u64 = 128 << 20;
+
 fn default_task_memory() -> u64 {
-    crate::coordinator::job::DEFAULT_TASK_MEMORY
+    DEFAULT_TASK_MEMORY
 }
 
 /// How a task divides its memory budget.
