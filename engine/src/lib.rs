@@ -14,6 +14,7 @@ pub mod cli;
 pub mod coordinator;
 pub mod data;
 mod ids;
+pub mod layout;
 pub mod rpc;
 pub mod runtime;
 pub mod shuffle;

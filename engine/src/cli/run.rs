@@ -16,6 +16,7 @@ use super::{Failure, exit};
 use crate::coordinator::{Coordinator, Job, JobSpec, JobState, remove_all};
 use crate::data::output::Manifest;
 use crate::data::{Location, check_output_outside, plan_map_inputs};
+use crate::layout::JobLayout;
 use crate::runtime::Runtime;
 use crate::shuffle::Partitioner;
 use crate::task::{Counters, JobContext, sample_partitioner};
@@ -183,7 +184,7 @@ async fn run_async(args: RunArgs, slots: usize, reducers: u32) -> Result<u8, Fai
     };
     let id = JobId::generate();
     let spec = JobSpec {
-        work_dir: output.child(&format!("_temporary/{id}")).display.clone(),
+        work_dir: JobLayout::scratch_for(&output, &id),
         id: id.clone(),
         inputs: args.spec.input.clone(),
         output: args.spec.output.clone(),

@@ -274,7 +274,6 @@ mod tests {
         let (_, second) = c.next_assignment(&w, SystemTime::now()).expect("work");
         let (task, attempt) = first.task_and_attempt();
         let out = Outcome::Map(MapOutput {
-            object: "o".into(),
             counters: Default::default(),
         });
         assert_eq!(

@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::MapInput;
 use crate::data::output::OutputFormat;
+use crate::layout::JobLayout;
 use crate::shuffle::Partitioner;
 use crate::task::{Counters, MapAssignment, MapOutput, ReduceAssignment, ReduceOutput};
 use crate::{AttemptId, JobId, Phase, TaskId, WorkerId};
@@ -65,6 +66,17 @@ pub use crate::task::DEFAULT_TASK_MEMORY;
 
 fn task_memory_default() -> u64 {
     DEFAULT_TASK_MEMORY
+}
+
+impl JobSpec {
+    /// Where this job's attempts write and its output is committed.
+    pub fn layout(&self) -> JobLayout<'_> {
+        JobLayout {
+            output: &self.output,
+            scratch: &self.work_dir,
+            format: self.format,
+        }
+    }
 }
 
 fn speculation_default() -> bool {
@@ -425,6 +437,7 @@ impl Job {
             state: AttemptState::Running,
         });
         let index = task.id.index;
+        let layout = self.spec.layout();
         Some(match phase {
             Phase::Map => Assignment::Map(MapAssignment {
                 task: task.id,
@@ -432,25 +445,54 @@ impl Job {
                 input: self.splits[index as usize].clone(),
                 partitions: self.spec.reducers,
                 partitioner: self.spec.partitioner.clone(),
-                shuffle_object: format!("{}/map-{index:05}-{}.shuffle", self.spec.work_dir, attempt.0),
+                shuffle_object: layout.shuffle_object(index, attempt),
                 memory_bytes: self.spec.task_memory,
                 skip_records: task.skipped.clone(),
             }),
             Phase::Reduce => Assignment::Reduce(ReduceAssignment {
                 task: task.id,
                 attempt,
-                map_outputs: self.map_outputs.iter().flatten().map(|m| m.object.clone()).collect(),
+                map_outputs: self.map_objects(),
                 partitions: self.spec.reducers,
-                output_file: format!(
-                    "{}/reduce-{index:05}-{}/{}",
-                    self.spec.work_dir,
-                    attempt.0,
-                    self.spec.format.file_name(index)
-                ),
+                output_file: layout.reduce_output(index, attempt),
                 format: self.spec.format,
                 memory_bytes: self.spec.task_memory,
             }),
         })
+    }
+
+    /// The attempt whose output is `task`'s, once one has committed.
+    pub fn committed_attempt(&self, task: TaskId) -> Option<AttemptId> {
+        let tasks = match task.phase {
+            Phase::Map => &self.maps,
+            Phase::Reduce => &self.reduces,
+        };
+        tasks
+            .get(task.index as usize)?
+            .attempts
+            .iter()
+            .find(|a| a.state == AttemptState::Succeeded)
+            .map(|a| a.id)
+    }
+
+    /// The shuffle object of every committed map task, as the coordinator
+    /// derives it from the committing attempt.
+    pub fn map_objects(&self) -> Vec<String> {
+        let layout = self.spec.layout();
+        self.maps
+            .iter()
+            .filter_map(|t| {
+                let attempt = self.committed_attempt(t.id)?;
+                Some(layout.shuffle_object(t.id.index, attempt))
+            })
+            .collect()
+    }
+
+    /// The output file of committed reduce task `index`, as the coordinator
+    /// derives it from the committing attempt.
+    pub fn reduce_file(&self, index: u32) -> Option<String> {
+        let attempt = self.committed_attempt(TaskId::reduce(index))?;
+        Some(self.spec.layout().reduce_output(index, attempt))
     }
 
     /// Record how attempt `attempt` of `task` ended.
@@ -741,7 +783,6 @@ mod tests {
 
     fn map_ok() -> Outcome {
         Outcome::Map(MapOutput {
-            object: "o".into(),
             counters: Counters::new(),
         })
     }
@@ -785,7 +826,6 @@ mod tests {
         };
         assert_eq!(ra.map_outputs.len(), 2);
         let out = Outcome::Reduce(ReduceOutput {
-            file: "f".into(),
             rows: 1,
             bytes: 1,
             counters: Counters::new(),

@@ -172,8 +172,6 @@ pub struct Journal {
     _writer: SpawnedTask<()>,
 }
 
-const DIR: &str = "journal";
-
 impl Journal {
     /// Open the journal under `store`, returning it and every event so far,
     /// oldest first.
@@ -181,7 +179,7 @@ impl Journal {
     /// # Errors
     /// If the store can't be listed or read, or an object is corrupt.
     pub async fn open(store: &Location) -> Result<(Journal, Vec<Event>), Error> {
-        let dir = store.child(DIR);
+        let dir = crate::layout::StoreLayout::new(store.clone()).journal_dir();
         let io = |action: &'static str, object: String| {
             let store = store.display.clone();
             move |source| Error::Io {

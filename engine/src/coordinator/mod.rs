@@ -124,12 +124,16 @@ pub async fn commit_output(job: &Job, job_name: &str) -> Result<Manifest, Error>
     };
     let out = Location::parse(&job.spec.output).map_err(commit_err)?;
     let mut files = Vec::new();
+    let layout = job.spec.layout();
     for (partition, reduce) in job.reduce_outputs.iter().enumerate() {
-        let reduce = reduce
-            .as_ref()
-            .ok_or_else(|| Error::Internal(format!("committing with reduce {partition} not committed")))?;
-        let from = Location::parse(&reduce.file).map_err(commit_err)?;
-        let name = job.spec.format.file_name(partition as u32);
+        let partition = partition as u32;
+        let (Some(reduce), Some(file)) = (reduce, job.reduce_file(partition)) else {
+            return Err(Error::Internal(format!("committing with reduce {partition} not committed")));
+        };
+        // The path is the coordinator's own, derived from the committing
+        // attempt: nothing a worker said decides what is moved.
+        let from = Location::parse(&file).map_err(commit_err)?;
+        let name = layout.final_name(partition);
         let to = out.child(&name);
         match from.store.rename(&from.path, &to.path).await {
             Ok(()) => {}
@@ -200,7 +204,7 @@ pub async fn remove_all(dir: &Location) -> Result<(), crate::data::Error> {
         // And the `_temporary` parent once no other job uses it.
         if let Some(parent) = path
             .parent()
-            .filter(|p| p.file_name().is_some_and(|n| n == "_temporary"))
+            .filter(|p| p.file_name().is_some_and(|n| n == crate::layout::SCRATCH_DIR))
         {
             let _ = tokio::fs::remove_dir(parent).await;
         }

@@ -317,11 +317,9 @@ pub fn outcome_to_pb(o: &Outcome) -> pb::report_task_request::Outcome {
     use pb::report_task_request::Outcome as O;
     match o {
         Outcome::Map(m) => O::Map(pb::MapDone {
-            object: m.object.clone(),
             counters: m.counters.clone().into_iter().collect(),
         }),
         Outcome::Reduce(r) => O::Reduce(pb::ReduceDone {
-            file: r.file.clone(),
             rows: r.rows,
             bytes: r.bytes,
             counters: r.counters.clone().into_iter().collect(),
@@ -347,11 +345,9 @@ pub fn outcome(o: Option<pb::report_task_request::Outcome>) -> Result<Outcome, M
     Ok(
         match o.ok_or_else(|| MalformedMessage::missing("ReportTaskRequest", "outcome"))? {
             O::Map(m) => Outcome::Map(MapOutput {
-                object: m.object,
                 counters: counters(m.counters),
             }),
             O::Reduce(r) => Outcome::Reduce(ReduceOutput {
-                file: r.file,
                 rows: r.rows,
                 bytes: r.bytes,
                 counters: counters(r.counters),

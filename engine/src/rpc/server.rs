@@ -29,6 +29,7 @@ use crate::coordinator::journal::{Event, Journal, TaskOutput};
 use crate::coordinator::status::{JobStatusDoc, UserState};
 use crate::coordinator::{Job, JobSpec, JobState, Outcome, ReportResult, commit_output, remove_all};
 use crate::data::{Location, plan_map_inputs};
+use crate::layout::{JobLayout, StoreLayout};
 use crate::runtime::limits::MAX_MODULE_BYTES;
 use crate::runtime::{Compiler, Runtime};
 use crate::spawn::SpawnedTask;
@@ -37,8 +38,6 @@ use crate::{AttemptId, JobId, ModuleDigest, WorkerId};
 
 /// Longest a `PollTask` waits before answering "nothing yet".
 pub const MAX_POLL_WAIT: Duration = Duration::from_secs(30);
-/// Where modules live in the store.
-pub const MODULES_DIR: &str = "modules";
 
 /// The coordinator's shared state.
 pub struct CoordinatorState {
@@ -196,7 +195,7 @@ impl CoordinatorState {
     }
 
     async fn module_bytes(&self, digest: &ModuleDigest) -> Result<bytes::Bytes, Status> {
-        let object = self.store.child(&format!("{MODULES_DIR}/{}.wasm", digest.as_str()));
+        let object = StoreLayout::new(self.store.clone()).module(digest);
         match object.store.get(&object.path).await {
             Ok(r) => r
                 .bytes()
@@ -339,7 +338,7 @@ impl JobService for JobApi {
         }
         let digest = ModuleDigest::of(&bytes);
         let size = bytes.len() as u64;
-        let object = self.0.store.child(&format!("{MODULES_DIR}/{}.wasm", digest.as_str()));
+        let object = StoreLayout::new(self.0.store.clone()).module(&digest);
         if object.store.head(&object.path).await.is_err() {
             object
                 .store
@@ -441,7 +440,7 @@ impl JobService for JobApi {
         };
         let id = job_ref.job.clone();
         let spec = JobSpec {
-            work_dir: output.child(&format!("_temporary/{id}")).display.clone(),
+            work_dir: JobLayout::scratch_for(&output, &id),
             id: id.clone(),
             inputs: r.inputs,
             output: r.output,

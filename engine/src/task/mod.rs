@@ -176,8 +176,6 @@ pub struct MapAssignment {
 /// What a successful map attempt produced.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MapOutput {
-    /// The shuffle object; its index says where each partition is.
-    pub object: String,
     /// Counters of this attempt.
     pub counters: Counters,
 }
@@ -232,8 +230,6 @@ impl TaskMemory {
 /// What a successful reduce attempt produced.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReduceOutput {
-    /// The attempt's output file.
-    pub file: String,
     /// Rows written.
     pub rows: u64,
     /// Bytes written.
@@ -384,10 +380,7 @@ pub async fn run_map(ctx: &JobContext, a: &MapAssignment) -> Result<MapOutput, E
         .run(move || map_compute(&runtime, &module, &assignment, rx, sink))
         .await;
     let counters = finish_upload(computed, upload).await?;
-    Ok(MapOutput {
-        object: a.shuffle_object.clone(),
-        counters,
-    })
+    Ok(MapOutput { counters })
 }
 
 /// The split a map attempt is reading.
@@ -934,7 +927,6 @@ pub async fn run_reduce(ctx: &JobContext, a: &ReduceAssignment) -> Result<Reduce
         .await;
     let (rows, bytes, counters) = finish_upload(computed, upload).await?;
     Ok(ReduceOutput {
-        file: a.output_file.clone(),
         rows,
         bytes,
         counters,

@@ -91,11 +91,8 @@ impl Modules {
         let module = match cached {
             Some(m) => m,
             None => {
-                let location = Location::parse(store).map_err(|e| error_chain(&e))?.child(&format!(
-                    "{}/{}.wasm",
-                    crate::rpc::server::MODULES_DIR,
-                    job.module.as_str()
-                ));
+                let store = Location::parse(store).map_err(|e| error_chain(&e))?;
+                let location = crate::layout::StoreLayout::new(store).module(&job.module);
                 let bytes = location
                     .store
                     .get(&location.path)
