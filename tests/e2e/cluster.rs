@@ -13,13 +13,15 @@ use serde_json::Value;
 use crate::harness::*;
 
 /// A coordinator and its workers; every process is killed on drop.
-struct Cluster {
-    store: String,
+pub(crate) struct Cluster {
+    pub(crate) store: String,
     /// Environment for every process (S3 credentials and endpoint, token).
-    env: Vec<(String, String)>,
+    pub(crate) env: Vec<(String, String)>,
+    /// Environment for workers only, after `env` (their own credentials).
+    pub(crate) worker_env: Vec<(String, String)>,
     /// Extra flags for the coordinator.
-    coordinator_args: Vec<String>,
-    addr: String,
+    pub(crate) coordinator_args: Vec<String>,
+    pub(crate) addr: String,
     lease: &'static str,
     backup_after: &'static str,
     coordinator: Child,
@@ -28,16 +30,16 @@ struct Cluster {
 }
 
 impl Cluster {
-    fn start(t: &TestDir, lease: &'static str) -> Self {
+    pub(crate) fn start(t: &TestDir, lease: &'static str) -> Self {
         Self::start_with_backups(t, lease, "5s")
     }
 
-    fn start_with_backups(t: &TestDir, lease: &'static str, backup_after: &'static str) -> Self {
+    pub(crate) fn start_with_backups(t: &TestDir, lease: &'static str, backup_after: &'static str) -> Self {
         let store = t.path("store").to_str().unwrap().to_string();
         Self::start_on(t, store, Vec::new(), lease, backup_after)
     }
 
-    fn start_on(
+    pub(crate) fn start_on(
         t: &TestDir,
         store: String,
         env: Vec<(String, String)>,
@@ -47,7 +49,7 @@ impl Cluster {
         Self::start_with_args(t, store, env, (lease, backup_after), Vec::new())
     }
 
-    fn start_with_args(
+    pub(crate) fn start_with_args(
         t: &TestDir,
         store: String,
         env: Vec<(String, String)>,
@@ -67,6 +69,7 @@ impl Cluster {
         Cluster {
             store,
             env,
+            worker_env: Vec::new(),
             coordinator_args,
             addr,
             lease,
@@ -77,7 +80,7 @@ impl Cluster {
         }
     }
 
-    fn add_worker(&mut self, slots: usize) {
+    pub(crate) fn add_worker(&mut self, slots: usize) {
         let log = std::fs::File::create(self.logs.join(format!("worker-{}.log", self.workers.len()))).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_wmr"))
             .args([
@@ -89,6 +92,7 @@ impl Cluster {
                 &slots.to_string(),
             ])
             .envs(self.env.iter().cloned())
+            .envs(self.worker_env.iter().cloned())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -97,7 +101,7 @@ impl Cluster {
     }
 
     /// SIGKILL the coordinator and start it again on the same address and store.
-    fn restart_coordinator(&mut self) {
+    pub(crate) fn restart_coordinator(&mut self) {
         self.coordinator.kill().unwrap();
         self.coordinator.wait().unwrap();
         let listen = self.addr.split_once("://").map_or(self.addr.as_str(), |(_, a)| a);
@@ -113,7 +117,7 @@ impl Cluster {
         self.coordinator = coordinator;
     }
 
-    fn client(&self, args: &[&str]) -> std::process::Output {
+    pub(crate) fn client(&self, args: &[&str]) -> std::process::Output {
         Command::new(env!("CARGO_BIN_EXE_wmr"))
             .arg(args[0])
             .args(["--coordinator", &self.addr])
@@ -123,11 +127,11 @@ impl Cluster {
             .expect("running wmr")
     }
 
-    fn submit(&self, job: &str, input: &str, out: &Path, extra: &[&str]) -> String {
+    pub(crate) fn submit(&self, job: &str, input: &str, out: &Path, extra: &[&str]) -> String {
         self.submit_to(job, input, out.to_str().unwrap(), extra)
     }
 
-    fn submit_to(&self, job: &str, input: &str, out: &str, extra: &[&str]) -> String {
+    pub(crate) fn submit_to(&self, job: &str, input: &str, out: &str, extra: &[&str]) -> String {
         let guest = guest(job);
         let mut args = vec![
             "submit",
@@ -155,7 +159,7 @@ impl Cluster {
             .to_string()
     }
 
-    fn status(&self, job: &str) -> Value {
+    pub(crate) fn status(&self, job: &str) -> Value {
         let o = self.client(&["status", "--json", job]);
         assert!(
             o.status.success(),
@@ -166,7 +170,7 @@ impl Cluster {
     }
 
     /// Poll until `done(status)` or the deadline; returns the last status.
-    fn wait_for(&self, job: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    pub(crate) fn wait_for(&self, job: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             let s = self.status(job);
@@ -181,7 +185,7 @@ impl Cluster {
         }
     }
 
-    fn wait_finished(&self, job: &str) -> Value {
+    pub(crate) fn wait_finished(&self, job: &str) -> Value {
         self.wait_for(job, "the job to end", |s| {
             matches!(s["state"].as_str(), Some("succeeded" | "failed" | "cancelled"))
         })
@@ -245,7 +249,7 @@ fn start_coordinator(
 }
 
 /// Every attempt of every task of a status: (phase, index, attempt json).
-fn attempts(status: &Value) -> Vec<(String, u64, Value)> {
+pub(crate) fn attempts(status: &Value) -> Vec<(String, u64, Value)> {
     status["tasks"]
         .as_array()
         .unwrap()
@@ -284,7 +288,7 @@ fn ran_in_parallel(status: &Value, phase: &str) -> (bool, BTreeSet<String>) {
 }
 
 /// A generated text input: `files` files of about `lines` lines each.
-fn generated_input(t: &TestDir, files: u64, lines: usize) -> (String, Vec<String>) {
+pub(crate) fn generated_input(t: &TestDir, files: u64, lines: usize) -> (String, Vec<String>) {
     let texts: Vec<String> = (0..files).map(|i| corpus(lines, i + 7)).collect();
     for (i, text) in texts.iter().enumerate() {
         t.write(&format!("in/part-{i:02}.txt"), text);
@@ -833,78 +837,13 @@ fn a_task_that_keeps_failing_fails_the_job_with_every_attempts_error() {
     assert_eq!(attempt_lines.count(), 3, "{text}");
 }
 
-#[test]
-fn a_token_is_required_on_every_call_of_both_services() {
-    use wmr::rpc::pb;
-    let t = TestDir::new();
-    let token_file = t.write("token", "s3cret-token\n");
-    let mut c = Cluster::start_on(
-        &t,
-        t.path("store").to_str().unwrap().to_string(),
-        vec![("WMR_TOKEN".into(), "s3cret-token".into())],
-        "10s",
-        "5s",
-    );
-    // Restart with the token required (the same store and address).
-    c.coordinator_args = vec!["--token-file".into(), token_file.to_str().unwrap().into()];
-    c.restart_coordinator();
-    c.add_worker(1);
-    let (input, texts) = generated_input(&t, 1, 2_000);
-    let out = t.path("out");
-    // With the token (WMR_TOKEN), clients and workers get through.
-    let job = c.submit("wordcount", &input, &out, &["--reducers", "2"]);
-    assert_eq!(c.wait_finished(&job)["state"], "succeeded");
-    assert_eq!(text_output(&out), as_lines(&reference_wordcount(&texts)));
-    // Job service: no token, or the wrong one, is refused with a clear line.
-    for (token, what) in [(None, "no token"), (Some("wrong"), "a wrong token")] {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_wmr"));
-        cmd.args(["status", "--coordinator", &c.addr, &job])
-            .env_remove("WMR_TOKEN");
-        if let Some(token) = token {
-            cmd.env("WMR_TOKEN", token);
-        }
-        let o = cmd.output().unwrap();
-        assert_eq!(o.status.code(), Some(2));
-        let err = String::from_utf8_lossy(&o.stderr);
-        assert!(
-            err.contains(&format!("the coordinator refused the call: {what}")),
-            "{err}"
-        );
-    }
-    // Worker service, likewise.
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        for token in [None, Some("wrong")] {
-            let token = token.map(|t| wmr::rpc::auth::Token::new(t, "test").unwrap());
-            let channel = wmr::rpc::client::connect(&c.addr, &Default::default()).await.unwrap();
-            let mut client = wmr::rpc::client::workers(channel, token);
-            let refused = client
-                .register_worker(pb::RegisterWorkerRequest {
-                    name: "intruder".into(),
-                    slots: 1,
-                })
-                .await
-                .unwrap_err();
-            assert_eq!(refused.code(), tonic::Code::Unauthenticated);
-        }
-    });
-    // The coordinator logged each refusal.
-    let log = std::fs::read_to_string(t.path("logs/coordinator.log")).unwrap();
-    assert!(log.contains("refused a call with no token"), "{log}");
-    assert!(log.contains("refused a call with a wrong token"), "{log}");
-    assert!(log.contains("WorkerService") && log.contains("JobService"), "{log}");
-}
-
 /// A CA, and certificates it signs, made for one test.
-struct Pki {
+pub(crate) struct Pki {
     ca: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
 }
 
 impl Pki {
-    fn new(name: &str) -> Self {
+    pub(crate) fn new(name: &str) -> Self {
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
         params.distinguished_name.push(rcgen::DnType::CommonName, name);
@@ -913,7 +852,7 @@ impl Pki {
     }
 
     /// Write the CA certificate as `NAME.pem` and return its path.
-    fn write_ca(&self, t: &TestDir, name: &str) -> String {
+    pub(crate) fn write_ca(&self, t: &TestDir, name: &str) -> String {
         t.write(&format!("{name}.pem"), self.ca.pem())
             .to_str()
             .unwrap()
@@ -921,8 +860,24 @@ impl Pki {
     }
 
     /// A certificate for `names`, signed by the CA: (cert path, key path).
-    fn issue(&self, t: &TestDir, file: &str, names: &[&str]) -> (String, String) {
-        let params = rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+    pub(crate) fn issue(&self, t: &TestDir, file: &str, names: &[&str]) -> (String, String) {
+        self.issue_in(t, file, names, None)
+    }
+
+    /// A certificate for `names` in Organization `organization` (which
+    /// gives its role), signed by the CA: (cert path, key path).
+    pub(crate) fn issue_in(
+        &self,
+        t: &TestDir,
+        file: &str,
+        names: &[&str],
+        organization: Option<&str>,
+    ) -> (String, String) {
+        let mut params =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+        if let Some(o) = organization {
+            params.distinguished_name.push(rcgen::DnType::OrganizationName, o);
+        }
         let key = rcgen::KeyPair::generate().unwrap();
         let cert = params.signed_by(&key, &self.ca).unwrap();
         let cert_path = t.write(&format!("{file}.pem"), cert.pem());
@@ -942,6 +897,7 @@ fn tls_with_client_certificates_runs_jobs_and_refuses_strangers() {
     let ca = pki.write_ca(&t, "ca");
     let (server_cert, server_key) = pki.issue(&t, "coordinator", &["localhost", "127.0.0.1"]);
     let (client_cert, client_key) = pki.issue(&t, "client", &["wmr-client"]);
+    let (worker_cert, worker_key) = pki.issue_in(&t, "worker", &["wmr-worker"], Some("wmr:worker"));
     let env = vec![
         ("WMR_CA".to_string(), ca.clone()),
         ("WMR_TLS_CERT".to_string(), client_cert.clone()),
@@ -957,6 +913,10 @@ fn tls_with_client_certificates_runs_jobs_and_refuses_strangers() {
             .to_vec(),
     );
     assert!(c.addr.starts_with("https://127.0.0.1:"), "{}", c.addr);
+    c.worker_env = vec![
+        ("WMR_TLS_CERT".to_string(), worker_cert.clone()),
+        ("WMR_TLS_KEY".to_string(), worker_key.clone()),
+    ];
     c.add_worker(1);
     let (input, texts) = generated_input(&t, 2, 2_000);
     let out = t.path("out");
@@ -1046,12 +1006,12 @@ fn tls_for_the_server_only_carries_the_token_and_checks_files() {
     let pki = Pki::new("wmr test CA");
     let ca = pki.write_ca(&t, "ca");
     let (cert, key) = pki.issue(&t, "coordinator", &["localhost"]);
-    let token_file = t.write("token", "tls-token\n");
+    let token_file = t.write("tokens", "tls-token,me,client\nworker-token,pool,worker\n");
     let env = vec![
         ("WMR_CA".to_string(), ca.clone()),
         ("WMR_TOKEN".to_string(), "tls-token".to_string()),
     ];
-    let args = ["--tls-cert", &cert, "--tls-key", &key, "--token-file"]
+    let args = ["--tls-cert", &cert, "--tls-key", &key, "--tokens"]
         .map(String::from)
         .into_iter()
         .chain([token_file.to_str().unwrap().to_string()])
@@ -1065,6 +1025,7 @@ fn tls_for_the_server_only_carries_the_token_and_checks_files() {
     );
     // The certificate names localhost, so that is the address to use.
     c.addr = c.addr.replace("127.0.0.1", "localhost");
+    c.worker_env = vec![("WMR_TOKEN".to_string(), "worker-token".to_string())];
     c.add_worker(1);
     let (input, texts) = generated_input(&t, 1, 1_000);
     let out = t.path("out");

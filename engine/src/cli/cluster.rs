@@ -12,7 +12,7 @@ use super::client::ConnectionArgs;
 use super::compile::CompileArgs;
 use super::{Failure, exit, io_runtime};
 use crate::data::Location;
-use crate::rpc::auth::Token;
+use crate::rpc::auth::Tokens;
 use crate::rpc::server::{CoordinatorState, Security, bind, serve};
 use crate::rpc::tls::ServerTls;
 use crate::worker::error_chain;
@@ -38,10 +38,12 @@ pub struct CoordinatorArgs {
     /// to commit wins). Jobs opt out with `submit --no-speculation`.
     #[arg(long, value_name = "DURATION", default_value = "5s")]
     pub backup_after: humantime::Duration,
-    /// A file holding the cluster's shared token: every call to the job and
-    /// worker services must then carry it.
+    /// The tokens file: one `TOKEN,NAME,ROLE` line per identity, ROLE
+    /// `client` (submits, sees and cancels its own jobs), `admin` (every
+    /// job) or `worker` (runs tasks, nothing else). Every call must then
+    /// carry one of them.
     #[arg(long, value_name = "PATH")]
-    pub token_file: Option<std::path::PathBuf>,
+    pub tokens: Option<std::path::PathBuf>,
     /// Listen on a non-loopback address with neither a token nor client
     /// certificates (anyone who can reach the port can then run code on the
     /// workers).
@@ -86,26 +88,27 @@ pub(super) fn coordinator(args: CoordinatorArgs) -> Result<u8, Failure> {
         code: exit::USAGE,
         message,
     };
-    let token = args
-        .token_file
+    let tokens = args
+        .tokens
         .as_deref()
-        .map(Token::from_file)
+        .map(Tokens::from_file)
         .transpose()
-        .map_err(|e| usage(e.to_string()))?;
+        .map_err(|e| usage(e.to_string()))?
+        .map(std::sync::Arc::new);
     let tls = ServerTls::from_flags(args.tls_cert.as_deref(), args.tls_key.as_deref(), args.ca.as_deref())
         .map_err(|e| usage(e.to_string()))?;
     let public = !args.listen.ip().is_loopback();
-    let authenticated = token.is_some() || tls.as_ref().is_some_and(ServerTls::requires_client_certificates);
+    let authenticated = tokens.is_some() || tls.as_ref().is_some_and(ServerTls::requires_client_certificates);
     if public && !authenticated && !args.insecure {
         return Err(usage(format!(
             "refusing to listen on {} without a token: anyone who reaches it could run code on the workers; \
-             give --token-file (or --ca for client certificates), or --insecure if the network is private",
+             give --tokens (or --ca for client certificates), or --insecure if the network is private",
             args.listen
         )));
     }
-    if public && token.is_some() && tls.is_none() {
+    if public && tokens.is_some() && tls.is_none() {
         warn!(
-            "the token travels in clear text on {}; give --tls-cert and --tls-key to encrypt it",
+            "tokens travel in clear text on {}; give --tls-cert and --tls-key to encrypt it",
             args.listen
         );
     }
@@ -147,7 +150,7 @@ pub(super) fn coordinator(args: CoordinatorArgs) -> Result<u8, Failure> {
                 std::future::pending::<()>().await;
             }
         };
-        serve(state, listener, Security { token, tls }, shutdown)
+        serve(state, listener, Security { tokens, tls }, shutdown)
             .await
             .map_err(|e| infra(format!("serving on {addr}: {}", error_chain(&e))))?;
         Ok(exit::SUCCESS)

@@ -27,6 +27,9 @@ pub struct JobRef {
     pub limits: Limits,
 }
 
+/// The owner of jobs submitted to a coordinator without authentication.
+pub const ANONYMOUS: &str = "anonymous";
+
 /// A job in the cluster: its state machine and what workers need to run it.
 #[derive(Debug, Clone)]
 pub struct ClusterJob {
@@ -36,6 +39,9 @@ pub struct ClusterJob {
     pub job_ref: JobRef,
     /// The job's name (from its module).
     pub name: String,
+    /// The identity that submitted it: only it (and admins) may see and
+    /// cancel it.
+    pub owner: String,
     /// When it was submitted.
     pub submitted: SystemTime,
     /// When it ended.
@@ -47,6 +53,10 @@ pub struct ClusterJob {
 pub struct ClusterWorker {
     /// Its own name for itself (host:pid).
     pub name: String,
+    /// The identity that registered it; only that identity may speak for it.
+    pub registrant: String,
+    /// The secret of its registration, which its every call carries.
+    session: String,
     /// Its slots.
     pub slots: u32,
     /// When it was last heard from.
@@ -58,6 +68,8 @@ pub struct ClusterWorker {
 pub struct Cluster {
     jobs: BTreeMap<JobId, ClusterJob>,
     workers: HashMap<WorkerId, ClusterWorker>,
+    /// Each registration's secret, to the worker it names.
+    sessions: HashMap<String, WorkerId>,
     /// Which job each running attempt belongs to, for heartbeats.
     attempts: HashMap<AttemptId, JobId>,
     next_worker: u64,
@@ -76,6 +88,7 @@ impl Cluster {
         Cluster {
             jobs: BTreeMap::new(),
             workers: HashMap::new(),
+            sessions: HashMap::new(),
             attempts: HashMap::new(),
             next_worker: 1,
             attempt_base,
@@ -118,19 +131,38 @@ impl Cluster {
         (self.workers.values().map(|w| w.slots as usize).sum::<usize>()).max(1)
     }
 
-    /// Register a worker; returns its new id.
-    pub fn register(&mut self, name: String, slots: u32, now: Instant) -> WorkerId {
+    /// Register a worker for `registrant`; returns its new id (public: it
+    /// names the worker in status) and the secret of this registration,
+    /// which the worker's every later call must carry.
+    pub fn register(&mut self, name: String, slots: u32, registrant: String, now: Instant) -> (WorkerId, String) {
         let id = WorkerId(format!("w{}-{}", self.attempt_base >> 40, self.next_worker));
         self.next_worker += 1;
+        let session = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+        self.sessions.insert(session.clone(), id.clone());
         self.workers.insert(
             id.clone(),
             ClusterWorker {
                 name,
+                registrant,
+                session: session.clone(),
                 slots,
                 last_seen: now,
             },
         );
-        id
+        (id, session)
+    }
+
+    /// The worker a call carrying `session` speaks for, if `caller` is the
+    /// identity that registered it.
+    pub fn worker_of(&self, session: &str, caller: &str) -> Option<WorkerId> {
+        let id = self.sessions.get(session)?;
+        let worker = self.workers.get(id)?;
+        (worker.registrant == caller).then(|| id.clone())
+    }
+
+    /// Registered workers.
+    pub fn workers(&self) -> impl Iterator<Item = (&WorkerId, &ClusterWorker)> {
+        self.workers.iter()
     }
 
     /// Renew `worker`'s lease; false if it is not (or no longer) registered.
@@ -173,7 +205,9 @@ impl Cluster {
             .map(|(id, _)| id.clone())
             .collect();
         for id in &lost {
-            self.workers.remove(id);
+            if let Some(w) = self.workers.remove(id) {
+                self.sessions.remove(&w.session);
+            }
             for job in self.jobs.values_mut() {
                 job.job.worker_lost(id, wall);
             }
@@ -201,6 +235,11 @@ impl Cluster {
         let (_, attempt) = assignment.task_and_attempt();
         self.attempts.insert(attempt, job.job.spec.id.clone());
         Some((job.job_ref.clone(), assignment))
+    }
+
+    /// The worker attempt `attempt` of `task` of `job` was assigned to.
+    pub fn assigned_worker(&self, job: &JobId, task: TaskId, attempt: AttemptId) -> Option<&WorkerId> {
+        self.jobs.get(job)?.job.attempt_worker(task, attempt)
     }
 
     /// Record how an attempt ended.
@@ -242,6 +281,7 @@ mod tests {
             },
             job,
             name: "t".into(),
+            owner: "o".into(),
             submitted: SystemTime::UNIX_EPOCH + Duration::from_secs(submitted_secs),
             ended: None,
         }
@@ -254,7 +294,7 @@ mod tests {
         let (ida, idb) = (a.job.spec.id.clone(), b.job.spec.id.clone());
         c.add_job(a);
         c.add_job(b);
-        let w = c.register("w".into(), 4, Instant::now());
+        let (w, _) = c.register("w".into(), 4, "pool".into(), Instant::now());
         let got: Vec<JobId> = (0..6)
             .map(|_| c.next_assignment(&w, SystemTime::now()).expect("work").0.job)
             .collect();
@@ -269,7 +309,10 @@ mod tests {
         let id = j.job.spec.id.clone();
         c.add_job(j);
         let start = Instant::now();
-        let w = c.register("w".into(), 2, start);
+        let (w, session) = c.register("w".into(), 2, "pool".into(), start);
+        assert_eq!(c.worker_of(&session, "pool"), Some(w.clone()));
+        assert_eq!(c.worker_of(&session, "another registrant"), None);
+        assert_eq!(c.worker_of("a guess", "pool"), None);
         let (_, first) = c.next_assignment(&w, SystemTime::now()).expect("work");
         let (_, second) = c.next_assignment(&w, SystemTime::now()).expect("work");
         let (task, attempt) = first.task_and_attempt();
@@ -288,6 +331,7 @@ mod tests {
             vec![w.clone()]
         );
         assert!(!c.knows(&w));
+        assert_eq!(c.worker_of(&session, "pool"), None);
         let job = &c.job(&id).expect("job").job;
         assert_eq!(job.progress().0, (1, 2));
         let (lost_task, lost_attempt) = second.task_and_attempt();
@@ -302,7 +346,7 @@ mod tests {
             c.report(&id, lost_task, lost_attempt, late, SystemTime::now()),
             ReportResult::Stale
         );
-        let w2 = c.register("w2".into(), 1, start);
+        let (w2, _) = c.register("w2".into(), 1, "pool".into(), start);
         let (_, again) = c.next_assignment(&w2, SystemTime::now()).expect("re-queued");
         assert_eq!(again.task_and_attempt().0, lost_task);
         assert_ne!(again.task_and_attempt().1, lost_attempt);

@@ -632,6 +632,20 @@ impl Job {
         }
     }
 
+    /// The worker attempt `attempt` of `task` was assigned to.
+    pub fn attempt_worker(&self, task: TaskId, attempt: AttemptId) -> Option<&WorkerId> {
+        let tasks = match task.phase {
+            Phase::Map => &self.maps,
+            Phase::Reduce => &self.reduces,
+        };
+        tasks
+            .get(task.index as usize)?
+            .attempts
+            .iter()
+            .find(|a| a.id == attempt)
+            .map(|a| &a.worker)
+    }
+
     /// When attempt `attempt` of `task` started.
     pub fn attempt_started(&self, task: TaskId, attempt: AttemptId) -> Option<SystemTime> {
         let tasks = match task.phase {

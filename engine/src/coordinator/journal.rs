@@ -43,6 +43,9 @@ pub enum Event {
         job_ref: JobRef,
         /// Its name.
         name: String,
+        /// The identity that submitted it.
+        #[serde(default = "anonymous")]
+        owner: String,
         /// When.
         at: SystemTime,
     },
@@ -96,6 +99,10 @@ pub enum Event {
         /// When.
         at: SystemTime,
     },
+}
+
+fn anonymous() -> String {
+    super::cluster::ANONYMOUS.to_string()
 }
 
 /// A committed task's output.

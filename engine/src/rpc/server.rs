@@ -18,7 +18,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, warn};
 
-use super::auth::{RequireToken, Token};
+use super::auth::{Authenticate, Identity, Service, Tokens};
 use super::convert;
 use super::pb;
 use super::pb::job_service_server::{JobService, JobServiceServer};
@@ -117,6 +117,7 @@ impl CoordinatorState {
         splits: Vec<crate::data::MapInput>,
         job_ref: JobRef,
         name: String,
+        owner: String,
     ) -> Result<(), crate::coordinator::journal::Error> {
         let id = spec.id.clone();
         let now = SystemTime::now();
@@ -127,12 +128,14 @@ impl CoordinatorState {
                 splits: splits.clone(),
                 job_ref: job_ref.clone(),
                 name: name.clone(),
+                owner: owner.clone(),
                 at: now,
             }]);
             cluster.add_job(ClusterJob {
                 job: Job::new(spec, splits),
                 job_ref,
                 name,
+                owner,
                 submitted: now,
                 ended: None,
             });
@@ -186,11 +189,14 @@ impl CoordinatorState {
         }
     }
 
-    fn status(&self, id: &JobId, tasks: bool) -> Result<pb::JobStatus, Status> {
+    /// The status of job `id`, if `caller` may see it: another tenant's job
+    /// is as absent as one that never existed.
+    fn status(&self, id: &JobId, caller: &Identity, tasks: bool) -> Result<pb::JobStatus, Status> {
         let cluster = lock(&self.cluster);
         let j = cluster
             .job(id)
-            .ok_or_else(|| Status::not_found(format!("no job {id} on this coordinator; `wmr jobs` lists them")))?;
+            .filter(|j| caller.may_see(&j.owner))
+            .ok_or_else(|| no_job(id))?;
         Ok(status_pb(j, tasks))
     }
 
@@ -209,6 +215,10 @@ impl CoordinatorState {
             ))),
         }
     }
+}
+
+fn no_job(id: &JobId) -> Status {
+    Status::not_found(format!("no job {id} on this coordinator; `wmr jobs` lists yours"))
 }
 
 fn status_pb(j: &ClusterJob, tasks: bool) -> pb::JobStatus {
@@ -256,11 +266,13 @@ fn replay(cluster: &mut Cluster, events: Vec<Event>) {
                 splits,
                 job_ref,
                 name,
+                owner,
                 at,
             } => cluster.add_job(ClusterJob {
                 job: Job::new(spec, splits),
                 job_ref,
                 name,
+                owner,
                 submitted: at,
                 ended: None,
             }),
@@ -356,6 +368,7 @@ impl JobService for JobApi {
         &self,
         request: Request<pb::SubmitJobRequest>,
     ) -> Result<Response<pb::SubmitJobResponse>, Status> {
+        let owner = Identity::of(&request).name;
         let r = request.into_inner();
         let state = &self.0;
         let digest = convert::digest("SubmitJobRequest", &r.module_digest)?;
@@ -462,41 +475,50 @@ impl JobService for JobApi {
         };
         let name = module.info().name.clone();
         state
-            .accept(spec, splits, job_ref, name)
+            .accept(spec, splits, job_ref, name, owner)
             .await
             .map_err(|e| Status::unavailable(e.to_string()))?;
         Ok(Response::new(pb::SubmitJobResponse { job_id: id.to_string() }))
     }
 
     async fn get_job(&self, request: Request<pb::GetJobRequest>) -> Result<Response<pb::JobStatus>, Status> {
+        let caller = Identity::of(&request);
         let id = parse_job(&request.into_inner().job_id)?;
-        Ok(Response::new(self.0.status(&id, true)?))
+        Ok(Response::new(self.0.status(&id, &caller, true)?))
     }
 
     async fn list_jobs(
         &self,
-        _request: Request<pb::ListJobsRequest>,
+        request: Request<pb::ListJobsRequest>,
     ) -> Result<Response<pb::ListJobsResponse>, Status> {
+        let caller = Identity::of(&request);
         let cluster = lock(&self.0.cluster);
-        let jobs = cluster.jobs().map(|j| status_pb(j, false)).collect();
+        let jobs = cluster
+            .jobs()
+            .filter(|j| caller.may_see(&j.owner))
+            .map(|j| status_pb(j, false))
+            .collect();
         Ok(Response::new(pb::ListJobsResponse { jobs }))
     }
 
     type WatchJobStream = StatusStream;
 
     async fn watch_job(&self, request: Request<pb::WatchJobRequest>) -> Result<Response<StatusStream>, Status> {
+        let caller = Identity::of(&request);
         let id = parse_job(&request.into_inner().job_id)?;
         let state = self.0.clone();
-        state.status(&id, false)?;
+        state.status(&id, &caller, false)?;
         // Send the status now, then on every change (or every second, for
         // progress), until one shows the job ended.
-        let stream = futures::stream::unfold(Some((state, id, true)), |s| async move {
+        let stream = futures::stream::unfold(Some((state, id, true)), move |s| {
+            let caller = caller.clone();
+            async move {
             let (state, id, first) = s?;
             if !first {
                 let changed = state.changed.notified();
                 let _ = tokio::time::timeout(Duration::from_secs(1), changed).await;
             }
-            let status = state.status(&id, false);
+            let status = state.status(&id, &caller, false);
             let ended = match &status {
                 Ok(s) => matches!(
                     pb::JobState::try_from(s.state),
@@ -505,6 +527,7 @@ impl JobService for JobApi {
                 Err(_) => true,
             };
             Some((status, (!ended).then_some((state, id, false))))
+            }
         });
         Ok(Response::new(Box::pin(stream)))
     }
@@ -513,6 +536,7 @@ impl JobService for JobApi {
         &self,
         request: Request<pb::CancelJobRequest>,
     ) -> Result<Response<pb::CancelJobResponse>, Status> {
+        let caller = Identity::of(&request);
         let id = parse_job(&request.into_inner().job_id)?;
         let state = &self.0;
         let now = SystemTime::now();
@@ -520,7 +544,8 @@ impl JobService for JobApi {
             let mut cluster = lock(&state.cluster);
             let j = cluster
                 .job_mut(&id)
-                .ok_or_else(|| Status::not_found(format!("no job {id} on this coordinator")))?;
+                .filter(|j| caller.may_see(&j.owner))
+                .ok_or_else(|| no_job(&id))?;
             if j.job.is_finished() || j.job.state == JobState::Committing {
                 let state = status_pb(j, false).state;
                 return Ok(Response::new(pb::CancelJobResponse { state }));
@@ -552,17 +577,17 @@ impl JobService for JobApi {
     }
 }
 
-fn worker_id(s: &str) -> Result<WorkerId, Status> {
-    if s.is_empty() {
+/// The worker whose registration secret `session` is, if `caller`
+/// registered it.
+fn worker_of(cluster: &Cluster, session: &str, caller: &Identity) -> Result<WorkerId, Status> {
+    if session.is_empty() {
         return Err(Status::invalid_argument("worker_id is missing; register first"));
     }
-    Ok(WorkerId(s.to_string()))
-}
-
-fn unknown_worker(w: &WorkerId) -> Status {
-    Status::not_found(format!(
-        "worker {w} is not registered (its lease expired or the coordinator restarted); register again"
-    ))
+    cluster.worker_of(session, &caller.name).ok_or_else(|| {
+        Status::not_found(
+            "this worker is not registered (its lease expired or the coordinator restarted); register again",
+        )
+    })
 }
 
 #[tonic::async_trait]
@@ -571,29 +596,31 @@ impl WorkerService for WorkerApi {
         &self,
         request: Request<pb::RegisterWorkerRequest>,
     ) -> Result<Response<pb::RegisterWorkerResponse>, Status> {
+        let caller = Identity::of(&request);
         let r = request.into_inner();
         let mut cluster = lock(&self.0.cluster);
-        let id = cluster.register(r.name.clone(), r.slots, Instant::now());
-        info!(worker = %id, name = %r.name, slots = r.slots, "worker registered");
+        let name: String = r.name.chars().take(128).collect();
+        let (id, session) = cluster.register(name.clone(), r.slots, caller.name, Instant::now());
+        info!(worker = %id, %name, slots = r.slots, "worker registered");
         Ok(Response::new(pb::RegisterWorkerResponse {
-            worker_id: id.0,
+            worker_id: session,
+            label: id.0,
             lease_ms: cluster.lease().as_millis() as u64,
             store: self.0.store.display.clone(),
         }))
     }
 
     async fn poll_task(&self, request: Request<pb::PollTaskRequest>) -> Result<Response<pb::PollTaskResponse>, Status> {
+        let caller = Identity::of(&request);
         let r = request.into_inner();
-        let worker = worker_id(&r.worker_id)?;
         let deadline = tokio::time::Instant::now() + Duration::from_millis(r.wait_ms).min(MAX_POLL_WAIT);
         loop {
             let changed = self.0.changed.notified();
             {
                 let mut cluster = lock(&self.0.cluster);
+                let worker = worker_of(&cluster, &r.worker_id, &caller)?;
                 // Asking for work is a sign of life.
-                if !cluster.heartbeat(&worker, Instant::now()) {
-                    return Err(unknown_worker(&worker));
-                }
+                cluster.heartbeat(&worker, Instant::now());
                 if let Some((job, assignment)) = cluster.next_assignment(&worker, SystemTime::now()) {
                     return Ok(Response::new(pb::PollTaskResponse {
                         assignment: Some(convert::assignment_to_pb(&job, &assignment)),
@@ -610,10 +637,13 @@ impl WorkerService for WorkerApi {
         &self,
         request: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let caller = Identity::of(&request);
         let r = request.into_inner();
-        let worker = worker_id(&r.worker_id)?;
         let mut cluster = lock(&self.0.cluster);
-        let known = cluster.heartbeat(&worker, Instant::now());
+        let known = match cluster.worker_of(&r.worker_id, &caller.name) {
+            Some(worker) => cluster.heartbeat(&worker, Instant::now()),
+            None => false,
+        };
         let running: Vec<AttemptId> = r.running_attempts.into_iter().map(AttemptId).collect();
         let cancel = if known {
             cluster.attempts_to_cancel(&running)
@@ -630,16 +660,27 @@ impl WorkerService for WorkerApi {
         &self,
         request: Request<pb::ReportTaskRequest>,
     ) -> Result<Response<pb::ReportTaskResponse>, Status> {
+        let caller = Identity::of(&request);
         let r = request.into_inner();
-        let worker = worker_id(&r.worker_id)?;
         let job = parse_job(&r.job_id)?;
         let task = crate::TaskId::try_from(r.task)?;
         let attempt = AttemptId(r.attempt);
         let outcome = convert::outcome(r.outcome)?;
         let state = &self.0;
         let now = SystemTime::now();
-        let (result, pending) = {
+        let (result, pending, worker) = {
             let mut cluster = lock(&state.cluster);
+            let worker = worker_of(&cluster, &r.worker_id, &caller)?;
+            // An attempt is bound to the worker it was assigned to: nobody
+            // else may report on it.
+            if let Some(assigned) = cluster.assigned_worker(&job, task, attempt)
+                && *assigned != worker
+            {
+                warn!(%job, %task, %attempt, %worker, %assigned, "refused a report about another worker's attempt");
+                return Err(Status::permission_denied(format!(
+                    "{task} attempt {attempt} of {job} was assigned to another worker; a worker reports only its own attempts"
+                )));
+            }
             let event = match &outcome {
                 Outcome::Map(m) => Some(TaskOutput::Map(m.clone())),
                 Outcome::Reduce(o) => Some(TaskOutput::Reduce(o.clone())),
@@ -696,7 +737,7 @@ impl WorkerService for WorkerApi {
                 });
             }
             let pending = (!events.is_empty()).then(|| state.journal.queue(events));
-            (result, pending)
+            (result, pending, worker)
         };
         if let Some(pending) = pending {
             pending
@@ -719,9 +760,9 @@ impl WorkerService for WorkerApi {
 
 /// Serve both services, health and reflection on `listener` until `shutdown`
 /// resolves; also expires silent workers and finishes interrupted commits.
-/// With a token, both services refuse calls that do not carry it (health
-/// and reflection stay open, for probes); with TLS settings, every
-/// connection is TLS.
+/// With tokens or client certificates, each service takes only the roles it
+/// serves (health and reflection stay open, for probes); with TLS settings,
+/// every connection is TLS.
 ///
 /// # Errors
 /// If the server fails.
@@ -731,7 +772,8 @@ pub async fn serve(
     security: Security,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
-    let Security { token, tls } = security;
+    let Security { tokens, tls } = security;
+    let certificates = tls.as_ref().is_some_and(ServerTls::requires_client_certificates);
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<JobServiceServer<JobApi>>().await;
     health_reporter.set_serving::<WorkerServiceServer<WorkerApi>>().await;
@@ -774,16 +816,18 @@ pub async fn serve(
         .add_service(health)
         .add_service(InterceptedService::new(
             JobServiceServer::new(JobApi(state.clone())).max_decoding_message_size(64 << 20),
-            RequireToken {
-                token: token.clone(),
-                service: "JobService",
+            Authenticate {
+                tokens: tokens.clone(),
+                certificates,
+                service: Service::Jobs,
             },
         ))
         .add_service(InterceptedService::new(
             WorkerServiceServer::new(WorkerApi(state)).max_decoding_message_size(64 << 20),
-            RequireToken {
-                token,
-                service: "WorkerService",
+            Authenticate {
+                tokens,
+                certificates,
+                service: Service::Workers,
             },
         ));
     if let Some(reflection) = reflection {
@@ -792,12 +836,12 @@ pub async fn serve(
     router.serve_with_incoming_shutdown(incoming, shutdown).await
 }
 
-/// Who may call the coordinator: the shared token every call must carry,
-/// and TLS (with client certificates if it has a client CA).
+/// Who may call the coordinator: the tokens file naming every identity and
+/// its role, and TLS (with client certificates if it has a client CA).
 #[derive(Debug, Clone, Default)]
 pub struct Security {
-    /// The cluster's token, if it has one.
-    pub token: Option<Token>,
+    /// The tokens file, if the coordinator has one.
+    pub tokens: Option<Arc<Tokens>>,
     /// TLS settings; `None` serves plain HTTP/2.
     pub tls: Option<ServerTls>,
 }

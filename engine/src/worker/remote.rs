@@ -126,7 +126,10 @@ type Running = Arc<Mutex<HashMap<AttemptId, Arc<Notify>>>>;
 /// One registration with the coordinator.
 struct Session {
     client: WorkerServiceClient<client::AuthedChannel>,
+    /// Its public name, for logs.
     id: WorkerId,
+    /// The secret of the registration, which every call carries.
+    secret: String,
     lease: Duration,
     store: String,
 }
@@ -186,7 +189,8 @@ async fn register(config: &WorkerConfig) -> Result<Session, String> {
         .into_inner();
     Ok(Session {
         client,
-        id: WorkerId(reply.worker_id),
+        id: WorkerId(reply.label),
+        secret: reply.worker_id,
         lease: Duration::from_millis(reply.lease_ms.max(100)),
         store: reply.store,
     })
@@ -207,7 +211,7 @@ async fn heartbeat_loop(session: Arc<Session>, running: Running) {
             .collect();
         let mut client = session.client.clone();
         let request = pb::HeartbeatRequest {
-            worker_id: session.id.0.clone(),
+            worker_id: session.secret.clone(),
             running_attempts: attempts,
         };
         match tokio::time::timeout(session.lease, client.heartbeat(request)).await {
@@ -240,7 +244,7 @@ async fn slot_loop(session: Arc<Session>, modules: Arc<Modules>, running: Runnin
         let mut client = session.client.clone();
         let polled = client
             .poll_task(pb::PollTaskRequest {
-                worker_id: session.id.0.clone(),
+                worker_id: session.secret.clone(),
                 wait_ms: POLL_WAIT.as_millis() as u64,
             })
             .await;
@@ -299,7 +303,7 @@ async fn slot_loop(session: Arc<Session>, modules: Arc<Modules>, running: Runnin
 /// the attempt is then lost and re-run elsewhere.
 async fn report(session: &Session, job: &JobRef, task: crate::TaskId, attempt: AttemptId, outcome: &Outcome) {
     let request = pb::ReportTaskRequest {
-        worker_id: session.id.0.clone(),
+        worker_id: session.secret.clone(),
         job_id: job.job.to_string(),
         task: Some(task.into()),
         attempt: attempt.0,
