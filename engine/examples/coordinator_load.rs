@@ -67,7 +67,10 @@ fn main() {
             params: vec![],
             limits: Limits::default(),
         };
-        state.accept(spec, splits, job_ref, "load".into()).await.unwrap();
+        state
+            .accept(spec, splits, job_ref, "load".into(), "load".into())
+            .await
+            .unwrap();
         let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -108,7 +111,6 @@ fn main() {
                             return (done, last);
                         };
                         let outcome = pb::report_task_request::Outcome::Map(pb::MapDone {
-                            object: format!("/synthetic/shuffle-{}", a.attempt),
                             counters: Default::default(),
                         });
                         client

@@ -140,8 +140,8 @@ fn a_tenant_sees_and_cancels_only_its_own_jobs() {
             .map(|j| j["job"].as_str().unwrap().to_string())
             .collect()
     };
-    assert_eq!(listed("alice-token"), [job.clone()]);
-    assert_eq!(listed("ops-token"), [job.clone()]);
+    assert_eq!(listed("alice-token"), std::slice::from_ref(&job));
+    assert_eq!(listed("ops-token"), std::slice::from_ref(&job));
     assert!(listed("bob-token").is_empty());
     // To bob, alice's job does not exist: not to see, watch or cancel.
     for args in [

@@ -36,7 +36,7 @@ pub enum Event {
     /// A job was accepted.
     Submitted {
         /// What it is to do.
-        spec: JobSpec,
+        spec: Box<JobSpec>,
         /// What each of its map tasks reads.
         splits: Vec<MapInput>,
         /// Its module, parameters and limits.

@@ -124,7 +124,7 @@ impl CoordinatorState {
         let pending = {
             let mut cluster = lock(&self.cluster);
             let pending = self.journal.queue(vec![Event::Submitted {
-                spec: spec.clone(),
+                spec: Box::new(spec.clone()),
                 splits: splits.clone(),
                 job_ref: job_ref.clone(),
                 name: name.clone(),
@@ -269,7 +269,7 @@ fn replay(cluster: &mut Cluster, events: Vec<Event>) {
                 owner,
                 at,
             } => cluster.add_job(ClusterJob {
-                job: Job::new(spec, splits),
+                job: Job::new(*spec, splits),
                 job_ref,
                 name,
                 owner,
