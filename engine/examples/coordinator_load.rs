@@ -9,11 +9,13 @@
 use std::time::{Duration, Instant};
 
 use wmr::coordinator::JobSpec;
+use wmr::coordinator::access::DataAccess;
+use wmr::coordinator::ceilings::Ceilings;
 use wmr::coordinator::cluster::JobRef;
 use wmr::data::output::OutputFormat;
 use wmr::data::{Location, MapInput, Split, SplitKind};
 use wmr::rpc::pb;
-use wmr::rpc::server::{CoordinatorState, bind, serve};
+use wmr::rpc::server::{CoordinatorState, SubmitPolicy, bind, serve};
 use wmr::runtime::Limits;
 use wmr::{JobId, ModuleDigest};
 
@@ -35,9 +37,19 @@ fn main() {
     runtime.block_on(async move {
         let store_dir = tempfile::tempdir().unwrap();
         let store = Location::parse(store_dir.path().to_str().unwrap()).unwrap();
-        let state = CoordinatorState::open(store, Duration::from_secs(30), None, wmr::runtime::Compiler::InProcess)
-            .await
-            .unwrap();
+        let policy = SubmitPolicy {
+            access: DataAccess::new(vec![], store.clone(), false),
+            ceilings: Ceilings::default(),
+        };
+        let state = CoordinatorState::open(
+            store,
+            Duration::from_secs(30),
+            None,
+            wmr::runtime::Compiler::InProcess,
+            policy,
+        )
+        .await
+        .unwrap();
         let id = JobId::generate();
         let spec = JobSpec {
             id: id.clone(),

@@ -112,7 +112,11 @@ mod tests {
             layout.shuffle_object(3, AttemptId(7)),
             format!("{scratch}/map-00003-7.shuffle")
         );
-        assert!(layout.reduce_output(2, AttemptId(9)).starts_with(&format!("{scratch}/reduce-00002-9/")));
+        assert!(
+            layout
+                .reduce_output(2, AttemptId(9))
+                .starts_with(&format!("{scratch}/reduce-00002-9/"))
+        );
         let store = StoreLayout::new(Location::parse("/srv/store").expect("location"));
         let digest = ModuleDigest::of(b"m");
         assert_eq!(

@@ -100,7 +100,10 @@ fn a_directory_where_a_module_is_expected_is_refused() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(2), "{err}");
     assert!(
-        err.contains(&format!("job module {} ", t.path("in").display())),
+        err.contains(&format!(
+            "--job {} is a directory; give the .wasm file",
+            t.path("in").display()
+        )),
         "{err}"
     );
     assert!(!out.exists());
@@ -247,7 +250,7 @@ fn modules_that_are_not_wmr_jobs_are_refused_before_any_work() {
     let (code, err) = run_module(&t, &t.write("huge.wasm", &huge), &[]);
     assert_eq!(code, Some(2), "{err}");
     assert!(
-        err.contains("huge.wasm is not a wmr job component: it is larger than 256 MiB"),
+        err.contains("huge.wasm is 268435457 bytes, over the 256 MiB wmr accepts"),
         "{err}"
     );
 }

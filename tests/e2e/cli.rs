@@ -219,3 +219,40 @@ fn skip_bad_records_skips_parquet_rows_by_ordinal() {
     assert!(err.contains("record 4 of") && err.contains("BOOM"), "{err}");
     assert!(!t.path("out1/_SUCCESS").exists());
 }
+
+#[test]
+fn a_zero_split_size_and_a_directory_as_the_job_are_refused_with_the_fix() {
+    let t = TestDir::new();
+    let input = t.write("in.txt", "a b a\n");
+    let o = wmr(&[
+        "run",
+        "--job",
+        guest("wordcount").to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        t.path("out").to_str().unwrap(),
+        "--split-size",
+        "0",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("invalid value '0' for '--split-size <BYTES>': it must be more than 0 bytes"),
+        "{err}"
+    );
+    std::fs::create_dir_all(t.path("myjob")).unwrap();
+    let o = wmr(&[
+        "run",
+        "--job",
+        t.path("myjob").to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        t.path("out").to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("myjob is a directory; give the .wasm file"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}

@@ -611,8 +611,10 @@ fn reports_after_the_job_ended_are_refused_cleanly() {
                 bad_record: None,
             })),
         };
-        let reply = client.report_task(report).await.unwrap().into_inner();
-        assert_eq!(reply.result, pb::ReportResult::Stale as i32);
+        // Another worker's attempt, of a job that has ended: refused, and
+        // the refusal says whose it is not.
+        let refused = client.report_task(report).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
         // The standard health service answers for both services.
         let channel = wmr::rpc::client::connect(&c.addr, &Default::default()).await.unwrap();
         let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
@@ -908,9 +910,18 @@ fn tls_with_client_certificates_runs_jobs_and_refuses_strangers() {
         t.path("store").to_str().unwrap().to_string(),
         env,
         ("10s", "5s"),
-        ["--tls-cert", &server_cert, "--tls-key", &server_key, "--ca", &ca]
-            .map(String::from)
-            .to_vec(),
+        [
+            "--tls-cert",
+            &server_cert,
+            "--tls-key",
+            &server_key,
+            "--ca",
+            &ca,
+            "--allow-prefix",
+            t.path("").to_str().unwrap(),
+        ]
+        .map(String::from)
+        .to_vec(),
     );
     assert!(c.addr.starts_with("https://127.0.0.1:"), "{}", c.addr);
     c.worker_env = vec![
@@ -1015,6 +1026,7 @@ fn tls_for_the_server_only_carries_the_token_and_checks_files() {
         .map(String::from)
         .into_iter()
         .chain([token_file.to_str().unwrap().to_string()])
+        .chain(["--allow-prefix".to_string(), t.path("").to_str().unwrap().to_string()])
         .collect();
     let mut c = Cluster::start_with_args(
         &t,

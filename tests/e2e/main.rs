@@ -14,9 +14,9 @@ mod cluster;
 mod examples;
 /// Hostile guests: every misbehaviour contained.
 mod hostile;
-/// The trust boundary: roles, tenants, forged reports.
-mod trust;
 /// Text input edge cases: empty files, CRLF, long lines, many tiny files.
 mod input;
 /// The memory budget: spills, merge passes, record limits, multipart uploads.
 mod memory;
+/// The trust boundary: roles, tenants, forged reports.
+mod trust;

@@ -7,20 +7,16 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
-use object_store::ObjectStoreExt;
 use tonic::Code;
 
 use super::job_args::JobArgs;
 use super::{Failure, exit, io_runtime};
 use crate::coordinator::status::{JobStatusDoc, UserState};
-use crate::data::Location;
 use crate::rpc::auth::Token;
 use crate::rpc::client::AuthedChannel;
 use crate::rpc::pb::job_service_client::JobServiceClient;
 use crate::rpc::tls::ClientTls;
 use crate::rpc::{client, convert, pb};
-use crate::runtime::limits::MAX_MODULE_BYTES;
-use crate::worker::error_chain;
 
 /// How to reach the coordinator: its address, the cluster's token and TLS.
 /// Shared by the client commands and `wmr worker`.
@@ -188,42 +184,23 @@ fn exit_for(state: UserState) -> Result<u8, Failure> {
     })
 }
 
+/// A local path made absolute against this process's directory (as the
+/// user meant it); URLs and absolute paths as they are.
+fn absolute(location: &str) -> String {
+    if location.contains("://") || std::path::Path::new(location).is_absolute() {
+        return location.to_string();
+    }
+    match std::env::current_dir() {
+        Ok(dir) => dir.join(location).to_string_lossy().into_owned(),
+        // The coordinator will then say where it looked.
+        Err(_) => location.to_string(),
+    }
+}
+
 pub(super) fn submit(args: SubmitArgs) -> Result<u8, Failure> {
     io_runtime(2)?.block_on(async move {
         let spec = &args.spec;
-        let module = Location::parse(&spec.job).map_err(|e| Failure {
-            code: exit::USAGE,
-            message: error_chain(&e),
-        })?;
-        let bytes = match module.store.get(&module.path).await {
-            Ok(r) if r.meta.size > MAX_MODULE_BYTES as u64 => {
-                return Err(Failure {
-                    code: exit::USAGE,
-                    message: format!(
-                        "job module {} is {} bytes, over the {} MiB a coordinator accepts",
-                        spec.job,
-                        r.meta.size,
-                        MAX_MODULE_BYTES >> 20
-                    ),
-                });
-            }
-            Ok(r) => r.bytes().await.map_err(|e| Failure {
-                code: exit::INFRASTRUCTURE,
-                message: format!("reading {}: {e}", spec.job),
-            })?,
-            Err(object_store::Error::NotFound { .. }) => {
-                return Err(Failure {
-                    code: exit::USAGE,
-                    message: format!("job module {} does not exist", spec.job),
-                });
-            }
-            Err(e) => {
-                return Err(Failure {
-                    code: exit::INFRASTRUCTURE,
-                    message: format!("reading {}: {e}", spec.job),
-                });
-            }
-        };
+        let bytes = super::job_args::read_job_module(&spec.job).await?;
         let mut jobs = connect(&args.client).await?;
         let chunks: Vec<pb::ModuleChunk> = bytes
             .chunks(1 << 20)
@@ -236,8 +213,9 @@ pub(super) fn submit(args: SubmitArgs) -> Result<u8, Failure> {
             .into_inner();
         let request = pb::SubmitJobRequest {
             module_digest: uploaded.digest,
-            inputs: spec.input.clone(),
-            output: spec.output.clone(),
+            // The coordinator runs elsewhere: paths are this shell's.
+            inputs: spec.input.iter().map(|i| absolute(i)).collect(),
+            output: absolute(&spec.output),
             reducers: spec.reducers.unwrap_or(1),
             split_size: spec.split_size.as_u64(),
             format: pb::OutputFormat::from(spec.format) as i32,

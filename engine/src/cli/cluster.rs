@@ -11,9 +11,11 @@ use tracing::warn;
 use super::client::ConnectionArgs;
 use super::compile::CompileArgs;
 use super::{Failure, exit, io_runtime};
+use crate::coordinator::access::DataAccess;
+use crate::coordinator::ceilings::Ceilings;
 use crate::data::Location;
 use crate::rpc::auth::Tokens;
-use crate::rpc::server::{CoordinatorState, Security, bind, serve};
+use crate::rpc::server::{CoordinatorState, Security, SubmitPolicy, bind, serve};
 use crate::rpc::tls::ServerTls;
 use crate::worker::error_chain;
 use crate::worker::remote::{WorkerConfig, run_worker};
@@ -63,6 +65,65 @@ pub struct CoordinatorArgs {
     /// Bounds on compiling a submitted module (to check it).
     #[command(flatten)]
     pub compile: CompileArgs,
+    /// Where jobs' data may be, and the most a job may ask for.
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+}
+
+/// What submitted jobs may use and ask for.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "What jobs may use")]
+pub struct PolicyArgs {
+    /// A URL prefix (directory, file://, s3://bucket/prefix) under which
+    /// jobs may read and write; repeat for several. With --tokens or
+    /// client certificates, a job outside them is refused (and none is
+    /// allowed until one is given). The coordinator's own --store is always
+    /// refused.
+    #[arg(long, value_name = "URL")]
+    pub allow_prefix: Vec<String>,
+    /// The most guest memory a job may ask for (--max-memory).
+    #[arg(long, value_name = "SIZE", default_value = "4GiB")]
+    pub ceiling_memory: bytesize::ByteSize,
+    /// The longest guest call a job may ask for (--max-call-time).
+    #[arg(long, value_name = "DURATION", default_value = "10m")]
+    pub ceiling_call_time: humantime::Duration,
+    /// The most one attempt may write (--max-output).
+    #[arg(long, value_name = "SIZE", default_value = "64GiB")]
+    pub ceiling_output: bytesize::ByteSize,
+    /// The most guest log an attempt may keep (--max-log).
+    #[arg(long, value_name = "SIZE", default_value = "16MiB")]
+    pub ceiling_log: bytesize::ByteSize,
+    /// The longest input record a job may allow (--max-record).
+    #[arg(long, value_name = "SIZE", default_value = "1GiB")]
+    pub ceiling_record: bytesize::ByteSize,
+    /// The largest task memory budget a job may ask for (--task-memory).
+    #[arg(long, value_name = "SIZE", default_value = "4GiB")]
+    pub ceiling_task_memory: bytesize::ByteSize,
+    /// The most reduce tasks a job may ask for (--reducers).
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    pub ceiling_reducers: u32,
+    /// The most map tasks a job's input may make.
+    #[arg(long, value_name = "N", default_value_t = 100_000)]
+    pub ceiling_map_tasks: u64,
+    /// The largest job module accepted.
+    #[arg(long, value_name = "SIZE", default_value = "256MiB")]
+    pub ceiling_module: bytesize::ByteSize,
+}
+
+impl PolicyArgs {
+    fn ceilings(&self) -> Ceilings {
+        Ceilings {
+            memory_bytes: self.ceiling_memory.as_u64(),
+            call_time: *self.ceiling_call_time,
+            output_bytes: self.ceiling_output.as_u64(),
+            log_bytes: self.ceiling_log.as_u64(),
+            record_bytes: self.ceiling_record.as_u64(),
+            task_memory_bytes: self.ceiling_task_memory.as_u64(),
+            reducers: self.ceiling_reducers,
+            map_tasks: self.ceiling_map_tasks,
+            module_bytes: self.ceiling_module.as_u64(),
+        }
+    }
 }
 
 /// Run tasks for a coordinator.
@@ -125,7 +186,21 @@ pub(super) fn coordinator(args: CoordinatorArgs) -> Result<u8, Failure> {
                 message: format!("--lease {} is too short; give at least 100ms", args.lease),
             });
         }
-        let state = CoordinatorState::open(store, lease, Some(*args.backup_after), compiler)
+        let allowed = args
+            .policy
+            .allow_prefix
+            .iter()
+            .map(|p| Location::parse(p))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| Failure {
+                code: exit::USAGE,
+                message: format!("--allow-prefix: {}", error_chain(&e)),
+            })?;
+        let policy = SubmitPolicy {
+            access: DataAccess::new(allowed, store.clone(), authenticated),
+            ceilings: args.policy.ceilings(),
+        };
+        let state = CoordinatorState::open(store, lease, Some(*args.backup_after), compiler, policy)
             .await
             .map_err(|e| infra(error_chain(&e)))?;
         let tls_on = tls.is_some();

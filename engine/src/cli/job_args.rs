@@ -1,14 +1,19 @@
 //! The flags that describe a job, shared by `wmr run` and `wmr submit`.
 
 use clap::Args;
+use object_store::ObjectStoreExt;
+
+use super::{Failure, exit};
 
 use crate::coordinator::job::{DEFAULT_MAX_ATTEMPTS, DEFAULT_TASK_MEMORY};
+use crate::data::Location;
 use crate::data::output::OutputFormat;
 use crate::runtime::Limits;
 use crate::runtime::limits::{
     DEFAULT_MAX_CALL_TIME, DEFAULT_MAX_LOG_BYTES, DEFAULT_MAX_MEMORY_BYTES, DEFAULT_MAX_OUTPUT_BYTES,
-    DEFAULT_MAX_RECORD_BYTES,
+    DEFAULT_MAX_RECORD_BYTES, MAX_MODULE_BYTES,
 };
+use crate::worker::error_chain;
 
 /// A job: its module, input, output and settings.
 #[derive(Debug, Clone, Args)]
@@ -29,7 +34,7 @@ pub struct JobArgs {
     #[arg(long, value_enum, default_value_t = OutputFormat::Parquet)]
     pub format: OutputFormat,
     /// Text split size, e.g. 67108864, 64MiB or 1KiB.
-    #[arg(long, value_name = "BYTES", default_value = "64MiB")]
+    #[arg(long, value_name = "BYTES", default_value = "64MiB", value_parser = parse_positive_size)]
     pub split_size: bytesize::ByteSize,
     /// A job parameter, passed to the job's configure (repeatable).
     #[arg(long = "param", value_name = "NAME=VALUE", value_parser = parse_param)]
@@ -44,7 +49,7 @@ pub struct JobArgs {
     /// Working memory of one task (its map output buffer, merges and output
     /// writer); past it, map output is sorted and spilled to local disk, and
     /// merges go through local disk. Per task slot, beside the guest's own memory.
-    #[arg(long, alias = "map-buffer", value_name = "BYTES", default_value_t = bytesize::ByteSize::b(DEFAULT_TASK_MEMORY))]
+    #[arg(long, alias = "map-buffer", value_name = "BYTES", default_value_t = bytesize::ByteSize::b(DEFAULT_TASK_MEMORY), value_parser = parse_positive_size)]
     pub task_memory: bytesize::ByteSize,
     /// Records per map task that may be skipped once the job has failed on them
     /// (each is counted and listed), instead of failing the job.
@@ -81,6 +86,50 @@ impl JobArgs {
             max_record_bytes: self.max_record.as_u64(),
         }
     }
+}
+
+/// Read the job module `job` names (a path or URL), with a line naming the
+/// fix for each way that fails.
+///
+/// # Errors
+/// A usage failure for a missing file, a directory or one over the size
+/// limit; an infrastructure failure when the store fails.
+pub(super) async fn read_job_module(job: &str) -> Result<bytes::Bytes, Failure> {
+    let usage = |message: String| Failure {
+        code: exit::USAGE,
+        message,
+    };
+    let module = Location::parse(job).map_err(|e| usage(error_chain(&e)))?;
+    if module.local_path().is_some_and(|p| p.is_dir()) {
+        return Err(usage(format!(
+            "--job {job} is a directory; give the .wasm file (`cargo xtask guests` builds the examples \
+             into target/guests/, and a job crate builds into target/wasm32-wasip2/release/)"
+        )));
+    }
+    let infra = |e: object_store::Error| Failure {
+        code: exit::INFRASTRUCTURE,
+        message: format!("reading {job}: {e}"),
+    };
+    match module.store.get(&module.path).await {
+        Ok(r) if r.meta.size > MAX_MODULE_BYTES as u64 => Err(usage(format!(
+            "job module {job} is {} bytes, over the {} MiB wmr accepts",
+            r.meta.size,
+            MAX_MODULE_BYTES >> 20
+        ))),
+        Ok(r) => r.bytes().await.map_err(infra),
+        Err(object_store::Error::NotFound { .. }) => Err(usage(format!(
+            "job module {job} does not exist; build the examples with `cargo xtask guests`"
+        ))),
+        Err(e) => Err(infra(e)),
+    }
+}
+
+fn parse_positive_size(s: &str) -> Result<bytesize::ByteSize, String> {
+    let size: bytesize::ByteSize = s.parse()?;
+    if size.as_u64() == 0 {
+        return Err("it must be more than 0 bytes".into());
+    }
+    Ok(size)
 }
 
 fn parse_param(s: &str) -> Result<(String, String), String> {

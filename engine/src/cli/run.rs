@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use futures::TryStreamExt;
-use object_store::ObjectStoreExt;
 use serde::Serialize;
 
 use super::compile::CompileArgs;
@@ -121,20 +120,7 @@ async fn run_async(args: RunArgs, slots: usize, reducers: u32) -> Result<u8, Fai
     let started = Instant::now();
     let limits = args.spec.limits();
     // Validate everything before any work: the module, the output, the input.
-    let module_location = Location::parse(&args.spec.job).map_err(data_failure)?;
-    let module_bytes = match module_location.store.get(&module_location.path).await {
-        Ok(r) => r
-            .bytes()
-            .await
-            .map_err(|e| data_failure(crate::data::Error::io(&args.spec.job, "reading", e)))?,
-        Err(object_store::Error::NotFound { .. }) => {
-            return Err(usage(format!(
-                "job module {} does not exist; build the examples with `cargo xtask guests`",
-                args.spec.job
-            )));
-        }
-        Err(e) => return Err(data_failure(crate::data::Error::io(&args.spec.job, "reading", e))),
-    };
+    let module_bytes = super::job_args::read_job_module(&args.spec.job).await?;
     let pool = Arc::new(ComputePool::new(slots).map_err(|e| Failure {
         code: exit::INFRASTRUCTURE,
         message: format!("starting compute threads: {e}"),

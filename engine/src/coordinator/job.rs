@@ -276,7 +276,16 @@ pub struct Job {
     /// what "slow" is measured against.
     #[serde(skip)]
     committed_time: [(u32, Duration); 2],
+    /// Every counter name the job's committed attempts used, up to
+    /// [`MAX_JOB_COUNTERS`].
+    #[serde(skip)]
+    counter_names: std::collections::BTreeSet<String>,
 }
+
+/// Most distinct counter names one job keeps; updates of further names are
+/// dropped and counted (each attempt's guest is capped too, but many
+/// attempts could each name different ones).
+pub const MAX_JOB_COUNTERS: usize = 1024;
 
 impl Job {
     /// A new job over `splits`, one map task each.
@@ -290,6 +299,7 @@ impl Job {
             reduces_committed: 0,
             running: 0,
             committed_time: [(0, Duration::ZERO); 2],
+            counter_names: Default::default(),
             map_outputs: vec![None; splits.len()],
             reduce_outputs: vec![None; spec.reducers as usize],
             spec,
@@ -540,6 +550,15 @@ impl Job {
             let time = &mut self.committed_time[task.phase as usize];
             *time = (time.0 + 1, time.1 + ran);
         }
+        let mut outcome = outcome;
+        if succeeded {
+            match &mut outcome {
+                Outcome::Map(MapOutput { counters }) | Outcome::Reduce(ReduceOutput { counters, .. }) => {
+                    cap_counters(&mut self.counter_names, counters);
+                }
+                Outcome::Failed { .. } => {}
+            }
+        }
         match outcome {
             Outcome::Map(out) if succeeded => {
                 self.map_outputs[task.index as usize] = Some(out);
@@ -737,7 +756,8 @@ impl Job {
         let reduces = self.reduce_outputs.iter().flatten().map(|r| &r.counters);
         for c in maps.chain(reduces) {
             for (k, v) in c {
-                *total.entry(k.clone()).or_insert(0) += v;
+                let t = total.entry(k.clone()).or_insert(0);
+                *t = t.saturating_add(*v);
             }
         }
         let retried = self
@@ -756,6 +776,28 @@ impl Job {
             (self.maps_committed, self.maps.len()),
             (self.reduces_committed, self.reduces.len()),
         )
+    }
+}
+
+/// Keep `counters` to names the job already has, or new ones while it has
+/// fewer than [`MAX_JOB_COUNTERS`]; the rest are counted as dropped.
+fn cap_counters(names: &mut std::collections::BTreeSet<String>, counters: &mut Counters) {
+    let dropped_name = crate::runtime::limits::COUNTERS_DROPPED;
+    let mut dropped = 0i64;
+    counters.retain(|name, _| {
+        if names.contains(name) || name == dropped_name {
+            return true;
+        }
+        if names.len() < MAX_JOB_COUNTERS {
+            names.insert(name.clone());
+            return true;
+        }
+        dropped += 1;
+        false
+    });
+    if dropped > 0 {
+        let v = counters.entry(dropped_name.to_string()).or_insert(0);
+        *v = v.saturating_add(dropped);
     }
 }
 

@@ -4,6 +4,8 @@
 //! directory, then the `_SUCCESS` manifest is written, then the scratch
 //! directory is removed. Knows nothing of wasmtime.
 
+pub mod access;
+pub mod ceilings;
 pub mod cluster;
 pub mod job;
 pub mod journal;
@@ -128,7 +130,9 @@ pub async fn commit_output(job: &Job, job_name: &str) -> Result<Manifest, Error>
     for (partition, reduce) in job.reduce_outputs.iter().enumerate() {
         let partition = partition as u32;
         let (Some(reduce), Some(file)) = (reduce, job.reduce_file(partition)) else {
-            return Err(Error::Internal(format!("committing with reduce {partition} not committed")));
+            return Err(Error::Internal(format!(
+                "committing with reduce {partition} not committed"
+            )));
         };
         // The path is the coordinator's own, derived from the committing
         // attempt: nothing a worker said decides what is moved.

@@ -15,8 +15,8 @@ pub mod text;
 
 pub use location::Location;
 pub use split::{
-    DEFAULT_SPLIT_SIZE, MAX_FILES_PER_TASK, MapInput, Split, SplitKind, check_output_outside, is_parquet, pack_splits,
-    plan_map_inputs, plan_splits,
+    DEFAULT_SPLIT_SIZE, MAX_FILES_PER_TASK, MapInput, Split, SplitKind, check_output_outside, input_base, is_parquet,
+    pack_splits, plan_map_inputs, plan_splits,
 };
 
 /// Errors reading input or writing output.

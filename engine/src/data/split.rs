@@ -164,6 +164,18 @@ async fn list_visible(base: &Location, keep: impl Fn(&str) -> bool) -> Result<Ve
     Ok(files)
 }
 
+/// The literal part of an input: all of a path, or a glob's directory
+/// before its first wildcard (`.` when there is none).
+pub fn input_base(input: &str) -> &str {
+    if !has_glob(input) {
+        return input;
+    }
+    match glob_base(input) {
+        "" => ".",
+        base => base,
+    }
+}
+
 /// The literal directory part of a glob (before its first wildcard).
 fn glob_base(input: &str) -> &str {
     let cut = input[..input.find(['*', '?', '[', '{']).unwrap_or(0)]

@@ -420,7 +420,11 @@ mod tests {
         // Each service refuses the other's credentials.
         let refused = jobs.call(header("w-tok")).expect_err("worker token on jobs");
         assert_eq!(refused.code(), tonic::Code::PermissionDenied);
-        assert!(refused.message().contains("use a client token"), "{}", refused.message());
+        assert!(
+            refused.message().contains("use a client token"),
+            "{}",
+            refused.message()
+        );
         let refused = workers.call(header("c-tok")).expect_err("client token on workers");
         assert_eq!(refused.code(), tonic::Code::PermissionDenied);
         // Strangers.
@@ -444,8 +448,13 @@ mod tests {
         let e = Tokens::parse("a,b\n", "t.csv").expect_err("two fields").to_string();
         assert_eq!(e, "the tokens file t.csv, line 1: 2 fields; give TOKEN,NAME,ROLE");
         let e = Tokens::parse("t,n,root\n", "t.csv").expect_err("bad role").to_string();
-        assert!(e.contains("line 1: role \"root\" is not client, admin or worker"), "{e}");
-        let e = Tokens::parse("t,a,client\nt,b,worker\n", "t.csv").expect_err("repeated").to_string();
+        assert!(
+            e.contains("line 1: role \"root\" is not client, admin or worker"),
+            "{e}"
+        );
+        let e = Tokens::parse("t,a,client\nt,b,worker\n", "t.csv")
+            .expect_err("repeated")
+            .to_string();
         assert!(e.contains("line 2: this token is already listed"), "{e}");
         assert!(Tokens::parse("# nothing\n", "t.csv").is_err());
     }

@@ -308,8 +308,19 @@ pub fn assignment(a: pb::Assignment) -> Result<(JobRef, Assignment), MalformedMe
     Ok((job, work))
 }
 
-fn counters(c: std::collections::HashMap<String, i64>) -> Counters {
-    c.into_iter().collect()
+/// Most counters one report may carry (the guest's capped ones, and the
+/// engine's own).
+pub const MAX_REPORTED_COUNTERS: usize = 512;
+
+fn counters(c: std::collections::HashMap<String, i64>) -> Result<Counters, MalformedMessage> {
+    use crate::runtime::limits::MAX_COUNTER_NAME_BYTES;
+    if c.len() > MAX_REPORTED_COUNTERS || c.keys().any(|k| k.len() > MAX_COUNTER_NAME_BYTES) {
+        return Err(MalformedMessage {
+            message: "ReportTaskRequest",
+            problem: format!("over {MAX_REPORTED_COUNTERS} counters, or a name over {MAX_COUNTER_NAME_BYTES} bytes"),
+        });
+    }
+    Ok(c.into_iter().collect())
 }
 
 /// An attempt's outcome for the wire.
@@ -345,15 +356,16 @@ pub fn outcome(o: Option<pb::report_task_request::Outcome>) -> Result<Outcome, M
     Ok(
         match o.ok_or_else(|| MalformedMessage::missing("ReportTaskRequest", "outcome"))? {
             O::Map(m) => Outcome::Map(MapOutput {
-                counters: counters(m.counters),
+                counters: counters(m.counters)?,
             }),
             O::Reduce(r) => Outcome::Reduce(ReduceOutput {
                 rows: r.rows,
                 bytes: r.bytes,
-                counters: counters(r.counters),
+                counters: counters(r.counters)?,
             }),
             O::Failed(f) => Outcome::Failed {
-                error: f.error,
+                // A worker's word, kept in memory and the journal: bounded.
+                error: crate::runtime::limits::bounded_message(&f.error),
                 retryable: f.retryable,
                 bad_record: f.bad_record,
             },

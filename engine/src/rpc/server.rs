@@ -24,6 +24,8 @@ use super::pb;
 use super::pb::job_service_server::{JobService, JobServiceServer};
 use super::pb::worker_service_server::{WorkerService, WorkerServiceServer};
 use super::tls::ServerTls;
+use crate::coordinator::access::DataAccess;
+use crate::coordinator::ceilings::Ceilings;
 use crate::coordinator::cluster::{Cluster, ClusterJob, JobRef};
 use crate::coordinator::journal::{Event, Journal, TaskOutput};
 use crate::coordinator::status::{JobStatusDoc, UserState};
@@ -50,7 +52,32 @@ pub struct CoordinatorState {
     pool: Arc<ComputePool>,
     /// Wakes the committer (see [`serve`]) when a job's reduces are all in.
     commit_wanted: Notify,
+    /// What jobs may use and ask for.
+    policy: SubmitPolicy,
+    /// Checks submitted modules (configure, sampling) apart from each
+    /// other and from the rest of the coordinator.
+    validation: ComputePool,
+    /// Outputs of submits in progress, so two jobs never write one output.
+    claims: Mutex<Vec<(JobId, Location)>>,
 }
+
+/// What submitted jobs may use and ask for: the operator's data prefixes
+/// and ceilings.
+#[derive(Debug, Clone)]
+pub struct SubmitPolicy {
+    /// Where jobs' data may be.
+    pub access: DataAccess,
+    /// The most a job may ask for.
+    pub ceilings: Ceilings,
+}
+
+/// The largest message a worker may send.
+const MAX_WORKER_MESSAGE: usize = 4 << 20;
+
+/// How many submitted modules are checked at once; the rest wait.
+const VALIDATIONS_AT_ONCE: usize = 4;
+/// The longest `configure` may run at submit, whatever the job's limit.
+const CONFIGURE_AT_SUBMIT: Duration = Duration::from_secs(10);
 
 /// Errors starting the coordinator.
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +110,7 @@ impl CoordinatorState {
         lease: Duration,
         backup_after: Option<Duration>,
         compiler: Compiler,
+        policy: SubmitPolicy,
     ) -> Result<Arc<Self>, StartError> {
         let (journal, events) = Journal::open(&store).await?;
         let runs = events.iter().filter(|e| matches!(e, Event::Started { .. })).count() as u64;
@@ -91,6 +119,7 @@ impl CoordinatorState {
         journal.append(vec![Event::Started { at: SystemTime::now() }]).await?;
         let runtime = Runtime::new(compiler).map_err(|e| StartError::Runtime(error_chain(&e)))?;
         let pool = ComputePool::new(1).map_err(|e| StartError::Runtime(e.to_string()))?;
+        let validation = ComputePool::new(VALIDATIONS_AT_ONCE).map_err(|e| StartError::Runtime(e.to_string()))?;
         let state = Arc::new(CoordinatorState {
             cluster: Mutex::new(cluster),
             changed: Notify::new(),
@@ -99,6 +128,9 @@ impl CoordinatorState {
             runtime: Arc::new(runtime),
             pool: Arc::new(pool),
             commit_wanted: Notify::new(),
+            policy,
+            validation,
+            claims: Mutex::new(Vec::new()),
         });
         Ok(state)
     }
@@ -145,6 +177,193 @@ impl CoordinatorState {
         info!(job = %id, "job accepted");
         self.notify();
         Ok(())
+    }
+
+    /// Check, plan and accept a submitted job for `owner`; returns its id.
+    /// Nothing of the job runs, and nothing in its output is deleted, until
+    /// every check has passed.
+    ///
+    /// # Errors
+    /// A status naming what is wrong: a bad request, data outside the
+    /// allowed prefixes, a limit over its ceiling, a module that does not
+    /// load or rejects its parameters, an output in use or not empty, or a
+    /// store that fails.
+    pub async fn submit(&self, r: pb::SubmitJobRequest, owner: String) -> Result<JobId, Status> {
+        let invalid = |e: &dyn std::error::Error| Status::invalid_argument(error_chain(e));
+        let digest = convert::digest("SubmitJobRequest", &r.module_digest)?;
+        if r.inputs.is_empty() {
+            return Err(Status::invalid_argument("no inputs; give at least one --input"));
+        }
+        if r.reducers == 0 || r.reducers > 100_000 {
+            return Err(Status::invalid_argument(format!(
+                "--reducers {} is out of range; use 1 to 100000",
+                r.reducers
+            )));
+        }
+        let limits = convert::limits(r.limits);
+        let task_memory = if r.task_memory == 0 {
+            crate::coordinator::job::DEFAULT_TASK_MEMORY
+        } else {
+            r.task_memory
+        };
+        self.policy
+            .ceilings
+            .check_job(&limits, task_memory, r.reducers)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        // Where the data is: the output and every input's base now, every
+        // file the inputs expand to once planned.
+        let output = Location::parse(&r.output).map_err(|e| invalid(&e))?;
+        let access = &self.policy.access;
+        access.check_output(&r.output, &output).map_err(|e| invalid(&e))?;
+        for input in &r.inputs {
+            let base = Location::parse(crate::data::input_base(input)).map_err(|e| invalid(&e))?;
+            access.check_input(input, &base).map_err(|e| invalid(&e))?;
+        }
+        crate::data::check_output_outside(&r.inputs, &output).map_err(|e| invalid(&e))?;
+        let id = JobId::generate();
+        let claim = self.claim_output(&id, &output)?;
+        let existing: Vec<_> = output
+            .store
+            .list(Some(&output.path))
+            .try_collect()
+            .await
+            .map_err(|e| Status::unavailable(format!("listing output {}: {e}", output.display)))?;
+        if !existing.is_empty() && !r.overwrite {
+            return Err(Status::already_exists(format!(
+                "output {} already exists and is not empty; choose another --output or pass --overwrite",
+                r.output
+            )));
+        }
+        let job_ref = JobRef {
+            job: id.clone(),
+            module: digest.clone(),
+            params: convert::params(r.params),
+            limits,
+        };
+        let module = self.validate_module(&job_ref).await?;
+        let split_size = if r.split_size == 0 {
+            crate::data::DEFAULT_SPLIT_SIZE
+        } else {
+            r.split_size
+        };
+        let slots = lock(&self.cluster).slots();
+        let splits = plan_map_inputs(&r.inputs, split_size, slots)
+            .await
+            .map_err(|e| match e {
+                crate::data::Error::Io { .. } => Status::unavailable(error_chain(&e)),
+                _ => Status::invalid_argument(error_chain(&e)),
+            })?;
+        self.policy
+            .ceilings
+            .check_map_tasks(splits.len())
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        for split in splits.iter().flat_map(|m| &m.splits) {
+            let file = Location::parse(&split.file).map_err(|e| invalid(&e))?;
+            access.check_input(&split.file, &file).map_err(|e| invalid(&e))?;
+        }
+        // Range partitioning samples the job's keys now, running its map on
+        // the first records of a few splits (bounded like any guest call).
+        let partitioner = if (r.total_order || module.info().total_order) && r.reducers > 1 {
+            let ctx = crate::task::JobContext {
+                runtime: self.runtime.clone(),
+                module: module.clone(),
+                pool: self.pool.clone(),
+            };
+            crate::task::sample_partitioner(&ctx, &splits, r.reducers)
+                .await
+                .map_err(|e| {
+                    let message = format!("sampling keys for a total order: {}", error_chain(&e));
+                    match e {
+                        crate::task::Error::Data(crate::data::Error::Io { .. }) => Status::unavailable(message),
+                        _ => Status::invalid_argument(message),
+                    }
+                })?
+        } else {
+            crate::shuffle::Partitioner::Hash
+        };
+        if !existing.is_empty() {
+            // Every check passed: now the old output goes, its manifest
+            // first, so that no reader takes what is left for complete.
+            remove_old_output(&output, existing)
+                .await
+                .map_err(|e| Status::unavailable(error_chain(&e)))?;
+        }
+        let spec = JobSpec {
+            work_dir: JobLayout::scratch_for(&output, &id),
+            id: id.clone(),
+            inputs: r.inputs,
+            output: r.output,
+            reducers: r.reducers,
+            format: convert::output_format(r.format),
+            max_attempts: if r.max_attempts == 0 {
+                crate::coordinator::job::DEFAULT_MAX_ATTEMPTS
+            } else {
+                r.max_attempts
+            },
+            speculation: !r.no_speculation,
+            skip_bad_records: r.skip_bad_records,
+            task_memory,
+            partitioner,
+        };
+        let name = module.info().name.clone();
+        self.accept(spec, splits, job_ref, name, owner)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        drop(claim);
+        Ok(id)
+    }
+
+    /// Load the job's module and run its `configure` once, to check it and
+    /// its parameters: on the validation threads, with `configure` bounded
+    /// by [`CONFIGURE_AT_SUBMIT`], so a slow one holds up no other submit.
+    async fn validate_module(&self, job: &JobRef) -> Result<crate::runtime::JobModule, Status> {
+        let bytes = self.module_bytes(&job.module).await?;
+        self.policy
+            .ceilings
+            .check_module(bytes.len() as u64)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let limits = crate::runtime::Limits {
+            max_call_time: job.limits.max_call_time.min(CONFIGURE_AT_SUBMIT),
+            ..job.limits
+        };
+        let what = job.module.to_string();
+        let checked = load_module(&self.runtime, &self.validation, &what, bytes, &job.params, limits)
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| match e {
+                crate::runtime::Error::Internal(_) => Status::internal(error_chain(&e)),
+                _ => Status::invalid_argument(error_chain(&e)),
+            })?;
+        // Tasks run with the job's own limits.
+        Ok(checked.with_limits(job.limits))
+    }
+
+    /// Reserve `output` for job `id` while it is being submitted: refused if
+    /// a running job, or another submit, writes there (or inside, or
+    /// around it). The reservation ends when the guard drops; by then the
+    /// job, if accepted, holds the output as a running job.
+    fn claim_output(&self, id: &JobId, output: &Location) -> Result<OutputClaim<'_>, Status> {
+        let overlaps = |other: &Location| output.is_within(other) || other.is_within(output);
+        let cluster = lock(&self.cluster);
+        let mut claims = self.claims.lock().unwrap_or_else(|p| p.into_inner());
+        let running = cluster
+            .jobs()
+            .find(|j| !j.job.is_finished() && Location::parse(&j.job.spec.output).is_ok_and(|o| overlaps(&o)));
+        let busy = running
+            .map(|j| j.job.spec.id.clone())
+            .or_else(|| claims.iter().find(|(_, o)| overlaps(o)).map(|(j, _)| j.clone()));
+        if let Some(other) = busy {
+            return Err(Status::failed_precondition(format!(
+                "output {} is in use by job {other}, which is still running; choose another --output, \
+                 or wait for that job to end",
+                output.display
+            )));
+        }
+        claims.push((id.clone(), output.clone()));
+        Ok(OutputClaim {
+            state: self,
+            id: id.clone(),
+        })
     }
 
     /// Commit every job whose reduces have all committed but whose output is
@@ -215,6 +434,37 @@ impl CoordinatorState {
             ))),
         }
     }
+}
+
+/// A reservation of an output by a submit in progress; see
+/// [`CoordinatorState::claim_output`].
+struct OutputClaim<'a> {
+    state: &'a CoordinatorState,
+    id: JobId,
+}
+
+impl Drop for OutputClaim<'_> {
+    fn drop(&mut self) {
+        let mut claims = self.state.claims.lock().unwrap_or_else(|p| p.into_inner());
+        claims.retain(|(id, _)| *id != self.id);
+    }
+}
+
+/// Delete an old output's files, listed before: `_SUCCESS` first, so the
+/// output never looks complete with files missing.
+async fn remove_old_output(
+    output: &Location,
+    mut files: Vec<object_store::ObjectMeta>,
+) -> Result<(), crate::data::Error> {
+    let manifest = output.child(crate::data::output::MANIFEST_NAME).path;
+    files.sort_by_key(|m| m.location != manifest);
+    for meta in files {
+        match output.store.delete(&meta.location).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(crate::data::Error::io(&output.display, "deleting the old output in", e)),
+        }
+    }
+    Ok(())
 }
 
 fn no_job(id: &JobId) -> Status {
@@ -340,7 +590,13 @@ impl JobService for JobApi {
         let mut stream = request.into_inner();
         let mut bytes = Vec::new();
         while let Some(chunk) = stream.try_next().await? {
-            if bytes.len() + chunk.data.len() > MAX_MODULE_BYTES {
+            let size = (bytes.len() + chunk.data.len()) as u64;
+            self.0
+                .policy
+                .ceilings
+                .check_module(size.min(MAX_MODULE_BYTES as u64 + 1))
+                .map_err(|e| Status::resource_exhausted(e.to_string()))?;
+            if size > MAX_MODULE_BYTES as u64 {
                 return Err(Status::resource_exhausted(format!(
                     "the module is larger than {} MiB, the most a coordinator accepts",
                     MAX_MODULE_BYTES >> 20
@@ -369,115 +625,7 @@ impl JobService for JobApi {
         request: Request<pb::SubmitJobRequest>,
     ) -> Result<Response<pb::SubmitJobResponse>, Status> {
         let owner = Identity::of(&request).name;
-        let r = request.into_inner();
-        let state = &self.0;
-        let digest = convert::digest("SubmitJobRequest", &r.module_digest)?;
-        if r.inputs.is_empty() {
-            return Err(Status::invalid_argument("no inputs; give at least one --input"));
-        }
-        if r.reducers == 0 || r.reducers > 100_000 {
-            return Err(Status::invalid_argument(format!(
-                "--reducers {} is out of range; use 1 to 100000",
-                r.reducers
-            )));
-        }
-        let job_ref = JobRef {
-            job: JobId::generate(),
-            module: digest.clone(),
-            params: convert::params(r.params),
-            limits: convert::limits(r.limits),
-        };
-        // Validate the module and the parameters: configure it once.
-        let bytes = state.module_bytes(&digest).await?;
-        let what = digest.to_string();
-        let module = load_module(
-            &state.runtime,
-            &state.pool,
-            &what,
-            bytes,
-            &job_ref.params,
-            job_ref.limits,
-        )
-        .await
-        .map_err(|e| Status::internal(e.to_string()))?
-        .map_err(|e| match e {
-            crate::runtime::Error::Internal(_) => Status::internal(error_chain(&e)),
-            _ => Status::invalid_argument(error_chain(&e)),
-        })?;
-        let output = Location::parse(&r.output).map_err(|e| Status::invalid_argument(error_chain(&e)))?;
-        crate::data::check_output_outside(&r.inputs, &output).map_err(|e| Status::invalid_argument(error_chain(&e)))?;
-        let existing: Vec<_> = output
-            .store
-            .list(Some(&output.path))
-            .try_collect()
-            .await
-            .map_err(|e| Status::unavailable(format!("listing output {}: {e}", output.display)))?;
-        if !existing.is_empty() {
-            if !r.overwrite {
-                return Err(Status::already_exists(format!(
-                    "output {} already exists and is not empty; choose another --output or pass --overwrite",
-                    r.output
-                )));
-            }
-            remove_all(&output)
-                .await
-                .map_err(|e| Status::unavailable(error_chain(&e)))?;
-        }
-        let split_size = if r.split_size == 0 { 64 << 20 } else { r.split_size };
-        let slots = lock(&state.cluster).slots();
-        let splits = plan_map_inputs(&r.inputs, split_size, slots)
-            .await
-            .map_err(|e| match e {
-                crate::data::Error::Io { .. } => Status::unavailable(error_chain(&e)),
-                _ => Status::invalid_argument(error_chain(&e)),
-            })?;
-        // Range partitioning samples the job's keys now, running its map on
-        // the first records of a few splits (bounded like any guest call).
-        let partitioner = if (r.total_order || module.info().total_order) && r.reducers > 1 {
-            let ctx = crate::task::JobContext {
-                runtime: state.runtime.clone(),
-                module: module.clone(),
-                pool: state.pool.clone(),
-            };
-            crate::task::sample_partitioner(&ctx, &splits, r.reducers)
-                .await
-                .map_err(|e| {
-                    let message = format!("sampling keys for a total order: {}", error_chain(&e));
-                    match e {
-                        crate::task::Error::Data(crate::data::Error::Io { .. }) => Status::unavailable(message),
-                        _ => Status::invalid_argument(message),
-                    }
-                })?
-        } else {
-            crate::shuffle::Partitioner::Hash
-        };
-        let id = job_ref.job.clone();
-        let spec = JobSpec {
-            work_dir: JobLayout::scratch_for(&output, &id),
-            id: id.clone(),
-            inputs: r.inputs,
-            output: r.output,
-            reducers: r.reducers,
-            format: convert::output_format(r.format),
-            max_attempts: if r.max_attempts == 0 {
-                crate::coordinator::job::DEFAULT_MAX_ATTEMPTS
-            } else {
-                r.max_attempts
-            },
-            speculation: !r.no_speculation,
-            skip_bad_records: r.skip_bad_records,
-            task_memory: if r.task_memory == 0 {
-                crate::coordinator::job::DEFAULT_TASK_MEMORY
-            } else {
-                r.task_memory
-            },
-            partitioner,
-        };
-        let name = module.info().name.clone();
-        state
-            .accept(spec, splits, job_ref, name, owner)
-            .await
-            .map_err(|e| Status::unavailable(e.to_string()))?;
+        let id = self.0.submit(request.into_inner(), owner).await?;
         Ok(Response::new(pb::SubmitJobResponse { job_id: id.to_string() }))
     }
 
@@ -487,10 +635,7 @@ impl JobService for JobApi {
         Ok(Response::new(self.0.status(&id, &caller, true)?))
     }
 
-    async fn list_jobs(
-        &self,
-        request: Request<pb::ListJobsRequest>,
-    ) -> Result<Response<pb::ListJobsResponse>, Status> {
+    async fn list_jobs(&self, request: Request<pb::ListJobsRequest>) -> Result<Response<pb::ListJobsResponse>, Status> {
         let caller = Identity::of(&request);
         let cluster = lock(&self.0.cluster);
         let jobs = cluster
@@ -513,20 +658,20 @@ impl JobService for JobApi {
         let stream = futures::stream::unfold(Some((state, id, true)), move |s| {
             let caller = caller.clone();
             async move {
-            let (state, id, first) = s?;
-            if !first {
-                let changed = state.changed.notified();
-                let _ = tokio::time::timeout(Duration::from_secs(1), changed).await;
-            }
-            let status = state.status(&id, &caller, false);
-            let ended = match &status {
-                Ok(s) => matches!(
-                    pb::JobState::try_from(s.state),
-                    Ok(pb::JobState::Succeeded | pb::JobState::Failed | pb::JobState::Cancelled)
-                ),
-                Err(_) => true,
-            };
-            Some((status, (!ended).then_some((state, id, false))))
+                let (state, id, first) = s?;
+                if !first {
+                    let changed = state.changed.notified();
+                    let _ = tokio::time::timeout(Duration::from_secs(1), changed).await;
+                }
+                let status = state.status(&id, &caller, false);
+                let ended = match &status {
+                    Ok(s) => matches!(
+                        pb::JobState::try_from(s.state),
+                        Ok(pb::JobState::Succeeded | pb::JobState::Failed | pb::JobState::Cancelled)
+                    ),
+                    Err(_) => true,
+                };
+                Some((status, (!ended).then_some((state, id, false))))
             }
         });
         Ok(Response::new(Box::pin(stream)))
@@ -777,9 +922,15 @@ pub async fn serve(
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<JobServiceServer<JobApi>>().await;
     health_reporter.set_serving::<WorkerServiceServer<WorkerApi>>().await;
+    // Reflection in both versions: grpcurl speaks v1, Python's grpcio
+    // reflection client and many GUI tools still speak v1alpha.
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .build_v1()
+        .ok();
+    let reflection_alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
         .ok();
     let expiry_state = state.clone();
     let _expiry = SpawnedTask::spawn(async move {
@@ -823,7 +974,8 @@ pub async fn serve(
             },
         ))
         .add_service(InterceptedService::new(
-            WorkerServiceServer::new(WorkerApi(state)).max_decoding_message_size(64 << 20),
+            // Workers send reports and heartbeats, small by construction.
+            WorkerServiceServer::new(WorkerApi(state)).max_decoding_message_size(MAX_WORKER_MESSAGE),
             Authenticate {
                 tokens,
                 certificates,
@@ -831,6 +983,9 @@ pub async fn serve(
             },
         ));
     if let Some(reflection) = reflection {
+        router = router.add_service(reflection);
+    }
+    if let Some(reflection) = reflection_alpha {
         router = router.add_service(reflection);
     }
     router.serve_with_incoming_shutdown(incoming, shutdown).await

@@ -22,6 +22,30 @@ pub const DEFAULT_MAX_COMPILE_TIME: Duration = Duration::from_secs(60);
 /// Default cap on the memory compiling one module may use: 2 GiB
 /// (`--max-compile-memory`).
 pub const DEFAULT_MAX_COMPILE_MEMORY_BYTES: u64 = 2 << 30;
+/// Most distinct counters a guest may name in one attempt; past it, new
+/// names are dropped (and counted in [`COUNTERS_DROPPED`]).
+pub const MAX_GUEST_COUNTERS: usize = 128;
+/// Longest counter name a guest may use, in bytes.
+pub const MAX_COUNTER_NAME_BYTES: usize = 200;
+/// The engine's counter of guest counter updates dropped by the caps.
+pub const COUNTERS_DROPPED: &str = "wmr.counters.dropped";
+/// Longest error or panic message kept from a guest (or a worker's report),
+/// in bytes; the rest is cut.
+pub const MAX_MESSAGE_BYTES: usize = 4096;
+
+/// `text` cut to [`MAX_MESSAGE_BYTES`] (at a character boundary), marked
+/// as cut when it was.
+pub fn bounded_message(text: &str) -> String {
+    if text.len() <= MAX_MESSAGE_BYTES {
+        return text.to_string();
+    }
+    let mut end = MAX_MESSAGE_BYTES;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... ({} bytes cut)", &text[..end], text.len() - end)
+}
+
 /// How often the epoch ticker advances; the granularity of time limits.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
@@ -59,6 +83,23 @@ impl Default for Limits {
             max_output_bytes: DEFAULT_MAX_OUTPUT_BYTES,
             max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_messages_are_cut_at_a_character_boundary() {
+        assert_eq!(bounded_message("short"), "short");
+        let long = "é".repeat(MAX_MESSAGE_BYTES);
+        let cut = bounded_message(&long);
+        assert!(cut.len() < MAX_MESSAGE_BYTES + 32, "{}", cut.len());
+        assert!(
+            cut.ends_with(&format!("... ({} bytes cut)", MAX_MESSAGE_BYTES)),
+            "{cut}"
+        );
     }
 }
 

@@ -187,6 +187,8 @@ struct GuestState {
     limits: Limits,
     memory_limit_hit: bool,
     counters: BTreeMap<String, i64>,
+    /// Distinct guest-named counters so far.
+    guest_counters: usize,
     log: String,
     log_dropped: u64,
     panic: Option<(String, Option<u32>)>,
@@ -227,12 +229,26 @@ impl host::Host for GuestState {
     }
 
     fn add_counters(&mut self, deltas: Vec<(String, i64)>) {
+        // The guest names its counters, but not without bound, and never
+        // one of the engine's own.
         for (name, delta) in deltas {
-            *self.counters.entry(name).or_insert(0) += delta;
+            let known = self.counters.contains_key(&name);
+            let allowed = name.len() <= limits::MAX_COUNTER_NAME_BYTES
+                && !name.starts_with("wmr.")
+                && (known || self.guest_counters < limits::MAX_GUEST_COUNTERS);
+            let (name, delta) = if allowed {
+                self.guest_counters += usize::from(!known);
+                (name, delta)
+            } else {
+                (limits::COUNTERS_DROPPED.to_string(), 1)
+            };
+            let value = self.counters.entry(name).or_insert(0);
+            *value = value.saturating_add(delta);
         }
     }
 
     fn report_panic(&mut self, message: String, row: Option<u32>) {
+        let message = limits::bounded_message(&message);
         self.append_log(&format!("PANIC {message}"));
         self.panic = Some((message, row));
     }
@@ -452,6 +468,7 @@ impl Runtime {
             limits,
             memory_limit_hit: false,
             counters: BTreeMap::new(),
+            guest_counters: 0,
             log: String::new(),
             log_dropped: 0,
             panic: None,
@@ -502,6 +519,13 @@ impl JobModule {
         self.limits
     }
 
+    /// The same module, its instances run under `limits`.
+    #[must_use]
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
     /// A fresh instance for one task attempt, configured with the job's
     /// parameters.
     ///
@@ -529,7 +553,7 @@ impl JobModule {
             Err(message) => {
                 return Err(Error::Configure {
                     module: self.what.clone(),
-                    message,
+                    message: limits::bounded_message(&message),
                 });
             }
         };
@@ -622,7 +646,7 @@ impl GuestInstance {
             Err(e) => Err(Error::Guest {
                 call,
                 kind: GuestError::Returned {
-                    message: e.message,
+                    message: limits::bounded_message(&e.message),
                     row: e.row,
                 },
             }),

@@ -926,11 +926,7 @@ pub async fn run_reduce(ctx: &JobContext, a: &ReduceAssignment) -> Result<Reduce
         .run(move || reduce_compute(&runtime, &module, &assignment, rx, sink))
         .await;
     let (rows, bytes, counters) = finish_upload(computed, upload).await?;
-    Ok(ReduceOutput {
-        rows,
-        bytes,
-        counters,
-    })
+    Ok(ReduceOutput { rows, bytes, counters })
 }
 
 /// Receive every fetched block into one local temp file, each input at its

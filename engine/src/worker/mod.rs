@@ -57,7 +57,7 @@ pub async fn run_assignment(ctx: &JobContext, assignment: &Assignment) -> Outcom
         Assignment::Reduce(a) => task::run_reduce(ctx, a).await.map(Outcome::Reduce),
     };
     result.unwrap_or_else(|e| {
-        let error = error_chain(&e);
+        let error = crate::runtime::limits::bounded_message(&error_chain(&e));
         warn!(%error, "attempt failed");
         Outcome::Failed {
             error,

@@ -1,6 +1,9 @@
 //! A guest that misbehaves on purpose, chosen by `--param mode=...`:
 //!
-//! - `loop-map`, `loop-reduce`: never return from map, or from reduce;
+//! - `loop-configure`, `loop-map`, `loop-reduce`: never return from
+//!   configure, map, or reduce;
+//! - `counter-flood`: per input line, bump 1,000 counters with 150-byte
+//!   names, one with a 1 KiB name, and one named like the engine's own;
 //! - `grow`: allocate without end in map;
 //! - `recurse`: recurse until the stack overflows;
 //! - `output`: emit 100 rows of 64 hex digits per input line;
@@ -19,9 +22,13 @@ struct Hostile {
 
 impl Hostile {
     fn from_params(params: &Params) -> Result<Self, String> {
-        Ok(Hostile {
-            mode: params.require("mode")?.to_string(),
-        })
+        let mode = params.require("mode")?.to_string();
+        if mode == "loop-configure" {
+            loop {
+                black_box(&mode);
+            }
+        }
+        Ok(Hostile { mode })
     }
 }
 
@@ -95,6 +102,15 @@ impl Job for Hostile {
                         .collect();
                     out.emit(key, 1);
                 }
+            }
+            "counter-flood" => {
+                let padding = "x".repeat(140);
+                for i in 0..1000 {
+                    wmr_sdk::count(&format!("flood.{i:04}.{padding}"), 1);
+                }
+                wmr_sdk::count(&"y".repeat(1024), 1);
+                wmr_sdk::count("wmr.map.input.records", 1_000_000);
+                out.emit("lines", 1);
             }
             "log-flood" => {
                 for i in 0..100 {
