@@ -12,10 +12,12 @@ use wmr::coordinator::JobSpec;
 use wmr::coordinator::access::DataAccess;
 use wmr::coordinator::ceilings::Ceilings;
 use wmr::coordinator::cluster::JobRef;
+use wmr::coordinator::journal::Journal;
+use wmr::coordinator::service::{Service, ServiceConfig, SubmitPolicy};
 use wmr::data::output::OutputFormat;
 use wmr::data::{Location, MapInput, Split, SplitKind};
 use wmr::rpc::pb;
-use wmr::rpc::server::{CoordinatorState, SubmitPolicy, bind, serve};
+use wmr::rpc::server::{bind, serve};
 use wmr::runtime::Limits;
 use wmr::{JobId, ModuleDigest};
 
@@ -41,15 +43,14 @@ fn main() {
             access: DataAccess::new(vec![], store.clone(), false),
             ceilings: Ceilings::default(),
         };
-        let state = CoordinatorState::open(
-            store,
-            Duration::from_secs(30),
-            None,
-            wmr::runtime::Compiler::InProcess,
+        let config = ServiceConfig {
+            lease: Duration::from_secs(30),
+            backup_after: None,
+            runtime: std::sync::Arc::new(wmr::runtime::Runtime::new(wmr::runtime::Compiler::InProcess).unwrap()),
             policy,
-        )
-        .await
-        .unwrap();
+        };
+        let journal = Journal::open(&store).await.unwrap();
+        let state = Service::open(store, journal, config).await.unwrap();
         let id = JobId::generate();
         let spec = JobSpec {
             id: id.clone(),

@@ -11,6 +11,7 @@
 //! over all of it.
 
 pub mod cli;
+pub mod compute;
 pub mod coordinator;
 pub mod data;
 mod ids;
@@ -23,3 +24,19 @@ pub mod task;
 pub mod worker;
 
 pub use ids::{AttemptId, JobId, ModuleDigest, Phase, TaskId, WorkerId};
+
+/// An error and its causes as one line: `outer: cause: cause`.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut line = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        // Some errors repeat their cause in their own message.
+        if !line.ends_with(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        source = s.source();
+    }
+    line
+}

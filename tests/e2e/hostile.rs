@@ -177,3 +177,48 @@ fn compiling_a_module_is_bounded_in_time() {
     let (code, err) = run_module(&t, &guest("wordcount"), &["--max-compile-time", "20s"]);
     assert_eq!(code, Some(0), "{err}");
 }
+
+#[test]
+fn ctrl_c_cancels_an_embedded_run_and_leaves_no_output() {
+    use std::io::BufRead;
+    let t = TestDir::new();
+    let input = t.write("in.txt", "one line\n");
+    let out = t.path("out");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_wmr"))
+        .args(["-v", "run", "--job"])
+        .arg(guest("hostile"))
+        .args(["--param", "mode=loop-map", "--max-call-time", "60s", "--input"])
+        .arg(&input)
+        .arg("--output")
+        .arg(&out)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut log = String::new();
+    // The guest is looping once its attempt has started.
+    while !log.contains("attempt started") {
+        assert!(stderr.read_line(&mut log).unwrap() > 0, "wmr ended early: {log}");
+    }
+    let pid = child.id().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(1), "{rest}");
+    assert!(rest.contains("failed: cancelled"), "{rest}");
+    // Nothing committed, and the scratch data is gone.
+    assert!(!out.join("_SUCCESS").exists());
+    assert!(
+        !out.join("_temporary").exists(),
+        "{:?}",
+        std::fs::read_dir(&out).ok().map(|d| d.count())
+    );
+}

@@ -7,7 +7,7 @@ use clap::Args;
 
 use super::{Failure, exit};
 use crate::data::output::{read_output_rows, write_text_lines};
-use crate::worker::error_chain;
+use crate::error_chain;
 
 /// Print a job's output as text lines.
 #[derive(Debug, Args)]

@@ -226,6 +226,7 @@ pub(super) fn submit(args: SubmitArgs) -> Result<u8, Failure> {
             no_speculation: args.no_speculation,
             task_memory: spec.task_memory.as_u64(),
             total_order: spec.total_order,
+            module_name: spec.job.clone(),
             skip_bad_records: spec.skip_bad_records,
         };
         let job = jobs

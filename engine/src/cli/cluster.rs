@@ -13,12 +13,15 @@ use super::compile::CompileArgs;
 use super::{Failure, exit, io_runtime};
 use crate::coordinator::access::DataAccess;
 use crate::coordinator::ceilings::Ceilings;
+use crate::coordinator::journal::Journal;
+use crate::coordinator::service::{Service, ServiceConfig, SubmitPolicy};
 use crate::data::Location;
+use crate::error_chain;
 use crate::rpc::auth::Tokens;
-use crate::rpc::server::{CoordinatorState, Security, SubmitPolicy, bind, serve};
+use crate::rpc::server::{Security, bind, serve};
 use crate::rpc::tls::ServerTls;
-use crate::worker::error_chain;
-use crate::worker::remote::{WorkerConfig, run_worker};
+use crate::runtime::Runtime;
+use crate::worker::remote::{WorkerConfig, run_remote_worker};
 
 /// Serve the job API and the worker protocol.
 #[derive(Debug, Args)]
@@ -200,7 +203,16 @@ pub(super) fn coordinator(args: CoordinatorArgs) -> Result<u8, Failure> {
             access: DataAccess::new(allowed, store.clone(), authenticated),
             ceilings: args.policy.ceilings(),
         };
-        let state = CoordinatorState::open(store, lease, Some(*args.backup_after), compiler, policy)
+        let journal = Journal::open(&store).await.map_err(|e| infra(error_chain(&e)))?;
+        let runtime =
+            Runtime::new(compiler).map_err(|e| infra(format!("starting the wasm runtime: {}", error_chain(&e))))?;
+        let config = ServiceConfig {
+            lease,
+            backup_after: Some(*args.backup_after),
+            runtime: std::sync::Arc::new(runtime),
+            policy,
+        };
+        let state = Service::open(store, journal, config)
             .await
             .map_err(|e| infra(error_chain(&e)))?;
         let tls_on = tls.is_some();
@@ -253,7 +265,7 @@ pub(super) fn worker(args: WorkerArgs) -> Result<u8, Failure> {
         name: format!("{}:{}", host.trim(), std::process::id()),
     };
     io_runtime(2)?.block_on(async move {
-        run_worker(config).await.map_err(|e| Failure {
+        run_remote_worker(config).await.map_err(|e| Failure {
             code: exit::INFRASTRUCTURE,
             message: error_chain(&e),
         })?;

@@ -8,12 +8,12 @@ use super::{Failure, exit};
 use crate::coordinator::job::{DEFAULT_MAX_ATTEMPTS, DEFAULT_TASK_MEMORY};
 use crate::data::Location;
 use crate::data::output::OutputFormat;
+use crate::error_chain;
 use crate::runtime::Limits;
 use crate::runtime::limits::{
     DEFAULT_MAX_CALL_TIME, DEFAULT_MAX_LOG_BYTES, DEFAULT_MAX_MEMORY_BYTES, DEFAULT_MAX_OUTPUT_BYTES,
     DEFAULT_MAX_RECORD_BYTES, MAX_MODULE_BYTES,
 };
-use crate::worker::error_chain;
 
 /// A job: its module, input, output and settings.
 #[derive(Debug, Clone, Args)]

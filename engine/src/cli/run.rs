@@ -1,26 +1,35 @@
-//! `wmr run`: the embedded mode. One process runs the coordinator logic and
-//! N task slots through the same scheduler and task code a cluster uses.
+//! `wmr run`: the embedded mode. One process runs the coordinator service
+//! (the same one `wmr coordinator` serves, with its journal in memory) and
+//! an in-process worker with N task slots: the same scheduler, retries,
+//! backups, cancel (Ctrl-C) and task code as a cluster.
 
 use std::io::{IsTerminal, Write};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use futures::TryStreamExt;
+use object_store::ObjectStoreExt;
 use serde::Serialize;
 
 use super::compile::CompileArgs;
 use super::job_args::JobArgs;
 use super::{Failure, exit};
-use crate::coordinator::{Coordinator, Job, JobSpec, JobState, remove_all};
+use crate::JobId;
+use crate::compute::ComputePool;
+use crate::coordinator::JobState;
+use crate::coordinator::access::DataAccess;
+use crate::coordinator::ceilings::Ceilings;
+use crate::coordinator::identity::Identity;
+use crate::coordinator::journal::Journal;
+use crate::coordinator::service::{ErrorKind, Service, ServiceConfig, ServiceError, SubmitPolicy, SubmitRequest};
+use crate::data::Location;
 use crate::data::output::Manifest;
-use crate::data::{Location, check_output_outside, plan_map_inputs};
-use crate::layout::JobLayout;
+use crate::error_chain;
 use crate::runtime::Runtime;
-use crate::shuffle::Partitioner;
-use crate::task::{Counters, JobContext, sample_partitioner};
-use crate::worker::{ComputePool, error_chain, load_module, run_slots};
-use crate::{JobId, WorkerId};
+use crate::spawn::SpawnedTask;
+use crate::task::Counters;
+use crate::worker::local::LocalLink;
+use crate::worker::{WorkerSetup, run_worker};
 
 /// Run a job embedded.
 #[derive(Debug, Args)]
@@ -50,29 +59,28 @@ fn usage(message: String) -> Failure {
     }
 }
 
-/// A task-layer failure before the job ran (sampling): bad input is a usage
-/// error, a store outage infrastructure, a guest failure the job's.
-fn task_failure(doing: &str, e: crate::task::Error) -> Failure {
-    let code = match &e {
-        crate::task::Error::Data(crate::data::Error::Io { .. }) => exit::INFRASTRUCTURE,
-        crate::task::Error::Data(_) => exit::USAGE,
-        _ => exit::JOB_FAILED,
+/// A service failure as the CLI shows it: its exit code decided here, once.
+fn service_failure(e: ServiceError) -> Failure {
+    let code = match e.kind {
+        ErrorKind::JobCode => exit::JOB_FAILED,
+        ErrorKind::Unavailable | ErrorKind::Internal => exit::INFRASTRUCTURE,
+        ErrorKind::Invalid
+        | ErrorKind::NotFound
+        | ErrorKind::PermissionDenied
+        | ErrorKind::AlreadyExists
+        | ErrorKind::Conflict
+        | ErrorKind::TooLarge => exit::USAGE,
     };
     Failure {
         code,
-        message: format!("{doing}: {}", error_chain(&e)),
+        message: e.message,
     }
 }
 
-fn data_failure(e: crate::data::Error) -> Failure {
-    use crate::data::Error as E;
-    let code = match e {
-        E::Io { .. } => exit::INFRASTRUCTURE,
-        _ => exit::USAGE,
-    };
+fn infrastructure(message: String) -> Failure {
     Failure {
-        code,
-        message: error_chain(&e),
+        code: exit::INFRASTRUCTURE,
+        message,
     }
 }
 
@@ -116,91 +124,92 @@ pub(super) fn run(args: RunArgs) -> Result<u8, Failure> {
     super::io_runtime(2)?.block_on(run_async(args, slots, reducers))
 }
 
+/// How long the embedded worker may go silent before it counts as lost.
+const EMBEDDED_LEASE: Duration = Duration::from_secs(10);
+/// Backup attempts for tasks slower than this, as on a cluster by default.
+const EMBEDDED_BACKUP_AFTER: Duration = Duration::from_secs(5);
+
 async fn run_async(args: RunArgs, slots: usize, reducers: u32) -> Result<u8, Failure> {
     let started = Instant::now();
-    let limits = args.spec.limits();
-    // Validate everything before any work: the module, the output, the input.
+    // Ctrl-C cancels the job (below) from now on, not only once it runs.
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .map_err(|e| infrastructure(format!("watching for Ctrl-C: {e}")))?;
     let module_bytes = super::job_args::read_job_module(&args.spec.job).await?;
-    let pool = Arc::new(ComputePool::new(slots).map_err(|e| Failure {
-        code: exit::INFRASTRUCTURE,
-        message: format!("starting compute threads: {e}"),
-    })?);
-    let wasm = Arc::new(Runtime::new(args.compile.compiler()?).map_err(|e| Failure {
-        code: exit::INFRASTRUCTURE,
-        message: error_chain(&e),
-    })?);
-    let module = load_module(&wasm, &pool, &args.spec.job, module_bytes, &args.spec.params, limits)
+    // The same coordinator service as a cluster's, in this process: its
+    // journal in memory, its store (for the module) in memory, and the
+    // user's own rights (no prefixes, no ceilings).
+    let store = Location::parse(&format!("memory://wmr-run-{}", JobId::generate()))
+        .map_err(|e| infrastructure(error_chain(&e)))?;
+    let runtime = Arc::new(Runtime::new(args.compile.compiler()?).map_err(|e| infrastructure(error_chain(&e)))?);
+    let config = ServiceConfig {
+        lease: EMBEDDED_LEASE,
+        backup_after: Some(EMBEDDED_BACKUP_AFTER),
+        runtime: runtime.clone(),
+        policy: SubmitPolicy {
+            access: DataAccess::new(vec![], store.clone(), false),
+            ceilings: Ceilings::unlimited(),
+        },
+    };
+    let service = Service::open(store, (Journal::memory(), Vec::new()), config)
         .await
-        .map_err(|e| Failure {
-            code: exit::INFRASTRUCTURE,
-            message: e.to_string(),
-        })?
-        .map_err(|e| usage(error_chain(&e)))?;
-    let output = Location::parse(&args.spec.output).map_err(data_failure)?;
-    check_output_outside(&args.spec.input, &output).map_err(data_failure)?;
-    let existing: Vec<_> = output
-        .store
-        .list(Some(&output.path))
-        .try_collect()
-        .await
-        .map_err(|e| data_failure(crate::data::Error::io(&output.display, "listing", e)))?;
-    if !existing.is_empty() {
-        if !args.spec.overwrite {
-            return Err(usage(format!(
-                "output {} already exists and is not empty; choose another --output or pass --overwrite",
-                args.spec.output
-            )));
-        }
-        remove_all(&output).await.map_err(data_failure)?;
+        .map_err(|e| infrastructure(error_chain(&e)))?;
+    let user = Identity::anonymous();
+    let setup = WorkerSetup {
+        slots,
+        name: "embedded".into(),
+        runtime,
+        pool: Arc::new(ComputePool::new(slots).map_err(|e| infrastructure(format!("starting compute threads: {e}")))?),
+    };
+    let link = Arc::new(LocalLink {
+        service: service.clone(),
+        identity: user.clone(),
+    });
+    let _worker = SpawnedTask::spawn(run_worker(link, setup));
+    // The split size counts the slots, so the worker registers first.
+    while service.slots() < slots {
+        service.changed_within(Duration::from_millis(50)).await;
     }
-    let splits = plan_map_inputs(&args.spec.input, args.spec.split_size.as_u64(), slots)
-        .await
-        .map_err(data_failure)?;
-    let ctx = JobContext {
-        runtime: wasm,
-        module: module.clone(),
-        pool,
-    };
-    let partitioner = if (args.spec.total_order || module.info().total_order) && reducers > 1 {
-        sample_partitioner(&ctx, &splits, reducers)
-            .await
-            .map_err(|e| task_failure("sampling keys for a total order", e))?
-    } else {
-        Partitioner::Hash
-    };
-    let id = JobId::generate();
-    let spec = JobSpec {
-        work_dir: JobLayout::scratch_for(&output, &id),
-        id: id.clone(),
+    let (digest, _) = service.upload_module(module_bytes).await.map_err(service_failure)?;
+    let request = SubmitRequest {
+        module: digest,
+        module_name: args.spec.job.clone(),
         inputs: args.spec.input.clone(),
         output: args.spec.output.clone(),
         reducers,
+        split_size: args.spec.split_size.as_u64(),
         format: args.spec.format,
+        params: args.spec.params.clone(),
         max_attempts: args.spec.max_attempts,
-        // One machine's slots: a slow task is slow on any of them.
-        speculation: false,
+        limits: args.spec.limits(),
+        overwrite: args.spec.overwrite,
+        speculation: true,
         task_memory: args.spec.task_memory.as_u64(),
         skip_bad_records: args.spec.skip_bad_records,
-        partitioner,
+        total_order: args.spec.total_order,
     };
-    let coordinator = Arc::new(Coordinator::new(Job::new(spec, splits)));
+    let id = service
+        .submit(request, user.name.clone())
+        .await
+        .map_err(service_failure)?;
     let show_progress = std::io::stderr().is_terminal() && !args.json && !args.quiet;
-    let slots_done = run_slots(coordinator.clone(), ctx, WorkerId("embedded".into()), slots);
-    let progress = progress_loop(coordinator.clone(), show_progress);
-    tokio::select! {
-        () = slots_done => {}
-        () = progress => {}
-    }
-    let job_name = module.info().name.clone();
-    let manifest = if coordinator.snapshot().state == JobState::Committing {
-        Some(coordinator.commit(&job_name).await.map_err(|e| Failure {
-            code: exit::INFRASTRUCTURE,
-            message: error_chain(&e),
-        })?)
-    } else {
-        None
+    let interrupted = tokio::select! {
+        () = wait_for_end(&service, &user, &id, show_progress) => false,
+        signal = interrupt.recv() => signal.is_some(),
     };
-    let job = coordinator.snapshot();
+    if interrupted {
+        // Ctrl-C: cancel as a cluster would, so attempts stop and the
+        // scratch data goes; then report the job as it ended.
+        service.cancel(&user, &id).await.map_err(service_failure)?;
+        wait_for_end(&service, &user, &id, false).await;
+    }
+    let job = service
+        .job_view(&user, &id, |j| (j.name.clone(), j.job.clone()))
+        .map_err(service_failure)?;
+    let (job_name, job) = job;
+    let manifest = match job.state {
+        JobState::Succeeded => Some(read_manifest(&args.spec.output).await?),
+        _ => None,
+    };
     let summary = RunSummary {
         job: id.to_string(),
         name: job_name,
@@ -228,8 +237,24 @@ async fn run_async(args: RunArgs, slots: usize, reducers: u32) -> Result<u8, Fai
     }
 }
 
-/// Draw a progress bar until the job leaves the running state.
-async fn progress_loop(coordinator: Arc<Coordinator>, show: bool) {
+/// The `_SUCCESS` manifest of a committed output.
+async fn read_manifest(output: &str) -> Result<Manifest, Failure> {
+    let at = Location::parse(output)
+        .map_err(|e| infrastructure(error_chain(&e)))?
+        .child(crate::data::output::MANIFEST_NAME);
+    let bytes = at
+        .store
+        .get(&at.path)
+        .await
+        .map_err(|e| infrastructure(format!("reading {}: {e}", at.display)))?
+        .bytes()
+        .await
+        .map_err(|e| infrastructure(format!("reading {}: {e}", at.display)))?;
+    serde_json::from_slice(&bytes).map_err(|e| infrastructure(format!("reading {}: {e}", at.display)))
+}
+
+/// Wait until job `id` has ended, drawing a progress bar if `show`.
+async fn wait_for_end(service: &Service, user: &Identity, id: &JobId, show: bool) {
     let bar = show.then(|| {
         let bar = indicatif::ProgressBar::new(0);
         bar.set_style(
@@ -240,29 +265,33 @@ async fn progress_loop(coordinator: Arc<Coordinator>, show: bool) {
     });
     let started = Instant::now();
     loop {
-        let job = coordinator.snapshot();
-        if job.state != JobState::Running {
-            if let Some(bar) = &bar {
-                bar.finish_and_clear();
-            }
-            // Keep pending forever: the slots future ends the select.
-            std::future::pending::<()>().await;
-        }
-        if let Some(bar) = &bar {
-            let ((md, mt), (rd, rt)) = job.progress();
+        let view = service.job_view(user, id, |j| {
+            let job = &j.job;
             let bytes: u64 = job
                 .splits
                 .iter()
-                .enumerate()
-                .filter(|(i, _)| job.map_outputs[*i].is_some())
-                .map(|(_, s)| s.size_hint())
+                .zip(&job.map_outputs)
+                .filter(|(_, o)| o.is_some())
+                .map(|(s, _)| s.size_hint())
                 .sum();
+            (job.is_finished(), job.progress(), bytes)
+        });
+        let Ok((finished, ((md, mt), (rd, rt)), bytes)) = view else {
+            return;
+        };
+        if finished {
+            if let Some(bar) = &bar {
+                bar.finish_and_clear();
+            }
+            return;
+        }
+        if let Some(bar) = &bar {
             let mib_s = bytes as f64 / (1 << 20) as f64 / started.elapsed().as_secs_f64().max(0.001);
             bar.set_length((mt + rt) as u64);
             bar.set_position((md + rd) as u64);
             bar.set_message(format!("maps {md}/{mt}  reduces {rd}/{rt}  {mib_s:.1} MiB/s"));
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        service.changed_within(Duration::from_millis(100)).await;
     }
 }
 

@@ -77,6 +77,22 @@ fn over(what: &str, asked: String, ceiling: String, flag: &'static str) -> OverC
 }
 
 impl Ceilings {
+    /// No ceilings but the hard module size: for `wmr run`, where the user
+    /// acts with their own rights.
+    pub fn unlimited() -> Self {
+        Ceilings {
+            memory_bytes: u64::MAX,
+            call_time: Duration::MAX,
+            output_bytes: u64::MAX,
+            log_bytes: u64::MAX,
+            record_bytes: u64::MAX,
+            task_memory_bytes: u64::MAX,
+            reducers: u32::MAX,
+            map_tasks: u64::MAX,
+            module_bytes: crate::runtime::limits::MAX_MODULE_BYTES as u64,
+        }
+    }
+
     /// Check a job's sandbox limits, task memory and reducers.
     ///
     /// # Errors

@@ -27,9 +27,6 @@ pub struct JobRef {
     pub limits: Limits,
 }
 
-/// The owner of jobs submitted to a coordinator without authentication.
-pub const ANONYMOUS: &str = "anonymous";
-
 /// A job in the cluster: its state machine and what workers need to run it.
 #[derive(Debug, Clone)]
 pub struct ClusterJob {

@@ -102,7 +102,7 @@ pub enum Event {
 }
 
 fn anonymous() -> String {
-    super::cluster::ANONYMOUS.to_string()
+    super::identity::ANONYMOUS.to_string()
 }
 
 /// A committed task's output.
@@ -174,9 +174,11 @@ impl Pending {
 }
 
 /// An open journal: replayed events, and appends that wait for durability.
+/// Two kinds: in the object store (`wmr coordinator`: survives the process),
+/// and in memory (`wmr run`: one process, one job, nothing to resume).
 pub struct Journal {
-    tx: mpsc::UnboundedSender<Append>,
-    _writer: SpawnedTask<()>,
+    /// The writer of the object-store journal; `None` in memory.
+    writer: Option<(mpsc::UnboundedSender<Append>, SpawnedTask<()>)>,
 }
 
 impl Journal {
@@ -229,7 +231,18 @@ impl Journal {
         }
         let (tx, rx) = mpsc::unbounded_channel::<Append>();
         let writer = SpawnedTask::spawn(write_loop(dir, last_seq, rx));
-        Ok((Journal { tx, _writer: writer }, events))
+        Ok((
+            Journal {
+                writer: Some((tx, writer)),
+            },
+            events,
+        ))
+    }
+
+    /// A journal kept nowhere: every append is durable at once, for a
+    /// coordinator whose jobs end with its process.
+    pub fn memory() -> Journal {
+        Journal { writer: None }
     }
 
     /// Queue `events` without waiting: events are written in the order they
@@ -237,8 +250,15 @@ impl Journal {
     /// keeps the journal in that order.
     pub fn queue(&self, events: Vec<Event>) -> Pending {
         let (done, wait) = oneshot::channel();
-        // If the writer is gone, `wait` fails and `durable` says so.
-        let _ = self.tx.send((events, done));
+        match &self.writer {
+            // If the writer is gone, `wait` fails and `durable` says so.
+            Some((tx, _)) => {
+                let _ = tx.send((events, done));
+            }
+            None => {
+                let _ = done.send(Ok(()));
+            }
+        }
         Pending(wait)
     }
 

@@ -1,26 +1,23 @@
-//! Scheduling and committing jobs. [`job`] is the pure state machine;
-//! [`Coordinator`] owns the jobs, wakes waiting slots, and performs the
-//! commit: reduce outputs move from their attempt paths into the output
-//! directory, then the `_SUCCESS` manifest is written, then the scratch
-//! directory is removed. Knows nothing of wasmtime.
+//! Scheduling and committing jobs. [`job`] is the pure state machine of one
+//! job, [`cluster`] of many jobs and workers; [`service`] is the coordinator
+//! every mode runs (journal, waiting, committing); [`commit_output`] moves
+//! reduce outputs from their attempt paths into the output directory, then
+//! writes the `_SUCCESS` manifest, then removes the scratch directory.
 
 pub mod access;
 pub mod ceilings;
 pub mod cluster;
+pub mod identity;
 pub mod job;
 pub mod journal;
+pub mod service;
 pub mod status;
-
-use std::sync::Mutex;
-use std::time::SystemTime;
 
 use futures::TryStreamExt;
 use object_store::{ObjectStoreExt, PutPayload};
-use tokio::sync::Notify;
 
 use crate::data::Location;
 use crate::data::output::{MANIFEST_NAME, Manifest, OutputFile};
-use crate::{AttemptId, TaskId, WorkerId};
 pub use job::{Assignment, Job, JobSpec, JobState, Outcome, ReportResult};
 
 /// Errors of the coordinator.
@@ -39,77 +36,6 @@ pub enum Error {
     /// Our own bug.
     #[error("internal error in the coordinator: {0}; please report this as a bug")]
     Internal(String),
-}
-
-/// Owns one job's state and wakes slots when there may be new work.
-pub struct Coordinator {
-    job: Mutex<Job>,
-    changed: Notify,
-}
-
-impl Coordinator {
-    /// A coordinator for `job`.
-    pub fn new(job: Job) -> Self {
-        Coordinator {
-            job: Mutex::new(job),
-            changed: Notify::new(),
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Job> {
-        // A panic while holding the lock would be our bug; the state itself
-        // is still consistent (every transition is a single assignment).
-        self.job.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// A snapshot of the job.
-    pub fn snapshot(&self) -> Job {
-        self.lock().clone()
-    }
-
-    /// The next assignment for `worker`, waiting while none is ready;
-    /// `None` once the job has left the running state.
-    pub async fn next_assignment(&self, worker: &WorkerId) -> Option<Assignment> {
-        loop {
-            let notified = self.changed.notified();
-            {
-                let mut job = self.lock();
-                if job.state != JobState::Running {
-                    return None;
-                }
-                if let Some(a) = job.next_assignment(worker, SystemTime::now(), None) {
-                    return Some(a);
-                }
-            }
-            notified.await;
-        }
-    }
-
-    /// Record how an attempt ended.
-    pub fn report(&self, task: TaskId, attempt: AttemptId, outcome: Outcome) -> ReportResult {
-        let result = self.lock().report(task, attempt, outcome, SystemTime::now());
-        self.changed.notify_waiters();
-        result
-    }
-
-    /// Cancel the job and wake every waiting slot.
-    pub fn cancel(&self) {
-        self.lock().cancel();
-        self.changed.notify_waiters();
-    }
-
-    /// Commit a job whose reduces have all committed: move each committed
-    /// reduce output into the output directory, write `_SUCCESS` listing
-    /// them, and remove the scratch directory. Safe to repeat.
-    ///
-    /// # Errors
-    /// [`Error::Commit`] if the store refuses a move or the manifest.
-    pub async fn commit(&self, job_name: &str) -> Result<Manifest, Error> {
-        let manifest = commit_output(&self.snapshot(), job_name).await?;
-        self.lock().committed();
-        self.changed.notify_waiters();
-        Ok(manifest)
-    }
 }
 
 /// Commit the output of `job`, whose reduces have all committed: move each

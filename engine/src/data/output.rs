@@ -275,7 +275,7 @@ mod tests {
         ])
         .unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let pool = crate::worker::ComputePool::new(1).unwrap();
+        let pool = crate::compute::ComputePool::new(1).unwrap();
         for (format, name) in [(OutputFormat::Text, "t.txt"), (OutputFormat::Parquet, "p.parquet")] {
             let at = super::super::Location::parse(dir.path().join(name).to_str().unwrap()).unwrap();
             let (sink, upload) = super::super::sink::upload(&at);

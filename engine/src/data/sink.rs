@@ -208,7 +208,7 @@ impl Upload {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::worker::ComputePool;
+    use crate::compute::ComputePool;
 
     async fn write_object(location: &Location, size: usize) -> Result<u64, Error> {
         let pool = ComputePool::new(1).unwrap();

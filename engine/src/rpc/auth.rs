@@ -98,53 +98,16 @@ impl Token {
     }
 }
 
-/// What a caller may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    /// Submits jobs, and sees and cancels its own.
-    Client,
-    /// A client that sees and cancels every job.
-    Admin,
-    /// Runs tasks: the worker service only.
-    Worker,
-}
+pub use crate::coordinator::identity::{ANONYMOUS, Identity, Role};
 
-impl Role {
-    fn parse(s: &str) -> Option<Self> {
-        match s {
-            "client" => Some(Role::Client),
-            "admin" => Some(Role::Admin),
-            "worker" => Some(Role::Worker),
-            _ => None,
-        }
-    }
-}
-
-/// The caller of a request, as proven by its token or certificate.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Identity {
-    /// Its name: a job's owner, a worker's registrant.
-    pub name: String,
-    /// What it may do.
-    pub role: Role,
-}
-
-pub use crate::coordinator::cluster::ANONYMOUS;
-
-impl Identity {
-    /// The caller of `request`; an anonymous admin where no authentication
-    /// ran (the services are then open).
-    pub fn of<T>(request: &Request<T>) -> Identity {
-        request.extensions().get::<Identity>().cloned().unwrap_or(Identity {
-            name: ANONYMOUS.into(),
-            role: Role::Admin,
-        })
-    }
-
-    /// Whether this caller may see and cancel a job owned by `owner`.
-    pub fn may_see(&self, owner: &str) -> bool {
-        self.role == Role::Admin || self.name == owner
-    }
+/// The caller of `request`, as [`Authenticate`] proved it; an anonymous
+/// admin where no authentication ran (the services are then open).
+pub fn caller<T>(request: &Request<T>) -> Identity {
+    request
+        .extensions()
+        .get::<Identity>()
+        .cloned()
+        .unwrap_or_else(Identity::anonymous)
 }
 
 /// The coordinator's tokens file: one line per token, `TOKEN,NAME,ROLE`
@@ -269,25 +232,25 @@ fn certificate_identity(der: &[u8]) -> Option<Identity> {
 
 /// Which service a call is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Service {
+pub enum Api {
     /// The job service: clients and admins.
     Jobs,
     /// The worker service: workers.
     Workers,
 }
 
-impl Service {
+impl Api {
     fn name(self) -> &'static str {
         match self {
-            Service::Jobs => "JobService",
-            Service::Workers => "WorkerService",
+            Api::Jobs => "JobService",
+            Api::Workers => "WorkerService",
         }
     }
 
     fn admits(self, role: Role) -> bool {
         match self {
-            Service::Jobs => matches!(role, Role::Client | Role::Admin),
-            Service::Workers => role == Role::Worker,
+            Api::Jobs => matches!(role, Role::Client | Role::Admin),
+            Api::Workers => role == Role::Worker,
         }
     }
 }
@@ -301,7 +264,7 @@ pub struct Authenticate {
     /// Whether every connection presents a client certificate (mutual TLS).
     pub certificates: bool,
     /// Which service this guards.
-    pub service: Service,
+    pub service: Api,
 }
 
 impl Authenticate {
@@ -345,8 +308,8 @@ impl Interceptor for Authenticate {
         if !self.service.admits(identity.role) {
             warn!(service, %peer, name = %identity.name, role = ?identity.role, "refused a call with the wrong role");
             let fix = match self.service {
-                Service::Jobs => "use a client token; worker tokens only run tasks",
-                Service::Workers => "use a worker token; client tokens cannot run tasks",
+                Api::Jobs => "use a client token; worker tokens only run tasks",
+                Api::Workers => "use a worker token; client tokens cannot run tasks",
             };
             return Err(Status::permission_denied(format!(
                 "the coordinator refused the call: {} holds a {:?} credential, which {service} does not take; {fix}",
@@ -398,25 +361,25 @@ mod tests {
         let mut jobs = Authenticate {
             tokens: Some(tokens.clone()),
             certificates: false,
-            service: Service::Jobs,
+            service: Api::Jobs,
         };
         let mut workers = Authenticate {
-            service: Service::Workers,
+            service: Api::Workers,
             ..jobs.clone()
         };
         let alice = jobs.call(header("c-tok")).expect("a client on the job service");
         assert_eq!(
-            Identity::of(&alice),
+            caller(&alice),
             Identity {
                 name: "alice".into(),
                 role: Role::Client
             }
         );
-        assert!(Identity::of(&alice).may_see("alice") && !Identity::of(&alice).may_see("bob"));
+        assert!(caller(&alice).may_see("alice") && !caller(&alice).may_see("bob"));
         let ops = jobs.call(header("a-tok")).expect("an admin on the job service");
-        assert!(Identity::of(&ops).may_see("bob"));
+        assert!(caller(&ops).may_see("bob"));
         let worker = workers.call(header("w-tok")).expect("a worker on the worker service");
-        assert_eq!(Identity::of(&worker).role, Role::Worker);
+        assert_eq!(caller(&worker).role, Role::Worker);
         // Each service refuses the other's credentials.
         let refused = jobs.call(header("w-tok")).expect_err("worker token on jobs");
         assert_eq!(refused.code(), tonic::Code::PermissionDenied);
@@ -437,10 +400,10 @@ mod tests {
         let mut open = Authenticate {
             tokens: None,
             certificates: false,
-            service: Service::Jobs,
+            service: Api::Jobs,
         };
         let anyone = open.call(Request::new(())).expect("open");
-        assert_eq!(Identity::of(&anyone).role, Role::Admin);
+        assert_eq!(caller(&anyone).role, Role::Admin);
     }
 
     #[test]

@@ -85,7 +85,7 @@ pub async fn connect(url: &str, tls: &ClientTls) -> Result<Channel, ConnectError
         .connect()
         .await
         .map_err(|e| {
-            let reason = crate::worker::error_chain(&e);
+            let reason = crate::error_chain(&e);
             match tls::advice(&reason) {
                 Some(advice) => ConnectError::Tls {
                     url: full.clone(),
@@ -173,7 +173,7 @@ pub fn explain(status: &tonic::Status) -> String {
 fn reason(status: &tonic::Status) -> String {
     let mut line = status.message().to_string();
     if let Some(source) = std::error::Error::source(status) {
-        let chain = crate::worker::error_chain(source);
+        let chain = crate::error_chain(source);
         if chain.starts_with(&line) {
             line = chain;
         } else if !line.ends_with(&chain) {

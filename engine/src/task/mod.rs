@@ -34,6 +34,7 @@ use object_store::ObjectStoreExt;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
+use crate::compute::{ComputePanic, ComputePool};
 use crate::data::output::OutputFormat;
 use crate::data::parquet_input::{ParquetSplitReader, fetch_parquet_split};
 use crate::data::sink::{self, ObjectSink, Upload};
@@ -44,7 +45,6 @@ use crate::shuffle::{
     self, DeferredRun, KeyEncoder, MemoryRun, Merger, Partitioner, RunFile, RunReader, ShuffleWriter,
 };
 use crate::spawn::SpawnedTask;
-use crate::worker::{ComputePanic, ComputePool};
 use crate::{AttemptId, TaskId};
 
 /// Named counters: the engine's own (`wmr.` prefix) and the guest's.
@@ -94,7 +94,7 @@ pub enum Error {
     Shuffle(#[from] shuffle::Error),
     /// A compute thread panicked.
     #[error(transparent)]
-    Panic(#[from] crate::worker::ComputePanic),
+    Panic(#[from] crate::compute::ComputePanic),
     /// The attempt wrote more than its limit allows.
     #[error("{what} is {written} bytes, over the task output limit of {limit} bytes; raise it with --max-output")]
     OutputLimit {
@@ -144,6 +144,24 @@ pub struct JobContext {
     pub module: JobModule,
     /// The compute pool.
     pub pool: Arc<ComputePool>,
+}
+
+/// Compile (once per digest), validate and configure a job module on the
+/// compute pool: compiling is CPU work.
+///
+/// # Errors
+/// The outer error if the compute thread panicked, the inner one if the
+/// module is not a valid wmr job or rejects its parameters.
+pub async fn load_module(
+    runtime: &Arc<crate::runtime::Runtime>,
+    pool: &ComputePool,
+    what: &str,
+    bytes: bytes::Bytes,
+    params: &[(String, String)],
+    limits: crate::runtime::Limits,
+) -> Result<Result<crate::runtime::JobModule, crate::runtime::Error>, ComputePanic> {
+    let (runtime, what, params) = (runtime.clone(), what.to_string(), params.to_vec());
+    pool.run(move || runtime.load(&what, &bytes, &params, limits)).await
 }
 
 /// One map attempt to run.

@@ -1,53 +1,84 @@
-//! Task slots and the compute pool. A slot asks the coordinator for an
-//! assignment, runs the attempt (I/O on tokio, CPU on the [`ComputePool`]),
-//! and reports how it ended, until the job leaves the running state: in
-//! process for `wmr run` ([`run_slots`]), over gRPC for `wmr worker`
-//! ([`remote`]).
+//! Task slots. A worker registers with the coordinator through a [`Link`]
+//! (over gRPC for `wmr worker`, [`remote`]; in process for `wmr run`,
+//! [`local`]), heartbeats to keep its lease and learn which attempts to
+//! stop, and runs slots that poll for an assignment, run it (I/O on tokio,
+//! CPU on the compute pool), and report how it ended. When the coordinator
+//! forgets the worker (its lease expired, or the coordinator restarted) or
+//! cannot be reached, the worker registers again by itself, with backoff.
 
-mod pool;
+pub mod local;
 pub mod remote;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use tracing::{Instrument, debug, info_span, warn};
+use tokio::sync::Notify;
+use tracing::{Instrument, info, info_span, warn};
 
-use crate::WorkerId;
-use crate::coordinator::{Assignment, Coordinator, Outcome};
-use crate::task::{self, JobContext};
-pub use pool::{ComputePanic, ComputePool};
+use crate::compute::ComputePool;
+use crate::coordinator::cluster::JobRef;
+use crate::coordinator::service::{HeartbeatReply, Registration};
+use crate::coordinator::{Assignment, Outcome, ReportResult};
+use crate::error_chain;
+use crate::runtime::{JobModule, Runtime};
+use crate::task::{self, JobContext, load_module};
+use crate::{AttemptId, JobId, ModuleDigest, TaskId};
 
-/// An error and its causes as one line: `outer: cause: cause`.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut line = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        // Some errors repeat their cause in their own message.
-        if !line.ends_with(&text) {
-            line.push_str(": ");
-            line.push_str(&text);
-        }
-        source = s.source();
-    }
-    line
+/// How long one poll waits at the coordinator.
+const POLL_WAIT: Duration = Duration::from_secs(10);
+
+/// Why a call to the coordinator failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LinkError {
+    /// The coordinator does not know this worker: register again.
+    #[error("the coordinator does not know this worker")]
+    Forgotten,
+    /// The coordinator could not be reached or failed; try again.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The coordinator refused the call.
+    #[error("{0}")]
+    Refused(String),
 }
 
-/// Compile (once per digest), validate and configure a job module on the
-/// compute pool: compiling is CPU work.
-///
-/// # Errors
-/// The outer error if the compute thread panicked, the inner one if the
-/// module is not a valid wmr job or rejects its parameters.
-pub async fn load_module(
-    runtime: &Arc<crate::runtime::Runtime>,
-    pool: &ComputePool,
-    what: &str,
-    bytes: bytes::Bytes,
-    params: &[(String, String)],
-    limits: crate::runtime::Limits,
-) -> Result<Result<crate::runtime::JobModule, crate::runtime::Error>, ComputePanic> {
-    let (runtime, what, params) = (runtime.clone(), what.to_string(), params.to_vec());
-    pool.run(move || runtime.load(&what, &bytes, &params, limits)).await
+/// A worker's way to its coordinator.
+#[async_trait::async_trait]
+pub trait Link: Send + Sync + 'static {
+    /// Register a worker named `name` with `slots` slots.
+    async fn register(&self, name: &str, slots: u32) -> Result<Registration, LinkError>;
+    /// The next assignment, waiting up to `wait` for one.
+    async fn poll(&self, reg: &Registration, wait: Duration) -> Result<Option<(JobRef, Assignment)>, LinkError>;
+    /// Renew the lease, saying which attempts run here.
+    async fn heartbeat(&self, reg: &Registration, running: Vec<AttemptId>) -> Result<HeartbeatReply, LinkError>;
+    /// Say how an attempt ended.
+    async fn report(
+        &self,
+        reg: &Registration,
+        job: &JobId,
+        (task, attempt): (TaskId, AttemptId),
+        outcome: &Outcome,
+    ) -> Result<ReportResult, LinkError>;
+    /// A job module's bytes.
+    async fn module(&self, reg: &Registration, digest: &ModuleDigest) -> Result<bytes::Bytes, LinkError>;
+    /// How often to heartbeat, given the lease.
+    fn heartbeat_every(&self, lease: Duration) -> Duration {
+        lease / 3
+    }
+}
+
+/// What a worker runs with.
+#[derive(Clone)]
+pub struct WorkerSetup {
+    /// Task slots.
+    pub slots: usize,
+    /// This worker's name in logs and status.
+    pub name: String,
+    /// The wasm runtime.
+    pub runtime: Arc<Runtime>,
+    /// The compute pool, one thread per slot.
+    pub pool: Arc<ComputePool>,
 }
 
 /// Run one attempt and turn its result into an outcome.
@@ -67,24 +98,235 @@ pub async fn run_assignment(ctx: &JobContext, assignment: &Assignment) -> Outcom
     })
 }
 
-/// Run `slots` slots against an in-process coordinator until its job ends.
-pub async fn run_slots(coordinator: Arc<Coordinator>, ctx: JobContext, worker: WorkerId, slots: usize) {
-    let runs = (0..slots.max(1)).map(|slot| {
-        let coordinator = coordinator.clone();
-        let ctx = ctx.clone();
-        let worker = worker.clone();
-        async move {
-            while let Some(assignment) = coordinator.next_assignment(&worker).await {
-                let (task, attempt) = match &assignment {
-                    Assignment::Map(a) => (a.task, a.attempt),
-                    Assignment::Reduce(a) => (a.task, a.attempt),
-                };
-                let span = info_span!("attempt", %worker, slot, %task, attempt = attempt.0);
-                let outcome = run_assignment(&ctx, &assignment).instrument(span).await;
-                let result = coordinator.report(task, attempt, outcome);
-                debug!(%task, ?result, "reported");
+/// How many jobs' modules a worker keeps loaded; the least recently used
+/// goes first (and its compiled code with it, once no attempt holds it).
+const LOADED_JOBS: usize = 16;
+
+/// Compiled modules, configured per job, shared by the slots.
+struct Modules {
+    setup: WorkerSetup,
+    /// Each job's module, and when an attempt last asked for it.
+    loaded: Mutex<HashMap<JobId, (JobModule, Instant)>>,
+}
+
+/// Drop the least recently used entries of `map` until at most `keep` remain.
+fn evict_least_recent<K: Clone + Eq + std::hash::Hash, V>(map: &mut HashMap<K, (V, Instant)>, keep: usize) {
+    while map.len() > keep {
+        let Some(oldest) = map.iter().min_by_key(|(_, (_, used))| *used).map(|(k, _)| k.clone()) else {
+            return;
+        };
+        map.remove(&oldest);
+    }
+}
+
+impl Modules {
+    async fn context(&self, link: &dyn Link, reg: &Registration, job: &JobRef) -> Result<JobContext, String> {
+        let cached = self
+            .loaded
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(&job.job)
+            .map(|(module, used)| {
+                *used = Instant::now();
+                module.clone()
+            });
+        let module = match cached {
+            Some(m) => m,
+            None => {
+                let bytes = link
+                    .module(reg, &job.module)
+                    .await
+                    .map_err(|e| format!("fetching module {}: {e}", job.module))?;
+                let what = job.module.to_string();
+                let module = load_module(
+                    &self.setup.runtime,
+                    &self.setup.pool,
+                    &what,
+                    bytes,
+                    &job.params,
+                    job.limits,
+                )
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| error_chain(&e))?;
+                let mut loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
+                loaded.insert(job.job.clone(), (module.clone(), Instant::now()));
+                evict_least_recent(&mut loaded, LOADED_JOBS);
+                module
+            }
+        };
+        Ok(JobContext {
+            runtime: self.setup.runtime.clone(),
+            module,
+            pool: self.setup.pool.clone(),
+        })
+    }
+}
+
+/// The attempts running on this worker, each with a way to stop it.
+type Running = Arc<Mutex<HashMap<AttemptId, Arc<Notify>>>>;
+
+/// Run a worker through `link` until the future is dropped.
+pub async fn run_worker(link: Arc<dyn Link>, setup: WorkerSetup) {
+    let modules = Arc::new(Modules {
+        setup: setup.clone(),
+        loaded: Mutex::new(HashMap::new()),
+    });
+    let running: Running = Arc::new(Mutex::new(HashMap::new()));
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let reg = match link.register(&setup.name, setup.slots as u32).await {
+            Ok(r) => {
+                backoff = Duration::from_millis(100);
+                Arc::new(r)
+            }
+            Err(e) => {
+                warn!(error = %e, "can't register with the coordinator; retrying in {backoff:?}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        info!(worker = %reg.label, "registered");
+        let heartbeat = heartbeat_loop(link.as_ref(), &reg, running.clone());
+        let slots = futures::future::join_all(
+            (0..setup.slots.max(1)).map(|slot| slot_loop(link.as_ref(), &reg, modules.clone(), running.clone(), slot)),
+        );
+        // Either ends when the coordinator no longer knows this worker.
+        tokio::select! {
+            () = heartbeat => {}
+            _ = slots => {}
+        }
+        warn!(worker = %reg.label, "the coordinator no longer knows this worker; registering again");
+    }
+}
+
+/// Heartbeat; returns once the coordinator says it does not know this
+/// worker, or has not answered for a whole lease.
+async fn heartbeat_loop(link: &dyn Link, reg: &Registration, running: Running) {
+    let every = link.heartbeat_every(reg.lease);
+    let mut last_answer = tokio::time::Instant::now();
+    loop {
+        tokio::time::sleep(every).await;
+        let attempts: Vec<AttemptId> = running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .copied()
+            .collect();
+        match tokio::time::timeout(reg.lease, link.heartbeat(reg, attempts)).await {
+            Ok(Ok(reply)) => {
+                if !reply.known {
+                    return;
+                }
+                last_answer = tokio::time::Instant::now();
+                let running = running.lock().unwrap_or_else(|p| p.into_inner());
+                for a in reply.cancel {
+                    if let Some(stop) = running.get(&a) {
+                        info!(attempt = a.0, "stopping an attempt the coordinator no longer needs");
+                        stop.notify_one();
+                    }
+                }
+            }
+            Ok(Err(LinkError::Forgotten)) => return,
+            Ok(Err(e)) => warn!(error = %e, "heartbeat failed"),
+            Err(_) => warn!("heartbeat timed out"),
+        }
+        if last_answer.elapsed() > reg.lease {
+            return;
+        }
+    }
+}
+
+/// One slot: poll, run, report, until the coordinator forgets this worker.
+async fn slot_loop(link: &dyn Link, reg: &Registration, modules: Arc<Modules>, running: Running, slot: usize) {
+    loop {
+        let (job, assignment) = match link.poll(reg, POLL_WAIT).await {
+            Ok(Some(found)) => found,
+            Ok(None) => continue,
+            Err(LinkError::Forgotten) => return,
+            Err(e) => {
+                warn!(slot, error = %e, "polling for a task failed");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        let (task, attempt) = assignment.task_and_attempt();
+        let span = info_span!("attempt", worker = %reg.label, slot, job = %job.job, %task, attempt = attempt.0);
+        let stop = Arc::new(Notify::new());
+        running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(attempt, stop.clone());
+        let outcome = async {
+            info!("attempt started");
+            let ctx = match modules.context(link, reg, &job).await {
+                Ok(ctx) => ctx,
+                Err(error) => {
+                    return Some(Outcome::Failed {
+                        error,
+                        retryable: true,
+                        bad_record: None,
+                    });
+                }
+            };
+            tokio::select! {
+                outcome = run_assignment(&ctx, &assignment) => Some(outcome),
+                () = stop.notified() => None,
             }
         }
-    });
-    futures::future::join_all(runs).await;
+        .instrument(span.clone())
+        .await;
+        running.lock().unwrap_or_else(|p| p.into_inner()).remove(&attempt);
+        let Some(outcome) = outcome else { continue };
+        report(link, reg, &job.job, (task, attempt), &outcome)
+            .instrument(span)
+            .await;
+    }
+}
+
+/// Report an outcome, retrying while the coordinator is unreachable: a
+/// committed map output is worth delivering. Gives up after a few leases;
+/// the attempt is then lost and re-run elsewhere.
+async fn report(link: &dyn Link, reg: &Registration, job: &JobId, ids: (TaskId, AttemptId), outcome: &Outcome) {
+    let give_up = tokio::time::Instant::now() + reg.lease * 3;
+    loop {
+        match link.report(reg, job, ids, outcome).await {
+            Ok(result) => {
+                info!(?result, "reported");
+                return;
+            }
+            Err(LinkError::Unavailable(error)) => {
+                if tokio::time::Instant::now() > give_up {
+                    warn!(%error, "giving up reporting");
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => {
+                warn!(error = %e, "report refused");
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_least_recently_used_modules_go_first() {
+        let start = Instant::now();
+        let mut map: HashMap<&str, ((), Instant)> = HashMap::new();
+        for (i, job) in ["a", "b", "c", "d"].into_iter().enumerate() {
+            map.insert(job, ((), start + Duration::from_secs(i as u64)));
+        }
+        // "a" was used again most recently.
+        map.get_mut("a").unwrap().1 = start + Duration::from_secs(10);
+        evict_least_recent(&mut map, 2);
+        let mut left: Vec<_> = map.keys().copied().collect();
+        left.sort_unstable();
+        assert_eq!(left, ["a", "d"]);
+    }
 }
