@@ -609,6 +609,7 @@ fn reports_after_the_job_ended_are_refused_cleanly() {
                 error: "late".into(),
                 retryable: true,
                 bad_record: None,
+                kind: pb::FailureKind::Guest as i32,
             })),
         };
         // Another worker's attempt, of a job that has ended: refused, and
@@ -1360,4 +1361,78 @@ fn a_total_order_job_on_a_cluster_writes_parts_in_key_order() {
     sorted.sort_unstable();
     assert_eq!(words, sorted, "the parts in order are in key order");
     assert_eq!(text_output(&out), as_lines(&reference_wordcount(&texts)));
+}
+
+#[test]
+fn a_task_that_keeps_losing_its_worker_fails_the_job_after_max_attempts() {
+    let t = TestDir::new();
+    let mut c = Cluster::start(&t, "1s");
+    let (input, _) = generated_input(&t, 1, 10);
+    let job = c.submit(
+        "hostile",
+        &input,
+        &t.path("out"),
+        &["--param", "mode=loop-map", "--max-attempts", "2", "--no-speculation"],
+    );
+    // Each time a worker runs the task, it dies (SIGKILL, as a crash would).
+    for round in 1..=2 {
+        c.add_worker(1);
+        c.wait_for(&job, "the task to run on the new worker", |s| {
+            attempts(s).iter().filter(|(_, _, a)| a["state"] == "running").count() == 1 && attempts(s).len() == round
+        });
+        let worker = c.workers.last_mut().unwrap();
+        worker.kill().unwrap();
+        worker.wait().unwrap();
+    }
+    let status = c.wait_finished(&job);
+    assert_eq!(status["state"], "failed", "{status}");
+    assert_eq!(status["failure_kind"], "lost", "{status}");
+    let error = status["error"].as_str().unwrap();
+    assert!(
+        error.contains("map task 0 failed 2 time(s); last error (lost): its worker"),
+        "{error}"
+    );
+    assert!(error.contains("died or went silent"), "{error}");
+    let lost: Vec<_> = attempts(&status)
+        .into_iter()
+        .filter(|(_, _, a)| a["state"] == "lost")
+        .collect();
+    assert_eq!(lost.len(), 2, "{status}");
+    // A worker that joins now lives on, and the coordinator gives it no more
+    // of the failed job.
+    c.add_worker(1);
+    let later = c.submit("wordcount", &input, &t.path("out2"), &[]);
+    assert_eq!(c.wait_finished(&later)["state"], "succeeded");
+    assert!(c.workers.last_mut().unwrap().try_wait().unwrap().is_none());
+}
+
+#[test]
+fn a_cancelled_attempt_stops_its_guest_and_frees_its_slot() {
+    let t = TestDir::new();
+    let mut c = Cluster::start(&t, "2s");
+    // One worker with one slot (and so one compute thread).
+    c.add_worker(1);
+    let (input, texts) = generated_input(&t, 1, 200);
+    let endless = c.submit(
+        "hostile",
+        &input,
+        &t.path("endless"),
+        &["--param", "mode=loop-map", "--max-call-time", "10m"],
+    );
+    c.wait_for(&endless, "the endless map to run", |s| {
+        attempts(s).iter().any(|(_, _, a)| a["state"] == "running")
+    });
+    let o = c.client(&["cancel", &endless]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // The next job needs that slot and its compute thread: it finishes only
+    // if the looping guest really stopped (its call may run for 10 minutes).
+    let job = c.submit("wordcount", &input, &t.path("out"), &[]);
+    assert_eq!(c.wait_finished(&job)["state"], "succeeded");
+    assert_eq!(text_output(&t.path("out")), as_lines(&reference_wordcount(&texts)));
+    assert_eq!(c.status(&endless)["state"], "cancelled");
+    let log = std::fs::read_to_string(t.path("logs/worker-0.log")).unwrap();
+    assert!(
+        log.contains("stopping an attempt the coordinator no longer needs"),
+        "{log}"
+    );
 }

@@ -225,6 +225,7 @@ fn a_report_from_anyone_but_the_assigned_worker_is_refused() {
             error: "forged".into(),
             retryable: false,
             bad_record: None,
+            kind: pb::FailureKind::Guest as i32,
         })),
     };
     rt.block_on(async {

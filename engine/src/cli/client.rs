@@ -176,9 +176,12 @@ fn render(doc: &JobStatusDoc) -> String {
     t
 }
 
-fn exit_for(state: UserState) -> Result<u8, Failure> {
-    Ok(if state == UserState::Succeeded {
+fn exit_for(doc: &JobStatusDoc) -> Result<u8, Failure> {
+    Ok(if doc.state == UserState::Succeeded {
         exit::SUCCESS
+    } else if doc.failure_kind == Some(crate::task::FailureKind::Storage) {
+        // The job did not fail for itself: the store did.
+        exit::INFRASTRUCTURE
     } else {
         exit::JOB_FAILED
     })
@@ -256,7 +259,7 @@ pub(super) fn submit(args: SubmitArgs) -> Result<u8, Failure> {
         } else {
             print(&render(&doc));
         }
-        exit_for(doc.state)
+        exit_for(&doc)
     })
 }
 

@@ -226,7 +226,12 @@ async fn run_async(args: RunArgs, slots: usize, reducers: u32) -> Result<u8, Fai
     match job.state {
         JobState::Succeeded => Ok(exit::SUCCESS),
         _ => Err(Failure {
-            code: exit::JOB_FAILED,
+            // The job did not fail for itself when the store did.
+            code: if job.failure_kind == Some(crate::task::FailureKind::Storage) {
+                exit::INFRASTRUCTURE
+            } else {
+                exit::JOB_FAILED
+            },
             message: format!(
                 "job {} ({}) failed: {}",
                 summary.job,

@@ -60,6 +60,39 @@ pub struct ClusterWorker {
     pub last_seen: Instant,
 }
 
+/// What expiring silent workers cost.
+#[derive(Debug, Default)]
+pub struct Expired {
+    /// The workers lost.
+    pub workers: Vec<WorkerId>,
+    /// Their running attempts, now lost: job, task, attempt, worker, start.
+    pub attempts: Vec<(JobId, TaskId, AttemptId, WorkerId, SystemTime)>,
+    /// Jobs that failed because a task was lost too often.
+    pub failed_jobs: Vec<JobId>,
+}
+
+/// An attempt handed to a worker.
+#[derive(Debug, Clone)]
+struct Handed {
+    job: JobId,
+    task: TaskId,
+    worker: WorkerId,
+    at: Instant,
+}
+
+/// What a worker's heartbeat and the coordinator's view disagree on.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Reconciled {
+    /// Attempts the worker runs that the coordinator no longer wants: their
+    /// job ended, another attempt won, they were given up as lost, or they
+    /// are not this worker's. The worker stops them.
+    pub cancel: Vec<AttemptId>,
+    /// Attempts the coordinator handed to the worker a while ago that the
+    /// worker does not know (the assignment was lost on its way, or could
+    /// not be read): they are failed, so their tasks run again.
+    pub unknown: Vec<(JobId, TaskId, AttemptId)>,
+}
+
 /// Every job and worker the coordinator knows.
 #[derive(Debug)]
 pub struct Cluster {
@@ -67,8 +100,9 @@ pub struct Cluster {
     workers: HashMap<WorkerId, ClusterWorker>,
     /// Each registration's secret, to the worker it names.
     sessions: HashMap<String, WorkerId>,
-    /// Which job each running attempt belongs to, for heartbeats.
-    attempts: HashMap<AttemptId, JobId>,
+    /// Every attempt handed out and not yet reported or lost, for
+    /// reconciling with workers' heartbeats.
+    attempts: HashMap<AttemptId, Handed>,
     next_worker: u64,
     /// Attempt ids of this coordinator run start here (see [`Job::set_attempt_base`]).
     attempt_base: u64,
@@ -178,22 +212,48 @@ impl Cluster {
         self.workers.contains_key(worker)
     }
 
-    /// Of `attempts` (running on some worker), those it should stop: their
-    /// job has ended, or they are no longer the live attempt of their task.
-    pub fn attempts_to_cancel(&self, attempts: &[AttemptId]) -> Vec<AttemptId> {
-        attempts
-            .iter()
-            .filter(|a| match self.attempts.get(a).and_then(|j| self.jobs.get(j)) {
-                Some(job) => job.job.state != JobState::Running,
-                None => true,
-            })
-            .copied()
-            .collect()
+    /// Compare what `worker` says it runs with what it was handed: see
+    /// [`Reconciled`]. An attempt counts as unknown only once `grace` has
+    /// passed since it was handed out (its assignment may still be on its
+    /// way when the heartbeat leaves).
+    pub fn reconcile(&mut self, worker: &WorkerId, running: &[AttemptId], now: Instant, grace: Duration) -> Reconciled {
+        let live = |jobs: &BTreeMap<JobId, ClusterJob>, h: &Handed, a: AttemptId| {
+            jobs.get(&h.job)
+                .is_some_and(|j| j.job.state == JobState::Running && j.job.attempt_is_running(h.task, a))
+        };
+        let mut out = Reconciled::default();
+        for a in running {
+            let wanted = self
+                .attempts
+                .get(a)
+                .is_some_and(|h| &h.worker == worker && live(&self.jobs, h, *a));
+            if !wanted {
+                out.cancel.push(*a);
+            }
+        }
+        let mut done = Vec::new();
+        for (a, h) in &self.attempts {
+            if &h.worker != worker || running.contains(a) {
+                continue;
+            }
+            if !live(&self.jobs, h, *a) {
+                // Ended some other way (its job, a backup); nothing to do.
+                done.push(*a);
+            } else if now.duration_since(h.at) > grace {
+                out.unknown.push((h.job.clone(), h.task, *a));
+            }
+        }
+        for a in done.iter().chain(out.cancel.iter()) {
+            if self.attempts.get(a).is_some_and(|h| &h.worker == worker) {
+                self.attempts.remove(a);
+            }
+        }
+        out
     }
 
     /// Drop workers silent past the lease and re-queue their running
-    /// attempts; returns the workers lost.
-    pub fn expire(&mut self, now: Instant, wall: SystemTime) -> Vec<WorkerId> {
+    /// attempts (each lost attempt counts against its task).
+    pub fn expire(&mut self, now: Instant, wall: SystemTime) -> Expired {
         let lease = self.lease;
         let lost: Vec<WorkerId> = self
             .workers
@@ -201,15 +261,26 @@ impl Cluster {
             .filter(|(_, w)| now.duration_since(w.last_seen) > lease)
             .map(|(id, _)| id.clone())
             .collect();
+        let mut expired = Expired::default();
         for id in &lost {
             if let Some(w) = self.workers.remove(id) {
                 self.sessions.remove(&w.session);
             }
             for job in self.jobs.values_mut() {
-                job.job.worker_lost(id, wall);
+                let (attempts, failed) = job.job.worker_lost(id, wall);
+                for (task, attempt, started) in attempts {
+                    self.attempts.remove(&attempt);
+                    expired
+                        .attempts
+                        .push((job.job.spec.id.clone(), task, attempt, id.clone(), started));
+                }
+                if failed {
+                    expired.failed_jobs.push(job.job.spec.id.clone());
+                }
             }
         }
-        lost
+        expired.workers = lost;
+        expired
     }
 
     /// The next assignment for `worker`: from the running job with pending
@@ -229,8 +300,16 @@ impl Cluster {
         let (job, assignment) = running
             .into_iter()
             .find_map(|j| j.job.next_assignment(worker, now, self.backup_after).map(|a| (j, a)))?;
-        let (_, attempt) = assignment.task_and_attempt();
-        self.attempts.insert(attempt, job.job.spec.id.clone());
+        let (task, attempt) = assignment.task_and_attempt();
+        self.attempts.insert(
+            attempt,
+            Handed {
+                job: job.job.spec.id.clone(),
+                task,
+                worker: worker.clone(),
+                at: Instant::now(),
+            },
+        );
         Some((job.job_ref.clone(), assignment))
     }
 
@@ -300,6 +379,41 @@ mod tests {
     }
 
     #[test]
+    fn heartbeats_reconcile_what_a_worker_runs_with_what_it_was_handed() {
+        let mut c = Cluster::new(Duration::from_secs(10), 0, None);
+        let j = job(3, 1);
+        let id = j.job.spec.id.clone();
+        c.add_job(j);
+        let start = Instant::now();
+        let (w, _) = c.register("w".into(), 3, "pool".into(), start);
+        let (w2, _) = c.register("w2".into(), 1, "pool".into(), start);
+        let handed: Vec<(TaskId, AttemptId)> = (0..3)
+            .map(|_| {
+                c.next_assignment(&w, SystemTime::now())
+                    .expect("work")
+                    .1
+                    .task_and_attempt()
+            })
+            .collect();
+        let grace = Duration::from_secs(2);
+        // Another worker claiming w's attempt, and an attempt nobody was
+        // handed: both to be stopped.
+        let r = c.reconcile(&w2, &[handed[0].1, AttemptId(999)], start, grace);
+        assert_eq!(r.cancel, vec![handed[0].1, AttemptId(999)]);
+        // w runs the first two; the third is unknown to it, but only past the grace.
+        let running = [handed[0].1, handed[1].1];
+        assert_eq!(c.reconcile(&w, &running, start, grace), Reconciled::default());
+        let r = c.reconcile(&w, &running, start + Duration::from_secs(3), grace);
+        assert!(r.cancel.is_empty());
+        assert_eq!(r.unknown, vec![(id.clone(), handed[2].0, handed[2].1)]);
+        // Once its job is cancelled, what w still runs is stopped.
+        c.job_mut(&id).expect("job").job.cancel();
+        let r = c.reconcile(&w, &running, start + Duration::from_secs(4), grace);
+        assert_eq!(r.cancel, running.to_vec());
+        assert!(r.unknown.is_empty());
+    }
+
+    #[test]
     fn a_silent_worker_loses_its_attempts_but_not_its_commits() {
         let mut c = Cluster::new(Duration::from_secs(10), 0, None);
         let j = job(2, 1);
@@ -322,11 +436,15 @@ mod tests {
         );
         // Within the lease nothing is lost; past it, the worker and its
         // running attempt are.
-        assert!(c.expire(start + Duration::from_secs(5), SystemTime::now()).is_empty());
-        assert_eq!(
-            c.expire(start + Duration::from_secs(11), SystemTime::now()),
-            vec![w.clone()]
+        assert!(
+            c.expire(start + Duration::from_secs(5), SystemTime::now())
+                .workers
+                .is_empty()
         );
+        let expired = c.expire(start + Duration::from_secs(11), SystemTime::now());
+        assert_eq!(expired.workers, vec![w.clone()]);
+        assert_eq!(expired.attempts.len(), 1);
+        assert!(expired.failed_jobs.is_empty());
         assert!(!c.knows(&w));
         assert_eq!(c.worker_of(&session, "pool"), None);
         let job = &c.job(&id).expect("job").job;
@@ -334,11 +452,7 @@ mod tests {
         let (lost_task, lost_attempt) = second.task_and_attempt();
         assert_eq!(lost_task.phase, Phase::Map);
         // The lost attempt's late report is refused; a new worker gets the task.
-        let late = Outcome::Failed {
-            error: "x".into(),
-            retryable: true,
-            bad_record: None,
-        };
+        let late = Outcome::Failed(crate::task::AttemptFailure::new(crate::task::FailureKind::Guest, "x"));
         assert_eq!(
             c.report(&id, lost_task, lost_attempt, late, SystemTime::now()),
             ReportResult::Stale

@@ -23,7 +23,7 @@ use crate::data::MapInput;
 use crate::data::output::OutputFormat;
 use crate::layout::JobLayout;
 use crate::shuffle::Partitioner;
-use crate::task::{Counters, MapAssignment, MapOutput, ReduceAssignment, ReduceOutput};
+use crate::task::{AttemptFailure, Counters, FailureKind, MapAssignment, MapOutput, ReduceAssignment, ReduceOutput};
 use crate::{AttemptId, JobId, Phase, TaskId, WorkerId};
 
 /// Default maximum attempts per task.
@@ -125,6 +125,9 @@ pub enum AttemptState {
     Failed {
         /// The error, one line.
         error: String,
+        /// What kind of failure.
+        #[serde(default)]
+        kind: FailureKind,
     },
     /// Its worker was lost.
     Lost,
@@ -156,8 +159,11 @@ pub struct Task {
     pub state: TaskState,
     /// Every attempt so far.
     pub attempts: Vec<Attempt>,
-    /// Failures counted toward the maximum.
+    /// Failures counted toward the maximum (lost attempts included).
     pub failures: u32,
+    /// Failures that do not count (store outages), bounded apart.
+    #[serde(default)]
+    pub uncounted: u32,
     /// Input records the guest failed on, skipped from then on: text lines
     /// by byte offset, other records by ordinal within their split, with
     /// the split's index among the task's packed files in the top 16 bits
@@ -165,6 +171,10 @@ pub struct Task {
     #[serde(default)]
     pub skipped: Vec<u64>,
 }
+
+/// Failures that do not count against `--max-attempts` (store outages)
+/// one task may have before the job fails all the same.
+pub const MAX_UNCOUNTED_FAILURES: u32 = 16;
 
 /// How far down the pending queue to look for a task that has not failed
 /// on the asking worker.
@@ -184,6 +194,7 @@ impl Task {
             state: TaskState::Pending,
             attempts: Vec::new(),
             failures: 0,
+            uncounted: 0,
             skipped: Vec::new(),
         }
     }
@@ -216,15 +227,7 @@ pub enum Outcome {
     /// A reduce attempt succeeded.
     Reduce(ReduceOutput),
     /// The attempt failed.
-    Failed {
-        /// The error, as one line.
-        error: String,
-        /// Whether another attempt could succeed.
-        retryable: bool,
-        /// The input record the guest failed on ([`crate::task::record_id`]),
-        /// if known.
-        bad_record: Option<u64>,
-    },
+    Failed(AttemptFailure),
 }
 
 /// The coordinator's answer to a report.
@@ -259,6 +262,9 @@ pub struct Job {
     pub reduce_outputs: Vec<Option<ReduceOutput>>,
     /// Why the job failed.
     pub error: Option<String>,
+    /// What kind of failure ended it, if an attempt's did.
+    #[serde(default)]
+    pub failure_kind: Option<FailureKind>,
     next_attempt: u64,
     /// Pending tasks in the order they are handed out, so that choosing the
     /// next one costs O(1) however large the job.
@@ -308,6 +314,7 @@ impl Job {
             maps,
             reduces,
             error: None,
+            failure_kind: None,
             next_attempt: 1,
         }
     }
@@ -536,7 +543,7 @@ impl Job {
         let succeeded = match &outcome {
             Outcome::Map(_) => task.phase == Phase::Map,
             Outcome::Reduce(_) => task.phase == Phase::Reduce,
-            Outcome::Failed { .. } => false,
+            Outcome::Failed(_) => false,
         };
         if succeeded {
             t.attempts[ai].state = AttemptState::Succeeded;
@@ -556,7 +563,7 @@ impl Job {
                 Outcome::Map(MapOutput { counters }) | Outcome::Reduce(ReduceOutput { counters, .. }) => {
                     cap_counters(&mut self.counter_names, counters);
                 }
-                Outcome::Failed { .. } => {}
+                Outcome::Failed(_) => {}
             }
         }
         match outcome {
@@ -576,6 +583,7 @@ impl Job {
             Outcome::Map(_) | Outcome::Reduce(_) => {
                 t.attempts[ai].state = AttemptState::Failed {
                     error: "reported output of the wrong kind".into(),
+                    kind: FailureKind::Internal,
                 };
                 if !t.attempts.iter().any(|o| o.state == AttemptState::Running) {
                     t.state = TaskState::Pending;
@@ -583,26 +591,26 @@ impl Job {
                 }
                 ReportResult::WillRetry
             }
-            Outcome::Failed {
-                error,
-                retryable,
-                bad_record,
-            } => {
-                t.attempts[ai].state = AttemptState::Failed { error: error.clone() };
+            Outcome::Failed(failure) => {
+                t.attempts[ai].state = AttemptState::Failed {
+                    error: failure.message.clone(),
+                    kind: failure.kind,
+                };
                 // A record the guest fails on is skipped by the next attempts,
                 // up to the job's budget (the MapReduce paper's section 4.6);
                 // such a failure is not held against the task.
-                let skip = bad_record.filter(|r| {
+                let skip = failure.record.filter(|r| {
                     task.phase == Phase::Map
                         && !t.skipped.contains(r)
                         && t.skipped.len() < self.spec.skip_bad_records as usize
                 });
                 match skip {
                     Some(record) => t.skipped.push(record),
-                    None => t.failures += 1,
+                    None if failure.counts() => t.failures += 1,
+                    None => t.uncounted += 1,
                 }
                 let other_running = t.attempts.iter().any(|o| o.state == AttemptState::Running);
-                if retryable && t.failures < max_attempts {
+                if failure.retryable && t.failures < max_attempts && t.uncounted < MAX_UNCOUNTED_FAILURES {
                     // With a backup still running, let it finish rather than start a third.
                     if !other_running {
                         t.state = TaskState::Pending;
@@ -611,9 +619,14 @@ impl Job {
                     ReportResult::WillRetry
                 } else {
                     t.state = TaskState::Failed;
-                    let tries = t.failures;
+                    let tries = t.failures + t.uncounted;
                     self.state = JobState::Failed;
-                    self.error = Some(format!("{task} failed {tries} time(s); last error: {error}"));
+                    self.failure_kind = Some(failure.kind);
+                    self.error = Some(format!(
+                        "{task} failed {tries} time(s); last error ({}): {}",
+                        failure.kind.as_str(),
+                        failure.message
+                    ));
                     ReportResult::JobFailed
                 }
             }
@@ -627,28 +640,98 @@ impl Job {
         }
     }
 
-    /// Re-queue every running attempt of `worker`; committed output stays.
-    pub fn worker_lost(&mut self, worker: &WorkerId, now: SystemTime) {
-        let mut requeue = Vec::new();
-        for t in self.maps.iter_mut().chain(self.reduces.iter_mut()) {
-            for a in t
-                .attempts
-                .iter_mut()
-                .filter(|a| &a.worker == worker && a.state == AttemptState::Running)
-            {
-                a.state = AttemptState::Lost;
-                a.ended = Some(now);
-                self.running -= 1;
-            }
-            // Re-queue unless a backup attempt elsewhere is still running.
-            if t.state == TaskState::Running && !t.attempts.iter().any(|a| a.state == AttemptState::Running) {
-                t.state = TaskState::Pending;
-                requeue.push(t.id);
-            }
+    /// Mark every running attempt of `worker` lost and re-queue its task;
+    /// committed output stays. A lost attempt counts against the task's
+    /// `--max-attempts`, so a task that kills its worker every time fails
+    /// the job. Returns the attempts lost, and whether the job failed.
+    pub fn worker_lost(&mut self, worker: &WorkerId, now: SystemTime) -> (Vec<(TaskId, AttemptId, SystemTime)>, bool) {
+        let lost: Vec<(TaskId, AttemptId, SystemTime)> = self
+            .maps
+            .iter()
+            .chain(&self.reduces)
+            .flat_map(|t| {
+                t.attempts
+                    .iter()
+                    .filter(|a| &a.worker == worker && a.state == AttemptState::Running)
+                    .map(|a| (t.id, a.id, a.started))
+            })
+            .collect();
+        let mut failed = false;
+        for (task, attempt, _) in &lost {
+            failed |= self.attempt_lost(*task, *attempt, now);
         }
-        for task in requeue {
+        (lost, failed)
+    }
+
+    /// Mark attempt `attempt` of `task` lost with its worker; true if that
+    /// failed the job.
+    fn attempt_lost(&mut self, task: TaskId, attempt: AttemptId, now: SystemTime) -> bool {
+        if self.state != JobState::Running {
+            return false;
+        }
+        let max_attempts = self.spec.max_attempts.max(1);
+        let tasks = match task.phase {
+            Phase::Map => &mut self.maps,
+            Phase::Reduce => &mut self.reduces,
+        };
+        let Some(t) = tasks.get_mut(task.index as usize) else {
+            return false;
+        };
+        let Some(a) = t
+            .attempts
+            .iter_mut()
+            .find(|a| a.id == attempt && a.state == AttemptState::Running)
+        else {
+            return false;
+        };
+        a.state = AttemptState::Lost;
+        a.ended = Some(now);
+        let worker = a.worker.clone();
+        self.running -= 1;
+        t.failures += 1;
+        if t.failures >= max_attempts {
+            t.state = TaskState::Failed;
+            let tries = t.failures;
+            self.state = JobState::Failed;
+            self.failure_kind = Some(FailureKind::Lost);
+            self.error = Some(format!(
+                "{task} failed {tries} time(s); last error (lost): its worker {worker} died or went silent \
+                 while running it; a task that keeps killing its worker (a crash, or memory outside the \
+                 sandbox's limits) fails the job after --max-attempts"
+            ));
+            return true;
+        }
+        // Re-queue unless a backup attempt elsewhere is still running.
+        if t.state == TaskState::Running && !t.attempts.iter().any(|a| a.state == AttemptState::Running) {
+            t.state = TaskState::Pending;
             self.requeue(task);
         }
+        false
+    }
+
+    /// Replay an attempt lost with its worker from the journal.
+    pub fn restore_lost(
+        &mut self,
+        task: TaskId,
+        attempt: AttemptId,
+        worker: WorkerId,
+        (started, at): (SystemTime, SystemTime),
+    ) {
+        self.restore_attempt(task, attempt, worker, started);
+        self.attempt_lost(task, attempt, at);
+    }
+
+    /// Whether attempt `attempt` of `task` is still running.
+    pub fn attempt_is_running(&self, task: TaskId, attempt: AttemptId) -> bool {
+        let tasks = match task.phase {
+            Phase::Map => &self.maps,
+            Phase::Reduce => &self.reduces,
+        };
+        tasks.get(task.index as usize).is_some_and(|t| {
+            t.attempts
+                .iter()
+                .any(|a| a.id == attempt && a.state == AttemptState::Running)
+        })
     }
 
     /// The worker attempt `attempt` of `task` was assigned to.
@@ -698,17 +781,11 @@ impl Job {
         task: TaskId,
         attempt: AttemptId,
         worker: WorkerId,
-        error: String,
-        (retryable, bad_record): (bool, Option<u64>),
+        failure: AttemptFailure,
         (started, at): (SystemTime, SystemTime),
     ) {
         self.restore_attempt(task, attempt, worker, started);
-        let outcome = Outcome::Failed {
-            error,
-            retryable,
-            bad_record,
-        };
-        self.report(task, attempt, outcome, at);
+        self.report(task, attempt, Outcome::Failed(failure), at);
     }
 
     /// Put a journaled attempt back as running, so that its report replays.
@@ -739,6 +816,14 @@ impl Job {
     pub fn restore_end(&mut self, state: JobState, error: Option<String>) {
         self.state = state;
         self.error = error;
+    }
+
+    /// Fail the job for a reason of `kind` outside any attempt (its output
+    /// could not be committed).
+    pub fn fail(&mut self, kind: FailureKind, error: String) {
+        self.state = JobState::Failed;
+        self.failure_kind = Some(kind);
+        self.error = Some(error);
     }
 
     /// Cancel the job.
@@ -896,11 +981,7 @@ mod tests {
         let w = WorkerId("w".into());
         let now = SystemTime::now();
         let mut j = job(1, 1);
-        let fail = || Outcome::Failed {
-            error: "boom".into(),
-            retryable: true,
-            bad_record: None,
-        };
+        let fail = || Outcome::Failed(AttemptFailure::new(FailureKind::Guest, "boom"));
         let (t, a) = ids(&j.next_assignment(&w, now, None).unwrap());
         assert_eq!(j.report(t, a, fail(), now), ReportResult::WillRetry);
         let (t, a) = ids(&j.next_assignment(&w, now, None).unwrap());
@@ -908,9 +989,34 @@ mod tests {
         assert_eq!(j.state, JobState::Failed);
         assert_eq!(
             j.error.as_deref(),
-            Some("map task 0 failed 2 time(s); last error: boom")
+            Some("map task 0 failed 2 time(s); last error (guest): boom")
         );
         assert!(j.next_assignment(&w, now, None).is_none());
+    }
+
+    #[test]
+    fn store_outages_use_up_no_attempts_but_are_bounded_and_losses_count() {
+        let w = WorkerId("w".into());
+        let now = SystemTime::now();
+        let mut j = job(1, 1);
+        let outage = || Outcome::Failed(AttemptFailure::new(FailureKind::Storage, "s3 is down"));
+        for _ in 0..MAX_UNCOUNTED_FAILURES - 1 {
+            let (t, a) = ids(&j.next_assignment(&w, now, None).unwrap());
+            assert_eq!(j.report(t, a, outage(), now), ReportResult::WillRetry);
+        }
+        assert_eq!(j.maps[0].failures, 0);
+        let (t, a) = ids(&j.next_assignment(&w, now, None).unwrap());
+        assert_eq!(j.report(t, a, outage(), now), ReportResult::JobFailed);
+        assert_eq!(j.failure_kind, Some(FailureKind::Storage));
+        // max_attempts is 2 in test jobs: two lost attempts fail the job.
+        let mut j = job(1, 1);
+        j.next_assignment(&w, now, None).unwrap();
+        assert!(!j.worker_lost(&w, now).1);
+        j.next_assignment(&w, now, None).unwrap();
+        let (lost, failed) = j.worker_lost(&w, now);
+        assert_eq!((lost.len(), failed), (1, true));
+        assert_eq!(j.failure_kind, Some(FailureKind::Lost));
+        assert!(j.error.as_deref().unwrap_or("").contains("died or went silent"));
     }
 
     #[test]
@@ -989,11 +1095,7 @@ mod tests {
         let (w1, w2) = (WorkerId("w1".into()), WorkerId("w2".into()));
         let mut j = job(2, 1);
         let first = j.next_assignment(&w1, now, None).unwrap();
-        let failed = Outcome::Failed {
-            error: "boom".into(),
-            retryable: true,
-            bad_record: None,
-        };
+        let failed = Outcome::Failed(AttemptFailure::new(FailureKind::Guest, "boom"));
         assert_eq!(
             j.report(ids(&first).0, ids(&first).1, failed.clone(), now),
             ReportResult::WillRetry

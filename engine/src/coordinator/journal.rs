@@ -21,7 +21,7 @@ use super::cluster::JobRef;
 use super::job::{JobSpec, JobState};
 use crate::data::{Location, MapInput};
 use crate::spawn::SpawnedTask;
-use crate::task::{MapOutput, ReduceOutput};
+use crate::task::{AttemptFailure, MapOutput, ReduceOutput};
 use crate::{AttemptId, JobId, TaskId, WorkerId};
 
 /// One thing that happened, as the journal records it.
@@ -76,16 +76,26 @@ pub enum Event {
         attempt: AttemptId,
         /// Where it ran.
         worker: WorkerId,
-        /// The error.
-        error: String,
-        /// Whether another attempt may succeed.
-        retryable: bool,
-        /// The input record it failed on, if known.
-        #[serde(default)]
-        bad_record: Option<u64>,
+        /// How it failed.
+        failure: AttemptFailure,
         /// When it started.
         started: SystemTime,
         /// When it ended.
+        at: SystemTime,
+    },
+    /// An attempt was lost with its worker (it counts as a failure).
+    Lost {
+        /// The job.
+        job: JobId,
+        /// The task.
+        task: TaskId,
+        /// The attempt.
+        attempt: AttemptId,
+        /// The worker that was lost.
+        worker: WorkerId,
+        /// When it started.
+        started: SystemTime,
+        /// When the worker was found lost.
         at: SystemTime,
     },
     /// A job ended (its output committed, or it failed or was cancelled).

@@ -33,6 +33,7 @@ use crate::runtime::limits::MAX_MODULE_BYTES;
 use crate::runtime::{JobModule, Limits, Runtime};
 use crate::spawn::SpawnedTask;
 use crate::task::load_module;
+use crate::task::{AttemptFailure, FailureKind};
 use crate::{AttemptId, JobId, ModuleDigest, TaskId, WorkerId};
 
 /// Longest a poll waits before answering "nothing yet".
@@ -420,6 +421,7 @@ impl Service {
                 runtime: self.runtime.clone(),
                 module: module.clone(),
                 pool: self.pool.clone(),
+                cancel: Default::default(),
             };
             crate::task::sample_partitioner(&ctx, &splits, r.reducers)
                 .await
@@ -726,18 +728,112 @@ impl Service {
         }
     }
 
-    /// Renew the lease of worker `session`, which runs `running`; the
-    /// answer says which of them to stop.
-    pub fn heartbeat(&self, caller: &Identity, session: &str, running: &[AttemptId]) -> HeartbeatReply {
-        let mut cluster = lock(&self.cluster);
-        let Ok(worker) = Self::worker_of(&cluster, session, caller) else {
-            return HeartbeatReply::default();
+    /// Renew the lease of worker `session`, which runs `running`, and
+    /// reconcile: the answer says which of them to stop, and attempts
+    /// handed to it that it does not know are failed, so their tasks run
+    /// again.
+    pub async fn heartbeat(&self, caller: &Identity, session: &str, running: &[AttemptId]) -> HeartbeatReply {
+        let now = SystemTime::now();
+        let grace = (self.lease() / 2).max(Duration::from_secs(1));
+        let (cancel, pending) = {
+            let mut cluster = lock(&self.cluster);
+            let Ok(worker) = Self::worker_of(&cluster, session, caller) else {
+                return HeartbeatReply::default();
+            };
+            cluster.heartbeat(&worker, Instant::now());
+            let reconciled = cluster.reconcile(&worker, running, Instant::now(), grace);
+            let mut events = Vec::new();
+            for (job, task, attempt) in reconciled.unknown {
+                warn!(%job, %task, %attempt, %worker, "the worker does not know an attempt it was handed; running it again");
+                let failure = AttemptFailure::new(
+                    FailureKind::Lost,
+                    format!(
+                        "worker {worker} did not know this attempt: its assignment was lost on the way or could not be read"
+                    ),
+                );
+                let (_, more) = self.record(
+                    &mut cluster,
+                    &worker,
+                    (&job, task, attempt),
+                    Outcome::Failed(failure),
+                    now,
+                );
+                events.extend(more);
+            }
+            (
+                reconciled.cancel,
+                (!events.is_empty()).then(|| self.journal.queue(events)),
+            )
         };
-        cluster.heartbeat(&worker, Instant::now());
-        HeartbeatReply {
-            known: true,
-            cancel: cluster.attempts_to_cancel(running),
+        if let Some(pending) = pending {
+            if let Err(e) = pending.durable().await {
+                warn!(error = %e, "journaling a reconciled attempt failed");
+            }
+            self.notify();
         }
+        HeartbeatReply { known: true, cancel }
+    }
+
+    /// Record how an attempt of `worker` ended, under the cluster lock;
+    /// returns the result and the events to journal.
+    fn record(
+        &self,
+        cluster: &mut Cluster,
+        worker: &WorkerId,
+        (job, task, attempt): (&JobId, TaskId, AttemptId),
+        outcome: Outcome,
+        now: SystemTime,
+    ) -> (ReportResult, Vec<Event>) {
+        let event = match &outcome {
+            Outcome::Map(m) => Some(TaskOutput::Map(m.clone())),
+            Outcome::Reduce(o) => Some(TaskOutput::Reduce(o.clone())),
+            Outcome::Failed(_) => None,
+        };
+        let failure = match &outcome {
+            Outcome::Failed(f) => Some(f.clone()),
+            _ => None,
+        };
+        let started = cluster
+            .job(job)
+            .and_then(|j| j.job.attempt_started(task, attempt))
+            .unwrap_or(now);
+        let result = cluster.report(job, task, attempt, outcome, now);
+        let mut events = Vec::new();
+        match (result.clone(), event, failure) {
+            (ReportResult::Committed, Some(output), _) => events.push(Event::Committed {
+                job: job.clone(),
+                task,
+                attempt,
+                worker: worker.clone(),
+                output,
+                started,
+                at: now,
+            }),
+            (ReportResult::WillRetry | ReportResult::JobFailed, _, Some(failure)) => {
+                events.push(Event::Failed {
+                    job: job.clone(),
+                    task,
+                    attempt,
+                    worker: worker.clone(),
+                    failure,
+                    started,
+                    at: now,
+                });
+            }
+            _ => {}
+        }
+        if result == ReportResult::JobFailed
+            && let Some(j) = cluster.job_mut(job)
+        {
+            j.ended = Some(now);
+            events.push(Event::Ended {
+                job: job.clone(),
+                state: JobState::Failed,
+                error: j.job.error.clone(),
+                at: now,
+            });
+        }
+        (result, events)
     }
 
     /// Record how attempt `attempt` of `task` of `job` ended, as its worker
@@ -771,61 +867,7 @@ impl Service {
                     ),
                 ));
             }
-            let event = match &outcome {
-                Outcome::Map(m) => Some(TaskOutput::Map(m.clone())),
-                Outcome::Reduce(o) => Some(TaskOutput::Reduce(o.clone())),
-                Outcome::Failed { .. } => None,
-            };
-            let failure = match &outcome {
-                Outcome::Failed {
-                    error,
-                    retryable,
-                    bad_record,
-                } => Some((error.clone(), *retryable, *bad_record)),
-                _ => None,
-            };
-            let started = cluster
-                .job(job)
-                .and_then(|j| j.job.attempt_started(task, attempt))
-                .unwrap_or(now);
-            let result = cluster.report(job, task, attempt, outcome, now);
-            let mut events = Vec::new();
-            match (result.clone(), event, failure) {
-                (ReportResult::Committed, Some(output), _) => events.push(Event::Committed {
-                    job: job.clone(),
-                    task,
-                    attempt,
-                    worker: worker.clone(),
-                    output,
-                    started,
-                    at: now,
-                }),
-                (ReportResult::WillRetry | ReportResult::JobFailed, _, Some((error, retryable, bad_record))) => {
-                    events.push(Event::Failed {
-                        job: job.clone(),
-                        task,
-                        attempt,
-                        worker: worker.clone(),
-                        error,
-                        retryable,
-                        bad_record,
-                        started,
-                        at: now,
-                    });
-                }
-                _ => {}
-            }
-            if result == ReportResult::JobFailed
-                && let Some(j) = cluster.job_mut(job)
-            {
-                j.ended = Some(now);
-                events.push(Event::Ended {
-                    job: job.clone(),
-                    state: JobState::Failed,
-                    error: j.job.error.clone(),
-                    at: now,
-                });
-            }
+            let (result, events) = self.record(&mut cluster, &worker, (job, task, attempt), outcome, now);
             let pending = (!events.is_empty()).then(|| self.journal.queue(events));
             (result, pending, worker)
         };
@@ -871,7 +913,7 @@ impl Service {
                     }
                     Err(e) => {
                         warn!(job = %id, error = %error_chain(e), "committing output failed");
-                        cj.job.restore_end(JobState::Failed, Some(error_chain(e)));
+                        cj.job.fail(FailureKind::Storage, error_chain(e));
                     }
                 }
                 cj.ended = Some(now);
@@ -889,14 +931,52 @@ impl Service {
         }
     }
 
-    fn expire(&self) {
-        let lost = lock(&self.cluster).expire(Instant::now(), SystemTime::now());
-        for w in &lost {
-            warn!(worker = %w, "worker lost: silent past its lease; its running attempts are re-queued");
+    /// Drop workers silent past their lease; their running attempts are
+    /// lost (journaled: they count against their tasks), and a job whose
+    /// task was lost too often fails.
+    async fn expire(&self) {
+        let now = SystemTime::now();
+        let pending = {
+            let mut cluster = lock(&self.cluster);
+            let expired = cluster.expire(Instant::now(), now);
+            if expired.workers.is_empty() {
+                return;
+            }
+            for w in &expired.workers {
+                warn!(worker = %w, "worker lost: silent past its lease; its running attempts are re-queued");
+            }
+            let mut events: Vec<Event> = expired
+                .attempts
+                .into_iter()
+                .map(|(job, task, attempt, worker, started)| Event::Lost {
+                    job,
+                    task,
+                    attempt,
+                    worker,
+                    started,
+                    at: now,
+                })
+                .collect();
+            for job in expired.failed_jobs {
+                if let Some(j) = cluster.job_mut(&job) {
+                    j.ended = Some(now);
+                    warn!(%job, error = j.job.error.as_deref().unwrap_or(""), "job failed");
+                    events.push(Event::Ended {
+                        job: job.clone(),
+                        state: JobState::Failed,
+                        error: j.job.error.clone(),
+                        at: now,
+                    });
+                }
+            }
+            (!events.is_empty()).then(|| self.journal.queue(events))
+        };
+        if let Some(pending) = pending
+            && let Err(e) = pending.durable().await
+        {
+            warn!(error = %e, "journaling lost attempts failed");
         }
-        if !lost.is_empty() {
-            self.notify();
-        }
+        self.notify();
     }
 }
 
@@ -909,7 +989,7 @@ async fn expire_loop(service: Weak<Service>) {
     loop {
         tokio::time::sleep(every).await;
         let Some(s) = service.upgrade() else { return };
-        s.expire();
+        s.expire().await;
     }
 }
 
@@ -1006,15 +1086,24 @@ fn replay(cluster: &mut Cluster, events: Vec<Event>) {
                 task,
                 attempt,
                 worker,
-                error,
-                retryable,
-                bad_record,
+                failure,
                 started,
                 at,
             } => {
                 if let Some(j) = cluster.job_mut(&job) {
-                    j.job
-                        .restore_failure(task, attempt, worker, error, (retryable, bad_record), (started, at));
+                    j.job.restore_failure(task, attempt, worker, failure, (started, at));
+                }
+            }
+            Event::Lost {
+                job,
+                task,
+                attempt,
+                worker,
+                started,
+                at,
+            } => {
+                if let Some(j) = cluster.job_mut(&job) {
+                    j.job.restore_lost(task, attempt, worker, (started, at));
                 }
             }
             Event::Ended { job, state, error, at } => {

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::cluster::ClusterJob;
 use super::job::{AttemptState, JobState, Task, TaskState};
+use crate::task::FailureKind;
 
 /// A job's state for users: `queued` until its first attempt starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -68,6 +69,9 @@ pub struct AttemptStatus {
     pub state: String,
     /// Its error, if it failed.
     pub error: Option<String>,
+    /// What kind of failure ended it, if one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<FailureKind>,
 }
 
 /// One task.
@@ -100,6 +104,9 @@ pub struct JobStatusDoc {
     pub state: UserState,
     /// Why it failed.
     pub error: Option<String>,
+    /// What kind of failure ended it, if an attempt's did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_kind: Option<FailureKind>,
     /// The output directory.
     pub output: String,
     /// Submission time, milliseconds since the Unix epoch.
@@ -141,11 +148,17 @@ fn task_status(t: &Task) -> TaskStatus {
                 let (state, error) = match &a.state {
                     AttemptState::Running => ("running", None),
                     AttemptState::Succeeded => ("succeeded", None),
-                    AttemptState::Failed { error } => ("failed", Some(error.clone())),
+                    AttemptState::Failed { error, .. } => ("failed", Some(error.clone())),
                     AttemptState::Lost => ("lost", None),
                     AttemptState::Superseded => ("superseded", None),
                 };
+                let kind = match &a.state {
+                    AttemptState::Failed { kind, .. } => Some(*kind),
+                    AttemptState::Lost => Some(FailureKind::Lost),
+                    _ => None,
+                };
                 AttemptStatus {
+                    kind,
                     attempt: a.id.0,
                     worker: a.worker.to_string(),
                     started_ms: millis(a.started),
@@ -175,6 +188,7 @@ impl JobStatusDoc {
             name: j.name.clone(),
             state,
             error: job.error.clone(),
+            failure_kind: job.failure_kind,
             output: job.spec.output.clone(),
             submitted_ms: millis(j.submitted),
             ended_ms: j.ended.map(millis),

@@ -12,7 +12,7 @@ use crate::data::output::OutputFormat;
 use crate::data::{MapInput, Split, SplitKind};
 use crate::runtime::Limits;
 use crate::shuffle::Partitioner;
-use crate::task::{Counters, MapAssignment, MapOutput, ReduceAssignment, ReduceOutput};
+use crate::task::{AttemptFailure, Counters, FailureKind, MapAssignment, MapOutput, ReduceAssignment, ReduceOutput};
 use crate::{AttemptId, JobId, ModuleDigest, Phase, TaskId};
 
 /// A job id from the wire.
@@ -335,15 +335,37 @@ pub fn outcome_to_pb(o: &Outcome) -> pb::report_task_request::Outcome {
             bytes: r.bytes,
             counters: r.counters.clone().into_iter().collect(),
         }),
-        Outcome::Failed {
-            error,
-            retryable,
-            bad_record,
-        } => O::Failed(pb::AttemptFailed {
-            error: error.clone(),
-            retryable: *retryable,
-            bad_record: *bad_record,
+        Outcome::Failed(f) => O::Failed(pb::AttemptFailed {
+            error: f.message.clone(),
+            retryable: f.retryable,
+            bad_record: f.record,
+            kind: failure_kind_to_pb(f.kind) as i32,
         }),
+    }
+}
+
+fn failure_kind_to_pb(k: FailureKind) -> pb::FailureKind {
+    match k {
+        FailureKind::Guest => pb::FailureKind::Guest,
+        FailureKind::Limit => pb::FailureKind::Limit,
+        FailureKind::Input => pb::FailureKind::Input,
+        FailureKind::Storage => pb::FailureKind::Storage,
+        FailureKind::Module => pb::FailureKind::Module,
+        FailureKind::Lost => pb::FailureKind::Lost,
+        FailureKind::Internal => pb::FailureKind::Internal,
+    }
+}
+
+/// A failure kind from the wire; an unknown one is the guest's.
+fn failure_kind(k: i32) -> FailureKind {
+    match pb::FailureKind::try_from(k) {
+        Ok(pb::FailureKind::Limit) => FailureKind::Limit,
+        Ok(pb::FailureKind::Input) => FailureKind::Input,
+        Ok(pb::FailureKind::Storage) => FailureKind::Storage,
+        Ok(pb::FailureKind::Module) => FailureKind::Module,
+        Ok(pb::FailureKind::Lost) => FailureKind::Lost,
+        Ok(pb::FailureKind::Internal) => FailureKind::Internal,
+        _ => FailureKind::Guest,
     }
 }
 
@@ -363,12 +385,13 @@ pub fn outcome(o: Option<pb::report_task_request::Outcome>) -> Result<Outcome, M
                 bytes: r.bytes,
                 counters: counters(r.counters)?,
             }),
-            O::Failed(f) => Outcome::Failed {
+            O::Failed(f) => Outcome::Failed(AttemptFailure {
+                kind: failure_kind(f.kind),
                 // A worker's word, kept in memory and the journal: bounded.
-                error: crate::runtime::limits::bounded_message(&f.error),
+                message: crate::runtime::limits::bounded_message(&f.error),
+                record: f.bad_record,
                 retryable: f.retryable,
-                bad_record: f.bad_record,
-            },
+            }),
         },
     )
 }

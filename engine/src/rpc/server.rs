@@ -208,7 +208,7 @@ impl WorkerService for WorkerApi {
         let caller = caller(&request);
         let r = request.into_inner();
         let running: Vec<AttemptId> = r.running_attempts.into_iter().map(AttemptId).collect();
-        let reply = self.0.heartbeat(&caller, &r.worker_id, &running);
+        let reply = self.0.heartbeat(&caller, &r.worker_id, &running).await;
         Ok(Response::new(pb::HeartbeatResponse {
             known: reply.known,
             cancel_attempts: reply.cancel.into_iter().map(|a| a.0).collect(),

@@ -134,6 +134,10 @@ pub enum GuestError {
         /// The limit.
         limit: Duration,
     },
+    /// The attempt was cancelled (its job ended, or another attempt won)
+    /// and the guest stopped mid-call.
+    #[error("the attempt was cancelled")]
+    Cancelled,
     /// The guest returned a batch that does not match what it declared.
     #[error("the job returned a malformed batch: {reason}")]
     MalformedBatch {
@@ -180,8 +184,34 @@ impl JobInfo {
     }
 }
 
+/// How many epoch ticks pass between checks for cancel within a call.
+const CANCEL_CHECK_TICKS: u64 = 2;
+
+/// Set to stop an attempt's guest: its current or next call traps within
+/// a few ticks, and the compute thread is free again.
+#[derive(Debug, Clone, Default)]
+pub struct CancelFlag(Arc<std::sync::atomic::AtomicBool>);
+
+impl CancelFlag {
+    /// Stop the guest.
+    pub fn cancel(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether it was stopped.
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
 /// Per-store state: the empty WASI context, limits, counters and the log.
 struct GuestState {
+    /// Set when the attempt is cancelled.
+    cancel: CancelFlag,
+    /// Ticks left of the current call's time budget.
+    ticks_left: u64,
+    /// Ticks until the next deadline callback.
+    next_check: u64,
     wasi: WasiCtx,
     table: ResourceTable,
     limits: Limits,
@@ -448,12 +478,12 @@ impl Runtime {
             },
             what: what.to_string(),
         };
-        let instance = module.instantiate(self)?;
+        let instance = module.instantiate(self, &CancelFlag::default())?;
         module.info = instance.info;
         Ok(module)
     }
 
-    fn new_store(&self, limits: Limits) -> Store<GuestState> {
+    fn new_store(&self, limits: Limits, cancel: CancelFlag) -> Store<GuestState> {
         // No preopens, environment, arguments or sockets: an empty WASI.
         // Guest stdout/stderr are captured into memory (capped) and appended
         // to the attempt's log when it ends.
@@ -467,6 +497,9 @@ impl Runtime {
             table: ResourceTable::new(),
             limits,
             memory_limit_hit: false,
+            cancel,
+            ticks_left: limits.call_ticks(),
+            next_check: limits.call_ticks().min(CANCEL_CHECK_TICKS),
             counters: BTreeMap::new(),
             guest_counters: 0,
             log: String::new(),
@@ -477,8 +510,18 @@ impl Runtime {
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| s as &mut dyn ResourceLimiter);
-        store.set_epoch_deadline(limits.call_ticks());
-        store.epoch_deadline_trap();
+        store.set_epoch_deadline(limits.call_ticks().min(CANCEL_CHECK_TICKS));
+        // The deadline comes every few ticks, so that a cancelled attempt
+        // stops within milliseconds; the call's own budget is counted down.
+        store.epoch_deadline_callback(|mut ctx| {
+            let state = ctx.data_mut();
+            state.ticks_left = state.ticks_left.saturating_sub(state.next_check);
+            if state.cancel.is_cancelled() || state.ticks_left == 0 {
+                return Err(Trap::Interrupt.into());
+            }
+            state.next_check = state.ticks_left.min(CANCEL_CHECK_TICKS);
+            Ok(wasmtime::UpdateDeadline::Continue(state.next_check))
+        });
         store
     }
 }
@@ -531,8 +574,8 @@ impl JobModule {
     ///
     /// # Errors
     /// As [`Runtime::load`].
-    pub fn instantiate(&self, runtime: &Runtime) -> Result<GuestInstance, Error> {
-        let mut store = runtime.new_store(self.limits);
+    pub fn instantiate(&self, runtime: &Runtime, cancel: &CancelFlag) -> Result<GuestInstance, Error> {
+        let mut store = runtime.new_store(self.limits, cancel.clone());
         let job = self
             .compiled
             .pre
@@ -590,7 +633,11 @@ impl GuestInstance {
         call: &'static str,
         f: impl FnOnce(&bindings::Job, &mut Store<GuestState>) -> wasmtime::Result<R>,
     ) -> Result<R, Error> {
-        self.store.set_epoch_deadline(self.store.data().limits.call_ticks());
+        let state = self.store.data_mut();
+        state.ticks_left = state.limits.call_ticks();
+        state.next_check = state.ticks_left.min(CANCEL_CHECK_TICKS);
+        let first = state.next_check;
+        self.store.set_epoch_deadline(first);
         let result = f(&self.job, &mut self.store);
         result.map_err(|e| Error::Guest {
             call,
@@ -604,6 +651,9 @@ impl GuestInstance {
             return GuestError::MemoryLimit {
                 limit_mib: state.limits.max_memory_bytes >> 20,
             };
+        }
+        if state.cancel.is_cancelled() {
+            return GuestError::Cancelled;
         }
         if let Some(Trap::Interrupt) = e.downcast_ref::<Trap>() {
             return GuestError::TimeLimit {

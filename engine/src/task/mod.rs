@@ -18,9 +18,11 @@
 //! (keys mostly distinct), the task stops combining, as DuckDB and Spark
 //! stop partial aggregation.
 
+mod failure;
 mod sample;
 mod spill;
 
+pub use failure::{AttemptFailure, FailureKind};
 pub use sample::sample_partitioner;
 
 use std::collections::BTreeMap;
@@ -40,7 +42,7 @@ use crate::data::parquet_input::{ParquetSplitReader, fetch_parquet_split};
 use crate::data::sink::{self, ObjectSink, Upload};
 use crate::data::text::{TextSplitReader, stream_text_split};
 use crate::data::{Location, MapInput, Split, SplitKind};
-use crate::runtime::{GuestInstance, JobModule, Runtime};
+use crate::runtime::{CancelFlag, GuestInstance, JobModule, Runtime};
 use crate::shuffle::{
     self, DeferredRun, KeyEncoder, MemoryRun, Merger, Partitioner, RunFile, RunReader, ShuffleWriter,
 };
@@ -144,6 +146,8 @@ pub struct JobContext {
     pub module: JobModule,
     /// The compute pool.
     pub pool: Arc<ComputePool>,
+    /// Stops this attempt's guest when set (one flag per attempt).
+    pub cancel: CancelFlag,
 }
 
 /// Compile (once per digest), validate and configure a job module on the
@@ -392,10 +396,11 @@ pub async fn run_map(ctx: &JobContext, a: &MapAssignment) -> Result<MapOutput, E
     let (sink, upload) = sink::upload(&object);
     let runtime = ctx.runtime.clone();
     let module = ctx.module.clone();
+    let cancel = ctx.cancel.clone();
     let assignment = a.clone();
     let computed = ctx
         .pool
-        .run(move || map_compute(&runtime, &module, &assignment, rx, sink))
+        .run(move || map_compute((&runtime, &module, &cancel), &assignment, rx, sink))
         .await;
     let counters = finish_upload(computed, upload).await?;
     Ok(MapOutput { counters })
@@ -594,14 +599,13 @@ impl MapWork<'_> {
 }
 
 fn map_compute(
-    runtime: &Runtime,
-    module: &JobModule,
+    (runtime, module, cancel): (&Runtime, &JobModule, &CancelFlag),
     a: &MapAssignment,
     mut splits: mpsc::Receiver<Result<OpenedSplit, Error>>,
     sink: ObjectSink,
 ) -> Result<Counters, Error> {
     let guest = module
-        .instantiate(runtime)
+        .instantiate(runtime, cancel)
         .map_err(guest_err(a.task, a.attempt, None))?;
     let info = guest.info().clone();
     let schema = info.map_output_schema();
@@ -938,10 +942,11 @@ pub async fn run_reduce(ctx: &JobContext, a: &ReduceAssignment) -> Result<Reduce
     let (sink, upload) = sink::upload(&file);
     let runtime = ctx.runtime.clone();
     let module = ctx.module.clone();
+    let cancel = ctx.cancel.clone();
     let assignment = a.clone();
     let computed = ctx
         .pool
-        .run(move || reduce_compute(&runtime, &module, &assignment, rx, sink))
+        .run(move || reduce_compute((&runtime, &module, &cancel), &assignment, rx, sink))
         .await;
     let (rows, bytes, counters) = finish_upload(computed, upload).await?;
     Ok(ReduceOutput { rows, bytes, counters })
@@ -1018,14 +1023,13 @@ fn receive_inputs(
 }
 
 fn reduce_compute(
-    runtime: &Runtime,
-    module: &JobModule,
+    (runtime, module, cancel): (&Runtime, &JobModule, &CancelFlag),
     a: &ReduceAssignment,
     rx: mpsc::Receiver<Result<Fetched, Error>>,
     sink: ObjectSink,
 ) -> Result<(u64, u64, Counters), Error> {
     let mut guest = module
-        .instantiate(runtime)
+        .instantiate(runtime, cancel)
         .map_err(guest_err(a.task, a.attempt, None))?;
     let info = guest.info().clone();
     let schema = info.map_output_schema();

@@ -30,17 +30,26 @@ pub async fn sample_partitioner(ctx: &JobContext, inputs: &[MapInput], partition
     let _open = crate::spawn::SpawnedTask::spawn(open_splits(chosen, ctx.module.limits().max_record_bytes, tx));
     let runtime = ctx.runtime.clone();
     let module = ctx.module.clone();
-    let sample = ctx.pool.run(move || sample_compute(&runtime, &module, rx)).await??;
+    let cancel = ctx.cancel.clone();
+    let sample = ctx
+        .pool
+        .run(move || sample_compute((&runtime, &module, &cancel), rx))
+        .await??;
     Ok(Partitioner::from_sample(sample, partitions))
 }
 
 fn sample_compute(
-    runtime: &crate::runtime::Runtime,
-    module: &crate::runtime::JobModule,
+    (runtime, module, cancel): (
+        &crate::runtime::Runtime,
+        &crate::runtime::JobModule,
+        &crate::runtime::CancelFlag,
+    ),
     mut splits: mpsc::Receiver<Result<OpenedSplit, Error>>,
 ) -> Result<Vec<Vec<u8>>, Error> {
     let (task, attempt) = (TaskId::map(0), AttemptId(0));
-    let mut guest = module.instantiate(runtime).map_err(guest_err(task, attempt, None))?;
+    let mut guest = module
+        .instantiate(runtime, cancel)
+        .map_err(guest_err(task, attempt, None))?;
     let encoder = KeyEncoder::new(&guest.info().key_types)?;
     let mut sample: Vec<Vec<u8>> = Vec::new();
     // Thinned as keys arrive (every other one kept, then every fourth...),

@@ -46,7 +46,7 @@ impl Link for LocalLink {
     }
 
     async fn heartbeat(&self, reg: &Registration, running: Vec<AttemptId>) -> Result<HeartbeatReply, LinkError> {
-        Ok(self.service.heartbeat(&self.identity, &reg.secret, &running))
+        Ok(self.service.heartbeat(&self.identity, &reg.secret, &running).await)
     }
 
     async fn report(

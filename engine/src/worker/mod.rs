@@ -21,8 +21,8 @@ use crate::coordinator::cluster::JobRef;
 use crate::coordinator::service::{HeartbeatReply, Registration};
 use crate::coordinator::{Assignment, Outcome, ReportResult};
 use crate::error_chain;
-use crate::runtime::{JobModule, Runtime};
-use crate::task::{self, JobContext, load_module};
+use crate::runtime::{CancelFlag, JobModule, Runtime};
+use crate::task::{self, AttemptFailure, FailureKind, JobContext, load_module};
 use crate::{AttemptId, JobId, ModuleDigest, TaskId};
 
 /// How long one poll waits at the coordinator.
@@ -88,13 +88,9 @@ pub async fn run_assignment(ctx: &JobContext, assignment: &Assignment) -> Outcom
         Assignment::Reduce(a) => task::run_reduce(ctx, a).await.map(Outcome::Reduce),
     };
     result.unwrap_or_else(|e| {
-        let error = crate::runtime::limits::bounded_message(&error_chain(&e));
-        warn!(%error, "attempt failed");
-        Outcome::Failed {
-            error,
-            retryable: e.retryable(),
-            bad_record: e.bad_record(),
-        }
+        let failure = AttemptFailure::of(&e);
+        warn!(error = %failure.message, kind = failure.kind.as_str(), "attempt failed");
+        Outcome::Failed(failure)
     })
 }
 
@@ -159,12 +155,28 @@ impl Modules {
             runtime: self.setup.runtime.clone(),
             module,
             pool: self.setup.pool.clone(),
+            cancel: CancelFlag::default(),
         })
     }
 }
 
+/// How to stop a running attempt: its guest (the flag), and the slot
+/// waiting on it.
+#[derive(Clone, Default)]
+struct Stop {
+    guest: CancelFlag,
+    slot: Arc<Notify>,
+}
+
+impl Stop {
+    fn stop(&self) {
+        self.guest.cancel();
+        self.slot.notify_one();
+    }
+}
+
 /// The attempts running on this worker, each with a way to stop it.
-type Running = Arc<Mutex<HashMap<AttemptId, Arc<Notify>>>>;
+type Running = Arc<Mutex<HashMap<AttemptId, Stop>>>;
 
 /// Run a worker through `link` until the future is dropped.
 pub async fn run_worker(link: Arc<dyn Link>, setup: WorkerSetup) {
@@ -224,7 +236,7 @@ async fn heartbeat_loop(link: &dyn Link, reg: &Registration, running: Running) {
                 for a in reply.cancel {
                     if let Some(stop) = running.get(&a) {
                         info!(attempt = a.0, "stopping an attempt the coordinator no longer needs");
-                        stop.notify_one();
+                        stop.stop();
                     }
                 }
             }
@@ -253,7 +265,7 @@ async fn slot_loop(link: &dyn Link, reg: &Registration, modules: Arc<Modules>, r
         };
         let (task, attempt) = assignment.task_and_attempt();
         let span = info_span!("attempt", worker = %reg.label, slot, job = %job.job, %task, attempt = attempt.0);
-        let stop = Arc::new(Notify::new());
+        let stop = Stop::default();
         running
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -261,18 +273,15 @@ async fn slot_loop(link: &dyn Link, reg: &Registration, modules: Arc<Modules>, r
         let outcome = async {
             info!("attempt started");
             let ctx = match modules.context(link, reg, &job).await {
-                Ok(ctx) => ctx,
-                Err(error) => {
-                    return Some(Outcome::Failed {
-                        error,
-                        retryable: true,
-                        bad_record: None,
-                    });
-                }
+                Ok(ctx) => JobContext {
+                    cancel: stop.guest.clone(),
+                    ..ctx
+                },
+                Err(error) => return Some(Outcome::Failed(AttemptFailure::new(FailureKind::Module, error))),
             };
             tokio::select! {
                 outcome = run_assignment(&ctx, &assignment) => Some(outcome),
-                () = stop.notified() => None,
+                () = stop.slot.notified() => None,
             }
         }
         .instrument(span.clone())
