@@ -1436,3 +1436,40 @@ fn a_cancelled_attempt_stops_its_guest_and_frees_its_slot() {
         "{log}"
     );
 }
+
+#[test]
+fn a_coordinator_that_cannot_write_its_journal_stops_and_a_restart_completes_the_job() {
+    let t = TestDir::new();
+    let mut c = Cluster::start(&t, "2s");
+    c.add_worker(1);
+    let (input, texts) = generated_input(&t, 4, 3000);
+    let out = t.path("out");
+    let job = c.submit("wordcount", &input, &out, &["--split-size", "16KiB", "--reducers", "2"]);
+    let before = c.wait_for(&job, "some maps to commit", |s| s["maps"]["done"].as_u64() >= Some(2));
+    assert_eq!(before["state"], "running", "the job ended before the store broke");
+    // The store stops taking journal writes: its directory becomes a file.
+    let journal = t.path("store/journal");
+    std::fs::rename(&journal, t.path("journal.aside")).unwrap();
+    std::fs::write(&journal, "not a directory").unwrap();
+    // The next report cannot be made durable: the coordinator stops.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let exit = loop {
+        if let Some(exit) = c.coordinator.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(Instant::now() < deadline, "the coordinator kept running");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(exit.code(), Some(3));
+    let log = std::fs::read_to_string(t.path("logs/coordinator.log")).unwrap();
+    let last = log.trim().lines().last().unwrap();
+    assert!(last.starts_with("wmr: writing the journal in"), "{last}");
+    assert!(last.contains("restart it on the same store"), "{last}");
+    // Writable again: a restart resumes the job from what was durable.
+    std::fs::remove_file(&journal).unwrap();
+    std::fs::rename(t.path("journal.aside"), &journal).unwrap();
+    c.restart_coordinator();
+    let status = c.wait_finished(&job);
+    assert_eq!(status["state"], "succeeded", "{status}");
+    assert_eq!(text_output(&out), as_lines(&reference_wordcount(&texts)));
+}

@@ -556,3 +556,22 @@ fn reflection_is_served_as_v1_and_v1alpha() {
     assert!(services.contains(&"wmr.v1.JobService".to_string()), "{services:?}");
     assert!(services.contains(&"wmr.v1.WorkerService".to_string()), "{services:?}");
 }
+
+#[test]
+fn a_module_altered_in_the_store_is_refused_by_the_workers() {
+    let t = TestDir::new();
+    let mut c = Cluster::start(&t, "10s");
+    let (input, _) = generated_input(&t, 1, 10);
+    let job = c.submit("wordcount", &input, &t.path("out"), &[]);
+    // Someone who can write the store swaps the module's bytes.
+    for entry in std::fs::read_dir(t.path("store/modules")).unwrap() {
+        std::fs::copy(guest("hostile"), entry.unwrap().path()).unwrap();
+    }
+    c.add_worker(1);
+    let status = c.wait_finished(&job);
+    assert_eq!(status["state"], "failed", "{status}");
+    assert_eq!(status["failure_kind"], "module", "{status}");
+    let error = status["error"].as_str().unwrap();
+    assert!(error.contains("it was altered or corrupted there"), "{error}");
+    assert!(!t.path("out/_SUCCESS").exists());
+}

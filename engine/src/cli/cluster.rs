@@ -231,16 +231,36 @@ pub(super) fn coordinator(args: CoordinatorArgs) -> Result<u8, Failure> {
             );
             let _ = out.flush();
         }
-        let shutdown = async {
-            // If signals can't be watched, run until killed.
-            if tokio::signal::ctrl_c().await.is_err() {
-                std::future::pending::<()>().await;
+        let service = state.clone();
+        let (stop_reason, stopped) = tokio::sync::oneshot::channel::<String>();
+        let shutdown = async move {
+            let interrupted = async {
+                // If signals can't be watched, run until killed.
+                if tokio::signal::ctrl_c().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            };
+            tokio::select! {
+                () = interrupted => {}
+                // The journal could not be written: stop serving at once.
+                reason = service.stopped() => {
+                    let _ = stop_reason.send(reason);
+                }
             }
         };
-        serve(state, listener, Security { tokens, tls }, shutdown)
-            .await
-            .map_err(|e| infra(format!("serving on {addr}: {}", error_chain(&e))))?;
-        Ok(exit::SUCCESS)
+        let serving = serve(state, listener, Security { tokens, tls }, shutdown);
+        tokio::pin!(serving);
+        tokio::select! {
+            served = &mut serving => {
+                served.map_err(|e| infra(format!("serving on {addr}: {}", error_chain(&e))))?;
+                Ok(exit::SUCCESS)
+            }
+            Ok(reason) = stopped => {
+                // Open calls (long polls, watches) get a moment to end.
+                let _ = tokio::time::timeout(Duration::from_secs(2), &mut serving).await;
+                Err(infra(reason))
+            }
+        }
     })
 }
 

@@ -282,30 +282,41 @@ impl Journal {
 }
 
 async fn write_loop(dir: Location, mut seq: u64, mut rx: mpsc::UnboundedReceiver<Append>) {
+    // After one failed write the journal stops: the state it records has
+    // moved on in memory, and a later write would leave a gap.
+    let mut broken: Option<String> = None;
     while let Some(first) = rx.recv().await {
         let mut group = vec![first];
         while let Ok(more) = rx.try_recv() {
             group.push(more);
         }
-        let events: Vec<&Event> = group.iter().flat_map(|(e, _)| e).collect();
-        let result = match serde_json::to_vec(&events) {
-            Ok(json) => {
-                seq += 1;
-                let object = dir.child(&format!("{seq:020}.json"));
-                object
-                    .store
-                    .put(&object.path, PutPayload::from(json))
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| format!("writing {}: {e}", object.display))
-            }
-            Err(e) => Err(format!("encoding events: {e}")),
+        let result = match &broken {
+            Some(reason) => Err(format!("the journal stopped after a failed write ({reason})")),
+            None => write_group(&dir, &mut seq, &group).await,
         };
+        if let Err(reason) = &result
+            && broken.is_none()
+        {
+            broken = Some(reason.clone());
+        }
         for (_, done) in group {
             // The caller may have given up waiting; nothing to do then.
             let _ = done.send(result.clone());
         }
     }
+}
+
+async fn write_group(dir: &Location, seq: &mut u64, group: &[Append]) -> Result<(), String> {
+    let events: Vec<&Event> = group.iter().flat_map(|(e, _)| e).collect();
+    let json = serde_json::to_vec(&events).map_err(|e| format!("encoding events: {e}"))?;
+    *seq += 1;
+    let object = dir.child(&format!("{seq:020}.json"));
+    object
+        .store
+        .put(&object.path, PutPayload::from(json))
+        .await
+        .map(|_| ())
+        .map_err(|e| format!("writing {}: {e}", object.display))
 }
 
 #[cfg(test)]

@@ -219,6 +219,10 @@ pub struct Service {
     /// this process's runtime (`wmr run`) do not compile them again.
     warm: Mutex<std::collections::VecDeque<JobModule>>,
     background: Mutex<Vec<SpawnedTask<()>>>,
+    /// Why the service stopped (its journal could not be written), once it has.
+    stopped: std::sync::OnceLock<String>,
+    /// Wakes [`Service::stopped`].
+    stopping: Notify,
 }
 
 fn lock(m: &Mutex<Cluster>) -> std::sync::MutexGuard<'_, Cluster> {
@@ -257,6 +261,8 @@ impl Service {
             claims: Mutex::new(Vec::new()),
             warm: Mutex::new(std::collections::VecDeque::new()),
             background: Mutex::new(Vec::new()),
+            stopped: std::sync::OnceLock::new(),
+            stopping: Notify::new(),
         });
         let tasks = vec![
             SpawnedTask::spawn(expire_loop(Arc::downgrade(&service))),
@@ -268,6 +274,36 @@ impl Service {
 
     fn notify(&self) {
         self.changed.notify_waiters();
+    }
+
+    /// Wait until `pending` is durable. If the journal could not be
+    /// written, the service stops: its state has moved on in memory, so it
+    /// must not go on acknowledging anything; a restart replays what is
+    /// durable and resumes.
+    async fn durable(&self, pending: super::journal::Pending) -> Result<(), ServiceError> {
+        pending.durable().await.map_err(|e| {
+            let reason = format!(
+                "writing the journal in {} failed ({e}); the coordinator stops: restart it on the same \
+                 store once the store is writable, and it resumes every job",
+                self.store.root().display
+            );
+            if self.stopped.set(reason.clone()).is_ok() {
+                warn!(%reason, "stopping");
+                self.stopping.notify_waiters();
+            }
+            ServiceError::new(ErrorKind::Unavailable, reason)
+        })
+    }
+
+    /// Wait until the service has stopped; returns why.
+    pub async fn stopped(&self) -> String {
+        loop {
+            let notified = self.stopping.notified();
+            if let Some(reason) = self.stopped.get() {
+                return reason.clone();
+            }
+            notified.await;
+        }
     }
 
     /// The store modules live in.
@@ -501,10 +537,7 @@ impl Service {
             });
             pending
         };
-        pending
-            .durable()
-            .await
-            .map_err(|e| ServiceError::new(ErrorKind::Unavailable, e.to_string()))?;
+        self.durable(pending).await?;
         info!(job = %id, "job accepted");
         self.notify();
         Ok(())
@@ -627,10 +660,7 @@ impl Service {
             }]);
             (pending, j.job.spec.work_dir.clone())
         };
-        pending
-            .durable()
-            .await
-            .map_err(|e| ServiceError::new(ErrorKind::Unavailable, e.to_string()))?;
+        self.durable(pending).await?;
         self.notify();
         // Scratch data of a cancelled job is of no use to anyone.
         if let Ok(dir) = Location::parse(&work_dir)
@@ -766,9 +796,8 @@ impl Service {
             )
         };
         if let Some(pending) = pending {
-            if let Err(e) = pending.durable().await {
-                warn!(error = %e, "journaling a reconciled attempt failed");
-            }
+            // A failure stops the service; the worker learns at its next call.
+            let _ = self.durable(pending).await;
             self.notify();
         }
         HeartbeatReply { known: true, cancel }
@@ -872,10 +901,7 @@ impl Service {
             (result, pending, worker)
         };
         if let Some(pending) = pending {
-            pending
-                .durable()
-                .await
-                .map_err(|e| ServiceError::new(ErrorKind::Unavailable, e.to_string()))?;
+            self.durable(pending).await?;
         }
         if result == ReportResult::Stale {
             info!(%job, %task, %attempt, %worker, "refused a stale report");
@@ -924,9 +950,8 @@ impl Service {
                     at: now,
                 }])
             };
-            if let Err(e) = pending.durable().await {
-                warn!(job = %id, error = %e, "journaling the end of a job failed");
-            }
+            // A failure stops the service; a restart commits again.
+            let _ = self.durable(pending).await;
             self.notify();
         }
     }
@@ -971,10 +996,9 @@ impl Service {
             }
             (!events.is_empty()).then(|| self.journal.queue(events))
         };
-        if let Some(pending) = pending
-            && let Err(e) = pending.durable().await
-        {
-            warn!(error = %e, "journaling lost attempts failed");
+        if let Some(pending) = pending {
+            // A failure stops the service; a restart finds the workers anew.
+            let _ = self.durable(pending).await;
         }
         self.notify();
     }

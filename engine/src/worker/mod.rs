@@ -133,6 +133,16 @@ impl Modules {
                     .module(reg, &job.module)
                     .await
                     .map_err(|e| format!("fetching module {}: {e}", job.module))?;
+                // The store is shared: what comes back must be what the
+                // coordinator checked, byte for byte.
+                let digest = ModuleDigest::of(&bytes);
+                if digest != job.module {
+                    return Err(format!(
+                        "module {} read from the store has digest {digest}: it was altered or corrupted there; \
+                         upload it again",
+                        job.module
+                    ));
+                }
                 let what = job.module.to_string();
                 let module = load_module(
                     &self.setup.runtime,
