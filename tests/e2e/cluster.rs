@@ -1473,3 +1473,90 @@ fn a_coordinator_that_cannot_write_its_journal_stops_and_a_restart_completes_the
     assert_eq!(status["state"], "succeeded", "{status}");
     assert_eq!(text_output(&out), as_lines(&reference_wordcount(&texts)));
 }
+
+/// The attempt that committed each task: (phase, index) -> attempt id.
+fn committed_attempts(status: &Value) -> BTreeMap<(String, u64), u64> {
+    attempts(status)
+        .into_iter()
+        .filter(|(_, _, a)| a["state"] == "succeeded")
+        .map(|(phase, index, a)| ((phase, index), a["attempt"].as_u64().unwrap()))
+        .collect()
+}
+
+#[test]
+fn a_second_coordinator_is_refused_and_a_standby_takes_over_without_rerunning_commits() {
+    let t = TestDir::new();
+    let mut c = Cluster::start(&t, "2s");
+    // A second coordinator on the same store is refused, by name.
+    let o = wmr(&[
+        "coordinator",
+        "--store",
+        &c.store,
+        "--listen",
+        "127.0.0.1:0",
+        "--lease",
+        "2s",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("is held by another coordinator"), "{err}");
+    assert!(err.contains("--standby"), "{err}");
+    // A standby waits on its own port, listening only once it holds the store.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let standby_log = std::fs::File::create(t.path("logs/standby.log")).unwrap();
+    let mut standby = Command::new(env!("CARGO_BIN_EXE_wmr"))
+        .args(["-v", "coordinator", "--standby", "--store", &c.store, "--lease", "2s"])
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::piped())
+        .stderr(standby_log)
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(t.path("logs/standby.log"))
+        .unwrap()
+        .contains("standing by")
+    {
+        assert!(Instant::now() < deadline, "the standby never said it stands by");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Workers and clients know both addresses.
+    c.addr = format!("{},http://127.0.0.1:{port}", c.addr);
+    c.add_worker(1);
+    c.add_worker(1);
+    let (input, texts) = generated_input(&t, 4, 3000);
+    let out = t.path("out");
+    let job = c.submit("wordcount", &input, &out, &["--split-size", "16KiB", "--reducers", "3"]);
+    let before = c.wait_for(&job, "some maps to commit", |s| s["maps"]["done"].as_u64() >= Some(3));
+    assert_eq!(
+        before["state"], "running",
+        "the job ended before the coordinator could be killed"
+    );
+    // SIGKILL the coordinator mid-job: the standby takes the store once its
+    // lease lapses, and says where it listens.
+    c.coordinator.kill().unwrap();
+    c.coordinator.wait().unwrap();
+    let mut line = String::new();
+    BufReader::new(standby.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.contains(&format!("127.0.0.1:{port}")), "{line}");
+    let status = c.wait_finished(&job);
+    assert_eq!(status["state"], "succeeded", "{status}");
+    assert_eq!(text_output(&out), as_lines(&reference_wordcount(&texts)));
+    // Every task committed before the kill kept its attempt: none re-ran.
+    let after = committed_attempts(&status);
+    for (task, attempt) in committed_attempts(&before) {
+        assert_eq!(after.get(&task), Some(&attempt), "{task:?} re-ran: {status}");
+        let runs = attempts(&status)
+            .into_iter()
+            .filter(|(p, i, _)| (p.clone(), *i) == task)
+            .count();
+        assert_eq!(runs, 1, "{task:?} ran again: {status}");
+    }
+    let _ = standby.kill();
+    let _ = standby.wait();
+}

@@ -23,7 +23,9 @@ use crate::rpc::{client, convert, pb};
 #[derive(Debug, Clone, Args)]
 pub struct ConnectionArgs {
     /// The coordinator: host:port, http://host:port, or https://host:port
-    /// for TLS (a bare host:port means https when --ca or --tls-cert is given).
+    /// for TLS (a bare host:port means https when --ca or --tls-cert is
+    /// given). Several, comma-separated (a coordinator and its standbys),
+    /// are tried in turn.
     #[arg(long, env = "WMR_COORDINATOR", value_name = "URL")]
     pub coordinator: String,
     /// A file holding the cluster's token (else `WMR_TOKEN`, if set).

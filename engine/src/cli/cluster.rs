@@ -14,13 +14,16 @@ use super::{Failure, exit, io_runtime};
 use crate::coordinator::access::DataAccess;
 use crate::coordinator::ceilings::Ceilings;
 use crate::coordinator::journal::Journal;
+use crate::coordinator::lease::{LeaseError, StoreLease};
 use crate::coordinator::service::{Service, ServiceConfig, SubmitPolicy};
 use crate::data::Location;
 use crate::error_chain;
+use crate::layout::StoreLayout;
 use crate::rpc::auth::Tokens;
 use crate::rpc::server::{Security, bind, serve};
 use crate::rpc::tls::ServerTls;
 use crate::runtime::Runtime;
+use crate::spawn::SpawnedTask;
 use crate::worker::remote::{WorkerConfig, run_remote_worker};
 
 /// Serve the job API and the worker protocol.
@@ -35,9 +38,16 @@ pub struct CoordinatorArgs {
     /// custom server).
     #[arg(long, value_name = "URL")]
     pub store: String,
-    /// A worker silent this long is lost and its running attempts re-queued.
+    /// A worker silent this long is lost and its running attempts
+    /// re-queued; a coordinator that has not renewed its hold on the store
+    /// for this long loses it to a standby.
     #[arg(long, value_name = "DURATION", default_value = "10s")]
     pub lease: humantime::Duration,
+    /// If another coordinator holds the store, wait, and take over (jobs,
+    /// workers and all) when its lease lapses; without it, such a start is
+    /// refused. Listens only once it holds the store.
+    #[arg(long)]
+    pub standby: bool,
     /// Near the end of a phase, start a backup attempt of a task that has run
     /// longer than this and three times the phase's mean (the first attempt
     /// to commit wins). Jobs opt out with `submit --no-speculation`.
@@ -203,6 +213,16 @@ pub(super) fn coordinator(args: CoordinatorArgs) -> Result<u8, Failure> {
             access: DataAccess::new(allowed, store.clone(), authenticated),
             ceilings: args.policy.ceilings(),
         };
+        // One coordinator per store: take it (or wait for it) before
+        // reading the journal, and keep it while serving.
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "host".into());
+        let holder = format!("{}:{} for {}", host.trim(), std::process::id(), args.listen);
+        let hold = StoreLease::take(&StoreLayout::new(store.clone()), &holder, lease, args.standby)
+            .await
+            .map_err(|e| match e {
+                LeaseError::Held { .. } => usage(e.to_string()),
+                e => infra(e.to_string()),
+            })?;
         let journal = Journal::open(&store).await.map_err(|e| infra(error_chain(&e)))?;
         let runtime =
             Runtime::new(compiler).map_err(|e| infra(format!("starting the wasm runtime: {}", error_chain(&e))))?;
@@ -231,6 +251,7 @@ pub(super) fn coordinator(args: CoordinatorArgs) -> Result<u8, Failure> {
             );
             let _ = out.flush();
         }
+        let _renewing = SpawnedTask::spawn(keep_the_store(hold, std::sync::Arc::downgrade(&state)));
         let service = state.clone();
         let (stop_reason, stopped) = tokio::sync::oneshot::channel::<String>();
         let shutdown = async move {
@@ -262,6 +283,26 @@ pub(super) fn coordinator(args: CoordinatorArgs) -> Result<u8, Failure> {
             }
         }
     })
+}
+
+/// Renew the hold on the store while the service lives; stop the service
+/// once the store is lost (taken, or not renewed within the lease).
+async fn keep_the_store(hold: StoreLease, service: std::sync::Weak<Service>) {
+    let mut renewed = tokio::time::Instant::now();
+    loop {
+        tokio::time::sleep(hold.renew_every()).await;
+        let Some(service) = service.upgrade() else { return };
+        match hold.renew().await {
+            Ok(()) => renewed = tokio::time::Instant::now(),
+            Err(e @ LeaseError::Taken { .. }) => return service.stop(e.to_string()),
+            Err(e) if renewed.elapsed() >= hold.ttl() => {
+                return service.stop(format!(
+                    "{e}; the hold on the store lapsed, so another coordinator may take it: this one stops"
+                ));
+            }
+            Err(e) => warn!(error = %e, "renewing the hold on the store failed; trying again"),
+        }
+    }
 }
 
 pub(super) fn worker(args: WorkerArgs) -> Result<u8, Failure> {

@@ -13,7 +13,7 @@
 use std::time::SystemTime;
 
 use futures::TryStreamExt;
-use object_store::{ObjectStoreExt, PutPayload};
+use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
@@ -311,12 +311,20 @@ async fn write_group(dir: &Location, seq: &mut u64, group: &[Append]) -> Result<
     let json = serde_json::to_vec(&events).map_err(|e| format!("encoding events: {e}"))?;
     *seq += 1;
     let object = dir.child(&format!("{seq:020}.json"));
+    // Create-if-absent: a coordinator that lost the store to another finds
+    // the next object already written, and stops, rather than overwrite it.
     object
         .store
-        .put(&object.path, PutPayload::from(json))
+        .put_opts(&object.path, PutPayload::from(json), PutOptions::from(PutMode::Create))
         .await
         .map(|_| ())
-        .map_err(|e| format!("writing {}: {e}", object.display))
+        .map_err(|e| match e {
+            object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. } => format!(
+                "{} was written by another coordinator, which holds the store now",
+                object.display
+            ),
+            e => format!("writing {}: {e}", object.display),
+        })
 }
 
 #[cfg(test)]

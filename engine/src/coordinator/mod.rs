@@ -10,6 +10,7 @@ pub mod cluster;
 pub mod identity;
 pub mod job;
 pub mod journal;
+pub mod lease;
 pub mod service;
 pub mod status;
 

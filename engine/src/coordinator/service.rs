@@ -287,12 +287,18 @@ impl Service {
                  store once the store is writable, and it resumes every job",
                 self.store.root().display
             );
-            if self.stopped.set(reason.clone()).is_ok() {
-                warn!(%reason, "stopping");
-                self.stopping.notify_waiters();
-            }
+            self.stop(reason.clone());
             ServiceError::new(ErrorKind::Unavailable, reason)
         })
+    }
+
+    /// Stop the service for `reason` (the first reason given wins): it
+    /// acknowledges nothing more, and [`Service::stopped`] returns.
+    pub fn stop(&self, reason: String) {
+        if self.stopped.set(reason.clone()).is_ok() {
+            warn!(%reason, "stopping");
+            self.stopping.notify_waiters();
+        }
     }
 
     /// Wait until the service has stopped; returns why.

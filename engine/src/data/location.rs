@@ -60,6 +60,9 @@ fn s3_store(bucket: &str) -> Result<Arc<dyn ObjectStore>, object_store::Error> {
     }
     let store: Arc<dyn ObjectStore> = Arc::new(
         object_store::aws::AmazonS3Builder::from_env()
+            // Create-if-absent (If-None-Match: *) fences the coordinator's
+            // journal and lease; S3 and its usual stand-ins support it.
+            .with_conditional_put(object_store::aws::S3ConditionalPut::ETagMatch)
             .with_bucket_name(bucket)
             .build()?,
     );

@@ -64,10 +64,27 @@ pub fn normalize(url: &str, tls: &ClientTls) -> String {
 
 /// A channel to the coordinator at `url`, over TLS for an `https://`
 /// address (trusting `tls`'s CA, or the system's roots without one).
+/// Several addresses, comma-separated (a coordinator and its standbys), are
+/// tried in turn: the first that answers is used.
 ///
 /// # Errors
-/// If the URL is malformed, nothing answers, or TLS fails.
+/// If the URL is malformed, nothing answers, or TLS fails (the last
+/// address's error, when there are several).
 pub async fn connect(url: &str, tls: &ClientTls) -> Result<Channel, ConnectError> {
+    let mut last = None;
+    for one in url.split(',').map(str::trim).filter(|u| !u.is_empty()) {
+        match connect_one(one, tls).await {
+            Ok(channel) => return Ok(channel),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| ConnectError::BadUrl {
+        url: url.to_string(),
+        reason: "no address given".into(),
+    }))
+}
+
+async fn connect_one(url: &str, tls: &ClientTls) -> Result<Channel, ConnectError> {
     let full = normalize(url, tls);
     let bad_url = |reason: String| ConnectError::BadUrl {
         url: url.to_string(),
