@@ -610,6 +610,7 @@ fn reports_after_the_job_ended_are_refused_cleanly() {
                 retryable: true,
                 bad_record: None,
                 kind: pb::FailureKind::Guest as i32,
+                bad_map: None,
             })),
         };
         // Another worker's attempt, of a job that has ended: refused, and
@@ -1559,4 +1560,78 @@ fn a_second_coordinator_is_refused_and_a_standby_takes_over_without_rerunning_co
     }
     let _ = standby.kill();
     let _ = standby.wait();
+}
+
+#[test]
+fn a_corrupted_shuffle_object_gets_its_map_run_again_and_the_output_is_identical() {
+    let t = TestDir::new();
+    let mut c = Cluster::start_with_backups(&t, "2s", "1h");
+    c.add_worker(1);
+    let (input, texts) = generated_input(&t, 4, 3000);
+    let out = t.path("out");
+    let job = c.submit(
+        "wordcount",
+        &input,
+        &out,
+        &["--reducers", "2", "--split-size", "64KiB", "--no-speculation"],
+    );
+    // Freeze the first worker mid-map, so that no reduce can start while the
+    // second worker does the other maps.
+    let pid = c.workers[0].id().to_string();
+    let signal = |sig: &str| assert!(Command::new("kill").args([sig, &pid]).status().unwrap().success());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(Instant::now() < deadline, "never caught the worker mid-map");
+        c.wait_for(&job, "a map to run", |s| {
+            attempts(s).iter().any(|(_, _, a)| a["state"] == "running")
+        });
+        signal("-STOP");
+        if attempts(&c.status(&job))
+            .iter()
+            .any(|(p, _, a)| p == "map" && a["state"] == "running")
+        {
+            break;
+        }
+        signal("-CONT");
+    }
+    c.add_worker(1);
+    let before = c.wait_for(&job, "every other map to commit", |s| {
+        s["maps"]["done"].as_u64().unwrap() + 1 == s["maps"]["total"].as_u64().unwrap()
+    });
+    // Flip bytes in the middle of one committed map's shuffle data.
+    let scratch = out.join("_temporary").join(&job);
+    let object = std::fs::read_dir(&scratch)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "shuffle"))
+        .expect("a committed shuffle object");
+    let mut bytes = std::fs::read(&object).unwrap();
+    let middle = bytes.len() / 3;
+    for b in &mut bytes[middle..middle + 8] {
+        *b ^= 0xff;
+    }
+    std::fs::write(&object, &bytes).unwrap();
+    let corrupted: u64 = object.file_name().unwrap().to_str().unwrap()[4..9].parse().unwrap();
+    // The frozen worker dies; its map runs elsewhere, then the reduces.
+    c.workers[0].kill().unwrap();
+    c.workers[0].wait().unwrap();
+    let status = c.wait_finished(&job);
+    assert_eq!(status["state"], "succeeded", "{status}");
+    assert_eq!(text_output(&out), as_lines(&reference_wordcount(&texts)));
+    // The corrupted map ran again; the reduce that found it was not counted.
+    let runs = attempts_of_map(&status, corrupted);
+    assert_eq!(runs.len(), 2, "{status}");
+    let first = attempts(&status)
+        .into_iter()
+        .find(|(p, i, _)| p == "map" && *i == corrupted)
+        .unwrap()
+        .2;
+    assert_eq!(first["kind"], "map_output", "{status}");
+    assert!(
+        attempts(&status)
+            .iter()
+            .any(|(p, _, a)| p == "reduce" && a["kind"] == "map_output"),
+        "{status}"
+    );
+    assert_eq!(before["state"], "running");
 }

@@ -226,6 +226,7 @@ fn a_report_from_anyone_but_the_assigned_worker_is_refused() {
             retryable: false,
             bad_record: None,
             kind: pb::FailureKind::Guest as i32,
+            bad_map: None,
         })),
     };
     rt.block_on(async {

@@ -616,6 +616,15 @@ impl Job {
                         t.state = TaskState::Pending;
                         self.requeue(task);
                     }
+                    // A map output this reduce found gone or corrupt: that
+                    // map runs again (fetch-failure semantics), and the
+                    // reduces wait for it.
+                    if let Some(map) = failure
+                        .bad_map
+                        .filter(|_| task.phase == Phase::Reduce && failure.kind == FailureKind::MapOutput)
+                    {
+                        self.map_output_lost(map, now, &failure.message);
+                    }
                     ReportResult::WillRetry
                 } else {
                     t.state = TaskState::Failed;
@@ -631,6 +640,28 @@ impl Job {
                 }
             }
         }
+    }
+
+    /// Map task `map`'s committed output was found gone or corrupt: the
+    /// task is pending again, and its output no longer counts.
+    fn map_output_lost(&mut self, map: u32, now: SystemTime, why: &str) {
+        let Some(t) = self.maps.get_mut(map as usize) else {
+            return;
+        };
+        if t.state != TaskState::Committed {
+            return;
+        }
+        if let Some(a) = t.attempts.iter_mut().find(|a| a.state == AttemptState::Succeeded) {
+            a.state = AttemptState::Failed {
+                error: format!("its output was found gone or corrupt: {why}"),
+                kind: FailureKind::MapOutput,
+            };
+            a.ended = a.ended.or(Some(now));
+        }
+        t.state = TaskState::Pending;
+        self.maps_committed -= 1;
+        self.map_outputs[map as usize] = None;
+        self.requeue(TaskId::map(map));
     }
 
     /// Mark the job succeeded once its output is committed.
@@ -1017,6 +1048,41 @@ mod tests {
         assert_eq!((lost.len(), failed), (1, true));
         assert_eq!(j.failure_kind, Some(FailureKind::Lost));
         assert!(j.error.as_deref().unwrap_or("").contains("died or went silent"));
+    }
+
+    #[test]
+    fn a_reduce_that_finds_a_map_output_corrupt_gets_that_map_run_again() {
+        let w = WorkerId("w".into());
+        let now = SystemTime::now();
+        let mut j = job(2, 1);
+        for _ in 0..2 {
+            let (t, a) = ids(&j.next_assignment(&w, now, None).unwrap());
+            assert_eq!(j.report(t, a, map_ok(), now), ReportResult::Committed);
+        }
+        let Assignment::Reduce(r) = j.next_assignment(&w, now, None).unwrap() else {
+            panic!("expected a reduce")
+        };
+        let first_objects = r.map_outputs.clone();
+        let mut lost = AttemptFailure::new(FailureKind::MapOutput, "bytes do not match their checksum");
+        lost.bad_map = Some(1);
+        assert_eq!(
+            j.report(r.task, r.attempt, Outcome::Failed(lost), now),
+            ReportResult::WillRetry
+        );
+        // Map 1 runs again before any reduce; the reduce's try was free.
+        assert_eq!(j.progress().0, (1, 2));
+        let again = j.next_assignment(&w, now, None).unwrap();
+        assert_eq!(ids(&again).0, TaskId::map(1));
+        assert_eq!(j.reduces[0].failures, 0);
+        assert_eq!(
+            j.report(ids(&again).0, ids(&again).1, map_ok(), now),
+            ReportResult::Committed
+        );
+        let Assignment::Reduce(r2) = j.next_assignment(&w, now, None).unwrap() else {
+            panic!("expected a reduce")
+        };
+        assert_eq!(r2.map_outputs[0], first_objects[0]);
+        assert_ne!(r2.map_outputs[1], first_objects[1], "the new map attempt's object");
     }
 
     #[test]

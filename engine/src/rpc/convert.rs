@@ -340,6 +340,7 @@ pub fn outcome_to_pb(o: &Outcome) -> pb::report_task_request::Outcome {
             retryable: f.retryable,
             bad_record: f.record,
             kind: failure_kind_to_pb(f.kind) as i32,
+            bad_map: f.bad_map,
         }),
     }
 }
@@ -352,6 +353,7 @@ fn failure_kind_to_pb(k: FailureKind) -> pb::FailureKind {
         FailureKind::Storage => pb::FailureKind::Storage,
         FailureKind::Module => pb::FailureKind::Module,
         FailureKind::Lost => pb::FailureKind::Lost,
+        FailureKind::MapOutput => pb::FailureKind::MapOutput,
         FailureKind::Internal => pb::FailureKind::Internal,
     }
 }
@@ -364,6 +366,7 @@ fn failure_kind(k: i32) -> FailureKind {
         Ok(pb::FailureKind::Storage) => FailureKind::Storage,
         Ok(pb::FailureKind::Module) => FailureKind::Module,
         Ok(pb::FailureKind::Lost) => FailureKind::Lost,
+        Ok(pb::FailureKind::MapOutput) => FailureKind::MapOutput,
         Ok(pb::FailureKind::Internal) => FailureKind::Internal,
         _ => FailureKind::Guest,
     }
@@ -391,6 +394,7 @@ pub fn outcome(o: Option<pb::report_task_request::Outcome>) -> Result<Outcome, M
                 message: crate::runtime::limits::bounded_message(&f.error),
                 record: f.bad_record,
                 retryable: f.retryable,
+                bad_map: f.bad_map,
             }),
         },
     )

@@ -24,7 +24,8 @@ pub use merge::{
     DeferredRun, FileSection, IpcRun, MIN_FAN_IN, MemoryRun, Merger, RunFile, RunReader, fan_in, reduce_runs,
 };
 pub use object::{
-    MAGIC, RUN_BATCH_ROWS, ShuffleWriter, TRAILER_LEN, check_trailer, index_len, parse_index, parse_index_entries,
+    ENTRIES_READ, MAGIC, PartitionSlice, RUN_BATCH_ROWS, ShuffleWriter, TRAILER_LEN, check_trailer, entry_offset,
+    index_len, parse_index, parse_index_entries, partition_checksum,
 };
 
 /// Errors of the shuffle.
@@ -436,7 +437,14 @@ mod tests {
         assert_eq!(&bytes[bytes.len() - 8..], MAGIC);
         assert!(ranges[1].is_empty());
         let tail = &bytes[bytes.len() - index_len(3) as usize..];
-        assert_eq!(parse_index("t", tail, 3, bytes.len() as u64).unwrap(), ranges);
+        let index = parse_index("t", tail, 3, bytes.len() as u64).unwrap();
+        let got: Vec<_> = index.iter().map(|p| p.range.clone()).collect();
+        assert_eq!(got, ranges);
+        // Each partition's checksum is of its own bytes; an empty one's too.
+        for p in &index {
+            let data = &bytes[p.range.start as usize..p.range.end as usize];
+            assert_eq!(p.checksum, partition_checksum(data));
+        }
         assert!(parse_index("t", tail, 4, bytes.len() as u64).is_err());
         assert!(parse_index("t", &bytes[..index_len(3) as usize], 3, bytes.len() as u64).is_err());
         // Past WHOLE_INDEX_UP_TO partitions a reducer reads the trailer, then
@@ -444,15 +452,16 @@ mod tests {
         let size = bytes.len() as u64;
         let trailer = &bytes[bytes.len() - TRAILER_LEN as usize..];
         let index_start = check_trailer("t", trailer, 3, size).unwrap();
-        let at = (index_start + 8 * 2) as usize;
+        let at = entry_offset(index_start, 2) as usize;
+        let read = ENTRIES_READ as usize;
         assert_eq!(
-            parse_index_entries("t", &bytes[at..at + 16], index_start).unwrap(),
-            ranges[2]
+            parse_index_entries("t", &bytes[at..at + read], index_start).unwrap(),
+            index[2]
         );
         assert!(check_trailer("t", trailer, 4, size).is_err());
         assert!(check_trailer("t", trailer, 3, 10).is_err(), "shorter than its index");
         assert!(
-            parse_index_entries("t", &bytes[at..at + 16], 1).is_err(),
+            parse_index_entries("t", &bytes[at..at + read], 1).is_err(),
             "past the data"
         );
         let mut file = tempfile::tempfile().unwrap();

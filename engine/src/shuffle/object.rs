@@ -1,6 +1,9 @@
 //! The shuffle object, written as it is produced: R Arrow IPC streams
 //! (LZ4-compressed), one per reduce partition, back to back, then an index
-//! of R+1 little-endian u64 offsets, the u32 R, and the magic `WMRSHUF1`.
+//! of R+1 entries of two little-endian u64s, a partition's start offset and
+//! the xxh3-64 checksum of its bytes (the last entry: the data's end, and
+//! 0), the u32 R, and the magic `WMRSHUF2`. A reducer reads its
+//! partition's entry and the next (24 bytes), and checks what it fetched.
 //! Spilled runs use the same layout in local temp files.
 //!
 //! [`ShuffleWriter`] writes to any `std::io::Write` (an upload, a temp
@@ -20,21 +23,57 @@ use arrow::ipc::writer::{IpcWriteOptions, StreamWriter};
 use super::{Error, internal};
 
 /// The trailer that ends every shuffle object.
-pub const MAGIC: &[u8; 8] = b"WMRSHUF1";
+pub const MAGIC: &[u8; 8] = b"WMRSHUF2";
+/// Bytes of one index entry: an offset and a checksum.
+const ENTRY_LEN: u64 = 16;
+
+/// The checksum of a partition's bytes (xxh3-64).
+pub fn partition_checksum(bytes: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(bytes)
+}
+
+/// A partition of a shuffle object: its bytes and their checksum.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionSlice {
+    /// Where its bytes are in the object.
+    pub range: Range<u64>,
+    /// Their xxh3-64 checksum.
+    pub checksum: u64,
+}
 /// Most rows in one IPC batch of a shuffle object or spilled run.
 pub const RUN_BATCH_ROWS: usize = 8 * 1024;
 /// About the most bytes in one IPC batch of a shuffle object or spilled run.
 pub const RUN_BATCH_BYTES: usize = 1 << 20;
 
-/// A writer that counts what passes through it.
+/// A writer that counts, and checksums, what passes through it.
 pub(crate) struct Counting<W> {
     pub(crate) inner: W,
     pub(crate) written: u64,
+    /// Boxed: the hasher's state is large, and writers move often.
+    hasher: Box<xxhash_rust::xxh3::Xxh3>,
+}
+
+impl<W> Counting<W> {
+    fn new(inner: W) -> Self {
+        Counting {
+            inner,
+            written: 0,
+            hasher: Box::new(xxhash_rust::xxh3::Xxh3::new()),
+        }
+    }
+
+    /// The checksum of what passed since the last call, and start anew.
+    fn take_checksum(&mut self) -> u64 {
+        let sum = self.hasher.digest();
+        self.hasher.reset();
+        sum
+    }
 }
 
 impl<W: Write> Write for Counting<W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
         self.written += n as u64;
         Ok(n)
     }
@@ -65,6 +104,8 @@ pub struct ShuffleWriter<W: Write> {
     partitions: u32,
     /// Where each partition started, for partitions begun so far.
     starts: Vec<u64>,
+    /// Each partition's checksum, once it is closed (skipped ones: empty).
+    checksums: Vec<u64>,
 }
 
 /// An I/O error (the disk, or the upload behind the writer) stays one; any
@@ -86,11 +127,12 @@ impl<W: Write> ShuffleWriter<W> {
             .try_with_compression(Some(CompressionType::LZ4_FRAME))
             .map_err(internal("configuring IPC"))?;
         Ok(ShuffleWriter {
-            state: State::Between(Counting { inner: out, written: 0 }),
+            state: State::Between(Counting::new(out)),
             schema: schema.clone(),
             options,
             partitions: partitions.max(1),
             starts: Vec::new(),
+            checksums: Vec::new(),
         })
     }
 
@@ -145,7 +187,13 @@ impl<W: Write> ShuffleWriter<W> {
             }
             let out = self.close()?;
             let at = out.written;
-            // Partitions skipped over are empty, at this position.
+            // The closed partition's bytes are all in the checksum now; those
+            // skipped over are empty, at this position.
+            let closed = out.take_checksum();
+            if let Some(p) = open {
+                self.checksums.resize(p as usize, partition_checksum(&[]));
+                self.checksums.push(closed);
+            }
             while self.starts.len() <= partition as usize {
                 self.starts.push(at);
             }
@@ -183,13 +231,26 @@ impl<W: Write> ShuffleWriter<W> {
     /// I/O errors from the writer underneath.
     pub fn finish(mut self) -> Result<(W, Vec<Range<u64>>), Error> {
         let partitions = self.partitions;
+        let open = match &self.state {
+            State::In { partition, .. } => Some(*partition),
+            _ => None,
+        };
         let out = self.close()?;
         let end = out.written;
+        let closed = out.take_checksum();
+        let mut checksums = std::mem::take(&mut self.checksums);
+        if let Some(p) = open {
+            checksums.resize(p as usize, partition_checksum(&[]));
+            checksums.push(closed);
+        }
+        checksums.resize(partitions as usize + 1, partition_checksum(&[]));
+        checksums[partitions as usize] = 0;
         let mut offsets = std::mem::take(&mut self.starts);
         offsets.resize(partitions as usize + 1, end);
-        let mut index = Vec::with_capacity(offsets.len() * 8 + 12);
-        for o in &offsets {
+        let mut index = Vec::with_capacity(offsets.len() * 16 + 12);
+        for (o, sum) in offsets.iter().zip(&checksums) {
             index.extend_from_slice(&o.to_le_bytes());
+            index.extend_from_slice(&sum.to_le_bytes());
         }
         index.extend_from_slice(&partitions.to_le_bytes());
         index.extend_from_slice(MAGIC);
@@ -212,7 +273,7 @@ impl<W: Write> ShuffleWriter<W> {
 /// The bytes of a shuffle object's index for `partitions` partitions: the
 /// length of the object's tail to read to find every partition's range.
 pub fn index_len(partitions: u32) -> u64 {
-    (u64::from(partitions) + 1) * 8 + 4 + MAGIC.len() as u64
+    (u64::from(partitions) + 1) * ENTRY_LEN + 4 + MAGIC.len() as u64
 }
 
 /// Parse the index at the end of a shuffle object of `partitions`
@@ -220,7 +281,7 @@ pub fn index_len(partitions: u32) -> u64 {
 ///
 /// # Errors
 /// [`Error::Corrupt`] if the tail is not an index of that many partitions.
-pub fn parse_index(what: &str, tail: &[u8], partitions: u32, object_len: u64) -> Result<Vec<Range<u64>>, Error> {
+pub fn parse_index(what: &str, tail: &[u8], partitions: u32, object_len: u64) -> Result<Vec<PartitionSlice>, Error> {
     let corrupt = |reason: &str| Error::Corrupt {
         what: what.to_string(),
         reason: reason.to_string(),
@@ -233,15 +294,22 @@ pub fn parse_index(what: &str, tail: &[u8], partitions: u32, object_len: u64) ->
     if u32::from_le_bytes([r[0], r[1], r[2], r[3]]) != partitions {
         return Err(corrupt("its index has another number of partitions"));
     }
-    let offsets: Vec<u64> = tail[..tail.len() - 12]
-        .chunks_exact(8)
-        .map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+    let word = |c: &[u8]| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
+    let entries: Vec<(u64, u64)> = tail[..tail.len() - 12]
+        .chunks_exact(ENTRY_LEN as usize)
+        .map(|c| (word(&c[..8]), word(&c[8..])))
         .collect();
     let data_end = object_len.saturating_sub(want);
-    if offsets.windows(2).any(|w| w[0] > w[1]) || offsets.last().is_some_and(|&e| e != data_end) {
+    if entries.windows(2).any(|w| w[0].0 > w[1].0) || entries.last().is_some_and(|e| e.0 != data_end) {
         return Err(corrupt("its index offsets are out of order or out of bounds"));
     }
-    Ok(offsets.windows(2).map(|w| w[0]..w[1]).collect())
+    Ok(entries
+        .windows(2)
+        .map(|w| PartitionSlice {
+            range: w[0].0..w[1].0,
+            checksum: w[0].1,
+        })
+        .collect())
 }
 
 /// The bytes that end every shuffle object: the u32 partition count and
@@ -270,23 +338,36 @@ pub fn check_trailer(what: &str, trailer: &[u8], partitions: u32, object_len: u6
         .ok_or_else(|| corrupt("it is shorter than its index"))
 }
 
-/// Partition `partition`'s range from the two index entries (16 bytes) that
-/// bound it, in an object whose data ends at `data_end`.
+/// Where partition `partition`'s entry and the next start in an index that
+/// starts at `index_start`: read [`ENTRIES_READ`] bytes from there.
+pub fn entry_offset(index_start: u64, partition: u32) -> u64 {
+    index_start + ENTRY_LEN * u64::from(partition)
+}
+
+/// Bytes to read at [`entry_offset`]: a partition's entry and the next
+/// offset.
+pub const ENTRIES_READ: u64 = ENTRY_LEN + 8;
+
+/// A partition from its index entry and the next offset ([`ENTRIES_READ`]
+/// bytes), in an object whose data ends at `data_end`.
 ///
 /// # Errors
 /// [`Error::Corrupt`] if they are out of order or out of bounds.
-pub fn parse_index_entries(what: &str, entries: &[u8], data_end: u64) -> Result<Range<u64>, Error> {
+pub fn parse_index_entries(what: &str, entries: &[u8], data_end: u64) -> Result<PartitionSlice, Error> {
     let corrupt = |reason: &str| Error::Corrupt {
         what: what.to_string(),
         reason: reason.to_string(),
     };
-    let [a0, a1, a2, a3, a4, a5, a6, a7, b0, b1, b2, b3, b4, b5, b6, b7] = entries else {
+    if entries.len() as u64 != ENTRIES_READ {
         return Err(corrupt("its index is cut short"));
-    };
-    let start = u64::from_le_bytes([*a0, *a1, *a2, *a3, *a4, *a5, *a6, *a7]);
-    let end = u64::from_le_bytes([*b0, *b1, *b2, *b3, *b4, *b5, *b6, *b7]);
+    }
+    let word = |c: &[u8]| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
+    let (start, checksum, end) = (word(&entries[..8]), word(&entries[8..16]), word(&entries[16..]));
     if start > end || end > data_end {
         return Err(corrupt("its index offsets are out of order or out of bounds"));
     }
-    Ok(start..end)
+    Ok(PartitionSlice {
+        range: start..end,
+        checksum,
+    })
 }

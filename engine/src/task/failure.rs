@@ -25,6 +25,8 @@ pub enum FailureKind {
     Module,
     /// The attempt's worker died or went silent while running it.
     Lost,
+    /// A map output a reduce needed was gone or corrupt: the map runs again.
+    MapOutput,
     /// Our own bug.
     Internal,
 }
@@ -35,7 +37,10 @@ impl FailureKind {
     /// the task; a lost worker does (a task that kills its worker would
     /// otherwise be retried forever).
     pub fn counts(self) -> bool {
-        !matches!(self, FailureKind::Storage | FailureKind::Module)
+        !matches!(
+            self,
+            FailureKind::Storage | FailureKind::Module | FailureKind::MapOutput
+        )
     }
 
     /// The kind as `status` spells it.
@@ -47,6 +52,7 @@ impl FailureKind {
             FailureKind::Storage => "storage",
             FailureKind::Module => "module",
             FailureKind::Lost => "lost",
+            FailureKind::MapOutput => "map_output",
             FailureKind::Internal => "internal",
         }
     }
@@ -63,6 +69,10 @@ pub struct AttemptFailure {
     pub record: Option<u64>,
     /// Whether another attempt could succeed.
     pub retryable: bool,
+    /// The map task whose output was gone or corrupt, for
+    /// [`FailureKind::MapOutput`].
+    #[serde(default)]
+    pub bad_map: Option<u32>,
 }
 
 impl AttemptFailure {
@@ -84,6 +94,7 @@ impl AttemptFailure {
             Error::Data(_) => FailureKind::Input,
             Error::Shuffle(_) => FailureKind::Storage,
             Error::Spill(_) => FailureKind::Storage,
+            Error::MapOutputLost { .. } => FailureKind::MapOutput,
             Error::Panic(_) => FailureKind::Internal,
         };
         AttemptFailure {
@@ -91,6 +102,10 @@ impl AttemptFailure {
             message: crate::runtime::limits::bounded_message(&crate::error_chain(e)),
             record: e.bad_record(),
             retryable: e.retryable(),
+            bad_map: match e {
+                Error::MapOutputLost { map, .. } => Some(*map),
+                _ => None,
+            },
         }
     }
 
@@ -101,6 +116,7 @@ impl AttemptFailure {
             message: crate::runtime::limits::bounded_message(&message.into()),
             record: None,
             retryable: true,
+            bad_map: None,
         }
     }
 

@@ -107,6 +107,15 @@ pub enum Error {
         /// The limit.
         limit: u64,
     },
+    /// A map output this reduce needs is gone or corrupt: that map must run
+    /// again.
+    #[error("the output of map task {map} is gone or corrupt ({reason}); the map runs again")]
+    MapOutputLost {
+        /// The map task.
+        map: u32,
+        /// What was found.
+        reason: String,
+    },
     /// Map output could not be spilled to local disk, or read back.
     #[error("spilling map output to local disk failed; check the free space in the temp directory ($TMPDIR)")]
     Spill(#[source] std::io::Error),
@@ -803,7 +812,7 @@ fn map_compute(
 /// What a reduce task's fetch sends its compute job.
 enum Fetched {
     /// First: this task's partition in each map output, from their indexes.
-    Ranges(Vec<Range<u64>>),
+    Ranges(Vec<shuffle::PartitionSlice>),
     /// Then, when every map output is a local file, their paths: they are
     /// read where they are rather than copied.
     Local(Vec<std::path::PathBuf>),
@@ -824,7 +833,7 @@ pub const WHOLE_INDEX_UP_TO: u32 = 4096;
 
 /// Read the index at the end of `object` (of `partitions` partitions) and
 /// return partition `partition`'s byte range.
-async fn partition_range(object: &Location, partitions: u32, partition: u32) -> Result<Range<u64>, Error> {
+async fn partition_range(object: &Location, partitions: u32, partition: u32) -> Result<shuffle::PartitionSlice, Error> {
     let io = |e| Error::Data(crate::data::Error::io(&object.display, "reading the index of", e));
     let suffix = |len| object_store::GetOptions {
         range: Some(object_store::GetRange::Suffix(len)),
@@ -838,8 +847,8 @@ async fn partition_range(object: &Location, partitions: u32, partition: u32) -> 
             .map_err(io)?;
         let size = got.meta.size;
         let tail = got.bytes().await.map_err(io)?;
-        let ranges = shuffle::parse_index(&object.display, &tail, partitions, size)?;
-        return ranges.get(partition as usize).cloned().ok_or_else(|| {
+        let slices = shuffle::parse_index(&object.display, &tail, partitions, size)?;
+        return slices.get(partition as usize).cloned().ok_or_else(|| {
             Error::Shuffle(shuffle::Error::Corrupt {
                 what: object.display.clone(),
                 reason: format!("its index has no partition {partition}"),
@@ -854,10 +863,33 @@ async fn partition_range(object: &Location, partitions: u32, partition: u32) -> 
     let size = got.meta.size;
     let trailer = got.bytes().await.map_err(io)?;
     let index_start = shuffle::check_trailer(&object.display, &trailer, partitions, size)?;
-    let data_end = index_start;
-    let at = index_start + 8 * u64::from(partition);
-    let entries = object.store.get_range(&object.path, at..at + 16).await.map_err(io)?;
-    Ok(shuffle::parse_index_entries(&object.display, &entries, data_end)?)
+    let at = shuffle::entry_offset(index_start, partition);
+    let entries = object
+        .store
+        .get_range(&object.path, at..at + shuffle::ENTRIES_READ)
+        .await
+        .map_err(io)?;
+    Ok(shuffle::parse_index_entries(&object.display, &entries, index_start)?)
+}
+
+/// A map output that is gone or corrupt is the map's loss, not the
+/// reduce's: the error names the map task, so that it runs again.
+fn map_output_lost(map: usize, e: Error) -> Error {
+    let gone = matches!(
+        &e,
+        Error::Data(crate::data::Error::Io {
+            source: object_store::Error::NotFound { .. },
+            ..
+        }) | Error::Shuffle(shuffle::Error::Corrupt { .. })
+    );
+    if gone {
+        Error::MapOutputLost {
+            map: map as u32,
+            reason: crate::error_chain(&e),
+        }
+    } else {
+        e
+    }
 }
 
 /// Read each map output's index for this task's partition, send the
@@ -874,8 +906,12 @@ async fn fetch_inputs(a: ReduceAssignment, tx: mpsc::Sender<Result<Fetched, Erro
             .collect::<Result<Vec<_>, _>>()?;
         // Index reads are small: more of them in flight.
         let (partitions, partition) = (a.partitions, a.task.index);
-        let ranges: Vec<Range<u64>> = futures::stream::iter(objects.clone())
-            .map(|o| async move { partition_range(&o, partitions, partition).await })
+        let ranges: Vec<shuffle::PartitionSlice> = futures::stream::iter(objects.clone().into_iter().enumerate())
+            .map(|(map, o)| async move {
+                partition_range(&o, partitions, partition)
+                    .await
+                    .map_err(|e| map_output_lost(map, e))
+            })
             .buffered(FETCH_CONCURRENCY * 4)
             .try_collect()
             .await?;
@@ -898,7 +934,8 @@ async fn fetch_inputs(a: ReduceAssignment, tx: mpsc::Sender<Result<Fetched, Erro
         return;
     }
     let mut blocks = Vec::new();
-    for (i, (object, range)) in objects.into_iter().zip(ranges).enumerate() {
+    for (i, (object, slice)) in objects.into_iter().zip(ranges).enumerate() {
+        let range = slice.range;
         let mut at = range.start;
         while at < range.end {
             let end = (at + FETCH_BLOCK).min(range.end);
@@ -918,7 +955,7 @@ async fn fetch_inputs(a: ReduceAssignment, tx: mpsc::Sender<Result<Fetched, Erro
                     offset: range.start - base,
                     bytes,
                 })
-                .map_err(|e| Error::Data(crate::data::Error::io(&what, "reading", e)))
+                .map_err(|e| map_output_lost(input, Error::Data(crate::data::Error::io(&what, "reading", e))))
         })
         .buffered(FETCH_CONCURRENCY);
     while let Some(item) = reads.next().await {
@@ -965,10 +1002,29 @@ fn receive_inputs(
             "the shuffle fetch stopped without an error".into(),
         ))
     };
-    let ranges = match rx.blocking_recv() {
-        Some(Ok(Fetched::Ranges(ranges))) => ranges,
+    let slices = match rx.blocking_recv() {
+        Some(Ok(Fetched::Ranges(slices))) => slices,
         Some(Err(e)) => return Err(e),
         _ => return Err(stopped()),
+    };
+    let ranges: Vec<Range<u64>> = slices.iter().map(|s| s.range.clone()).collect();
+    // What was fetched must be what the map wrote: each input's bytes are
+    // checked against the checksum in its index, as they arrive.
+    let mut hashers: Vec<xxhash_rust::xxh3::Xxh3> = slices.iter().map(|_| xxhash_rust::xxh3::Xxh3::new()).collect();
+    let mut arrived = vec![0u64; slices.len()];
+    let check = |input: usize, sum: u64| -> Result<(), Error> {
+        match slices.get(input) {
+            Some(s) if s.checksum == sum => Ok(()),
+            _ => Err(Error::MapOutputLost {
+                map: input as u32,
+                reason: format!(
+                    "{} bytes {}..{} do not match their checksum",
+                    a.map_outputs.get(input).map_or("?", String::as_str),
+                    ranges.get(input).map_or(0, |r| r.start),
+                    ranges.get(input).map_or(0, |r| r.end)
+                ),
+            }),
+        }
     };
     let mut bases = Vec::with_capacity(ranges.len());
     let mut total = 0u64;
@@ -983,6 +1039,9 @@ fn receive_inputs(
         let (input, offset, bytes) = match fetched? {
             Fetched::Block { input, offset, bytes } => (input, offset, bytes),
             Fetched::Local(paths) => {
+                for (input, path) in paths.iter().enumerate() {
+                    check(input, checksum_of(path, &ranges[input]).map_err(Error::Spill)?)?;
+                }
                 for ((path, range), object) in paths.into_iter().zip(&ranges).zip(&a.map_outputs) {
                     if !range.is_empty() {
                         let what = format!("{object} bytes {}..{}", range.start, range.end);
@@ -1001,9 +1060,23 @@ fn receive_inputs(
         let at = bases.get(input).copied().unwrap_or(0) + offset;
         file.write_all_at(&bytes, at).map_err(Error::Spill)?;
         received += bytes.len() as u64;
+        // Blocks of one input come in order: hash them as they come.
+        if let (Some(h), Some(n), Some(r)) = (hashers.get_mut(input), arrived.get_mut(input), ranges.get(input)) {
+            h.update(&bytes);
+            *n += bytes.len() as u64;
+            if *n == r.end - r.start {
+                check(input, h.digest())?;
+            }
+        }
     }
     if received != total {
         return Err(stopped());
+    }
+    // Empty inputs never got a block: theirs is the empty checksum.
+    for (input, r) in ranges.iter().enumerate() {
+        if r.is_empty() {
+            check(input, shuffle::partition_checksum(&[]))?;
+        }
     }
     let file = Arc::new(file);
     for ((object, range), base) in a.map_outputs.iter().zip(&ranges).zip(bases) {
@@ -1020,6 +1093,23 @@ fn receive_inputs(
         )));
     }
     Ok((runs, total))
+}
+
+/// The checksum of `range` of the local file `path`.
+fn checksum_of(path: &std::path::Path, range: &Range<u64>) -> std::io::Result<u64> {
+    use std::io::{Read, Seek};
+    let mut file = std::fs::File::open(path)?;
+    file.seek(std::io::SeekFrom::Start(range.start))?;
+    let mut left = range.end - range.start;
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    let mut buf = vec![0u8; 1 << 20];
+    while left > 0 {
+        let want = left.min(buf.len() as u64) as usize;
+        file.read_exact(&mut buf[..want])?;
+        hasher.update(&buf[..want]);
+        left -= want as u64;
+    }
+    Ok(hasher.digest())
 }
 
 fn reduce_compute(
