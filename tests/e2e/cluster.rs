@@ -1635,3 +1635,42 @@ fn a_corrupted_shuffle_object_gets_its_map_run_again_and_the_output_is_identical
     );
     assert_eq!(before["state"], "running");
 }
+
+#[test]
+fn a_restart_folds_the_journal_into_one_snapshot_and_keeps_every_job() {
+    let t = TestDir::new();
+    let mut c = Cluster::start(&t, "2s");
+    c.add_worker(1);
+    let (input, texts) = generated_input(&t, 2, 500);
+    let jobs: Vec<String> = (0..3)
+        .map(|i| {
+            let job = c.submit("wordcount", &input, &t.path(&format!("out{i}")), &[]);
+            assert_eq!(c.wait_finished(&job)["state"], "succeeded");
+            job
+        })
+        .collect();
+    let journal = t.path("store/journal");
+    let before = std::fs::read_dir(&journal).unwrap().count();
+    assert!(before > 3, "{before} journal objects");
+    c.restart_coordinator();
+    // Replay read the history once and folded it into one snapshot.
+    let names: Vec<String> = std::fs::read_dir(&journal)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names.len(), 1, "{names:?}");
+    assert!(names[0].ends_with(".snapshot.json"), "{names:?}");
+    for job in &jobs {
+        assert_eq!(c.status(job)["state"], "succeeded");
+    }
+    // And the next restart starts from it, with the next job's events after.
+    let job = c.submit("wordcount", &input, &t.path("out3"), &[]);
+    assert_eq!(c.wait_finished(&job)["state"], "succeeded");
+    c.restart_coordinator();
+    for job in jobs.iter().chain([&job]) {
+        let s = c.status(job);
+        assert_eq!(s["state"], "succeeded");
+        assert_eq!(s["maps"]["done"], s["maps"]["total"]);
+    }
+    assert_eq!(text_output(&t.path("out3")), as_lines(&reference_wordcount(&texts)));
+}

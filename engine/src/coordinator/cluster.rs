@@ -28,7 +28,7 @@ pub struct JobRef {
 }
 
 /// A job in the cluster: its state machine and what workers need to run it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ClusterJob {
     /// The state machine.
     pub job: Job,
@@ -131,6 +131,24 @@ impl Cluster {
     /// The lease.
     pub fn lease(&self) -> Duration {
         self.lease
+    }
+
+    /// Every job, to snapshot; finished ones beyond the newest `keep` are
+    /// forgotten first, so the coordinator's state stays bounded.
+    pub fn snapshot_jobs(&mut self, keep: usize) -> Vec<ClusterJob> {
+        let mut finished: Vec<(SystemTime, JobId)> = self
+            .jobs
+            .values()
+            .filter(|j| j.job.is_finished())
+            .map(|j| (j.ended.unwrap_or(j.submitted), j.job.spec.id.clone()))
+            .collect();
+        if finished.len() > keep {
+            finished.sort();
+            for (_, id) in &finished[..finished.len() - keep] {
+                self.jobs.remove(id);
+            }
+        }
+        self.jobs.values().cloned().collect()
     }
 
     /// Add a job (new, or replayed from the journal).

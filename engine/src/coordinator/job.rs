@@ -319,6 +319,48 @@ impl Job {
         }
     }
 
+    /// Recompute what is derived from the tasks (queues, counts, times)
+    /// after loading a snapshot. Attempts that were running are dropped,
+    /// their tasks pending again: the journal never records that an
+    /// attempt started, so a restarted coordinator runs them anew.
+    pub fn rebuild(&mut self) {
+        for t in self.maps.iter_mut().chain(self.reduces.iter_mut()) {
+            t.attempts.retain(|a| a.state != AttemptState::Running);
+            if t.state == TaskState::Running {
+                t.state = TaskState::Pending;
+            }
+        }
+        let pending = |tasks: &[Task]| {
+            tasks
+                .iter()
+                .filter(|t| t.state == TaskState::Pending)
+                .map(|t| t.id.index)
+                .collect::<VecDeque<u32>>()
+        };
+        self.pending_maps = pending(&self.maps);
+        self.pending_reduces = pending(&self.reduces);
+        let committed = |tasks: &[Task]| tasks.iter().filter(|t| t.state == TaskState::Committed).count();
+        self.maps_committed = committed(&self.maps);
+        self.reduces_committed = committed(&self.reduces);
+        self.running = 0;
+        let times = |tasks: &[Task]| {
+            tasks
+                .iter()
+                .flat_map(|t| t.attempts.iter().filter(|a| a.state == AttemptState::Succeeded))
+                .fold((0u32, Duration::ZERO), |(n, total), a| {
+                    let ran = a
+                        .ended
+                        .and_then(|e| e.duration_since(a.started).ok())
+                        .unwrap_or_default();
+                    (n + 1, total + ran)
+                })
+        };
+        self.committed_time = [times(&self.maps), times(&self.reduces)];
+        let maps = self.map_outputs.iter().flatten().map(|m| &m.counters);
+        let reduces = self.reduce_outputs.iter().flatten().map(|r| &r.counters);
+        self.counter_names = maps.chain(reduces).flat_map(|c| c.keys().cloned()).collect();
+    }
+
     /// Start attempt ids at `base`: a restarted coordinator gives each of
     /// its runs its own range, so no attempt id is ever handed out twice.
     pub fn set_attempt_base(&mut self, base: u64) {

@@ -4,6 +4,9 @@
 //!
 //! Object stores cannot append, so the journal is a sequence of objects,
 //! `journal/00000000000000000001.json`, ..., each a JSON array of events.
+//! Now and then the coordinator writes a snapshot of every job instead
+//! (`{seq}.snapshot.json`); replay starts at the latest snapshot, and the
+//! objects before it are deleted, so restart time does not grow with history.
 //! Appends are grouped: whatever is queued while one object is being
 //! written goes into the next, and each caller waits until its events are
 //! durable. A commit is acknowledged to a worker only after that. Only
@@ -97,6 +100,14 @@ pub enum Event {
         started: SystemTime,
         /// When the worker was found lost.
         at: SystemTime,
+    },
+    /// Every job as it stands (written alone, as a snapshot object):
+    /// replay starts here.
+    Snapshot {
+        /// Coordinator runs so far.
+        runs: u64,
+        /// Every job kept.
+        jobs: Vec<super::cluster::ClusterJob>,
     },
     /// A job ended (its output committed, or it failed or was cancelled).
     Ended {
@@ -208,28 +219,39 @@ impl Journal {
                 source,
             }
         };
-        let mut objects: Vec<_> = dir
+        let objects: Vec<_> = dir
             .store
             .list(Some(&dir.path))
             .try_collect()
             .await
             .map_err(io("listing", dir.display.clone()))?;
-        objects.sort_by(|a, b| a.location.cmp(&b.location));
+        // Names are `{seq}.json` or `{seq}.snapshot.json`; anything else
+        // (an editor's backup, say) is not ours, and left alone.
+        let mut numbered: Vec<(u64, bool, object_store::path::Path)> = objects
+            .into_iter()
+            .filter_map(|meta| {
+                let name = meta.location.filename()?.to_string();
+                let (stem, snapshot) = match name.strip_suffix(".snapshot.json") {
+                    Some(stem) => (stem.to_string(), true),
+                    None => (name.strip_suffix(".json")?.to_string(), false),
+                };
+                Some((stem.parse::<u64>().ok()?, snapshot, meta.location))
+            })
+            .collect();
+        numbered.sort_by_key(|(seq, _, _)| *seq);
+        let last_seq = numbered.last().map_or(0, |(seq, _, _)| *seq);
+        // Replay from the latest snapshot; what is older was folded into it.
+        let from = numbered.iter().rposition(|(_, snapshot, _)| *snapshot).unwrap_or(0);
         let mut events = Vec::new();
-        let mut last_seq = 0u64;
-        for meta in objects {
-            let name = meta.location.filename().unwrap_or_default().to_string();
+        for (_, _, location) in &numbered[from..] {
+            let name = location.filename().unwrap_or_default().to_string();
             let corrupt = |reason: String| Error::Corrupt {
                 object: dir.child(&name).display,
                 reason,
             };
-            let Some(seq) = name.strip_suffix(".json").and_then(|n| n.parse::<u64>().ok()) else {
-                // Not ours (an editor's backup, say): leave it alone.
-                continue;
-            };
             let bytes = dir
                 .store
-                .get(&meta.location)
+                .get(location)
                 .await
                 .map_err(io("reading", name.clone()))?
                 .bytes()
@@ -237,7 +259,6 @@ impl Journal {
                 .map_err(io("reading", name.clone()))?;
             let batch: Vec<Event> = serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
             events.extend(batch);
-            last_seq = last_seq.max(seq);
         }
         let (tx, rx) = mpsc::unbounded_channel::<Append>();
         let writer = SpawnedTask::spawn(write_loop(dir, last_seq, rx));
@@ -292,7 +313,7 @@ async fn write_loop(dir: Location, mut seq: u64, mut rx: mpsc::UnboundedReceiver
         }
         let result = match &broken {
             Some(reason) => Err(format!("the journal stopped after a failed write ({reason})")),
-            None => write_group(&dir, &mut seq, &group).await,
+            None => write_appends(&dir, &mut seq, &group).await,
         };
         if let Err(reason) = &result
             && broken.is_none()
@@ -306,11 +327,34 @@ async fn write_loop(dir: Location, mut seq: u64, mut rx: mpsc::UnboundedReceiver
     }
 }
 
-async fn write_group(dir: &Location, seq: &mut u64, group: &[Append]) -> Result<(), String> {
-    let events: Vec<&Event> = group.iter().flat_map(|(e, _)| e).collect();
-    let json = serde_json::to_vec(&events).map_err(|e| format!("encoding events: {e}"))?;
+/// Write a group of appends in order: runs of events as one object each,
+/// and each snapshot as its own object, after which every older object is
+/// deleted.
+async fn write_appends(dir: &Location, seq: &mut u64, group: &[Append]) -> Result<(), String> {
+    let mut events: Vec<&Event> = Vec::new();
+    for (batch, _) in group {
+        for event in batch {
+            if matches!(event, Event::Snapshot { .. }) {
+                write_object(dir, seq, &events, false).await?;
+                events.clear();
+                write_object(dir, seq, &[event], true).await?;
+                delete_before(dir, *seq).await?;
+            } else {
+                events.push(event);
+            }
+        }
+    }
+    write_object(dir, seq, &events, false).await
+}
+
+async fn write_object(dir: &Location, seq: &mut u64, events: &[&Event], snapshot: bool) -> Result<(), String> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let json = serde_json::to_vec(events).map_err(|e| format!("encoding events: {e}"))?;
     *seq += 1;
-    let object = dir.child(&format!("{seq:020}.json"));
+    let suffix = if snapshot { ".snapshot.json" } else { ".json" };
+    let object = dir.child(&format!("{seq:020}{suffix}"));
     // Create-if-absent: a coordinator that lost the store to another finds
     // the next object already written, and stops, rather than overwrite it.
     object
@@ -325,6 +369,32 @@ async fn write_group(dir: &Location, seq: &mut u64, group: &[Append]) -> Result<
             ),
             e => format!("writing {}: {e}", object.display),
         })
+}
+
+/// Delete the journal objects numbered below `seq` (folded into the
+/// snapshot at `seq`).
+async fn delete_before(dir: &Location, seq: u64) -> Result<(), String> {
+    let listed: Vec<_> = dir
+        .store
+        .list(Some(&dir.path))
+        .try_collect()
+        .await
+        .map_err(|e| format!("listing {}: {e}", dir.display))?;
+    for meta in listed {
+        let older = meta
+            .location
+            .filename()
+            .and_then(|n| n.split('.').next())
+            .and_then(|n| n.parse::<u64>().ok())
+            .is_some_and(|n| n < seq);
+        if older {
+            match dir.store.delete(&meta.location).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(format!("deleting {}: {e}", meta.location)),
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -368,6 +438,34 @@ mod tests {
         drop(journal);
         let (_, replayed) = Journal::open(&store).await.expect("reopen");
         assert_eq!(replayed.len(), 6);
+    }
+
+    #[tokio::test]
+    async fn replay_starts_at_the_latest_snapshot_and_older_objects_go() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Location::parse(dir.path().to_str().expect("utf-8 path")).expect("location");
+        let (journal, _) = Journal::open(&store).await.expect("open");
+        let at = SystemTime::UNIX_EPOCH;
+        for _ in 0..3 {
+            journal.append(vec![Event::Started { at }]).await.expect("append");
+        }
+        journal
+            .append(vec![
+                Event::Started { at },
+                Event::Snapshot { runs: 4, jobs: vec![] },
+                Event::Started { at },
+            ])
+            .await
+            .expect("append");
+        drop(journal);
+        let names: Vec<String> = std::fs::read_dir(dir.path().join("journal"))
+            .expect("journal dir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+        let (_, replayed) = Journal::open(&store).await.expect("reopen");
+        assert!(matches!(replayed[0], Event::Snapshot { runs: 4, .. }));
+        assert_eq!(replayed.len(), 2);
     }
 
     #[tokio::test]

@@ -10,6 +10,7 @@
 //! is queued under that same lock, so the journal's order is the order of
 //! the changes. A caller is answered once its event is durable.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -223,7 +224,16 @@ pub struct Service {
     stopped: std::sync::OnceLock<String>,
     /// Wakes [`Service::stopped`].
     stopping: Notify,
+    /// Coordinator runs on this store, this one included.
+    runs: AtomicU64,
+    /// Events journaled since the last snapshot.
+    since_snapshot: AtomicU64,
 }
+
+/// Events between snapshots of the journal.
+const SNAPSHOT_EVERY: u64 = 10_000;
+/// Finished jobs a snapshot keeps (the oldest beyond are forgotten).
+const FINISHED_JOBS_KEPT: usize = 1_000;
 
 fn lock(m: &Mutex<Cluster>) -> std::sync::MutexGuard<'_, Cluster> {
     // Every change is made whole under the lock, so a panic elsewhere (our
@@ -242,7 +252,13 @@ impl Service {
         (journal, events): (Journal, Vec<Event>),
         config: ServiceConfig,
     ) -> Result<Arc<Self>, StartError> {
-        let runs = events.iter().filter(|e| matches!(e, Event::Started { .. })).count() as u64;
+        let history = events.len();
+        let snapshot_runs = events.iter().find_map(|e| match e {
+            Event::Snapshot { runs, .. } => Some(*runs),
+            _ => None,
+        });
+        let started = events.iter().filter(|e| matches!(e, Event::Started { .. })).count() as u64;
+        let runs = snapshot_runs.unwrap_or(0) + started;
         let mut cluster = Cluster::new(config.lease, (runs + 1) << 40, config.backup_after);
         replay(&mut cluster, events);
         journal.append(vec![Event::Started { at: SystemTime::now() }]).await?;
@@ -263,17 +279,56 @@ impl Service {
             background: Mutex::new(Vec::new()),
             stopped: std::sync::OnceLock::new(),
             stopping: Notify::new(),
+            runs: AtomicU64::new(0),
+            since_snapshot: AtomicU64::new(0),
         });
         let tasks = vec![
             SpawnedTask::spawn(expire_loop(Arc::downgrade(&service))),
             SpawnedTask::spawn(commit_loop(Arc::downgrade(&service))),
         ];
         *service.background.lock().unwrap_or_else(|p| p.into_inner()) = tasks;
+        service.runs.store(runs + 1, Ordering::Relaxed);
+        // Fold what was replayed into a snapshot, so the next restart reads
+        // little however long the history.
+        if history > 1 {
+            service.snapshot().await?;
+        }
         Ok(service)
     }
 
     fn notify(&self) {
         self.changed.notify_waiters();
+    }
+
+    /// Queue `events` in the journal (under the cluster lock, so in the
+    /// order of the changes), counting them toward the next snapshot.
+    fn queue(&self, events: Vec<Event>) -> super::journal::Pending {
+        self.since_snapshot.fetch_add(events.len() as u64, Ordering::Relaxed);
+        self.journal.queue(events)
+    }
+
+    /// Write a snapshot of every job to the journal (older journal objects
+    /// are then deleted), forgetting the oldest finished jobs past
+    /// [`FINISHED_JOBS_KEPT`].
+    async fn snapshot(&self) -> Result<(), StartError> {
+        let pending = {
+            let mut cluster = lock(&self.cluster);
+            let jobs = cluster.snapshot_jobs(FINISHED_JOBS_KEPT);
+            self.since_snapshot.store(0, Ordering::Relaxed);
+            self.journal.queue(vec![Event::Snapshot {
+                runs: self.runs.load(Ordering::Relaxed),
+                jobs,
+            }])
+        };
+        self.durable(pending).await.map_err(|e| StartError::Runtime(e.message))
+    }
+
+    /// Snapshot once enough events have gone to the journal.
+    async fn snapshot_if_due(&self) {
+        if self.since_snapshot.load(Ordering::Relaxed) >= SNAPSHOT_EVERY {
+            // A failure stops the service (see `durable`).
+            let _ = self.snapshot().await;
+        }
     }
 
     /// Wait until `pending` is durable. If the journal could not be
@@ -525,7 +580,7 @@ impl Service {
         let now = SystemTime::now();
         let pending = {
             let mut cluster = lock(&self.cluster);
-            let pending = self.journal.queue(vec![Event::Submitted {
+            let pending = self.queue(vec![Event::Submitted {
                 spec: Box::new(spec.clone()),
                 splits: splits.clone(),
                 job_ref: job_ref.clone(),
@@ -658,7 +713,7 @@ impl Service {
             }
             j.job.cancel();
             j.ended = Some(now);
-            let pending = self.journal.queue(vec![Event::Ended {
+            let pending = self.queue(vec![Event::Ended {
                 job: id.clone(),
                 state: JobState::Cancelled,
                 error: j.job.error.clone(),
@@ -796,10 +851,7 @@ impl Service {
                 );
                 events.extend(more);
             }
-            (
-                reconciled.cancel,
-                (!events.is_empty()).then(|| self.journal.queue(events)),
-            )
+            (reconciled.cancel, (!events.is_empty()).then(|| self.queue(events)))
         };
         if let Some(pending) = pending {
             // A failure stops the service; the worker learns at its next call.
@@ -903,7 +955,7 @@ impl Service {
                 ));
             }
             let (result, events) = self.record(&mut cluster, &worker, (job, task, attempt), outcome, now);
-            let pending = (!events.is_empty()).then(|| self.journal.queue(events));
+            let pending = (!events.is_empty()).then(|| self.queue(events));
             (result, pending, worker)
         };
         if let Some(pending) = pending {
@@ -916,6 +968,7 @@ impl Service {
         // The output is moved into place by the committer, so this report
         // (and the worker's slot) does not wait on the renames.
         self.commit_wanted.notify_one();
+        self.snapshot_if_due().await;
         Ok(result)
     }
 
@@ -949,7 +1002,7 @@ impl Service {
                     }
                 }
                 cj.ended = Some(now);
-                self.journal.queue(vec![Event::Ended {
+                self.queue(vec![Event::Ended {
                     job: id.clone(),
                     state: cj.job.state,
                     error: cj.job.error.clone(),
@@ -1000,7 +1053,7 @@ impl Service {
                     });
                 }
             }
-            (!events.is_empty()).then(|| self.journal.queue(events))
+            (!events.is_empty()).then(|| self.queue(events))
         };
         if let Some(pending) = pending {
             // A failure stops the service; a restart finds the workers anew.
@@ -1079,6 +1132,12 @@ fn replay(cluster: &mut Cluster, events: Vec<Event>) {
     for event in events {
         match event {
             Event::Started { .. } => {}
+            Event::Snapshot { jobs, .. } => {
+                for mut job in jobs {
+                    job.job.rebuild();
+                    cluster.add_job(job);
+                }
+            }
             Event::Submitted {
                 spec,
                 splits,
