@@ -1674,3 +1674,35 @@ fn a_restart_folds_the_journal_into_one_snapshot_and_keeps_every_job() {
     }
     assert_eq!(text_output(&t.path("out3")), as_lines(&reference_wordcount(&texts)));
 }
+
+#[test]
+fn a_dead_worker_is_noticed_when_its_connection_drops_not_when_its_lease_lapses() {
+    let t = TestDir::new();
+    // A lease far longer than the test may take.
+    let mut c = Cluster::start(&t, "10m");
+    c.add_worker(1);
+    let (input, texts) = generated_input(&t, 2, 20_000);
+    let out = t.path("out");
+    let job = c.submit(
+        "wordcount",
+        &input,
+        &out,
+        &["--split-size", "256KiB", "--reducers", "2"],
+    );
+    c.wait_for(&job, "an attempt to run", |s| {
+        attempts(s).iter().any(|(_, _, a)| a["state"] == "running")
+    });
+    c.workers[0].kill().unwrap();
+    c.workers[0].wait().unwrap();
+    c.add_worker(1);
+    let status = c.wait_finished(&job);
+    assert_eq!(status["state"], "succeeded", "{status}");
+    assert_eq!(text_output(&out), as_lines(&reference_wordcount(&texts)));
+    let lost = attempts(&status)
+        .into_iter()
+        .filter(|(_, _, a)| a["state"] == "lost")
+        .count();
+    assert!(lost >= 1, "{status}");
+    let log = std::fs::read_to_string(t.path("logs/coordinator.log")).unwrap();
+    assert!(log.contains("worker lost"), "{log}");
+}

@@ -135,7 +135,7 @@ fn print(text: &str) {
 }
 
 fn doc_of(status: &pb::JobStatus) -> Result<JobStatusDoc, Failure> {
-    serde_json::from_str(&status.detail_json).map_err(|e| Failure {
+    convert::job_status_doc(status).map_err(|e| Failure {
         code: exit::INFRASTRUCTURE,
         message: format!("the coordinator sent a status this client can't read: {e}"),
     })

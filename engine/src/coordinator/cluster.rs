@@ -58,7 +58,14 @@ pub struct ClusterWorker {
     pub slots: u32,
     /// When it was last heard from.
     pub last_seen: Instant,
+    /// When a call it held open was dropped (its connection went away),
+    /// if it has not been heard from since.
+    pub dropped_at: Option<Instant>,
 }
+
+/// How long a worker whose held call was dropped has to call again before
+/// it counts as lost: a live worker calls again at once.
+pub const DROPPED_GRACE: Duration = Duration::from_millis(500);
 
 /// What expiring silent workers cost.
 #[derive(Debug, Default)]
@@ -196,6 +203,7 @@ impl Cluster {
                 session: session.clone(),
                 slots,
                 last_seen: now,
+                dropped_at: None,
             },
         );
         (id, session)
@@ -219,9 +227,19 @@ impl Cluster {
         match self.workers.get_mut(worker) {
             Some(w) => {
                 w.last_seen = now;
+                w.dropped_at = None;
                 true
             }
             None => false,
+        }
+    }
+
+    /// A call `worker` held open (a poll, a heartbeat) was dropped before
+    /// it was answered: its connection went away. Unless it calls again
+    /// within [`DROPPED_GRACE`], it is lost then, not at the end of its lease.
+    pub fn call_dropped(&mut self, worker: &WorkerId, now: Instant) {
+        if let Some(w) = self.workers.get_mut(worker) {
+            w.dropped_at = Some(now);
         }
     }
 
@@ -276,7 +294,10 @@ impl Cluster {
         let lost: Vec<WorkerId> = self
             .workers
             .iter()
-            .filter(|(_, w)| now.duration_since(w.last_seen) > lease)
+            .filter(|(_, w)| {
+                now.duration_since(w.last_seen) > lease
+                    || w.dropped_at.is_some_and(|d| now.duration_since(d) > DROPPED_GRACE)
+            })
             .map(|(id, _)| id.clone())
             .collect();
         let mut expired = Expired::default();

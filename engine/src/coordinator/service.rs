@@ -802,6 +802,7 @@ impl Service {
         wait: Duration,
     ) -> Result<Option<(JobRef, Assignment)>, ServiceError> {
         let deadline = tokio::time::Instant::now() + wait.min(MAX_POLL_WAIT);
+        let mut held = HeldCall::new(self);
         loop {
             let changed = self.changed.notified();
             {
@@ -810,10 +811,13 @@ impl Service {
                 // Asking for work is a sign of life.
                 cluster.heartbeat(&worker, Instant::now());
                 if let Some(found) = cluster.next_assignment(&worker, SystemTime::now()) {
+                    held.answered();
                     return Ok(Some(found));
                 }
+                held.worker = Some(worker);
             }
             if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                held.answered();
                 return Ok(None);
             }
         }
@@ -823,7 +827,51 @@ impl Service {
     /// reconcile: the answer says which of them to stop, and attempts
     /// handed to it that it does not know are failed, so their tasks run
     /// again.
-    pub async fn heartbeat(&self, caller: &Identity, session: &str, running: &[AttemptId]) -> HeartbeatReply {
+    pub async fn heartbeat(
+        &self,
+        caller: &Identity,
+        session: &str,
+        running: &[AttemptId],
+        hold: Duration,
+    ) -> HeartbeatReply {
+        let reply = self.reconcile_heartbeat(caller, session, running).await;
+        if !reply.known || !reply.cancel.is_empty() || hold.is_zero() {
+            return reply;
+        }
+        // Held open until something is to be stopped or `hold` passes: the
+        // worker learns of a cancel at once, and a worker that dies is
+        // noticed when its connection drops, not only when its lease lapses.
+        let deadline = tokio::time::Instant::now() + hold.min(MAX_POLL_WAIT);
+        let mut held = HeldCall::new(self);
+        held.worker = lock(&self.cluster).worker_of(session, &caller.name);
+        loop {
+            let changed = self.changed.notified();
+            let cancel = {
+                let mut cluster = lock(&self.cluster);
+                let Ok(worker) = Self::worker_of(&cluster, session, caller) else {
+                    held.answered();
+                    return HeartbeatReply::default();
+                };
+                cluster
+                    .reconcile(&worker, running, Instant::now(), Duration::MAX)
+                    .cancel
+            };
+            if !cancel.is_empty() {
+                held.answered();
+                return HeartbeatReply { known: true, cancel };
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                held.answered();
+                return HeartbeatReply {
+                    known: true,
+                    cancel: Vec::new(),
+                };
+            }
+        }
+    }
+
+    /// Renew the lease and reconcile once (see [`Service::heartbeat`]).
+    async fn reconcile_heartbeat(&self, caller: &Identity, session: &str, running: &[AttemptId]) -> HeartbeatReply {
         let now = SystemTime::now();
         let grace = (self.lease() / 2).max(Duration::from_secs(1));
         let (cancel, pending) = {
@@ -1027,7 +1075,7 @@ impl Service {
                 return;
             }
             for w in &expired.workers {
-                warn!(worker = %w, "worker lost: silent past its lease; its running attempts are re-queued");
+                warn!(worker = %w, "worker lost (its connection dropped, or it was silent past its lease); its running attempts are re-queued");
             }
             let mut events: Vec<Event> = expired
                 .attempts
@@ -1063,10 +1111,41 @@ impl Service {
     }
 }
 
+/// A call a worker holds open (a poll, a held heartbeat): dropped before
+/// it was answered, it tells that the worker's connection went away.
+struct HeldCall<'a> {
+    service: &'a Service,
+    worker: Option<WorkerId>,
+    answered: bool,
+}
+
+impl<'a> HeldCall<'a> {
+    fn new(service: &'a Service) -> Self {
+        HeldCall {
+            service,
+            worker: None,
+            answered: false,
+        }
+    }
+
+    fn answered(&mut self) {
+        self.answered = true;
+    }
+}
+
+impl Drop for HeldCall<'_> {
+    fn drop(&mut self) {
+        if let (false, Some(worker)) = (self.answered, &self.worker) {
+            lock(&self.service.cluster).call_dropped(worker, Instant::now());
+        }
+    }
+}
+
 /// Expire silent workers while the service lives.
 async fn expire_loop(service: Weak<Service>) {
     let every = match service.upgrade() {
-        Some(s) => (s.lease() / 4).max(Duration::from_millis(50)),
+        // Often enough to notice a dropped connection within its grace.
+        Some(s) => (s.lease() / 4).clamp(Duration::from_millis(50), super::cluster::DROPPED_GRACE / 2),
         None => return,
     };
     loop {

@@ -7,6 +7,7 @@ use std::time::Duration;
 use super::MalformedMessage;
 use super::pb;
 use crate::coordinator::cluster::JobRef;
+use crate::coordinator::status::{AttemptStatus, JobStatusDoc, Progress, TaskStatus, UserState};
 use crate::coordinator::{Assignment, Outcome, ReportResult};
 use crate::data::output::OutputFormat;
 use crate::data::{MapInput, Split, SplitKind};
@@ -408,5 +409,213 @@ impl From<ReportResult> for pb::ReportResult {
             ReportResult::JobFailed => pb::ReportResult::JobFailed,
             ReportResult::Stale => pb::ReportResult::Stale,
         }
+    }
+}
+
+/// A job's status for the wire, from the status document (and the input
+/// bytes its committed maps read).
+pub fn job_status_to_pb(doc: &JobStatusDoc, input_bytes_done: u64) -> pb::JobStatus {
+    let state = match doc.state {
+        UserState::Queued => pb::JobState::Queued,
+        UserState::Running => pb::JobState::Running,
+        UserState::Succeeded => pb::JobState::Succeeded,
+        UserState::Failed => pb::JobState::Failed,
+        UserState::Cancelled => pb::JobState::Cancelled,
+    };
+    let task_state = |s: &str| match s {
+        "pending" => pb::TaskState::Pending,
+        "running" => pb::TaskState::Running,
+        "committed" => pb::TaskState::Committed,
+        "failed" => pb::TaskState::Failed,
+        _ => pb::TaskState::Unspecified,
+    };
+    let attempt_state = |s: &str| match s {
+        "running" => pb::AttemptState::Running,
+        "succeeded" => pb::AttemptState::Succeeded,
+        "failed" => pb::AttemptState::Failed,
+        "lost" => pb::AttemptState::Lost,
+        "superseded" => pb::AttemptState::Superseded,
+        _ => pb::AttemptState::Unspecified,
+    };
+    let tasks = doc
+        .tasks
+        .iter()
+        .map(|t| pb::TaskStatus {
+            task: Some(pb::TaskRef {
+                phase: if t.phase == "reduce" {
+                    pb::Phase::Reduce
+                } else {
+                    pb::Phase::Map
+                } as i32,
+                index: t.index,
+            }),
+            state: task_state(&t.state) as i32,
+            skipped: t.skipped.clone(),
+            attempts: t
+                .attempts
+                .iter()
+                .map(|a| pb::AttemptStatus {
+                    attempt: a.attempt,
+                    worker: a.worker.clone(),
+                    started_ms: a.started_ms,
+                    ended_ms: a.ended_ms.unwrap_or(0),
+                    state: attempt_state(&a.state) as i32,
+                    error: a.error.clone().unwrap_or_default(),
+                    kind: a.kind.map_or(pb::FailureKind::Unspecified, failure_kind_to_pb) as i32,
+                })
+                .collect(),
+        })
+        .collect();
+    pb::JobStatus {
+        job_id: doc.job.clone(),
+        name: doc.name.clone(),
+        state: state as i32,
+        error: doc.error.clone().unwrap_or_default(),
+        output: doc.output.clone(),
+        maps_done: doc.maps.done as u32,
+        maps_total: doc.maps.total as u32,
+        reduces_done: doc.reduces.done as u32,
+        reduces_total: doc.reduces.total as u32,
+        counters: doc.counters.clone().into_iter().collect(),
+        input_bytes_done,
+        submitted_ms: doc.submitted_ms,
+        ended_ms: doc.ended_ms.unwrap_or(0),
+        tasks,
+        failure_kind: doc
+            .failure_kind
+            .map_or(pb::FailureKind::Unspecified, failure_kind_to_pb) as i32,
+    }
+}
+
+/// The status document (what `status --json` prints) of a job's status
+/// from the wire.
+///
+/// # Errors
+/// If the job's state is unknown.
+pub fn job_status_doc(s: &pb::JobStatus) -> Result<JobStatusDoc, MalformedMessage> {
+    let state = match pb::JobState::try_from(s.state) {
+        Ok(pb::JobState::Queued) => UserState::Queued,
+        Ok(pb::JobState::Running) => UserState::Running,
+        Ok(pb::JobState::Succeeded) => UserState::Succeeded,
+        Ok(pb::JobState::Failed) => UserState::Failed,
+        Ok(pb::JobState::Cancelled) => UserState::Cancelled,
+        _ => {
+            return Err(MalformedMessage {
+                message: "JobStatus",
+                problem: format!("unknown job state {}", s.state),
+            });
+        }
+    };
+    let kind = |k: i32| (k != pb::FailureKind::Unspecified as i32).then(|| failure_kind(k));
+    let tasks = s
+        .tasks
+        .iter()
+        .map(|t| {
+            let task = t.task.unwrap_or_default();
+            TaskStatus {
+                phase: if task.phase == pb::Phase::Reduce as i32 {
+                    "reduce"
+                } else {
+                    "map"
+                }
+                .into(),
+                index: task.index,
+                state: match pb::TaskState::try_from(t.state) {
+                    Ok(pb::TaskState::Running) => "running",
+                    Ok(pb::TaskState::Committed) => "committed",
+                    Ok(pb::TaskState::Failed) => "failed",
+                    _ => "pending",
+                }
+                .into(),
+                skipped: t.skipped.clone(),
+                attempts: t
+                    .attempts
+                    .iter()
+                    .map(|a| AttemptStatus {
+                        attempt: a.attempt,
+                        worker: a.worker.clone(),
+                        started_ms: a.started_ms,
+                        ended_ms: (a.ended_ms != 0).then_some(a.ended_ms),
+                        state: match pb::AttemptState::try_from(a.state) {
+                            Ok(pb::AttemptState::Succeeded) => "succeeded",
+                            Ok(pb::AttemptState::Failed) => "failed",
+                            Ok(pb::AttemptState::Lost) => "lost",
+                            Ok(pb::AttemptState::Superseded) => "superseded",
+                            _ => "running",
+                        }
+                        .into(),
+                        error: (!a.error.is_empty()).then(|| a.error.clone()),
+                        kind: kind(a.kind),
+                    })
+                    .collect(),
+            }
+        })
+        .collect();
+    Ok(JobStatusDoc {
+        job: s.job_id.clone(),
+        name: s.name.clone(),
+        state,
+        error: (!s.error.is_empty()).then(|| s.error.clone()),
+        failure_kind: kind(s.failure_kind),
+        output: s.output.clone(),
+        submitted_ms: s.submitted_ms,
+        ended_ms: (s.ended_ms != 0).then_some(s.ended_ms),
+        maps: Progress {
+            done: s.maps_done as usize,
+            total: s.maps_total as usize,
+        },
+        reduces: Progress {
+            done: s.reduces_done as usize,
+            total: s.reduces_total as usize,
+        },
+        counters: s.counters.clone().into_iter().collect(),
+        tasks,
+    })
+}
+
+#[cfg(test)]
+mod status_tests {
+    use std::time::{Duration, SystemTime};
+
+    use super::*;
+    use crate::coordinator::cluster::ClusterJob;
+    use crate::coordinator::{Assignment, Outcome};
+    use crate::task::AttemptFailure;
+
+    #[test]
+    fn a_status_crosses_the_wire_typed_and_comes_back_the_same() {
+        let mut job = crate::coordinator::job::test_job(2, 1);
+        let (w, now) = (
+            crate::WorkerId("w1-1".into()),
+            SystemTime::UNIX_EPOCH + Duration::from_secs(9),
+        );
+        let a = job.next_assignment(&w, now, None).expect("work");
+        let (task, attempt) = a.task_and_attempt();
+        let failure = AttemptFailure::new(FailureKind::Limit, "over --max-memory");
+        job.report(task, attempt, Outcome::Failed(failure), now);
+        let Some(Assignment::Map(_)) = job.next_assignment(&w, now, None) else {
+            panic!("a map")
+        };
+        let j = ClusterJob {
+            job_ref: crate::coordinator::cluster::JobRef {
+                job: job.spec.id.clone(),
+                module: crate::ModuleDigest::of(b"m"),
+                params: vec![],
+                limits: Default::default(),
+            },
+            job,
+            name: "wc".into(),
+            owner: "alice".into(),
+            submitted: now,
+            ended: None,
+        };
+        let doc = JobStatusDoc::of(&j, true);
+        let back = job_status_doc(&job_status_to_pb(&doc, 0)).expect("readable");
+        assert_eq!(back, doc);
+        let failed = &back.tasks[0].attempts[0];
+        assert_eq!(
+            (failed.state.as_str(), failed.kind),
+            ("failed", Some(FailureKind::Limit))
+        );
     }
 }

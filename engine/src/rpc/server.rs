@@ -20,7 +20,7 @@ use super::pb::worker_service_server::{WorkerService, WorkerServiceServer};
 use super::tls::ServerTls;
 use crate::coordinator::cluster::ClusterJob;
 use crate::coordinator::service::{ErrorKind, Service, ServiceError, SubmitRequest};
-use crate::coordinator::status::{JobStatusDoc, UserState};
+use crate::coordinator::status::JobStatusDoc;
 use crate::runtime::limits::MAX_MODULE_BYTES;
 use crate::{AttemptId, JobId};
 
@@ -52,16 +52,6 @@ type StatusStream = Pin<Box<dyn Stream<Item = Result<pb::JobStatus, Status>> + S
 
 fn parse_job(id: &str) -> Result<JobId, Status> {
     Ok(convert::job_id("request", id)?)
-}
-
-fn user_state_pb(state: UserState) -> pb::JobState {
-    match state {
-        UserState::Queued => pb::JobState::Queued,
-        UserState::Running => pb::JobState::Running,
-        UserState::Succeeded => pb::JobState::Succeeded,
-        UserState::Failed => pb::JobState::Failed,
-        UserState::Cancelled => pb::JobState::Cancelled,
-    }
 }
 
 #[tonic::async_trait]
@@ -208,7 +198,10 @@ impl WorkerService for WorkerApi {
         let caller = caller(&request);
         let r = request.into_inner();
         let running: Vec<AttemptId> = r.running_attempts.into_iter().map(AttemptId).collect();
-        let reply = self.0.heartbeat(&caller, &r.worker_id, &running).await;
+        let reply = self
+            .0
+            .heartbeat(&caller, &r.worker_id, &running, Duration::from_millis(r.hold_ms))
+            .await;
         Ok(Response::new(pb::HeartbeatResponse {
             known: reply.known,
             cancel_attempts: reply.cancel.into_iter().map(|a| a.0).collect(),
@@ -236,8 +229,6 @@ impl WorkerService for WorkerApi {
 }
 
 fn status_pb(j: &ClusterJob, tasks: bool) -> pb::JobStatus {
-    let doc = JobStatusDoc::of(j, tasks);
-    let state = user_state_pb(doc.state);
     let input_bytes_done = j
         .job
         .splits
@@ -246,22 +237,7 @@ fn status_pb(j: &ClusterJob, tasks: bool) -> pb::JobStatus {
         .filter(|(_, o)| o.is_some())
         .map(|(s, _)| s.size_hint())
         .sum();
-    pb::JobStatus {
-        job_id: doc.job.clone(),
-        name: doc.name.clone(),
-        state: state as i32,
-        error: doc.error.clone().unwrap_or_default(),
-        output: doc.output.clone(),
-        maps_done: doc.maps.done as u32,
-        maps_total: doc.maps.total as u32,
-        reduces_done: doc.reduces.done as u32,
-        reduces_total: doc.reduces.total as u32,
-        counters: doc.counters.clone().into_iter().collect(),
-        input_bytes_done,
-        submitted_ms: doc.submitted_ms,
-        ended_ms: doc.ended_ms.unwrap_or(0),
-        detail_json: serde_json::to_string(&doc).unwrap_or_default(),
-    }
+    convert::job_status_to_pb(&JobStatusDoc::of(j, tasks), input_bytes_done)
 }
 
 /// Serve both services, health and reflection on `listener` until `shutdown`

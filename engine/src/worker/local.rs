@@ -45,8 +45,16 @@ impl Link for LocalLink {
             .map_err(link_error)
     }
 
-    async fn heartbeat(&self, reg: &Registration, running: Vec<AttemptId>) -> Result<HeartbeatReply, LinkError> {
-        Ok(self.service.heartbeat(&self.identity, &reg.secret, &running).await)
+    async fn heartbeat(
+        &self,
+        reg: &Registration,
+        running: Vec<AttemptId>,
+        _hold: Duration,
+    ) -> Result<HeartbeatReply, LinkError> {
+        Ok(self
+            .service
+            .heartbeat(&self.identity, &reg.secret, &running, Duration::ZERO)
+            .await)
     }
 
     async fn report(
@@ -68,5 +76,9 @@ impl Link for LocalLink {
 
     fn heartbeat_every(&self, _lease: Duration) -> Duration {
         LOCAL_HEARTBEAT
+    }
+
+    fn holds_heartbeats(&self) -> bool {
+        false
     }
 }

@@ -50,8 +50,15 @@ pub trait Link: Send + Sync + 'static {
     async fn register(&self, name: &str, slots: u32) -> Result<Registration, LinkError>;
     /// The next assignment, waiting up to `wait` for one.
     async fn poll(&self, reg: &Registration, wait: Duration) -> Result<Option<(JobRef, Assignment)>, LinkError>;
-    /// Renew the lease, saying which attempts run here.
-    async fn heartbeat(&self, reg: &Registration, running: Vec<AttemptId>) -> Result<HeartbeatReply, LinkError>;
+    /// Renew the lease, saying which attempts run here; the coordinator
+    /// may hold the call open up to `hold` (answering early with attempts
+    /// to stop).
+    async fn heartbeat(
+        &self,
+        reg: &Registration,
+        running: Vec<AttemptId>,
+        hold: Duration,
+    ) -> Result<HeartbeatReply, LinkError>;
     /// Say how an attempt ended.
     async fn report(
         &self,
@@ -62,9 +69,16 @@ pub trait Link: Send + Sync + 'static {
     ) -> Result<ReportResult, LinkError>;
     /// A job module's bytes.
     async fn module(&self, reg: &Registration, digest: &ModuleDigest) -> Result<bytes::Bytes, LinkError>;
-    /// How often to heartbeat, given the lease.
+    /// How often to heartbeat, given the lease; each heartbeat is held open
+    /// at the coordinator for about as long.
     fn heartbeat_every(&self, lease: Duration) -> Duration {
         lease / 3
+    }
+
+    /// Whether heartbeats are held open at the coordinator (over a network,
+    /// where that tells when the connection drops).
+    fn holds_heartbeats(&self) -> bool {
+        true
     }
 }
 
@@ -227,17 +241,29 @@ pub async fn run_worker(link: Arc<dyn Link>, setup: WorkerSetup) {
 /// worker, or has not answered for a whole lease.
 async fn heartbeat_loop(link: &dyn Link, reg: &Registration, running: Running) {
     let every = link.heartbeat_every(reg.lease);
+    let hold = if link.holds_heartbeats() { every } else { Duration::ZERO };
     let mut last_answer = tokio::time::Instant::now();
+    let mut sent = tokio::time::Instant::now() - every;
     loop {
-        tokio::time::sleep(every).await;
+        // Held heartbeats go again at once; others (and ones answered
+        // early with nothing to stop) wait out the interval.
+        let wait = every.saturating_sub(sent.elapsed());
+        if hold.is_zero() || !wait.is_zero() {
+            tokio::time::sleep(if hold.is_zero() { every } else { wait }).await;
+        }
+        sent = tokio::time::Instant::now();
         let attempts: Vec<AttemptId> = running
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .keys()
             .copied()
             .collect();
-        match tokio::time::timeout(reg.lease, link.heartbeat(reg, attempts)).await {
+        match tokio::time::timeout(reg.lease + hold, link.heartbeat(reg, attempts, hold)).await {
             Ok(Ok(reply)) => {
+                if !reply.cancel.is_empty() {
+                    // Answered early to stop attempts: ask again at once.
+                    sent = tokio::time::Instant::now() - every;
+                }
                 if !reply.known {
                     return;
                 }

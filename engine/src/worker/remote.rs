@@ -116,13 +116,19 @@ impl Link for GrpcLink {
         }
     }
 
-    async fn heartbeat(&self, reg: &Registration, running: Vec<AttemptId>) -> Result<HeartbeatReply, LinkError> {
+    async fn heartbeat(
+        &self,
+        reg: &Registration,
+        running: Vec<AttemptId>,
+        hold: Duration,
+    ) -> Result<HeartbeatReply, LinkError> {
         let reply = self
             .client()
             .await?
             .heartbeat(pb::HeartbeatRequest {
                 worker_id: reg.secret.clone(),
                 running_attempts: running.into_iter().map(|a| a.0).collect(),
+                hold_ms: hold.as_millis() as u64,
             })
             .await
             .map_err(|s| link_error(&s))?
