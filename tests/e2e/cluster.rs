@@ -312,6 +312,15 @@ fn wordcount_and_indexer_with_three_workers_equal_the_references() {
     );
     assert_eq!(c.wait_finished(&job)["state"], "succeeded");
     assert_eq!(text_output(&out), as_lines(&reference_wordcount(&gutenberg_texts())));
+    // _SUCCESS lists every file with the checksum of its bytes.
+    let manifest: Value = serde_json::from_slice(&std::fs::read(out.join("_SUCCESS")).unwrap()).unwrap();
+    let files = manifest["files"].as_array().unwrap();
+    assert_eq!(files.len(), 10);
+    for f in files {
+        let bytes = std::fs::read(out.join(f["name"].as_str().unwrap())).unwrap();
+        assert_eq!(f["bytes"].as_u64(), Some(bytes.len() as u64));
+        assert_eq!(f["xxh3"], format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&bytes)), "{f}");
+    }
     let out = t.path("ix");
     let job = c.submit(
         "indexer",

@@ -1040,6 +1040,7 @@ mod tests {
         };
         assert_eq!(ra.map_outputs.len(), 2);
         let out = Outcome::Reduce(ReduceOutput {
+            checksum: 0,
             rows: 1,
             bytes: 1,
             counters: Counters::new(),

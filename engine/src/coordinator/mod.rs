@@ -82,6 +82,7 @@ pub async fn commit_output(job: &Job, job_name: &str) -> Result<Manifest, Error>
             name,
             rows: reduce.rows,
             bytes: reduce.bytes,
+            xxh3: format!("{:016x}", reduce.checksum),
         });
     }
     let manifest = Manifest {

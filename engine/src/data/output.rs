@@ -155,11 +155,11 @@ impl OutputWriter {
     }
 
     /// Finish the file (Parquet's footer) and complete the upload; returns
-    /// its size in bytes.
+    /// its size and checksum.
     ///
     /// # Errors
     /// [`Error::Encode`] if encoding or the upload underneath fails.
-    pub fn finish(self) -> Result<u64, Error> {
+    pub fn finish(self) -> Result<super::sink::Written, Error> {
         let sink = match self.inner {
             Writer::Parquet(w) => w.into_inner().map_err(encode_error(&self.what))?,
             Writer::Text { sink, .. } => sink,
@@ -177,6 +177,10 @@ pub struct OutputFile {
     pub rows: u64,
     /// Its size in bytes.
     pub bytes: u64,
+    /// The xxh3-64 checksum of its bytes, as 16 hex digits (empty in
+    /// manifests written before checksums were).
+    #[serde(default)]
+    pub xxh3: String,
 }
 
 /// The `_SUCCESS` manifest: written last, it lists every output file.
@@ -293,7 +297,8 @@ mod tests {
                 .unwrap();
             upload.finish().await.unwrap();
             let got = std::fs::read(dir.path().join(name)).unwrap();
-            assert_eq!(got.len() as u64, size);
+            assert_eq!(got.len() as u64, size.bytes);
+            assert_eq!(size.checksum, xxhash_rust::xxh3::xxh3_64(&got));
             match format {
                 OutputFormat::Text => assert_eq!(&got[..], b"A 509\nb 2\nA 509\nb 2\n"),
                 OutputFormat::Parquet => assert_eq!(&got[..4], b"PAR1"),

@@ -37,7 +37,18 @@ pub struct ObjectSink {
     tx: mpsc::Sender<Message>,
     buf: Vec<u8>,
     written: u64,
+    /// The xxh3-64 of every byte written (boxed: its state is large).
+    hasher: Box<xxhash_rust::xxh3::Xxh3>,
     display: String,
+}
+
+/// What a finished sink wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Written {
+    /// Its size in bytes.
+    pub bytes: u64,
+    /// The xxh3-64 checksum of its bytes.
+    pub checksum: u64,
 }
 
 /// The uploading end, owned by the async caller; await [`Upload::finish`].
@@ -68,6 +79,7 @@ pub fn upload(location: &Location) -> (ObjectSink, Upload) {
             tx,
             buf: Vec::with_capacity(CHUNK_BYTES),
             written: 0,
+            hasher: Box::new(xxhash_rust::xxh3::Xxh3::new()),
             display: location.display.clone(),
         },
         Upload {
@@ -159,21 +171,25 @@ impl ObjectSink {
         self.send(Message::Data(Bytes::from(full)))
     }
 
-    /// Send what is left and complete the object; returns its size. Await
-    /// [`Upload::finish`] to know it was stored.
+    /// Send what is left and complete the object; returns its size and
+    /// checksum. Await [`Upload::finish`] to know it was stored.
     ///
     /// # Errors
     /// If the upload has stopped (its own error says why).
-    pub fn finish(mut self) -> std::io::Result<u64> {
+    pub fn finish(mut self) -> std::io::Result<Written> {
         self.send_buffer()?;
         self.send(Message::Finish)?;
-        Ok(self.written)
+        Ok(Written {
+            bytes: self.written,
+            checksum: self.hasher.digest(),
+        })
     }
 }
 
 impl Write for ObjectSink {
     fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
         self.buf.extend_from_slice(data);
+        self.hasher.update(data);
         self.written += data.len() as u64;
         if self.buf.len() >= CHUNK_BYTES {
             self.send_buffer()?;
@@ -228,7 +244,7 @@ mod tests {
             .await
             .unwrap();
         upload.finish().await?;
-        Ok(written.unwrap())
+        Ok(written.unwrap().bytes)
     }
 
     #[tokio::test]

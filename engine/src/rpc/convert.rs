@@ -332,6 +332,7 @@ pub fn outcome_to_pb(o: &Outcome) -> pb::report_task_request::Outcome {
             counters: m.counters.clone().into_iter().collect(),
         }),
         Outcome::Reduce(r) => O::Reduce(pb::ReduceDone {
+            checksum: r.checksum,
             rows: r.rows,
             bytes: r.bytes,
             counters: r.counters.clone().into_iter().collect(),
@@ -385,6 +386,7 @@ pub fn outcome(o: Option<pb::report_task_request::Outcome>) -> Result<Outcome, M
                 counters: counters(m.counters)?,
             }),
             O::Reduce(r) => Outcome::Reduce(ReduceOutput {
+                checksum: r.checksum,
                 rows: r.rows,
                 bytes: r.bytes,
                 counters: counters(r.counters)?,

@@ -261,6 +261,9 @@ impl TaskMemory {
 /// What a successful reduce attempt produced.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReduceOutput {
+    /// The xxh3-64 checksum of the file's bytes.
+    #[serde(default)]
+    pub checksum: u64,
     /// Rows written.
     pub rows: u64,
     /// Bytes written.
@@ -778,10 +781,13 @@ fn map_compute(
         check_output("the map output", out.written(), max_output)?;
     }
     let (sink, _) = out.finish()?;
-    let size = sink.finish().map_err(|source| shuffle::Error::Io {
-        action: "uploading the shuffle object",
-        source,
-    })?;
+    let size = sink
+        .finish()
+        .map_err(|source| shuffle::Error::Io {
+            action: "uploading the shuffle object",
+            source,
+        })?
+        .bytes;
     check_output("the map output", size, max_output)?;
     counters.extend(work.guest.counters().clone());
     record_log(&work.guest, a.task, a.attempt, &mut counters);
@@ -985,8 +991,13 @@ pub async fn run_reduce(ctx: &JobContext, a: &ReduceAssignment) -> Result<Reduce
         .pool
         .run(move || reduce_compute((&runtime, &module, &cancel), &assignment, rx, sink))
         .await;
-    let (rows, bytes, counters) = finish_upload(computed, upload).await?;
-    Ok(ReduceOutput { rows, bytes, counters })
+    let (rows, written, counters) = finish_upload(computed, upload).await?;
+    Ok(ReduceOutput {
+        rows,
+        bytes: written.bytes,
+        checksum: written.checksum,
+        counters,
+    })
 }
 
 /// Receive every fetched block into one local temp file, each input at its
@@ -1117,7 +1128,7 @@ fn reduce_compute(
     a: &ReduceAssignment,
     rx: mpsc::Receiver<Result<Fetched, Error>>,
     sink: ObjectSink,
-) -> Result<(u64, u64, Counters), Error> {
+) -> Result<(u64, crate::data::sink::Written, Counters), Error> {
     let mut guest = module
         .instantiate(runtime, cancel)
         .map_err(guest_err(a.task, a.attempt, None))?;
@@ -1149,7 +1160,8 @@ fn reduce_compute(
         check_output("the reduce output", writer.written(), max_output)?;
     }
     let rows = writer.rows();
-    let bytes = writer.finish()?;
+    let written = writer.finish()?;
+    let bytes = written.bytes;
     check_output("the reduce output", bytes, max_output)?;
     let mut counters = guest.counters().clone();
     record_log(&guest, a.task, a.attempt, &mut counters);
@@ -1161,7 +1173,7 @@ fn reduce_compute(
         counters.insert("wmr.reduce.spilled.bytes".into(), merge_spilled as i64);
     }
     counters.insert("wmr.output.bytes".into(), bytes as i64);
-    Ok((rows, bytes, counters))
+    Ok((rows, written, counters))
 }
 
 #[cfg(test)]
