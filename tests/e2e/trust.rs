@@ -576,3 +576,34 @@ fn a_module_altered_in_the_store_is_refused_by_the_workers() {
     assert!(error.contains("it was altered or corrupted there"), "{error}");
     assert!(!t.path("out/_SUCCESS").exists());
 }
+
+#[test]
+fn a_python_grpc_client_lists_the_services_through_reflection_v1alpha() {
+    let python = std::env::var("WMR_TEST_PYTHON")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/tools/python/bin/python"));
+    assert!(
+        python.exists(),
+        "{} is missing: `cargo xtask test` installs grpcio and grpcio-reflection there",
+        python.display()
+    );
+    let t = TestDir::new();
+    let c = Cluster::start(&t, "10s");
+    let script = r#"
+import sys
+import grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+stub = reflection_pb2_grpc.ServerReflectionStub(grpc.insecure_channel(sys.argv[1]))
+request = reflection_pb2.ServerReflectionRequest(list_services="")
+for response in stub.ServerReflectionInfo(iter([request]), timeout=30):
+    for service in response.list_services_response.service:
+        print(service.name)
+"#;
+    let addr = c.addr.trim_start_matches("http://");
+    let o = Command::new(python).args(["-c", script, addr]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let services = String::from_utf8(o.stdout).unwrap();
+    for expected in ["wmr.v1.JobService", "wmr.v1.WorkerService", "grpc.health.v1.Health"] {
+        assert!(services.lines().any(|l| l == expected), "{expected} not in {services}");
+    }
+}

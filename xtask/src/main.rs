@@ -26,7 +26,7 @@ const USAGE: &str = "usage: cargo xtask <command>
   bench sort [--size-mib N]       TeraSort records (default 1 GiB): wmr against DuckDB ORDER BY and a native sort
   bench groupby [--rows N] [--keys K]
                                   Parquet group-by (default 20M rows, 100k keys) against DuckDB
-  bench cluster [--size-mib N]    the same word count on 1 worker, then 2 workers (1 slot each); speedup
+  bench cluster [--size-mib N]    word count embedded, on 1 and 2 workers, with a worker killed; a tiny job
   bench coordinator [--workers N] [--tasks N]
                                   assignments+reports/s with simulated workers (default 1000, 100000)";
 
@@ -265,9 +265,39 @@ fn s3_server() -> Result<()> {
         .env("CARGO_TARGET_DIR", root.join("target/tools/build")))
 }
 
+/// The Python the end-to-end tests use as a standard gRPC client (grpcio
+/// and its reflection client, from PyPI), in a venv under target/tools.
+fn python_client() -> Result<()> {
+    let venv = root().join("target/tools/python");
+    let python = venv.join("bin/python");
+    let ready = python.exists()
+        && Command::new(&python)
+            .args(["-c", "import grpc, grpc_reflection.v1alpha.reflection_pb2"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+    if ready {
+        return Ok(());
+    }
+    eprintln!(
+        "installing grpcio (a standard gRPC client for the tests) into {}",
+        venv.display()
+    );
+    run(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
+    run(Command::new(&python).args([
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        "grpcio==1.76.0",
+        "grpcio-reflection==1.76.0",
+    ]))
+}
+
 fn test() -> Result<()> {
     guests()?;
     s3_server()?;
+    python_client()?;
     let root = root();
     // The SDK is its own workspace (guests depend on it, the host does not);
     // its tests run natively, in the guests' target directory.
@@ -398,16 +428,40 @@ impl BenchCluster {
             .with_context(|| format!("coordinator printed {line:?}"))?
             .trim_end_matches(',')
             .to_string();
-        let mut processes = vec![coordinator];
+        let mut cluster = BenchCluster {
+            processes: vec![coordinator],
+            addr,
+        };
         for _ in 0..workers {
-            processes.push(
-                Command::new(wmr)
-                    .args(["worker", "--slots", "1", "--coordinator", &addr])
-                    .spawn()
-                    .context("starting wmr worker")?,
-            );
+            cluster.add_worker(wmr)?;
         }
-        Ok(BenchCluster { processes, addr })
+        Ok(cluster)
+    }
+
+    fn add_worker(&mut self, wmr: &Path) -> Result<()> {
+        self.processes.push(
+            Command::new(wmr)
+                .args(["worker", "--slots", "1", "--coordinator", &self.addr])
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .context("starting wmr worker")?,
+        );
+        Ok(())
+    }
+
+    /// SIGKILL the oldest worker and start a new one at once.
+    fn replace_a_worker(&mut self, wmr: &Path) -> Result<()> {
+        let mut victim = self.processes.remove(1);
+        victim.kill()?;
+        victim.wait()?;
+        self.add_worker(wmr)
+    }
+
+    /// `wmr submit --wait` of a job with `args`, to run.
+    fn submit(&self, wmr: &Path, args: &[std::ffi::OsString]) -> Command {
+        let mut cmd = Command::new(wmr);
+        cmd.args(["submit", "--wait", "--coordinator", &self.addr]).args(args);
+        cmd
     }
 }
 
@@ -420,8 +474,9 @@ impl Drop for BenchCluster {
     }
 }
 
-/// Word count on a cluster of 1 worker and of 2 workers (1 slot each),
-/// timed through `wmr submit --wait`.
+/// Word count on a cluster against the same job embedded, with 1 and 2
+/// workers (1 slot each), a tiny job end to end, and a third of 3 workers
+/// SIGKILLed mid-run; each timed through `wmr submit --wait`.
 fn bench_cluster(args: &[String]) -> Result<()> {
     let size_mib = numeric_flag(args, "--size-mib", 256)?;
     let guests = guests()?;
@@ -433,30 +488,89 @@ fn bench_cluster(args: &[String]) -> Result<()> {
         eprintln!("generating a {size_mib} MiB corpus of 80 files in {}", corpus.display());
         generate_corpus(&corpus, size_mib << 20, 80, BENCH_VOCABULARY)?;
     }
-    let mut medians = Vec::new();
-    for workers in [1, 2] {
-        let cluster = BenchCluster::start(&wmr, &root.join("target/bench/store"), workers)?;
+    let tiny = root.join("../shared/data/gutenberg");
+    let job = guests.join("wordcount.wasm");
+    let out = root.join("target/bench/cluster-out");
+    let job_args = |input: &Path| -> Vec<std::ffi::OsString> {
+        let mut a: Vec<std::ffi::OsString> = vec!["--job".into(), job.clone().into(), "--input".into()];
+        a.push(input.into());
+        a.extend(["--output".into(), out.clone().into()]);
+        a.extend(["--overwrite", "--reducers", "2", "--split-size", "32MiB"].map(Into::into));
+        a
+    };
+    let embedded = |input: &Path, label: &str| -> Result<Duration> {
         let mut times = Vec::new();
         for round in 0..ROUNDS {
             let t = Instant::now();
             run(Command::new(&wmr)
-                .args(["submit", "--wait", "--coordinator", &cluster.addr, "--job"])
-                .arg(guests.join("wordcount.wasm"))
-                .arg("--input")
-                .arg(&corpus)
-                .arg("--output")
-                .arg(root.join("target/bench/cluster-out"))
-                .args(["--overwrite", "--reducers", "2", "--split-size", "32MiB"])
+                .args(["run", "--quiet", "--slots", "1"])
+                .args(job_args(input))
                 .stdout(std::process::Stdio::null()))?;
             times.push(t.elapsed());
-            eprintln!("{workers} worker(s), round {round}: {:.2?}", times[round]);
+            eprintln!("embedded {label}, round {round}: {:.2?}", times[round]);
         }
-        medians.push(median(times));
-    }
-    let (one, two) = (medians[0].as_secs_f64(), medians[1].as_secs_f64());
-    println!("wordcount over {size_mib} MiB in 80 files on a cluster, median of {ROUNDS} rounds:");
-    println!("  1 worker  (1 slot):       {one:.2} s");
-    println!("  2 workers (1 slot each):  {two:.2} s");
-    println!("  speedup:                  {:.2}x (target: at least 1.85x)", one / two);
+        Ok(median(times))
+    };
+    let submitted = |cluster: &BenchCluster, input: &Path, label: &str| -> Result<Duration> {
+        let mut times = Vec::new();
+        for round in 0..ROUNDS {
+            let t = Instant::now();
+            run(cluster
+                .submit(&wmr, &job_args(input))
+                .stdout(std::process::Stdio::null()))?;
+            times.push(t.elapsed());
+            eprintln!("{label}, round {round}: {:.2?}", times[round]);
+        }
+        Ok(median(times))
+    };
+    let run1 = embedded(&corpus, "1 slot")?.as_secs_f64();
+    let one = {
+        let cluster = BenchCluster::start(&wmr, &root.join("target/bench/store"), 1)?;
+        submitted(&cluster, &corpus, "1 worker")?.as_secs_f64()
+    };
+    let (two, tiny_cluster) = {
+        let cluster = BenchCluster::start(&wmr, &root.join("target/bench/store"), 2)?;
+        let two = submitted(&cluster, &corpus, "2 workers")?.as_secs_f64();
+        (two, submitted(&cluster, &tiny, "tiny job, 2 workers")?.as_secs_f64())
+    };
+    let tiny_embedded = embedded(&tiny, "tiny job")?.as_secs_f64();
+    // A third of the workers dies mid-run; a new one starts at once.
+    let (clean, killed) = {
+        let mut cluster = BenchCluster::start(&wmr, &root.join("target/bench/store"), 3)?;
+        let clean = submitted(&cluster, &corpus, "3 workers")?;
+        let mut times = Vec::new();
+        for round in 0..ROUNDS {
+            let t = Instant::now();
+            let mut submit = cluster
+                .submit(&wmr, &job_args(&corpus))
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .context("starting wmr submit")?;
+            std::thread::sleep(clean / 3);
+            cluster.replace_a_worker(&wmr)?;
+            let status = submit.wait()?;
+            anyhow::ensure!(status.success(), "the job with a killed worker failed");
+            times.push(t.elapsed());
+            eprintln!("3 workers, one SIGKILLed, round {round}: {:.2?}", times[round]);
+        }
+        (clean.as_secs_f64(), median(times).as_secs_f64())
+    };
+    println!("wordcount over {size_mib} MiB in 80 files, median of {ROUNDS} rounds:");
+    println!("  embedded (wmr run --slots 1):      {run1:.2} s");
+    println!(
+        "  1 worker  (1 slot):                {one:.2} s   {:.2}x embedded (target: at most 1.15x)",
+        one / run1
+    );
+    println!(
+        "  2 workers (1 slot each):           {two:.2} s   speedup {:.2}x (target: at least 1.85x)",
+        one / two
+    );
+    println!(
+        "  3 workers, one SIGKILLed at 1/3:   {killed:.2} s   {:.2}x the clean {clean:.2} s (target: at most 1.3x)",
+        killed / clean
+    );
+    println!(
+        "  tiny job (3 MiB), submit --wait:   {tiny_cluster:.2} s   (embedded {tiny_embedded:.2} s; target: under 0.3 s)"
+    );
     Ok(())
 }
