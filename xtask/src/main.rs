@@ -452,8 +452,9 @@ impl BenchCluster {
     /// SIGKILL the oldest worker and start a new one at once.
     fn replace_a_worker(&mut self, wmr: &Path) -> Result<()> {
         let mut victim = self.processes.remove(1);
-        victim.kill()?;
+        let killed = victim.kill();
         victim.wait()?;
+        killed?;
         self.add_worker(wmr)
     }
 
