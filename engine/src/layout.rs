@@ -7,6 +7,8 @@
 //! ```text
 //! {store}/modules/{sha256}.wasm                 uploaded job modules
 //! {store}/journal/{seq:020}.json                the coordinator's journal
+//! {store}/journal/{seq:020}.snapshot.json       a snapshot of every job
+//! {store}/lease/{epoch:020}.json                which coordinator holds the store
 //! {output}/_temporary/{job}/                    a job's scratch directory
 //!     map-{index:05}-{attempt}.shuffle          a map attempt's shuffle object
 //!     reduce-{index:05}-{attempt}/part-...      a reduce attempt's output
@@ -23,6 +25,8 @@ use crate::{AttemptId, JobId, ModuleDigest};
 const MODULES_DIR: &str = "modules";
 /// The directory, under the store, of the journal.
 const JOURNAL_DIR: &str = "journal";
+/// The directory, under the store, of the coordinators' lease objects.
+const LEASE_DIR: &str = "lease";
 /// The directory, under an output, of running jobs' scratch data.
 pub const SCRATCH_DIR: &str = "_temporary";
 
@@ -51,6 +55,12 @@ impl StoreLayout {
     /// The journal's directory.
     pub fn journal_dir(&self) -> Location {
         self.root.child(JOURNAL_DIR)
+    }
+
+    /// The directory of the lease objects by which one coordinator holds
+    /// the store.
+    pub fn lease_dir(&self) -> Location {
+        self.root.child(LEASE_DIR)
     }
 }
 

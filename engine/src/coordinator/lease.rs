@@ -109,7 +109,7 @@ impl StoreLease {
     /// # Errors
     /// [`LeaseError::Held`] without `standby`; store failures.
     pub async fn take(store: &StoreLayout, holder: &str, ttl: Duration, standby: bool) -> Result<Self, LeaseError> {
-        let dir = store.root().child("lease");
+        let dir = store.lease_dir();
         let name = store.root().display.clone();
         let mut announced = false;
         loop {
