@@ -522,11 +522,7 @@ impl Job {
 
     /// The attempt whose output is `task`'s, once one has committed.
     pub fn committed_attempt(&self, task: TaskId) -> Option<AttemptId> {
-        let tasks = match task.phase {
-            Phase::Map => &self.maps,
-            Phase::Reduce => &self.reduces,
-        };
-        tasks
+        self.tasks(task.phase)
             .get(task.index as usize)?
             .attempts
             .iter()
@@ -794,45 +790,37 @@ impl Job {
         self.attempt_lost(task, attempt, at);
     }
 
-    /// Whether attempt `attempt` of `task` is still running.
-    pub fn attempt_is_running(&self, task: TaskId, attempt: AttemptId) -> bool {
-        let tasks = match task.phase {
+    /// The tasks of `phase`.
+    fn tasks(&self, phase: Phase) -> &[Task] {
+        match phase {
             Phase::Map => &self.maps,
             Phase::Reduce => &self.reduces,
-        };
-        tasks.get(task.index as usize).is_some_and(|t| {
-            t.attempts
-                .iter()
-                .any(|a| a.id == attempt && a.state == AttemptState::Running)
-        })
+        }
+    }
+
+    /// Attempt `attempt` of `task`.
+    fn attempt(&self, task: TaskId, attempt: AttemptId) -> Option<&Attempt> {
+        self.tasks(task.phase)
+            .get(task.index as usize)?
+            .attempts
+            .iter()
+            .find(|a| a.id == attempt)
+    }
+
+    /// Whether attempt `attempt` of `task` is still running.
+    pub fn attempt_is_running(&self, task: TaskId, attempt: AttemptId) -> bool {
+        self.attempt(task, attempt)
+            .is_some_and(|a| a.state == AttemptState::Running)
     }
 
     /// The worker attempt `attempt` of `task` was assigned to.
     pub fn attempt_worker(&self, task: TaskId, attempt: AttemptId) -> Option<&WorkerId> {
-        let tasks = match task.phase {
-            Phase::Map => &self.maps,
-            Phase::Reduce => &self.reduces,
-        };
-        tasks
-            .get(task.index as usize)?
-            .attempts
-            .iter()
-            .find(|a| a.id == attempt)
-            .map(|a| &a.worker)
+        self.attempt(task, attempt).map(|a| &a.worker)
     }
 
     /// When attempt `attempt` of `task` started.
     pub fn attempt_started(&self, task: TaskId, attempt: AttemptId) -> Option<SystemTime> {
-        let tasks = match task.phase {
-            Phase::Map => &self.maps,
-            Phase::Reduce => &self.reduces,
-        };
-        tasks
-            .get(task.index as usize)?
-            .attempts
-            .iter()
-            .find(|a| a.id == attempt)
-            .map(|a| a.started)
+        self.attempt(task, attempt).map(|a| a.started)
     }
 
     /// Replay a committed attempt from the journal: it ran from `started` to `at`.
