@@ -271,7 +271,9 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()
         .ok();
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // No Nagle: a report's answer, then the next poll, are small writes
+    // that would otherwise wait on the peer's delayed ACK (40 ms a task).
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let mut server = tonic::transport::Server::builder();
     if let Some(tls) = &tls {
         // A client that fails the handshake is dropped by tonic, which logs
