@@ -65,7 +65,7 @@ pub struct ClusterWorker {
 
 /// How long a worker whose held call was dropped has to call again before
 /// it counts as lost: a live worker calls again at once.
-pub const DROPPED_GRACE: Duration = Duration::from_millis(500);
+pub const DROPPED_GRACE: Duration = Duration::from_secs(2);
 
 /// What expiring silent workers cost.
 #[derive(Debug, Default)]
@@ -111,7 +111,8 @@ pub struct Cluster {
     /// reconciling with workers' heartbeats.
     attempts: HashMap<AttemptId, Handed>,
     next_worker: u64,
-    /// Attempt ids of this coordinator run start here (see [`Job::set_attempt_base`]).
+    /// The next attempt id of this coordinator run, for every job (see
+    /// [`Job::set_attempt_base`]).
     attempt_base: u64,
     lease: Duration,
     /// Backup attempts for slow tasks start no sooner than this; `None`: never.
@@ -156,6 +157,12 @@ impl Cluster {
             }
         }
         self.jobs.values().cloned().collect()
+    }
+
+    /// Forget every job (replay is about to load a snapshot).
+    pub fn clear_jobs(&mut self) {
+        self.jobs.clear();
+        self.attempts.clear();
     }
 
     /// Add a job (new, or replayed from the journal).
@@ -336,10 +343,15 @@ impl Cluster {
         running.sort_by_key(|j| (j.job.running_attempts(), j.submitted));
         // The fairest job first; one with nothing to hand out (not even a
         // backup) passes its turn to the next.
-        let (job, assignment) = running
-            .into_iter()
-            .find_map(|j| j.job.next_assignment(worker, now, self.backup_after).map(|a| (j, a)))?;
+        // Attempt ids are unique across jobs: workers and heartbeats name
+        // attempts by id alone.
+        let next = self.attempt_base;
+        let (job, assignment) = running.into_iter().find_map(|j| {
+            j.job.set_attempt_base(next);
+            j.job.next_assignment(worker, now, self.backup_after).map(|a| (j, a))
+        })?;
         let (task, attempt) = assignment.task_and_attempt();
+        self.attempt_base = attempt.0 + 1;
         self.attempts.insert(
             attempt,
             Handed {
@@ -410,9 +422,16 @@ mod tests {
         c.add_job(a);
         c.add_job(b);
         let (w, _) = c.register("w".into(), 4, "pool".into(), Instant::now());
-        let got: Vec<JobId> = (0..6)
-            .map(|_| c.next_assignment(&w, SystemTime::now()).expect("work").0.job)
+        let handed: Vec<(JobId, AttemptId)> = (0..6)
+            .map(|_| {
+                let (job, a) = c.next_assignment(&w, SystemTime::now()).expect("work");
+                (job.job, a.task_and_attempt().1)
+            })
             .collect();
+        // Attempt ids are unique across jobs: workers name attempts by id alone.
+        let ids: std::collections::BTreeSet<AttemptId> = handed.iter().map(|(_, a)| *a).collect();
+        assert_eq!(ids.len(), 6);
+        let got: Vec<JobId> = handed.into_iter().map(|(j, _)| j).collect();
         assert_eq!(got.iter().filter(|j| **j == ida).count(), 3);
         assert_eq!(got.iter().filter(|j| **j == idb).count(), 3);
     }

@@ -630,6 +630,7 @@ impl Job {
                 ReportResult::WillRetry
             }
             Outcome::Failed(failure) => {
+                let started = t.attempts[ai].started;
                 t.attempts[ai].state = AttemptState::Failed {
                     error: failure.message.clone(),
                     kind: failure.kind,
@@ -661,7 +662,7 @@ impl Job {
                         .bad_map
                         .filter(|_| task.phase == Phase::Reduce && failure.kind == FailureKind::MapOutput)
                     {
-                        self.map_output_lost(map, now, &failure.message);
+                        self.map_output_lost(map, started, now, &failure.message);
                     }
                     ReportResult::WillRetry
                 } else {
@@ -680,13 +681,24 @@ impl Job {
         }
     }
 
-    /// Map task `map`'s committed output was found gone or corrupt: the
-    /// task is pending again, and its output no longer counts.
-    fn map_output_lost(&mut self, map: u32, now: SystemTime, why: &str) {
+    /// Map task `map`'s committed output was found gone or corrupt by a
+    /// reduce attempt that started at `seen_from`: the task is pending
+    /// again, and its output no longer counts. A reduce that started before
+    /// the map's output was last committed read an older one: ignored.
+    fn map_output_lost(&mut self, map: u32, seen_from: SystemTime, now: SystemTime, why: &str) {
         let Some(t) = self.maps.get_mut(map as usize) else {
             return;
         };
         if t.state != TaskState::Committed {
+            return;
+        }
+        let committed_after = t
+            .attempts
+            .iter()
+            .find(|a| a.state == AttemptState::Succeeded)
+            .and_then(|a| a.ended)
+            .is_some_and(|ended| ended > seen_from);
+        if committed_after {
             return;
         }
         if let Some(a) = t.attempts.iter_mut().find(|a| a.state == AttemptState::Succeeded) {

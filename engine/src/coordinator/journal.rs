@@ -4,9 +4,11 @@
 //!
 //! Object stores cannot append, so the journal is a sequence of objects,
 //! `journal/00000000000000000001.json`, ..., each a JSON array of events.
-//! Now and then the coordinator writes a snapshot of every job instead
-//! (`{seq}.snapshot.json`); replay starts at the latest snapshot, and the
-//! objects before it are deleted, so restart time does not grow with history.
+//! Now and then the coordinator writes a snapshot of every job instead: an
+//! object like any other (so it claims its number as any other does), then
+//! an empty marker `{seq}.snapshot` naming it. Replay starts at the latest
+//! marked snapshot, and the objects before it are deleted, so restart time
+//! does not grow with history.
 //! Appends are grouped: whatever is queued while one object is being
 //! written goes into the next, and each caller waits until its events are
 //! durable. A commit is acknowledged to a worker only after that. Only
@@ -225,25 +227,29 @@ impl Journal {
             .try_collect()
             .await
             .map_err(io("listing", dir.display.clone()))?;
-        // Names are `{seq}.json` or `{seq}.snapshot.json`; anything else
-        // (an editor's backup, say) is not ours, and left alone.
-        let mut numbered: Vec<(u64, bool, object_store::path::Path)> = objects
-            .into_iter()
-            .filter_map(|meta| {
-                let name = meta.location.filename()?.to_string();
-                let (stem, snapshot) = match name.strip_suffix(".snapshot.json") {
-                    Some(stem) => (stem.to_string(), true),
-                    None => (name.strip_suffix(".json")?.to_string(), false),
-                };
-                Some((stem.parse::<u64>().ok()?, snapshot, meta.location))
-            })
-            .collect();
-        numbered.sort_by_key(|(seq, _, _)| *seq);
-        let last_seq = numbered.last().map_or(0, |(seq, _, _)| *seq);
-        // Replay from the latest snapshot; what is older was folded into it.
-        let from = numbered.iter().rposition(|(_, snapshot, _)| *snapshot).unwrap_or(0);
+        // Names are `{seq}.json` (events) or `{seq}.snapshot` (a marker:
+        // object `seq` is a snapshot); anything else (an editor's backup,
+        // say) is not ours, and left alone.
+        let mut numbered: Vec<(u64, object_store::path::Path)> = Vec::new();
+        let mut marked = 0u64;
+        for meta in objects {
+            let Some(name) = meta.location.filename().map(str::to_string) else {
+                continue;
+            };
+            if let Some(seq) = name.strip_suffix(".snapshot").and_then(|n| n.parse::<u64>().ok()) {
+                marked = marked.max(seq);
+            } else if let Some(seq) = name.strip_suffix(".json").and_then(|n| n.parse::<u64>().ok()) {
+                numbered.push((seq, meta.location));
+            }
+        }
+        numbered.sort_by_key(|(seq, _)| *seq);
+        let last_seq = numbered.last().map_or(0, |(seq, _)| *seq);
+        // Replay from the latest marked snapshot; what is older was folded
+        // into it. (Without a marker, a snapshot met on the way replaces
+        // the state replayed so far.)
+        let from = numbered.iter().position(|(seq, _)| *seq == marked).unwrap_or(0);
         let mut events = Vec::new();
-        for (_, _, location) in &numbered[from..] {
+        for (_, location) in &numbered[from..] {
             let name = location.filename().unwrap_or_default().to_string();
             let corrupt = |reason: String| Error::Corrupt {
                 object: dir.child(&name).display,
@@ -335,26 +341,40 @@ async fn write_appends(dir: &Location, seq: &mut u64, group: &[Append]) -> Resul
     for (batch, _) in group {
         for event in batch {
             if matches!(event, Event::Snapshot { .. }) {
-                write_object(dir, seq, &events, false).await?;
+                write_object(dir, seq, &events).await?;
                 events.clear();
-                write_object(dir, seq, &[event], true).await?;
-                delete_before(dir, *seq).await?;
+                write_object(dir, seq, &[event]).await?;
+                mark_snapshot(dir, *seq).await?;
+                // Only tidying: replay starts at the marker anyway.
+                if let Err(e) = delete_before(dir, *seq).await {
+                    tracing::warn!(error = %e, "deleting journal objects older than a snapshot");
+                }
             } else {
                 events.push(event);
             }
         }
     }
-    write_object(dir, seq, &events, false).await
+    write_object(dir, seq, &events).await
 }
 
-async fn write_object(dir: &Location, seq: &mut u64, events: &[&Event], snapshot: bool) -> Result<(), String> {
+/// Mark object `seq` as a snapshot, where replay starts.
+async fn mark_snapshot(dir: &Location, seq: u64) -> Result<(), String> {
+    let marker = dir.child(&format!("{seq:020}.snapshot"));
+    marker
+        .store
+        .put(&marker.path, PutPayload::from_static(b""))
+        .await
+        .map(|_| ())
+        .map_err(|e| format!("writing {}: {e}", marker.display))
+}
+
+async fn write_object(dir: &Location, seq: &mut u64, events: &[&Event]) -> Result<(), String> {
     if events.is_empty() {
         return Ok(());
     }
     let json = serde_json::to_vec(events).map_err(|e| format!("encoding events: {e}"))?;
     *seq += 1;
-    let suffix = if snapshot { ".snapshot.json" } else { ".json" };
-    let object = dir.child(&format!("{seq:020}{suffix}"));
+    let object = dir.child(&format!("{seq:020}.json"));
     // Create-if-absent: a coordinator that lost the store to another finds
     // the next object already written, and stops, rather than overwrite it.
     object
@@ -462,7 +482,8 @@ mod tests {
             .expect("journal dir")
             .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
             .collect();
-        assert_eq!(names.len(), 2, "{names:?}");
+        // The snapshot, its marker, and the event after it.
+        assert_eq!(names.len(), 3, "{names:?}");
         let (_, replayed) = Journal::open(&store).await.expect("reopen");
         assert!(matches!(replayed[0], Event::Snapshot { runs: 4, .. }));
         assert_eq!(replayed.len(), 2);

@@ -325,7 +325,10 @@ impl Service {
 
     /// Snapshot once enough events have gone to the journal.
     async fn snapshot_if_due(&self) {
-        if self.since_snapshot.load(Ordering::Relaxed) >= SNAPSHOT_EVERY {
+        // One report takes the count, so concurrent ones do not all snapshot.
+        if self.since_snapshot.load(Ordering::Relaxed) >= SNAPSHOT_EVERY
+            && self.since_snapshot.swap(0, Ordering::Relaxed) >= SNAPSHOT_EVERY
+        {
             // A failure stops the service (see `durable`).
             let _ = self.snapshot().await;
         }
@@ -1212,6 +1215,8 @@ fn replay(cluster: &mut Cluster, events: Vec<Event>) {
         match event {
             Event::Started { .. } => {}
             Event::Snapshot { jobs, .. } => {
+                // The whole state as it stood: what was replayed before is in it.
+                cluster.clear_jobs();
                 for mut job in jobs {
                     job.job.rebuild();
                     cluster.add_job(job);

@@ -25,6 +25,9 @@ use crate::runtime::{CancelFlag, JobModule, Runtime};
 use crate::task::{self, AttemptFailure, FailureKind, JobContext, load_module};
 use crate::{AttemptId, JobId, ModuleDigest, TaskId};
 
+/// The least time between two heartbeats.
+const RESEND_AFTER_CANCEL: Duration = Duration::from_millis(100);
+
 /// How long one poll waits at the coordinator.
 const POLL_WAIT: Duration = Duration::from_secs(10);
 
@@ -202,6 +205,39 @@ impl Stop {
 /// The attempts running on this worker, each with a way to stop it.
 type Running = Arc<Mutex<HashMap<AttemptId, Stop>>>;
 
+/// An attempt's entry in [`Running`], for as long as its slot holds it.
+struct Listed {
+    running: Running,
+    attempt: AttemptId,
+    stop: Stop,
+}
+
+impl Listed {
+    fn new(running: &Running, attempt: AttemptId, stop: Stop) -> Self {
+        running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(attempt, stop.clone());
+        Listed {
+            running: running.clone(),
+            attempt,
+            stop,
+        }
+    }
+}
+
+impl Drop for Listed {
+    fn drop(&mut self) {
+        self.running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.attempt);
+        // A slot dropped mid-attempt (the coordinator forgot this worker)
+        // leaves no guest running.
+        self.stop.guest.cancel();
+    }
+}
+
 /// Run a worker through `link` until the future is dropped.
 pub async fn run_worker(link: Arc<dyn Link>, setup: WorkerSetup) {
     let modules = Arc::new(Modules {
@@ -261,8 +297,8 @@ async fn heartbeat_loop(link: &dyn Link, reg: &Registration, running: Running) {
         match tokio::time::timeout(reg.lease + hold, link.heartbeat(reg, attempts, hold)).await {
             Ok(Ok(reply)) => {
                 if !reply.cancel.is_empty() {
-                    // Answered early to stop attempts: ask again at once.
-                    sent = tokio::time::Instant::now() - every;
+                    // Answered early to stop attempts: ask again soon.
+                    sent = tokio::time::Instant::now() - every + RESEND_AFTER_CANCEL;
                 }
                 if !reply.known {
                     return;
@@ -277,7 +313,12 @@ async fn heartbeat_loop(link: &dyn Link, reg: &Registration, running: Running) {
                 }
             }
             Ok(Err(LinkError::Forgotten)) => return,
-            Ok(Err(e)) => warn!(error = %e, "heartbeat failed"),
+            Ok(Err(e)) => {
+                warn!(error = %e, "heartbeat failed");
+                // Try again soon: a dropped call is a sign of death to
+                // the coordinator unless another follows.
+                sent = tokio::time::Instant::now() - every + RESEND_AFTER_CANCEL;
+            }
             Err(_) => warn!("heartbeat timed out"),
         }
         if last_answer.elapsed() > reg.lease {
@@ -302,10 +343,10 @@ async fn slot_loop(link: &dyn Link, reg: &Registration, modules: Arc<Modules>, r
         let (task, attempt) = assignment.task_and_attempt();
         let span = info_span!("attempt", worker = %reg.label, slot, job = %job.job, %task, attempt = attempt.0);
         let stop = Stop::default();
-        running
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(attempt, stop.clone());
+        // Listed in heartbeats until its report is answered (else it would
+        // look unknown while the report is on its way); dropped with the
+        // slot, the entry goes and the guest stops.
+        let _listed = Listed::new(&running, attempt, stop.clone());
         let outcome = async {
             info!("attempt started");
             let ctx = match modules.context(link, reg, &job).await {
@@ -322,7 +363,6 @@ async fn slot_loop(link: &dyn Link, reg: &Registration, modules: Arc<Modules>, r
         }
         .instrument(span.clone())
         .await;
-        running.lock().unwrap_or_else(|p| p.into_inner()).remove(&attempt);
         let Some(outcome) = outcome else { continue };
         report(link, reg, &job.job, (task, attempt), &outcome)
             .instrument(span)
