@@ -1452,9 +1452,11 @@ fn a_coordinator_that_cannot_write_its_journal_stops_and_a_restart_completes_the
     let t = TestDir::new();
     let mut c = Cluster::start(&t, "2s");
     c.add_worker(1);
-    let (input, texts) = generated_input(&t, 4, 3000);
+    // About a hundred maps: enough that the job is still running when the
+    // store breaks.
+    let (input, texts) = generated_input(&t, 8, 20_000);
     let out = t.path("out");
-    let job = c.submit("wordcount", &input, &out, &["--split-size", "16KiB", "--reducers", "2"]);
+    let job = c.submit("wordcount", &input, &out, &["--split-size", "64KiB", "--reducers", "2"]);
     let before = c.wait_for(&job, "some maps to commit", |s| s["maps"]["done"].as_u64() >= Some(2));
     assert_eq!(before["state"], "running", "the job ended before the store broke");
     // The store stops taking journal writes: its directory becomes a file.
@@ -1537,9 +1539,11 @@ fn a_second_coordinator_is_refused_and_a_standby_takes_over_without_rerunning_co
     c.addr = format!("{},http://127.0.0.1:{port}", c.addr);
     c.add_worker(1);
     c.add_worker(1);
-    let (input, texts) = generated_input(&t, 4, 3000);
+    // About a hundred maps: enough that the job is still running when
+    // the coordinator is killed.
+    let (input, texts) = generated_input(&t, 8, 20_000);
     let out = t.path("out");
-    let job = c.submit("wordcount", &input, &out, &["--split-size", "16KiB", "--reducers", "3"]);
+    let job = c.submit("wordcount", &input, &out, &["--split-size", "64KiB", "--reducers", "3"]);
     let before = c.wait_for(&job, "some maps to commit", |s| s["maps"]["done"].as_u64() >= Some(3));
     assert_eq!(
         before["state"], "running",
@@ -1695,7 +1699,8 @@ fn a_dead_worker_is_noticed_when_its_connection_drops_not_when_its_lease_lapses(
     // A lease far longer than the test may take.
     let mut c = Cluster::start(&t, "10m");
     c.add_worker(1);
-    let (input, texts) = generated_input(&t, 2, 20_000);
+    // Enough maps that one is surely seen running.
+    let (input, texts) = generated_input(&t, 6, 40_000);
     let out = t.path("out");
     let job = c.submit(
         "wordcount",
