@@ -273,13 +273,21 @@ pub async fn run_worker(link: Arc<dyn Link>, setup: WorkerSetup) {
     }
 }
 
+/// A send time that makes the next heartbeat, every `every`, due in
+/// `soon` (never earlier than the clock allows: `Instant` can't go back
+/// past its origin).
+fn due_in(every: Duration, soon: Duration) -> tokio::time::Instant {
+    let now = tokio::time::Instant::now();
+    now.checked_sub(every.saturating_sub(soon)).unwrap_or(now)
+}
+
 /// Heartbeat; returns once the coordinator says it does not know this
 /// worker, or has not answered for a whole lease.
 async fn heartbeat_loop(link: &dyn Link, reg: &Registration, running: Running) {
     let every = link.heartbeat_every(reg.lease);
     let hold = if link.holds_heartbeats() { every } else { Duration::ZERO };
     let mut last_answer = tokio::time::Instant::now();
-    let mut sent = tokio::time::Instant::now() - every;
+    let mut sent = due_in(every, Duration::ZERO);
     loop {
         // Held heartbeats go again at once; others (and ones answered
         // early with nothing to stop) wait out the interval.
@@ -298,7 +306,7 @@ async fn heartbeat_loop(link: &dyn Link, reg: &Registration, running: Running) {
             Ok(Ok(reply)) => {
                 if !reply.cancel.is_empty() {
                     // Answered early to stop attempts: ask again soon.
-                    sent = tokio::time::Instant::now() - every + RESEND_AFTER_CANCEL;
+                    sent = due_in(every, RESEND_AFTER_CANCEL);
                 }
                 if !reply.known {
                     return;
@@ -317,7 +325,7 @@ async fn heartbeat_loop(link: &dyn Link, reg: &Registration, running: Running) {
                 warn!(error = %e, "heartbeat failed");
                 // Try again soon: a dropped call is a sign of death to
                 // the coordinator unless another follows.
-                sent = tokio::time::Instant::now() - every + RESEND_AFTER_CANCEL;
+                sent = due_in(every, RESEND_AFTER_CANCEL);
             }
             Err(_) => warn!("heartbeat timed out"),
         }
