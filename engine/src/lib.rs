@@ -16,6 +16,7 @@ pub mod coordinator;
 pub mod data;
 mod ids;
 pub mod layout;
+pub mod project;
 pub mod rpc;
 pub mod runtime;
 pub mod shuffle;

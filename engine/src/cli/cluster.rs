@@ -22,7 +22,6 @@ use crate::layout::StoreLayout;
 use crate::rpc::auth::Tokens;
 use crate::rpc::server::{Security, bind, serve};
 use crate::rpc::tls::ServerTls;
-use crate::runtime::Runtime;
 use crate::spawn::SpawnedTask;
 use crate::worker::remote::{WorkerConfig, run_remote_worker};
 
@@ -186,7 +185,7 @@ pub(super) fn coordinator(args: CoordinatorArgs) -> Result<u8, Failure> {
             args.listen
         );
     }
-    let compiler = args.compile.compiler()?;
+    let runtime = args.compile.runtime();
     io_runtime(2)?.block_on(async move {
         let store = Location::parse(&args.store).map_err(|e| Failure {
             code: exit::USAGE,
@@ -224,8 +223,7 @@ pub(super) fn coordinator(args: CoordinatorArgs) -> Result<u8, Failure> {
                 e => infra(e.to_string()),
             })?;
         let journal = Journal::open(&store).await.map_err(|e| infra(error_chain(&e)))?;
-        let runtime =
-            Runtime::new(compiler).map_err(|e| infra(format!("starting the wasm runtime: {}", error_chain(&e))))?;
+        let runtime = runtime?;
         let config = ServiceConfig {
             lease,
             backup_after: Some(*args.backup_after),
@@ -319,6 +317,7 @@ pub(super) fn worker(args: WorkerArgs) -> Result<u8, Failure> {
     let (token, tls) = args.connection.load()?;
     let config = WorkerConfig {
         compiler: args.compile.compiler()?,
+        compile_cache: args.compile.cache(),
         token,
         tls,
         coordinator: args.connection.coordinator,

@@ -8,6 +8,7 @@ mod cluster;
 mod compile;
 pub mod exit;
 mod job_args;
+mod project;
 mod run;
 
 use clap::{Parser, Subcommand};
@@ -46,6 +47,10 @@ pub enum Command {
     Jobs(client::ClientArgs),
     /// Cancel a job.
     Cancel(client::CancelArgs),
+    /// Scaffold a job (word count) in Rust, Python or JavaScript that builds and runs as it is.
+    New(project::NewArgs),
+    /// Build a job into a checked .wasm component (cargo, componentize-py or componentize-js).
+    Build(project::BuildArgs),
     /// Compile a module read on stdin (run by wmr itself, within limits).
     #[command(hide = true)]
     CompileModule(compile::CompileModuleArgs),
@@ -74,6 +79,8 @@ pub fn run(cli: Cli) -> Result<u8, Failure> {
         Command::Status(args) => client::status(args),
         Command::Jobs(args) => client::jobs(args),
         Command::Cancel(args) => client::cancel(args),
+        Command::New(args) => project::new(args),
+        Command::Build(args) => project::build(args),
         Command::CompileModule(args) => compile::compile_module(args),
     }
 }

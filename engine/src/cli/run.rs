@@ -25,7 +25,6 @@ use crate::coordinator::service::{ErrorKind, Service, ServiceConfig, ServiceErro
 use crate::data::Location;
 use crate::data::output::Manifest;
 use crate::error_chain;
-use crate::runtime::Runtime;
 use crate::spawn::SpawnedTask;
 use crate::task::Counters;
 use crate::worker::local::LocalLink;
@@ -140,7 +139,7 @@ async fn run_async(args: RunArgs, slots: usize, reducers: u32) -> Result<u8, Fai
     // user's own rights (no prefixes, no ceilings).
     let store = Location::parse(&format!("memory://wmr-run-{}", JobId::generate()))
         .map_err(|e| infrastructure(error_chain(&e)))?;
-    let runtime = Arc::new(Runtime::new(args.compile.compiler()?).map_err(|e| infrastructure(error_chain(&e)))?);
+    let runtime = Arc::new(args.compile.runtime()?);
     let config = ServiceConfig {
         lease: EMBEDDED_LEASE,
         backup_after: Some(EMBEDDED_BACKUP_AFTER),

@@ -7,6 +7,7 @@
 //! pre-instantiated), then [`GuestInstance`] (one per task attempt: a fresh
 //! store with an empty WASI context, a memory cap and a time budget).
 
+pub mod cache;
 mod capture;
 pub mod compile;
 mod convert;
@@ -25,6 +26,7 @@ use wasmtime::{Config, Engine, ResourceLimiter, Store, Trap};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::ids::ModuleDigest;
+pub use cache::{CacheError, CompileCache, CompileCacheConfig};
 pub use compile::Compiler;
 pub use convert::is_guest_type;
 pub use limits::Limits;
@@ -364,6 +366,7 @@ pub struct Runtime {
     compiler: Compiler,
     linker: Linker<GuestState>,
     modules: Mutex<HashMap<ModuleDigest, Weak<CompiledModule>>>,
+    cache: Option<CompileCache>,
     _ticker: EpochTicker,
 }
 
@@ -390,8 +393,23 @@ impl Runtime {
             compiler,
             linker,
             modules: Mutex::new(HashMap::new()),
+            cache: None,
             _ticker: ticker,
         })
+    }
+
+    /// Keep compiled modules in the machine's compile cache `config` (none
+    /// for `None`), and look there before compiling. A cache that can't be
+    /// used is only a warning: modules are then compiled by every process.
+    pub fn with_compile_cache(mut self, config: Option<CompileCacheConfig>) -> Self {
+        self.cache = config.and_then(|config| match CompileCache::open(config, &self.engine) {
+            Ok(cache) => Some(cache),
+            Err(e) => {
+                tracing::warn!("{e}; compiling without it");
+                None
+            }
+        });
+        self
     }
 
     fn compiled(&self, what: &str, bytes: &[u8]) -> Result<(ModuleDigest, Arc<CompiledModule>), Error> {
@@ -421,14 +439,7 @@ impl Runtime {
         if bytes.get(4..8) == Some(&[1, 0, 0, 0]) {
             return Err(invalid("it is a core wasm module, not a component".into()));
         }
-        let component = match &self.compiler {
-            Compiler::InProcess => Component::new(&self.engine, bytes).map_err(|e| invalid(format!("{e:#}")))?,
-            Compiler::Sandboxed { program, limits } => {
-                let artifact = compile::in_child(program, *limits, what, bytes)?;
-                compile::load_artifact(&self.engine, &artifact)
-                    .map_err(|e| Error::Internal(format!("loading the compiled {what}: {e:#}")))?
-            }
-        };
+        let (component, fresh) = self.component(what, &digest, bytes)?;
         let instance_pre = self.linker.instantiate_pre(&component).map_err(|e| {
             invalid(format!(
                 "it imports what a wmr job may not (only an empty WASI and wmr's host functions are offered): {e:#}"
@@ -436,6 +447,11 @@ impl Runtime {
         })?;
         let pre = bindings::JobPre::new(instance_pre)
             .map_err(|e| invalid(format!("it does not export the wmr:job world ({e:#})")))?;
+        // Only a module that is a job is kept: a compile-bomb that is not
+        // one must meet the compile limits every time.
+        if let (Some(cache), Some(artifact)) = (&self.cache, fresh) {
+            cache.put(&digest, &artifact);
+        }
         let compiled = Arc::new(CompiledModule { pre });
         let mut modules = self
             .modules
@@ -445,6 +461,62 @@ impl Runtime {
         modules.insert(digest.clone(), Arc::downgrade(&compiled));
         drop(modules);
         Ok((digest, compiled))
+    }
+
+    /// `bytes` compiled: from the machine's compile cache if it has them,
+    /// else by the compiler (and then kept in the cache).
+    /// A freshly compiled module's artifact comes back too, to be kept in
+    /// the cache once the module is known to be a job.
+    fn component(
+        &self,
+        what: &str,
+        digest: &ModuleDigest,
+        bytes: &[u8],
+    ) -> Result<(Component, Option<Vec<u8>>), Error> {
+        let started = std::time::Instant::now();
+        if let Some(cache) = &self.cache
+            && let cache::Lookup::Hit(artifact) = cache.get(digest)
+        {
+            match compile::load_artifact(&self.engine, &artifact) {
+                Ok(component) => {
+                    tracing::info!(
+                        "{what}: loaded its compiled code from the compile cache {} in {} ms",
+                        cache.dir().display(),
+                        started.elapsed().as_millis()
+                    );
+                    return Ok((component, None));
+                }
+                // Another configuration's artifact under this one's name: wasmtime
+                // checks, and the module is compiled again over it.
+                Err(e) => tracing::warn!(
+                    "{what}: the compile cache's entry {} does not load ({e:#}); compiling again",
+                    cache.path(digest).display()
+                ),
+            }
+        }
+        let artifact = match &self.compiler {
+            Compiler::InProcess => self
+                .engine
+                .precompile_component(bytes)
+                .map_err(|e| Error::InvalidModule {
+                    what: what.to_string(),
+                    reason: format!("{e:#}"),
+                })?,
+            Compiler::Sandboxed { program, limits } => compile::in_child(program, *limits, what, bytes)?,
+        };
+        let component = compile::load_artifact(&self.engine, &artifact)
+            .map_err(|e| Error::Internal(format!("loading the compiled {what}: {e:#}")))?;
+        tracing::info!("{what}: compiled in {} ms", started.elapsed().as_millis());
+        Ok((component, Some(artifact)))
+    }
+
+    /// Compile `bytes` (or find them compiled in the compile cache) and
+    /// check that they are a wmr job component, without configuring it.
+    ///
+    /// # Errors
+    /// [`Error::InvalidModule`] for bytes that are not a wmr job component.
+    pub fn check(&self, what: &str, bytes: &[u8]) -> Result<ModuleDigest, Error> {
+        self.compiled(what, bytes).map(|(digest, _)| digest)
     }
 
     /// Compile (once per digest), validate against the WIT world, and

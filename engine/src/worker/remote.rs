@@ -35,6 +35,8 @@ pub struct WorkerConfig {
     pub token: Option<crate::rpc::auth::Token>,
     /// How job modules are compiled.
     pub compiler: crate::runtime::Compiler,
+    /// The machine's compile cache, if any.
+    pub compile_cache: Option<crate::runtime::CompileCacheConfig>,
     /// TLS settings for an `https://` coordinator.
     pub tls: crate::rpc::tls::ClientTls,
 }
@@ -190,7 +192,11 @@ pub async fn run_remote_worker(config: WorkerConfig) -> Result<(), Error> {
     let setup = WorkerSetup {
         slots: config.slots.max(1),
         name: config.name.clone(),
-        runtime: Arc::new(Runtime::new(config.compiler.clone()).map_err(|e| Error::Start(error_chain(&e)))?),
+        runtime: Arc::new(
+            Runtime::new(config.compiler.clone())
+                .map_err(|e| Error::Start(error_chain(&e)))?
+                .with_compile_cache(config.compile_cache.clone()),
+        ),
         pool: Arc::new(ComputePool::new(config.slots.max(1)).map_err(|e| Error::Start(e.to_string()))?),
     };
     let link = Arc::new(GrpcLink {

@@ -1,0 +1,23 @@
+// Word count: how many times each word occurs in the input text.
+
+import { Job, words } from "./wmr.js";
+
+export default class WordCount extends Job {
+  key = "string";
+  value = "u64";
+  output = [["word", "string"], ["count", "u64"]];
+
+  map(record, emit) {
+    for (const word of words(record.line)) emit(word, 1);
+  }
+
+  combine(word, counts) {
+    let total = 0;
+    for (const n of counts) total += n;
+    return total;
+  }
+
+  reduce(word, counts, emit) {
+    emit(word, this.combine(word, counts));
+  }
+}

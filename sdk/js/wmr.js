@@ -1,0 +1,590 @@
+// wmr: write wmr MapReduce jobs in JavaScript.
+//
+// A job is a class with `map`, an optional `combine` and `reduce`, exported
+// as the module's default export:
+//
+//     import { Job, words } from "./wmr.js";
+//
+//     export default class WordCount extends Job {
+//       key = "string";
+//       value = "u64";
+//       output = [["word", "string"], ["count", "u64"]];
+//       map(record, emit) { for (const word of words(record.line)) emit(word, 1); }
+//       combine(word, counts) { return counts.reduce((a, b) => a + b, 0); }
+//       reduce(word, counts, emit) { emit(word, this.combine(word, counts)); }
+//     }
+//
+// `wmr build` compiles it (with componentize-js) into one component that
+// `wmr run` executes in a sandbox; it provides this file as `./wmr.js`.
+// Every call from the engine is one batch of thousands of records in
+// Arrow's columnar layout: this module turns a batch into JavaScript values
+// once per batch, and emitted pairs back into columns once per batch.
+//
+// Types of keys, values and output columns: "string", "bytes" (Uint8Array),
+// "i64", "u64" (Numbers, exact up to 2^53; BigInts are accepted too), "f64",
+// "bool", or an array of them for a tuple; any value may be null.
+
+import { addCounters, log as hostLog } from "wmr:job/host@0.1.0";
+import { ALPHABETIC } from "./alphabet.js";
+
+const TYPES = new Map([
+  ["string", "utf8"],
+  ["bytes", "binary"],
+  ["i64", "int64"],
+  ["u64", "uint64"],
+  ["f64", "float64"],
+  ["bool", "boolean"],
+]);
+
+// Combining in the mapper: input rows between folds of the held values, and
+// distinct keys held before they are sent on.
+const FOLD_EVERY_ROWS = 50000;
+const HELD_KEYS = 100000;
+
+const WORD = new RegExp(ALPHABETIC + "+", "gu");
+const ASCII_WORD = /[A-Za-z]+/g;
+const NOT_ASCII = /[^\x00-\x7f]/;
+
+/**
+ * The words of `text`: maximal runs of letters (Unicode's Alphabetic
+ * property, exactly as the Rust SDK's `words` sees it), case kept as is.
+ * `words("It's a café")` is `["It", "s", "a", "café"]`.
+ */
+export function words(text) {
+  return text.match(NOT_ASCII.test(text) ? WORD : ASCII_WORD) ?? [];
+}
+
+const counters = new Map();
+
+/** Add `delta` to the job counter `name`, summed over committed tasks. */
+export function count(name, delta = 1) {
+  if (!Number.isInteger(delta) && typeof delta !== "bigint") {
+    throw new TypeError(`counter ${JSON.stringify(name)}: the delta must be an integer, not ${delta}`);
+  }
+  counters.set(name, (counters.get(name) ?? 0n) + BigInt(delta));
+}
+
+/** Write a line to this task's log: level "debug", "info", "warn" or "error". */
+export function log(message, level = "info") {
+  if (!["debug", "info", "warn", "error"].includes(level)) {
+    throw new TypeError(`log level ${JSON.stringify(level)} is not one of debug, info, warn, error`);
+  }
+  hostLog(level, String(message));
+}
+
+function flushCounters() {
+  if (counters.size === 0) return;
+  const deltas = [];
+  for (const [name, delta] of counters) if (delta !== 0n) deltas.push([name, delta]);
+  counters.clear();
+  if (deltas.length) addCounters(deltas);
+}
+
+/** The job's `--param name=value` pairs. */
+export class Params extends Map {
+  /** The value of parameter `name`; a missing one rejects the job at submit. */
+  require(name) {
+    if (!this.has(name)) {
+      throw new Error(`missing job parameter ${JSON.stringify(name)}; give it with --param ${name}=VALUE`);
+    }
+    return this.get(name);
+  }
+}
+
+/**
+ * A MapReduce job. Subclass it, declare `key`, `value` and `output` (as
+ * fields, or in the constructor), and define `map` and `reduce`, and
+ * `combine` to pre-aggregate map-side (associative and commutative, like a
+ * sum: it may be called any number of times on any subset of a key's
+ * values). `output` is a list of [name, type] pairs, or a type (or array
+ * of types) named `key`, `value`, `value2`, ... Set `totalOrder = true`
+ * for part files in global key order.
+ */
+export class Job {
+  key = "string";
+  value = "string";
+  output = "string";
+  totalOrder = false;
+
+  /** Build the job from its parameters (a Params); throw to reject it. */
+  constructor(params) {
+    this.params = params;
+  }
+
+  /** Map one input record, calling `emit(key, value)` any number of times. */
+  map(record, emit) {
+    throw new Error(`${this.constructor.name} does not define map`);
+  }
+
+  /** Combine some of one key's values (an array) into one value. */
+  combine(key, values) {
+    throw new Error(`${this.constructor.name} does not define combine`);
+  }
+
+  /** Reduce all values of one key (an array) to rows: `emit(column, ...)`. */
+  reduce(key, values, emit) {
+    throw new Error(`${this.constructor.name} does not define reduce`);
+  }
+}
+
+/**
+ * One input record, valid during the `map` call it is given to. Text input:
+ * `line`, `file`, `offset`. Parquet input: `record.get("column")`.
+ */
+export class Record {
+  constructor(file, columns) {
+    this.file = file;
+    this.line = undefined;
+    this.offset = undefined;
+    this._columns = columns;
+    this._row = 0;
+  }
+
+  /** The value of column `name` in this row (null where null). */
+  get(name) {
+    return this._columns.column(name)[this._row];
+  }
+
+  /** The names of the input's columns. */
+  columns() {
+    return this._columns.names;
+  }
+}
+
+// --- columns ------------------------------------------------------------
+
+function dataTypes(declared, what) {
+  const items = Array.isArray(declared) ? declared : [declared];
+  if (items.length === 0) throw new TypeError(`${what} declares no types`);
+  return items.map((t) => {
+    const dataType = TYPES.get(t);
+    if (dataType === undefined) {
+      throw new TypeError(
+        `${what} declares ${JSON.stringify(t)}; the types are ${[...TYPES.keys()].join(", ")}, or an array of them`,
+      );
+    }
+    return dataType;
+  });
+}
+
+function outputFields(declared, what) {
+  if (Array.isArray(declared) && declared.length && Array.isArray(declared[0])) {
+    const names = [];
+    const types = [];
+    for (const pair of declared) {
+      if (!Array.isArray(pair) || pair.length !== 2 || typeof pair[0] !== "string") {
+        throw new TypeError(`${what} must be [name, type] pairs; ${JSON.stringify(pair)} is not one`);
+      }
+      names.push(pair[0]);
+      types.push(...dataTypes(pair[1], `${what} column ${JSON.stringify(pair[0])}`));
+    }
+    return [names, types];
+  }
+  const types = dataTypes(declared, what);
+  const n = types.length;
+  const names = types.map((_, i) => (i === 0 && n > 1 ? "key" : i <= 1 ? "value" : `value${i}`));
+  return [names, types];
+}
+
+const decoder = new TextDecoder();
+const encoder = new TextEncoder();
+
+function isSet(bits, i) {
+  return (bits[i >> 3] >> (i & 7)) & 1;
+}
+
+function readColumn(column, n) {
+  const { tag, val } = column.data;
+  let values;
+  if (tag === "utf8") {
+    const { offsets, values: bytes } = val;
+    const text = decoder.decode(bytes);
+    values = new Array(n);
+    if (text.length === bytes.length) {
+      // All ASCII: byte offsets are character offsets.
+      for (let i = 0; i < n; i++) values[i] = text.slice(offsets[i], offsets[i + 1]);
+    } else {
+      for (let i = 0; i < n; i++) values[i] = decoder.decode(bytes.subarray(offsets[i], offsets[i + 1]));
+    }
+  } else if (tag === "binary") {
+    const { offsets, values: bytes } = val;
+    values = new Array(n);
+    for (let i = 0; i < n; i++) values[i] = bytes.slice(offsets[i], offsets[i + 1]);
+  } else if (tag === "int64" || tag === "uint64") {
+    values = Array.from(val.subarray(0, n), Number);
+  } else if (tag === "float64") {
+    values = Array.from(val.subarray(0, n));
+  } else {
+    values = new Array(n);
+    for (let i = 0; i < n; i++) values[i] = isSet(val, i) === 1;
+  }
+  const validity = column.validity;
+  if (validity.length) {
+    for (let i = 0; i < n; i++) if (!isSet(validity, i)) values[i] = null;
+  }
+  return values;
+}
+
+function readBatch(batch) {
+  return batch.columns.map((c) => readColumn(c, batch.numRows));
+}
+
+function rowsOf(columns) {
+  if (columns.length === 1) return columns[0];
+  const n = columns[0].length;
+  const rows = new Array(n);
+  for (let i = 0; i < n; i++) rows[i] = columns.map((c) => c[i]);
+  return rows;
+}
+
+function packBits(flags) {
+  const bits = new Uint8Array((flags.length + 7) >> 3);
+  for (let i = 0; i < flags.length; i++) if (flags[i]) bits[i >> 3] |= 1 << (i & 7);
+  return bits;
+}
+
+function toBigInt(what, signed) {
+  return (v) => {
+    if (v === null || v === undefined) return 0n;
+    if (typeof v === "number" && !Number.isInteger(v)) {
+      throw new TypeError(`${what}: ${v} is not an integer`);
+    }
+    if (typeof v !== "number" && typeof v !== "bigint") {
+      throw new TypeError(`${what}: ${JSON.stringify(v)} is not an integer`);
+    }
+    const big = BigInt(v);
+    if (signed ? big < -(2n ** 63n) || big >= 2n ** 63n : big < 0n || big >= 2n ** 64n) {
+      throw new RangeError(`${what}: ${v} is out of range for a 64-bit ${signed ? "" : "unsigned "}integer`);
+    }
+    return big;
+  };
+}
+
+function writeColumn(dataType, values, what) {
+  const n = values.length;
+  let nulls = false;
+  for (let i = 0; i < n; i++) {
+    if (values[i] === null || values[i] === undefined) {
+      nulls = true;
+      break;
+    }
+  }
+  const validity = nulls ? packBits(values.map((v) => v !== null && v !== undefined)) : new Uint8Array(0);
+  let data;
+  if (dataType === "utf8" || dataType === "binary") {
+    const offsets = new Int32Array(n + 1);
+    let bytes;
+    if (dataType === "utf8") {
+      for (let i = 0; i < n; i++) {
+        const v = values[i];
+        if (typeof v !== "string" && v !== null && v !== undefined) {
+          throw new TypeError(`${what}: ${JSON.stringify(v)} is not a string`);
+        }
+      }
+      const joined = nulls ? values.map((v) => v ?? "").join("") : values.join("");
+      bytes = encoder.encode(joined);
+      if (bytes.length === joined.length) {
+        let at = 0;
+        for (let i = 0; i < n; i++) {
+          at += values[i]?.length ?? 0;
+          offsets[i + 1] = at;
+        }
+      } else {
+        const parts = values.map((v) => encoder.encode(v ?? ""));
+        bytes = concatBytes(parts, offsets);
+      }
+    } else {
+      const parts = values.map((v) => {
+        if (v === null || v === undefined) return new Uint8Array(0);
+        if (!(v instanceof Uint8Array)) throw new TypeError(`${what}: ${v} is not a Uint8Array`);
+        return v;
+      });
+      bytes = concatBytes(parts, offsets);
+    }
+    data = { tag: dataType, val: { offsets, values: bytes } };
+  } else if (dataType === "int64") {
+    data = { tag: dataType, val: BigInt64Array.from(values, toBigInt(what, true)) };
+  } else if (dataType === "uint64") {
+    data = { tag: dataType, val: BigUint64Array.from(values, toBigInt(what, false)) };
+  } else if (dataType === "float64") {
+    data = {
+      tag: dataType,
+      val: Float64Array.from(values, (v) => {
+        if (v === null || v === undefined) return 0;
+        if (typeof v !== "number") throw new TypeError(`${what}: ${JSON.stringify(v)} is not a number`);
+        return v;
+      }),
+    };
+  } else {
+    data = { tag: dataType, val: packBits(values) };
+  }
+  return { validity, data };
+}
+
+function concatBytes(parts, offsets) {
+  let total = 0;
+  for (let i = 0; i < parts.length; i++) {
+    total += parts[i].length;
+    offsets[i + 1] = total;
+  }
+  const bytes = new Uint8Array(total);
+  for (let i = 0; i < parts.length; i++) bytes.set(parts[i], offsets[i]);
+  return bytes;
+}
+
+function writeBatch(names, types, columns, what) {
+  return {
+    numRows: columns.length ? columns[0].length : 0,
+    names,
+    columns: columns.map((c, i) => writeColumn(types[i], c, `${what} column ${JSON.stringify(names[i])}`)),
+  };
+}
+
+function split(values, width, what) {
+  if (width === 1) return [values];
+  const columns = Array.from({ length: width }, () => new Array(values.length));
+  for (let i = 0; i < values.length; i++) {
+    const v = values[i];
+    if (!Array.isArray(v) || v.length !== width) {
+      throw new TypeError(`${what}: ${JSON.stringify(v)} is not an array of ${width}`);
+    }
+    for (let c = 0; c < width; c++) columns[c][i] = v[c];
+  }
+  return columns;
+}
+
+// --- exports -------------------------------------------------------------
+
+class LazyColumns {
+  constructor(batch) {
+    this.batch = batch;
+    this.names = batch.names;
+    this.decoded = new Map();
+  }
+
+  has(name) {
+    return this.names.includes(name);
+  }
+
+  column(name) {
+    let column = this.decoded.get(name);
+    if (column === undefined) {
+      const i = this.names.indexOf(name);
+      if (i < 0) {
+        throw new Error(`input has no column ${JSON.stringify(name)}; its columns are: ${this.names.join(", ")}`);
+      }
+      column = readColumn(this.batch.columns[i], this.batch.numRows);
+      this.decoded.set(name, column);
+    }
+    return column;
+  }
+}
+
+/** A key's identity in a Map: strings and numbers as they are, others spelled out. */
+function keyId(key) {
+  if (typeof key !== "object" || key === null) return key;
+  if (key instanceof Uint8Array) return "b:" + key.join(",");
+  return "t:" + key.map((part) => `${typeof part}:${part instanceof Uint8Array ? part.join(",") : part}`).join("\u0000");
+}
+
+class Task {
+  constructor(job) {
+    const what = job.constructor.name;
+    this.job = job;
+    this.keyTypes = dataTypes(job.key, `${what}.key`);
+    this.valueTypes = dataTypes(job.value, `${what}.value`);
+    [this.outputNames, this.outputTypes] = outputFields(job.output, `${what}.output`);
+    this.combines = job.combine !== Job.prototype.combine;
+    this.pairNames = [...this.keyTypes, ...this.valueTypes].map((_, i) => `c${i}`);
+    this.grouping = this.combines;
+    this.held = new Map();
+    this.rowsSinceFold = 0;
+    this.keys = [];
+    this.values = [];
+  }
+
+  emitter() {
+    if (this.grouping) {
+      const held = this.held;
+      return (key, value) => {
+        const id = keyId(key);
+        const entry = held.get(id);
+        if (entry === undefined) held.set(id, { key, values: [value] });
+        else entry.values.push(value);
+      };
+    }
+    const keys = this.keys;
+    const values = this.values;
+    return (key, value) => {
+      keys.push(key);
+      values.push(value);
+    };
+  }
+
+  pairs(keys, values) {
+    const what = `${this.job.constructor.name}.map emitted`;
+    const keyColumns = split(keys, this.keyTypes.length, `${what} a key that`);
+    const valueColumns = split(values, this.valueTypes.length, `${what} a value that`);
+    return writeBatch(this.pairNames, [...this.keyTypes, ...this.valueTypes], [...keyColumns, ...valueColumns], what);
+  }
+
+  fold() {
+    let total = 0;
+    for (const entry of this.held.values()) {
+      total += entry.values.length;
+      if (entry.values.length > 1) entry.values = [this.job.combine(entry.key, entry.values)];
+    }
+    this.rowsSinceFold = 0;
+    if (2 * this.held.size > total) this.grouping = false;
+    return !this.grouping || this.held.size > HELD_KEYS;
+  }
+
+  takeAll() {
+    const keys = [];
+    const values = [];
+    for (const { key, values: held } of this.held.values()) {
+      keys.push(key);
+      values.push(held.length === 1 ? held[0] : this.job.combine(key, held));
+    }
+    this.held.clear();
+    for (let i = 0; i < this.keys.length; i++) {
+      keys.push(this.keys[i]);
+      values.push(this.values[i]);
+    }
+    this.keys.length = 0;
+    this.values.length = 0;
+    return this.pairs(keys, values);
+  }
+}
+
+function describe(error) {
+  if (!(error instanceof Error)) return `uncaught ${String(error)}`;
+  const where = String(error.stack ?? "")
+    .split("\n")
+    .find((line) => line.includes("@") && !line.includes("wmr.js"));
+  const text = error.message ? `${error.name}: ${error.message}` : error.name;
+  return where ? `${text} (at ${where.slice(where.indexOf("@") + 1).split("/").pop()})` : text;
+}
+
+function guarded(body, rowOf) {
+  try {
+    return body();
+  } catch (e) {
+    throw { message: describe(e), row: rowOf() };
+  } finally {
+    flushCounters();
+  }
+}
+
+function groupsOf(grouped) {
+  const out = [];
+  let start = 0;
+  for (const end of grouped.groupEnds) {
+    out.push([start, end]);
+    start = end;
+  }
+  return out;
+}
+
+/** The component's exports for the job class `JobClass`. */
+export function exportJob(JobClass) {
+  let task = null;
+  const configured = () => {
+    if (task === null) throw new Error("the job was called before configure");
+    return task;
+  };
+  let row;
+  const currentRow = () => row;
+  return {
+    configure(params) {
+      try {
+        const job = new JobClass(new Params(params));
+        task = new Task(job);
+        return {
+          name: String(job.name ?? JobClass.name),
+          keyTypes: task.keyTypes,
+          valueTypes: task.valueTypes,
+          output: task.outputNames.map((name, i) => ({ name, dataType: task.outputTypes[i], nullable: true })),
+          combines: task.combines,
+          totalOrder: Boolean(job.totalOrder),
+        };
+      } catch (e) {
+        throw describe(e);
+      } finally {
+        flushCounters();
+      }
+    },
+
+    map(source, input) {
+      row = undefined;
+      return guarded(() => {
+        const t = configured();
+        const n = input.numRows;
+        const columns = new LazyColumns(input);
+        const record = new Record(source, columns);
+        const emit = t.emitter();
+        const job = t.job;
+        if (columns.has("line") && columns.has("offset")) {
+          const lines = columns.column("line");
+          const offsets = columns.column("offset");
+          for (row = 0; row < n; row++) {
+            record.line = lines[row];
+            record.offset = offsets[row];
+            record._row = row;
+            job.map(record, emit);
+          }
+        } else {
+          for (row = 0; row < n; row++) {
+            record._row = row;
+            job.map(record, emit);
+          }
+        }
+        row = undefined;
+        if (!t.grouping) return t.takeAll();
+        t.rowsSinceFold += n;
+        if (t.rowsSinceFold >= FOLD_EVERY_ROWS && t.fold()) return t.takeAll();
+        return writeBatch(t.pairNames, [...t.keyTypes, ...t.valueTypes], t.pairNames.map(() => []), "");
+      }, currentRow);
+    },
+
+    flush() {
+      row = undefined;
+      return guarded(() => configured().takeAll(), currentRow);
+    },
+
+    combine(input) {
+      row = undefined;
+      return guarded(() => {
+        const t = configured();
+        const keys = rowsOf(readBatch(input.keys));
+        const values = rowsOf(readBatch(input.values));
+        const out = [];
+        groupsOf(input).forEach(([start, end], g) => {
+          row = start;
+          out.push(t.job.combine(keys[g], values.slice(start, end)));
+        });
+        row = undefined;
+        return t.pairs(keys, out);
+      }, currentRow);
+    },
+
+    reduce(input) {
+      row = undefined;
+      return guarded(() => {
+        const t = configured();
+        const keys = rowsOf(readBatch(input.keys));
+        const values = rowsOf(readBatch(input.values));
+        const width = t.outputTypes.length;
+        const out = [];
+        const emit = width === 1 ? (value) => out.push(value) : (...rowValues) => out.push(rowValues);
+        groupsOf(input).forEach(([start, end], g) => {
+          row = start;
+          t.job.reduce(keys[g], values.slice(start, end), emit);
+        });
+        row = undefined;
+        const what = `${JobClass.name}.reduce emitted`;
+        return writeBatch(t.outputNames, t.outputTypes, split(out, width, `${what} a row that`), what);
+      }, currentRow);
+    },
+  };
+}

@@ -1,0 +1,298 @@
+"""The glue between the component's exports (the `wmr:job` WIT world) and a
+:class:`wmr.Job`: one configured job per instance, batches decoded and
+encoded a column at a time, in-mapper combining that turns itself off when
+it does not pay, and exceptions turned into the attempt's error with the
+input row."""
+
+import os
+import traceback
+from collections import defaultdict
+
+from componentize_py_types import Err
+from wit_world.imports import types as wit
+
+from . import _columns as columns
+from . import _host
+from ._job import Job, Params, Record
+
+# Combining in the mapper: input rows between folds of the held values, and
+# distinct keys held before they are sent on (bounding the guest's memory).
+FOLD_EVERY_ROWS = 50_000
+HELD_KEYS = 100_000
+
+_SDK_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def _where(error):
+    """`(file line N, in F)` of the job's own frame nearest the error."""
+    frames = traceback.extract_tb(error.__traceback__)
+    own = [f for f in frames if not os.path.abspath(f.filename).startswith(_SDK_DIR)]
+    frame = (own or frames or [None])[-1]
+    if frame is None:
+        return ""
+    return f" ({os.path.basename(frame.filename)} line {frame.lineno}, in {frame.name})"
+
+
+def _describe(error):
+    text = str(error)
+    name = type(error).__name__
+    return (f"{name}: {text}" if text else name) + _where(error)
+
+
+def _guest_error(error, row):
+    return Err(wit.GuestError(message=_describe(error), row=row))
+
+
+class _Lazy(dict):
+    """A batch's columns by name, each decoded on first use."""
+
+    def __init__(self, batch):
+        super().__init__()
+        self._batch = batch
+        self._index = {name: i for i, name in enumerate(batch.names)}
+
+    def __missing__(self, name):
+        i = self._index.get(name)
+        if i is None:
+            raise KeyError(f"input has no column {name!r}; its columns are: {', '.join(self._batch.names)}")
+        column = columns.read_column(self._batch.columns[i], self._batch.num_rows)
+        self[name] = column
+        return column
+
+    def get(self, name, default=None):
+        return self[name] if name in self._index else default
+
+    def __iter__(self):
+        return iter(self._batch.names)
+
+
+class _Task:
+    """The configured job and what a map task has held back."""
+
+    def __init__(self, job):
+        self.job = job
+        what = type(job).__name__
+        self.key_types = columns.data_types(job.key, f"{what}.key")
+        self.value_types = columns.data_types(job.value, f"{what}.value")
+        self.output_names, self.output_types = columns.output_fields(job.output, f"{what}.output")
+        self.combines = type(job).combine is not Job.combine
+        self.pair_names = [f"c{i}" for i in range(len(self.key_types) + len(self.value_types))]
+        self.grouping = self.combines
+        self.held = defaultdict(list)
+        self.rows_since_fold = 0
+        self.keys = []
+        self.values = []
+
+    def emitter(self):
+        """The `emit(key, value)` handed to `map`."""
+        if self.grouping:
+            held = self.held
+
+            def emit(key, value):
+                held[key].append(value)
+        else:
+            add_key = self.keys.append
+            add_value = self.values.append
+
+            def emit(key, value):
+                add_key(key)
+                add_value(value)
+
+        return emit
+
+    def pairs(self, keys, values):
+        """Key and value columns as a batch."""
+        what = type(self.job).__name__
+        key_columns = columns.split(keys, len(self.key_types), f"{what}.map emitted a key that")
+        value_columns = columns.split(values, len(self.value_types), f"{what}.map emitted a value that")
+        return columns.write_batch(
+            self.pair_names,
+            self.key_types + self.value_types,
+            key_columns + value_columns,
+            f"{what}.map emitted",
+        )
+
+    def fold(self):
+        """Combine each held key's values into one; stop grouping when keys
+        are mostly distinct (as DuckDB and Spark stop partial aggregation).
+        Returns whether the held pairs should be sent on now."""
+        held = self.held
+        total = sum(map(len, held.values()))
+        combine = self.job.combine
+        for key, values in held.items():
+            if len(values) > 1:
+                values[:] = [combine(key, values)]
+        self.rows_since_fold = 0
+        if 2 * len(held) > total:
+            self.grouping = False
+        return not self.grouping or len(held) > HELD_KEYS
+
+    def take_all(self):
+        """Everything held and emitted so far, combined where grouped, as
+        one batch; nothing held after."""
+        held = self.held
+        combine = self.job.combine
+        keys = list(held)
+        values = [v[0] if len(v) == 1 else combine(k, v) for k, v in held.items()]
+        held.clear()
+        if self.keys:
+            keys += self.keys
+            values += self.values
+            self.keys.clear()
+            self.values.clear()
+        return self.pairs(keys, values)
+
+
+_task = None
+
+
+def _configured():
+    if _task is None:
+        raise RuntimeError("the job was called before configure")
+    return _task
+
+
+def _empty(names, types):
+    return columns.write_batch(names, types, [[] for _ in names], "")
+
+
+def _groups(grouped):
+    """(key, start, end) per group of a grouped batch."""
+    start = 0
+    for end in grouped.group_ends:
+        yield start, end
+        start = end
+
+
+def export(cls):
+    """The component's entry points for the job class ``cls``; assign the
+    result to ``WitWorld`` in the job's module::
+
+        WitWorld = wmr.export(WordCount)
+    """
+    if not (isinstance(cls, type) and issubclass(cls, Job)):
+        raise TypeError(f"wmr.export takes a subclass of wmr.Job, not {cls!r}")
+
+    class WitWorld:
+        def configure(self, params):
+            global _task
+            try:
+                job = cls(Params(params))
+                _task = _Task(job)
+                info = wit.JobInfo(
+                    name=str(getattr(job, "name", None) or cls.__name__),
+                    key_types=_task.key_types,
+                    value_types=_task.value_types,
+                    output=[
+                        wit.Field(name=n, data_type=t, nullable=True)
+                        for n, t in zip(_task.output_names, _task.output_types)
+                    ],
+                    combines=_task.combines,
+                    total_order=bool(getattr(job, "total_order", False)),
+                )
+            except Exception as e:
+                raise Err(_describe(e))
+            finally:
+                _host.flush_counters()
+            return info
+
+        def map(self, source, input):
+            row = None
+            try:
+                task = _configured()
+                n = input.num_rows
+                batch_columns = _Lazy(input)
+                record = Record(source, batch_columns)
+                emit = task.emitter()
+                job_map = task.job.map
+                row = 0
+                if "line" in batch_columns._index and "offset" in batch_columns._index:
+                    lines = batch_columns["line"]
+                    offsets = batch_columns["offset"]
+                    for row in range(n):
+                        record.line = lines[row]
+                        record.offset = offsets[row]
+                        record._row = row
+                        job_map(record, emit)
+                else:
+                    for row in range(n):
+                        record._row = row
+                        job_map(record, emit)
+                row = None
+                if not task.grouping:
+                    return task.take_all()
+                task.rows_since_fold += n
+                if task.rows_since_fold >= FOLD_EVERY_ROWS and task.fold():
+                    return task.take_all()
+                return _empty(task.pair_names, task.key_types + task.value_types)
+            except Exception as e:
+                raise _guest_error(e, row)
+            finally:
+                _host.flush_counters()
+
+        def flush(self):
+            try:
+                return _configured().take_all()
+            except Exception as e:
+                raise _guest_error(e, None)
+            finally:
+                _host.flush_counters()
+
+        def combine(self, input):
+            row = None
+            try:
+                task = _configured()
+                keys = columns.rows(columns.read_batch(input.keys))
+                values = columns.rows(columns.read_batch(input.values))
+                combine = task.job.combine
+                out = []
+                for g, (start, end) in enumerate(_groups(input)):
+                    row = start
+                    out.append(combine(keys[g], values[start:end]))
+                row = None
+                return task.pairs(keys, out)
+            except Exception as e:
+                raise _guest_error(e, row)
+            finally:
+                _host.flush_counters()
+
+        def reduce(self, input):
+            row = None
+            try:
+                task = _configured()
+                keys = columns.rows(columns.read_batch(input.keys))
+                values = columns.rows(columns.read_batch(input.values))
+                width = len(task.output_types)
+                out = []
+                if width == 1:
+                    add = out.append
+
+                    def emit(value):
+                        add(value)
+                else:
+                    add = out.append
+
+                    def emit(*row_values):
+                        add(row_values)
+
+                reduce = task.job.reduce
+                for g, (start, end) in enumerate(_groups(input)):
+                    row = start
+                    reduce(keys[g], values[start:end], emit)
+                row = None
+                what = f"{cls.__name__}.reduce emitted a row that"
+                return columns.write_batch(
+                    task.output_names,
+                    task.output_types,
+                    columns.split(out, width, what),
+                    f"{cls.__name__}.reduce emitted",
+                )
+            except Exception as e:
+                raise _guest_error(e, row)
+            finally:
+                _host.flush_counters()
+
+    WitWorld.__name__ = "WitWorld"
+    WitWorld.__qualname__ = f"export({cls.__name__})"
+    return WitWorld
+
