@@ -38,6 +38,19 @@ fn list_examples() {
                 .collect()
         })
         .unwrap_or_default();
+    // Python and JavaScript examples, as `py_NAME` and `js_NAME`.
+    for (lang, prefix) in [("python", "py"), ("js", "js")] {
+        let dir = examples.join(lang);
+        println!("cargo:rerun-if-changed={}", dir.display());
+        names.extend(
+            std::fs::read_dir(&dir)
+                .into_iter()
+                .flatten()
+                .filter_map(Result::ok)
+                .filter(|e| e.path().is_dir())
+                .filter_map(|e| e.file_name().to_str().map(|n| format!("{prefix}_{n}"))),
+        );
+    }
     names.sort();
     let calls: String = names.iter().map(|n| format!("        $mac!({n});\n")).collect();
     let code = format!(

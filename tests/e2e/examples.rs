@@ -256,59 +256,180 @@ mod groupby {
 
     #[test]
     fn parquet_output_reads_back_and_groupby_reads_parquet_input() {
+        groupby_matches_the_reference("groupby", None);
+    }
+}
+
+/// Group-by sales per region by `guest` over a generated Parquet file of
+/// several row groups, embedded (or submitted to `cluster`): the sums and
+/// counts equal the reference, and the rows with nulls are counted.
+pub(crate) fn groupby_matches_the_reference(guest_name: &str, cluster: Option<&crate::cluster::Cluster>) {
+    let t = TestDir::new();
+    // A Parquet input with several row groups.
+    let regions = ["north", "south", "east", "west"];
+    let n = 10_000;
+    let region: Vec<Option<&str>> = (0..n)
+        .map(|i| if i % 97 == 0 { None } else { Some(regions[i % 4]) })
+        .collect();
+    let amount: Vec<i64> = (0..n).map(|i| (i as i64 * 7) % 1000).collect();
+    let batch = RecordBatch::try_from_iter([
+        ("region", Arc::new(StringArray::from(region.clone())) as _),
+        ("amount", Arc::new(Int64Array::from(amount.clone())) as _),
+    ])
+    .unwrap();
+    write_parquet(&t, "in/sales.parquet", &batch, 1000);
+    let out = t.path("out");
+    let module = guest(guest_name);
+    let input = t.path("in/sales.parquet");
+    let mut args = vec![
+        "--job",
+        module.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        "--param",
+        "key=region",
+        "--param",
+        "value=amount",
+        "--split-size",
+        "4KiB",
+        "--reducers",
+        "3",
+        "--json",
+    ];
+    let summary = match cluster {
+        None => wmr_ok(&[&["run"], args.as_slice()].concat()),
+        Some(c) => {
+            args.insert(0, "submit");
+            args.push("--wait");
+            let o = c.client(&args);
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            o
+        }
+    };
+    let json: serde_json::Value = serde_json::from_slice(&summary.stdout).unwrap();
+    assert_eq!(json["state"], "succeeded");
+    // `run --json` counts maps; a cluster's status gives their progress.
+    let maps = json["maps"].as_u64().or_else(|| json["maps"]["total"].as_u64());
+    assert!(maps.unwrap() > 1, "row groups were split over several maps: {json}");
+    assert_eq!(
+        json["counters"]["rows.skipped_null"],
+        (0..n).filter(|i| i % 97 == 0).count() as i64
+    );
+    let mut expected: BTreeMap<String, (f64, u64)> = BTreeMap::new();
+    for (r, a) in region.iter().zip(&amount) {
+        if let Some(r) = r {
+            let e = expected.entry(r.to_string()).or_default();
+            e.0 += *a as f64;
+            e.1 += 1;
+        }
+    }
+    let got = groupby_output(&out, "region");
+    assert_eq!(got, expected);
+}
+
+/// Word count by `guest` over the Gutenberg books with 1, 3 and 10
+/// reducers equals the reference.
+fn wordcount_over_gutenberg_matches_the_reference(guest_name: &str) {
+    let expected = as_lines(&reference_wordcount(&gutenberg_texts()));
+    for reducers in ["1", "3", "10"] {
         let t = TestDir::new();
-        // A Parquet input with several row groups.
-        let regions = ["north", "south", "east", "west"];
-        let n = 10_000;
-        let region: Vec<Option<&str>> = (0..n)
-            .map(|i| if i % 97 == 0 { None } else { Some(regions[i % 4]) })
-            .collect();
-        let amount: Vec<i64> = (0..n).map(|i| (i as i64 * 7) % 1000).collect();
-        let batch = RecordBatch::try_from_iter([
-            ("region", Arc::new(StringArray::from(region.clone())) as _),
-            ("amount", Arc::new(Int64Array::from(amount.clone())) as _),
-        ])
-        .unwrap();
-        write_parquet(&t, "in/sales.parquet", &batch, 1000);
         let out = t.path("out");
-        let summary = wmr_ok(&[
+        wmr_ok(&[
             "run",
             "--job",
-            guest("groupby").to_str().unwrap(),
+            guest(guest_name).to_str().unwrap(),
             "--input",
-            t.path("in/sales.parquet").to_str().unwrap(),
+            &gutenberg(),
             "--output",
             out.to_str().unwrap(),
-            "--param",
-            "key=region",
-            "--param",
-            "value=amount",
-            "--split-size",
-            "4KiB",
             "--reducers",
-            "3",
-            "--json",
+            reducers,
+            "--format",
+            "text",
+            "--split-size",
+            "1MiB",
         ]);
-        let json: serde_json::Value = serde_json::from_slice(&summary.stdout).unwrap();
-        assert_eq!(json["state"], "succeeded");
-        assert!(
-            json["maps"].as_u64().unwrap() > 1,
-            "row groups were split over several maps: {json}"
-        );
-        assert_eq!(
-            json["counters"]["rows.skipped_null"],
-            (0..n).filter(|i| i % 97 == 0).count() as i64
-        );
-        let mut expected: BTreeMap<String, (f64, u64)> = BTreeMap::new();
-        for (r, a) in region.iter().zip(&amount) {
-            if let Some(r) = r {
-                let e = expected.entry(r.to_string()).or_default();
-                e.0 += *a as f64;
-                e.1 += 1;
-            }
-        }
-        let got = groupby_output(&out, "region");
-        assert_eq!(got, expected);
+        assert_eq!(text_output(&out), expected, "{guest_name} with {reducers} reducers");
+    }
+}
+
+/// Word count by `guest` submitted to a cluster of two workers equals the
+/// reference.
+fn wordcount_on_a_cluster_matches_the_reference(guest_name: &str) {
+    let t = TestDir::new();
+    let mut c = crate::cluster::Cluster::start(&t, "10s");
+    c.add_worker(1);
+    c.add_worker(1);
+    let out = t.path("out");
+    let o = c.client(&[
+        "submit",
+        "--job",
+        guest(guest_name).to_str().unwrap(),
+        "--input",
+        &gutenberg(),
+        "--output",
+        out.to_str().unwrap(),
+        "--format",
+        "text",
+        "--reducers",
+        "3",
+        "--split-size",
+        "1MiB",
+        "--wait",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(text_output(&out), as_lines(&reference_wordcount(&gutenberg_texts())));
+}
+
+/// `guest-examples/python/wordcount`
+mod py_wordcount {
+    #[test]
+    fn python_wordcount_over_gutenberg_matches_the_reference() {
+        super::wordcount_over_gutenberg_matches_the_reference("py-wordcount");
+    }
+
+    #[test]
+    fn python_wordcount_on_a_cluster_matches_the_reference() {
+        super::wordcount_on_a_cluster_matches_the_reference("py-wordcount");
+    }
+}
+
+/// `guest-examples/js/wordcount`
+mod js_wordcount {
+    #[test]
+    fn javascript_wordcount_over_gutenberg_matches_the_reference() {
+        super::wordcount_over_gutenberg_matches_the_reference("js-wordcount");
+    }
+
+    #[test]
+    fn javascript_wordcount_on_a_cluster_matches_the_reference() {
+        super::wordcount_on_a_cluster_matches_the_reference("js-wordcount");
+    }
+}
+
+/// `guest-examples/python/groupby`
+mod py_groupby {
+    #[test]
+    fn python_groupby_matches_the_reference_embedded_and_on_a_cluster() {
+        super::groupby_matches_the_reference("py-groupby", None);
+        let t = crate::harness::TestDir::new();
+        let mut c = crate::cluster::Cluster::start(&t, "10s");
+        c.add_worker(2);
+        super::groupby_matches_the_reference("py-groupby", Some(&c));
+    }
+}
+
+/// `guest-examples/js/groupby`
+mod js_groupby {
+    #[test]
+    fn javascript_groupby_matches_the_reference_embedded_and_on_a_cluster() {
+        super::groupby_matches_the_reference("js-groupby", None);
+        let t = crate::harness::TestDir::new();
+        let mut c = crate::cluster::Cluster::start(&t, "10s");
+        c.add_worker(2);
+        super::groupby_matches_the_reference("js-groupby", Some(&c));
     }
 }
 

@@ -16,6 +16,8 @@ mod examples;
 mod hostile;
 /// Text input edge cases: empty files, CRLF, long lines, many tiny files.
 mod input;
+/// Jobs in Python and JavaScript: contained, scaffolded, built, compiled once.
+mod languages;
 /// The memory budget: spills, merge passes, record limits, multipart uploads.
 mod memory;
 /// The trust boundary: roles, tenants, forged reports.

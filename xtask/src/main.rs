@@ -27,6 +27,8 @@ const USAGE: &str = "usage: cargo xtask <command>
   bench groupby [--rows N] [--keys K]
                                   Parquet group-by (default 20M rows, 100k keys) against DuckDB
   bench cluster [--size-mib N]    word count embedded, on 1 and 2 workers, with a worker killed; a tiny job
+  bench python [--size-mib N]     the Python word count (2 slots) against PySpark (local[2]) and CPython,
+                                  then the JavaScript one, and a Python job's per-task overhead
   bench coordinator [--workers N] [--tasks N]
                                   assignments+reports/s with simulated workers (default 1000, 100000)";
 
@@ -60,8 +62,18 @@ fn run(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
-/// Build every guest (examples and test guests) into target/guests/.
+/// Build every guest into target/guests/: the Rust ones with cargo, then
+/// (with `wmr build`, so a release wmr is built first) the Python and
+/// JavaScript ones.
 fn guests() -> Result<PathBuf> {
+    let out = rust_guests()?;
+    let wmr = build_wmr()?;
+    script_guests(&wmr)?;
+    Ok(out)
+}
+
+/// Build the Rust guests (examples and test guests) into target/guests/.
+fn rust_guests() -> Result<PathBuf> {
     let root = root();
     let installed = Command::new("rustup").args(["target", "list", "--installed"]).output();
     let has_target = installed
@@ -95,6 +107,100 @@ fn guests() -> Result<PathBuf> {
         }
     }
     Ok(out)
+}
+
+/// The newest modification time of the files under `dir`.
+fn newest(dir: &Path) -> std::time::SystemTime {
+    let mut newest = std::time::SystemTime::UNIX_EPOCH;
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        let time = if path.is_dir() {
+            newest_in(&path)
+        } else {
+            entry.metadata().and_then(|m| m.modified()).unwrap_or(newest)
+        };
+        newest = newest.max(time);
+    }
+    newest
+}
+
+fn newest_in(dir: &Path) -> std::time::SystemTime {
+    if dir
+        .file_name()
+        .is_some_and(|n| n == "__pycache__" || n == "node_modules")
+    {
+        return std::time::SystemTime::UNIX_EPOCH;
+    }
+    newest(dir)
+}
+
+/// Build the Python and JavaScript guests (examples and test guests) with
+/// `wmr build` into target/guests/py-NAME.wasm and js-NAME.wasm, skipping
+/// those newer than their sources and the SDK.
+fn script_guests(wmr: &Path) -> Result<()> {
+    let root = root();
+    let tools = script_tools()?;
+    let out = root.join("target/guests");
+    std::fs::create_dir_all(&out)?;
+    let path = std::env::join_paths(
+        tools
+            .iter()
+            .cloned()
+            .chain(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())),
+    )?;
+    for (lang, prefix) in [("python", "py"), ("js", "js")] {
+        let sdk = newest(&root.join("sdk").join(lang)).max(newest(&root.join("sdk/wit")));
+        for parent in [
+            root.join("guest-examples").join(lang),
+            root.join("tests/guests").join(lang),
+        ] {
+            for entry in std::fs::read_dir(&parent)? {
+                let dir = entry?.path();
+                let Some(name) = dir.file_name().and_then(|n| n.to_str()).map(str::to_string) else {
+                    continue;
+                };
+                let target = out.join(format!("{prefix}-{name}.wasm"));
+                let built = std::fs::metadata(&target).and_then(|m| m.modified()).ok();
+                if built.is_some_and(|b| b > sdk.max(newest(&dir))) {
+                    continue;
+                }
+                eprintln!("building {} with wmr build", dir.display());
+                run(Command::new(wmr)
+                    .arg("build")
+                    .arg(&dir)
+                    .arg("--output")
+                    .arg(&target)
+                    .env("PATH", &path))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// componentize-py (in the tests' venv) and componentize-js (in
+/// target/tools/js), installed from PyPI and npm on first use; returns the
+/// directories to put on PATH.
+fn script_tools() -> Result<Vec<PathBuf>> {
+    let python = python_tools()?;
+    let js = root().join("target/tools/js");
+    let bin = js.join("node_modules/.bin");
+    if !bin.join("componentize-js").exists() {
+        eprintln!(
+            "installing componentize-js (builds JavaScript jobs) into {}",
+            js.display()
+        );
+        std::fs::create_dir_all(&js)?;
+        run(Command::new("npm").current_dir(&js).args([
+            "install",
+            "--silent",
+            "--no-audit",
+            "--no-fund",
+            "--prefix",
+            ".",
+            "@bytecodealliance/componentize-js@0.23.0",
+        ]))?;
+    }
+    Ok(vec![python.join("bin"), bin])
 }
 
 fn build_wmr() -> Result<PathBuf> {
@@ -214,7 +320,7 @@ fn read_counts(wmr: &Path, out: &Path) -> Result<HashMap<String, u64>> {
 
 fn demo() -> Result<()> {
     let root = root();
-    let guests = guests()?;
+    let guests = rust_guests()?;
     let wmr = build_wmr()?;
     let corpus = root.join("target/demo/corpus");
     if !corpus.exists() {
@@ -265,21 +371,23 @@ fn s3_server() -> Result<()> {
         .env("CARGO_TARGET_DIR", root.join("target/tools/build")))
 }
 
-/// The Python the end-to-end tests use as a standard gRPC client (grpcio
-/// and its reflection client, from PyPI), in a venv under target/tools.
-fn python_client() -> Result<()> {
+/// The tests' Python, a venv under target/tools: grpcio and its reflection
+/// client (a standard gRPC client for the tests) and componentize-py
+/// (builds Python jobs), from PyPI. Returns the venv.
+fn python_tools() -> Result<PathBuf> {
     let venv = root().join("target/tools/python");
     let python = venv.join("bin/python");
     let ready = python.exists()
+        && venv.join("bin/componentize-py").exists()
         && Command::new(&python)
             .args(["-c", "import grpc, grpc_reflection.v1alpha.reflection_pb2"])
             .output()
             .is_ok_and(|o| o.status.success());
     if ready {
-        return Ok(());
+        return Ok(venv);
     }
     eprintln!(
-        "installing grpcio (a standard gRPC client for the tests) into {}",
+        "installing grpcio and componentize-py (for the tests and for building Python jobs) into {}",
         venv.display()
     );
     run(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
@@ -291,23 +399,53 @@ fn python_client() -> Result<()> {
         "--disable-pip-version-check",
         "grpcio==1.76.0",
         "grpcio-reflection==1.76.0",
-    ]))
+        "componentize-py==0.25.1",
+    ]))?;
+    Ok(venv)
 }
 
 fn test() -> Result<()> {
-    guests()?;
+    rust_guests()?;
     s3_server()?;
-    python_client()?;
+    let tools = script_tools()?;
     let root = root();
+    let cargo = || Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     // The SDK is its own workspace (guests depend on it, the host does not);
     // its tests run natively, in the guests' target directory.
-    run(Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+    run(cargo()
         .args(["test", "--quiet", "--manifest-path"])
         .arg(root.join("sdk/Cargo.toml"))
         .env("CARGO_TARGET_DIR", root.join("target/guest-build")))?;
-    run(Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+    python_sdk_tests(&tools[0])?;
+    // The Python and JavaScript guests are built by the very wmr the tests
+    // run (so its features match theirs and nothing builds twice).
+    run(cargo()
         .current_dir(&root)
-        .args(["test", "--release", "--workspace"]))
+        .args(["test", "--quiet", "--release", "--workspace", "--no-run"]))?;
+    script_guests(&root.join("target/release/wmr"))?;
+    // One compile cache for every wmr the tests start, apart from the user's.
+    run(cargo()
+        .current_dir(&root)
+        .args(["test", "--release", "--workspace"])
+        .env("WMR_COMPILE_CACHE", root.join("target/compile-cache")))
+}
+
+/// The Python SDK's unit tests, under CPython with the WIT world's
+/// generated bindings (the host's functions are stubbed by the tests).
+fn python_sdk_tests(python_bin: &Path) -> Result<()> {
+    let root = root();
+    let bindings = root.join("target/tools/python-bindings");
+    let _ = std::fs::remove_dir_all(&bindings);
+    run(Command::new(python_bin.join("componentize-py"))
+        .args(["--quiet", "-d"])
+        .arg(root.join("sdk/wit"))
+        .args(["-w", "job", "bindings"])
+        .arg(&bindings))?;
+    let path = std::env::join_paths([root.join("sdk/python"), bindings])?;
+    run(Command::new(python_bin.join("python"))
+        .args(["-B", "-m", "unittest", "discover", "--quiet", "-s"])
+        .arg(root.join("sdk/python/tests"))
+        .env("PYTHONPATH", path))
 }
 
 /// Formatting and clippy, warnings denied, over the host workspace, the SDK
@@ -381,6 +519,7 @@ fn bench(args: &[String]) -> Result<()> {
         Some("sort") => bench::sort(args),
         Some("groupby") => bench::groupby(args),
         Some("cluster") => bench_cluster(args),
+        Some("python") => bench::python(args),
         Some("coordinator") => {
             let (workers, tasks) = (
                 numeric_flag(args, "--workers", 1000)?,
@@ -480,7 +619,7 @@ impl Drop for BenchCluster {
 /// SIGKILLed mid-run; each timed through `wmr submit --wait`.
 fn bench_cluster(args: &[String]) -> Result<()> {
     let size_mib = numeric_flag(args, "--size-mib", 256)?;
-    let guests = guests()?;
+    let guests = rust_guests()?;
     let wmr = build_wmr()?;
     let root = root();
     // Eighty files of about book size, packed several to a map task.

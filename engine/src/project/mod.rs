@@ -293,6 +293,10 @@ fn build_python(source: &Source) -> Result<Vec<u8>, ProjectError> {
         )
     })?;
     let stage = staging(sdk::PYTHON_SDK)?;
+    // The job's modules are copied beside the SDK, so that the build leaves
+    // nothing (such as __pycache__) in the project.
+    let app = stage.path().join("app");
+    copy_sources(&source.dir, &app, &["py"])?;
     let module = source
         .entry
         .file_stem()
@@ -309,7 +313,7 @@ fn build_python(source: &Source) -> Result<Vec<u8>, ProjectError> {
             .args(["-w", "job", "componentize", "-p"])
             .arg(stage.path().join("python"))
             .arg("-p")
-            .arg(&source.dir)
+            .arg(&app)
             .arg(&module)
             .arg("-o")
             .arg(&out)
@@ -355,7 +359,8 @@ fn build_js(source: &Source) -> Result<Vec<u8>, ProjectError> {
 }
 
 /// Copy the files ending in `extensions` under `from` to `to`, leaving out
-/// `node_modules` and hidden directories; the SDK's own files are kept.
+/// `node_modules`, `__pycache__` and hidden directories; files already in
+/// `to` (the SDK's own) are kept.
 fn copy_sources(from: &Path, to: &Path, extensions: &[&str]) -> Result<(), ProjectError> {
     std::fs::create_dir_all(to).map_err(io("creating", to))?;
     for entry in std::fs::read_dir(from).map_err(io("reading", from))? {
@@ -363,7 +368,7 @@ fn copy_sources(from: &Path, to: &Path, extensions: &[&str]) -> Result<(), Proje
         let path = entry.path();
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        if name.starts_with('.') || name == "node_modules" {
+        if name.starts_with('.') || name == "node_modules" || name == "__pycache__" {
             continue;
         }
         let target = to.join(&*name);

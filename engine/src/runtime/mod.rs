@@ -765,6 +765,15 @@ impl GuestInstance {
                 call,
                 kind: GuestError::MalformedBatch { reason },
             }),
+            // A guest whose language turns a refused allocation into an
+            // exception (Python's MemoryError, JavaScript's "out of memory")
+            // returns an error rather than trapping: it is the limit all the same.
+            Err(_) if self.store.data().memory_limit_hit => Err(Error::Guest {
+                call,
+                kind: GuestError::MemoryLimit {
+                    limit_mib: self.store.data().limits.max_memory_bytes >> 20,
+                },
+            }),
             Err(e) => Err(Error::Guest {
                 call,
                 kind: GuestError::Returned {

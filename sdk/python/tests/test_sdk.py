@@ -1,0 +1,197 @@
+"""Unit tests of the Python SDK under CPython, with the WIT world's
+generated bindings on the path (`cargo xtask test` generates them) and the
+host's functions stubbed."""
+
+import unittest
+
+from componentize_py_types import Err
+from wit_world.imports import host
+from wit_world.imports import types as wit
+
+import wmr
+from wmr import _columns as columns
+from wmr import _export
+
+sent_counters = []
+host.add_counters = lambda deltas: sent_counters.append(dict(deltas))
+host.log = lambda level, message: None
+
+
+def text_batch(lines):
+    encoded = [line.encode() for line in lines]
+    offsets = [0]
+    for e in encoded:
+        offsets.append(offsets[-1] + len(e))
+    positions = list(range(0, 10 * len(lines), 10))
+    return wit.Batch(
+        num_rows=len(lines),
+        names=["offset", "line"],
+        columns=[
+            wit.Column(validity=b"", data=wit.ColumnData_Int64(positions)),
+            wit.Column(validity=b"", data=wit.ColumnData_Utf8(wit.VarWidth(offsets=offsets, values=b"".join(encoded)))),
+        ],
+    )
+
+
+def pairs(batch):
+    cols = columns.read_batch(batch)
+    return sorted(zip(*cols))
+
+
+class WordCount(wmr.Job):
+    key = str
+    value = wmr.u64
+    output = [("word", str), ("count", wmr.u64)]
+
+    def map(self, record, emit):
+        for word in wmr.words(record.line):
+            emit(word, 1)
+        wmr.count("lines")
+
+    def combine(self, word, counts):
+        return sum(counts)
+
+    def reduce(self, word, counts, emit):
+        emit(word, sum(counts))
+
+
+class WordsTest(unittest.TestCase):
+    def test_words_are_runs_of_letters_as_in_rust(self):
+        self.assertEqual(wmr.words("It's a café, Ñandú!"), ["It", "s", "a", "café", "Ñandú"])
+        self.assertEqual(
+            wmr.words("  ab1cd--ÉTÉ  x\U0001F600y  日本語 "), ["ab", "cd", "ÉTÉ", "x", "y", "日本語"]
+        )
+        self.assertEqual(wmr.words(""), [])
+        self.assertEqual(wmr.words("!!"), [])
+        # Combining marks are Alphabetic for some scripts (Devanagari's vowel signs).
+        self.assertEqual(wmr.words("हिन्दी"), ["हिन", "दी"])
+
+
+class ColumnsTest(unittest.TestCase):
+    def roundtrip(self, data_type, values):
+        column = columns.write_column(data_type, values, "test")
+        return columns.read_column(column, len(values))
+
+    def test_every_type_comes_back_with_its_nulls(self):
+        cases = [
+            (wit.DataType.UTF8, ["a", None, "héllo", ""]),
+            (wit.DataType.UTF8, ["plain", "ascii"]),
+            (wit.DataType.BINARY, [b"\x00\xff", None, b""]),
+            (wit.DataType.INT64, [-(1 << 63), None, (1 << 63) - 1]),
+            (wit.DataType.UINT64, [0, (1 << 64) - 1, None]),
+            (wit.DataType.FLOAT64, [1.5, None, -0.0]),
+            (wit.DataType.BOOLEAN, [True, False, None, True, True, False, False, True, True]),
+        ]
+        for data_type, values in cases:
+            with self.subTest(data_type=data_type, values=values):
+                self.assertEqual(self.roundtrip(data_type, values), values)
+
+    def test_a_value_of_the_wrong_type_names_itself(self):
+        with self.assertRaisesRegex(columns.ColumnTypeError, "test: 'x' is not an integer"):
+            columns.write_column(wit.DataType.INT64, [1, "x"], "test")
+        with self.assertRaisesRegex(columns.ColumnTypeError, "out of range for a 64-bit unsigned"):
+            columns.write_column(wit.DataType.UINT64, [-1], "test")
+        with self.assertRaisesRegex(columns.ColumnTypeError, "test: 3 is not str"):
+            columns.write_column(wit.DataType.UTF8, ["a", 3], "test")
+        with self.assertRaisesRegex(columns.ColumnTypeError, "is not a tuple of 2"):
+            columns.split([(1, 2), (3,)], 2, "test")
+
+    def test_declared_types_and_output_names(self):
+        self.assertEqual(columns.data_types((str, wmr.u64), "k"), [wit.DataType.UTF8, wit.DataType.UINT64])
+        with self.assertRaisesRegex(columns.SchemaError, "declares <class 'list'>"):
+            columns.data_types(list, "k")
+        self.assertEqual(columns.output_fields((str, int, float), "o")[0], ["key", "value", "value2"])
+        self.assertEqual(columns.output_fields({"w": str, "n": int}, "o")[0], ["w", "n"])
+
+
+class ExportTest(unittest.TestCase):
+    def setUp(self):
+        sent_counters.clear()
+
+    def world(self, cls, params=()):
+        world = wmr.export(cls)()
+        info = world.configure(list(params))
+        return world, info
+
+    def test_configure_describes_the_job(self):
+        _, info = self.world(WordCount)
+        self.assertEqual(info.name, "WordCount")
+        self.assertTrue(info.combines)
+        self.assertEqual([f.name for f in info.output], ["word", "count"])
+
+    def test_map_combines_across_calls_until_flush(self):
+        world, _ = self.world(WordCount)
+        first = world.map("a.txt", text_batch(["a b a", "b c"]))
+        self.assertEqual(first.num_rows, 0)
+        world.map("a.txt", text_batch(["a"]))
+        self.assertEqual(pairs(world.flush()), [("a", 3), ("b", 2), ("c", 1)])
+        self.assertEqual(sum(d.get("lines", 0) for d in sent_counters), 3)
+
+    def test_grouping_stops_when_keys_are_distinct(self):
+        world, _ = self.world(WordCount)
+        lines = ["".join(chr(ord("a") + int(d)) for d in f"{i:06d}") for i in range(_export.FOLD_EVERY_ROWS)]
+        out = world.map("a.txt", text_batch(lines))
+        self.assertEqual(out.num_rows, len(lines))
+        self.assertFalse(_export._task.grouping)
+        out = world.map("a.txt", text_batch(["x y x"]))
+        self.assertEqual(pairs(out), [("x", 1), ("x", 1), ("y", 1)])
+
+    def test_reduce_and_combine_take_groups(self):
+        world, _ = self.world(WordCount)
+        keys = columns.write_batch(["c0"], [wit.DataType.UTF8], [["a", "b"]], "")
+        values = columns.write_batch(["c1"], [wit.DataType.UINT64], [[1, 2, 3]], "")
+        grouped = wit.Grouped(keys=keys, values=values, group_ends=[2, 3])
+        self.assertEqual(pairs(world.reduce(grouped)), [("a", 3), ("b", 3)])
+        self.assertEqual(pairs(world.combine(grouped)), [("a", 3), ("b", 3)])
+
+    def test_an_exception_is_the_error_with_its_row(self):
+        class Picky(WordCount):
+            def map(self, record, emit):
+                if "bad" in record.line:
+                    raise ValueError("bad line")
+
+        world, _ = self.world(Picky)
+        with self.assertRaises(Err) as caught:
+            world.map("a.txt", text_batch(["fine", "also fine", "bad"]))
+        error = caught.exception.value
+        self.assertEqual(error.row, 2)
+        self.assertTrue(error.message.startswith("ValueError: bad line (test_sdk.py line "), error.message)
+
+    def test_a_missing_param_rejects_the_job(self):
+        class Needs(WordCount):
+            def __init__(self, params):
+                self.pattern = params.require("pattern")
+
+        with self.assertRaises(Err) as caught:
+            self.world(Needs)
+        self.assertIn("give it with --param pattern=VALUE", caught.exception.value)
+
+    def test_parquet_columns_by_name(self):
+        class Sum(wmr.Job):
+            key = str
+            value = float
+
+            def map(self, record, emit):
+                emit(record["k"], record.get("v"))
+
+            def reduce(self, key, values, emit):
+                emit(sum(values))
+
+        world, _ = self.world(Sum)
+        batch = columns.write_batch(
+            ["k", "v"], [wit.DataType.UTF8, wit.DataType.FLOAT64], [["x", "y"], [1.0, 2.5]], ""
+        )
+        self.assertEqual(pairs(world.map("t.parquet", batch)), [("x", 1.0), ("y", 2.5)])
+
+        class Missing(Sum):
+            def map(self, record, emit):
+                record["nope"]
+
+        world, _ = self.world(Missing)
+        with self.assertRaises(Err) as caught:
+            world.map("t.parquet", batch)
+        self.assertIn("input has no column 'nope'; its columns are: k, v", caught.exception.value.message)
+
+
+if __name__ == "__main__":
+    unittest.main()

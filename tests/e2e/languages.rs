@@ -1,0 +1,281 @@
+//! Jobs in Python and JavaScript: hostile guests contained as Rust ones
+//! are, `wmr new` then `wmr build` then `wmr run` from an empty directory
+//! in every language, and a module compiled once per machine.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use crate::harness::*;
+
+/// PATH with the build tools `cargo xtask test` installs under target/tools
+/// (componentize-py, componentize-js) first.
+fn tools_path() -> std::ffi::OsString {
+    let tools = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/tools");
+    let dirs = [tools.join("python/bin"), tools.join("js/node_modules/.bin")];
+    for dir in &dirs {
+        assert!(
+            dir.is_dir(),
+            "{} is missing: install the build tools with `cargo xtask test`",
+            dir.display()
+        );
+    }
+    std::env::join_paths(
+        dirs.into_iter()
+            .chain(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())),
+    )
+    .unwrap()
+}
+
+fn wmr_in(dir: &Path, args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_wmr"));
+    cmd.current_dir(dir).args(args).env("PATH", tools_path());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("running wmr")
+}
+
+fn assert_ok(o: &Output, what: &str) {
+    assert!(
+        o.status.success(),
+        "{what} failed with {}\n--- stdout\n{}\n--- stderr\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// Run the `hostile` test guest of `lang` (`py` or `js`) in `mode` over a
+/// small text, with two attempts: (exit code, last stderr line, test dir).
+fn run_hostile(lang: &str, mode: &str, flags: &[&str]) -> (Option<i32>, String, TestDir) {
+    let t = TestDir::new();
+    let text: String = (0..3000).map(|i| format!("{i} some text on this line\n")).collect();
+    let input = t.write("in/a.txt", text);
+    let param = format!("mode={mode}");
+    let (job, out) = (guest(&format!("{lang}-hostile")), t.path("out"));
+    let mut args = vec![
+        "run",
+        "--job",
+        job.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        "--format",
+        "text",
+        "--param",
+        &param,
+        "--max-attempts",
+        "2",
+        "--quiet",
+    ];
+    args.extend_from_slice(flags);
+    let o = wmr(&args);
+    let stderr = String::from_utf8_lossy(&o.stderr)
+        .lines()
+        .last()
+        .unwrap_or("")
+        .to_string();
+    (o.status.code(), stderr, t)
+}
+
+fn assert_contained(lang: &str, mode: &str, flags: &[&str], expected: &[&str]) {
+    let (code, err, t) = run_hostile(lang, mode, flags);
+    assert_eq!(code, Some(1), "{lang} {mode}: {err}");
+    assert!(err.contains("failed 2 time(s)"), "{lang} {mode}: {err}");
+    for e in expected {
+        assert!(err.contains(e), "{lang} {mode}: expected {e:?} in {err}");
+    }
+    assert!(!t.path("out/_SUCCESS").exists(), "{lang} {mode} left output behind");
+}
+
+#[test]
+fn python_and_javascript_guests_that_loop_forever_hit_the_call_time_limit() {
+    for lang in ["py", "js"] {
+        assert_contained(
+            lang,
+            "loop-map",
+            &["--max-call-time", "500ms"],
+            &["map task 0", "time limit of 500ms; raise it with --max-call-time"],
+        );
+    }
+}
+
+#[test]
+fn python_and_javascript_guests_that_grow_without_end_hit_the_memory_limit() {
+    for lang in ["py", "js"] {
+        assert_contained(
+            lang,
+            "grow",
+            &["--max-memory", "256MiB"],
+            &["memory limit of 256 MiB; raise it with --max-memory"],
+        );
+    }
+}
+
+#[test]
+fn an_exception_is_the_attempts_error_with_its_message_and_row() {
+    for (lang, expected) in [
+        (
+            "py",
+            "ValueError: refusing the line at offset 125 (job.py line 30, in map)",
+        ),
+        ("js", "RangeError: refusing the line at offset 125"),
+    ] {
+        assert_contained(
+            lang,
+            "raise",
+            &[],
+            &["map task 0", "a.txt byte offset 125: map failed", expected],
+        );
+    }
+}
+
+#[test]
+fn files_sockets_and_the_environment_are_out_of_reach_of_python() {
+    let (code, err, t) = run_hostile("py", "escape", &[]);
+    assert_eq!(code, Some(0), "{err}");
+    let lines = text_output(&t.path("out"));
+    assert_eq!(lines, ["args 0", "dir 0", "env 0", "file 0", "socket 0"]);
+}
+
+#[test]
+fn node_and_the_network_are_out_of_reach_of_javascript() {
+    let (code, err, t) = run_hostile("js", "escape", &[]);
+    assert_eq!(code, Some(0), "{err}");
+    let lines = text_output(&t.path("out"));
+    assert!(lines.contains(&"process absent".to_string()), "{lines:?}");
+    assert!(lines.contains(&"require absent".to_string()), "{lines:?}");
+}
+
+/// `wmr new NAME --lang LANG`, `wmr build NAME`, `wmr run` of what it built
+/// over a small text: the word counts come out.
+fn new_build_run(lang: &str, env: &[(&str, &std::ffi::OsStr)]) -> PathBuf {
+    let t = TestDir::new();
+    let work = t.path("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let o = wmr_in(&work, &["new", "counter", "--lang", lang], env);
+    assert_ok(&o, "wmr new");
+    let printed = String::from_utf8_lossy(&o.stdout);
+    assert!(printed.contains("wmr build counter"), "{printed}");
+    let o = wmr_in(&work, &["build", "counter"], env);
+    assert_ok(&o, "wmr build");
+    let printed = String::from_utf8_lossy(&o.stdout);
+    assert!(printed.contains("it is a wmr job"), "{printed}");
+    let module = work.join("counter/counter.wasm");
+    assert!(module.is_file(), "{printed}");
+    std::fs::write(work.join("in.txt"), "to be or not to be\nthat is the question\n").unwrap();
+    let o = wmr_in(
+        &work,
+        &[
+            "run",
+            "--job",
+            "counter/counter.wasm",
+            "--input",
+            "in.txt",
+            "--output",
+            "out",
+            "--format",
+            "text",
+            "--quiet",
+        ],
+        env,
+    );
+    assert_ok(&o, "wmr run");
+    assert_eq!(
+        text_output(&work.join("out")),
+        ["be 2", "is 1", "not 1", "or 1", "question 1", "that 1", "the 1", "to 2"]
+    );
+    // Kept so the caller may look further; the directory goes with `t`.
+    std::mem::forget(t);
+    work
+}
+
+#[test]
+fn a_new_python_job_builds_and_runs_as_it_is() {
+    let work = new_build_run("python", &[]);
+    // Nothing but the job, its component and its ignore file.
+    let mut names: Vec<String> = std::fs::read_dir(work.join("counter"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, [".gitignore", "counter.wasm", "job.py"]);
+    let _ = std::fs::remove_dir_all(work.parent().unwrap());
+}
+
+#[test]
+fn a_new_javascript_job_builds_and_runs_as_it_is() {
+    let work = new_build_run("js", &[]);
+    let _ = std::fs::remove_dir_all(work.parent().unwrap());
+}
+
+#[test]
+fn a_new_rust_job_builds_and_runs_as_it_is() {
+    // The guests' target directory: its dependencies are built already.
+    let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/guest-build");
+    let work = new_build_run("rust", &[("CARGO_TARGET_DIR", target.as_os_str())]);
+    let _ = std::fs::remove_dir_all(work.parent().unwrap());
+}
+
+#[test]
+fn a_missing_build_tool_is_one_line_saying_how_to_install_it() {
+    let t = TestDir::new();
+    t.write("wc/job.py", "");
+    let o = Command::new(env!("CARGO_BIN_EXE_wmr"))
+        .args(["build", t.path("wc").to_str().unwrap()])
+        .env("PATH", "/nonexistent")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("componentize-py, which builds Python jobs, was not found"),
+        "{err}"
+    );
+    assert!(err.contains("pip install componentize-py==0.25.1"), "{err}");
+}
+
+#[test]
+fn a_second_run_of_a_python_module_loads_it_from_the_compile_cache() {
+    let t = TestDir::new();
+    let cache = t.path("cache");
+    let input = t.write("in/a.txt", "one two two\n");
+    let run = |out: &str| {
+        let o = Command::new(env!("CARGO_BIN_EXE_wmr"))
+            .args(["-v", "run", "--job"])
+            .arg(guest("py-wordcount"))
+            .arg("--input")
+            .arg(&input)
+            .arg("--output")
+            .arg(t.path(out))
+            .arg("--quiet")
+            .env("WMR_COMPILE_CACHE", &cache)
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    let first = run("out1");
+    assert!(first.contains("py-wordcount.wasm: compiled in"), "{first}");
+    let second = run("out2");
+    assert!(
+        second.contains("py-wordcount.wasm: loaded its compiled code from the compile cache"),
+        "{second}"
+    );
+    assert!(!second.contains("compiled in"), "{second}");
+    // A damaged entry is noticed, deleted and compiled again.
+    let entry = std::fs::read_dir(&cache).unwrap().next().unwrap().unwrap().path();
+    let mut bytes = std::fs::read(&entry).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&entry, bytes).unwrap();
+    let third = run("out3");
+    assert!(
+        third.contains("fails its checksum; deleting it and compiling again"),
+        "{third}"
+    );
+    assert!(third.contains("py-wordcount.wasm: compiled in"), "{third}");
+}
