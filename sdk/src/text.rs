@@ -148,7 +148,10 @@ mod tests {
     /// The ranges of `char::is_alphabetic`, as `(first, last)` pairs.
     fn alphabetic_ranges() -> Vec<(u32, u32)> {
         let mut ranges: Vec<(u32, u32)> = Vec::new();
-        for c in (0..=0x10FFFFu32).filter_map(char::from_u32).filter(|c| c.is_alphabetic()) {
+        for c in (0..=0x10FFFFu32)
+            .filter_map(char::from_u32)
+            .filter(|c| c.is_alphabetic())
+        {
             let c = c as u32;
             match ranges.last_mut() {
                 Some((_, last)) if *last + 1 == c => *last = c,

@@ -2,7 +2,7 @@
 //! Each talks to a coordinator (`--coordinator` or `WMR_COORDINATOR`) and
 //! prints for people, or JSON with `--json`.
 
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -10,7 +10,7 @@ use clap::Args;
 use tonic::Code;
 
 use super::job_args::JobArgs;
-use super::{Failure, exit, io_runtime};
+use super::{Failure, exit, io_runtime, print};
 use crate::coordinator::status::{JobStatusDoc, UserState};
 use crate::rpc::auth::Token;
 use crate::rpc::client::AuthedChannel;
@@ -127,11 +127,6 @@ async fn connect(args: &ClientArgs) -> Result<JobServiceClient<AuthedChannel>, F
             message: e.to_string(),
         })?;
     Ok(client::jobs(channel, token))
-}
-
-fn print(text: &str) {
-    // A closed stdout (piped into `head`) is not an error.
-    let _ = std::io::stdout().lock().write_all(text.as_bytes());
 }
 
 fn doc_of(status: &pb::JobStatus) -> Result<JobStatusDoc, Failure> {

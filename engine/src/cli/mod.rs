@@ -85,6 +85,12 @@ pub fn run(cli: Cli) -> Result<u8, Failure> {
     }
 }
 
+/// Write `text` to stdout; a closed stdout (piped into `head`) is not an error.
+fn print(text: &str) {
+    use std::io::Write;
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
+}
+
 /// A tokio runtime for I/O only (`threads` threads); CPU work goes to the
 /// compute pool.
 fn io_runtime(threads: usize) -> Result<tokio::runtime::Runtime, Failure> {

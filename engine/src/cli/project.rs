@@ -7,7 +7,7 @@ use std::time::Instant;
 use clap::Args;
 
 use super::compile::CompileArgs;
-use super::{Failure, exit};
+use super::{Failure, exit, print};
 use crate::error_chain;
 use crate::project::{self, Lang, ProjectError, Source};
 
@@ -57,9 +57,9 @@ pub(super) fn new(args: NewArgs) -> Result<u8, Failure> {
         ),
         Lang::Js => format!("it builds with componentize-js (`npm install` in {dir} once)"),
     };
-    println!(
-        "created a word-count job in {dir}; {tool}. Next:\n  wmr build {dir}\n  wmr run --job {dir}/{name}.wasm --input 'books/*.txt' --output counts --format text"
-    );
+    print(&format!(
+        "created a word-count job in {dir}; {tool}. Next:\n  wmr build {dir}\n  wmr run --job {dir}/{name}.wasm --input 'books/*.txt' --output counts --format text\n"
+    ));
     Ok(exit::SUCCESS)
 }
 
@@ -90,12 +90,12 @@ pub(super) fn build(args: BuildArgs) -> Result<u8, Failure> {
         code: exit::INFRASTRUCTURE,
         message: format!("writing {}: {e}", output.display()),
     })?;
-    println!(
-        "built {} ({:.1} MiB) from {} in {:.1} s; it is a wmr job",
+    print(&format!(
+        "built {} ({:.1} MiB) from {} in {:.1} s; it is a wmr job\n",
         output.display(),
         bytes.len() as f64 / f64::from(1 << 20),
         source.entry.display(),
         started.elapsed().as_secs_f64()
-    );
+    ));
     Ok(exit::SUCCESS)
 }
