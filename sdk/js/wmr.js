@@ -446,7 +446,10 @@ class Task {
       keys.push(key);
       values.push(held.length === 1 ? held[0] : this.job.combine(key, held));
     }
-    this.held.clear();
+    // A fresh Map rather than clear(): refilling one cleared Map again and
+    // again ended, after some 24 MB of text, in an allocation failure that
+    // aborts SpiderMonkey (seen with componentize-js 0.23).
+    this.held = new Map();
     for (let i = 0; i < this.keys.length; i++) {
       keys.push(this.keys[i]);
       values.push(this.values[i]);

@@ -118,7 +118,7 @@ fn an_exception_is_the_attempts_error_with_its_message_and_row() {
     for (lang, expected) in [
         (
             "py",
-            "ValueError: refusing the line at offset 125 (job.py line 30, in map)",
+            "ValueError: refusing the line at offset 125 (job.py line 34, in map)",
         ),
         ("js", "RangeError: refusing the line at offset 125"),
     ] {
@@ -129,6 +129,16 @@ fn an_exception_is_the_attempts_error_with_its_message_and_row() {
             &["map task 0", "a.txt byte offset 125: map failed", expected],
         );
     }
+}
+
+#[test]
+fn an_interpreter_that_aborts_is_reported_with_the_last_line_it_wrote() {
+    assert_contained(
+        "py",
+        "abort",
+        &[],
+        &["the job trapped", "its stderr ended: hostile: giving up on purpose"],
+    );
 }
 
 #[test]

@@ -751,6 +751,13 @@ impl GuestInstance {
         if let Some(frame) = frame {
             message.push_str(&format!(" in {frame}"));
         }
+        // An interpreter that aborts (SpiderMonkey's MOZ_CRASH, CPython's
+        // fatal errors) says why on stderr just before it traps.
+        let stderr = state.stderr.kept();
+        let said = String::from_utf8_lossy(&stderr);
+        if let Some(last) = said.lines().rev().find(|l| !l.trim().is_empty()) {
+            message.push_str(&format!("; its stderr ended: {}", limits::bounded_message(last.trim())));
+        }
         GuestError::Trapped { message }
     }
 

@@ -4,6 +4,7 @@ encoded a column at a time, in-mapper combining that turns itself off when
 it does not pay, and exceptions turned into the attempt's error with the
 input row."""
 
+import gc
 import os
 import traceback
 from collections import defaultdict
@@ -15,8 +16,10 @@ from . import _columns as columns
 from . import _host
 from ._job import Job, Params, Record
 
-# Combining in the mapper: input rows between folds of the held values, and
-# distinct keys held before they are sent on (bounding the guest's memory).
+# Combining in the mapper: input rows between folds of the held values (a
+# fold calls `combine` once per held key, so not too often), and distinct
+# keys held before they are sent on (bounding the guest's memory: about
+# 150 bytes a key).
 FOLD_EVERY_ROWS = 50_000
 HELD_KEYS = 100_000
 
@@ -146,6 +149,14 @@ class _Task:
 _task = None
 
 
+def _collect_later():
+    """No cyclic garbage collection during a call: the SDK's own objects
+    (a list of values per held key, many of them) form no cycles, and
+    collecting would walk them all again and again. A job's own cycles are
+    collected between calls."""
+    gc.disable()
+
+
 def _configured():
     if _task is None:
         raise RuntimeError("the job was called before configure")
@@ -193,11 +204,13 @@ def export(cls):
             except Exception as e:
                 raise Err(_describe(e))
             finally:
+                gc.enable()
                 _host.flush_counters()
             return info
 
         def map(self, source, input):
             row = None
+            _collect_later()
             try:
                 task = _configured()
                 n = input.num_rows
@@ -228,6 +241,7 @@ def export(cls):
             except Exception as e:
                 raise _guest_error(e, row)
             finally:
+                gc.enable()
                 _host.flush_counters()
 
         def flush(self):
@@ -236,10 +250,12 @@ def export(cls):
             except Exception as e:
                 raise _guest_error(e, None)
             finally:
+                gc.enable()
                 _host.flush_counters()
 
         def combine(self, input):
             row = None
+            _collect_later()
             try:
                 task = _configured()
                 keys = columns.rows(columns.read_batch(input.keys))
@@ -254,10 +270,12 @@ def export(cls):
             except Exception as e:
                 raise _guest_error(e, row)
             finally:
+                gc.enable()
                 _host.flush_counters()
 
         def reduce(self, input):
             row = None
+            _collect_later()
             try:
                 task = _configured()
                 keys = columns.rows(columns.read_batch(input.keys))
@@ -290,6 +308,7 @@ def export(cls):
             except Exception as e:
                 raise _guest_error(e, row)
             finally:
+                gc.enable()
                 _host.flush_counters()
 
     WitWorld.__name__ = "WitWorld"

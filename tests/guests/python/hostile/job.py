@@ -1,6 +1,6 @@
 """A Python job that misbehaves as `--param mode=...` says: `loop-map`
 (never returns), `grow` (allocates without end), `raise` (raises with a
-message of its own), `escape` (tries files, sockets, the environment and
+message of its own), `abort` (says why on stderr, then aborts the interpreter), `escape` (tries files, sockets, the environment and
 the arguments, and reports what it reached)."""
 
 import os
@@ -26,6 +26,10 @@ class Hostile(wmr.Job):
             hoard = []
             while True:
                 hoard.append(bytearray(1 << 20))
+        if self.mode == "abort":
+            sys.stderr.write("hostile: giving up on purpose\n")
+            sys.stderr.flush()
+            os.abort()
         if self.mode == "raise" and record.offset > 100:
             raise ValueError(f"refusing the line at offset {record.offset}")
         if self.mode == "escape" and record.offset == 0:
