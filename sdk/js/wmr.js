@@ -36,10 +36,13 @@ const TYPES = new Map([
   ["bool", "boolean"],
 ]);
 
-// Combining in the mapper: input rows between folds of the held values, and
-// distinct keys held before they are sent on.
-const FOLD_EVERY_ROWS = 50000;
+// Combining in the mapper, checked after every call: the held values are
+// folded (one `combine` call per held key) once there are FOLD_VALUES of
+// them, and sent on once more than HELD_KEYS distinct keys are held.
+const FOLD_VALUES = 500000;
 const HELD_KEYS = 100000;
+const MIN_SAFE = BigInt(Number.MIN_SAFE_INTEGER);
+const MAX_SAFE = BigInt(Number.MAX_SAFE_INTEGER);
 
 const WORD = new RegExp(ALPHABETIC + "+", "gu");
 const ASCII_WORD = /[A-Za-z]+/g;
@@ -175,6 +178,9 @@ function outputFields(declared, what) {
       if (!Array.isArray(pair) || pair.length !== 2 || typeof pair[0] !== "string") {
         throw new TypeError(`${what} must be [name, type] pairs; ${JSON.stringify(pair)} is not one`);
       }
+      if (Array.isArray(pair[1])) {
+        throw new TypeError(`${what} column ${JSON.stringify(pair[0])} must have one type, not an array`);
+      }
       names.push(pair[0]);
       types.push(...dataTypes(pair[1], `${what} column ${JSON.stringify(pair[0])}`));
     }
@@ -186,7 +192,8 @@ function outputFields(declared, what) {
   return [names, types];
 }
 
-const decoder = new TextDecoder();
+// A leading U+FEFF is a value's own character, not a byte-order mark.
+const decoder = new TextDecoder("utf-8", { ignoreBOM: true });
 const encoder = new TextEncoder();
 
 function isSet(bits, i) {
@@ -211,7 +218,8 @@ function readColumn(column, n) {
     values = new Array(n);
     for (let i = 0; i < n; i++) values[i] = bytes.slice(offsets[i], offsets[i + 1]);
   } else if (tag === "int64" || tag === "uint64") {
-    values = Array.from(val.subarray(0, n), Number);
+    // Numbers where they are exact, BigInts beyond 2^53.
+    values = Array.from(val.subarray(0, n), (v) => (v >= MIN_SAFE && v <= MAX_SAFE ? Number(v) : v));
   } else if (tag === "float64") {
     values = Array.from(val.subarray(0, n));
   } else {
@@ -316,6 +324,12 @@ function writeColumn(dataType, values, what) {
       }),
     };
   } else {
+    for (let i = 0; i < n; i++) {
+      const v = values[i];
+      if (typeof v !== "boolean" && v !== null && v !== undefined) {
+        throw new TypeError(`${what}: ${JSON.stringify(v)} is not a boolean`);
+      }
+    }
     data = { tag: dataType, val: packBits(values) };
   }
   return { validity, data };
@@ -380,11 +394,17 @@ class LazyColumns {
   }
 }
 
-/** A key's identity in a Map: strings and numbers as they are, others spelled out. */
+/** A key's identity in a Map: strings and numbers as they are, others
+ * spelled out, each part of a tuple prefixed by its type and length. */
 function keyId(key) {
   if (typeof key !== "object" || key === null) return key;
   if (key instanceof Uint8Array) return "b:" + key.join(",");
-  return "t:" + key.map((part) => `${typeof part}:${part instanceof Uint8Array ? part.join(",") : part}`).join("\u0000");
+  let id = "t:";
+  for (const part of key) {
+    const text = `${part === null ? "null" : typeof part}:${part instanceof Uint8Array ? part.join(",") : part}`;
+    id += `${text.length}#${text}`;
+  }
+  return id;
 }
 
 class Task {
@@ -398,7 +418,6 @@ class Task {
     this.pairNames = [...this.keyTypes, ...this.valueTypes].map((_, i) => `c${i}`);
     this.grouping = this.combines;
     this.held = new Map();
-    this.rowsSinceFold = 0;
     this.keys = [];
     this.values = [];
   }
@@ -434,7 +453,6 @@ class Task {
       total += entry.values.length;
       if (entry.values.length > 1) entry.values = [this.job.combine(entry.key, entry.values)];
     }
-    this.rowsSinceFold = 0;
     if (2 * this.held.size > total) this.grouping = false;
     return !this.grouping || this.held.size > HELD_KEYS;
   }
@@ -544,8 +562,13 @@ export function exportJob(JobClass) {
         }
         row = undefined;
         if (!t.grouping) return t.takeAll();
-        t.rowsSinceFold += n;
-        if (t.rowsSinceFold >= FOLD_EVERY_ROWS && t.fold()) return t.takeAll();
+        let full = t.held.size > HELD_KEYS;
+        if (!full) {
+          let values = 0;
+          for (const entry of t.held.values()) values += entry.values.length;
+          full = values >= FOLD_VALUES;
+        }
+        if (full && t.fold()) return t.takeAll();
         return writeBatch(t.pairNames, [...t.keyTypes, ...t.valueTypes], t.pairNames.map(() => []), "");
       }, currentRow);
     },
@@ -567,7 +590,17 @@ export function exportJob(JobClass) {
           out.push(t.job.combine(keys[g], values.slice(start, end)));
         });
         row = undefined;
-        return t.pairs(keys, out);
+        // The keys go back as they came, exactly.
+        const what = `${JobClass.name}.combine returned`;
+        const valueColumns = split(out, t.valueTypes.length, `${what} a value that`);
+        return {
+          numRows: out.length,
+          names: t.pairNames,
+          columns: [
+            ...input.keys.columns,
+            ...valueColumns.map((c, i) => writeColumn(t.valueTypes[i], c, what)),
+          ],
+        };
       }, currentRow);
     },
 

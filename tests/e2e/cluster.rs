@@ -1580,13 +1580,15 @@ fn a_corrupted_shuffle_object_gets_its_map_run_again_and_the_output_is_identical
     let t = TestDir::new();
     let mut c = Cluster::start_with_backups(&t, "2s", "1h");
     c.add_worker(1);
-    let (input, texts) = generated_input(&t, 4, 3000);
+    // Some two hundred maps: with its module loaded from the compile cache,
+    // a worker finishes a few dozen before a status poll could see one run.
+    let (input, texts) = generated_input(&t, 8, 20_000);
     let out = t.path("out");
     let job = c.submit(
         "wordcount",
         &input,
         &out,
-        &["--reducers", "2", "--split-size", "64KiB", "--no-speculation"],
+        &["--reducers", "2", "--split-size", "16KiB", "--no-speculation"],
     );
     // Freeze the first worker mid-map, so that no reduce can start while the
     // second worker does the other maps.

@@ -118,7 +118,7 @@ fn an_exception_is_the_attempts_error_with_its_message_and_row() {
     for (lang, expected) in [
         (
             "py",
-            "ValueError: refusing the line at offset 125 (job.py line 34, in map)",
+            "ValueError: refusing the line at offset 125 (job.py line 36, in map)",
         ),
         ("js", "RangeError: refusing the line at offset 125"),
     ] {
@@ -143,7 +143,10 @@ fn an_interpreter_that_aborts_is_reported_with_the_last_line_it_wrote() {
 
 #[test]
 fn files_sockets_and_the_environment_are_out_of_reach_of_python() {
-    let (code, err, t) = run_hostile("py", "escape", &[]);
+    // A listener the guest could reach, were sockets open to it.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = format!("port={}", listener.local_addr().unwrap().port());
+    let (code, err, t) = run_hostile("py", "escape", &["--param", &port]);
     assert_eq!(code, Some(0), "{err}");
     let lines = text_output(&t.path("out"));
     assert_eq!(lines, ["args 0", "dir 0", "env 0", "file 0", "socket 0"]);
@@ -156,6 +159,77 @@ fn node_and_the_network_are_out_of_reach_of_javascript() {
     let lines = text_output(&t.path("out"));
     assert!(lines.contains(&"process absent".to_string()), "{lines:?}");
     assert!(lines.contains(&"require absent".to_string()), "{lines:?}");
+    // fetch exists, but with no wasi:http linked it traps in its first
+    // step, and nothing reaches the listener.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = format!("port={}", listener.local_addr().unwrap().port());
+    assert_contained("js", "fetch", &["--param", &port], &["the job trapped"]);
+    listener.set_nonblocking(true).unwrap();
+    let accepted = listener.accept();
+    assert!(
+        accepted
+            .as_ref()
+            .is_err_and(|e| e.kind() == std::io::ErrorKind::WouldBlock),
+        "the guest reached the listener: {accepted:?}"
+    );
+}
+
+/// Word count by `guest` over text of 120,000 distinct words, each twice
+/// in different batches: the SDK's in-mapper combining holds more keys
+/// than it may, sends them on and stops grouping (the keys being mostly
+/// distinct), and the counts still come out right.
+fn wordcount_past_the_held_keys(guest_name: &str) {
+    let t = TestDir::new();
+    let word = |i: usize| -> String {
+        let mut w = String::new();
+        let mut n = i;
+        loop {
+            w.push(char::from(b'a' + (n % 26) as u8));
+            n /= 26;
+            if n == 0 {
+                break w;
+            }
+        }
+    };
+    let mut text = String::new();
+    for round in 0..2 {
+        for line in 0..12_000 {
+            let words: Vec<String> = (0..10).map(|k| word(line * 10 + k)).collect();
+            text.push_str(&words.join(" "));
+            text.push('\n');
+        }
+        let _ = round;
+    }
+    let input = t.write("in/distinct.txt", &text);
+    let out = t.path("out");
+    wmr_ok(&[
+        "run",
+        "--job",
+        guest(guest_name).to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        "--format",
+        "text",
+        "--reducers",
+        "2",
+    ]);
+    assert_eq!(
+        text_output(&out),
+        as_lines(&reference_wordcount(&[text])),
+        "{guest_name}"
+    );
+}
+
+#[test]
+fn python_combining_stops_when_keys_are_distinct_and_loses_nothing() {
+    wordcount_past_the_held_keys("py-wordcount");
+}
+
+#[test]
+fn javascript_combining_stops_when_keys_are_distinct_and_loses_nothing() {
+    wordcount_past_the_held_keys("js-wordcount");
 }
 
 /// `wmr new NAME --lang LANG`, `wmr build NAME`, `wmr run` of what it built

@@ -74,6 +74,17 @@ pub enum ProjectError {
         /// The end of what it printed.
         output: String,
     },
+    /// A directory with more sources than any job has.
+    #[error(
+        "the job's sources under {} come to more than {limit_mib} MiB; build a directory holding only the job, or name its file",
+        dir.display()
+    )]
+    TooBig {
+        /// The directory.
+        dir: PathBuf,
+        /// The limit.
+        limit_mib: u64,
+    },
     /// Reading or writing files.
     #[error("{doing} {}: {source}", path.display())]
     Io {
@@ -150,6 +161,9 @@ pub fn scaffold(dir: &Path, lang: Lang) -> Result<Vec<PathBuf>, ProjectError> {
     Ok(written)
 }
 
+/// The most a job's own sources may take, copied for a build.
+const MAX_SOURCE_BYTES: u64 = 64 << 20;
+
 /// A job source found at a path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Source {
@@ -161,6 +175,9 @@ pub struct Source {
     pub entry: PathBuf,
     /// The default name of the built component, without `.wasm`.
     pub name: String,
+    /// Whether the user gave the entry file itself: then it alone is built,
+    /// not the directory around it.
+    pub single_file: bool,
 }
 
 impl Source {
@@ -186,6 +203,7 @@ impl Source {
                         dir: path.clone(),
                         entry,
                         name: name.clone(),
+                        single_file: false,
                     });
                 }
             }
@@ -205,6 +223,7 @@ impl Source {
             name: stem(&path),
             dir,
             entry: path,
+            single_file: true,
         })
     }
 }
@@ -296,7 +315,7 @@ fn build_python(source: &Source) -> Result<Vec<u8>, ProjectError> {
     // The job's modules are copied beside the SDK, so that the build leaves
     // nothing (such as __pycache__) in the project.
     let app = stage.path().join("app");
-    copy_sources(&source.dir, &app, &["py"])?;
+    copy_sources(source, &app, &["py"])?;
     let module = source
         .entry
         .file_stem()
@@ -336,14 +355,16 @@ fn build_js(source: &Source) -> Result<Vec<u8>, ProjectError> {
     let stage = staging(sdk::JS_SDK)?;
     // The job's own modules beside the SDK, so `./wmr.js` resolves to it.
     let job_dir = stage.path().join("js");
-    copy_sources(&source.dir, &job_dir, &["js", "mjs"])?;
+    copy_sources(source, &job_dir, &["js", "mjs"])?;
     let module = source
         .entry
         .file_name()
         .and_then(|s| s.to_str())
         .unwrap_or("job.js")
         .to_string();
-    write(&job_dir, "wmr-entry.js", &sdk::JS_ENTRY.replace("{module}", &module))?;
+    // A JSON string is a JavaScript string literal, whatever the file's name.
+    let specifier = serde_json::Value::String(format!("./{module}")).to_string();
+    write(&job_dir, "wmr-entry.js", &sdk::JS_ENTRY.replace("{module}", &specifier))?;
     let out = stage.path().join("job.wasm");
     run_tool(
         "componentize-js",
@@ -358,28 +379,51 @@ fn build_js(source: &Source) -> Result<Vec<u8>, ProjectError> {
     read_output(&out)
 }
 
-/// Copy the files ending in `extensions` under `from` to `to`, leaving out
-/// `node_modules`, `__pycache__` and hidden directories; files already in
-/// `to` (the SDK's own) are kept.
-fn copy_sources(from: &Path, to: &Path, extensions: &[&str]) -> Result<(), ProjectError> {
+/// Copy the job's sources into `to`: the entry file alone when the user
+/// named it, else the files ending in `extensions` under its directory,
+/// leaving out symlinks, virtual environments, `node_modules`,
+/// `__pycache__` and hidden directories, and at most
+/// [`MAX_SOURCE_BYTES`]. Files already in `to` (the SDK's own) are kept.
+fn copy_sources(source: &Source, to: &Path, extensions: &[&str]) -> Result<(), ProjectError> {
+    std::fs::create_dir_all(to).map_err(io("creating", to))?;
+    if source.single_file {
+        let name = source.entry.file_name().unwrap_or_default();
+        return std::fs::copy(&source.entry, to.join(name))
+            .map(|_| ())
+            .map_err(io("copying", &source.entry));
+    }
+    let mut budget = MAX_SOURCE_BYTES;
+    copy_tree(&source.dir, to, extensions, &mut budget)
+}
+
+fn copy_tree(from: &Path, to: &Path, extensions: &[&str], budget: &mut u64) -> Result<(), ProjectError> {
     std::fs::create_dir_all(to).map_err(io("creating", to))?;
     for entry in std::fs::read_dir(from).map_err(io("reading", from))? {
         let entry = entry.map_err(io("reading", from))?;
         let path = entry.path();
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        if name.starts_with('.') || name == "node_modules" || name == "__pycache__" {
+        // The entry's own type: a symlink is not followed.
+        let kind = entry.file_type().map_err(io("reading", &path))?;
+        if name.starts_with('.') || name == "node_modules" || name == "__pycache__" || kind.is_symlink() {
             continue;
         }
         let target = to.join(&*name);
-        if path.is_dir() {
-            copy_sources(&path, &target, extensions)?;
+        if kind.is_dir() {
+            if !path.join("pyvenv.cfg").exists() {
+                copy_tree(&path, &target, extensions, budget)?;
+            }
         } else if path
             .extension()
             .and_then(|e| e.to_str())
             .is_some_and(|e| extensions.contains(&e))
             && !target.exists()
         {
+            let len = entry.metadata().map_err(io("reading", &path))?.len();
+            *budget = budget.checked_sub(len).ok_or_else(|| ProjectError::TooBig {
+                dir: from.to_path_buf(),
+                limit_mib: MAX_SOURCE_BYTES >> 20,
+            })?;
             std::fs::copy(&path, &target).map_err(io("copying", &path))?;
         }
     }
@@ -436,9 +480,10 @@ fn build_rust(source: &Source) -> Result<Vec<u8>, ProjectError> {
         .into_iter()
         .flatten()
         .filter(|p| {
+            // Cargo reports canonical paths; the user's may hold `..` or symlinks.
             p["manifest_path"]
                 .as_str()
-                .is_some_and(|m| Path::new(m) == manifest.as_path())
+                .is_some_and(|m| Path::new(m).canonicalize().ok() == manifest.canonicalize().ok())
         })
         .flat_map(|p| p["targets"].as_array().into_iter().flatten())
         .find(|t| {
@@ -492,6 +537,48 @@ mod tests {
         assert!(manifest.contains("name = \"rs\""), "{manifest}");
         assert!(rust.join("wmr-sdk/src/lib.rs").is_file());
         assert!(rust.join("wmr-sdk/wit/job.wit").is_file());
+    }
+
+    #[test]
+    fn sources_are_copied_without_symlinks_venvs_or_neighbours() {
+        let dir = tempfile::tempdir().unwrap();
+        let job = dir.path().join("job");
+        std::fs::create_dir_all(job.join("lib")).unwrap();
+        std::fs::create_dir_all(job.join("venv")).unwrap();
+        std::fs::write(job.join("job.py"), "import lib.helper").unwrap();
+        std::fs::write(job.join("lib/helper.py"), "").unwrap();
+        std::fs::write(job.join("notes.txt"), "").unwrap();
+        std::fs::write(job.join("venv/pyvenv.cfg"), "").unwrap();
+        std::fs::write(job.join("venv/site.py"), "").unwrap();
+        std::os::unix::fs::symlink(dir.path(), job.join("loop")).unwrap();
+        std::fs::write(dir.path().join("neighbour.py"), "").unwrap();
+        let listed = |root: &Path| {
+            let mut files: Vec<String> = walk(root)
+                .iter()
+                .map(|p| p.strip_prefix(root).unwrap().display().to_string())
+                .collect();
+            files.sort();
+            files
+        };
+        let out = dir.path().join("out-dir");
+        copy_sources(&Source::find(&job).unwrap(), &out, &["py"]).unwrap();
+        assert_eq!(listed(&out), ["job.py", "lib/helper.py"]);
+        let out = dir.path().join("out-file");
+        copy_sources(&Source::find(&job.join("job.py")).unwrap(), &out, &["py"]).unwrap();
+        assert_eq!(listed(&out), ["job.py"]);
+    }
+
+    fn walk(dir: &Path) -> Vec<PathBuf> {
+        let mut files = Vec::new();
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                files.extend(walk(&path));
+            } else {
+                files.push(path);
+            }
+        }
+        files
     }
 
     #[test]

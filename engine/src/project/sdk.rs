@@ -39,8 +39,8 @@ pub(super) const JS_SDK: &[(&str, &str)] = &[
 ];
 
 /// The module componentize-js builds: the job's default export, exported
-/// as the world's functions. `{module}` is the job's file.
-pub(super) const JS_ENTRY: &str = "import Job from \"./{module}\";
+/// as the world's functions. `{module}` is the job's file, as a string literal.
+pub(super) const JS_ENTRY: &str = "import Job from {module};
 import { exportJob } from \"./wmr.js\";
 export const { configure, map, flush, combine, reduce } = exportJob(Job);
 ";

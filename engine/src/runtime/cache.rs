@@ -12,8 +12,12 @@
 //! or engine configuration has another name (the engine's compatibility
 //! hash is part of it), and wasmtime refuses it besides. Because loading an
 //! artifact runs its code, the directory must belong to this user and be
-//! writable by no one else; otherwise the cache is not used. The directory
-//! is kept under a size bound by deleting the least recently used entries.
+//! writable by no one else (otherwise the cache is not used), and every
+//! entry is opened without following symlinks and loaded only if it is a
+//! regular file of this user's that no one else may write: a file planted
+//! by someone else, even in a directory swapped in later, is never run.
+//! The directory is kept under a size bound by deleting the least recently
+//! used entries.
 
 use std::fs;
 use std::hash::{Hash, Hasher};
@@ -26,10 +30,14 @@ use wasmtime::Engine;
 
 use crate::ids::ModuleDigest;
 
-/// Leads every entry, then the artifact's length (u64 LE) and its xxh3-128
-/// (u128 LE).
-const MAGIC: &[u8; 8] = b"WMRCWAS1";
-const HEADER_LEN: usize = 8 + 8 + 16;
+/// Leads every entry, then the artifact's length (u64 LE), its xxh3-128
+/// (u128 LE) and the module's digest (64 hex digits), so that an entry
+/// renamed or linked under another module's name is refused.
+const MAGIC: &[u8; 8] = b"WMRCWAS2";
+const HEADER_LEN: usize = 8 + 8 + 16 + 64;
+/// A temporary file older than this was left by a process that died
+/// writing it.
+const STALE_WRITE: std::time::Duration = std::time::Duration::from_secs(3600);
 /// The file name's ending of an entry.
 const EXTENSION: &str = "cwasm";
 
@@ -156,7 +164,14 @@ impl CompileCache {
     /// check is deleted (and compiled again by the caller).
     pub(super) fn get(&self, digest: &ModuleDigest) -> Lookup {
         let path = self.path(digest);
-        let mut file = match fs::File::open(&path) {
+        let opened = {
+            use std::os::unix::fs::OpenOptionsExt;
+            fs::File::options()
+                .read(true)
+                .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+                .open(&path)
+        };
+        let mut file = match opened {
             Ok(file) => file,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Lookup::Miss,
             Err(e) => {
@@ -169,9 +184,11 @@ impl CompileCache {
         };
         let mut bytes = Vec::new();
         let checked = file
-            .read_to_end(&mut bytes)
+            .metadata()
             .map_err(|e| e.to_string())
-            .and_then(|_| unwrap_entry(bytes));
+            .and_then(|meta| trusted(&meta))
+            .and_then(|()| file.read_to_end(&mut bytes).map_err(|e| e.to_string()))
+            .and_then(|_| unwrap_entry(bytes, digest));
         match checked {
             Ok(artifact) => {
                 // Least recently used goes first: a hit is a use.
@@ -198,7 +215,7 @@ impl CompileCache {
             .prefix(".writing-")
             .tempfile_in(&self.config.dir)
             .and_then(|mut file| {
-                file.write_all(&entry_header(artifact))?;
+                file.write_all(&entry_header(artifact, digest))?;
                 file.write_all(artifact)?;
                 file.as_file().sync_data()?;
                 file.persist(&path).map_err(|e| e.error)?;
@@ -217,9 +234,19 @@ impl CompileCache {
         let Ok(entries) = fs::read_dir(&self.config.dir) else {
             return;
         };
+        let now = SystemTime::now();
         let mut files: Vec<(SystemTime, u64, PathBuf)> = entries
             .filter_map(Result::ok)
-            .filter(|e| e.path().extension().is_some_and(|x| x == EXTENSION))
+            .filter(|e| {
+                let stale_write = e.file_name().to_string_lossy().starts_with(".writing-")
+                    && e.metadata()
+                        .and_then(|m| m.modified())
+                        .is_ok_and(|t| now.duration_since(t).unwrap_or_default() > STALE_WRITE);
+                if stale_write {
+                    let _ = fs::remove_file(e.path());
+                }
+                e.path().extension().is_some_and(|x| x == EXTENSION)
+            })
             .filter_map(|e| {
                 let meta = e.metadata().ok()?;
                 Some((meta.modified().ok()?, meta.len(), e.path()))
@@ -243,16 +270,33 @@ impl CompileCache {
     }
 }
 
-fn entry_header(artifact: &[u8]) -> Vec<u8> {
+fn entry_header(artifact: &[u8], digest: &ModuleDigest) -> Vec<u8> {
     let mut header = Vec::with_capacity(HEADER_LEN);
     header.extend_from_slice(MAGIC);
     header.extend_from_slice(&(artifact.len() as u64).to_le_bytes());
     header.extend_from_slice(&xxhash_rust::xxh3::xxh3_128(artifact).to_le_bytes());
+    header.extend_from_slice(digest.as_str().as_bytes());
     header
 }
 
+/// Whether an entry may be run: a regular file of this user's that no one
+/// else may write.
+fn trusted(meta: &fs::Metadata) -> Result<(), String> {
+    let me = rustix::process::geteuid().as_raw();
+    if !meta.is_file() {
+        return Err("is not a regular file".into());
+    }
+    if meta.uid() != me {
+        return Err(format!("belongs to user {}, not to this user ({me})", meta.uid()));
+    }
+    if meta.permissions().mode() & 0o022 != 0 {
+        return Err("may be written by others".into());
+    }
+    Ok(())
+}
+
 /// The artifact inside an entry's bytes, or what is wrong with them.
-fn unwrap_entry(mut bytes: Vec<u8>) -> Result<Vec<u8>, String> {
+fn unwrap_entry(mut bytes: Vec<u8>, digest: &ModuleDigest) -> Result<Vec<u8>, String> {
     let header = bytes.get(..HEADER_LEN).ok_or("is shorter than its header")?;
     if !header.starts_with(MAGIC) {
         return Err("is not a wmr compile cache entry".into());
@@ -267,6 +311,9 @@ fn unwrap_entry(mut bytes: Vec<u8>) -> Result<Vec<u8>, String> {
         .and_then(|b| b.try_into().ok())
         .map(u128::from_le_bytes)
         .ok_or("has a damaged header")?;
+    if header.get(32..) != Some(digest.as_str().as_bytes()) {
+        return Err("is another module's".into());
+    }
     if (bytes.len() - HEADER_LEN) as u64 != len {
         return Err(format!(
             "holds {} bytes, not the {len} it says",
@@ -332,6 +379,23 @@ mod tests {
             assert!(matches!(cache.get(&digest(2)), Lookup::Miss));
             assert!(!path.exists());
         }
+    }
+
+    #[test]
+    fn an_entry_under_another_modules_name_a_symlink_or_a_writable_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = cache(dir.path(), 1 << 20);
+        cache.put(&digest(1), b"module one");
+        // Renamed to another module's name.
+        fs::copy(cache.path(&digest(1)), cache.path(&digest(2))).unwrap();
+        assert!(matches!(cache.get(&digest(2)), Lookup::Miss));
+        assert!(!cache.path(&digest(2)).exists());
+        // A symlink to a whole entry.
+        std::os::unix::fs::symlink(cache.path(&digest(1)), cache.path(&digest(3))).unwrap();
+        assert!(matches!(cache.get(&digest(3)), Lookup::Miss));
+        // A file others may write.
+        fs::set_permissions(cache.path(&digest(1)), fs::Permissions::from_mode(0o666)).unwrap();
+        assert!(matches!(cache.get(&digest(1)), Lookup::Miss));
     }
 
     #[test]

@@ -49,7 +49,7 @@ use bindings::wmr::job::types as wit;
 pub enum Error {
     /// The bytes are not a usable wmr job component.
     #[error(
-        "{what} is not a wmr job component: {reason}; build it with wmr-sdk for wasm32-wasip2 (see `cargo xtask guests`)"
+        "{what} is not a wmr job component: {reason}; build the job with `wmr build` (Rust with wmr-sdk, Python with the wmr package, JavaScript with wmr.js)"
     )]
     InvalidModule {
         /// What was loaded (a path or a digest).
@@ -706,6 +706,10 @@ impl GuestInstance {
         f: impl FnOnce(&bindings::Job, &mut Store<GuestState>) -> wasmtime::Result<R>,
     ) -> Result<R, Error> {
         let state = self.store.data_mut();
+        // Per call: a guest that recovered from a refused allocation (an
+        // exception it caught) and failed later for another reason is
+        // reported for that reason.
+        state.memory_limit_hit = false;
         state.ticks_left = state.limits.call_ticks();
         state.next_check = state.ticks_left.min(CANCEL_CHECK_TICKS);
         let first = state.next_check;

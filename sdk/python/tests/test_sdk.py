@@ -95,6 +95,10 @@ class ColumnsTest(unittest.TestCase):
             columns.write_column(wit.DataType.UTF8, ["a", 3], "test")
         with self.assertRaisesRegex(columns.ColumnTypeError, "is not a tuple of 2"):
             columns.split([(1, 2), (3,)], 2, "test")
+        with self.assertRaisesRegex(columns.ColumnTypeError, "test: 10 is not bytes"):
+            columns.write_column(wit.DataType.BINARY, [b"a", 10], "test")
+        with self.assertRaisesRegex(columns.ColumnTypeError, "test: 'False' is not a bool"):
+            columns.write_column(wit.DataType.BOOLEAN, [True, "False"], "test")
 
     def test_declared_types_and_output_names(self):
         self.assertEqual(columns.data_types((str, wmr.u64), "k"), [wit.DataType.UTF8, wit.DataType.UINT64])
@@ -102,6 +106,8 @@ class ColumnsTest(unittest.TestCase):
             columns.data_types(list, "k")
         self.assertEqual(columns.output_fields((str, int, float), "o")[0], ["key", "value", "value2"])
         self.assertEqual(columns.output_fields({"w": str, "n": int}, "o")[0], ["w", "n"])
+        with self.assertRaisesRegex(columns.SchemaError, "column 'kv' must have one type"):
+            columns.output_fields([("kv", (str, int))], "o")
 
 
 class ExportTest(unittest.TestCase):
@@ -129,7 +135,7 @@ class ExportTest(unittest.TestCase):
 
     def test_grouping_stops_when_keys_are_distinct(self):
         world, _ = self.world(WordCount)
-        lines = ["".join(chr(ord("a") + int(d)) for d in f"{i:06d}") for i in range(_export.FOLD_EVERY_ROWS)]
+        lines = ["".join(chr(ord("a") + int(d)) for d in f"{i:06d}") for i in range(_export.HELD_KEYS + 1)]
         out = world.map("a.txt", text_batch(lines))
         self.assertEqual(out.num_rows, len(lines))
         self.assertFalse(_export._task.grouping)

@@ -52,6 +52,8 @@ def output_fields(declared, what):
         for pair in declared:
             if not (isinstance(pair, tuple) and len(pair) == 2 and isinstance(pair[0], str)):
                 raise SchemaError(f"{what} must be (name, type) pairs; {pair!r} is not one")
+            if isinstance(pair[1], tuple):
+                raise SchemaError(f"{what} column {pair[0]!r} must have one type, not a tuple")
             names.append(pair[0])
             types.extend(data_types(pair[1], f"{what} column {pair[0]!r}"))
         return names, types
@@ -170,6 +172,8 @@ def write_column(data_type, values, what):
                     lengths = map(len, parts)
                     buffer = b"".join(parts)
             else:
+                if not set(map(type, present)) <= {bytes, bytearray, memoryview}:
+                    raise TypeError("not bytes")
                 parts = [b"" if v is None else bytes(v) for v in values]
                 lengths = map(len, parts)
                 buffer = b"".join(parts)
@@ -194,7 +198,11 @@ def write_column(data_type, values, what):
             raise ColumnTypeError(f"{what}: {e}") from e
         data = wit.ColumnData_Float64(filled)
     else:
-        data = wit.ColumnData_Boolean(_pack_bits([bool(v) for v in values]))
+        present = [v for v in values if v is not None] if nulls else values
+        if not set(map(type, present)) <= {bool}:
+            bad = next(v for v in present if type(v) is not bool)
+            raise ColumnTypeError(f"{what}: {bad!r} is not a bool")
+        data = wit.ColumnData_Boolean(_pack_bits([v is True for v in values]))
     return wit.Column(validity=validity, data=data)
 
 

@@ -16,11 +16,11 @@ from . import _columns as columns
 from . import _host
 from ._job import Job, Params, Record
 
-# Combining in the mapper: input rows between folds of the held values (a
-# fold calls `combine` once per held key, so not too often), and distinct
-# keys held before they are sent on (bounding the guest's memory: about
-# 150 bytes a key).
-FOLD_EVERY_ROWS = 50_000
+# Combining in the mapper, checked after every call: the held values are
+# folded (one `combine` call per held key) once there are FOLD_VALUES of
+# them, and sent on once more than HELD_KEYS distinct keys are held; this
+# bounds the guest's memory (some 150 bytes a key, 8 a value).
+FOLD_VALUES = 500_000
 HELD_KEYS = 100_000
 
 _SDK_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -82,7 +82,6 @@ class _Task:
         self.pair_names = [f"c{i}" for i in range(len(self.key_types) + len(self.value_types))]
         self.grouping = self.combines
         self.held = defaultdict(list)
-        self.rows_since_fold = 0
         self.keys = []
         self.values = []
 
@@ -125,7 +124,6 @@ class _Task:
         for key, values in held.items():
             if len(values) > 1:
                 values[:] = [combine(key, values)]
-        self.rows_since_fold = 0
         if 2 * len(held) > total:
             self.grouping = False
         return not self.grouping or len(held) > HELD_KEYS
@@ -168,7 +166,7 @@ def _empty(names, types):
 
 
 def _groups(grouped):
-    """(key, start, end) per group of a grouped batch."""
+    """(start, end) of each group of a grouped batch."""
     start = 0
     for end in grouped.group_ends:
         yield start, end
@@ -234,9 +232,10 @@ def export(cls):
                 row = None
                 if not task.grouping:
                     return task.take_all()
-                task.rows_since_fold += n
-                if task.rows_since_fold >= FOLD_EVERY_ROWS and task.fold():
-                    return task.take_all()
+                held = task.held
+                if len(held) > HELD_KEYS or sum(map(len, held.values())) >= FOLD_VALUES:
+                    if task.fold():
+                        return task.take_all()
                 return _empty(task.pair_names, task.key_types + task.value_types)
             except Exception as e:
                 raise _guest_error(e, row)
@@ -266,7 +265,17 @@ def export(cls):
                     row = start
                     out.append(combine(keys[g], values[start:end]))
                 row = None
-                return task.pairs(keys, out)
+                what = type(task.job).__name__
+                value_columns = columns.split(out, len(task.value_types), f"{what}.combine returned a value that")
+                return wit.Batch(
+                    num_rows=len(out),
+                    names=task.pair_names,
+                    columns=input.keys.columns
+                    + [
+                        columns.write_column(t, c, f"{what}.combine returned")
+                        for t, c in zip(task.value_types, value_columns)
+                    ],
+                )
             except Exception as e:
                 raise _guest_error(e, row)
             finally:

@@ -1,7 +1,8 @@
 // A JavaScript job that misbehaves as `--param mode=...` says: `loop-map`
 // (never returns), `grow` (allocates without end), `raise` (throws with a
-// message of its own), `escape` (tries the network and reports what it
-// reached; JavaScript has no files to open here).
+// message of its own), `fetch` (fetches from `--param port=N`), `escape`
+// (reports which of Node's escape hatches exist; JavaScript has no files to
+// open here).
 
 import { Job } from "./wmr.js";
 
@@ -26,8 +27,11 @@ export default class Hostile extends Job {
     if (this.mode === "raise" && record.offset > 100) {
       throw new RangeError(`refusing the line at offset ${record.offset}`);
     }
+    if (this.mode === "fetch") {
+      // StarlingMonkey defines fetch, but wmr links no wasi:http for it.
+      fetch(`http://127.0.0.1:${this.params.get("port")}/`).catch(() => {});
+    }
     if (this.mode === "escape" && record.offset === 0) {
-      emit("fetch", typeof fetch === "function" ? "present" : "absent");
       emit("process", typeof process === "undefined" ? "absent" : "present");
       emit("require", typeof require === "undefined" ? "absent" : "present");
     }

@@ -16,6 +16,8 @@ class Hostile(wmr.Job):
 
     def __init__(self, params):
         self.mode = params.require("mode")
+        # A port the test listens on, for `escape` to try.
+        self.port = int(params.get("port", "9"))
 
     def map(self, record, emit):
         if self.mode == "loop-map":
@@ -37,7 +39,7 @@ class Hostile(wmr.Job):
             emit("dir", str(_reached(lambda: os.listdir("/"))))
             emit("env", str(len(os.environ)))
             emit("args", str(len(sys.argv) - 1 if sys.argv else 0))
-            emit("socket", str(_reached(_connect)))
+            emit("socket", str(_reached(lambda: _connect(self.port))))
 
     def reduce(self, key, values, emit):
         for value in values:
@@ -52,10 +54,10 @@ def _reached(attempt):
         return 0
 
 
-def _connect():
+def _connect(port):
     import socket
 
-    socket.create_connection(("127.0.0.1", 22), timeout=1)
+    socket.create_connection(("127.0.0.1", port), timeout=1)
 
 
 WitWorld = wmr.export(Hostile)
