@@ -8,11 +8,18 @@ use crate::harness::*;
 /// Run the hostile guest in `mode` over a small text with `flags`; returns
 /// (exit code, stderr, test dir).
 fn run_hostile(mode: &str, flags: &[&str]) -> (Option<i32>, String, TestDir) {
+    run_hostile_guest("hostile", mode, flags)
+}
+
+/// Run the guest `guest_name` (a hostile one, taking `--param mode=`) in
+/// `mode` over a small text with two attempts and `flags`; returns (exit
+/// code, the last line of stderr, test dir).
+pub(crate) fn run_hostile_guest(guest_name: &str, mode: &str, flags: &[&str]) -> (Option<i32>, String, TestDir) {
     let t = TestDir::new();
     let text: String = (0..3000).map(|i| format!("{i} some text on this line\n")).collect();
     let input = t.write("in/a.txt", text);
     let param = format!("mode={mode}");
-    let (job, out) = (guest("hostile"), t.path("out"));
+    let (job, out) = (guest(guest_name), t.path("out"));
     let mut args = vec![
         "run",
         "--job",
@@ -40,13 +47,22 @@ fn run_hostile(mode: &str, flags: &[&str]) -> (Option<i32>, String, TestDir) {
 }
 
 fn assert_contained(mode: &str, flags: &[&str], expected: &[&str]) {
-    let (code, err, t) = run_hostile(mode, flags);
-    assert_eq!(code, Some(1), "{mode}: {err}");
-    assert!(err.contains("failed 2 time(s)"), "{mode}: {err}");
+    assert_hostile_guest_contained("hostile", mode, flags, expected);
+}
+
+/// The guest `guest_name` in `mode` failed both its attempts with every
+/// `expected` text in its error, and left no output.
+pub(crate) fn assert_hostile_guest_contained(guest_name: &str, mode: &str, flags: &[&str], expected: &[&str]) {
+    let (code, err, t) = run_hostile_guest(guest_name, mode, flags);
+    assert_eq!(code, Some(1), "{guest_name} {mode}: {err}");
+    assert!(err.contains("failed 2 time(s)"), "{guest_name} {mode}: {err}");
     for e in expected {
-        assert!(err.contains(e), "{mode}: expected {e:?} in {err}");
+        assert!(err.contains(e), "{guest_name} {mode}: expected {e:?} in {err}");
     }
-    assert!(!t.path("out/_SUCCESS").exists(), "{mode} left output behind");
+    assert!(
+        !t.path("out/_SUCCESS").exists(),
+        "{guest_name} {mode} left output behind"
+    );
 }
 
 #[test]

@@ -45,48 +45,14 @@ fn assert_ok(o: &Output, what: &str) {
     );
 }
 
-/// Run the `hostile` test guest of `lang` (`py` or `js`) in `mode` over a
-/// small text, with two attempts: (exit code, last stderr line, test dir).
+/// Run the `hostile` test guest of `lang` (`py` or `js`) in `mode`.
 fn run_hostile(lang: &str, mode: &str, flags: &[&str]) -> (Option<i32>, String, TestDir) {
-    let t = TestDir::new();
-    let text: String = (0..3000).map(|i| format!("{i} some text on this line\n")).collect();
-    let input = t.write("in/a.txt", text);
-    let param = format!("mode={mode}");
-    let (job, out) = (guest(&format!("{lang}-hostile")), t.path("out"));
-    let mut args = vec![
-        "run",
-        "--job",
-        job.to_str().unwrap(),
-        "--input",
-        input.to_str().unwrap(),
-        "--output",
-        out.to_str().unwrap(),
-        "--format",
-        "text",
-        "--param",
-        &param,
-        "--max-attempts",
-        "2",
-        "--quiet",
-    ];
-    args.extend_from_slice(flags);
-    let o = wmr(&args);
-    let stderr = String::from_utf8_lossy(&o.stderr)
-        .lines()
-        .last()
-        .unwrap_or("")
-        .to_string();
-    (o.status.code(), stderr, t)
+    crate::hostile::run_hostile_guest(&format!("{lang}-hostile"), mode, flags)
 }
 
+/// The `hostile` test guest of `lang` in `mode` is contained.
 fn assert_contained(lang: &str, mode: &str, flags: &[&str], expected: &[&str]) {
-    let (code, err, t) = run_hostile(lang, mode, flags);
-    assert_eq!(code, Some(1), "{lang} {mode}: {err}");
-    assert!(err.contains("failed 2 time(s)"), "{lang} {mode}: {err}");
-    for e in expected {
-        assert!(err.contains(e), "{lang} {mode}: expected {e:?} in {err}");
-    }
-    assert!(!t.path("out/_SUCCESS").exists(), "{lang} {mode} left output behind");
+    crate::hostile::assert_hostile_guest_contained(&format!("{lang}-hostile"), mode, flags, expected);
 }
 
 #[test]

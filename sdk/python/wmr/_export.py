@@ -166,10 +166,13 @@ def _empty(names, types):
 
 
 def _groups(grouped):
-    """(start, end) of each group of a grouped batch."""
+    """(first row, key, values) of each group of a grouped batch; keys and
+    values are decoded once, for the whole batch."""
+    keys = columns.rows(columns.read_batch(grouped.keys))
+    values = columns.rows(columns.read_batch(grouped.values))
     start = 0
-    for end in grouped.group_ends:
-        yield start, end
+    for key, end in zip(keys, grouped.group_ends):
+        yield start, key, values[start:end]
         start = end
 
 
@@ -257,13 +260,10 @@ def export(cls):
             _collect_later()
             try:
                 task = _configured()
-                keys = columns.rows(columns.read_batch(input.keys))
-                values = columns.rows(columns.read_batch(input.values))
                 combine = task.job.combine
                 out = []
-                for g, (start, end) in enumerate(_groups(input)):
-                    row = start
-                    out.append(combine(keys[g], values[start:end]))
+                for row, key, values in _groups(input):
+                    out.append(combine(key, values))
                 row = None
                 what = type(task.job).__name__
                 value_columns = columns.split(out, len(task.value_types), f"{what}.combine returned a value that")
@@ -287,8 +287,6 @@ def export(cls):
             _collect_later()
             try:
                 task = _configured()
-                keys = columns.rows(columns.read_batch(input.keys))
-                values = columns.rows(columns.read_batch(input.values))
                 width = len(task.output_types)
                 out = []
                 if width == 1:
@@ -303,9 +301,8 @@ def export(cls):
                         add(row_values)
 
                 reduce = task.job.reduce
-                for g, (start, end) in enumerate(_groups(input)):
-                    row = start
-                    reduce(keys[g], values[start:end], emit)
+                for row, key, values in _groups(input):
+                    reduce(key, values, emit)
                 row = None
                 what = f"{cls.__name__}.reduce emitted a row that"
                 return columns.write_batch(
