@@ -288,6 +288,31 @@ fn ran_in_parallel(status: &Value, phase: &str) -> (bool, BTreeSet<String>) {
 }
 
 /// A generated text input: `files` files of about `lines` lines each.
+/// SIGSTOP worker `worker` of `c` while one of `job`'s attempts (a map's,
+/// with `maps_only`) is seen running, retrying until one is (a report sent
+/// just before the signal does not count; a task of a few ms may end
+/// between a status poll and the signal). Returns that task's index.
+fn freeze_mid_attempt(c: &Cluster, worker: usize, job: &str, maps_only: bool) -> u64 {
+    let pid = c.workers[worker].id().to_string();
+    let signal = |sig: &str| assert!(Command::new("kill").args([sig, &pid]).status().unwrap().success());
+    let running = |s: &Value| {
+        attempts(s)
+            .into_iter()
+            .find(|(p, _, a)| a["state"] == "running" && (!maps_only || p == "map"))
+            .map(|(_, index, _)| index)
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(Instant::now() < deadline, "never caught the worker mid-attempt");
+        c.wait_for(job, "an attempt to run", |s| running(s).is_some());
+        signal("-STOP");
+        if let Some(index) = running(&c.status(job)) {
+            return index;
+        }
+        signal("-CONT");
+    }
+}
+
 pub(crate) fn generated_input(t: &TestDir, files: u64, lines: usize) -> (String, Vec<String>) {
     let texts: Vec<String> = (0..files).map(|i| corpus(lines, i + 7)).collect();
     for (i, text) in texts.iter().enumerate() {
@@ -533,23 +558,9 @@ fn a_worker_frozen_past_its_lease_commits_nothing_stale() {
     c.add_worker(1);
     let (input, texts) = generated_input(&t, 8, 40_000);
     let out = t.path("out");
-    let job = c.submit(
-        "wordcount",
-        &input,
-        &out,
-        &["--reducers", "4", "--split-size", "256KiB"],
-    );
-    c.wait_for(&job, "the worker to start a map", |s| {
-        attempts(s).iter().any(|(_, _, a)| a["state"] == "running")
-    });
+    let job = c.submit("wordcount", &input, &out, &["--reducers", "4", "--split-size", "32KiB"]);
+    freeze_mid_attempt(&c, 0, &job, false);
     let frozen = c.workers[0].id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-STOP", &frozen])
-            .status()
-            .unwrap()
-            .success()
-    );
     // Past the lease, the coordinator re-queues its attempt for a new worker.
     let lost = c.wait_for(&job, "the frozen worker's attempt to be lost", |s| {
         attempts(s).iter().any(|(_, _, a)| a["state"] == "lost")
@@ -657,27 +668,7 @@ fn job_with_a_straggler(t: &TestDir, extra: &[&str]) -> (Cluster, String, Vec<St
     let mut args = vec!["--reducers", "2", "--split-size", "512KiB"];
     args.extend_from_slice(extra);
     let job = c.submit("wordcount", &input, &out, &args);
-    let pid = c.workers[0].id().to_string();
-    let signal = |sig: &str| assert!(Command::new("kill").args([sig, &pid]).status().unwrap().success());
-    // Freeze the worker mid-map: stop it, then check that a map of its is
-    // still running (a report it sent just before does not count); if not,
-    // let it go on and try again.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let frozen = loop {
-        assert!(Instant::now() < deadline, "never caught the worker mid-map");
-        c.wait_for(&job, "the worker to run a map", |s| {
-            attempts(s).iter().any(|(_, _, a)| a["state"] == "running")
-        });
-        signal("-STOP");
-        let s = c.status(&job);
-        if let Some((_, index, _)) = attempts(&s)
-            .into_iter()
-            .find(|(p, _, a)| p == "map" && a["state"] == "running")
-        {
-            break index;
-        }
-        signal("-CONT");
-    };
+    let frozen = freeze_mid_attempt(&c, 0, &job, true);
     c.add_worker(1);
     (c, job, texts, out, frozen)
 }
@@ -1592,23 +1583,7 @@ fn a_corrupted_shuffle_object_gets_its_map_run_again_and_the_output_is_identical
     );
     // Freeze the first worker mid-map, so that no reduce can start while the
     // second worker does the other maps.
-    let pid = c.workers[0].id().to_string();
-    let signal = |sig: &str| assert!(Command::new("kill").args([sig, &pid]).status().unwrap().success());
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        assert!(Instant::now() < deadline, "never caught the worker mid-map");
-        c.wait_for(&job, "a map to run", |s| {
-            attempts(s).iter().any(|(_, _, a)| a["state"] == "running")
-        });
-        signal("-STOP");
-        if attempts(&c.status(&job))
-            .iter()
-            .any(|(p, _, a)| p == "map" && a["state"] == "running")
-        {
-            break;
-        }
-        signal("-CONT");
-    }
+    freeze_mid_attempt(&c, 0, &job, true);
     c.add_worker(1);
     let before = c.wait_for(&job, "every other map to commit", |s| {
         s["maps"]["done"].as_u64().unwrap() + 1 == s["maps"]["total"].as_u64().unwrap()
@@ -1701,18 +1676,13 @@ fn a_dead_worker_is_noticed_when_its_connection_drops_not_when_its_lease_lapses(
     // A lease far longer than the test may take.
     let mut c = Cluster::start(&t, "10m");
     c.add_worker(1);
-    // Enough maps that one is surely seen running.
+    // Some hundred and sixty maps of a few ms each (the module comes from
+    // the compile cache), and the worker frozen while one is seen running,
+    // so that the kill surely lands mid-attempt.
     let (input, texts) = generated_input(&t, 6, 40_000);
     let out = t.path("out");
-    let job = c.submit(
-        "wordcount",
-        &input,
-        &out,
-        &["--split-size", "256KiB", "--reducers", "2"],
-    );
-    c.wait_for(&job, "an attempt to run", |s| {
-        attempts(s).iter().any(|(_, _, a)| a["state"] == "running")
-    });
+    let job = c.submit("wordcount", &input, &out, &["--split-size", "32KiB", "--reducers", "2"]);
+    freeze_mid_attempt(&c, 0, &job, false);
     c.workers[0].kill().unwrap();
     c.workers[0].wait().unwrap();
     c.add_worker(1);
