@@ -22,6 +22,7 @@ pub mod runtime;
 pub mod shuffle;
 mod spawn;
 pub mod task;
+pub mod web;
 pub mod worker;
 
 pub use ids::{AttemptId, JobId, ModuleDigest, Phase, TaskId, WorkerId};

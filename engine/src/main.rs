@@ -21,15 +21,23 @@ fn main() -> ExitCode {
         _ => default.to_string(),
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_target(false);
+    match cli.log_format {
         // Colours only on a terminal: logs sent to files stay plain text.
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false)
-        .init();
+        wmr::cli::LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        wmr::cli::LogFormat::Json => logs.json().with_current_span(true).with_span_list(false).init(),
+    }
+    let json = cli.log_format == wmr::cli::LogFormat::Json;
     match wmr::cli::run(cli) {
         Ok(code) => ExitCode::from(code),
+        Err(failure) if json => {
+            // Every line on stderr is a JSON object for a log shipper.
+            tracing::error!(exit_code = failure.code, "{}", failure.message);
+            ExitCode::from(failure.code)
+        }
         Err(failure) => {
             // stderr is our only channel left; if it is closed there is
             // nowhere to report that either.

@@ -74,6 +74,13 @@ pub struct CoordinatorArgs {
     /// this CA (PEM): mutual TLS. Needs --tls-cert and --tls-key.
     #[arg(long, value_name = "PATH", requires = "tls_cert")]
     pub ca: Option<std::path::PathBuf>,
+    /// Serve the status pages and Prometheus metrics (/metrics) over HTTP
+    /// on this address, e.g. 127.0.0.1:7080 (port 0 picks a free one; the
+    /// address is printed on stdout). With --tokens, every request needs a
+    /// token: a browser logs in at /login, Prometheus sends it as a bearer
+    /// token; a client sees only its own jobs.
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<SocketAddr>,
     /// Bounds on compiling a submitted module (to check it).
     #[command(flatten)]
     pub compile: CompileArgs,
@@ -147,6 +154,16 @@ pub struct WorkerArgs {
     /// Task slots running at once [default: the number of cores].
     #[arg(long, value_name = "N")]
     pub slots: Option<usize>,
+    /// On SIGTERM or Ctrl-C, the worker drains: it takes no more attempts,
+    /// finishes the running ones and leaves. Attempts still running after
+    /// this long are handed back to run elsewhere. A second signal stops
+    /// it at once.
+    #[arg(long, value_name = "DURATION", default_value = "10m")]
+    pub drain_timeout: humantime::Duration,
+    /// Serve this worker's Prometheus metrics at /metrics on this address,
+    /// e.g. 0.0.0.0:9090 (they carry no job's data and need no token).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<SocketAddr>,
     /// Bounds on compiling a job's module.
     #[command(flatten)]
     pub compile: CompileArgs,
@@ -178,6 +195,24 @@ pub(super) fn coordinator(args: CoordinatorArgs) -> Result<u8, Failure> {
              give --tokens (or --ca for client certificates), or --insecure if the network is private",
             args.listen
         )));
+    }
+    if let Some(http) = args.http {
+        if tokens.is_none() && authenticated {
+            return Err(usage(
+                "--http needs --tokens on a coordinator that requires client certificates: browsers and \
+                 Prometheus prove who they are to the status page with a token"
+                    .into(),
+            ));
+        }
+        if !http.ip().is_loopback() && !authenticated && !args.insecure {
+            return Err(usage(format!(
+                "refusing to serve the status page on {http} without a token: anyone who reaches it could read \
+                 every job; give --tokens, or --insecure if the network is private"
+            )));
+        }
+        if !http.ip().is_loopback() && tokens.is_some() {
+            warn!("the status page on {http} is plain HTTP: tokens travel in clear text; serve it behind a TLS proxy");
+        }
     }
     if public && tokens.is_some() && tls.is_none() {
         warn!(
@@ -249,16 +284,29 @@ pub(super) fn coordinator(args: CoordinatorArgs) -> Result<u8, Failure> {
             );
             let _ = out.flush();
         }
+        let _web = match args.http {
+            Some(http) => {
+                let listener = crate::web::bind(http)
+                    .await
+                    .map_err(|e| infra(format!("can't serve the status page on {http}: {e}")))?;
+                let bound = listener.local_addr().map_err(|e| infra(e.to_string()))?;
+                let web = SpawnedTask::spawn(crate::web::serve_coordinator(
+                    state.clone(),
+                    tokens.clone(),
+                    listener,
+                    std::future::pending(),
+                ));
+                super::print(&format!("wmr coordinator status page on http://{bound}/\n"));
+                Some(web)
+            }
+            None => None,
+        };
         let _renewing = SpawnedTask::spawn(keep_the_store(hold, std::sync::Arc::downgrade(&state)));
         let service = state.clone();
+        let mut signals = super::StopSignals::watch();
         let (stop_reason, stopped) = tokio::sync::oneshot::channel::<String>();
         let shutdown = async move {
-            let interrupted = async {
-                // If signals can't be watched, run until killed.
-                if tokio::signal::ctrl_c().await.is_err() {
-                    std::future::pending::<()>().await;
-                }
-            };
+            let interrupted = async move { signals.next().await };
             tokio::select! {
                 () = interrupted => {}
                 // The journal could not be written: stop serving at once.
@@ -323,9 +371,48 @@ pub(super) fn worker(args: WorkerArgs) -> Result<u8, Failure> {
         coordinator: args.connection.coordinator,
         slots,
         name: format!("{}:{}", host.trim(), std::process::id()),
+        drain_timeout: *args.drain_timeout,
+        metrics: std::sync::Arc::new(crate::worker::metrics::WorkerMetrics::new()),
     };
     io_runtime(2)?.block_on(async move {
-        run_remote_worker(config).await.map_err(|e| Failure {
+        let _metrics = match args.metrics {
+            Some(addr) => {
+                let listener = crate::web::bind(addr).await.map_err(|e| Failure {
+                    code: exit::INFRASTRUCTURE,
+                    message: format!("can't serve metrics on {addr}: {e}"),
+                })?;
+                let bound = listener.local_addr().map_err(|e| Failure {
+                    code: exit::INFRASTRUCTURE,
+                    message: e.to_string(),
+                })?;
+                let metrics = config.metrics.clone();
+                let served = SpawnedTask::spawn(crate::web::serve_metrics(
+                    std::sync::Arc::new(move || metrics.encode()),
+                    listener,
+                    std::future::pending(),
+                ));
+                super::print(&format!("wmr worker metrics on http://{bound}/metrics\n"));
+                Some(served)
+            }
+            None => None,
+        };
+        let mut signals = super::StopSignals::watch();
+        let (drain, drain_signal) = tokio::sync::watch::channel(false);
+        let worker = run_remote_worker(config, drain_signal);
+        tokio::pin!(worker);
+        tokio::select! {
+            ran = &mut worker => ran,
+            () = signals.next() => {
+                let _ = drain.send(true);
+                tokio::select! {
+                    ran = &mut worker => ran,
+                    // A second signal: stop now; the running attempts are
+                    // lost and run again elsewhere.
+                    () = signals.next() => Ok(()),
+                }
+            }
+        }
+        .map_err(|e| Failure {
             code: exit::INFRASTRUCTURE,
             message: error_chain(&e),
         })?;

@@ -23,9 +23,29 @@ pub struct Cli {
     /// Show more log output on stderr (-v info, -vv debug); RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
+    /// How log lines on stderr are written: `text` for people, `json` (one
+    /// object per line) for log shippers.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        value_name = "FORMAT",
+        default_value = "text",
+        env = "WMR_LOG_FORMAT"
+    )]
+    pub log_format: LogFormat,
     /// The command.
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Plain lines, coloured on a terminal.
+    Text,
+    /// One JSON object per line (timestamp, level, message, fields, spans).
+    Json,
 }
 
 /// The subcommands.
@@ -51,6 +71,8 @@ pub enum Command {
     New(project::NewArgs),
     /// Build a job into a checked .wasm component (cargo, componentize-py or componentize-js).
     Build(project::BuildArgs),
+    /// Print a shell completion script, e.g. `wmr completions bash > /etc/bash_completion.d/wmr`.
+    Completions(CompletionsArgs),
     /// Compile a module read on stdin (run by wmr itself, within limits).
     #[command(hide = true)]
     CompileModule(compile::CompileModuleArgs),
@@ -81,14 +103,65 @@ pub fn run(cli: Cli) -> Result<u8, Failure> {
         Command::Cancel(args) => client::cancel(args),
         Command::New(args) => project::new(args),
         Command::Build(args) => project::build(args),
+        Command::Completions(args) => Ok(completions(&args)),
         Command::CompileModule(args) => compile::compile_module(args),
     }
+}
+
+/// `wmr completions`.
+#[derive(Debug, clap::Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+fn completions(args: &CompletionsArgs) -> u8 {
+    use clap::CommandFactory;
+    let mut script = Vec::new();
+    clap_complete::generate(args.shell, &mut Cli::command(), "wmr", &mut script);
+    print(&String::from_utf8_lossy(&script));
+    exit::SUCCESS
 }
 
 /// Write `text` to stdout; a closed stdout (piped into `head`) is not an error.
 fn print(text: &str) {
     use std::io::Write;
     let _ = std::io::stdout().lock().write_all(text.as_bytes());
+}
+
+/// The signals that stop a long-running process: SIGINT (Ctrl-C) and
+/// SIGTERM (what Kubernetes and systemd send).
+struct StopSignals {
+    interrupt: Option<tokio::signal::unix::Signal>,
+    terminate: Option<tokio::signal::unix::Signal>,
+}
+
+impl StopSignals {
+    /// Start watching (call within the runtime).
+    fn watch() -> Self {
+        use tokio::signal::unix::{SignalKind, signal};
+        StopSignals {
+            interrupt: signal(SignalKind::interrupt()).ok(),
+            terminate: signal(SignalKind::terminate()).ok(),
+        }
+    }
+
+    /// The next SIGINT or SIGTERM; never, if neither can be watched.
+    async fn next(&mut self) {
+        async fn recv(s: &mut Option<tokio::signal::unix::Signal>) {
+            match s {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        }
+        tokio::select! {
+            () = recv(&mut self.interrupt) => {}
+            () = recv(&mut self.terminate) => {}
+        }
+    }
 }
 
 /// A tokio runtime for I/O only (`threads` threads); CPU work goes to the

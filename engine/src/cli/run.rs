@@ -46,6 +46,11 @@ pub struct RunArgs {
     /// Print nothing but errors.
     #[arg(long, short)]
     pub quiet: bool,
+    /// Serve the status page and /metrics on this loopback address while
+    /// the job runs, e.g. 127.0.0.1:7080 (port 0 picks a free one; the
+    /// address is printed on stderr).
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<std::net::SocketAddr>,
     /// Bounds on compiling the module.
     #[command(flatten)]
     pub compile: CompileArgs,
@@ -153,17 +158,44 @@ async fn run_async(args: RunArgs, slots: usize, reducers: u32) -> Result<u8, Fai
         .await
         .map_err(|e| infrastructure(error_chain(&e)))?;
     let user = Identity::anonymous();
+    let _web = match args.http {
+        Some(addr) if !addr.ip().is_loopback() => {
+            return Err(usage(format!(
+                "--http {addr}: `wmr run` serves its status page on loopback only, as it has no tokens; \
+                 use 127.0.0.1, or a `wmr coordinator --http --tokens` to show jobs to others"
+            )));
+        }
+        Some(addr) => {
+            let listener = crate::web::bind(addr)
+                .await
+                .map_err(|e| infrastructure(format!("can't serve the status page on {addr}: {e}")))?;
+            let bound = listener.local_addr().map_err(|e| infrastructure(e.to_string()))?;
+            let web = SpawnedTask::spawn(crate::web::serve_coordinator(
+                service.clone(),
+                None,
+                listener,
+                std::future::pending(),
+            ));
+            // On stderr: stdout carries the summary (or its JSON).
+            let _ = writeln!(std::io::stderr(), "wmr run: status page on http://{bound}/");
+            Some(web)
+        }
+        None => None,
+    };
     let setup = WorkerSetup {
         slots,
         name: "embedded".into(),
         runtime,
         pool: Arc::new(ComputePool::new(slots).map_err(|e| infrastructure(format!("starting compute threads: {e}")))?),
+        metrics: Arc::new(crate::worker::metrics::WorkerMetrics::new()),
     };
     let link = Arc::new(LocalLink {
         service: service.clone(),
         identity: user.clone(),
     });
-    let _worker = SpawnedTask::spawn(run_worker(link, setup));
+    // The in-process worker never drains: it ends with this process.
+    let never_drain = tokio::sync::watch::channel(false).1;
+    let _worker = SpawnedTask::spawn(run_worker(link, setup, never_drain, Duration::ZERO));
     // The split size counts the slots, so the worker registers first.
     while service.slots() < slots {
         service.changed_within(Duration::from_millis(50)).await;

@@ -61,6 +61,8 @@ pub struct ClusterWorker {
     /// When a call it held open was dropped (its connection went away),
     /// if it has not been heard from since.
     pub dropped_at: Option<Instant>,
+    /// It is shutting down: it is handed nothing more.
+    pub draining: bool,
 }
 
 /// How long a worker whose held call was dropped has to call again before
@@ -211,6 +213,7 @@ impl Cluster {
                 slots,
                 last_seen: now,
                 dropped_at: None,
+                draining: false,
             },
         );
         (id, session)
@@ -307,6 +310,27 @@ impl Cluster {
             })
             .map(|(id, _)| id.clone())
             .collect();
+        self.remove_workers(lost, wall)
+    }
+
+    /// Mark `worker` as draining: it is handed nothing more. False if it
+    /// is not registered.
+    pub fn drain(&mut self, worker: &WorkerId) -> bool {
+        self.workers.get_mut(worker).map(|w| w.draining = true).is_some()
+    }
+
+    /// Whether `worker` is draining.
+    pub fn is_draining(&self, worker: &WorkerId) -> bool {
+        self.workers.get(worker).is_some_and(|w| w.draining)
+    }
+
+    /// Forget `worker` at once (it is leaving); what it still ran is lost,
+    /// as if it had expired.
+    pub fn leave(&mut self, worker: &WorkerId, wall: SystemTime) -> Expired {
+        self.remove_workers(vec![worker.clone()], wall)
+    }
+
+    fn remove_workers(&mut self, lost: Vec<WorkerId>, wall: SystemTime) -> Expired {
         let mut expired = Expired::default();
         for id in &lost {
             if let Some(w) = self.workers.remove(id) {
@@ -332,7 +356,7 @@ impl Cluster {
     /// The next assignment for `worker`: from the running job with pending
     /// work and the fewest attempts running (ties: the oldest job).
     pub fn next_assignment(&mut self, worker: &WorkerId, now: SystemTime) -> Option<(JobRef, Assignment)> {
-        if !self.workers.contains_key(worker) {
+        if self.workers.get(worker).is_none_or(|w| w.draining) {
             return None;
         }
         let mut running: Vec<&mut ClusterJob> = self

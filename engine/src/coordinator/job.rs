@@ -811,7 +811,8 @@ impl Job {
     }
 
     /// Attempt `attempt` of `task`.
-    fn attempt(&self, task: TaskId, attempt: AttemptId) -> Option<&Attempt> {
+    /// Attempt `attempt` of `task`, if there is one.
+    pub fn attempt(&self, task: TaskId, attempt: AttemptId) -> Option<&Attempt> {
         self.tasks(task.phase)
             .get(task.index as usize)?
             .attempts

@@ -11,6 +11,7 @@ pub mod identity;
 pub mod job;
 pub mod journal;
 pub mod lease;
+pub mod metrics;
 pub mod service;
 pub mod status;
 

@@ -8,7 +8,7 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 
 use super::cluster::ClusterJob;
-use super::job::{AttemptState, JobState, Task, TaskState};
+use super::job::{AttemptState, Job, JobState, Task, TaskState};
 use crate::task::FailureKind;
 
 /// A job's state for users: `queued` until its first attempt starts.
@@ -129,6 +129,17 @@ pub fn millis(t: SystemTime) -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// A job's state as users see it.
+pub fn user_state(job: &Job) -> UserState {
+    match job.state {
+        JobState::Running if !job.started() => UserState::Queued,
+        JobState::Running | JobState::Committing => UserState::Running,
+        JobState::Succeeded => UserState::Succeeded,
+        JobState::Failed => UserState::Failed,
+        JobState::Cancelled => UserState::Cancelled,
+    }
+}
+
 fn task_status(t: &Task) -> TaskStatus {
     TaskStatus {
         phase: t.id.phase.to_string(),
@@ -175,13 +186,7 @@ impl JobStatusDoc {
     /// The status of `job`; with `tasks`, every task's attempts too.
     pub fn of(j: &ClusterJob, tasks: bool) -> Self {
         let job = &j.job;
-        let state = match job.state {
-            JobState::Running if !job.started() => UserState::Queued,
-            JobState::Running | JobState::Committing => UserState::Running,
-            JobState::Succeeded => UserState::Succeeded,
-            JobState::Failed => UserState::Failed,
-            JobState::Cancelled => UserState::Cancelled,
-        };
+        let state = user_state(job);
         let ((md, mt), (rd, rt)) = job.progress();
         JobStatusDoc {
             job: job.spec.id.to_string(),

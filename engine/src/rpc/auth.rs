@@ -183,8 +183,9 @@ impl Tokens {
         Ok(Tokens { entries })
     }
 
-    /// The identity whose token `header` carries.
-    fn identify(&self, header: &[u8]) -> Option<&Identity> {
+    /// The identity whose token an `authorization` header value carries
+    /// (`Bearer TOKEN`).
+    pub fn identify(&self, header: &[u8]) -> Option<&Identity> {
         // Compare with every token, so timing does not tell which matched.
         let mut found = None;
         for (token, identity) in &self.entries {

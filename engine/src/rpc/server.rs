@@ -208,6 +208,24 @@ impl WorkerService for WorkerApi {
         }))
     }
 
+    async fn drain_worker(
+        &self,
+        request: Request<pb::DrainWorkerRequest>,
+    ) -> Result<Response<pb::DrainWorkerResponse>, Status> {
+        let caller = caller(&request);
+        let known = self.0.drain(&caller, &request.into_inner().worker_id);
+        Ok(Response::new(pb::DrainWorkerResponse { known }))
+    }
+
+    async fn leave_cluster(
+        &self,
+        request: Request<pb::LeaveClusterRequest>,
+    ) -> Result<Response<pb::LeaveClusterResponse>, Status> {
+        let caller = caller(&request);
+        self.0.leave(&caller, &request.into_inner().worker_id).await;
+        Ok(Response::new(pb::LeaveClusterResponse {}))
+    }
+
     async fn report_task(
         &self,
         request: Request<pb::ReportTaskRequest>,

@@ -661,6 +661,7 @@ impl JobModule {
             job,
             info: self.info.clone(),
             map_schema: None,
+            guest_time: std::time::Duration::ZERO,
         };
         let result = instance.call("configure", |job, store| job.call_configure(store, &self.params))?;
         let info = match result {
@@ -692,6 +693,8 @@ pub struct GuestInstance {
     job: bindings::Job,
     info: JobInfo,
     map_schema: Option<SchemaRef>,
+    /// Wall time spent in the guest's calls.
+    guest_time: std::time::Duration,
 }
 
 impl GuestInstance {
@@ -714,7 +717,9 @@ impl GuestInstance {
         state.next_check = state.ticks_left.min(CANCEL_CHECK_TICKS);
         let first = state.next_check;
         self.store.set_epoch_deadline(first);
+        let started = std::time::Instant::now();
         let result = f(&self.job, &mut self.store);
+        self.guest_time += started.elapsed();
         result.map_err(|e| Error::Guest {
             call,
             kind: self.classify_trap(e),
@@ -863,6 +868,11 @@ impl GuestInstance {
         let result = self.call("reduce", |job, store| job.call_reduce(store, &grouped))?;
         let schema = self.info.output_schema.clone();
         self.batch_result("reduce", result, &schema)
+    }
+
+    /// Wall time spent in the guest's calls so far, configure included.
+    pub fn guest_time(&self) -> std::time::Duration {
+        self.guest_time
     }
 
     /// The guest's counters so far.

@@ -496,8 +496,9 @@ async fn open_splits(splits: Vec<Split>, max_record: u64, tx: mpsc::Sender<Resul
 }
 
 /// Put the guest's captured log in this process's log (`-v` shows it), and
-/// count what the log limit dropped.
+/// count what the log limit dropped and the time spent in the guest.
 fn record_log(guest: &GuestInstance, task: TaskId, attempt: AttemptId, counters: &mut Counters) {
+    counters.insert(GUEST_TIME_COUNTER.into(), guest.guest_time().as_millis() as i64);
     let log = guest.log();
     if !log.is_empty() {
         tracing::info!(%task, attempt = attempt.0, "guest log:\n{}", log.trim_end());
@@ -507,6 +508,9 @@ fn record_log(guest: &GuestInstance, task: TaskId, attempt: AttemptId, counters:
         counters.insert("wmr.log.dropped.bytes".into(), dropped as i64);
     }
 }
+
+/// The counter of the milliseconds an attempt spent in its guest's calls.
+pub const GUEST_TIME_COUNTER: &str = "wmr.guest.time.ms";
 
 fn check_output(what: &'static str, written: u64, limit: u64) -> Result<(), Error> {
     if written > limit {

@@ -7,6 +7,7 @@
 //! cannot be reached, the worker registers again by itself, with backoff.
 
 pub mod local;
+pub mod metrics;
 pub mod remote;
 
 use std::collections::HashMap;
@@ -16,6 +17,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use tracing::{Instrument, info, info_span, warn};
 
+use self::metrics::WorkerMetrics;
 use crate::compute::ComputePool;
 use crate::coordinator::cluster::JobRef;
 use crate::coordinator::service::{HeartbeatReply, Registration};
@@ -72,6 +74,16 @@ pub trait Link: Send + Sync + 'static {
     ) -> Result<ReportResult, LinkError>;
     /// A job module's bytes.
     async fn module(&self, reg: &Registration, digest: &ModuleDigest) -> Result<bytes::Bytes, LinkError>;
+    /// Say this worker is shutting down: it is handed nothing more, and its
+    /// open polls are answered at once.
+    async fn drain(&self, _reg: &Registration) -> Result<(), LinkError> {
+        Ok(())
+    }
+    /// Say this worker leaves now, so it is forgotten without waiting out
+    /// its lease.
+    async fn leave(&self, _reg: &Registration) -> Result<(), LinkError> {
+        Ok(())
+    }
     /// How often to heartbeat, given the lease; each heartbeat is held open
     /// at the coordinator for about as long.
     fn heartbeat_every(&self, lease: Duration) -> Duration {
@@ -96,6 +108,8 @@ pub struct WorkerSetup {
     pub runtime: Arc<Runtime>,
     /// The compute pool, one thread per slot.
     pub pool: Arc<ComputePool>,
+    /// What `/metrics` shows.
+    pub metrics: Arc<WorkerMetrics>,
 }
 
 /// Run one attempt and turn its result into an outcome.
@@ -238,15 +252,33 @@ impl Drop for Listed {
     }
 }
 
-/// Run a worker through `link` until the future is dropped.
-pub async fn run_worker(link: Arc<dyn Link>, setup: WorkerSetup) {
+/// Tells a worker to drain: take no more attempts, finish (or, past the
+/// drain timeout, hand back) the running ones, leave the cluster, return.
+pub type DrainSignal = tokio::sync::watch::Receiver<bool>;
+
+/// Wait until `drain` says to drain (forever if its sender goes).
+async fn drain_requested(mut drain: DrainSignal) {
+    if drain.wait_for(|d| *d).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Run a worker through `link` until the future is dropped, or until it
+/// has drained after `drain` said to: its running attempts finished and
+/// reported (within `drain_timeout`; those still running then are handed
+/// back, and run again elsewhere), and it has left the cluster.
+pub async fn run_worker(link: Arc<dyn Link>, setup: WorkerSetup, drain: DrainSignal, drain_timeout: Duration) {
     let modules = Arc::new(Modules {
         setup: setup.clone(),
         loaded: Mutex::new(HashMap::new()),
     });
+    setup.metrics.slots.set(setup.slots as i64);
     let running: Running = Arc::new(Mutex::new(HashMap::new()));
     let mut backoff = Duration::from_millis(100);
     loop {
+        if *drain.borrow() {
+            return;
+        }
         let reg = match link.register(&setup.name, setup.slots as u32).await {
             Ok(r) => {
                 backoff = Duration::from_millis(100);
@@ -254,20 +286,60 @@ pub async fn run_worker(link: Arc<dyn Link>, setup: WorkerSetup) {
             }
             Err(e) => {
                 warn!(error = %e, "can't register with the coordinator; retrying in {backoff:?}");
-                tokio::time::sleep(backoff).await;
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    () = drain_requested(drain.clone()) => return,
+                }
                 backoff = (backoff * 2).min(Duration::from_secs(5));
                 continue;
             }
         };
         info!(worker = %reg.label, "registered");
         let heartbeat = heartbeat_loop(link.as_ref(), &reg, running.clone());
-        let slots = futures::future::join_all(
-            (0..setup.slots.max(1)).map(|slot| slot_loop(link.as_ref(), &reg, modules.clone(), running.clone(), slot)),
-        );
-        // Either ends when the coordinator no longer knows this worker.
+        let slots = futures::future::join_all((0..setup.slots.max(1)).map(|slot| {
+            slot_loop(
+                link.as_ref(),
+                &reg,
+                Slot {
+                    modules: modules.clone(),
+                    running: running.clone(),
+                    metrics: setup.metrics.clone(),
+                    drain: drain.clone(),
+                    index: slot,
+                },
+            )
+        }));
+        // Once told to drain: tell the coordinator (so open polls end at
+        // once), then give the slots until the timeout to finish.
+        let draining = async {
+            drain_requested(drain.clone()).await;
+            setup.metrics.draining.set(1);
+            info!(worker = %reg.label, "draining: finishing the running attempts, taking no more");
+            if let Err(e) = link.drain(&reg).await {
+                warn!(error = %e, "telling the coordinator this worker drains failed; its polls end on their own");
+            }
+            tokio::time::sleep(drain_timeout).await;
+            let left = running.lock().unwrap_or_else(|p| p.into_inner()).len();
+            warn!(
+                attempts = left,
+                "the drain timeout passed with attempts running; handing them back"
+            );
+        };
+        // Either of the first two ends when the coordinator no longer knows
+        // this worker; the slots also end once drained.
         tokio::select! {
             () = heartbeat => {}
             _ = slots => {}
+            () = draining => {}
+        }
+        if *drain.borrow() {
+            // Slots dropped mid-attempt stopped their guests; leaving now
+            // re-queues those attempts at once instead of after the lease.
+            if let Err(e) = link.leave(&reg).await {
+                warn!(error = %e, "leaving the cluster failed; the coordinator forgets this worker after its lease");
+            }
+            info!(worker = %reg.label, "drained and left");
+            return;
         }
         warn!(worker = %reg.label, "the coordinator no longer knows this worker; registering again");
     }
@@ -335,9 +407,31 @@ async fn heartbeat_loop(link: &dyn Link, reg: &Registration, running: Running) {
     }
 }
 
-/// One slot: poll, run, report, until the coordinator forgets this worker.
-async fn slot_loop(link: &dyn Link, reg: &Registration, modules: Arc<Modules>, running: Running, slot: usize) {
+/// What one slot works with.
+struct Slot {
+    modules: Arc<Modules>,
+    running: Running,
+    metrics: Arc<WorkerMetrics>,
+    drain: DrainSignal,
+    index: usize,
+}
+
+/// One slot: poll, run, report, until the coordinator forgets this worker
+/// or it drains.
+async fn slot_loop(link: &dyn Link, reg: &Registration, slot: Slot) {
+    let Slot {
+        modules,
+        running,
+        metrics,
+        drain,
+        index: slot,
+    } = slot;
     loop {
+        // Draining: take nothing more. (An assignment a poll already
+        // brought back runs to its end first.)
+        if *drain.borrow() {
+            return;
+        }
         let (job, assignment) = match link.poll(reg, POLL_WAIT).await {
             Ok(Some(found)) => found,
             Ok(None) => continue,
@@ -355,6 +449,8 @@ async fn slot_loop(link: &dyn Link, reg: &Registration, modules: Arc<Modules>, r
         // look unknown while the report is on its way); dropped with the
         // slot, the entry goes and the guest stops.
         let _listed = Listed::new(&running, attempt, stop.clone());
+        let _counted = RunningGauge::new(&metrics);
+        let started = Instant::now();
         let outcome = async {
             info!("attempt started");
             let ctx = match modules.context(link, reg, &job).await {
@@ -371,10 +467,27 @@ async fn slot_loop(link: &dyn Link, reg: &Registration, modules: Arc<Modules>, r
         }
         .instrument(span.clone())
         .await;
+        metrics.attempt_ended(task, outcome.as_ref(), started.elapsed().as_secs_f64());
         let Some(outcome) = outcome else { continue };
         report(link, reg, &job.job, (task, attempt), &outcome)
             .instrument(span)
             .await;
+    }
+}
+
+/// Counts an attempt in the running gauge while it lives.
+struct RunningGauge(Arc<WorkerMetrics>);
+
+impl RunningGauge {
+    fn new(metrics: &Arc<WorkerMetrics>) -> Self {
+        metrics.running.inc();
+        RunningGauge(metrics.clone())
+    }
+}
+
+impl Drop for RunningGauge {
+    fn drop(&mut self) {
+        self.0.running.dec();
     }
 }
 

@@ -7,7 +7,8 @@ use std::time::Duration;
 use object_store::ObjectStoreExt;
 use tonic::Code;
 
-use super::{Link, LinkError, WorkerSetup, run_worker};
+use super::metrics::WorkerMetrics;
+use super::{DrainSignal, Link, LinkError, WorkerSetup, run_worker};
 use crate::compute::ComputePool;
 use crate::coordinator::cluster::JobRef;
 use crate::coordinator::service::{HeartbeatReply, Registration};
@@ -39,6 +40,10 @@ pub struct WorkerConfig {
     pub compile_cache: Option<crate::runtime::CompileCacheConfig>,
     /// TLS settings for an `https://` coordinator.
     pub tls: crate::rpc::tls::ClientTls,
+    /// How long a drain waits for running attempts before handing them back.
+    pub drain_timeout: Duration,
+    /// What `/metrics` shows.
+    pub metrics: Arc<WorkerMetrics>,
 }
 
 /// Errors that stop a worker.
@@ -182,13 +187,38 @@ impl Link for GrpcLink {
             .await
             .map_err(unavailable)
     }
+
+    async fn drain(&self, reg: &Registration) -> Result<(), LinkError> {
+        let reply = self
+            .client()
+            .await?
+            .drain_worker(pb::DrainWorkerRequest {
+                worker_id: reg.secret.clone(),
+            })
+            .await
+            .map_err(|s| link_error(&s))?
+            .into_inner();
+        if reply.known { Ok(()) } else { Err(LinkError::Forgotten) }
+    }
+
+    async fn leave(&self, reg: &Registration) -> Result<(), LinkError> {
+        self.client()
+            .await?
+            .leave_cluster(pb::LeaveClusterRequest {
+                worker_id: reg.secret.clone(),
+            })
+            .await
+            .map_err(|s| link_error(&s))?;
+        Ok(())
+    }
 }
 
-/// Run a worker until the process is stopped.
+/// Run a worker until the process is stopped, or until it has drained
+/// after `drain` said to.
 ///
 /// # Errors
 /// Only if the worker cannot start; coordinator trouble is waited out.
-pub async fn run_remote_worker(config: WorkerConfig) -> Result<(), Error> {
+pub async fn run_remote_worker(config: WorkerConfig, drain: DrainSignal) -> Result<(), Error> {
     let setup = WorkerSetup {
         slots: config.slots.max(1),
         name: config.name.clone(),
@@ -198,11 +228,13 @@ pub async fn run_remote_worker(config: WorkerConfig) -> Result<(), Error> {
                 .with_compile_cache(config.compile_cache.clone()),
         ),
         pool: Arc::new(ComputePool::new(config.slots.max(1)).map_err(|e| Error::Start(e.to_string()))?),
+        metrics: config.metrics.clone(),
     };
+    let drain_timeout = config.drain_timeout;
     let link = Arc::new(GrpcLink {
         config,
         client: tokio::sync::Mutex::new(None),
     });
-    run_worker(link, setup).await;
+    run_worker(link, setup, drain, drain_timeout).await;
     Ok(())
 }

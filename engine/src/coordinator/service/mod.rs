@@ -22,6 +22,7 @@ use tracing::{info, warn};
 use super::cluster::{Cluster, ClusterJob};
 use super::identity::Identity;
 use super::journal::{Event, Journal, TaskOutput};
+use super::metrics::CoordinatorMetrics;
 use super::{Job, JobState, Outcome, commit_output, remove_all};
 use crate::compute::ComputePool;
 use crate::data::Location;
@@ -139,6 +140,21 @@ pub struct Registration {
     pub store: String,
 }
 
+/// A registered worker, for the status page.
+#[derive(Debug, Clone)]
+pub struct WorkerView {
+    /// Its label in status and logs.
+    pub label: String,
+    /// Its own name for itself (host:pid).
+    pub name: String,
+    /// Its task slots.
+    pub slots: u32,
+    /// Attempts it is running.
+    pub running: usize,
+    /// Since its last call.
+    pub silent_for: Duration,
+}
+
 /// The answer to a heartbeat.
 #[derive(Debug, Clone, Default)]
 pub struct HeartbeatReply {
@@ -179,6 +195,8 @@ pub struct Service {
     runs: AtomicU64,
     /// Events journaled since the last snapshot.
     since_snapshot: AtomicU64,
+    /// What `/metrics` shows.
+    metrics: CoordinatorMetrics,
 }
 
 /// Events between snapshots of the journal.
@@ -232,6 +250,7 @@ impl Service {
             stopping: Notify::new(),
             runs: AtomicU64::new(0),
             since_snapshot: AtomicU64::new(0),
+            metrics: CoordinatorMetrics::new(),
         });
         let tasks = vec![
             SpawnedTask::spawn(expire_loop(Arc::downgrade(&service))),
@@ -329,6 +348,40 @@ impl Service {
     /// Task slots of the registered workers (at least 1).
     pub fn slots(&self) -> usize {
         lock(&self.cluster).slots()
+    }
+
+    /// The metrics in the OpenMetrics text format, gauges read now.
+    pub fn metrics_text(&self) -> String {
+        self.metrics.encode(&lock(&self.cluster))
+    }
+
+    /// Every registered worker as the status page shows it, by name.
+    pub fn workers_view(&self) -> Vec<WorkerView> {
+        let cluster = lock(&self.cluster);
+        let mut running: std::collections::HashMap<&WorkerId, usize> = std::collections::HashMap::new();
+        for j in cluster.jobs().filter(|j| !j.job.is_finished()) {
+            for t in j.job.maps.iter().chain(&j.job.reduces) {
+                for a in t
+                    .attempts
+                    .iter()
+                    .filter(|a| a.state == super::job::AttemptState::Running)
+                {
+                    *running.entry(&a.worker).or_default() += 1;
+                }
+            }
+        }
+        let mut workers: Vec<WorkerView> = cluster
+            .workers()
+            .map(|(id, w)| WorkerView {
+                label: id.to_string(),
+                name: w.name.clone(),
+                slots: w.slots,
+                running: running.get(id).copied().unwrap_or(0),
+                silent_for: w.last_seen.elapsed(),
+            })
+            .collect();
+        workers.sort_by(|a, b| a.label.cmp(&b.label));
+        workers
     }
 
     /// The worker lease.
@@ -492,37 +545,52 @@ impl Service {
             for w in &expired.workers {
                 warn!(worker = %w, "worker lost (its connection dropped, or it was silent past its lease); its running attempts are re-queued");
             }
-            let mut events: Vec<Event> = expired
-                .attempts
-                .into_iter()
-                .map(|(job, task, attempt, worker, started)| Event::Lost {
-                    job,
-                    task,
-                    attempt,
-                    worker,
-                    started,
-                    at: now,
-                })
-                .collect();
-            for job in expired.failed_jobs {
-                if let Some(j) = cluster.job_mut(&job) {
-                    j.ended = Some(now);
-                    warn!(%job, error = j.job.error.as_deref().unwrap_or(""), "job failed");
-                    events.push(Event::Ended {
-                        job: job.clone(),
-                        state: JobState::Failed,
-                        error: j.job.error.clone(),
-                        at: now,
-                    });
-                }
-            }
-            (!events.is_empty()).then(|| self.queue(events))
+            self.lost(&mut cluster, expired, now)
         };
         if let Some(pending) = pending {
             // A failure stops the service; a restart finds the workers anew.
             let _ = self.durable(pending).await;
         }
         self.notify();
+    }
+
+    /// Journal what losing workers cost (under the cluster lock): their
+    /// running attempts, and jobs that failed for it.
+    fn lost(
+        &self,
+        cluster: &mut Cluster,
+        expired: super::cluster::Expired,
+        now: SystemTime,
+    ) -> Option<super::journal::Pending> {
+        for (_, task, _, _, _) in &expired.attempts {
+            self.metrics
+                .attempt_ended(task.phase, &super::job::AttemptState::Lost, None, 0.0);
+        }
+        let mut events: Vec<Event> = expired
+            .attempts
+            .into_iter()
+            .map(|(job, task, attempt, worker, started)| Event::Lost {
+                job,
+                task,
+                attempt,
+                worker,
+                started,
+                at: now,
+            })
+            .collect();
+        for job in expired.failed_jobs {
+            if let Some(j) = cluster.job_mut(&job) {
+                j.ended = Some(now);
+                warn!(%job, error = j.job.error.as_deref().unwrap_or(""), "job failed");
+                events.push(Event::Ended {
+                    job: job.clone(),
+                    state: JobState::Failed,
+                    error: j.job.error.clone(),
+                    at: now,
+                });
+            }
+        }
+        (!events.is_empty()).then(|| self.queue(events))
     }
 }
 

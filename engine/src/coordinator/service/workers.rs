@@ -68,6 +68,10 @@ impl Service {
                 let worker = Self::worker_of(&cluster, session, caller)?;
                 // Asking for work is a sign of life.
                 cluster.heartbeat(&worker, Instant::now());
+                if cluster.is_draining(&worker) {
+                    held.answered();
+                    return Ok(None);
+                }
                 if let Some(found) = cluster.next_assignment(&worker, SystemTime::now()) {
                     held.answered();
                     return Ok(Some(found));
@@ -79,6 +83,44 @@ impl Service {
                 return Ok(None);
             }
         }
+    }
+
+    /// Hand worker `session` nothing more, and answer its open polls now:
+    /// it is shutting down. False if it is not registered.
+    pub fn drain(&self, caller: &Identity, session: &str) -> bool {
+        let mut cluster = lock(&self.cluster);
+        let Ok(worker) = Self::worker_of(&cluster, session, caller) else {
+            return false;
+        };
+        cluster.drain(&worker);
+        info!(%worker, "worker draining: it finishes its running attempts and is handed no more");
+        drop(cluster);
+        self.notify();
+        true
+    }
+
+    /// Forget worker `session` now (it is leaving); what it still runs is
+    /// lost and runs again elsewhere.
+    pub async fn leave(&self, caller: &Identity, session: &str) {
+        let now = SystemTime::now();
+        let pending = {
+            let mut cluster = lock(&self.cluster);
+            let Ok(worker) = Self::worker_of(&cluster, session, caller) else {
+                return;
+            };
+            let expired = cluster.leave(&worker, now);
+            if expired.attempts.is_empty() {
+                info!(%worker, "worker left");
+            } else {
+                warn!(%worker, attempts = expired.attempts.len(), "worker left with attempts running; they are re-queued");
+            }
+            self.lost(&mut cluster, expired, now)
+        };
+        if let Some(pending) = pending {
+            // A failure stops the service.
+            let _ = self.durable(pending).await;
+        }
+        self.notify();
     }
 
     /// Renew the lease of worker `session`, which runs `running`, and
@@ -190,7 +232,20 @@ impl Service {
             .job(job)
             .and_then(|j| j.job.attempt_started(task, attempt))
             .unwrap_or(now);
+        let counters = match &outcome {
+            Outcome::Map(m) => Some(m.counters.clone()),
+            Outcome::Reduce(r) => Some(r.counters.clone()),
+            Outcome::Failed(_) => None,
+        };
         let result = cluster.report(job, task, attempt, outcome, now);
+        if let Some(a) = cluster.job(job).and_then(|j| j.job.attempt(task, attempt))
+            && a.ended == Some(now)
+        {
+            // Counted once, as it ended now (a stale report changes nothing).
+            let seconds = now.duration_since(started).unwrap_or_default().as_secs_f64();
+            self.metrics
+                .attempt_ended(task.phase, &a.state, counters.as_ref(), seconds);
+        }
         let mut events = Vec::new();
         match (result.clone(), event, failure) {
             (ReportResult::Committed, Some(output), _) => events.push(Event::Committed {

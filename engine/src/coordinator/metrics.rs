@@ -1,0 +1,278 @@
+//! The coordinator's Prometheus metrics (`/metrics` on its HTTP address):
+//! counters bumped as attempts end (by phase and outcome, with the bytes and
+//! guest time of committed attempts and their durations as histograms), and
+//! gauges read off the cluster at each scrape (jobs by state, tasks pending
+//! and running, workers and slots). No label carries a job id or any other
+//! value without bound.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
+
+use super::cluster::Cluster;
+use super::job::{AttemptState, JobState, TaskState};
+use super::status::UserState;
+use crate::Phase;
+use crate::task::Counters;
+
+/// The content type of [`CoordinatorMetrics::encode`]'s text.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// A phase label.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PhaseLabel {
+    /// `map` or `reduce`.
+    pub phase: &'static str,
+}
+
+/// How an attempt ended, by phase.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AttemptLabels {
+    /// `map` or `reduce`.
+    pub phase: &'static str,
+    /// `succeeded`, `failed` or `lost`.
+    pub outcome: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabel {
+    state: &'static str,
+}
+
+/// Task durations: 10 ms to about 3 hours.
+pub fn duration_buckets() -> impl Iterator<Item = f64> {
+    exponential_buckets(0.01, 2.5, 15)
+}
+
+/// The label of a phase.
+pub fn phase_label(phase: Phase) -> &'static str {
+    match phase {
+        Phase::Map => "map",
+        Phase::Reduce => "reduce",
+    }
+}
+
+/// What succeeded attempts did: their durations, guest time, and bytes
+/// read, shuffled and written. The coordinator's and workers' metrics both
+/// keep these.
+#[derive(Debug, Clone)]
+pub struct WorkTotals {
+    durations: Family<PhaseLabel, Histogram>,
+    guest_seconds: Family<PhaseLabel, Counter<f64, AtomicU64>>,
+    input_bytes: Counter,
+    shuffle_bytes: Counter,
+    output_bytes: Counter,
+}
+
+impl WorkTotals {
+    /// Register the totals in `registry`; `whose` says whose attempts, for
+    /// the help texts.
+    pub fn register(registry: &mut Registry, whose: &str) -> Self {
+        let durations = Family::<PhaseLabel, Histogram>::new_with_constructor(|| Histogram::new(duration_buckets()));
+        registry.register_with_unit(
+            "attempt_duration",
+            format!("Wall time of {whose} attempts"),
+            Unit::Seconds,
+            durations.clone(),
+        );
+        let guest_seconds = Family::<PhaseLabel, Counter<f64, AtomicU64>>::default();
+        registry.register_with_unit(
+            "guest",
+            format!("Time {whose} attempts spent in guest calls"),
+            Unit::Seconds,
+            guest_seconds.clone(),
+        );
+        let totals = WorkTotals {
+            durations,
+            guest_seconds,
+            input_bytes: Counter::default(),
+            shuffle_bytes: Counter::default(),
+            output_bytes: Counter::default(),
+        };
+        for (name, help, counter) in [
+            ("input", "Input bytes read by", &totals.input_bytes),
+            ("shuffle", "Shuffle bytes written by", &totals.shuffle_bytes),
+            ("output", "Output bytes written by", &totals.output_bytes),
+        ] {
+            registry.register_with_unit(name, format!("{help} {whose} attempts"), Unit::Bytes, counter.clone());
+        }
+        totals
+    }
+
+    /// Add a succeeded attempt of `phase` that took `seconds`, with its
+    /// counters.
+    pub fn add(&self, phase: &'static str, counters: &Counters, seconds: f64) {
+        self.durations.get_or_create(&PhaseLabel { phase }).observe(seconds);
+        // The counters are the engine's own (guests cannot write `wmr.`
+        // names); a negative value would be our bug, and is not counted.
+        let get = |name: &str| counters.get(name).copied().unwrap_or(0).max(0) as u64;
+        self.guest_seconds
+            .get_or_create(&PhaseLabel { phase })
+            .inc_by(get(crate::task::GUEST_TIME_COUNTER) as f64 / 1000.0);
+        self.input_bytes.inc_by(get("wmr.map.input.bytes"));
+        self.shuffle_bytes.inc_by(get("wmr.shuffle.bytes"));
+        self.output_bytes.inc_by(get("wmr.output.bytes"));
+    }
+}
+
+/// The coordinator's metrics.
+#[derive(Debug)]
+pub struct CoordinatorMetrics {
+    registry: Registry,
+    attempts: Family<AttemptLabels, Counter>,
+    totals: WorkTotals,
+    jobs: Family<StateLabel, Gauge>,
+    tasks: Family<StateLabel, Gauge>,
+    workers: Gauge,
+    slots: Gauge,
+}
+
+impl Default for CoordinatorMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl CoordinatorMetrics {
+    /// Fresh metrics, all zero.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("wmr");
+        let attempts = Family::<AttemptLabels, Counter>::default();
+        registry.register(
+            "attempts",
+            "Task attempts ended, by phase and outcome (succeeded: committed; failed: its error counts against the task; lost: its worker was lost)",
+            attempts.clone(),
+        );
+        let totals = WorkTotals::register(&mut registry, "committed");
+        let jobs = Family::<StateLabel, Gauge>::default();
+        registry.register(
+            "jobs",
+            "Jobs this coordinator knows, by state (finished jobs are kept up to a bound)",
+            jobs.clone(),
+        );
+        let tasks = Family::<StateLabel, Gauge>::default();
+        registry.register("tasks", "Tasks of unfinished jobs, pending or running", tasks.clone());
+        let workers = Gauge::default();
+        registry.register("workers", "Registered workers", workers.clone());
+        let slots = Gauge::default();
+        registry.register("worker_slots", "Task slots of the registered workers", slots.clone());
+        CoordinatorMetrics {
+            registry,
+            attempts,
+            totals,
+            jobs,
+            tasks,
+            workers,
+            slots,
+        }
+    }
+
+    /// Count an attempt of `phase` that ended in `state`, with its
+    /// `counters` and `seconds` of wall time if it committed.
+    pub fn attempt_ended(&self, phase: Phase, state: &AttemptState, counters: Option<&Counters>, seconds: f64) {
+        let phase = phase_label(phase);
+        let outcome = match state {
+            AttemptState::Succeeded => "succeeded",
+            AttemptState::Failed { .. } => "failed",
+            AttemptState::Lost => "lost",
+            AttemptState::Running | AttemptState::Superseded => return,
+        };
+        self.attempts.get_or_create(&AttemptLabels { phase, outcome }).inc();
+        if let (AttemptState::Succeeded, Some(counters)) = (state, counters) {
+            self.totals.add(phase, counters, seconds);
+        }
+    }
+
+    /// Set the gauges from `cluster`, then write every metric in the
+    /// OpenMetrics text format.
+    pub fn encode(&self, cluster: &Cluster) -> String {
+        let mut jobs = [0i64; 5];
+        let (mut pending, mut running) = (0i64, 0i64);
+        let states = [
+            UserState::Queued,
+            UserState::Running,
+            UserState::Succeeded,
+            UserState::Failed,
+            UserState::Cancelled,
+        ];
+        for j in cluster.jobs() {
+            let state = super::status::user_state(&j.job);
+            if let Some(i) = states.iter().position(|s| *s == state) {
+                jobs[i] += 1;
+            }
+            if j.job.state != JobState::Running {
+                continue;
+            }
+            for t in j.job.maps.iter().chain(&j.job.reduces) {
+                match t.state {
+                    TaskState::Pending => pending += 1,
+                    TaskState::Running => running += 1,
+                    TaskState::Committed | TaskState::Failed => {}
+                }
+            }
+        }
+        for (state, n) in states.iter().zip(jobs) {
+            self.jobs.get_or_create(&StateLabel { state: state.as_str() }).set(n);
+        }
+        self.tasks.get_or_create(&StateLabel { state: "pending" }).set(pending);
+        self.tasks.get_or_create(&StateLabel { state: "running" }).set(running);
+        self.workers.set(cluster.workers().count() as i64);
+        self.slots.set(cluster.workers().map(|(_, w)| i64::from(w.slots)).sum());
+        let mut text = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn committed_attempts_count_their_bytes_and_time_and_others_only_themselves() {
+        let m = CoordinatorMetrics::new();
+        let counters: Counters = [
+            ("wmr.map.input.bytes".to_string(), 1000),
+            ("wmr.shuffle.bytes".to_string(), 300),
+            (crate::task::GUEST_TIME_COUNTER.to_string(), 1500),
+        ]
+        .into_iter()
+        .collect();
+        m.attempt_ended(Phase::Map, &AttemptState::Succeeded, Some(&counters), 2.0);
+        m.attempt_ended(
+            Phase::Map,
+            &AttemptState::Failed {
+                error: "x".into(),
+                kind: crate::task::FailureKind::Guest,
+            },
+            Some(&counters),
+            1.0,
+        );
+        m.attempt_ended(Phase::Reduce, &AttemptState::Lost, None, 1.0);
+        m.attempt_ended(Phase::Reduce, &AttemptState::Superseded, None, 1.0);
+        let cluster = Cluster::new(std::time::Duration::from_secs(10), 1, None);
+        let text = m.encode(&cluster);
+        for line in [
+            "wmr_attempts_total{phase=\"map\",outcome=\"succeeded\"} 1",
+            "wmr_attempts_total{phase=\"map\",outcome=\"failed\"} 1",
+            "wmr_attempts_total{phase=\"reduce\",outcome=\"lost\"} 1",
+            "wmr_input_bytes_total 1000",
+            "wmr_shuffle_bytes_total 300",
+            "wmr_output_bytes_total 0",
+            "wmr_guest_seconds_total{phase=\"map\"} 1.5",
+            "wmr_attempt_duration_seconds_count{phase=\"map\"} 1",
+            "wmr_workers 0",
+            "wmr_jobs{state=\"running\"} 0",
+            "# EOF",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line:?} missing from:\n{text}");
+        }
+        assert!(!text.contains("superseded"));
+    }
+}

@@ -1,0 +1,237 @@
+//! The HTTP address of a coordinator (`wmr coordinator --http`, `wmr run
+//! --http`): the status pages ([`pages`]) and Prometheus metrics at
+//! `/metrics`, behind the same tokens as the gRPC API; and a worker's own
+//! `/metrics` (`wmr worker --metrics`).
+//!
+//! With a tokens file, every request carries a token: `Authorization:
+//! Bearer TOKEN` (Prometheus, curl), or the cookie `/login` sets (browsers).
+//! The pages show a client only its own jobs, as the gRPC API does; workers'
+//! tokens read `/metrics` only.
+
+pub mod pages;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Form, Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::get;
+
+use crate::JobId;
+use crate::coordinator::identity::{Identity, Role};
+use crate::coordinator::metrics::CONTENT_TYPE;
+use crate::coordinator::service::Service;
+use crate::coordinator::status::JobStatusDoc;
+use crate::rpc::auth::Tokens;
+
+/// The cookie `/login` sets: the token, percent-encoded.
+const TOKEN_COOKIE: &str = "wmr_token";
+
+/// Bind `addr` for HTTP.
+///
+/// # Errors
+/// If the address can't be bound.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await
+}
+
+#[derive(Clone)]
+struct Web {
+    service: Arc<Service>,
+    tokens: Option<Arc<Tokens>>,
+}
+
+/// Serve the status pages and `/metrics` of `service` on `listener` until
+/// `shutdown` completes. With `tokens`, every request must carry one.
+///
+/// # Errors
+/// If accepting connections fails.
+pub async fn serve_coordinator(
+    service: Arc<Service>,
+    tokens: Option<Arc<Tokens>>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = Router::new()
+        .route("/", get(index))
+        .route("/jobs/{id}", get(job))
+        .route("/metrics", get(metrics))
+        .route("/login", get(login_form).post(login))
+        .route("/logout", get(logout))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .with_state(Web { service, tokens });
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+}
+
+/// Serve `text()` as `/metrics` on `listener` until `shutdown` completes:
+/// a worker's metrics, which carry no job's data and need no token.
+///
+/// # Errors
+/// If accepting connections fails.
+pub async fn serve_metrics(
+    text: Arc<dyn Fn() -> String + Send + Sync>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let text = text.clone();
+                async move { ([(header::CONTENT_TYPE, CONTENT_TYPE)], text()) }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok\n" }));
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+}
+
+/// Who calls: anyone where no tokens are configured; else the identity
+/// of the bearer token or the login cookie, if either is valid.
+fn identify(web: &Web, headers: &HeaderMap) -> Option<Identity> {
+    let Some(tokens) = &web.tokens else {
+        return Some(Identity::anonymous());
+    };
+    if let Some(value) = headers.get(header::AUTHORIZATION) {
+        return tokens.identify(value.as_bytes()).cloned();
+    }
+    let token = cookie(headers, TOKEN_COOKIE)?;
+    tokens.identify(format!("Bearer {token}").as_bytes()).cloned()
+}
+
+/// The value of cookie `name`, percent-decoded.
+fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(n, _)| *n == name)
+        .map(|(_, v)| {
+            url::form_urlencoded::parse(format!("t={v}").as_bytes())
+                .next()
+                .map(|(_, v)| v.into_owned())
+                .unwrap_or_default()
+        })
+}
+
+/// The caller of a page, or the answer refusing it: a login form for no or
+/// a wrong token, forbidden for a worker's.
+fn page_caller(web: &Web, headers: &HeaderMap) -> Result<Identity, Box<Response>> {
+    match identify(web, headers) {
+        Some(who) if who.role == Role::Worker => Err(Box::new(
+            (
+                StatusCode::FORBIDDEN,
+                Html(
+                    pages::message("A worker's token reads /metrics only; log in with a client's token.").into_string(),
+                ),
+            )
+                .into_response(),
+        )),
+        Some(who) => Ok(who),
+        None => Err(Box::new(
+            (
+                StatusCode::UNAUTHORIZED,
+                Html(pages::login(headers.contains_key(header::COOKIE)).into_string()),
+            )
+                .into_response(),
+        )),
+    }
+}
+
+async fn index(State(web): State<Web>, headers: HeaderMap) -> Response {
+    let who = match page_caller(&web, &headers) {
+        Ok(who) => who,
+        Err(refused) => return *refused,
+    };
+    let jobs = web.service.jobs_view(&who, |j| JobStatusDoc::of(j, false));
+    let workers = web.service.workers_view();
+    Html(pages::index(&jobs, &workers, &who, web.tokens.is_some()).into_string()).into_response()
+}
+
+async fn job(State(web): State<Web>, Path(id): Path<String>, headers: HeaderMap) -> Response {
+    let who = match page_caller(&web, &headers) {
+        Ok(who) => who,
+        Err(refused) => return *refused,
+    };
+    let found = JobId::parse(&id).and_then(|id| web.service.job_view(&who, &id, |j| JobStatusDoc::of(j, true)).ok());
+    match found {
+        Some(doc) => {
+            Html(pages::job(&doc, crate::coordinator::status::millis(std::time::SystemTime::now())).into_string())
+                .into_response()
+        }
+        // Another tenant's job is as absent as one that never existed.
+        None => (
+            StatusCode::NOT_FOUND,
+            Html(pages::message(&format!("No job {id} here that you may see.")).into_string()),
+        )
+            .into_response(),
+    }
+}
+
+async fn metrics(State(web): State<Web>, headers: HeaderMap) -> Response {
+    if identify(&web, &headers).is_none() {
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            "a token is required: send `Authorization: Bearer TOKEN` with a token from the coordinator's tokens file\n",
+        )
+            .into_response();
+    }
+    ([(header::CONTENT_TYPE, CONTENT_TYPE)], web.service.metrics_text()).into_response()
+}
+
+async fn login_form() -> Html<String> {
+    Html(pages::login(false).into_string())
+}
+
+#[derive(serde::Deserialize)]
+struct LoginForm {
+    token: String,
+}
+
+async fn login(State(web): State<Web>, Form(form): Form<LoginForm>) -> Response {
+    let token = form.token.trim();
+    let valid = match &web.tokens {
+        None => true,
+        Some(tokens) => tokens.identify(format!("Bearer {token}").as_bytes()).is_some(),
+    };
+    if !valid {
+        return (StatusCode::UNAUTHORIZED, Html(pages::login(true).into_string())).into_response();
+    }
+    let value: String = url::form_urlencoded::byte_serialize(token.as_bytes()).collect();
+    let cookie = format!("{TOKEN_COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict");
+    let mut response = Redirect::to("/").into_response();
+    if let Ok(v) = HeaderValue::from_str(&cookie) {
+        response.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    response
+}
+
+async fn logout() -> Response {
+    let mut response = Redirect::to("/login").into_response();
+    response.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_static("wmr_token=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cookies_are_found_by_name_and_decoded() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; wmr_token=s%3Bx%2Cy; b=2"),
+        );
+        assert_eq!(cookie(&headers, TOKEN_COOKIE).as_deref(), Some("s;x,y"));
+        assert_eq!(cookie(&headers, "c"), None);
+    }
+}
