@@ -22,6 +22,8 @@ pub(crate) struct Cluster {
     /// Extra flags for the coordinator.
     pub(crate) coordinator_args: Vec<String>,
     pub(crate) addr: String,
+    /// The status page's base URL, with `--http` among the coordinator's flags.
+    pub(crate) http: Option<String>,
     lease: &'static str,
     backup_after: &'static str,
     coordinator: Child,
@@ -58,7 +60,7 @@ impl Cluster {
     ) -> Self {
         let logs = t.path("logs");
         std::fs::create_dir_all(&logs).unwrap();
-        let (coordinator, addr) = start_coordinator(
+        let (coordinator, addr, http) = start_coordinator(
             &store,
             &env,
             "127.0.0.1:0",
@@ -72,6 +74,7 @@ impl Cluster {
             worker_env: Vec::new(),
             coordinator_args,
             addr,
+            http,
             lease,
             backup_after,
             coordinator,
@@ -81,8 +84,14 @@ impl Cluster {
     }
 
     pub(crate) fn add_worker(&mut self, slots: usize) {
-        let log = std::fs::File::create(self.logs.join(format!("worker-{}.log", self.workers.len()))).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_wmr"))
+        self.add_worker_with(slots, &[]);
+    }
+
+    /// Start a worker with `extra` flags; with `--metrics`, returns the URL
+    /// of its metrics, which it prints.
+    pub(crate) fn add_worker_with(&mut self, slots: usize, extra: &[&str]) -> Option<String> {
+        let log = std::fs::File::create(self.worker_log(self.workers.len())).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_wmr"))
             .args([
                 "-v",
                 "worker",
@@ -91,13 +100,35 @@ impl Cluster {
                 "--slots",
                 &slots.to_string(),
             ])
+            .args(extra)
             .envs(self.env.iter().cloned())
             .envs(self.worker_env.iter().cloned())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(log)
             .spawn()
             .expect("starting wmr worker");
+        let stdout = child.stdout.take().unwrap();
         self.workers.push(child);
+        if !extra.contains(&"--metrics") {
+            return None;
+        }
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        let url = line.split_whitespace().nth(4);
+        Some(
+            url.unwrap_or_else(|| panic!("worker printed {line:?}, not its metrics URL"))
+                .to_string(),
+        )
+    }
+
+    /// The log file of worker `i`.
+    pub(crate) fn worker_log(&self, i: usize) -> PathBuf {
+        self.logs.join(format!("worker-{i}.log"))
+    }
+
+    /// Worker `i`'s process.
+    pub(crate) fn worker(&mut self, i: usize) -> &mut Child {
+        &mut self.workers[i]
     }
 
     /// SIGKILL the coordinator and start it again on the same address and store.
@@ -105,7 +136,7 @@ impl Cluster {
         self.coordinator.kill().unwrap();
         self.coordinator.wait().unwrap();
         let listen = self.addr.split_once("://").map_or(self.addr.as_str(), |(_, a)| a);
-        let (coordinator, addr) = start_coordinator(
+        let (coordinator, addr, _) = start_coordinator(
             &self.store,
             &self.env,
             listen,
@@ -210,7 +241,7 @@ fn start_coordinator(
     (lease, backup_after): (&str, &str),
     extra: &[String],
     logs: &Path,
-) -> (Child, String) {
+) -> (Child, String, Option<String>) {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -235,17 +266,24 @@ fn start_coordinator(
         .stderr(log)
         .spawn()
         .expect("starting wmr coordinator");
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    stdout.read_line(&mut line).unwrap();
     let addr = line
         .split_whitespace()
         .nth(4)
         .unwrap_or_else(|| panic!("coordinator printed {line:?}, not its address"))
         .trim_end_matches(',')
         .to_string();
-    (child, addr)
+    let http = extra.iter().any(|a| a == "--http").then(|| {
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        line.split_whitespace()
+            .nth(5)
+            .unwrap_or_else(|| panic!("coordinator printed {line:?}, not its status page"))
+            .to_string()
+    });
+    (child, addr, http)
 }
 
 /// Every attempt of every task of a status: (phase, index, attempt json).
@@ -292,7 +330,7 @@ fn ran_in_parallel(status: &Value, phase: &str) -> (bool, BTreeSet<String>) {
 /// with `maps_only`) is seen running, retrying until one is (a report sent
 /// just before the signal does not count; a task of a few ms may end
 /// between a status poll and the signal). Returns that task's index.
-fn freeze_mid_attempt(c: &Cluster, worker: usize, job: &str, maps_only: bool) -> u64 {
+pub(crate) fn freeze_mid_attempt(c: &Cluster, worker: usize, job: &str, maps_only: bool) -> u64 {
     let pid = c.workers[worker].id().to_string();
     let signal = |sig: &str| assert!(Command::new("kill").args([sig, &pid]).status().unwrap().success());
     let running = |s: &Value| {

@@ -319,3 +319,17 @@ pub fn groupby_output(dir: &Path, key: &str) -> BTreeMap<String, (f64, u64)> {
     }
     got
 }
+
+/// The tests' Python: the venv `cargo xtask test` makes under target/tools,
+/// with grpcio, prometheus-client and selenium (or `WMR_TEST_PYTHON`).
+pub fn test_python() -> PathBuf {
+    let python = std::env::var("WMR_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/tools/python/bin/python"));
+    assert!(
+        python.exists(),
+        "{} is missing: `cargo xtask test` installs it, with grpcio, prometheus-client and selenium",
+        python.display()
+    );
+    python
+}

@@ -20,5 +20,7 @@ mod input;
 mod languages;
 /// The memory budget: spills, merge passes, record limits, multipart uploads.
 mod memory;
+/// Operating a cluster: status page, metrics, draining, CLI comforts.
+mod operate;
 /// The trust boundary: roles, tenants, forged reports.
 mod trust;

@@ -579,14 +579,7 @@ fn a_module_altered_in_the_store_is_refused_by_the_workers() {
 
 #[test]
 fn a_python_grpc_client_lists_the_services_through_reflection_v1alpha() {
-    let python = std::env::var("WMR_TEST_PYTHON")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|_| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/tools/python/bin/python"));
-    assert!(
-        python.exists(),
-        "{} is missing: `cargo xtask test` installs grpcio and grpcio-reflection there",
-        python.display()
-    );
+    let python = test_python();
     let t = TestDir::new();
     let c = Cluster::start(&t, "10s");
     let script = r#"

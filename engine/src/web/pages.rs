@@ -28,6 +28,8 @@ svg text{font:11px system-ui,sans-serif}
 .t-map{fill:#64b5f6}.t-reduce{fill:#81c784}.t-failed{fill:#e57373}.t-lost{fill:#bdbdbd}
 .t-superseded{fill:#ffe082}.t-running{fill-opacity:.55}.t-backup{stroke:#333;stroke-dasharray:3 2}
 .legend span{display:inline-block;width:12px;height:10px;margin:0 4px 0 12px}
+.legend .t-map{background:#64b5f6}.legend .t-reduce{background:#81c784}.legend .t-failed{background:#e57373}
+.legend .t-lost{background:#bdbdbd}.legend .t-superseded{background:#ffe082}.legend .t-backup{border:1px dashed #333}
 ";
 
 fn page(title: &str, refresh: bool, body: Markup) -> Markup {
@@ -86,6 +88,15 @@ fn when(ms: u64) -> String {
 
 fn seconds(ms: u64) -> String {
     format!("{:.2} s", ms as f64 / 1000.0)
+}
+
+/// A time axis label: milliseconds for runs under ten seconds.
+fn tick(ms: u64, span_ms: u64) -> String {
+    if span_ms < 10_000 {
+        format!("{ms} ms")
+    } else {
+        format!("{:.0} s", ms as f64 / 1000.0)
+    }
 }
 
 /// The front page: jobs (newest first) and workers.
@@ -199,9 +210,9 @@ fn timeline(doc: &JobStatusDoc, now_ms: u64) -> Markup {
         p.legend {
             span.t-map {} "map" span.t-reduce {} "reduce" span.t-failed {} "failed"
             span.t-lost {} "lost" span.t-superseded {} "superseded"
-            span.t-backup style="background:#fff" {} "backup (dashed)"
+            span.t-backup {} "backup"
         }
-        svg id="timeline" width=(LABEL + TIMELINE_WIDTH + 10.0) height=(height) xmlns="http://www.w3.org/2000/svg" {
+        svg id="timeline" width=(LABEL + TIMELINE_WIDTH + 40.0) height=(height) xmlns="http://www.w3.org/2000/svg" {
             @for (worker, lane) in &lanes {
                 text x="0" y=(lane * LANE + 13) { (worker) }
                 line x1=(LABEL) x2=(LABEL + TIMELINE_WIDTH) y1=(lane * LANE + LANE) y2=(lane * LANE + LANE) stroke="#eee" {}
@@ -232,7 +243,7 @@ fn timeline(doc: &JobStatusDoc, now_ms: u64) -> Markup {
             }
             @for i in 0..=ticks {
                 @let ms = start + (end - start) * i / ticks;
-                text x=(format!("{:.1}", x(ms))) y=(height - 4) text-anchor="middle" { (seconds(ms - start)) }
+                text x=(format!("{:.1}", x(ms))) y=(height - 4) text-anchor="middle" { (tick(ms - start, end - start)) }
             }
         }
     }

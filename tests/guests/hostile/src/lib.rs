@@ -10,7 +10,9 @@
 //! - `log-flood`: print 300 lines to stdout, stderr and the log per input line;
 //! - `escape`: try to read a host file, open a socket, and read the
 //!   environment and arguments, and read the clock and random numbers;
-//!   emits one `(what, 1 if it worked)` row for each.
+//!   emits one `(what, 1 if it worked)` row for each;
+//! - `slow`: spend 300 ms (busy) on each input line, then count it: a
+//!   well-behaved job whose attempts last long enough to be caught running.
 
 use std::hint::black_box;
 
@@ -78,6 +80,13 @@ impl Job for Hostile {
             "loop-map" => loop {
                 black_box(record.line());
             },
+            "slow" => {
+                let start = std::time::Instant::now();
+                while start.elapsed() < std::time::Duration::from_millis(300) {
+                    black_box(record.line());
+                }
+                out.emit("lines", 1);
+            }
             "grow" => {
                 let mut hoard: Vec<Vec<u8>> = Vec::new();
                 loop {
