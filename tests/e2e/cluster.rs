@@ -269,20 +269,21 @@ fn start_coordinator(
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
     stdout.read_line(&mut line).unwrap();
+    // With --http, the status page comes first (it serves while a standby waits).
+    let http = extra.iter().any(|a| a == "--http").then(|| {
+        let url = line.split_whitespace().nth(5);
+        let url = url.unwrap_or_else(|| panic!("coordinator printed {line:?}, not its status page"));
+        let url = url.to_string();
+        line.clear();
+        stdout.read_line(&mut line).unwrap();
+        url
+    });
     let addr = line
         .split_whitespace()
         .nth(4)
         .unwrap_or_else(|| panic!("coordinator printed {line:?}, not its address"))
         .trim_end_matches(',')
         .to_string();
-    let http = extra.iter().any(|a| a == "--http").then(|| {
-        let mut line = String::new();
-        stdout.read_line(&mut line).unwrap();
-        line.split_whitespace()
-            .nth(5)
-            .unwrap_or_else(|| panic!("coordinator printed {line:?}, not its status page"))
-            .to_string()
-    });
     (child, addr, http)
 }
 

@@ -447,3 +447,51 @@ fn json_logs_are_one_object_per_line_even_for_the_final_error() {
     );
     assert_eq!(last["fields"]["exit_code"], o.status.code().unwrap(), "{last}");
 }
+
+#[test]
+fn health_answers_for_a_serving_coordinator_and_a_standby_is_alive_but_not_ready() {
+    let t = TestDir::new();
+    let c = Cluster::start_with_args(
+        &t,
+        t.path("store").to_str().unwrap().to_string(),
+        Vec::new(),
+        ("10s", "5s"),
+        vec!["--http".into(), "127.0.0.1:0".into()],
+    );
+    let o = wmr_ok(&["health", "--coordinator", &c.addr]);
+    assert!(String::from_utf8(o.stdout).unwrap().contains("is serving"));
+    let http = c.http.clone().unwrap();
+    assert_eq!(get(&format!("{http}readyz"), None).0, 200);
+
+    // A standby on the same store: alive on its HTTP address, not ready.
+    let mut standby = Command::new(env!("CARGO_BIN_EXE_wmr"))
+        .args([
+            "coordinator",
+            "--listen",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+            "--standby",
+            "--store",
+        ])
+        .arg(t.path("store"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(standby.stdout.take().unwrap()), &mut line).unwrap();
+    let standby_http = line.split_whitespace().nth(5).unwrap().to_string();
+    assert_eq!(get(&format!("{standby_http}healthz"), None).0, 200);
+    let (code, body) = get(&format!("{standby_http}readyz"), None);
+    assert_eq!(code, 503);
+    assert!(body.contains("standby"), "{body}");
+    assert_eq!(get(&standby_http, None).0, 503);
+    standby.kill().unwrap();
+    standby.wait().unwrap();
+
+    // Nothing listening: a clear failure, not a hang.
+    let dead = wmr(&["health", "--coordinator", "127.0.0.1:1", "--timeout", "3s"]);
+    assert!(!dead.status.success());
+    assert!(String::from_utf8_lossy(&dead.stderr).contains("127.0.0.1:1"));
+}

@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask guests | demo | test | bench wordcount`.
+//! Project tasks: `cargo xtask guests | demo | test | lint | image | bench ...`.
 #![expect(
     clippy::print_stdout,
     clippy::print_stderr,
@@ -19,6 +19,8 @@ const USAGE: &str = "usage: cargo xtask <command>
   demo                            build, generate a sample corpus, run wordcount embedded
   test                            build guests, then run every test (what CI runs)
   lint                            rustfmt --check and clippy -D warnings on every workspace (CI runs it too)
+  image [--if-possible]           build the container image localhost/wmr:latest (deploy/Containerfile) with
+                                  podman or buildah; --if-possible: skip with a line where neither can
   bench wordcount [--size-mib N] [--distinct]
                                   wmr (2 slots) against DuckDB and native Rust (2 threads), outputs
                                   checked equal; Zipf text, or --distinct for most words distinct
@@ -40,6 +42,7 @@ fn main() -> Result<()> {
         Some("test") => test(),
         Some("lint") => lint(),
         Some("bench") => bench(&args[1..]),
+        Some("image") => image(&args[1..]),
         _ => {
             eprintln!("{USAGE}");
             std::process::exit(2)
@@ -379,15 +382,20 @@ fn python_tools() -> Result<PathBuf> {
     let python = venv.join("bin/python");
     let ready = python.exists()
         && venv.join("bin/componentize-py").exists()
+        && venv.join("bin/kubernetes-validate").exists()
         && Command::new(&python)
-            .args(["-c", "import grpc, grpc_reflection.v1alpha.reflection_pb2"])
+            .args([
+                "-c",
+                "import grpc, grpc_reflection.v1alpha.reflection_pb2, prometheus_client, selenium",
+            ])
             .output()
             .is_ok_and(|o| o.status.success());
     if ready {
         return Ok(venv);
     }
     eprintln!(
-        "installing grpcio and componentize-py (for the tests and for building Python jobs) into {}",
+        "installing grpcio, prometheus-client, selenium, kubernetes-validate (for the tests) and componentize-py \
+         (for building Python jobs) into {}",
         venv.display()
     );
     run(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
@@ -400,8 +408,110 @@ fn python_tools() -> Result<PathBuf> {
         "grpcio==1.76.0",
         "grpcio-reflection==1.76.0",
         "componentize-py==0.25.1",
+        "prometheus-client==0.26.0",
+        // 4.40 is the newest whose dependencies the package mirror has.
+        "selenium==4.40.0",
+        "kubernetes-validate==1.37.0",
     ]))?;
     Ok(venv)
+}
+
+/// Debian's Chromium and ChromeDriver, for the status page's browser test.
+fn browser() -> Result<()> {
+    if Path::new("/usr/bin/chromium").exists() && Path::new("/usr/bin/chromedriver").exists() {
+        return Ok(());
+    }
+    eprintln!("installing Debian's chromium and chromium-driver (for the status page's browser test)");
+    let install = || {
+        Command::new("apt-get")
+            .args([
+                "install",
+                "-y",
+                "--no-install-recommends",
+                "chromium",
+                "chromium-driver",
+            ])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !install() {
+        // A fresh machine may have no package lists yet.
+        run(Command::new("apt-get").args(["update", "-q"]))?;
+        if !install() {
+            bail!("apt-get could not install chromium and chromium-driver; install them (as root) and run again");
+        }
+    }
+    Ok(())
+}
+
+/// Check the Kubernetes manifests against the API's schemas (strictly:
+/// an unknown field fails), and check that the check fails on one.
+fn validate_manifests(python_bin: &Path) -> Result<()> {
+    let root = root();
+    let dir = root.join("deploy/kubernetes");
+    let mut manifests: Vec<PathBuf> = std::fs::read_dir(&dir)?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<std::io::Result<_>>()?;
+    manifests.retain(|p| p.extension().is_some_and(|e| e == "yaml") && !p.ends_with("kustomization.yaml"));
+    manifests.sort();
+    let validate = python_bin.join("kubernetes-validate");
+    run(Command::new(&validate).args(["--strict", "--quiet"]).args(&manifests))?;
+    let broken = root.join("target/tools/broken-manifest.yaml");
+    let coordinator = std::fs::read_to_string(dir.join("coordinator.yaml"))?;
+    std::fs::write(&broken, coordinator.replacen("containerPort:", "containerPrt:", 1))?;
+    let refused = Command::new(&validate)
+        .args(["--strict", "--quiet"])
+        .arg(&broken)
+        .output()?;
+    if refused.status.success() {
+        bail!("kubernetes-validate passed a manifest with a misspelled field: the schema check checks nothing");
+    }
+    eprintln!("the Kubernetes manifests in {} pass the schema check", dir.display());
+    Ok(())
+}
+
+/// `cargo xtask image`: build the container image with podman or buildah.
+/// With `--if-possible`, a machine with neither (or that cannot build, for
+/// want of its base images) says so in one line and succeeds.
+fn image(args: &[String]) -> Result<()> {
+    let optional = args.iter().any(|a| a == "--if-possible");
+    let root = root();
+    let tool = ["podman", "buildah"].into_iter().find(|t| {
+        Command::new(t)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
+    let Some(tool) = tool else {
+        if optional {
+            eprintln!("cargo xtask image: skipped: neither podman nor buildah is installed (apt-get install podman)");
+            return Ok(());
+        }
+        bail!("neither podman nor buildah is installed; install one (apt-get install podman) to build the image");
+    };
+    let mut build = Command::new(tool);
+    if tool == "buildah" {
+        build.arg("bud");
+    } else {
+        build.arg("build");
+    }
+    build
+        .args(["--file", "deploy/Containerfile", "--tag", "localhost/wmr:latest", "."])
+        .current_dir(&root);
+    eprintln!("building the image localhost/wmr:latest with {tool}");
+    let status = build.status()?;
+    if !status.success() {
+        if optional {
+            eprintln!(
+                "cargo xtask image: skipped: {tool} could not build the image ({status}; it needs the base images \
+                 docker.io/library/rust and debian, or a registry that has them)"
+            );
+            return Ok(());
+        }
+        bail!("{tool} failed to build the image ({status})");
+    }
+    Ok(())
 }
 
 fn test() -> Result<()> {
@@ -417,6 +527,9 @@ fn test() -> Result<()> {
         .arg(root.join("sdk/Cargo.toml"))
         .env("CARGO_TARGET_DIR", root.join("target/guest-build")))?;
     python_sdk_tests(&tools[0])?;
+    validate_manifests(&tools[0])?;
+    image(&["--if-possible".to_string()])?;
+    browser()?;
     // The Python and JavaScript guests are built by the very wmr the tests
     // run (so its features match theirs and nothing builds twice).
     run(cargo()

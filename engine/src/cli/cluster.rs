@@ -247,6 +247,26 @@ pub(super) fn coordinator(args: CoordinatorArgs) -> Result<u8, Failure> {
             access: DataAccess::new(allowed, store.clone(), authenticated),
             ceilings: args.policy.ceilings(),
         };
+        // The status page (and its /healthz) serves from the start: a
+        // standby is alive while it waits; its pages serve once it takes over.
+        let page: crate::web::ServiceSlot = std::sync::Arc::default();
+        let _web = match args.http {
+            Some(http) => {
+                let listener = crate::web::bind(http)
+                    .await
+                    .map_err(|e| infra(format!("can't serve the status page on {http}: {e}")))?;
+                let bound = listener.local_addr().map_err(|e| infra(e.to_string()))?;
+                let web = SpawnedTask::spawn(crate::web::serve_coordinator(
+                    page.clone(),
+                    tokens.clone(),
+                    listener,
+                    std::future::pending(),
+                ));
+                super::print(&format!("wmr coordinator status page on http://{bound}/\n"));
+                Some(web)
+            }
+            None => None,
+        };
         // One coordinator per store: take it (or wait for it) before
         // reading the journal, and keep it while serving.
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "host".into());
@@ -268,6 +288,7 @@ pub(super) fn coordinator(args: CoordinatorArgs) -> Result<u8, Failure> {
         let state = Service::open(store, journal, config)
             .await
             .map_err(|e| infra(error_chain(&e)))?;
+        let _ = page.set(state.clone());
         let tls_on = tls.is_some();
         let listener = bind(args.listen)
             .await
@@ -284,23 +305,6 @@ pub(super) fn coordinator(args: CoordinatorArgs) -> Result<u8, Failure> {
             );
             let _ = out.flush();
         }
-        let _web = match args.http {
-            Some(http) => {
-                let listener = crate::web::bind(http)
-                    .await
-                    .map_err(|e| infra(format!("can't serve the status page on {http}: {e}")))?;
-                let bound = listener.local_addr().map_err(|e| infra(e.to_string()))?;
-                let web = SpawnedTask::spawn(crate::web::serve_coordinator(
-                    state.clone(),
-                    tokens.clone(),
-                    listener,
-                    std::future::pending(),
-                ));
-                super::print(&format!("wmr coordinator status page on http://{bound}/\n"));
-                Some(web)
-            }
-            None => None,
-        };
         let _renewing = SpawnedTask::spawn(keep_the_store(hold, std::sync::Arc::downgrade(&state)));
         let service = state.clone();
         let mut signals = super::StopSignals::watch();

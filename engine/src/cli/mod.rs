@@ -7,6 +7,7 @@ mod client;
 mod cluster;
 mod compile;
 pub mod exit;
+mod health;
 mod job_args;
 mod project;
 mod run;
@@ -67,6 +68,8 @@ pub enum Command {
     Jobs(client::ClientArgs),
     /// Cancel a job.
     Cancel(client::CancelArgs),
+    /// Check that a coordinator serves (its gRPC health service); exit 0 if it does.
+    Health(health::HealthArgs),
     /// Scaffold a job (word count) in Rust, Python or JavaScript that builds and runs as it is.
     New(project::NewArgs),
     /// Build a job into a checked .wasm component (cargo, componentize-py or componentize-js).
@@ -101,6 +104,7 @@ pub fn run(cli: Cli) -> Result<u8, Failure> {
         Command::Status(args) => client::status(args),
         Command::Jobs(args) => client::jobs(args),
         Command::Cancel(args) => client::cancel(args),
+        Command::Health(args) => health::health(args),
         Command::New(args) => project::new(args),
         Command::Build(args) => project::build(args),
         Command::Completions(args) => Ok(completions(&args)),

@@ -171,7 +171,7 @@ async fn run_async(args: RunArgs, slots: usize, reducers: u32) -> Result<u8, Fai
                 .map_err(|e| infrastructure(format!("can't serve the status page on {addr}: {e}")))?;
             let bound = listener.local_addr().map_err(|e| infrastructure(e.to_string()))?;
             let web = SpawnedTask::spawn(crate::web::serve_coordinator(
-                service.clone(),
+                Arc::new(service.clone().into()),
                 None,
                 listener,
                 std::future::pending(),

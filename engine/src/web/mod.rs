@@ -38,19 +38,40 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> 
     tokio::net::TcpListener::bind(addr).await
 }
 
+/// The service the pages show, once there is one: a standby coordinator
+/// serves its HTTP address (so probes see it alive) before it takes over.
+pub type ServiceSlot = Arc<std::sync::OnceLock<Arc<Service>>>;
+
 #[derive(Clone)]
 struct Web {
-    service: Arc<Service>,
+    service: ServiceSlot,
     tokens: Option<Arc<Tokens>>,
+}
+
+impl Web {
+    /// The service, or the answer that there is none yet.
+    fn service(&self) -> Result<&Arc<Service>, Box<Response>> {
+        self.service.get().ok_or_else(|| {
+            Box::new(
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "this coordinator is a standby: it serves once it takes over the store\n",
+                )
+                    .into_response(),
+            )
+        })
+    }
 }
 
 /// Serve the status pages and `/metrics` of `service` on `listener` until
 /// `shutdown` completes. With `tokens`, every request must carry one.
+/// `/healthz` answers while the process lives; `/readyz`, and every page,
+/// only once `service` is set.
 ///
 /// # Errors
 /// If accepting connections fails.
 pub async fn serve_coordinator(
-    service: Arc<Service>,
+    service: ServiceSlot,
     tokens: Option<Arc<Tokens>>,
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -62,6 +83,7 @@ pub async fn serve_coordinator(
         .route("/login", get(login_form).post(login))
         .route("/logout", get(logout))
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready))
         .with_state(Web { service, tokens });
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await
 }
@@ -147,8 +169,12 @@ async fn index(State(web): State<Web>, headers: HeaderMap) -> Response {
         Ok(who) => who,
         Err(refused) => return *refused,
     };
-    let jobs = web.service.jobs_view(&who, |j| JobStatusDoc::of(j, false));
-    let workers = web.service.workers_view();
+    let service = match web.service() {
+        Ok(service) => service,
+        Err(standby) => return *standby,
+    };
+    let jobs = service.jobs_view(&who, |j| JobStatusDoc::of(j, false));
+    let workers = service.workers_view();
     Html(pages::index(&jobs, &workers, &who, web.tokens.is_some()).into_string()).into_response()
 }
 
@@ -157,7 +183,11 @@ async fn job(State(web): State<Web>, Path(id): Path<String>, headers: HeaderMap)
         Ok(who) => who,
         Err(refused) => return *refused,
     };
-    let found = JobId::parse(&id).and_then(|id| web.service.job_view(&who, &id, |j| JobStatusDoc::of(j, true)).ok());
+    let service = match web.service() {
+        Ok(service) => service,
+        Err(standby) => return *standby,
+    };
+    let found = JobId::parse(&id).and_then(|id| service.job_view(&who, &id, |j| JobStatusDoc::of(j, true)).ok());
     match found {
         Some(doc) => {
             Html(pages::job(&doc, crate::coordinator::status::millis(std::time::SystemTime::now())).into_string())
@@ -181,7 +211,17 @@ async fn metrics(State(web): State<Web>, headers: HeaderMap) -> Response {
         )
             .into_response();
     }
-    ([(header::CONTENT_TYPE, CONTENT_TYPE)], web.service.metrics_text()).into_response()
+    match web.service() {
+        Ok(service) => ([(header::CONTENT_TYPE, CONTENT_TYPE)], service.metrics_text()).into_response(),
+        Err(standby) => *standby,
+    }
+}
+
+async fn ready(State(web): State<Web>) -> Response {
+    match web.service() {
+        Ok(_) => "ready\n".into_response(),
+        Err(standby) => *standby,
+    }
 }
 
 async fn login_form() -> Html<String> {
