@@ -135,7 +135,8 @@ pub fn index(jobs: &[JobStatusDoc], workers: &[WorkerView], who: &Identity, toke
                     tr { th { "worker" } th { "name" } th.num { "slots" } th.num { "running" } th { "last heard from" } }
                     @for w in workers {
                         tr {
-                            td { (w.label) } td { (w.name) } td.num { (w.slots) } td.num { (w.running) }
+                            td { (w.label) @if w.draining { " " span.pending { "draining" } } }
+                            td { (w.name) } td.num { (w.slots) } td.num { (w.running) }
                             td { (format!("{:.1} s ago", w.silent_for.as_secs_f64())) }
                         }
                     }

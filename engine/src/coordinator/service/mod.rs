@@ -151,6 +151,8 @@ pub struct WorkerView {
     pub slots: u32,
     /// Attempts it is running.
     pub running: usize,
+    /// Whether it is draining (shutting down): it is handed nothing more.
+    pub draining: bool,
     /// Since its last call.
     pub silent_for: Duration,
 }
@@ -377,6 +379,7 @@ impl Service {
                 name: w.name.clone(),
                 slots: w.slots,
                 running: running.get(id).copied().unwrap_or(0),
+                draining: w.draining,
                 silent_for: w.last_seen.elapsed(),
             })
             .collect();
