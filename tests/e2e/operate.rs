@@ -15,6 +15,7 @@ const TOKENS: &str = "\
 alice-token,alice,client
 bob-token,bob,client
 pool-token,pool,worker
+prom-token,prometheus,metrics
 ";
 
 fn client_py() -> PathBuf {
@@ -96,7 +97,8 @@ fn cluster_with_a_page(t: &TestDir) -> (Cluster, String) {
         t,
         t.path("store").to_str().unwrap().to_string(),
         vec![("WMR_TOKEN".into(), "alice-token".into())],
-        ("10s", "5s"),
+        // A lease long enough for a worker frozen while a browser starts.
+        ("60s", "5s"),
         vec![
             "--tokens".into(),
             tokens.to_str().unwrap().into(),
@@ -158,12 +160,16 @@ fn metrics_during_and_after_a_job_match_its_status_and_tokens_guard_page_and_met
         assert_eq!(get(url, None).0, 401, "{url}");
         assert_eq!(get(url, Some("nobody-token")).0, 401, "{url}");
     }
-    // A worker's token reads metrics, not pages.
+    // Only a metrics (or admin) token reads metrics, and it reads no page.
     assert_eq!(get(&http, Some("pool-token")).0, 403);
+    assert_eq!(get(&http, Some("prom-token")).0, 403);
+    assert_eq!(get(&metrics_url, Some("pool-token")).0, 403);
+    assert_eq!(get(&metrics_url, Some("alice-token")).0, 403);
+    assert_eq!(get(&metrics_url, Some("prom-token")).0, 200);
 
     // During a job (its worker frozen mid-attempt): running, with a task running.
     freeze_mid_attempt(&c, 0, &slow, false);
-    let during = scrape(&metrics_url, Some("alice-token"));
+    let during = scrape(&metrics_url, Some("prom-token"));
     signal(&mut c, 0, "-CONT");
     assert_eq!(sum(&during, "wmr_jobs", &["state=running"]), 1.0, "{during:?}");
     assert!(sum(&during, "wmr_tasks", &["state=running"]) >= 1.0, "{during:?}");
@@ -175,7 +181,7 @@ fn metrics_during_and_after_a_job_match_its_status_and_tokens_guard_page_and_met
     let job = submit_failing_job(&c, &t);
     let status = c.wait_finished(&job);
     assert_eq!(status["state"], "succeeded", "{status}");
-    let after = scrape(&metrics_url, Some("alice-token"));
+    let after = scrape(&metrics_url, Some("prom-token"));
     let both = [&slow_status, &status];
     let count = |state: &str| {
         both.iter()
@@ -368,8 +374,18 @@ fn a_worker_drained_by_sigterm_mid_job_loses_no_attempt() {
     assert_eq!(status["maps"]["total"], 24, "one map per file");
     let (_, index, caught) = attempts(&status).into_iter().find(|(_, _, a)| on_worker_0(a)).unwrap();
     signal(&mut c, 0, "-TERM");
-    // The drained worker exits by itself, cleanly.
-    let exit = c.worker(0).wait().unwrap();
+    // The drained worker exits by itself, cleanly, once its attempt is done.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let exit = loop {
+        if let Some(exit) = c.worker(0).try_wait().unwrap() {
+            break exit;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the worker did not exit after SIGTERM"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
     assert!(exit.success(), "the drained worker exited with {exit}");
 
     let status = c.wait_finished(&job);
@@ -494,4 +510,49 @@ fn health_answers_for_a_serving_coordinator_and_a_standby_is_alive_but_not_ready
     let dead = wmr(&["health", "--coordinator", "127.0.0.1:1", "--timeout", "3s"]);
     assert!(!dead.status.success());
     assert!(String::from_utf8_lossy(&dead.stderr).contains("127.0.0.1:1"));
+}
+
+#[test]
+fn attempts_still_running_at_the_drain_timeout_are_handed_back_without_counting_against_their_task() {
+    let t = TestDir::new();
+    let mut c = Cluster::start(&t, "10s");
+    c.add_worker_with(1, &["--drain-timeout", "500ms"]);
+    // One map of 20 lines at 300 ms each: 6 s, far past the drain timeout.
+    let lines: String = (0..20).map(|i| format!("line {i:02}\n")).collect();
+    t.write("in/long.txt", lines);
+    let out = t.path("out");
+    let job = c.submit_to(
+        "hostile",
+        t.path("in").to_str().unwrap(),
+        out.to_str().unwrap(),
+        // One attempt allowed: had the hand-back counted, the job would fail.
+        &["--param", "mode=slow", "--max-attempts", "1", "--reducers", "1"],
+    );
+    c.wait_for(&job, "the map to run", |s| {
+        attempts(s).iter().any(|(_, _, a)| a["state"] == "running")
+    });
+    signal(&mut c, 0, "-TERM");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let exit = loop {
+        if let Some(exit) = c.worker(0).try_wait().unwrap() {
+            break exit;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the worker did not exit after its drain timeout"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(exit.success(), "{exit}");
+    // The coordinator re-queued the map at once; a new worker runs it.
+    let status = c.wait_for(&job, "the map to be handed back", |s| {
+        attempts(s).iter().any(|(_, _, a)| a["state"] == "lost")
+    });
+    assert_eq!(status["state"], "running", "{status}");
+    c.add_worker(1);
+    let status = c.wait_finished(&job);
+    assert_eq!(status["state"], "succeeded", "{status}");
+    assert_eq!(text_output(&out), ["lines 20"]);
+    let log = std::fs::read_to_string(c.worker_log(0)).unwrap();
+    assert!(log.contains("handing them back"), "{log}");
 }

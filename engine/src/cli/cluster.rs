@@ -54,8 +54,8 @@ pub struct CoordinatorArgs {
     pub backup_after: humantime::Duration,
     /// The tokens file: one `TOKEN,NAME,ROLE` line per identity, ROLE
     /// `client` (submits, sees and cancels its own jobs), `admin` (every
-    /// job) or `worker` (runs tasks, nothing else). Every call must then
-    /// carry one of them.
+    /// job), `worker` (runs tasks, nothing else) or `metrics` (reads
+    /// /metrics on --http, nothing else). Every call must then carry one.
     #[arg(long, value_name = "PATH")]
     pub tokens: Option<std::path::PathBuf>,
     /// Listen on a non-loopback address with neither a token nor client

@@ -78,6 +78,9 @@ pub struct Expired {
     pub attempts: Vec<(JobId, TaskId, AttemptId, WorkerId, SystemTime)>,
     /// Jobs that failed because a task was lost too often.
     pub failed_jobs: Vec<JobId>,
+    /// The workers left and handed their attempts back: they do not count
+    /// against their tasks.
+    pub handed_back: bool,
 }
 
 /// An attempt handed to a worker.
@@ -310,7 +313,7 @@ impl Cluster {
             })
             .map(|(id, _)| id.clone())
             .collect();
-        self.remove_workers(lost, wall)
+        self.remove_workers(lost, wall, false)
     }
 
     /// Mark `worker` as draining: it is handed nothing more. False if it
@@ -324,20 +327,23 @@ impl Cluster {
         self.workers.get(worker).is_some_and(|w| w.draining)
     }
 
-    /// Forget `worker` at once (it is leaving); what it still ran is lost,
-    /// as if it had expired.
+    /// Forget `worker` at once (it is leaving); what it still ran is handed
+    /// back and re-queued, without counting against its task.
     pub fn leave(&mut self, worker: &WorkerId, wall: SystemTime) -> Expired {
-        self.remove_workers(vec![worker.clone()], wall)
+        self.remove_workers(vec![worker.clone()], wall, true)
     }
 
-    fn remove_workers(&mut self, lost: Vec<WorkerId>, wall: SystemTime) -> Expired {
-        let mut expired = Expired::default();
+    fn remove_workers(&mut self, lost: Vec<WorkerId>, wall: SystemTime, handed_back: bool) -> Expired {
+        let mut expired = Expired {
+            handed_back,
+            ..Expired::default()
+        };
         for id in &lost {
             if let Some(w) = self.workers.remove(id) {
                 self.sessions.remove(&w.session);
             }
             for job in self.jobs.values_mut() {
-                let (attempts, failed) = job.job.worker_lost(id, wall);
+                let (attempts, failed) = job.job.worker_lost(id, wall, !handed_back);
                 for (task, attempt, started) in attempts {
                     self.attempts.remove(&attempt);
                     expired

@@ -11,6 +11,8 @@ pub enum Role {
     Admin,
     /// Runs tasks: the worker service only.
     Worker,
+    /// Reads the coordinator's `/metrics` (Prometheus), nothing else.
+    Metrics,
 }
 
 impl Role {
@@ -20,6 +22,7 @@ impl Role {
             "client" => Some(Role::Client),
             "admin" => Some(Role::Admin),
             "worker" => Some(Role::Worker),
+            "metrics" => Some(Role::Metrics),
             _ => None,
         }
     }

@@ -723,10 +723,17 @@ impl Job {
 
     /// Mark every running attempt of `worker` lost and re-queue its task;
     /// committed output stays. A lost attempt counts against the task's
-    /// `--max-attempts`, so a task that kills its worker every time fails
-    /// the job. Returns the attempts lost, and whether the job failed.
-    pub fn worker_lost(&mut self, worker: &WorkerId, now: SystemTime) -> (Vec<(TaskId, AttemptId, SystemTime)>, bool) {
-        let lost: Vec<(TaskId, AttemptId, SystemTime)> = self
+    /// `--max-attempts` (unless `counts` is false: its worker handed it back
+    /// as it left), so a task that kills its worker every time fails the
+    /// job. Returns the attempts lost (none of a job that has ended), and
+    /// whether the job failed.
+    pub fn worker_lost(
+        &mut self,
+        worker: &WorkerId,
+        now: SystemTime,
+        counts: bool,
+    ) -> (Vec<(TaskId, AttemptId, SystemTime)>, bool) {
+        let running: Vec<(TaskId, AttemptId, SystemTime)> = self
             .maps
             .iter()
             .chain(&self.reduces)
@@ -738,38 +745,41 @@ impl Job {
             })
             .collect();
         let mut failed = false;
-        for (task, attempt, _) in &lost {
-            failed |= self.attempt_lost(*task, *attempt, now);
+        let mut lost = Vec::new();
+        for (task, attempt, started) in running {
+            if let Some(failed_job) = self.attempt_lost(task, attempt, now, counts) {
+                failed |= failed_job;
+                lost.push((task, attempt, started));
+            }
         }
         (lost, failed)
     }
 
-    /// Mark attempt `attempt` of `task` lost with its worker; true if that
-    /// failed the job.
-    fn attempt_lost(&mut self, task: TaskId, attempt: AttemptId, now: SystemTime) -> bool {
+    /// Mark attempt `attempt` of `task` lost with its worker, counting it
+    /// against the task if `counts`; `Some(true)` if that failed the job,
+    /// `None` if nothing changed (the job has ended, or the attempt is not
+    /// running).
+    fn attempt_lost(&mut self, task: TaskId, attempt: AttemptId, now: SystemTime, counts: bool) -> Option<bool> {
         if self.state != JobState::Running {
-            return false;
+            return None;
         }
         let max_attempts = self.spec.max_attempts.max(1);
         let tasks = match task.phase {
             Phase::Map => &mut self.maps,
             Phase::Reduce => &mut self.reduces,
         };
-        let Some(t) = tasks.get_mut(task.index as usize) else {
-            return false;
-        };
-        let Some(a) = t
+        let t = tasks.get_mut(task.index as usize)?;
+        let a = t
             .attempts
             .iter_mut()
-            .find(|a| a.id == attempt && a.state == AttemptState::Running)
-        else {
-            return false;
-        };
+            .find(|a| a.id == attempt && a.state == AttemptState::Running)?;
         a.state = AttemptState::Lost;
         a.ended = Some(now);
         let worker = a.worker.clone();
         self.running -= 1;
-        t.failures += 1;
+        if counts {
+            t.failures += 1;
+        }
         if t.failures >= max_attempts {
             t.state = TaskState::Failed;
             let tries = t.failures;
@@ -780,14 +790,14 @@ impl Job {
                  while running it; a task that keeps killing its worker (a crash, or memory outside the \
                  sandbox's limits) fails the job after --max-attempts"
             ));
-            return true;
+            return Some(true);
         }
         // Re-queue unless a backup attempt elsewhere is still running.
         if t.state == TaskState::Running && !t.attempts.iter().any(|a| a.state == AttemptState::Running) {
             t.state = TaskState::Pending;
             self.requeue(task);
         }
-        false
+        Some(false)
     }
 
     /// Replay an attempt lost with its worker from the journal.
@@ -797,9 +807,10 @@ impl Job {
         attempt: AttemptId,
         worker: WorkerId,
         (started, at): (SystemTime, SystemTime),
+        counts: bool,
     ) {
         self.restore_attempt(task, attempt, worker, started);
-        self.attempt_lost(task, attempt, at);
+        self.attempt_lost(task, attempt, at, counts);
     }
 
     /// The tasks of `phase`.
@@ -810,7 +821,6 @@ impl Job {
         }
     }
 
-    /// Attempt `attempt` of `task`.
     /// Attempt `attempt` of `task`, if there is one.
     pub fn attempt(&self, task: TaskId, attempt: AttemptId) -> Option<&Attempt> {
         self.tasks(task.phase)
@@ -1028,7 +1038,7 @@ mod tests {
             "a duplicate report is refused"
         );
         // w2 dies; its map is re-queued and its late report refused.
-        j.worker_lost(&w2, now);
+        j.worker_lost(&w2, now, true);
         let (t2, at2) = ids(&a2);
         assert_eq!(j.report(t2, at2, map_ok(), now), ReportResult::Stale);
         let retry = j.next_assignment(&w1, now, None).unwrap();
@@ -1086,12 +1096,24 @@ mod tests {
         // max_attempts is 2 in test jobs: two lost attempts fail the job.
         let mut j = job(1, 1);
         j.next_assignment(&w, now, None).unwrap();
-        assert!(!j.worker_lost(&w, now).1);
+        assert!(!j.worker_lost(&w, now, true).1);
         j.next_assignment(&w, now, None).unwrap();
-        let (lost, failed) = j.worker_lost(&w, now);
+        let (lost, failed) = j.worker_lost(&w, now, true);
         assert_eq!((lost.len(), failed), (1, true));
         assert_eq!(j.failure_kind, Some(FailureKind::Lost));
         assert!(j.error.as_deref().unwrap_or("").contains("died or went silent"));
+        // Attempts handed back by a leaving worker never fail the job, and
+        // a job that has ended loses nothing more.
+        let mut j = job(1, 1);
+        for _ in 0..5 {
+            j.next_assignment(&w, now, None).unwrap();
+            let (lost, failed) = j.worker_lost(&w, now, false);
+            assert_eq!((lost.len(), failed), (1, false));
+        }
+        assert_eq!(j.maps[0].failures, 0);
+        j.next_assignment(&w, now, None).unwrap();
+        j.cancel();
+        assert!(j.worker_lost(&w, now, true).0.is_empty());
     }
 
     #[test]
@@ -1189,7 +1211,7 @@ mod tests {
         let fast = j.next_assignment(&w2, at(0), after).unwrap();
         j.report(ids(&fast).0, ids(&fast).1, map_ok(), at(1));
         let backup = j.next_assignment(&w2, at(10), after).expect("a backup");
-        j.worker_lost(&w1, at(11));
+        j.worker_lost(&w1, at(11), true);
         // Not re-queued: the backup is still running.
         assert!(j.next_assignment(&WorkerId("w3".into()), at(11), None).is_none());
         assert_eq!(

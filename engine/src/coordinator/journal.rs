@@ -88,7 +88,8 @@ pub enum Event {
         /// When it ended.
         at: SystemTime,
     },
-    /// An attempt was lost with its worker (it counts as a failure).
+    /// An attempt was lost with its worker (it counts as a failure unless
+    /// its worker handed it back as it left).
     Lost {
         /// The job.
         job: JobId,
@@ -102,6 +103,10 @@ pub enum Event {
         started: SystemTime,
         /// When the worker was found lost.
         at: SystemTime,
+        /// The worker handed it back as it left (a drain that timed out):
+        /// it does not count against the task.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        handed_back: bool,
     },
     /// Every job as it stands (written alone, as a snapshot object):
     /// replay starts here.

@@ -161,7 +161,8 @@ impl Tokens {
             if name.is_empty() || name.len() > 128 || !name.bytes().all(|b| b.is_ascii_graphic()) {
                 return Err(bad("the name is empty, longer than 128 or not printable ASCII".into()));
             }
-            let role = Role::parse(role).ok_or_else(|| bad(format!("role {role:?} is not client, admin or worker")))?;
+            let role = Role::parse(role)
+                .ok_or_else(|| bad(format!("role {role:?} is not client, admin, worker or metrics")))?;
             if entries.iter().any(|(t, _)| *t == token) {
                 return Err(bad("this token is already listed; give each identity its own".into()));
             }
@@ -413,7 +414,7 @@ mod tests {
         assert_eq!(e, "the tokens file t.csv, line 1: 2 fields; give TOKEN,NAME,ROLE");
         let e = Tokens::parse("t,n,root\n", "t.csv").expect_err("bad role").to_string();
         assert!(
-            e.contains("line 1: role \"root\" is not client, admin or worker"),
+            e.contains("line 1: role \"root\" is not client, admin, worker or metrics"),
             "{e}"
         );
         let e = Tokens::parse("t,a,client\nt,b,worker\n", "t.csv")

@@ -5,8 +5,9 @@
 //!
 //! With a tokens file, every request carries a token: `Authorization:
 //! Bearer TOKEN` (Prometheus, curl), or the cookie `/login` sets (browsers).
-//! The pages show a client only its own jobs, as the gRPC API does; workers'
-//! tokens read `/metrics` only.
+//! The pages show a client only its own jobs, as the gRPC API does, and an
+//! admin every job. `/metrics` (cluster-wide totals) is for admins and
+//! `metrics` tokens (Prometheus), which read nothing else.
 
 pub mod pages;
 
@@ -141,14 +142,15 @@ fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
 }
 
 /// The caller of a page, or the answer refusing it: a login form for no or
-/// a wrong token, forbidden for a worker's.
+/// a wrong token, forbidden for a worker's or a metrics reader's.
 fn page_caller(web: &Web, headers: &HeaderMap) -> Result<Identity, Box<Response>> {
     match identify(web, headers) {
-        Some(who) if who.role == Role::Worker => Err(Box::new(
+        Some(who) if matches!(who.role, Role::Worker | Role::Metrics) => Err(Box::new(
             (
                 StatusCode::FORBIDDEN,
                 Html(
-                    pages::message("A worker's token reads /metrics only; log in with a client's token.").into_string(),
+                    pages::message("This token does not read the status pages; log in with a client's token.")
+                        .into_string(),
                 ),
             )
                 .into_response(),
@@ -203,13 +205,25 @@ async fn job(State(web): State<Web>, Path(id): Path<String>, headers: HeaderMap)
 }
 
 async fn metrics(State(web): State<Web>, headers: HeaderMap) -> Response {
-    if identify(&web, &headers).is_none() {
-        return (
-            StatusCode::UNAUTHORIZED,
-            [(header::WWW_AUTHENTICATE, "Bearer")],
-            "a token is required: send `Authorization: Bearer TOKEN` with a token from the coordinator's tokens file\n",
-        )
-            .into_response();
+    match identify(&web, &headers) {
+        Some(who) if matches!(who.role, Role::Admin | Role::Metrics) => {}
+        Some(_) => {
+            return (
+                StatusCode::FORBIDDEN,
+                "the metrics are for `metrics` and `admin` tokens; give Prometheus a TOKEN,prometheus,metrics line \
+                 in the tokens file\n",
+            )
+                .into_response();
+        }
+        None => {
+            return (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, "Bearer")],
+                "a token is required: send `Authorization: Bearer TOKEN` with a `metrics` token from the \
+                 coordinator's tokens file\n",
+            )
+                .into_response();
+        }
     }
     match web.service() {
         Ok(service) => ([(header::CONTENT_TYPE, CONTENT_TYPE)], service.metrics_text()).into_response(),

@@ -313,12 +313,17 @@ pub async fn run_worker(link: Arc<dyn Link>, setup: WorkerSetup, drain: DrainSig
         // once), then give the slots until the timeout to finish.
         let draining = async {
             drain_requested(drain.clone()).await;
+            let deadline = tokio::time::Instant::now() + drain_timeout;
             setup.metrics.draining.set(1);
             info!(worker = %reg.label, "draining: finishing the running attempts, taking no more");
-            if let Err(e) = link.drain(&reg).await {
-                warn!(error = %e, "telling the coordinator this worker drains failed; its polls end on their own");
+            match tokio::time::timeout(reg.lease, link.drain(&reg)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    warn!(error = %e, "telling the coordinator this worker drains failed; its polls end on their own")
+                }
+                Err(_) => warn!("the coordinator did not answer the drain; this worker's polls end on their own"),
             }
-            tokio::time::sleep(drain_timeout).await;
+            tokio::time::sleep_until(deadline).await;
             let left = running.lock().unwrap_or_else(|p| p.into_inner()).len();
             warn!(
                 attempts = left,
@@ -335,8 +340,12 @@ pub async fn run_worker(link: Arc<dyn Link>, setup: WorkerSetup, drain: DrainSig
         if *drain.borrow() {
             // Slots dropped mid-attempt stopped their guests; leaving now
             // re-queues those attempts at once instead of after the lease.
-            if let Err(e) = link.leave(&reg).await {
-                warn!(error = %e, "leaving the cluster failed; the coordinator forgets this worker after its lease");
+            match tokio::time::timeout(reg.lease, link.leave(&reg)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    warn!(error = %e, "leaving the cluster failed; the coordinator forgets this worker after its lease")
+                }
+                Err(_) => warn!("the coordinator did not answer; it forgets this worker after its lease"),
             }
             info!(worker = %reg.label, "drained and left");
             return;

@@ -579,6 +579,7 @@ impl Service {
                 worker,
                 started,
                 at: now,
+                handed_back: expired.handed_back,
             })
             .collect();
         for job in expired.failed_jobs {
@@ -696,9 +697,10 @@ fn replay(cluster: &mut Cluster, events: Vec<Event>) {
                 worker,
                 started,
                 at,
+                handed_back,
             } => {
                 if let Some(j) = cluster.job_mut(&job) {
-                    j.job.restore_lost(task, attempt, worker, (started, at));
+                    j.job.restore_lost(task, attempt, worker, (started, at), !handed_back);
                 }
             }
             Event::Ended { job, state, error, at } => {
