@@ -336,6 +336,22 @@ fn the_status_page_in_a_browser_shows_the_job_its_tasks_a_failure_and_the_timeli
     assert!(String::from_utf8_lossy(&bob.stderr).contains("NoSuchElement"));
 }
 
+/// Wait (a minute at most) for worker `i` to exit by itself, with success.
+fn wait_for_clean_exit(c: &mut Cluster, i: usize) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let exit = loop {
+        if let Some(exit) = c.worker(i).try_wait().unwrap() {
+            break exit;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "worker {i} did not exit after SIGTERM"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(exit.success(), "worker {i} exited with {exit}");
+}
+
 /// The label the coordinator gave worker `i`, from its log.
 fn worker_label(c: &Cluster, i: usize) -> String {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
@@ -375,18 +391,7 @@ fn a_worker_drained_by_sigterm_mid_job_loses_no_attempt() {
     let (_, index, caught) = attempts(&status).into_iter().find(|(_, _, a)| on_worker_0(a)).unwrap();
     signal(&mut c, 0, "-TERM");
     // The drained worker exits by itself, cleanly, once its attempt is done.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    let exit = loop {
-        if let Some(exit) = c.worker(0).try_wait().unwrap() {
-            break exit;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the worker did not exit after SIGTERM"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
-    assert!(exit.success(), "the drained worker exited with {exit}");
+    wait_for_clean_exit(&mut c, 0);
 
     let status = c.wait_finished(&job);
     assert_eq!(status["state"], "succeeded", "{status}");
@@ -532,18 +537,7 @@ fn attempts_still_running_at_the_drain_timeout_are_handed_back_without_counting_
         attempts(s).iter().any(|(_, _, a)| a["state"] == "running")
     });
     signal(&mut c, 0, "-TERM");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    let exit = loop {
-        if let Some(exit) = c.worker(0).try_wait().unwrap() {
-            break exit;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the worker did not exit after its drain timeout"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
-    assert!(exit.success(), "{exit}");
+    wait_for_clean_exit(&mut c, 0);
     // The coordinator re-queued the map at once; a new worker runs it.
     let status = c.wait_for(&job, "the map to be handed back", |s| {
         attempts(s).iter().any(|(_, _, a)| a["state"] == "lost")

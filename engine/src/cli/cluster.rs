@@ -252,17 +252,10 @@ pub(super) fn coordinator(args: CoordinatorArgs) -> Result<u8, Failure> {
         let page: crate::web::ServiceSlot = std::sync::Arc::default();
         let _web = match args.http {
             Some(http) => {
-                let listener = crate::web::bind(http)
+                let web = crate::web::start_coordinator(http, page.clone(), tokens.clone())
                     .await
                     .map_err(|e| infra(format!("can't serve the status page on {http}: {e}")))?;
-                let bound = listener.local_addr().map_err(|e| infra(e.to_string()))?;
-                let web = SpawnedTask::spawn(crate::web::serve_coordinator(
-                    page.clone(),
-                    tokens.clone(),
-                    listener,
-                    std::future::pending(),
-                ));
-                super::print(&format!("wmr coordinator status page on http://{bound}/\n"));
+                super::print(&format!("wmr coordinator status page on http://{}/\n", web.addr));
                 Some(web)
             }
             None => None,
@@ -381,21 +374,14 @@ pub(super) fn worker(args: WorkerArgs) -> Result<u8, Failure> {
     io_runtime(2)?.block_on(async move {
         let _metrics = match args.metrics {
             Some(addr) => {
-                let listener = crate::web::bind(addr).await.map_err(|e| Failure {
-                    code: exit::INFRASTRUCTURE,
-                    message: format!("can't serve metrics on {addr}: {e}"),
-                })?;
-                let bound = listener.local_addr().map_err(|e| Failure {
-                    code: exit::INFRASTRUCTURE,
-                    message: e.to_string(),
-                })?;
                 let metrics = config.metrics.clone();
-                let served = SpawnedTask::spawn(crate::web::serve_metrics(
-                    std::sync::Arc::new(move || metrics.encode()),
-                    listener,
-                    std::future::pending(),
-                ));
-                super::print(&format!("wmr worker metrics on http://{bound}/metrics\n"));
+                let served = crate::web::start_metrics(addr, std::sync::Arc::new(move || metrics.encode()))
+                    .await
+                    .map_err(|e| Failure {
+                        code: exit::INFRASTRUCTURE,
+                        message: format!("can't serve metrics on {addr}: {e}"),
+                    })?;
+                super::print(&format!("wmr worker metrics on http://{}/metrics\n", served.addr));
                 Some(served)
             }
             None => None,

@@ -166,18 +166,11 @@ async fn run_async(args: RunArgs, slots: usize, reducers: u32) -> Result<u8, Fai
             )));
         }
         Some(addr) => {
-            let listener = crate::web::bind(addr)
+            let web = crate::web::start_coordinator(addr, Arc::new(service.clone().into()), None)
                 .await
                 .map_err(|e| infrastructure(format!("can't serve the status page on {addr}: {e}")))?;
-            let bound = listener.local_addr().map_err(|e| infrastructure(e.to_string()))?;
-            let web = SpawnedTask::spawn(crate::web::serve_coordinator(
-                Arc::new(service.clone().into()),
-                None,
-                listener,
-                std::future::pending(),
-            ));
             // On stderr: stdout carries the summary (or its JSON).
-            let _ = writeln!(std::io::stderr(), "wmr run: status page on http://{bound}/");
+            let _ = writeln!(std::io::stderr(), "wmr run: status page on http://{}/", web.addr);
             Some(web)
         }
         None => None,

@@ -27,16 +27,49 @@ use crate::coordinator::metrics::CONTENT_TYPE;
 use crate::coordinator::service::Service;
 use crate::coordinator::status::JobStatusDoc;
 use crate::rpc::auth::Tokens;
+use crate::spawn::SpawnedTask;
 
 /// The cookie `/login` sets: the token, percent-encoded.
 const TOKEN_COOKIE: &str = "wmr_token";
 
-/// Bind `addr` for HTTP.
+/// An HTTP server running in the background; dropped, it stops.
+pub struct HttpServer {
+    _serving: SpawnedTask<std::io::Result<()>>,
+    /// The address it listens on.
+    pub addr: SocketAddr,
+}
+
+/// Serve the status pages and `/metrics` of `service` on `addr` (see
+/// [`serve_coordinator`]) until the returned server is dropped.
 ///
 /// # Errors
 /// If the address can't be bound.
-pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
-    tokio::net::TcpListener::bind(addr).await
+pub async fn start_coordinator(
+    addr: SocketAddr,
+    service: ServiceSlot,
+    tokens: Option<Arc<Tokens>>,
+) -> std::io::Result<HttpServer> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    Ok(HttpServer {
+        addr: listener.local_addr()?,
+        _serving: SpawnedTask::spawn(serve_coordinator(service, tokens, listener, std::future::pending())),
+    })
+}
+
+/// Serve a worker's metrics, `text()`, on `addr` (see [`serve_metrics`])
+/// until the returned server is dropped.
+///
+/// # Errors
+/// If the address can't be bound.
+pub async fn start_metrics(
+    addr: SocketAddr,
+    text: Arc<dyn Fn() -> String + Send + Sync>,
+) -> std::io::Result<HttpServer> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    Ok(HttpServer {
+        addr: listener.local_addr()?,
+        _serving: SpawnedTask::spawn(serve_metrics(text, listener, std::future::pending())),
+    })
 }
 
 /// The service the pages show, once there is one: a standby coordinator
@@ -159,21 +192,24 @@ fn page_caller(web: &Web, headers: &HeaderMap) -> Result<Identity, Box<Response>
         None => Err(Box::new(
             (
                 StatusCode::UNAUTHORIZED,
-                Html(pages::login(headers.contains_key(header::COOKIE)).into_string()),
+                Html(pages::login(cookie(headers, TOKEN_COOKIE).is_some()).into_string()),
             )
                 .into_response(),
         )),
     }
 }
 
+/// The caller of a page and the service it shows, or the answer refusing
+/// it (see [`page_caller`] and [`Web::service`]).
+fn page_context<'a>(web: &'a Web, headers: &HeaderMap) -> Result<(Identity, &'a Arc<Service>), Box<Response>> {
+    let who = page_caller(web, headers)?;
+    Ok((who, web.service()?))
+}
+
 async fn index(State(web): State<Web>, headers: HeaderMap) -> Response {
-    let who = match page_caller(&web, &headers) {
-        Ok(who) => who,
+    let (who, service) = match page_context(&web, &headers) {
+        Ok(found) => found,
         Err(refused) => return *refused,
-    };
-    let service = match web.service() {
-        Ok(service) => service,
-        Err(standby) => return *standby,
     };
     let jobs = service.jobs_view(&who, |j| JobStatusDoc::of(j, false));
     let workers = service.workers_view();
@@ -181,13 +217,9 @@ async fn index(State(web): State<Web>, headers: HeaderMap) -> Response {
 }
 
 async fn job(State(web): State<Web>, Path(id): Path<String>, headers: HeaderMap) -> Response {
-    let who = match page_caller(&web, &headers) {
-        Ok(who) => who,
+    let (who, service) = match page_context(&web, &headers) {
+        Ok(found) => found,
         Err(refused) => return *refused,
-    };
-    let service = match web.service() {
-        Ok(service) => service,
-        Err(standby) => return *standby,
     };
     let found = JobId::parse(&id).and_then(|id| service.job_view(&who, &id, |j| JobStatusDoc::of(j, true)).ok());
     match found {
