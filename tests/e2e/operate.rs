@@ -550,3 +550,62 @@ fn attempts_still_running_at_the_drain_timeout_are_handed_back_without_counting_
     let log = std::fs::read_to_string(c.worker_log(0)).unwrap();
     assert!(log.contains("handing them back"), "{log}");
 }
+
+#[test]
+fn wmr_run_serves_its_status_page_on_loopback_while_the_job_runs() {
+    let t = TestDir::new();
+    for i in 0..4 {
+        t.write(&format!("in/{i:02}.txt"), format!("line {i:02}\n"));
+    }
+    let out = t.path("out");
+    let mut run = Command::new(env!("CARGO_BIN_EXE_wmr"))
+        .args(["run", "--http", "127.0.0.1:0", "--slots", "1", "--job"])
+        .arg(guest("hostile"))
+        .args([
+            "--param",
+            "mode=slow",
+            "--split-size",
+            "8B",
+            "--format",
+            "text",
+            "--input",
+        ])
+        .arg(t.path("in"))
+        .arg("--output")
+        .arg(&out)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(run.stderr.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut stderr, &mut line).unwrap();
+    let http = line
+        .strip_prefix("wmr run: status page on ")
+        .unwrap_or_else(|| panic!("wmr run printed {line:?}"))
+        .trim()
+        .to_string();
+    // While it runs (4 maps of 300 ms): the job is listed, running.
+    let (code, page) = get(&http, None);
+    assert_eq!(code, 200);
+    assert!(page.contains("/jobs/job-") && page.contains("running"), "{page}");
+    let during = scrape(&format!("{http}metrics"), None);
+    assert_eq!(sum(&during, "wmr_jobs", &["state=running"]), 1.0, "{during:?}");
+    assert!(run.wait().unwrap().success());
+    assert_eq!(text_output(&out), ["lines 4"]);
+
+    // Beyond loopback it has no tokens to guard the page with: refused.
+    let o = wmr(&[
+        "run",
+        "--http",
+        "0.0.0.0:0",
+        "--job",
+        "x.wasm",
+        "--input",
+        "x",
+        "--output",
+        "y",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("loopback only"));
+}

@@ -138,6 +138,12 @@ async fn run_async(args: RunArgs, slots: usize, reducers: u32) -> Result<u8, Fai
     // Ctrl-C cancels the job (below) from now on, not only once it runs.
     let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
         .map_err(|e| infrastructure(format!("watching for Ctrl-C: {e}")))?;
+    if let Some(addr) = args.http.filter(|a| !a.ip().is_loopback()) {
+        return Err(usage(format!(
+            "--http {addr}: `wmr run` serves its status page on loopback only, as it has no tokens; \
+             use 127.0.0.1, or a `wmr coordinator --http --tokens` to show jobs to others"
+        )));
+    }
     let module_bytes = super::job_args::read_job_module(&args.spec.job).await?;
     // The same coordinator service as a cluster's, in this process: its
     // journal in memory, its store (for the module) in memory, and the
@@ -159,12 +165,6 @@ async fn run_async(args: RunArgs, slots: usize, reducers: u32) -> Result<u8, Fai
         .map_err(|e| infrastructure(error_chain(&e)))?;
     let user = Identity::anonymous();
     let _web = match args.http {
-        Some(addr) if !addr.ip().is_loopback() => {
-            return Err(usage(format!(
-                "--http {addr}: `wmr run` serves its status page on loopback only, as it has no tokens; \
-                 use 127.0.0.1, or a `wmr coordinator --http --tokens` to show jobs to others"
-            )));
-        }
         Some(addr) => {
             let web = crate::web::start_coordinator(addr, Arc::new(service.clone().into()), None)
                 .await
