@@ -52,7 +52,16 @@ fn get(url: &str, token: Option<&str>) -> (u64, String) {
 fn scrape(url: &str, token: Option<&str>) -> BTreeMap<String, f64> {
     let mut args = vec!["metrics", url];
     args.extend(token);
-    let answer = web_client(&args);
+    samples(web_client(&args))
+}
+
+/// Scrape `url` over HTTPS, trusting `ca`.
+fn scrape_with_ca(url: &str, token: &str, ca: &str) -> BTreeMap<String, f64> {
+    samples(web_client(&["metrics", url, token, ca]))
+}
+
+/// A scrape's samples as `name{label=value,...}` → value.
+fn samples(answer: Value) -> BTreeMap<String, f64> {
     assert_eq!(answer["status"], 200, "{answer}");
     answer["samples"]
         .as_array()
@@ -608,4 +617,60 @@ fn wmr_run_serves_its_status_page_on_loopback_while_the_job_runs() {
     ]);
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("loopback only"));
+}
+
+#[test]
+fn with_a_certificate_the_status_page_is_https_and_plain_http_gets_nothing() {
+    let t = TestDir::new();
+    let pki = crate::cluster::Pki::new("wmr test CA");
+    let ca = pki.write_ca(&t, "ca");
+    let (cert, key) = pki.issue(&t, "coordinator", &["localhost"]);
+    let tokens = t.write("tokens.csv", TOKENS);
+    let c = Cluster::start_with_args(
+        &t,
+        t.path("store").to_str().unwrap().to_string(),
+        Vec::new(),
+        ("10s", "5s"),
+        [
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+            "--tokens",
+            tokens.to_str().unwrap(),
+            "--http",
+            "127.0.0.1:0",
+        ]
+        .map(String::from)
+        .to_vec(),
+    );
+    let http = c.http.clone().unwrap();
+    assert!(http.starts_with("https://127.0.0.1:"), "{http}");
+    // The certificate names localhost.
+    let https = http.replace("127.0.0.1", "localhost");
+    let metrics = scrape_with_ca(&format!("{https}metrics"), "prom-token", &ca);
+    assert_eq!(sum(&metrics, "wmr_workers", &[]), 0.0);
+    let answer = web_client(&["get", &https, "alice-token", &ca]);
+    assert_eq!(answer["status"], 200, "{answer}");
+    assert_eq!(web_client(&["get", &https, "-", &ca])["status"], 401);
+    // Plain HTTP, or a client that does not trust the CA: no answer at all.
+    for args in [
+        vec![
+            "get".to_string(),
+            https.replace("https://", "http://"),
+            "alice-token".into(),
+        ],
+        vec!["get".to_string(), https.clone(), "alice-token".into()],
+    ] {
+        let o = Command::new(test_python())
+            .arg(client_py())
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(
+            !o.status.success(),
+            "{args:?} got an answer: {}",
+            String::from_utf8_lossy(&o.stdout)
+        );
+    }
 }

@@ -76,9 +76,10 @@ pub struct CoordinatorArgs {
     pub ca: Option<std::path::PathBuf>,
     /// Serve the status pages and Prometheus metrics (/metrics) over HTTP
     /// on this address, e.g. 127.0.0.1:7080 (port 0 picks a free one; the
-    /// address is printed on stdout). With --tokens, every request needs a
-    /// token: a browser logs in at /login, Prometheus sends it as a bearer
-    /// token; a client sees only its own jobs.
+    /// address is printed on stdout); over HTTPS with --tls-cert and
+    /// --tls-key. With --tokens, every request needs a token: a browser
+    /// logs in at /login, Prometheus sends a `metrics` token; a client sees
+    /// only its own jobs.
     #[arg(long, value_name = "ADDR")]
     pub http: Option<SocketAddr>,
     /// Bounds on compiling a submitted module (to check it).
@@ -210,8 +211,11 @@ pub(super) fn coordinator(args: CoordinatorArgs) -> Result<u8, Failure> {
                  every job; give --tokens, or --insecure if the network is private"
             )));
         }
-        if !http.ip().is_loopback() && tokens.is_some() {
-            warn!("the status page on {http} is plain HTTP: tokens travel in clear text; serve it behind a TLS proxy");
+        if !http.ip().is_loopback() && tokens.is_some() && tls.is_none() {
+            warn!(
+                "the status page on {http} is plain HTTP: tokens travel in clear text; give --tls-cert and \
+                 --tls-key (it serves HTTPS with them, as gRPC does)"
+            );
         }
     }
     if public && tokens.is_some() && tls.is_none() {
@@ -252,10 +256,16 @@ pub(super) fn coordinator(args: CoordinatorArgs) -> Result<u8, Failure> {
         let page: crate::web::ServiceSlot = std::sync::Arc::default();
         let _web = match args.http {
             Some(http) => {
-                let web = crate::web::start_coordinator(http, page.clone(), tokens.clone())
+                let https = tls
+                    .as_ref()
+                    .map(ServerTls::http_acceptor)
+                    .transpose()
+                    .map_err(|e| usage(e.to_string()))?;
+                let scheme = if https.is_some() { "https" } else { "http" };
+                let web = crate::web::start_coordinator(http, page.clone(), tokens.clone(), https)
                     .await
                     .map_err(|e| infra(format!("can't serve the status page on {http}: {e}")))?;
-                super::print(&format!("wmr coordinator status page on http://{}/\n", web.addr));
+                super::print(&format!("wmr coordinator status page on {scheme}://{}/\n", web.addr));
                 Some(web)
             }
             None => None,

@@ -166,7 +166,7 @@ async fn run_async(args: RunArgs, slots: usize, reducers: u32) -> Result<u8, Fai
     let user = Identity::anonymous();
     let _web = match args.http {
         Some(addr) => {
-            let web = crate::web::start_coordinator(addr, Arc::new(service.clone().into()), None)
+            let web = crate::web::start_coordinator(addr, Arc::new(service.clone().into()), None, None)
                 .await
                 .map_err(|e| infrastructure(format!("can't serve the status page on {addr}: {e}")))?;
             // On stderr: stdout carries the summary (or its JSON).

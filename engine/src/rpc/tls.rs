@@ -45,6 +45,12 @@ pub enum TlsError {
     /// Only one of `--tls-cert` and `--tls-key` was given.
     #[error("--tls-cert and --tls-key go together: give both, or neither")]
     HalfIdentity,
+    /// rustls refused the certificate or key for the HTTP address.
+    #[error(
+        "the certificate and key of --tls-cert and --tls-key can't serve HTTPS: {0}; give a certificate chain and \
+         the private key that goes with it"
+    )]
+    Refused(String),
     /// The coordinator got `--ca` without an identity of its own.
     #[error(
         "--ca on the coordinator makes clients prove who they are over TLS, so it needs the coordinator's own --tls-cert and --tls-key too"
@@ -75,7 +81,7 @@ fn read_certificates(path: &Path, flag: &'static str) -> Result<Vec<u8>, TlsErro
 }
 
 /// A certificate chain and its private key, checked to be PEM.
-fn read_identity(cert: &Path, key: &Path) -> Result<Identity, TlsError> {
+fn read_identity(cert: &Path, key: &Path) -> Result<(Vec<u8>, Vec<u8>), TlsError> {
     let chain = read_certificates(cert, "tls-cert")?;
     let key_pem = read(key, "tls-key")?;
     if PrivateKeyDer::from_pem_slice(&key_pem).is_err() {
@@ -86,7 +92,7 @@ fn read_identity(cert: &Path, key: &Path) -> Result<Identity, TlsError> {
             label: "PRIVATE KEY",
         });
     }
-    Ok(Identity::from_pem(chain, key_pem))
+    Ok((chain, key_pem))
 }
 
 /// Both of `--tls-cert` and `--tls-key`, or neither.
@@ -103,6 +109,8 @@ fn pair<'a>(cert: Option<&'a Path>, key: Option<&'a Path>) -> Result<Option<(&'a
 pub struct ServerTls {
     identity: Identity,
     client_ca: Option<Certificate>,
+    /// The PEM chain and key behind `identity`, for the HTTP address.
+    pem: (Vec<u8>, Vec<u8>),
 }
 
 impl ServerTls {
@@ -124,12 +132,38 @@ impl ServerTls {
                 None => Ok(None),
             };
         };
+        let (chain, key) = read_identity(cert, key)?;
         Ok(Some(ServerTls {
-            identity: read_identity(cert, key)?,
+            identity: Identity::from_pem(&chain, &key),
+            pem: (chain, key),
             client_ca: client_ca
                 .map(|ca| read_certificates(ca, "ca").map(Certificate::from_pem))
                 .transpose()?,
         }))
+    }
+
+    /// A TLS acceptor for the coordinator's HTTP address: the same
+    /// certificate, and no client certificates (callers there prove who
+    /// they are with a token).
+    ///
+    /// # Errors
+    /// If rustls refuses the certificate or the key.
+    pub fn http_acceptor(&self) -> Result<tokio_rustls::TlsAcceptor, TlsError> {
+        use tokio_rustls::rustls;
+        let refused = |e: rustls::Error| TlsError::Refused(e.to_string());
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&self.pem.0)
+            .filter_map(Result::ok)
+            .collect();
+        let key = PrivateKeyDer::from_pem_slice(&self.pem.1).map_err(|e| TlsError::Refused(format!("the key: {e}")))?;
+        let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(refused)?
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .map_err(refused)?;
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config)))
     }
 
     /// Whether clients must present a certificate.
@@ -168,7 +202,9 @@ impl ClientTls {
             ca: ca
                 .map(|ca| read_certificates(ca, "ca").map(Certificate::from_pem))
                 .transpose()?,
-            identity: pair(cert, key)?.map(|(c, k)| read_identity(c, k)).transpose()?,
+            identity: pair(cert, key)?
+                .map(|(c, k)| read_identity(c, k).map(|(chain, key)| Identity::from_pem(chain, key)))
+                .transpose()?,
         })
     }
 

@@ -40,7 +40,8 @@ pub struct HttpServer {
 }
 
 /// Serve the status pages and `/metrics` of `service` on `addr` (see
-/// [`serve_coordinator`]) until the returned server is dropped.
+/// [`serve_coordinator`]), over TLS with `tls`, until the returned server
+/// is dropped.
 ///
 /// # Errors
 /// If the address can't be bound.
@@ -48,12 +49,70 @@ pub async fn start_coordinator(
     addr: SocketAddr,
     service: ServiceSlot,
     tokens: Option<Arc<Tokens>>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 ) -> std::io::Result<HttpServer> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
+    let addr = listener.local_addr()?;
+    let serving = match tls {
+        None => SpawnedTask::spawn(serve_coordinator(service, tokens, listener, std::future::pending())),
+        Some(tls) => SpawnedTask::spawn(serve_https(coordinator_routes(service, tokens, true), listener, tls)),
+    };
     Ok(HttpServer {
-        addr: listener.local_addr()?,
-        _serving: SpawnedTask::spawn(serve_coordinator(service, tokens, listener, std::future::pending())),
+        addr,
+        _serving: serving,
     })
+}
+
+/// Connections served at once over HTTPS; more wait to be accepted.
+const HTTPS_CONNECTIONS: usize = 256;
+/// How long a client has for its TLS handshake, and for each request's headers.
+const HTTPS_HANDSHAKE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Serve `app` over TLS on `listener`: each connection on its own task (a
+/// slow handshake holds up no other), at most [`HTTPS_CONNECTIONS`] at once.
+async fn serve_https(
+    app: Router,
+    listener: tokio::net::TcpListener,
+    tls: tokio_rustls::TlsAcceptor,
+) -> std::io::Result<()> {
+    let slots = Arc::new(tokio::sync::Semaphore::new(HTTPS_CONNECTIONS));
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return Ok(());
+        };
+        let (tcp, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of file descriptors, say: wait, and accept again.
+                tracing::warn!(error = %e, "accepting an HTTPS connection failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let (tls, app) = (tls.clone(), app.clone());
+        // Detached: the task ends with its connection, and holds its slot
+        // until then.
+        SpawnedTask::spawn(async move {
+            let _slot = slot;
+            let stream = match tokio::time::timeout(HTTPS_HANDSHAKE, tls.accept(tcp)).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake refused"),
+                Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+            };
+            let served = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HTTPS_HANDSHAKE)
+                .serve_connection(
+                    hyper_util::rt::TokioIo::new(stream),
+                    hyper_util::service::TowerToHyperService::new(app),
+                )
+                .await;
+            if let Err(e) = served {
+                tracing::debug!(%peer, error = %e, "an HTTPS connection ended with an error");
+            }
+        })
+        .detach();
+    }
 }
 
 /// Serve a worker's metrics, `text()`, on `addr` (see [`serve_metrics`])
@@ -80,6 +139,8 @@ pub type ServiceSlot = Arc<std::sync::OnceLock<Arc<Service>>>;
 struct Web {
     service: ServiceSlot,
     tokens: Option<Arc<Tokens>>,
+    /// Served over TLS: the login cookie is marked Secure.
+    https: bool,
 }
 
 impl Web {
@@ -110,7 +171,13 @@ pub async fn serve_coordinator(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = Router::new()
+    axum::serve(listener, coordinator_routes(service, tokens, false))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+fn coordinator_routes(service: ServiceSlot, tokens: Option<Arc<Tokens>>, https: bool) -> Router {
+    Router::new()
         .route("/", get(index))
         .route("/jobs/{id}", get(job))
         .route("/metrics", get(metrics))
@@ -118,8 +185,7 @@ pub async fn serve_coordinator(
         .route("/logout", get(logout))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
-        .with_state(Web { service, tokens });
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+        .with_state(Web { service, tokens, https })
 }
 
 /// Serve `text()` as `/metrics` on `listener` until `shutdown` completes:
@@ -289,7 +355,8 @@ async fn login(State(web): State<Web>, Form(form): Form<LoginForm>) -> Response 
         return (StatusCode::UNAUTHORIZED, Html(pages::login(true).into_string())).into_response();
     }
     let value: String = url::form_urlencoded::byte_serialize(token.as_bytes()).collect();
-    let cookie = format!("{TOKEN_COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict");
+    let secure = if web.https { "; Secure" } else { "" };
+    let cookie = format!("{TOKEN_COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict{secure}");
     let mut response = Redirect::to("/").into_response();
     if let Ok(v) = HeaderValue::from_str(&cookie) {
         response.headers_mut().insert(header::SET_COOKIE, v);

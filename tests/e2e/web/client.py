@@ -1,7 +1,8 @@
 """HTTP clients for the end-to-end tests of the status page and /metrics.
 
-    client.py get URL [TOKEN]        {"status": ..., "body": ...}
-    client.py metrics URL [TOKEN]    {"status": ..., "samples": [{"name", "labels", "value"}]}
+    client.py get URL [TOKEN [CA]]       {"status": ..., "body": ...}
+    client.py metrics URL [TOKEN [CA]]   {"status": ..., "samples": [{"name", "labels", "value"}]}
+        (TOKEN "-" for none; CA: the PEM file to trust for https://)
     client.py browser BASE TOKEN JOB SCREENSHOT_DIR
         logs in through the form, then reads the front page and JOB's page
         in headless Chromium; prints what it found as JSON and saves
@@ -11,27 +12,29 @@ Every answer is one JSON document on stdout.
 """
 
 import json
+import ssl
 import sys
 import urllib.error
 import urllib.request
 
 
-def get(url, token=None):
+def get(url, token=None, ca=None):
     request = urllib.request.Request(url)
-    if token:
+    if token and token != "-":
         request.add_header("Authorization", "Bearer " + token)
+    context = ssl.create_default_context(cafile=ca) if ca else None
     try:
-        with urllib.request.urlopen(request, timeout=30) as response:
+        with urllib.request.urlopen(request, timeout=30, context=context) as response:
             return response.status, response.read().decode(), response.headers.get("Content-Type", "")
     except urllib.error.HTTPError as e:
         return e.code, e.read().decode(), e.headers.get("Content-Type", "")
 
 
-def metrics(url, token=None):
+def metrics(url, token=None, ca=None):
     # The OpenMetrics parser of the Prometheus project's own Python client.
     from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
-    status, body, content_type = get(url, token)
+    status, body, content_type = get(url, token, ca)
     samples = []
     if status == 200:
         if not content_type.startswith("application/openmetrics-text"):
@@ -87,10 +90,10 @@ def browser(base, token, job, shots):
 def main(argv):
     command = argv[1]
     if command == "get":
-        status, body, _ = get(argv[2], argv[3] if len(argv) > 3 else None)
+        status, body, _ = get(*argv[2:5])
         out = {"status": status, "body": body}
     elif command == "metrics":
-        out = metrics(argv[2], argv[3] if len(argv) > 3 else None)
+        out = metrics(*argv[2:5])
     elif command == "browser":
         out = browser(*argv[2:6])
     else:
