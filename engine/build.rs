@@ -6,13 +6,17 @@
 use std::path::Path;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    compile_proto()?;
-    list_examples();
+    // Read when the script runs, not baked in when it compiles: a build
+    // script compiled for one checkout may be run for another (a shared
+    // target directory).
+    let manifest_dir = std::path::PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?);
+    compile_proto(&manifest_dir)?;
+    list_examples(&manifest_dir);
     Ok(())
 }
 
-fn compile_proto() -> Result<(), Box<dyn std::error::Error>> {
-    let proto_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../proto");
+fn compile_proto(manifest_dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
+    let proto_dir = manifest_dir.join("../proto");
     let proto = proto_dir.join("wmr.proto");
     println!("cargo:rerun-if-changed={}", proto.display());
     let descriptors = protox::compile([&proto], [&proto_dir])?;
@@ -26,8 +30,8 @@ fn compile_proto() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-fn list_examples() {
-    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../guest-examples");
+fn list_examples(manifest_dir: &Path) {
+    let examples = manifest_dir.join("../guest-examples");
     println!("cargo:rerun-if-changed={}", examples.display());
     let mut names: Vec<String> = std::fs::read_dir(&examples)
         .map(|entries| {

@@ -1292,6 +1292,21 @@ fn a_cancelled_job_ends_cancelled_and_commits_nothing() {
         status["maps"]["done"].as_u64() < status["maps"]["total"].as_u64(),
         "{status}"
     );
+    // What ran when it was cancelled shows as stopped, with an end; nothing runs on.
+    let all = attempts(&status);
+    assert!(
+        all.iter()
+            .all(|(_, _, a)| a["state"] != "running" && a["ended_ms"].is_u64()),
+        "{status}"
+    );
+    assert!(
+        status["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t["state"] != "running"),
+        "{status}"
+    );
     // No output was committed, and the job list says so too.
     assert!(!out.join("_SUCCESS").exists());
     let jobs: Value = serde_json::from_slice(&c.client(&["jobs", "--json"]).stdout).unwrap();

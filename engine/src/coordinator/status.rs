@@ -65,7 +65,8 @@ pub struct AttemptStatus {
     pub started_ms: u64,
     /// End, likewise.
     pub ended_ms: Option<u64>,
-    /// running, succeeded, failed or lost.
+    /// running, succeeded, failed, lost, superseded, or stopped (still
+    /// running when its job ended: cancelled, or failed by another task).
     pub state: String,
     /// Its error, if it failed.
     pub error: Option<String>,
@@ -81,7 +82,8 @@ pub struct TaskStatus {
     pub phase: String,
     /// Its index.
     pub index: u32,
-    /// pending, running, committed or failed.
+    /// pending, running, committed, failed, or stopped (running when its
+    /// job ended).
     pub state: String,
     /// The input records skipped because the job failed on them: text lines
     /// by byte offset, other records (Parquet rows) by ordinal in their
@@ -140,12 +142,15 @@ pub fn user_state(job: &Job) -> UserState {
     }
 }
 
-fn task_status(t: &Task) -> TaskStatus {
+/// A task's status; `job_ended` is when its job ended, if it has: what
+/// still ran then was stopped.
+fn task_status(t: &Task, job_ended: Option<SystemTime>) -> TaskStatus {
     TaskStatus {
         phase: t.id.phase.to_string(),
         index: t.id.index,
         state: match t.state {
             TaskState::Pending => "pending",
+            TaskState::Running if job_ended.is_some() => "stopped",
             TaskState::Running => "running",
             TaskState::Committed => "committed",
             TaskState::Failed => "failed",
@@ -157,6 +162,7 @@ fn task_status(t: &Task) -> TaskStatus {
             .iter()
             .map(|a| {
                 let (state, error) = match &a.state {
+                    AttemptState::Running if job_ended.is_some() => ("stopped", None),
                     AttemptState::Running => ("running", None),
                     AttemptState::Succeeded => ("succeeded", None),
                     AttemptState::Failed { error, .. } => ("failed", Some(error.clone())),
@@ -173,7 +179,7 @@ fn task_status(t: &Task) -> TaskStatus {
                     attempt: a.id.0,
                     worker: a.worker.to_string(),
                     started_ms: millis(a.started),
-                    ended_ms: a.ended.map(millis),
+                    ended_ms: a.ended.or(job_ended).map(millis),
                     state: state.into(),
                     error,
                 }
@@ -201,7 +207,12 @@ impl JobStatusDoc {
             reduces: Progress { done: rd, total: rt },
             counters: job.counters(),
             tasks: if tasks {
-                job.maps.iter().chain(&job.reduces).map(task_status).collect()
+                let ended = j.ended.filter(|_| state.is_final());
+                job.maps
+                    .iter()
+                    .chain(&job.reduces)
+                    .map(|t| task_status(t, ended))
+                    .collect()
             } else {
                 Vec::new()
             },

@@ -429,6 +429,7 @@ pub fn job_status_to_pb(doc: &JobStatusDoc, input_bytes_done: u64) -> pb::JobSta
         "running" => pb::TaskState::Running,
         "committed" => pb::TaskState::Committed,
         "failed" => pb::TaskState::Failed,
+        "stopped" => pb::TaskState::Stopped,
         _ => pb::TaskState::Unspecified,
     };
     let attempt_state = |s: &str| match s {
@@ -437,6 +438,7 @@ pub fn job_status_to_pb(doc: &JobStatusDoc, input_bytes_done: u64) -> pb::JobSta
         "failed" => pb::AttemptState::Failed,
         "lost" => pb::AttemptState::Lost,
         "superseded" => pb::AttemptState::Superseded,
+        "stopped" => pb::AttemptState::Stopped,
         _ => pb::AttemptState::Unspecified,
     };
     let tasks = doc
@@ -526,6 +528,7 @@ pub fn job_status_doc(s: &pb::JobStatus) -> Result<JobStatusDoc, MalformedMessag
                     Ok(pb::TaskState::Running) => "running",
                     Ok(pb::TaskState::Committed) => "committed",
                     Ok(pb::TaskState::Failed) => "failed",
+                    Ok(pb::TaskState::Stopped) => "stopped",
                     _ => "pending",
                 }
                 .into(),
@@ -543,6 +546,7 @@ pub fn job_status_doc(s: &pb::JobStatus) -> Result<JobStatusDoc, MalformedMessag
                             Ok(pb::AttemptState::Failed) => "failed",
                             Ok(pb::AttemptState::Lost) => "lost",
                             Ok(pb::AttemptState::Superseded) => "superseded",
+                            Ok(pb::AttemptState::Stopped) => "stopped",
                             _ => "running",
                         }
                         .into(),

@@ -19,7 +19,7 @@ h1{font-size:1.4em}h2{font-size:1.15em;margin-top:1.6em}
 table{border-collapse:collapse}td,th{padding:.2em .7em;border-bottom:1px solid #ddd;text-align:left;vertical-align:top}
 th{background:#f4f4f4}.num{text-align:right;font-variant-numeric:tabular-nums}
 .state{font-weight:600}.succeeded{color:#1a7f37}.failed{color:#c62828}.running{color:#1565c0}
-.cancelled,.lost,.superseded{color:#777}.queued,.pending{color:#8a6d00}
+.cancelled,.lost,.superseded,.stopped{color:#777}.queued,.pending{color:#8a6d00}
 .error{color:#c62828;white-space:pre-wrap;font-family:monospace;font-size:12px}
 .bar{display:inline-block;width:120px;height:10px;background:#eee;vertical-align:middle}
 .bar span{display:block;height:100%;background:#1a7f37}
@@ -210,7 +210,7 @@ fn timeline(doc: &JobStatusDoc, now_ms: u64) -> Markup {
     html! {
         p.legend {
             span.t-map {} "map" span.t-reduce {} "reduce" span.t-failed {} "failed"
-            span.t-lost {} "lost" span.t-superseded {} "superseded"
+            span.t-lost {} "lost or stopped" span.t-superseded {} "superseded"
             span.t-backup {} "backup"
         }
         svg id="timeline" width=(LABEL + TIMELINE_WIDTH + 40.0) height=(height) xmlns="http://www.w3.org/2000/svg" {
@@ -225,7 +225,7 @@ fn timeline(doc: &JobStatusDoc, now_ms: u64) -> Markup {
                 @let outcome = match a.state.as_str() {
                     "succeeded" | "running" => if b.task.phase == "map" { "t-map" } else { "t-reduce" },
                     "failed" => "t-failed",
-                    "lost" => "t-lost",
+                    "lost" | "stopped" => "t-lost",
                     _ => "t-superseded",
                 };
                 rect class={(outcome) @if a.state == "running" { " t-running" } @if b.backup { " t-backup" }}
