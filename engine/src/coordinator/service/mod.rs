@@ -37,6 +37,7 @@ mod submit;
 mod workers;
 
 pub use submit::{SubmitPolicy, SubmitRequest};
+pub use workers::WorkerView;
 
 /// Longest a poll waits before answering "nothing yet".
 pub const MAX_POLL_WAIT: Duration = Duration::from_secs(30);
@@ -138,23 +139,6 @@ pub struct Registration {
     pub lease: Duration,
     /// The store modules are read from.
     pub store: String,
-}
-
-/// A registered worker, for the status page.
-#[derive(Debug, Clone)]
-pub struct WorkerView {
-    /// Its label in status and logs.
-    pub label: String,
-    /// Its own name for itself (host:pid).
-    pub name: String,
-    /// Its task slots.
-    pub slots: u32,
-    /// Attempts it is running.
-    pub running: usize,
-    /// Whether it is draining (shutting down): it is handed nothing more.
-    pub draining: bool,
-    /// Since its last call.
-    pub silent_for: Duration,
 }
 
 /// The answer to a heartbeat.
@@ -355,36 +339,6 @@ impl Service {
     /// The metrics in the OpenMetrics text format, gauges read now.
     pub fn metrics_text(&self) -> String {
         self.metrics.encode(&lock(&self.cluster))
-    }
-
-    /// Every registered worker as the status page shows it, by name.
-    pub fn workers_view(&self) -> Vec<WorkerView> {
-        let cluster = lock(&self.cluster);
-        let mut running: std::collections::HashMap<&WorkerId, usize> = std::collections::HashMap::new();
-        for j in cluster.jobs().filter(|j| !j.job.is_finished()) {
-            for t in j.job.maps.iter().chain(&j.job.reduces) {
-                for a in t
-                    .attempts
-                    .iter()
-                    .filter(|a| a.state == super::job::AttemptState::Running)
-                {
-                    *running.entry(&a.worker).or_default() += 1;
-                }
-            }
-        }
-        let mut workers: Vec<WorkerView> = cluster
-            .workers()
-            .map(|(id, w)| WorkerView {
-                label: id.to_string(),
-                name: w.name.clone(),
-                slots: w.slots,
-                running: running.get(id).copied().unwrap_or(0),
-                draining: w.draining,
-                silent_for: w.last_seen.elapsed(),
-            })
-            .collect();
-        workers.sort_by(|a, b| a.label.cmp(&b.label));
-        workers
     }
 
     /// The worker lease.

@@ -15,6 +15,36 @@ use crate::task::{AttemptFailure, FailureKind};
 use crate::{AttemptId, JobId, TaskId, WorkerId};
 
 impl Service {
+    /// Every registered worker as the status page shows it, by name.
+    pub fn workers_view(&self) -> Vec<WorkerView> {
+        let cluster = lock(&self.cluster);
+        let mut running: std::collections::HashMap<&WorkerId, usize> = std::collections::HashMap::new();
+        for j in cluster.jobs().filter(|j| !j.job.is_finished()) {
+            for t in j.job.maps.iter().chain(&j.job.reduces) {
+                for a in t
+                    .attempts
+                    .iter()
+                    .filter(|a| a.state == crate::coordinator::job::AttemptState::Running)
+                {
+                    *running.entry(&a.worker).or_default() += 1;
+                }
+            }
+        }
+        let mut workers: Vec<WorkerView> = cluster
+            .workers()
+            .map(|(id, w)| WorkerView {
+                label: id.to_string(),
+                name: w.name.clone(),
+                slots: w.slots,
+                running: running.get(id).copied().unwrap_or(0),
+                draining: w.draining,
+                silent_for: w.last_seen.elapsed(),
+            })
+            .collect();
+        workers.sort_by(|a, b| a.label.cmp(&b.label));
+        workers
+    }
+
     /// Register a worker of `caller` with `slots` slots.
     pub fn register(&self, caller: &Identity, name: &str, slots: u32) -> Registration {
         let mut cluster = lock(&self.cluster);
@@ -100,7 +130,7 @@ impl Service {
     }
 
     /// Forget worker `session` now (it is leaving); what it still runs is
-    /// lost and runs again elsewhere.
+    /// handed back: re-queued without counting against its task.
     pub async fn leave(&self, caller: &Identity, session: &str) {
         let now = SystemTime::now();
         let pending = {
@@ -332,6 +362,23 @@ impl Service {
         self.snapshot_if_due().await;
         Ok(result)
     }
+}
+
+/// A registered worker, for the status page.
+#[derive(Debug, Clone)]
+pub struct WorkerView {
+    /// Its label in status and logs.
+    pub label: String,
+    /// Its own name for itself (host:pid).
+    pub name: String,
+    /// Its task slots.
+    pub slots: u32,
+    /// Attempts it is running.
+    pub running: usize,
+    /// Whether it is draining (shutting down): it is handed nothing more.
+    pub draining: bool,
+    /// Since its last call.
+    pub silent_for: Duration,
 }
 
 /// A call a worker holds open (a poll, a held heartbeat): dropped before
