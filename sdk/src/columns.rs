@@ -221,13 +221,36 @@ pub trait Field: Sized + Default + sealed::Sealed {
     /// Read row `row` of `col`; `None` if null or of an incompatible type.
     #[doc(hidden)]
     fn read(col: &Column, row: usize) -> Option<Self>;
+    /// The value whose [`IntoField::encode`] encoding starts `encoded`,
+    /// which is advanced past it.
+    #[doc(hidden)]
+    fn decode_part(encoded: &mut &[u8]) -> Option<Self>;
+    /// The value whose [`IntoField::encode_alone`] encoding is `encoded`.
+    #[doc(hidden)]
+    fn decode_alone(mut encoded: &[u8]) -> Option<Self> {
+        Self::decode_part(&mut encoded).filter(|_| encoded.is_empty())
+    }
+}
+
+fn take_chunk<const N: usize>(encoded: &mut &[u8]) -> Option<[u8; N]> {
+    let (chunk, rest) = encoded.split_first_chunk::<N>()?;
+    *encoded = rest;
+    Some(*chunk)
+}
+
+fn take_var<'e>(encoded: &mut &'e [u8]) -> Option<&'e [u8]> {
+    let len = u32::from_le_bytes(take_chunk::<4>(encoded)?) as usize;
+    let (value, rest) = encoded.split_at_checked(len)?;
+    *encoded = rest;
+    Some(value)
 }
 
 macro_rules! fixed_field {
-    ($t:ty, $dt:ident, $push:ident, $($variant:ident => $conv:expr),+) => {
+    ($t:ty, $dt:ident, $push:ident, $from_le:expr, $($variant:ident => $conv:expr),+) => {
         impl sealed::Sealed for $t {}
         impl Field for $t {
             fn data_type() -> DataType { DataType::$dt }
+            fn decode_part(encoded: &mut &[u8]) -> Option<Self> { take_chunk::<8>(encoded).map($from_le) }
             fn append(&self, col: &mut ColumnBuilder) { col.$push(*self) }
             fn read(col: &Column, row: usize) -> Option<Self> {
                 if !is_valid(col, row) { return None; }
@@ -240,9 +263,9 @@ macro_rules! fixed_field {
     };
 }
 
-fixed_field!(i64, Int64, push_i64, Int64 => |v: &i64| *v, Uint64 => |v: &u64| *v as i64);
-fixed_field!(u64, Uint64, push_u64, Uint64 => |v: &u64| *v, Int64 => |v: &i64| *v as u64);
-fixed_field!(f64, Float64, push_f64, Float64 => |v: &f64| *v, Int64 => |v: &i64| *v as f64, Uint64 => |v: &u64| *v as f64);
+fixed_field!(i64, Int64, push_i64, i64::from_le_bytes, Int64 => |v: &i64| *v, Uint64 => |v: &u64| *v as i64);
+fixed_field!(u64, Uint64, push_u64, u64::from_le_bytes, Uint64 => |v: &u64| *v, Int64 => |v: &i64| *v as u64);
+fixed_field!(f64, Float64, push_f64, |b| f64::from_bits(u64::from_le_bytes(b)), Float64 => |v: &f64| *v, Int64 => |v: &i64| *v as f64, Uint64 => |v: &u64| *v as f64);
 
 impl sealed::Sealed for bool {}
 impl Field for bool {
@@ -251,6 +274,9 @@ impl Field for bool {
     }
     fn append(&self, col: &mut ColumnBuilder) {
         col.push_bool(*self)
+    }
+    fn decode_part(encoded: &mut &[u8]) -> Option<Self> {
+        take_chunk::<1>(encoded).map(|[b]| b != 0)
     }
     fn read(col: &Column, row: usize) -> Option<Self> {
         match &col.data {
@@ -268,6 +294,12 @@ impl Field for String {
     fn append(&self, col: &mut ColumnBuilder) {
         col.push_bytes(self.as_bytes())
     }
+    fn decode_part(encoded: &mut &[u8]) -> Option<Self> {
+        take_var(encoded).and_then(|v| String::from_utf8(v.to_vec()).ok())
+    }
+    fn decode_alone(encoded: &[u8]) -> Option<Self> {
+        String::from_utf8(encoded.to_vec()).ok()
+    }
     fn read(col: &Column, row: usize) -> Option<Self> {
         match &col.data {
             ColumnData::Utf8(v) if is_valid(col, row) => Some(String::from_utf8_lossy(var_width(v, row)).into_owned()),
@@ -283,6 +315,12 @@ impl Field for Vec<u8> {
     }
     fn append(&self, col: &mut ColumnBuilder) {
         col.push_bytes(self)
+    }
+    fn decode_part(encoded: &mut &[u8]) -> Option<Self> {
+        take_var(encoded).map(<[u8]>::to_vec)
+    }
+    fn decode_alone(encoded: &[u8]) -> Option<Self> {
+        Some(encoded.to_vec())
     }
     fn read(col: &Column, row: usize) -> Option<Self> {
         match &col.data {
@@ -306,6 +344,20 @@ impl<T: Field> Field for Option<T> {
     fn read(col: &Column, row: usize) -> Option<Self> {
         Some(T::read(col, row))
     }
+    fn decode_part(encoded: &mut &[u8]) -> Option<Self> {
+        match take_chunk::<1>(encoded)? {
+            [0] => Some(None),
+            [1] => T::decode_part(encoded).map(Some),
+            _ => None,
+        }
+    }
+    fn decode_alone(encoded: &[u8]) -> Option<Self> {
+        match encoded.split_first()? {
+            (0, []) => Some(None),
+            (1, rest) => T::decode_alone(rest).map(Some),
+            _ => None,
+        }
+    }
 }
 
 /// A Rust type stored as one or more columns: any [`Field`], or a tuple of up
@@ -327,6 +379,9 @@ pub trait Columns: Sized + Default {
     /// Read row `row` from `cols`; `None` if a part is null or mistyped.
     #[doc(hidden)]
     fn read(cols: &[Column], row: usize) -> Option<Self>;
+    /// The value whose [`IntoColumns::encode`] encoding is `encoded`.
+    #[doc(hidden)]
+    fn decode(encoded: &[u8]) -> Option<Self>;
 }
 
 impl<T: Field> Columns for T {
@@ -341,6 +396,9 @@ impl<T: Field> Columns for T {
     fn read(cols: &[Column], row: usize) -> Option<Self> {
         cols.first().and_then(|c| T::read(c, row))
     }
+    fn decode(encoded: &[u8]) -> Option<Self> {
+        T::decode_alone(encoded)
+    }
 }
 
 macro_rules! tuple_columns {
@@ -352,6 +410,10 @@ macro_rules! tuple_columns {
             }
             fn read(cols: &[Column], row: usize) -> Option<Self> {
                 Some(($($name::read(cols.get($idx)?, row)?,)+))
+            }
+            fn decode(mut encoded: &[u8]) -> Option<Self> {
+                let value = ($($name::decode_part(&mut encoded)?,)+);
+                encoded.is_empty().then_some(value)
             }
         }
     };
@@ -646,5 +708,30 @@ mod tests {
             &None,
             &encoded::<Option<String>, _>(&None)
         ));
+    }
+
+    fn round_trips<K: Columns + PartialEq + std::fmt::Debug, Q: IntoColumns<K>>(key: Q) {
+        let enc = encoded::<K, _>(&key);
+        assert_eq!(K::decode(&enc), Some(key.to_owned_value()));
+    }
+
+    #[test]
+    fn every_key_decodes_from_its_encoding() {
+        round_trips::<String, _>("café");
+        round_trips::<String, _>("");
+        round_trips::<Vec<u8>, _>(&[0u8, 255][..]);
+        round_trips::<i64, _>(-3_i64);
+        round_trips::<u64, _>(u64::MAX);
+        round_trips::<f64, _>(-0.5_f64);
+        round_trips::<bool, _>(true);
+        round_trips::<Option<String>, _>(Some("x".to_string()));
+        round_trips::<Option<i64>, _>(None::<i64>);
+        round_trips::<(String, i64, Option<String>), _>(("ab", 7_i64, Some("c".to_string())));
+        round_trips::<(String, String), _>(("", "bc"));
+        round_trips::<(bool, u64, f64, Vec<u8>), _>((false, 1_u64, 2.5_f64, &b"z"[..]));
+        // Not an encoding of the type: refused, not invented.
+        assert_eq!(<(String, String)>::decode(b"\x05\0\0\0ab"), None);
+        assert_eq!(String::decode(&[0xff]), None);
+        assert_eq!(u64::decode(b"1234567"), None);
     }
 }

@@ -1,32 +1,22 @@
 //! What a job writes to and reads from: [`Emit`] for map output, [`Values`]
 //! for one key's values, [`Output`] for reduce output rows.
 
-use std::hash::{BuildHasher, Hasher};
 use std::marker::PhantomData;
-
-use foldhash::fast::FixedState;
-use hashbrown::HashTable;
 
 use crate::bindings::wmr::job::types::{Batch, Column};
 use crate::columns::{ColumnBuilder, Columns, IntoColumns, builders_for};
-
-/// How a job combines one key's values; see [`Job::combine`](crate::Job::combine).
-pub(crate) type CombineFn<K, V> = fn(&K, Values<'_, V>) -> V;
-
-/// A key's pending values are combined into one whenever this many pile up,
-/// so memory stays bounded by the number of distinct keys held.
-const FOLD_AT: usize = 4;
+use crate::combiner::{CombineFn, Grouping};
 
 /// The in-mapper combiner returns what it holds once it holds this many
 /// distinct keys...
 const MAX_HELD_KEYS: usize = 1 << 18;
-/// ...or this many bytes of encoded keys.
+/// ...or this many bytes of long keys' encodings.
 const MAX_HELD_KEY_BYTES: usize = 32 << 20;
 
 /// Where `map` writes its key/value pairs.
 ///
 /// For a job that combines, pairs are grouped by key inside the guest as
-/// they are emitted and each key's values are combined as they pile up (the
+/// they are emitted and each key's values are combined as they arrive (the
 /// "in-mapper combiner"), so far fewer rows cross into the host.
 pub struct Emit<K: Columns, V: Columns> {
     mode: EmitMode<K, V>,
@@ -41,119 +31,12 @@ enum EmitMode<K, V> {
     Grouping(Grouping<K, V>),
 }
 
-/// The in-mapper combiner's state. Group `g` has its key in `keys[g]` and
-/// its `counts[g]` uncombined values in `slab[g * FOLD_AT..]` (one cache
-/// line for numbers); the hash table's entry for it holds
-/// the key's byte encoding, inline when short, else where it lies in the
-/// arena. A key seen before thus costs a hash, one table probe and one
-/// comparison, with no allocation and no copy. Profiles led to this layout:
-/// every other memory a probe touches is a likely cache miss.
-struct Grouping<K, V> {
-    combine: CombineFn<K, V>,
-    hasher: FixedState,
-    table: HashTable<Entry>,
-    arena: Vec<u8>,
-    keys: Vec<K>,
-    counts: Vec<u8>,
-    slab: Vec<V>,
-    /// Each group's hash, for growing the table.
-    hashes: Vec<u64>,
-}
-
-/// A hash table entry for group `group`, whose key's encoding is `len`
-/// bytes long: `inline[..len]` when it fits, else `arena[start..start + len]`
-/// with `start` kept in the first four bytes of `inline`.
-#[derive(Clone, Copy)]
-struct Entry {
-    group: u32,
-    len: u32,
-    inline: [u8; INLINE_KEY_BYTES],
-}
-
-const INLINE_KEY_BYTES: usize = 16;
-
-impl Entry {
-    fn encoded<'a>(&'a self, arena: &'a [u8]) -> &'a [u8] {
-        let len = self.len as usize;
-        match self.inline.get(..len) {
-            Some(inline) => inline,
-            None => {
-                let start = u32::from_le_bytes([self.inline[0], self.inline[1], self.inline[2], self.inline[3]]);
-                arena.get(start as usize..start as usize + len).unwrap_or(&[])
-            }
-        }
-    }
-}
-
-fn arena_offset(len: usize) -> u32 {
-    u32::try_from(len).unwrap_or_else(|_| panic!("wmr-sdk: the in-mapper combiner grew past 4 GiB"))
-}
-
-impl<K: Columns, V: Columns> Grouping<K, V> {
-    fn push<Q: IntoColumns<K>>(&mut self, key: Q, value: V) {
-        let mut hasher = self.hasher.build_hasher();
-        key.hash_key(&mut hasher);
-        let hash = hasher.finish();
-        let arena = &self.arena;
-        let found = self
-            .table
-            .find(hash, |e| key.matches(e.encoded(arena)))
-            .map(|e| e.group as usize);
-        match found {
-            Some(g) => {
-                let base = g * FOLD_AT;
-                let mut count = self.counts[g] as usize;
-                if count == FOLD_AT {
-                    let folded = (self.combine)(&self.keys[g], Values::taking(&mut self.slab[base..base + count]));
-                    self.slab[base] = folded;
-                    count = 1;
-                }
-                self.slab[base + count] = value;
-                self.counts[g] = (count + 1) as u8;
-            }
-            None => {
-                let start = self.arena.len();
-                key.encode(&mut self.arena);
-                let len = self.arena.len() - start;
-                let mut inline = [0; INLINE_KEY_BYTES];
-                if let Some(short) = inline.get_mut(..len) {
-                    short.copy_from_slice(&self.arena[start..]);
-                    self.arena.truncate(start);
-                } else {
-                    inline[..4].copy_from_slice(&arena_offset(start).to_le_bytes());
-                }
-                let entry = Entry {
-                    group: arena_offset(self.keys.len()),
-                    len: arena_offset(len),
-                    inline,
-                };
-                self.slab.push(value);
-                self.slab.extend(std::iter::repeat_with(V::default).take(FOLD_AT - 1));
-                self.counts.push(1);
-                self.keys.push(key.to_owned_value());
-                self.hashes.push(hash);
-                let hashes = &self.hashes;
-                self.table.insert_unique(hash, entry, |e| hashes[e.group as usize]);
-            }
-        }
-    }
-}
-
 impl<K: Columns, V: Columns> Emit<K, V> {
     /// An `Emit` that groups and combines with `combine` when given, and
     /// otherwise writes every pair straight into columns.
     pub(crate) fn new(combine: Option<CombineFn<K, V>>) -> Self {
         let mode = match combine {
-            Some(combine) => EmitMode::Grouping(Grouping {
-                combine,
-                hasher: FixedState::with_seed(0x776d_725f_6d61_7021),
-                table: HashTable::new(),
-                arena: Vec::new(),
-                keys: Vec::new(),
-                counts: Vec::new(),
-                slab: Vec::new(),
-                hashes: Vec::new(),
-            }),
+            Some(combine) => EmitMode::Grouping(Grouping::new(combine)),
             None => EmitMode::Direct {
                 keys: builders_for::<K>(),
                 values: builders_for::<V>(),
@@ -183,10 +66,13 @@ impl<K: Columns, V: Columns> Emit<K, V> {
 
     /// Whether `map` should return what this holds now rather than keep
     /// combining into it: always for a job that does not combine.
-    pub(crate) fn is_full(&self) -> bool {
-        match &self.mode {
+    pub(crate) fn is_full(&mut self) -> bool {
+        match &mut self.mode {
             EmitMode::Direct { .. } => true,
-            EmitMode::Grouping(g) => g.keys.len() >= MAX_HELD_KEYS || g.arena.len() >= MAX_HELD_KEY_BYTES,
+            EmitMode::Grouping(g) => {
+                g.settle();
+                g.keys_held() >= MAX_HELD_KEYS || g.key_bytes_held() >= MAX_HELD_KEY_BYTES
+            }
         }
     }
 
@@ -194,10 +80,13 @@ impl<K: Columns, V: Columns> Emit<K, V> {
     /// When it did not (keys mostly distinct), grouping the rest of the
     /// task's pairs would cost a hash probe and a key copy per pair for
     /// nothing, and the host sorts them anyway.
-    pub(crate) fn grouping_pays(&self) -> bool {
-        match &self.mode {
+    pub(crate) fn grouping_pays(&mut self) -> bool {
+        match &mut self.mode {
             EmitMode::Direct { .. } => false,
-            EmitMode::Grouping(g) => self.rows * 10 >= g.keys.len() * 11,
+            EmitMode::Grouping(g) => {
+                g.settle();
+                self.rows * 10 >= g.keys_held() * 11
+            }
         }
     }
 
@@ -216,19 +105,14 @@ impl<K: Columns, V: Columns> Emit<K, V> {
     pub(crate) fn finish(self) -> Batch {
         let (keys, values, rows) = match self.mode {
             EmitMode::Direct { keys, values } => (keys, values, self.rows),
-            EmitMode::Grouping(mut grouping) => {
-                let rows = grouping.keys.len();
+            EmitMode::Grouping(grouping) => {
                 let mut keys = builders_for::<K>();
                 let mut values = builders_for::<V>();
-                let slots = grouping.slab.chunks_mut(FOLD_AT);
-                for ((key, slot), count) in grouping.keys.into_iter().zip(slots).zip(grouping.counts) {
-                    let pending = &mut slot[..count as usize];
-                    let combined = match pending {
-                        [one] => std::mem::take(one),
-                        _ => (grouping.combine)(&key, Values::taking(pending)),
-                    };
+                let mut rows = 0;
+                for (key, value) in grouping.into_groups() {
                     key.append(&mut keys);
-                    combined.append(&mut values);
+                    value.append(&mut values);
+                    rows += 1;
                 }
                 (keys, values, rows)
             }
@@ -383,8 +267,8 @@ impl<O: Columns> Output<O> {
 mod tests {
     use super::*;
 
-    fn sum(_key: &String, values: Values<'_, u64>) -> u64 {
-        values.sum()
+    fn sum() -> Option<CombineFn<String, u64>> {
+        Some(Box::new(|_key: &String, values: Values<'_, u64>| values.sum()))
     }
 
     fn rows_of(batch: &Batch) -> Vec<(String, u64)> {
@@ -400,8 +284,8 @@ mod tests {
     }
 
     #[test]
-    fn grouping_combines_each_key_once_in_first_seen_order() {
-        let mut emit = Emit::<String, u64>::new(Some(sum));
+    fn grouping_combines_each_key_once() {
+        let mut emit = Emit::<String, u64>::new(sum());
         for i in 0..1000u64 {
             emit.emit("often", i);
             if i % 100 == 0 {
@@ -421,26 +305,26 @@ mod tests {
         }
         assert_eq!(emit.len(), 1053);
         assert!(emit.grouping_pays());
-        let rows = rows_of(&emit.finish());
-        assert_eq!(
-            rows,
-            [
-                ("often".to_string(), 999 * 1000 / 2),
-                ("rare0".to_string(), 4),
-                ("rare1".to_string(), 3),
-                ("rare2".to_string(), 3),
-                ("abcdefgh1".to_string(), 5),
-                ("abcdefgh2".to_string(), 6),
-                (String::new(), 7),
-                ("a key longer than sixteen bytes".to_string(), 20),
-                ("a key longer than sixteen bytez".to_string(), 20),
-            ]
-        );
+        let mut rows = rows_of(&emit.finish());
+        rows.sort();
+        let mut want = [
+            ("often".to_string(), 999 * 1000 / 2),
+            ("rare0".to_string(), 4),
+            ("rare1".to_string(), 3),
+            ("rare2".to_string(), 3),
+            ("abcdefgh1".to_string(), 5),
+            ("abcdefgh2".to_string(), 6),
+            (String::new(), 7),
+            ("a key longer than sixteen bytes".to_string(), 20),
+            ("a key longer than sixteen bytez".to_string(), 20),
+        ];
+        want.sort();
+        assert_eq!(rows, want);
     }
 
     #[test]
     fn grouping_does_not_pay_when_keys_are_distinct() {
-        let mut emit = Emit::<String, u64>::new(Some(sum));
+        let mut emit = Emit::<String, u64>::new(sum());
         for i in 0..1000u64 {
             emit.emit(format!("k{i}"), 1);
             if i % 50 == 0 {

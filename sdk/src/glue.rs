@@ -5,11 +5,13 @@
 use std::any::Any;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::rc::Rc;
 
 use crate::Job;
 use crate::bindings::wmr::job::host;
 use crate::bindings::wmr::job::types::{Batch, Field as WitField, Grouped, GuestError, JobInfo};
 use crate::columns::Columns;
+use crate::combiner::CombineFn;
 use crate::emit::{Emit, Output, Values};
 use crate::record::{InputBatch, Params};
 
@@ -17,7 +19,7 @@ use crate::record::{InputBatch, Params};
 pub type ConfigureFn<J> = fn(&Params) -> Result<J, String>;
 
 struct State {
-    job: Box<dyn Any>,
+    job: Rc<dyn Any>,
     output_names: Vec<String>,
 }
 
@@ -144,7 +146,7 @@ pub fn configure<J: Job>(params: Vec<(String, String)>, build: ConfigureFn<J>) -
         total_order: J::TOTAL_ORDER,
     };
     STATE.set(Some(State {
-        job: Box::new(job),
+        job: Rc::new(job),
         output_names,
     }));
     Ok(info)
@@ -183,17 +185,19 @@ pub fn flush<J: Job>() -> Result<Batch, GuestError> {
 fn take_held<J: Job>() -> Emit<J::Key, J::Value> {
     match HELD.take().map(|held| held.downcast::<Emit<J::Key, J::Value>>()) {
         Some(Ok(held)) => *held,
-        _ => Emit::new((J::COMBINES && !GROUPING_OFF.get()).then_some(combine_with_job::<J>)),
+        _ => Emit::new(combiner::<J>()),
     }
 }
 
-/// `combine` of the configured job, as a plain function for [`Emit`]. Only
-/// called from within `map`, where the job is configured.
-fn combine_with_job<J: Job>(key: &J::Key, values: Values<'_, J::Value>) -> J::Value {
-    STATE.with_borrow(|state| match state.as_ref().and_then(|s| s.job.downcast_ref::<J>()) {
-        Some(job) => job.combine(key, values),
-        None => unreachable!("map runs only after configure"),
-    })
+/// `combine` of the configured job for the in-mapper combiner, holding the
+/// job itself (it is called for every pair emitted); `None` when the job
+/// does not combine or combining stopped paying.
+fn combiner<J: Job>() -> Option<CombineFn<J::Key, J::Value>> {
+    if !J::COMBINES || GROUPING_OFF.get() {
+        return None;
+    }
+    let job = STATE.with_borrow(|state| state.as_ref().and_then(|s| s.job.clone().downcast::<J>().ok()))?;
+    Some(Box::new(move |key, values| job.combine(key, values)))
 }
 
 fn groups(input: &Grouped) -> impl Iterator<Item = (usize, usize, usize)> + '_ {

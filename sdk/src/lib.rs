@@ -44,6 +44,7 @@ pub mod bindings {
 }
 
 mod columns;
+mod combiner;
 mod emit;
 mod glue;
 mod record;
