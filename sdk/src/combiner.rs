@@ -1,9 +1,9 @@
 //! The in-mapper combiner: map output grouped by key inside the guest as it
 //! is emitted, each key's values folded into one as they arrive.
 //!
-//! Keys live in an open-addressing table of 32-byte slots that holds a key's
-//! byte encoding inline when short, so looking a key up touches one cache
-//! line. Lookups are staged: [`Grouping::push`] only encodes and hashes, and
+//! Keys live in an open-addressing table whose slots (32 bytes for a number
+//! value) hold a key's combined value and its byte encoding, inline when
+//! short, so looking a key up touches one cache line. Lookups are staged: [`Grouping::push`] only encodes and hashes, and
 //! every [`STAGED`] pairs the slots of all of them are loaded first, side
 //! by side, then probed. The loads are independent, so the processor waits
 //! on their cache misses together rather than one after another (wasm has
@@ -25,10 +25,10 @@ const STAGED: usize = 32;
 /// Key encodings up to this long are kept in their slot.
 const INLINE: usize = 12;
 
-/// One slot of the table: for a number value, 32 bytes, a half of a cache
-/// line, holding all a lookup reads and writes.
+/// One slot of the table: all a lookup reads and writes. It is kept in an
+/// [`Aligned`] wrapper so that it spans as few cache lines as it can.
 #[derive(Default)]
-#[repr(C, align(32))]
+#[repr(C)]
 struct Slot<V> {
     /// The key hash's high 32 bits with the lowest bit set; 0 when empty.
     tag: u32,
@@ -43,6 +43,38 @@ struct Slot<V> {
     value: V,
 }
 
+/// A slot aligned to its size's cache-line fraction: [`Half`] for slots of
+/// up to 32 bytes (a number value), [`Line`] for larger ones, which would
+/// otherwise straddle two lines half of the time.
+trait Aligned<V>: Default {
+    fn slot(&self) -> &Slot<V>;
+    fn slot_mut(&mut self) -> &mut Slot<V>;
+    fn into_slot(self) -> Slot<V>;
+}
+
+/// A slot on a 32-byte boundary.
+#[derive(Default)]
+#[repr(align(32))]
+struct Half<V>(Slot<V>);
+
+/// A slot on a 64-byte boundary.
+#[derive(Default)]
+#[repr(align(64))]
+struct Line<V>(Slot<V>);
+
+macro_rules! aligned {
+    ($($wrapper:ident),+) => {$(
+        impl<V: Default> Aligned<V> for $wrapper<V> {
+            #[inline(always)]
+            fn slot(&self) -> &Slot<V> { &self.0 }
+            #[inline(always)]
+            fn slot_mut(&mut self) -> &mut Slot<V> { &mut self.0 }
+            fn into_slot(self) -> Slot<V> { self.0 }
+        }
+    )+};
+}
+aligned!(Half, Line);
+
 fn tag_of(hash: u64) -> u32 {
     (hash >> 32) as u32 | 1
 }
@@ -51,21 +83,24 @@ fn u32_of(n: usize) -> u32 {
     u32::try_from(n).unwrap_or_else(|_| panic!("wmr-sdk: the in-mapper combiner grew past 4 GiB"))
 }
 
-fn empty_slots<V: Default>(n: usize) -> Vec<Slot<V>> {
-    std::iter::repeat_with(Slot::default).take(n).collect()
+fn empty_slots<A: Default>(n: usize) -> Vec<A> {
+    std::iter::repeat_with(A::default).take(n).collect()
 }
 
 /// The table: key encodings to their groups and values.
-struct Table<V> {
-    slots: Vec<Slot<V>>,
+struct Table<A> {
+    slots: Vec<A>,
     /// Encodings longer than [`INLINE`] bytes.
     arena: Vec<u8>,
     /// Each group's hash, for growing.
     hashes: Vec<u64>,
 }
 
-impl<V: Default> Table<V> {
-    fn new() -> Self {
+impl<A> Table<A> {
+    fn new<V>() -> Self
+    where
+        A: Aligned<V>,
+    {
         Table {
             slots: empty_slots(1024),
             arena: Vec::new(),
@@ -80,11 +115,14 @@ impl<V: Default> Table<V> {
     /// Load the slot where a probe for `hash` starts; the value is only
     /// used to keep the load from being optimised away.
     #[inline(always)]
-    fn touch(&self, hash: u64) -> u32 {
-        self.slots.get(hash as usize & self.mask()).map_or(0, |s| s.tag)
+    fn touch<V>(&self, hash: u64) -> u32
+    where
+        A: Aligned<V>,
+    {
+        self.slots[hash as usize & self.mask()].slot().tag
     }
 
-    fn key_of<'a>(&'a self, slot: &'a Slot<V>) -> &'a [u8] {
+    fn key_of<'a, V>(&'a self, slot: &'a Slot<V>) -> &'a [u8] {
         let len = slot.len as usize;
         match slot.inline.get(..len) {
             Some(inline) => inline,
@@ -99,12 +137,15 @@ impl<V: Default> Table<V> {
     /// The slot of the key encoded as `key`, and whether it was just made
     /// (as group `hashes.len()`, the number of groups so far, holding `V::default()`).
     #[inline(always)]
-    fn find_or_insert(&mut self, hash: u64, key: &[u8]) -> (usize, bool) {
+    fn find_or_insert<V: Default>(&mut self, hash: u64, key: &[u8]) -> (usize, bool)
+    where
+        A: Aligned<V>,
+    {
         let tag = tag_of(hash);
         let mask = self.mask();
         let mut at = hash as usize & mask;
         loop {
-            let slot = &self.slots[at];
+            let slot = self.slots[at].slot();
             if slot.tag == 0 {
                 break;
             }
@@ -126,7 +167,7 @@ impl<V: Default> Table<V> {
                 self.arena.extend_from_slice(key);
             }
         }
-        self.slots[at] = Slot {
+        *self.slots[at].slot_mut() = Slot {
             tag,
             group: u32_of(self.hashes.len()),
             len: u32_of(key.len()),
@@ -138,13 +179,16 @@ impl<V: Default> Table<V> {
     }
 
     #[cold]
-    fn grow(&mut self) {
+    fn grow<V>(&mut self)
+    where
+        A: Aligned<V>,
+    {
         let doubled = empty_slots(self.slots.len() * 2);
         let old = std::mem::replace(&mut self.slots, doubled);
         let mask = self.mask();
-        for slot in old.into_iter().filter(|s| s.tag != 0) {
-            let mut at = self.hashes[slot.group as usize] as usize & mask;
-            while self.slots[at].tag != 0 {
+        for slot in old.into_iter().filter(|s| s.slot().tag != 0) {
+            let mut at = self.hashes[slot.slot().group as usize] as usize & mask;
+            while self.slots[at].slot().tag != 0 {
                 at = (at + 1) & mask;
             }
             self.slots[at] = slot;
@@ -161,12 +205,18 @@ struct StagedPair<V> {
     value: V,
 }
 
+/// The table, with slots aligned for the value's size.
+enum Tables<V> {
+    Half(Table<Half<V>>),
+    Line(Table<Line<V>>),
+}
+
 /// The combiner's state: the table, and each group's key by group number
 /// (keys in first-seen order), which `combine` is given.
 pub(crate) struct Grouping<K, V> {
     combine: CombineFn<K, V>,
     hasher: FixedState,
-    table: Table<V>,
+    tables: Tables<V>,
     keys: Vec<K>,
     staged: Vec<StagedPair<V>>,
     staged_keys: Vec<u8>,
@@ -174,10 +224,15 @@ pub(crate) struct Grouping<K, V> {
 
 impl<K: Columns, V: Columns> Grouping<K, V> {
     pub(crate) fn new(combine: CombineFn<K, V>) -> Self {
+        let tables = if std::mem::size_of::<Slot<V>>() <= 32 {
+            Tables::Half(Table::new())
+        } else {
+            Tables::Line(Table::new())
+        };
         Grouping {
             combine,
             hasher: FixedState::with_seed(0x776d_725f_6d61_7021),
-            table: Table::new(),
+            tables,
             keys: Vec::new(),
             staged: Vec::with_capacity(STAGED),
             staged_keys: Vec::new(),
@@ -205,26 +260,21 @@ impl<K: Columns, V: Columns> Grouping<K, V> {
 
     /// Look up every staged pair and combine it into its group.
     pub(crate) fn settle(&mut self) {
-        // First load every pair's slot; the loads do not wait on each other.
-        let touched = self.staged.iter().fold(0u32, |t, p| t ^ self.table.touch(p.hash));
-        std::hint::black_box(touched);
-        for pair in self.staged.drain(..) {
-            let key = self
-                .staged_keys
-                .get(pair.start as usize..pair.end as usize)
-                .unwrap_or(&[]);
-            let (at, new) = self.table.find_or_insert(pair.hash, key);
-            let slot = &mut self.table.slots[at];
-            if new {
-                let owned = K::decode(key)
-                    .unwrap_or_else(|| panic!("wmr-sdk: a key's encoding did not decode; this is a bug in wmr-sdk"));
-                self.keys.push(owned);
-                slot.value = pair.value;
-            } else {
-                let held = std::mem::take(&mut slot.value);
-                let key = &self.keys[slot.group as usize];
-                slot.value = (self.combine)(key, Values::taking(&mut [held, pair.value]));
-            }
+        match &mut self.tables {
+            Tables::Half(table) => settle_into(
+                table,
+                &self.combine,
+                &mut self.keys,
+                &mut self.staged,
+                &self.staged_keys,
+            ),
+            Tables::Line(table) => settle_into(
+                table,
+                &self.combine,
+                &mut self.keys,
+                &mut self.staged,
+                &self.staged_keys,
+            ),
         }
         self.staged_keys.clear();
     }
@@ -236,18 +286,52 @@ impl<K: Columns, V: Columns> Grouping<K, V> {
 
     /// Bytes of key encodings held outside the table's slots.
     pub(crate) fn key_bytes_held(&self) -> usize {
-        self.table.arena.len()
+        match &self.tables {
+            Tables::Half(table) => table.arena.len(),
+            Tables::Line(table) => table.arena.len(),
+        }
     }
 
     /// Every group's key and combined value, in the table's order.
-    pub(crate) fn into_groups(mut self) -> impl Iterator<Item = (K, V)> {
+    pub(crate) fn into_groups(mut self) -> Vec<(K, V)> {
+        fn take<K: Default, V, A: Aligned<V>>(table: Table<A>, keys: &mut [K]) -> Vec<(K, V)> {
+            let held = table.slots.into_iter().map(A::into_slot).filter(|s| s.tag != 0);
+            held.map(|s| (std::mem::take(&mut keys[s.group as usize]), s.value))
+                .collect()
+        }
         self.settle();
-        let mut keys = self.keys;
-        self.table
-            .slots
-            .into_iter()
-            .filter(|s| s.tag != 0)
-            .map(move |s| (std::mem::take(&mut keys[s.group as usize]), s.value))
+        match self.tables {
+            Tables::Half(table) => take(table, &mut self.keys),
+            Tables::Line(table) => take(table, &mut self.keys),
+        }
+    }
+}
+
+/// Look up every staged pair in `table` and combine it into its group.
+fn settle_into<K: Columns, V: Columns, A: Aligned<V>>(
+    table: &mut Table<A>,
+    combine: &CombineFn<K, V>,
+    keys: &mut Vec<K>,
+    staged: &mut Vec<StagedPair<V>>,
+    staged_keys: &[u8],
+) {
+    // First load every pair's slot; the loads do not wait on each other.
+    let touched = staged.iter().fold(0u32, |t, p| t ^ table.touch(p.hash));
+    std::hint::black_box(touched);
+    for pair in staged.drain(..) {
+        let key = staged_keys.get(pair.start as usize..pair.end as usize).unwrap_or(&[]);
+        let (at, new) = table.find_or_insert(pair.hash, key);
+        let slot = table.slots[at].slot_mut();
+        if new {
+            let owned = K::decode(key)
+                .unwrap_or_else(|| panic!("wmr-sdk: a key's encoding did not decode; this is a bug in wmr-sdk"));
+            keys.push(owned);
+            slot.value = pair.value;
+        } else {
+            let held = std::mem::take(&mut slot.value);
+            let key = &keys[slot.group as usize];
+            slot.value = combine(key, Values::taking(&mut [held, pair.value]));
+        }
     }
 }
 
@@ -256,8 +340,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn slots_of_a_cache_line_start_on_one() {
+        assert_eq!(std::mem::size_of::<Half<u64>>(), 32);
+        assert_eq!(std::mem::size_of::<Line<(f64, u64)>>(), 64);
+        let slots = empty_slots::<Line<(f64, u64)>>(16);
+        assert!(slots.iter().all(|s| (&raw const *s as usize).is_multiple_of(64)));
+    }
+
+    #[test]
     fn the_table_finds_every_key_it_was_given_across_growth() {
-        let mut table = Table::<u64>::new();
+        let mut table = Table::<Half<u64>>::new();
         let hasher = FixedState::with_seed(1);
         let keys: Vec<Vec<u8>> = (0..5000u32)
             .map(|i| format!("key number {i} {}", "x".repeat(i as usize % 40)).into_bytes())
@@ -265,18 +357,18 @@ mod tests {
         for (i, key) in keys.iter().enumerate() {
             let (at, new) = table.find_or_insert(hasher.hash_one(key), key);
             assert!(new);
-            table.slots[at].value = i as u64;
+            table.slots[at].slot_mut().value = i as u64;
         }
         for (i, key) in keys.iter().enumerate() {
             let (at, new) = table.find_or_insert(hasher.hash_one(key), key);
             assert!(!new);
-            assert_eq!((table.slots[at].group, table.slots[at].value), (i as u32, i as u64));
+            assert_eq!((table.slots[at].0.group, table.slots[at].0.value), (i as u32, i as u64));
         }
         // Equal hashes, different keys: told apart by the bytes.
-        let mut table = Table::<u64>::new();
-        let group = |t: &mut Table<u64>, key: &[u8]| {
+        let mut table = Table::<Half<u64>>::new();
+        let group = |t: &mut Table<Half<u64>>, key: &[u8]| {
             let (at, new) = t.find_or_insert(7, key);
-            (t.slots[at].group, new)
+            (t.slots[at].0.group, new)
         };
         assert_eq!(group(&mut table, b"a"), (0, true));
         assert_eq!(group(&mut table, b"b"), (1, true));
