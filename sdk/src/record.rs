@@ -3,7 +3,7 @@
 
 use crate::bindings::wmr::job::types::ColumnData;
 use crate::bindings::wmr::job::types::{Batch, Column};
-use crate::columns::{Field, is_valid, type_name, var_width};
+use crate::columns::{Field, bytes_eq, is_valid, type_name, var_width};
 
 /// One input record. For text input its columns are `offset` and `line` (see
 /// [`Record::line`]); for Parquet input they are the file's own columns, read
@@ -68,7 +68,9 @@ impl<'a> InputBatch<'a> {
     }
 
     fn column(&self, name: &str) -> Option<(usize, &'a Column)> {
-        let i = self.batch.names.iter().position(|n| n == name)?;
+        // `bytes_eq`, not `==`: this runs for every record, and on wasm32
+        // `==` on strings is a call to a byte-at-a-time `memcmp`.
+        let i = self.batch.names.iter().position(|n| bytes_eq(n.as_bytes(), name.as_bytes()))?;
         Some((i, self.batch.columns.get(i)?))
     }
 
