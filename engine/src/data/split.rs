@@ -54,20 +54,41 @@ impl MapInput {
 /// Pack consecutive splits into map inputs of up to `split_size` bytes,
 /// each counted as at least 1/[`MAX_FILES_PER_TASK`] of it; a split as
 /// large as the split size stays alone.
-pub fn pack_splits(splits: Vec<Split>, split_size: u64) -> Vec<MapInput> {
+///
+/// The inputs are spread evenly over as many tasks as the split size
+/// needs; when that is more than `slots` (more than one wave of tasks), it
+/// is rounded up to a multiple of `slots`, so the last wave fills every
+/// slot. (80 files of 3.2 MiB at 32 MiB splits would otherwise pack 9 to a
+/// task: 9 tasks, and one of 2 slots idle for the last of 5 waves.)
+pub fn pack_splits(splits: Vec<Split>, split_size: u64, slots: usize) -> Vec<MapInput> {
     let split_size = split_size.max(1);
     let open_cost = split_size / MAX_FILES_PER_TASK;
+    let cost = |split: &Split| split.size_hint().max(open_cost);
+    let total: u64 = splits.iter().map(cost).sum();
+    let slots = slots.max(1) as u64;
+    let needed = total.div_ceil(split_size).max(1);
+    let tasks = if needed > slots {
+        needed.div_ceil(slots) * slots
+    } else {
+        needed
+    };
+    let share = total.div_ceil(tasks).max(1);
     let mut inputs = Vec::new();
     let mut current: Vec<Split> = Vec::new();
-    let mut bytes = 0u64;
+    let (mut bytes, mut before, mut share_index) = (0u64, 0u64, 0u64);
     for split in splits {
-        let cost = split.size_hint().max(open_cost);
-        if !current.is_empty() && (bytes + cost > split_size || current.len() as u64 >= MAX_FILES_PER_TASK) {
+        let cost = cost(&split);
+        // The share this split's middle falls in.
+        let index = (before + cost / 2) / share;
+        before += cost;
+        let full = bytes + cost > split_size || current.len() as u64 >= MAX_FILES_PER_TASK;
+        if !current.is_empty() && (full || index != share_index) {
             inputs.push(MapInput {
                 splits: std::mem::take(&mut current),
             });
             bytes = 0;
         }
+        share_index = index;
         bytes += cost;
         current.push(split);
     }
@@ -299,7 +320,7 @@ pub async fn plan_map_inputs(inputs: &[String], split_size: u64, slots: usize) -
     let split_size = split_size_for(split_size, total, slots);
     let splits = cut_files(files, split_size).await?;
     let count = splits.len();
-    let packed = pack_splits(splits, split_size);
+    let packed = pack_splits(splits, split_size, slots);
     tracing::info!(
         splits = count,
         map_tasks = packed.len(),
@@ -394,16 +415,48 @@ mod tests {
         let mut splits = vec![text("big", 0, 64 * mb), text("big", 64 * mb, 72 * mb)];
         splits.extend((0..20).map(|i| text(&format!("tiny{i}"), 0, 100)));
         splits.push(text("mid", 0, 40 * mb));
-        let inputs = pack_splits(splits, 64 * mb);
+        let inputs = pack_splits(splits, 64 * mb, 1);
         let sizes: Vec<usize> = inputs.iter().map(|i| i.splits.len()).collect();
-        // The full split alone; the big file's 8 MiB tail with all 20 tiny
-        // files (each counted as 1 MiB); the 40 MiB file would overflow
-        // that, so it goes alone.
-        assert_eq!(sizes, [1, 21, 1]);
-        let many = pack_splits((0..200).map(|i| text(&format!("t{i}"), 0, 10)).collect(), 64 * mb);
+        // 132 MiB (each tiny file counted as 1 MiB) in 3 tasks of about
+        // 44 MiB: the full split alone; the big file's 8 MiB tail with 16
+        // tiny files; the last 4 with the 40 MiB file.
+        assert_eq!(sizes, [1, 17, 5]);
+        let many = pack_splits((0..200).map(|i| text(&format!("t{i}"), 0, 10)).collect(), 64 * mb, 1);
         assert_eq!(many.len(), 4, "at most 64 files a task");
         assert_eq!(inputs.iter().map(|i| i.splits.len()).sum::<usize>(), 23);
-        assert!(inputs[1].describe().contains("21 files packed together"));
+        assert!(inputs[1].describe().contains("17 files packed together"));
+    }
+
+    /// 80 files of a little over 3.2 MiB at 32 MiB splits: 9 tasks (8 of
+    /// 9 files) for 1 slot; for 2 slots, 10 tasks of 8 files, so that both
+    /// slots read the same bytes.
+    #[test]
+    fn small_files_are_spread_evenly_over_a_multiple_of_the_slots() {
+        let mb = 1u64 << 20;
+        let files = || {
+            (0..80)
+                .map(|i| text(&format!("f{i:02}"), 0, 32 * mb / 10 + 100))
+                .collect::<Vec<_>>()
+        };
+        let counts = |slots| -> Vec<usize> {
+            let inputs = pack_splits(files(), 32 * mb, slots);
+            assert!(inputs.iter().all(|i| i.size_hint() <= 32 * mb));
+            let names: Vec<String> = inputs
+                .iter()
+                .flat_map(|i| i.splits.iter().map(|s| s.file.clone()))
+                .collect();
+            assert_eq!(
+                names,
+                files().into_iter().map(|s| s.file).collect::<Vec<_>>(),
+                "every file once, in order"
+            );
+            inputs.iter().map(|i| i.splits.len()).collect()
+        };
+        assert_eq!(counts(1), [9, 9, 9, 9, 8, 9, 9, 9, 9]);
+        assert_eq!(counts(2), [8; 10]);
+        assert_eq!(counts(3).iter().sum::<usize>(), 80);
+        assert_eq!(counts(3).len(), 9, "9 tasks already fill 3 slots");
+        assert_eq!(counts(16).len(), 9, "one wave: nothing to fill");
     }
 
     #[test]
