@@ -66,8 +66,10 @@ pub struct ClusterWorker {
 }
 
 /// How long a worker whose held call was dropped has to call again before
-/// it counts as lost: a live worker calls again at once.
-pub const DROPPED_GRACE: Duration = Duration::from_secs(2);
+/// it counts as lost: a live worker calls again at once, and a dropped
+/// connection nearly always means its process died (Spark drops an
+/// executor as soon as its connection goes).
+pub const DROPPED_GRACE: Duration = Duration::from_secs(1);
 
 /// What expiring silent workers cost.
 #[derive(Debug, Default)]

@@ -556,7 +556,7 @@ impl Service {
 async fn expire_loop(service: Weak<Service>) {
     let every = match service.upgrade() {
         // Often enough to notice a dropped connection within its grace.
-        Some(s) => (s.lease() / 4).clamp(Duration::from_millis(50), super::cluster::DROPPED_GRACE / 2),
+        Some(s) => (s.lease() / 4).clamp(Duration::from_millis(50), super::cluster::DROPPED_GRACE / 4),
         None => return,
     };
     loop {
