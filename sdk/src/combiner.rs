@@ -242,11 +242,12 @@ impl<K: Columns, V: Columns> Grouping<K, V> {
     /// Stage one pair; every [`STAGED`] pairs are looked up together.
     #[inline]
     pub(crate) fn push<Q: IntoColumns<K>>(&mut self, key: Q, value: V) {
+        // Hashed from the key itself, not from its copy just written: reading
+        // back bytes just stored stalls on store forwarding.
+        let mut hasher = self.hasher.build_hasher();
+        key.hash_key(&mut hasher);
         let start = self.staged_keys.len();
         key.encode(&mut self.staged_keys);
-        let encoded = &self.staged_keys[start..];
-        let mut hasher = self.hasher.build_hasher();
-        hasher.write(encoded);
         self.staged.push(StagedPair {
             hash: hasher.finish(),
             start: u32_of(start),
