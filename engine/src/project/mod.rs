@@ -581,6 +581,23 @@ mod tests {
         files
     }
 
+    /// `wmr new` writes the Rust SDK from copies built into the binary:
+    /// every source file of `sdk/` must be among them.
+    #[test]
+    fn the_rust_sdk_built_in_has_every_file_of_sdk() {
+        let sdk = Path::new(env!("CARGO_MANIFEST_DIR")).join("../sdk");
+        let mut on_disk: Vec<String> = ["src", "wit"]
+            .iter()
+            .flat_map(|d| walk(&sdk.join(d)))
+            .map(|p| p.strip_prefix(&sdk).unwrap().to_string_lossy().into_owned())
+            .collect();
+        on_disk.push("Cargo.toml".into());
+        on_disk.sort();
+        let mut built_in: Vec<String> = sdk::RUST_SDK.iter().map(|(path, _)| path.to_string()).collect();
+        built_in.sort();
+        assert_eq!(built_in, on_disk);
+    }
+
     #[test]
     fn a_missing_tool_says_how_to_install_it() {
         let dir = tempfile::tempdir().unwrap();
