@@ -1,13 +1,18 @@
 //! The in-mapper combiner: map output grouped by key inside the guest as it
 //! is emitted, each key's values folded into one as they arrive.
 //!
-//! Keys live in an open-addressing table whose slots (32 bytes for a number
-//! value) hold a key's combined value and its byte encoding, inline when
-//! short, so looking a key up touches one cache line. Lookups are staged: [`Grouping::push`] only encodes and hashes, and
-//! every [`STAGED`] pairs the slots of all of them are loaded first, side
-//! by side, then probed. The loads are independent, so the processor waits
+//! Keys live in an open-addressing table whose slots (32 bytes for a
+//! number value) hold a key's combined value and its byte encoding, inline
+//! when short, so looking a key up touches one cache line. Lookups are
+//! staged: [`Grouping::push`] only hashes and copies the key, and every
+//! [`STAGED`] pairs the slots of all of them are loaded first, side by side,
+//! then probed. The loads do not wait on each other, so the processor waits
 //! on their cache misses together rather than one after another (wasm has
 //! no prefetch instruction; this is the portable way to get its effect).
+//!
+//! Values are combined as they arrive, two at a time: `combine` is called
+//! for every pair emitted for a key already held. A panic in `combine` is
+//! reported with the record being mapped when it ran.
 
 use std::hash::{BuildHasher, Hasher};
 

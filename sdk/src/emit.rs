@@ -100,8 +100,8 @@ impl<K: Columns, V: Columns> Emit<K, V> {
         self.rows == 0
     }
 
-    /// Finish into a batch of key columns then value columns; grouped pairs
-    /// are first combined into one value per key.
+    /// Finish into a batch of key columns then value columns: for a job
+    /// that combines, one row per key held, with its values combined.
     pub(crate) fn finish(self) -> Batch {
         let (keys, values, rows) = match self.mode {
             EmitMode::Direct { keys, values } => (keys, values, self.rows),

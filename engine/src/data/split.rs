@@ -55,32 +55,39 @@ impl MapInput {
 /// each counted as at least 1/[`MAX_FILES_PER_TASK`] of it; a split as
 /// large as the split size stays alone.
 ///
-/// The inputs are spread evenly over as many tasks as the split size
-/// needs; when that is more than `slots` (more than one wave of tasks), it
-/// is rounded up to a multiple of `slots`, so the last wave fills every
-/// slot. (80 files of 3.2 MiB at 32 MiB splits would otherwise pack 9 to a
-/// task: 9 tasks, and one of 2 slots idle for the last of 5 waves.)
+/// The smaller splits are spread evenly over as many tasks as the split
+/// size needs; when the tasks are more than `slots` (more than one wave),
+/// their number is rounded up to a multiple of `slots`, so the last wave
+/// fills every slot. (80 files of 3.2 MiB at 32 MiB splits would otherwise
+/// pack 9 to a task: 9 tasks, and one of 2 slots idle for the last of 5 waves.)
 pub fn pack_splits(splits: Vec<Split>, split_size: u64, slots: usize) -> Vec<MapInput> {
     let split_size = split_size.max(1);
     let open_cost = split_size / MAX_FILES_PER_TASK;
     let cost = |split: &Split| split.size_hint().max(open_cost);
-    let total: u64 = splits.iter().map(cost).sum();
+    let alone = splits.iter().filter(|s| cost(s) >= split_size).count() as u64;
+    let packed_total: u64 = splits.iter().map(cost).filter(|c| *c < split_size).sum();
     let slots = slots.max(1) as u64;
-    let needed = total.div_ceil(split_size).max(1);
+    let needed = (alone + packed_total.div_ceil(split_size)).max(1);
     let tasks = if needed > slots {
         needed.div_ceil(slots) * slots
     } else {
         needed
     };
-    let share = total.div_ceil(tasks).max(1);
+    // Each task of packed splits takes about this much.
+    let share = packed_total.div_ceil(tasks.saturating_sub(alone).max(1)).max(1);
     let mut inputs = Vec::new();
     let mut current: Vec<Split> = Vec::new();
     let (mut bytes, mut before, mut share_index) = (0u64, 0u64, 0u64);
     for split in splits {
         let cost = cost(&split);
-        // The share this split's middle falls in.
-        let index = (before + cost / 2) / share;
-        before += cost;
+        // The share this split's middle falls in (a split alone has none).
+        let index = if cost < split_size {
+            let index = (before + cost / 2) / share;
+            before += cost;
+            index
+        } else {
+            share_index
+        };
         let full = bytes + cost > split_size || current.len() as u64 >= MAX_FILES_PER_TASK;
         if !current.is_empty() && (full || index != share_index) {
             inputs.push(MapInput {
@@ -417,14 +424,14 @@ mod tests {
         splits.push(text("mid", 0, 40 * mb));
         let inputs = pack_splits(splits, 64 * mb, 1);
         let sizes: Vec<usize> = inputs.iter().map(|i| i.splits.len()).collect();
-        // 132 MiB (each tiny file counted as 1 MiB) in 3 tasks of about
-        // 44 MiB: the full split alone; the big file's 8 MiB tail with 16
-        // tiny files; the last 4 with the 40 MiB file.
-        assert_eq!(sizes, [1, 17, 5]);
+        // The full split alone; the other 68 MiB (each tiny file counted as
+        // 1 MiB) in 2 tasks: the big file's 8 MiB tail with all 20 tiny
+        // files, and the 40 MiB file.
+        assert_eq!(sizes, [1, 21, 1]);
         let many = pack_splits((0..200).map(|i| text(&format!("t{i}"), 0, 10)).collect(), 64 * mb, 1);
         assert_eq!(many.len(), 4, "at most 64 files a task");
         assert_eq!(inputs.iter().map(|i| i.splits.len()).sum::<usize>(), 23);
-        assert!(inputs[1].describe().contains("17 files packed together"));
+        assert!(inputs[1].describe().contains("21 files packed together"));
     }
 
     /// 80 files of a little over 3.2 MiB at 32 MiB splits: 9 tasks (8 of
@@ -457,6 +464,13 @@ mod tests {
         assert_eq!(counts(3).iter().sum::<usize>(), 80);
         assert_eq!(counts(3).len(), 9, "9 tasks already fill 3 slots");
         assert_eq!(counts(16).len(), 9, "one wave: nothing to fill");
+        // Full splits stay alone and do not skew the shares of the small
+        // files after them: 5 alone and 60 small files need 6 tasks, 8 for
+        // 4 slots, so the small files go 20 to a task.
+        let mut mixed: Vec<Split> = (0..5).map(|i| text("big", i * 64 * mb, (i + 1) * 64 * mb)).collect();
+        mixed.extend((0..60).map(|i| text(&format!("s{i:02}"), 0, mb)));
+        let sizes: Vec<usize> = pack_splits(mixed, 64 * mb, 4).iter().map(|i| i.splits.len()).collect();
+        assert_eq!(sizes, [1, 1, 1, 1, 1, 20, 20, 20]);
     }
 
     #[test]

@@ -108,11 +108,14 @@ impl JobService for JobApi {
         let caller = caller(&request);
         let id = parse_job(&request.into_inner().job_id)?;
         let job = self.0.job_view(&caller, &id, |j| status_pb(j, true)).map_err(status)?;
+        // What it shows is journaled before it is shown.
+        self.0.journaled().await.map_err(status)?;
         Ok(Response::new(job))
     }
 
     async fn list_jobs(&self, request: Request<pb::ListJobsRequest>) -> Result<Response<pb::ListJobsResponse>, Status> {
         let jobs = self.0.jobs_view(&caller(&request), |j| status_pb(j, false));
+        self.0.journaled().await.map_err(status)?;
         Ok(Response::new(pb::ListJobsResponse { jobs }))
     }
 
@@ -132,7 +135,11 @@ impl JobService for JobApi {
                 if !first {
                     service.changed_within(Duration::from_secs(1)).await;
                 }
-                let status = service.job_view(&caller, &id, |j| status_pb(j, false)).map_err(status);
+                let status = match service.job_view(&caller, &id, |j| status_pb(j, false)) {
+                    Ok(s) => service.journaled().await.map(|()| s),
+                    Err(e) => Err(e),
+                }
+                .map_err(status);
                 let ended = match &status {
                     Ok(s) => matches!(
                         pb::JobState::try_from(s.state),

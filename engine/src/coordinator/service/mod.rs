@@ -354,6 +354,19 @@ impl Service {
     // ------------------------------------------------------------ clients
     // (submitting: `submit.rs`)
 
+    /// Wait until every change made so far is in the journal, so that what
+    /// a view showed before survives this coordinator's death: changes are
+    /// applied in memory, then journaled, and a status read in between
+    /// would show a commit that a restart does not know. (The journal
+    /// writes in queue order; an empty append writes nothing.)
+    ///
+    /// # Errors
+    /// The journal's failure (the service then stops).
+    pub async fn journaled(&self) -> Result<(), ServiceError> {
+        let pending = self.journal.queue(Vec::new());
+        self.durable(pending).await
+    }
+
     /// Apply `f` to job `id`, if `caller` may see it: another tenant's job
     /// is as absent as one that never existed.
     ///
