@@ -70,7 +70,11 @@ impl<'a> InputBatch<'a> {
     fn column(&self, name: &str) -> Option<(usize, &'a Column)> {
         // `bytes_eq`, not `==`: this runs for every record, and on wasm32
         // `==` on strings is a call to a byte-at-a-time `memcmp`.
-        let i = self.batch.names.iter().position(|n| bytes_eq(n.as_bytes(), name.as_bytes()))?;
+        let i = self
+            .batch
+            .names
+            .iter()
+            .position(|n| bytes_eq(n.as_bytes(), name.as_bytes()))?;
         Some((i, self.batch.columns.get(i)?))
     }
 
