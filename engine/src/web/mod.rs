@@ -272,6 +272,15 @@ fn page_context<'a>(web: &'a Web, headers: &HeaderMap) -> Result<(Identity, &'a 
     Ok((who, web.service()?))
 }
 
+/// Wait until what a page is about to show is journaled, as gRPC status
+/// reads do ([`Service::journaled`]); a 503 if the journal failed.
+async fn journaled(service: &Service) -> Result<(), Box<Response>> {
+    service.journaled().await.map_err(|e| {
+        let page = pages::message(&format!("The coordinator cannot write its journal: {}", e.message));
+        Box::new((StatusCode::SERVICE_UNAVAILABLE, Html(page.into_string())).into_response())
+    })
+}
+
 async fn index(State(web): State<Web>, headers: HeaderMap) -> Response {
     let (who, service) = match page_context(&web, &headers) {
         Ok(found) => found,
@@ -279,6 +288,9 @@ async fn index(State(web): State<Web>, headers: HeaderMap) -> Response {
     };
     let jobs = service.jobs_view(&who, |j| JobStatusDoc::of(j, false));
     let workers = service.workers_view();
+    if let Err(refused) = journaled(service).await {
+        return *refused;
+    }
     Html(pages::index(&jobs, &workers, &who, web.tokens.is_some()).into_string()).into_response()
 }
 
@@ -288,6 +300,9 @@ async fn job(State(web): State<Web>, Path(id): Path<String>, headers: HeaderMap)
         Err(refused) => return *refused,
     };
     let found = JobId::parse(&id).and_then(|id| service.job_view(&who, &id, |j| JobStatusDoc::of(j, true)).ok());
+    if let Err(refused) = journaled(service).await {
+        return *refused;
+    }
     match found {
         Some(doc) => {
             Html(pages::job(&doc, crate::coordinator::status::millis(std::time::SystemTime::now())).into_string())
