@@ -443,9 +443,6 @@ pub trait IntoColumns<T> {
     /// Append a byte encoding that is equal exactly for equal values.
     #[doc(hidden)]
     fn encode(&self, buf: &mut Vec<u8>);
-    /// Whether `encoded` is exactly this value's encoding.
-    #[doc(hidden)]
-    fn matches(&self, encoded: &[u8]) -> bool;
     /// Make the owned value.
     #[doc(hidden)]
     fn to_owned_value(&self) -> T;
@@ -457,15 +454,9 @@ pub trait IntoField<T> {
     fn append_one(&self, col: &mut ColumnBuilder);
     fn hash_key<H: Hasher>(&self, hasher: &mut H);
     fn encode(&self, buf: &mut Vec<u8>);
-    /// If `encoded` starts with this value's encoding, what follows it.
-    fn strip<'e>(&self, encoded: &'e [u8]) -> Option<&'e [u8]>;
     /// The encoding when nothing follows it, which needs no length prefix.
     fn encode_alone(&self, buf: &mut Vec<u8>) {
         self.encode(buf)
-    }
-    /// Whether `encoded` is exactly [`IntoField::encode_alone`]'s encoding.
-    fn matches_alone(&self, encoded: &[u8]) -> bool {
-        self.strip(encoded).is_some_and(<[u8]>::is_empty)
     }
     fn to_owned_value(&self) -> T;
 }
@@ -500,9 +491,6 @@ where
     fn encode(&self, buf: &mut Vec<u8>) {
         self.encode_alone(buf)
     }
-    fn matches(&self, encoded: &[u8]) -> bool {
-        self.matches_alone(encoded)
-    }
     fn to_owned_value(&self) -> T {
         IntoField::to_owned_value(self)
     }
@@ -515,26 +503,13 @@ fn encode_var(bytes: &[u8], buf: &mut Vec<u8>) {
     buf.extend_from_slice(bytes);
 }
 
-fn strip_var<'e>(bytes: &[u8], encoded: &'e [u8]) -> Option<&'e [u8]> {
-    let (len, rest) = encoded.split_first_chunk::<4>()?;
-    let (value, rest) = rest.split_at_checked(u32::from_le_bytes(*len) as usize)?;
-    bytes_eq(value, bytes).then_some(rest)
-}
-
-fn strip_fixed<const N: usize>(bytes: [u8; N], encoded: &[u8]) -> Option<&[u8]> {
-    let (value, rest) = encoded.split_first_chunk::<N>()?;
-    (*value == bytes).then_some(rest)
-}
-
 macro_rules! into_field_str {
     ($owned:ty: $($t:ty => |$s:ident| $bytes:expr, $own:expr;)+) => {$(
         impl IntoField<$owned> for $t {
             fn append_one(&self, col: &mut ColumnBuilder) { let $s = self; col.push_bytes($bytes) }
             fn hash_key<H: Hasher>(&self, hasher: &mut H) { let $s = self; hasher.write($bytes) }
             fn encode(&self, buf: &mut Vec<u8>) { let $s = self; encode_var($bytes, buf) }
-            fn strip<'e>(&self, encoded: &'e [u8]) -> Option<&'e [u8]> { let $s = self; strip_var($bytes, encoded) }
             fn encode_alone(&self, buf: &mut Vec<u8>) { let $s = self; buf.extend_from_slice($bytes) }
-            fn matches_alone(&self, encoded: &[u8]) -> bool { let $s = self; bytes_eq($bytes, encoded) }
             fn to_owned_value(&self) -> $owned { let $s = self; $own }
         }
     )+};
@@ -556,14 +531,12 @@ macro_rules! into_field_copy {
             fn append_one(&self, col: &mut ColumnBuilder) { Field::append(self, col) }
             fn hash_key<H: Hasher>(&self, hasher: &mut H) { hasher.write(&$bits(*self).to_le_bytes()) }
             fn encode(&self, buf: &mut Vec<u8>) { buf.extend_from_slice(&$bits(*self).to_le_bytes()) }
-            fn strip<'e>(&self, encoded: &'e [u8]) -> Option<&'e [u8]> { strip_fixed($bits(*self).to_le_bytes(), encoded) }
             fn to_owned_value(&self) -> $t { *self }
         }
         impl IntoField<$t> for &$t {
             fn append_one(&self, col: &mut ColumnBuilder) { Field::append(*self, col) }
             fn hash_key<H: Hasher>(&self, hasher: &mut H) { hasher.write(&$bits(**self).to_le_bytes()) }
             fn encode(&self, buf: &mut Vec<u8>) { buf.extend_from_slice(&$bits(**self).to_le_bytes()) }
-            fn strip<'e>(&self, encoded: &'e [u8]) -> Option<&'e [u8]> { strip_fixed($bits(**self).to_le_bytes(), encoded) }
             fn to_owned_value(&self) -> $t { **self }
         }
     )+};
@@ -600,13 +573,6 @@ where
             }
         }
     }
-    fn strip<'e>(&self, encoded: &'e [u8]) -> Option<&'e [u8]> {
-        match (self, encoded.split_first()?) {
-            (None, (0, rest)) => Some(rest),
-            (Some(v), (1, rest)) => v.strip(rest),
-            _ => None,
-        }
-    }
     fn encode_alone(&self, buf: &mut Vec<u8>) {
         match self {
             None => buf.push(0),
@@ -614,13 +580,6 @@ where
                 buf.push(1);
                 v.encode_alone(buf)
             }
-        }
-    }
-    fn matches_alone(&self, encoded: &[u8]) -> bool {
-        match (self, encoded.split_first()) {
-            (None, Some((0, rest))) => rest.is_empty(),
-            (Some(v), Some((1, rest))) => v.matches_alone(rest),
-            _ => false,
         }
     }
     fn to_owned_value(&self) -> Option<T> {
@@ -636,11 +595,6 @@ macro_rules! tuple_into {
             }
             fn hash_key<H: Hasher>(&self, hasher: &mut H) { $(self.$idx.hash_key(hasher);)+ }
             fn encode(&self, buf: &mut Vec<u8>) { $(self.$idx.encode(buf);)+ }
-            fn matches(&self, encoded: &[u8]) -> bool {
-                let rest = encoded;
-                $(let Some(rest) = self.$idx.strip(rest) else { return false };)+
-                rest.is_empty()
-            }
             fn to_owned_value(&self) -> ($($name,)+) { ($(self.$idx.to_owned_value(),)+) }
         }
     };
@@ -676,38 +630,36 @@ mod tests {
 
     #[test]
     fn a_key_matches_only_its_own_encoding() {
+        type Key = (String, i64, Option<String>);
         let c = || Some("c".to_string());
         let key = ("ab", 7_i64, c());
-        let enc = encoded::<(String, i64, Option<String>), _>(&key);
-        assert!(IntoColumns::<(String, i64, Option<String>)>::matches(&key, &enc));
+        let enc = encoded::<Key, _>(&key);
+        assert_eq!(
+            encoded::<Key, _>(&("ab".to_string(), 7_i64, c())),
+            enc,
+            "every borrowed form alike"
+        );
         for other in [
             ("ab", 7_i64, None),
             ("a", 7, c()),
             ("ab", 8, c()),
             ("ab", 7, Some("cd".to_string())),
         ] {
-            assert!(
-                !IntoColumns::<(String, i64, Option<String>)>::matches(&other, &enc),
-                "{other:?}"
-            );
+            assert_ne!(encoded::<Key, _>(&other), enc, "{other:?}");
         }
         // Moving a byte across a part boundary changes the encoding.
         let a = encoded::<(String, String), _>(&("ab", "c"));
         let b = encoded::<(String, String), _>(&("a", "bc"));
         assert_ne!(a, b);
-        assert!(!IntoColumns::<(String, String)>::matches(&("ab", "c"), &[]));
-        assert!(!IntoColumns::<String>::matches(&"ab", &a));
+        assert!(!a.is_empty());
+        assert_ne!(encoded::<String, _>(&"ab"), a);
         // A key alone is its bare bytes; an optional one is tagged.
         assert_eq!(encoded::<String, _>(&"ab"), b"ab");
-        assert!(IntoColumns::<String>::matches(&"ab", b"ab"));
-        assert!(!IntoColumns::<String>::matches(&"ab", b"abc"));
+        assert_ne!(encoded::<String, _>(&"ab"), b"abc");
         let some = encoded::<Option<String>, _>(&Some("ab".to_string()));
-        assert!(IntoColumns::<Option<String>>::matches(&Some("ab".to_string()), &some));
-        assert!(!IntoColumns::<Option<String>>::matches(&None, &some));
-        assert!(IntoColumns::<Option<String>>::matches(
-            &None,
-            &encoded::<Option<String>, _>(&None)
-        ));
+        assert_eq!(some, b"\x01ab");
+        assert_ne!(encoded::<Option<String>, _>(&None), some);
+        assert_eq!(encoded::<Option<String>, _>(&None), b"\x00");
     }
 
     fn round_trips<K: Columns + PartialEq + std::fmt::Debug, Q: IntoColumns<K>>(key: Q) {

@@ -298,17 +298,17 @@ impl<K: Columns, V: Columns> Grouping<K, V> {
         }
     }
 
-    /// Every group's key and combined value, in the table's order.
-    pub(crate) fn into_groups(mut self) -> Vec<(K, V)> {
-        fn take<K: Default, V, A: Aligned<V>>(table: Table<A>, keys: &mut [K]) -> Vec<(K, V)> {
-            let held = table.slots.into_iter().map(A::into_slot).filter(|s| s.tag != 0);
-            held.map(|s| (std::mem::take(&mut keys[s.group as usize]), s.value))
-                .collect()
+    /// Hand every group's key and combined value to `f`, in the table's order.
+    pub(crate) fn for_each_group(mut self, mut f: impl FnMut(K, V)) {
+        fn each<K: Default, V, A: Aligned<V>>(table: Table<A>, keys: &mut [K], f: &mut impl FnMut(K, V)) {
+            for slot in table.slots.into_iter().map(A::into_slot).filter(|s| s.tag != 0) {
+                f(std::mem::take(&mut keys[slot.group as usize]), slot.value);
+            }
         }
         self.settle();
         match self.tables {
-            Tables::Half(table) => take(table, &mut self.keys),
-            Tables::Line(table) => take(table, &mut self.keys),
+            Tables::Half(table) => each(table, &mut self.keys, &mut f),
+            Tables::Line(table) => each(table, &mut self.keys, &mut f),
         }
     }
 }

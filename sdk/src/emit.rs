@@ -109,11 +109,11 @@ impl<K: Columns, V: Columns> Emit<K, V> {
                 let mut keys = builders_for::<K>();
                 let mut values = builders_for::<V>();
                 let mut rows = 0;
-                for (key, value) in grouping.into_groups() {
+                grouping.for_each_group(|key, value| {
                     key.append(&mut keys);
                     value.append(&mut values);
                     rows += 1;
-                }
+                });
                 (keys, values, rows)
             }
         };
