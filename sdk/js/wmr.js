@@ -9,7 +9,7 @@
 //       key = "string";
 //       value = "u64";
 //       output = [["word", "string"], ["count", "u64"]];
-//       map(record, emit) { for (const word of words(record.line)) emit(word, 1); }
+//       map(record, emit) { emit.each(words(record.line), 1); }
 //       combine(word, counts) { return counts.reduce((a, b) => a + b, 0); }
 //       reduce(word, counts, emit) { emit(word, this.combine(word, counts)); }
 //     }
@@ -41,6 +41,9 @@ const TYPES = new Map([
 // them, and sent on once more than HELD_KEYS distinct keys are held.
 const FOLD_VALUES = 500000;
 const HELD_KEYS = 100000;
+// `combine` is handed at most this many copies of one value at a time when
+// `emit.each` has counted them.
+const REPEAT_CHUNK = 4096;
 const MIN_SAFE = BigInt(Number.MIN_SAFE_INTEGER);
 const MAX_SAFE = BigInt(Number.MAX_SAFE_INTEGER);
 
@@ -114,7 +117,8 @@ export class Job {
     this.params = params;
   }
 
-  /** Map one input record, calling `emit(key, value)` any number of times. */
+  /** Map one input record, calling `emit(key, value)` (or
+   * `emit.each(keys, value)`, for every key of `keys`) any number of times. */
   map(record, emit) {
     throw new Error(`${this.constructor.name} does not define map`);
   }
@@ -418,26 +422,76 @@ class Task {
     this.pairNames = [...this.keyTypes, ...this.valueTypes].map((_, i) => `c${i}`);
     this.grouping = this.combines;
     this.held = new Map();
+    // What `emit.each` sent while grouping: per distinct value, how many
+    // times each key came with it.
+    this.counted = new Map();
     this.keys = [];
     this.values = [];
   }
 
+  /** The `emit(key, value)` handed to `map`, with `emit.each(keys, value)`. */
   emitter() {
+    let emit;
     if (this.grouping) {
       const held = this.held;
-      return (key, value) => {
+      const counted = this.counted;
+      emit = (key, value) => {
         const id = keyId(key);
         const entry = held.get(id);
         if (entry === undefined) held.set(id, { key, values: [value] });
         else entry.values.push(value);
       };
+      emit.each = (keys, value) => {
+        const valueId = keyId(value);
+        let byValue = counted.get(valueId);
+        if (byValue === undefined) counted.set(valueId, (byValue = { value, counts: new Map() }));
+        const counts = byValue.counts;
+        for (const key of keys) {
+          const id = keyId(key);
+          const entry = counts.get(id);
+          if (entry === undefined) counts.set(id, { key, n: 1 });
+          else entry.n++;
+        }
+      };
+    } else {
+      const keys = this.keys;
+      const values = this.values;
+      emit = (key, value) => {
+        keys.push(key);
+        values.push(value);
+      };
+      emit.each = (eachKey, value) => {
+        for (const key of eachKey) {
+          keys.push(key);
+          values.push(value);
+        }
+      };
     }
-    const keys = this.keys;
-    const values = this.values;
-    return (key, value) => {
-      keys.push(key);
-      values.push(value);
-    };
+    return emit;
+  }
+
+  /** How many keys are held (a key held both ways counts twice). */
+  heldKeys() {
+    let n = this.held.size;
+    for (const { counts } of this.counted.values()) n += counts.size;
+    return n;
+  }
+
+  /** Move what `emit.each` counted into `held`, a key's copies of one value
+   * combined into one; returns how many values there were. */
+  takeCounted() {
+    let total = 0;
+    for (const { value, counts } of this.counted.values()) {
+      for (const [id, { key, n }] of counts) {
+        total += n;
+        const one = n === 1 ? value : combineCopies(this.job, key, value, n);
+        const entry = this.held.get(id);
+        if (entry === undefined) this.held.set(id, { key, values: [one] });
+        else entry.values.push(one);
+      }
+    }
+    this.counted = new Map();
+    return total;
   }
 
   pairs(keys, values) {
@@ -449,8 +503,9 @@ class Task {
 
   fold() {
     let total = 0;
+    for (const entry of this.held.values()) total += entry.values.length;
+    total += this.takeCounted();
     for (const entry of this.held.values()) {
-      total += entry.values.length;
       if (entry.values.length > 1) entry.values = [this.job.combine(entry.key, entry.values)];
     }
     if (2 * this.held.size > total) this.grouping = false;
@@ -458,6 +513,7 @@ class Task {
   }
 
   takeAll() {
+    this.takeCounted();
     const keys = [];
     const values = [];
     for (const { key, values: held } of this.held.values()) {
@@ -476,6 +532,18 @@ class Task {
     this.values.length = 0;
     return this.pairs(keys, values);
   }
+}
+
+/** `job.combine(key, n copies of value)`, in arrays of at most
+ * REPEAT_CHUNK values: copies are combined a chunk at a time, then the
+ * chunks' results. */
+function combineCopies(job, key, value, n) {
+  if (n <= REPEAT_CHUNK) return job.combine(key, new Array(n).fill(value));
+  const chunks = Math.floor(n / REPEAT_CHUNK);
+  const rest = n % REPEAT_CHUNK;
+  const whole = job.combine(key, new Array(REPEAT_CHUNK).fill(value));
+  const combined = combineCopies(job, key, whole, chunks);
+  return rest === 0 ? combined : job.combine(key, [combined, job.combine(key, new Array(rest).fill(value))]);
 }
 
 function describe(error) {
@@ -562,7 +630,7 @@ export function exportJob(JobClass) {
         }
         row = undefined;
         if (!t.grouping) return t.takeAll();
-        let full = t.held.size > HELD_KEYS;
+        let full = t.heldKeys() > HELD_KEYS;
         if (!full) {
           let values = 0;
           for (const entry of t.held.values()) values += entry.values.length;

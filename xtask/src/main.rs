@@ -527,6 +527,9 @@ fn test() -> Result<()> {
         .arg(root.join("sdk/Cargo.toml"))
         .env("CARGO_TARGET_DIR", root.join("target/guest-build")))?;
     python_sdk_tests(&tools[0])?;
+    // The JavaScript SDK's unit tests, under Node (which componentize-js
+    // needs anyway).
+    run(Command::new("node").arg("--test").arg(root.join("sdk/js/tests")))?;
     validate_manifests(&tools[0])?;
     image(&["--if-possible".to_string()])?;
     browser()?;

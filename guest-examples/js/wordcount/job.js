@@ -8,7 +8,7 @@ export default class WordCount extends Job {
   output = [["word", "string"], ["count", "u64"]];
 
   map(record, emit) {
-    for (const word of words(record.line)) emit(word, 1);
+    emit.each(words(record.line), 1);
   }
 
   combine(word, counts) {

@@ -9,8 +9,7 @@ class WordCount(wmr.Job):
     output = [("word", str), ("count", wmr.u64)]
 
     def map(self, record, emit):
-        for word in wmr.words(record.line):
-            emit(word, 1)
+        emit.each(wmr.words(record.line), 1)
 
     def combine(self, word, counts):
         return sum(counts)

@@ -142,6 +142,58 @@ class ExportTest(unittest.TestCase):
         out = world.map("a.txt", text_batch(["x y x"]))
         self.assertEqual(pairs(out), [("x", 1), ("x", 1), ("y", 1)])
 
+    def test_emit_each_counts_like_emit(self):
+        class EachCount(WordCount):
+            def map(self, record, emit):
+                emit.each(wmr.words(record.line), 1)
+                emit("total", len(wmr.words(record.line)))
+
+        world, _ = self.world(EachCount)
+        world.map("a.txt", text_batch(["a b a", "b c"]))
+        world.map("a.txt", text_batch(["a total"]))
+        # "total": 7 words from emit, plus the word "total" itself from each.
+        self.assertEqual(pairs(world.flush()), [("a", 3), ("b", 2), ("c", 1), ("total", 8)])
+
+    def test_emit_each_hands_combine_bounded_lists(self):
+        lengths = []
+
+        class Chunked(WordCount):
+            def map(self, record, emit):
+                emit.each(record.line.split(), 2)
+
+            def combine(self, word, counts):
+                lengths.append(len(counts))
+                return sum(counts)
+
+        world, _ = self.world(Chunked)
+        n = 3 * _export.REPEAT_CHUNK + 5
+        world.map("a.txt", text_batch([" ".join(["w"] * n), "v"]))
+        self.assertEqual(pairs(world.flush()), [("v", 2), ("w", 2 * n)])
+        self.assertLessEqual(max(lengths), _export.REPEAT_CHUNK)
+
+    def test_emit_each_once_grouping_stopped(self):
+        class Each(WordCount):
+            def map(self, record, emit):
+                emit.each(wmr.words(record.line), 1)
+
+        world, _ = self.world(Each)
+        lines = ["".join(chr(ord("a") + int(d)) for d in f"{i:06d}") for i in range(_export.HELD_KEYS + 1)]
+        out = world.map("a.txt", text_batch(lines))
+        self.assertEqual(out.num_rows, len(lines))
+        self.assertFalse(_export._task.grouping)
+        out = world.map("a.txt", text_batch(["x y x"]))
+        self.assertEqual(pairs(out), [("x", 1), ("x", 1), ("y", 1)])
+
+    def test_emit_each_refuses_a_value_that_is_no_column_value(self):
+        class Bad(WordCount):
+            def map(self, record, emit):
+                emit.each(["a"], [1])
+
+        world, _ = self.world(Bad)
+        with self.assertRaises(Err) as caught:
+            world.map("a.txt", text_batch(["x"]))
+        self.assertIn("emit.each was given a value that can't be a column value: [1]", caught.exception.value.message)
+
     def test_reduce_and_combine_take_groups(self):
         world, _ = self.world(WordCount)
         keys = columns.write_batch(["c0"], [wit.DataType.UTF8], [["a", "b"]], "")

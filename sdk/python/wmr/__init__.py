@@ -11,8 +11,7 @@ exported as the component's entry points by ``wmr.export``::
         output = [("word", str), ("count", wmr.u64)]
 
         def map(self, record, emit):
-            for word in wmr.words(record.line):
-                emit(word, 1)
+            emit.each(wmr.words(record.line), 1)
 
         def combine(self, word, counts):
             return sum(counts)
@@ -27,6 +26,10 @@ exported as the component's entry points by ``wmr.export``::
 of thousands of records in Arrow's columnar layout; this package turns a
 batch into Python values once per batch, and emitted pairs back into
 columns once per batch.
+
+``emit(key, value)`` emits one pair; ``emit.each(keys, value)`` emits
+``value`` with every key of an iterable, counted in C rather than in a
+Python loop: the fast way to emit many keys with one value.
 
 Types of keys, values and output columns: ``str``, ``bytes``, ``int``
 (64-bit signed), ``wmr.u64`` (64-bit unsigned), ``float``, ``bool``, or a

@@ -8,6 +8,16 @@ import gc
 import os
 import traceback
 from collections import defaultdict
+from itertools import repeat
+
+try:
+    # The C loop behind Counter.update: counts an iterable's items in a dict.
+    from collections import _count_elements
+except ImportError:  # pragma: no cover - CPython always has it
+    def _count_elements(counts, items):
+        get = counts.get
+        for item in items:
+            counts[item] = get(item, 0) + 1
 
 from componentize_py_types import Err
 from wit_world.imports import types as wit
@@ -22,6 +32,11 @@ from ._job import Job, Params, Record
 # bounds the guest's memory (some 150 bytes a key, 8 a value).
 FOLD_VALUES = 500_000
 HELD_KEYS = 100_000
+
+# `combine` is handed at most this many copies of one value at a time when
+# `emit.each` has counted them (a key seen a million times in a split is
+# not a list of a million values).
+REPEAT_CHUNK = 4096
 
 _SDK_DIR = os.path.dirname(os.path.abspath(__file__))
 
@@ -82,25 +97,64 @@ class _Task:
         self.pair_names = [f"c{i}" for i in range(len(self.key_types) + len(self.value_types))]
         self.grouping = self.combines
         self.held = defaultdict(list)
+        # What `emit.each` sent while grouping: for each distinct value
+        # (with its type), how many times each key came with it.
+        self.counted = {}
         self.keys = []
         self.values = []
 
     def emitter(self):
-        """The `emit(key, value)` handed to `map`."""
+        """The `emit(key, value)` handed to `map`, with `emit.each(keys,
+        value)`."""
         if self.grouping:
             held = self.held
+            counted = self.counted
 
             def emit(key, value):
                 held[key].append(value)
+
+            def each(keys, value):
+                try:
+                    counts = counted.get((value.__class__, value))
+                except TypeError:
+                    raise TypeError(f"emit.each was given a value that can't be a column value: {value!r}") from None
+                if counts is None:
+                    counts = counted[(value.__class__, value)] = {}
+                _count_elements(counts, keys)
+
         else:
-            add_key = self.keys.append
-            add_value = self.values.append
+            keys_out = self.keys
+            values_out = self.values
+            add_key = keys_out.append
+            add_value = values_out.append
 
             def emit(key, value):
                 add_key(key)
                 add_value(value)
 
+            def each(keys, value):
+                before = len(keys_out)
+                keys_out.extend(keys)
+                values_out.extend(repeat(value, len(keys_out) - before))
+
+        emit.each = each
         return emit
+
+    def held_keys(self):
+        """How many keys are held (a key held both ways counts twice)."""
+        return len(self.held) + sum(map(len, self.counted.values()))
+
+    def _take_counted(self, combine):
+        """Move what `emit.each` counted into `held`: a key's copies of one
+        value become one combined value. Returns how many values there were."""
+        held = self.held
+        total = 0
+        for (_, value), counts in self.counted.items():
+            total += sum(counts.values())
+            for key, n in counts.items():
+                held[key].append(value if n == 1 else _combine_copies(combine, key, value, n))
+        self.counted.clear()
+        return total
 
     def pairs(self, keys, values):
         """Key and value columns as a batch."""
@@ -119,8 +173,8 @@ class _Task:
         are mostly distinct (as DuckDB and Spark stop partial aggregation).
         Returns whether the held pairs should be sent on now."""
         held = self.held
-        total = sum(map(len, held.values()))
         combine = self.job.combine
+        total = sum(map(len, held.values())) + self._take_counted(combine)
         for key, values in held.items():
             if len(values) > 1:
                 values[:] = [combine(key, values)]
@@ -133,6 +187,7 @@ class _Task:
         one batch; nothing held after."""
         held = self.held
         combine = self.job.combine
+        self._take_counted(combine)
         keys = list(held)
         values = [v[0] if len(v) == 1 else combine(k, v) for k, v in held.items()]
         held.clear()
@@ -142,6 +197,19 @@ class _Task:
             self.keys.clear()
             self.values.clear()
         return self.pairs(keys, values)
+
+
+def _combine_copies(combine, key, value, n):
+    """`combine(key, [value] * n)`, in lists of at most REPEAT_CHUNK values:
+    copies are combined a chunk at a time, then the chunks' results."""
+    if n <= REPEAT_CHUNK:
+        return combine(key, [value] * n)
+    chunks, rest = divmod(n, REPEAT_CHUNK)
+    whole = combine(key, [value] * REPEAT_CHUNK)
+    parts = [_combine_copies(combine, key, whole, chunks)]
+    if rest:
+        parts.append(combine(key, [value] * rest))
+    return parts[0] if len(parts) == 1 else combine(key, parts)
 
 
 _task = None
@@ -235,8 +303,7 @@ def export(cls):
                 row = None
                 if not task.grouping:
                     return task.take_all()
-                held = task.held
-                if len(held) > HELD_KEYS or sum(map(len, held.values())) >= FOLD_VALUES:
+                if task.held_keys() > HELD_KEYS or sum(map(len, task.held.values())) >= FOLD_VALUES:
                     if task.fold():
                         return task.take_all()
                 return _empty(task.pair_names, task.key_types + task.value_types)

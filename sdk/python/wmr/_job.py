@@ -51,8 +51,9 @@ class Job:
         self.params = params
 
     def map(self, record, emit):
-        """Map one input :class:`Record`, calling ``emit(key, value)`` any
-        number of times."""
+        """Map one input :class:`Record`, calling ``emit(key, value)`` (or
+        ``emit.each(keys, value)``, for every key of ``keys``) any number of
+        times."""
         raise NotImplementedError(f"{type(self).__name__} does not define map")
 
     def combine(self, key, values):
