@@ -5,7 +5,8 @@
 
 use tokio::sync::mpsc;
 
-use super::{Error, InputReader, JobContext, OpenedSplit, guest_err, open_splits};
+use super::map::{InputReader, OpenedSplit, open_splits};
+use super::{Error, JobContext, guest_err};
 use crate::data::MapInput;
 use crate::shuffle::{KeyEncoder, Partitioner};
 use crate::{AttemptId, TaskId};
