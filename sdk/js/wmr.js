@@ -41,9 +41,6 @@ const TYPES = new Map([
 // them, and sent on once more than HELD_KEYS distinct keys are held.
 const FOLD_VALUES = 500000;
 const HELD_KEYS = 100000;
-// `combine` is handed at most this many copies of one value at a time when
-// `emit.each` has counted them.
-const REPEAT_CHUNK = 4096;
 const MIN_SAFE = BigInt(Number.MIN_SAFE_INTEGER);
 const MAX_SAFE = BigInt(Number.MAX_SAFE_INTEGER);
 
@@ -444,13 +441,26 @@ class Task {
       emit.each = (keys, value) => {
         const valueId = keyId(value);
         let byValue = counted.get(valueId);
-        if (byValue === undefined) counted.set(valueId, (byValue = { value, counts: new Map() }));
-        const counts = byValue.counts;
-        for (const key of keys) {
+        if (byValue === undefined) counted.set(valueId, (byValue = { value, counts: new Map(), keys: new Map() }));
+        // Counts are plain numbers (no object per key, which SpiderMonkey's
+        // collector would have to trace); a key whose id is not itself
+        // (bytes, tuples) is kept beside them.
+        const { counts, keys: originals } = byValue;
+        const count = (key) => {
           const id = keyId(key);
-          const entry = counts.get(id);
-          if (entry === undefined) counts.set(id, { key, n: 1 });
-          else entry.n++;
+          counts.set(id, (counts.get(id) ?? 0) + 1);
+          if (id !== key && !originals.has(id)) originals.set(id, key);
+        };
+        if (!Array.isArray(keys)) {
+          for (const key of keys) count(key);
+          return;
+        }
+        // An indexed loop, and strings counted in place: without a JIT,
+        // for-of and a call per key cost more than the counting.
+        for (let i = 0; i < keys.length; i++) {
+          const key = keys[i];
+          if (typeof key === "string") counts.set(key, (counts.get(key) ?? 0) + 1);
+          else count(key);
         }
       };
     } else {
@@ -481,8 +491,9 @@ class Task {
    * combined into one; returns how many values there were. */
   takeCounted() {
     let total = 0;
-    for (const { value, counts } of this.counted.values()) {
-      for (const [id, { key, n }] of counts) {
+    for (const { value, counts, keys } of this.counted.values()) {
+      for (const [id, n] of counts) {
+        const key = keys.size === 0 ? id : (keys.get(id) ?? id);
         total += n;
         const one = n === 1 ? value : combineCopies(this.job, key, value, n);
         const entry = this.held.get(id);
@@ -534,16 +545,24 @@ class Task {
   }
 }
 
-/** `job.combine(key, n copies of value)`, in arrays of at most
- * REPEAT_CHUNK values: copies are combined a chunk at a time, then the
- * chunks' results. */
+/** `job.combine(key, n copies of value)`, as combines of two values each:
+ * copies are doubled (v with v, that with itself, ...) and the doublings
+ * that make up n combined, so a key counted a million times costs some
+ * forty `combine` calls of two values, not a loop over a million. Any
+ * bracketing gives the same result, since `combine` is associative and
+ * commutative. */
 function combineCopies(job, key, value, n) {
-  if (n <= REPEAT_CHUNK) return job.combine(key, new Array(n).fill(value));
-  const chunks = Math.floor(n / REPEAT_CHUNK);
-  const rest = n % REPEAT_CHUNK;
-  const whole = job.combine(key, new Array(REPEAT_CHUNK).fill(value));
-  const combined = combineCopies(job, key, whole, chunks);
-  return rest === 0 ? combined : job.combine(key, [combined, job.combine(key, new Array(rest).fill(value))]);
+  let result;
+  let have = false;
+  let power = value;
+  for (let left = n; left > 0; left = Math.floor(left / 2)) {
+    if (left % 2 === 1) {
+      result = have ? job.combine(key, [result, power]) : power;
+      have = true;
+    }
+    if (left > 1) power = job.combine(key, [power, power]);
+  }
+  return result;
 }
 
 function describe(error) {

@@ -82,12 +82,17 @@ test("emit.each counts like emit, held until flush", () => {
   assert.deepEqual(pairs(world.flush()), ["a=3", "b=2", "c=1", "lines=4"]);
 });
 
-test("emit.each hands combine arrays of at most 4096 copies", () => {
+test("emit.each hands combine two values at a time, logarithmically often", () => {
   let job;
+  let calls = 0;
   class Watched extends WordCount {
     constructor(params) {
       super(params);
       job = this;
+    }
+    combine(word, counts) {
+      calls++;
+      return super.combine(word, counts);
     }
   }
   const world = exportJob(Watched);
@@ -95,5 +100,7 @@ test("emit.each hands combine arrays of at most 4096 copies", () => {
   const n = 3 * 4096 + 5;
   world.map("a.txt", textBatch([Array(n).fill("w").join(" ")]));
   assert.deepEqual(pairs(world.flush()), ["lines=1", `w=${n}`]);
-  assert.ok(job.longest <= 4096, `combine got ${job.longest} values at once`);
+  assert.equal(job.longest, 2);
+  // 13 doublings and 3 set bits of 12293 past the first.
+  assert.ok(calls <= 2 * Math.ceil(Math.log2(n)), `${calls} combine calls`);
 });
