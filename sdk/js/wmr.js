@@ -43,6 +43,12 @@ const FOLD_VALUES = 500000;
 const HELD_KEYS = 100000;
 const MIN_SAFE = BigInt(Number.MIN_SAFE_INTEGER);
 const MAX_SAFE = BigInt(Number.MAX_SAFE_INTEGER);
+const I64_MIN = -(2n ** 63n);
+const I64_END = 2n ** 63n;
+const U64_END = 2n ** 64n;
+const TWO_32 = 4294967296;
+// 64-bit integers whose high 32-bit half is within this are safe Numbers.
+const SAFE_HIGH = 2097152;
 
 const WORD = new RegExp(ALPHABETIC + "+", "gu");
 const ASCII_WORD = /[A-Za-z]+/g;
@@ -220,7 +226,7 @@ function readColumn(column, n) {
     for (let i = 0; i < n; i++) values[i] = bytes.slice(offsets[i], offsets[i + 1]);
   } else if (tag === "int64" || tag === "uint64") {
     // Numbers where they are exact, BigInts beyond 2^53.
-    values = Array.from(val.subarray(0, n), (v) => (v >= MIN_SAFE && v <= MAX_SAFE ? Number(v) : v));
+    values = readInt64s(val, n, tag === "int64");
   } else if (tag === "float64") {
     values = Array.from(val.subarray(0, n));
   } else {
@@ -252,21 +258,57 @@ function packBits(flags) {
   return bits;
 }
 
-function toBigInt(what, signed) {
-  return (v) => {
-    if (v === null || v === undefined) return 0n;
-    if (typeof v === "number" && !Number.isInteger(v)) {
-      throw new TypeError(`${what}: ${v} is not an integer`);
+/** The first `n` of a BigInt64Array or BigUint64Array as Numbers where they
+ * are exact, BigInts beyond 2^53, read by 32-bit halves: no BigInt is made
+ * for a value that is not one (each costs an allocation without a JIT). */
+function readInt64s(val, n, signed) {
+  const halves = new Uint32Array(val.buffer, val.byteOffset, 2 * n);
+  const values = new Array(n);
+  for (let i = 0; i < n; i++) {
+    const high = signed ? halves[2 * i + 1] | 0 : halves[2 * i + 1];
+    if (high > -SAFE_HIGH && high < SAFE_HIGH) {
+      values[i] = high * TWO_32 + halves[2 * i];
+    } else {
+      const v = val[i];
+      values[i] = v >= MIN_SAFE && v <= MAX_SAFE ? Number(v) : v;
     }
-    if (typeof v !== "number" && typeof v !== "bigint") {
-      throw new TypeError(`${what}: ${JSON.stringify(v)} is not an integer`);
+  }
+  return values;
+}
+
+/** `values` (Numbers or BigInts, null as 0) as a BigInt64Array or
+ * BigUint64Array; safe integers are written by 32-bit halves, with no
+ * BigInt made. */
+function writeInt64s(values, signed, what) {
+  const n = values.length;
+  const out = signed ? new BigInt64Array(n) : new BigUint64Array(n);
+  const halves = new Uint32Array(out.buffer);
+  for (let i = 0; i < n; i++) {
+    const v = values[i];
+    if (typeof v === "number" && Number.isSafeInteger(v) && (signed || v >= 0)) {
+      const high = Math.floor(v / TWO_32);
+      halves[2 * i] = v - high * TWO_32;
+      // A negative half is stored modulo 2^32: two's complement.
+      halves[2 * i + 1] = high;
+    } else if (v !== null && v !== undefined) {
+      out[i] = checkedBigInt(v, signed, what);
     }
-    const big = BigInt(v);
-    if (signed ? big < -(2n ** 63n) || big >= 2n ** 63n : big < 0n || big >= 2n ** 64n) {
-      throw new RangeError(`${what}: ${v} is out of range for a 64-bit ${signed ? "" : "unsigned "}integer`);
-    }
-    return big;
-  };
+  }
+  return out;
+}
+
+function checkedBigInt(v, signed, what) {
+  if (typeof v === "number" && !Number.isInteger(v)) {
+    throw new TypeError(`${what}: ${v} is not an integer`);
+  }
+  if (typeof v !== "number" && typeof v !== "bigint") {
+    throw new TypeError(`${what}: ${JSON.stringify(v)} is not an integer`);
+  }
+  const big = BigInt(v);
+  if (signed ? big < I64_MIN || big >= I64_END : big < 0n || big >= U64_END) {
+    throw new RangeError(`${what}: ${v} is out of range for a 64-bit ${signed ? "" : "unsigned "}integer`);
+  }
+  return big;
 }
 
 function writeColumn(dataType, values, what) {
@@ -311,10 +353,8 @@ function writeColumn(dataType, values, what) {
       bytes = concatBytes(parts, offsets);
     }
     data = { tag: dataType, val: { offsets, values: bytes } };
-  } else if (dataType === "int64") {
-    data = { tag: dataType, val: BigInt64Array.from(values, toBigInt(what, true)) };
-  } else if (dataType === "uint64") {
-    data = { tag: dataType, val: BigUint64Array.from(values, toBigInt(what, false)) };
+  } else if (dataType === "int64" || dataType === "uint64") {
+    data = { tag: dataType, val: writeInt64s(values, dataType === "int64", what) };
   } else if (dataType === "float64") {
     data = {
       tag: dataType,

@@ -104,3 +104,58 @@ test("emit.each hands combine two values at a time, logarithmically often", () =
   // 13 doublings and 3 set bits of 12293 past the first.
   assert.ok(calls <= 2 * Math.ceil(Math.log2(n)), `${calls} combine calls`);
 });
+
+test("64-bit integers: Numbers where exact, BigInts beyond, both ways", () => {
+  const seen = [];
+  class Ints extends Job {
+    key = "i64";
+    value = "u64";
+    output = [["k", "i64"], ["v", "u64"]];
+    reduce(key, values, emit) {
+      seen.push([key, values[0]]);
+      emit(key, values[0]);
+    }
+  }
+  const world = exportJob(Ints);
+  world.configure([]);
+  const keys = BigInt64Array.from([-(2n ** 63n), -(2n ** 53n), -(2n ** 53n) + 1n, -1n, 0n, 2n ** 32n + 5n, 2n ** 53n - 1n, 2n ** 53n, 2n ** 63n - 1n]);
+  const values = BigUint64Array.from([0n, 1n, 2n ** 32n - 1n, 2n ** 32n, 2n ** 52n + 3n, 2n ** 53n - 1n, 2n ** 53n, 2n ** 63n, 2n ** 64n - 1n]);
+  const n = keys.length;
+  const column = (tag, val) => ({ numRows: n, names: ["c"], columns: [{ validity: new Uint8Array(0), data: { tag, val } }] });
+  const out = world.reduce({
+    keys: column("int64", keys),
+    values: column("uint64", values),
+    groupEnds: Uint32Array.from({ length: n }, (_, i) => i + 1),
+  });
+  assert.deepEqual([...out.columns[0].data.val], [...keys]);
+  assert.deepEqual([...out.columns[1].data.val], [...values]);
+  const kinds = seen.map(([k, v]) => `${typeof k}/${typeof v}`);
+  assert.deepEqual(kinds, [
+    "bigint/number",
+    "bigint/number",
+    "number/number",
+    "number/number",
+    "number/number",
+    "number/number",
+    "number/bigint",
+    "bigint/bigint",
+    "bigint/bigint",
+  ]);
+  assert.equal(seen[2][0], -(2 ** 53) + 1);
+  assert.equal(seen[5][0], 2 ** 32 + 5);
+  assert.equal(seen[4][1], 2 ** 52 + 3);
+});
+
+test("a value out of a 64-bit column's range names itself", () => {
+  class Bad extends Job {
+    key = "string";
+    value = "u64";
+    output = [["k", "string"], ["v", "u64"]];
+    map(record, emit) {
+      emit(record.line, -1);
+    }
+  }
+  const world = exportJob(Bad);
+  world.configure([]);
+  assert.throws(() => world.map("a.txt", textBatch(["x"])), (e) => /-1 is out of range for a 64-bit unsigned integer/.test(e.message));
+});
