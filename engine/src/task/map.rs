@@ -282,13 +282,30 @@ impl MapWork<'_> {
                 continue;
             }
             let ends = run.group_ends_in(&range);
-            out.push(vec![self.combine_sorted(&part, &ends)?]);
+            out.push(self.combine_in_calls(&part, &ends)?);
+        }
+        Ok(out)
+    }
+
+    /// Combine the groups of `sorted` (ending at `ends`) in calls of at most
+    /// [`REDUCE_CALL_ROWS`] rows (or one group, if it is larger), so that a
+    /// guest's memory for one call stays bounded however much the map
+    /// buffer holds: an interpreter's heap is the first to run out. The
+    /// results, in order, are sorted by key.
+    fn combine_in_calls(&mut self, sorted: &RecordBatch, ends: &[u32]) -> Result<Vec<RecordBatch>, Error> {
+        let mut out = Vec::new();
+        for groups in calls_of(ends, REDUCE_CALL_ROWS) {
+            let start = groups.start.checked_sub(1).map_or(0, |g| ends[g]);
+            let end = ends[groups.end - 1];
+            let chunk = sorted.slice(start as usize, (end - start) as usize);
+            let chunk_ends: Vec<u32> = ends[groups].iter().map(|&e| e - start).collect();
+            out.push(self.combine_sorted(&chunk, &chunk_ends)?);
         }
         Ok(out)
     }
 
     /// Combine the groups of `sorted` (ending at `ends`) with the guest's
-    /// `combine`; the result is sorted by key.
+    /// `combine` in one call; the result is sorted by key.
     fn combine_sorted(&mut self, sorted: &RecordBatch, ends: &[u32]) -> Result<RecordBatch, Error> {
         let (keys, values) = shuffle::grouped(sorted, self.encoder.key_columns(), ends)?;
         let combined =
@@ -304,6 +321,22 @@ impl MapWork<'_> {
             shuffle::partition_and_sort(&self.encoder, &combined, &Partitioner::Hash, 1)?.batch
         })
     }
+}
+
+/// Groups (ending at `ends`, ascending) in calls of at most `max_rows`
+/// rows, or of one group where that alone is larger: each call's range of
+/// group indices.
+fn calls_of(ends: &[u32], max_rows: usize) -> Vec<std::ops::Range<usize>> {
+    let mut calls = Vec::new();
+    let (mut start, mut first) = (0usize, 0usize);
+    while first < ends.len() {
+        let limit = start + max_rows;
+        let fit = ends[first..].partition_point(|&e| e as usize <= limit).max(1);
+        calls.push(first..first + fit);
+        first += fit;
+        start = ends[first - 1] as usize;
+    }
+    calls
 }
 
 fn map_compute(
@@ -519,6 +552,16 @@ mod tests {
     use arrow::datatypes::{DataType, Field, Schema};
 
     use super::*;
+
+    #[test]
+    fn combine_calls_hold_whole_groups_of_at_most_the_rows_given() {
+        assert_eq!(calls_of(&[], 4), Vec::<std::ops::Range<usize>>::new());
+        assert_eq!(calls_of(&[1, 2, 3, 4, 5], 2), vec![0..2, 2..4, 4..5]);
+        // Group 1 (rows 2..9) is larger than a call: it goes alone.
+        assert_eq!(calls_of(&[2, 9, 10, 11], 4), vec![0..1, 1..2, 2..4]);
+        assert_eq!(calls_of(&[3, 4, 8], 4), vec![0..2, 2..3]);
+        assert_eq!(calls_of(&[100], 4), vec![0..1]);
+    }
 
     fn batch(offsets: Option<Vec<i64>>, lines: &[&str]) -> RecordBatch {
         let mut fields = vec![Field::new("line", DataType::Utf8, false)];
