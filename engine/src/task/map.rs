@@ -9,10 +9,10 @@ use tokio::sync::mpsc;
 
 use super::{
     COMBINE_EVERY_ROWS, COMBINE_JUDGED_AFTER_ROWS, COMBINE_USELESS_TENTHS, Counters, Error, JobContext, MapAssignment,
-    MapOutput, REDUCE_CALL_ROWS, TaskMemory, check_output, finish_upload, guest_err, record_log, spill,
+    MapOutput, REDUCE_CALL_ROWS, TaskMemory, check_output, compute_into_upload, guest_err, record_log, spill,
 };
 use crate::data::parquet_input::{ParquetSplitReader, fetch_parquet_split};
-use crate::data::sink::{self, ObjectSink};
+use crate::data::sink::ObjectSink;
 use crate::data::text::{TextSplitReader, stream_text_split};
 use crate::data::{Location, Split, SplitKind};
 use crate::runtime::{CancelFlag, GuestInstance, JobModule, Runtime};
@@ -135,16 +135,11 @@ pub async fn run_map(ctx: &JobContext, a: &MapAssignment) -> Result<MapOutput, E
         tx,
     ));
     let object = Location::parse(&a.shuffle_object)?;
-    let (sink, upload) = sink::upload(&object);
-    let runtime = ctx.runtime.clone();
-    let module = ctx.module.clone();
-    let cancel = ctx.cancel.clone();
     let assignment = a.clone();
-    let computed = ctx
-        .pool
-        .run(move || map_compute((&runtime, &module, &cancel), &assignment, rx, sink))
-        .await;
-    let counters = finish_upload(computed, upload).await?;
+    let counters = compute_into_upload(ctx, &object, move |guest, sink| {
+        map_compute(guest, &assignment, rx, sink)
+    })
+    .await?;
     Ok(MapOutput { counters })
 }
 

@@ -35,9 +35,9 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::compute::{ComputePanic, ComputePool};
-use crate::data::MapInput;
 use crate::data::output::OutputFormat;
-use crate::data::sink::Upload;
+use crate::data::sink::{self, ObjectSink, Upload};
+use crate::data::{Location, MapInput};
 use crate::runtime::{CancelFlag, GuestInstance, JobModule, Runtime};
 use crate::shuffle::{self, Partitioner};
 use crate::{AttemptId, TaskId};
@@ -263,6 +263,20 @@ pub struct ReduceOutput {
     pub bytes: u64,
     /// Counters of this attempt.
     pub counters: Counters,
+}
+
+/// Run `compute` on the compute pool with the attempt's guest runtime,
+/// module and cancel flag, writing into a sink that uploads `object` as it
+/// is written; then wait for the upload.
+async fn compute_into_upload<T: Send + 'static>(
+    ctx: &JobContext,
+    object: &Location,
+    compute: impl FnOnce((&Runtime, &JobModule, &CancelFlag), ObjectSink) -> Result<T, Error> + Send + 'static,
+) -> Result<T, Error> {
+    let (sink, upload) = sink::upload(object);
+    let (runtime, module, cancel) = (ctx.runtime.clone(), ctx.module.clone(), ctx.cancel.clone());
+    let computed = ctx.pool.run(move || compute((&runtime, &module, &cancel), sink)).await;
+    finish_upload(computed, upload).await
 }
 
 /// Wait for an upload once the compute job that fed it is done. When the

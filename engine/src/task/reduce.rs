@@ -13,10 +13,10 @@ use tokio::sync::mpsc;
 
 use super::{
     Counters, Error, FETCH_BLOCK, FETCH_CONCURRENCY, JobContext, REDUCE_CALL_ROWS, ReduceAssignment, ReduceOutput,
-    TaskMemory, check_output, finish_upload, guest_err, record_log,
+    TaskMemory, check_output, compute_into_upload, guest_err, record_log,
 };
 use crate::data::Location;
-use crate::data::sink::{self, ObjectSink};
+use crate::data::sink::ObjectSink;
 use crate::runtime::{CancelFlag, JobModule, Runtime};
 use crate::shuffle::{self, DeferredRun, KeyEncoder, Merger, RunFile, RunReader};
 use crate::spawn::SpawnedTask;
@@ -188,16 +188,11 @@ pub async fn run_reduce(ctx: &JobContext, a: &ReduceAssignment) -> Result<Reduce
     let (tx, rx) = mpsc::channel(FETCH_CONCURRENCY);
     let _fetch = SpawnedTask::spawn(fetch_inputs(a.clone(), tx));
     let file = Location::parse(&a.output_file)?;
-    let (sink, upload) = sink::upload(&file);
-    let runtime = ctx.runtime.clone();
-    let module = ctx.module.clone();
-    let cancel = ctx.cancel.clone();
     let assignment = a.clone();
-    let computed = ctx
-        .pool
-        .run(move || reduce_compute((&runtime, &module, &cancel), &assignment, rx, sink))
-        .await;
-    let (rows, written, counters) = finish_upload(computed, upload).await?;
+    let (rows, written, counters) = compute_into_upload(ctx, &file, move |guest, sink| {
+        reduce_compute(guest, &assignment, rx, sink)
+    })
+    .await?;
     Ok(ReduceOutput {
         rows,
         bytes: written.bytes,

@@ -133,14 +133,17 @@ class ExportTest(unittest.TestCase):
         self.assertEqual(pairs(world.flush()), [("a", 3), ("b", 2), ("c", 1)])
         self.assertEqual(sum(d.get("lines", 0) for d in sent_counters), 3)
 
-    def test_grouping_stops_when_keys_are_distinct(self):
-        world, _ = self.world(WordCount)
+    def assert_grouping_stops_when_keys_are_distinct(self, job):
+        world, _ = self.world(job)
         lines = ["".join(chr(ord("a") + int(d)) for d in f"{i:06d}") for i in range(_export.HELD_KEYS + 1)]
         out = world.map("a.txt", text_batch(lines))
         self.assertEqual(out.num_rows, len(lines))
         self.assertFalse(_export._task.grouping)
         out = world.map("a.txt", text_batch(["x y x"]))
         self.assertEqual(pairs(out), [("x", 1), ("x", 1), ("y", 1)])
+
+    def test_grouping_stops_when_keys_are_distinct(self):
+        self.assert_grouping_stops_when_keys_are_distinct(WordCount)
 
     def test_emit_each_counts_like_emit(self):
         class EachCount(WordCount):
@@ -176,13 +179,7 @@ class ExportTest(unittest.TestCase):
             def map(self, record, emit):
                 emit.each(wmr.words(record.line), 1)
 
-        world, _ = self.world(Each)
-        lines = ["".join(chr(ord("a") + int(d)) for d in f"{i:06d}") for i in range(_export.HELD_KEYS + 1)]
-        out = world.map("a.txt", text_batch(lines))
-        self.assertEqual(out.num_rows, len(lines))
-        self.assertFalse(_export._task.grouping)
-        out = world.map("a.txt", text_batch(["x y x"]))
-        self.assertEqual(pairs(out), [("x", 1), ("x", 1), ("y", 1)])
+        self.assert_grouping_stops_when_keys_are_distinct(Each)
 
     def test_emit_each_refuses_a_value_that_is_no_column_value(self):
         class Bad(WordCount):
