@@ -479,7 +479,13 @@ class Task {
         else entry.values.push(value);
       };
       emit.each = (keys, value) => {
-        const valueId = keyId(value);
+        if (typeof value === "object" && value !== null && !Array.isArray(value) && !(value instanceof Uint8Array)) {
+          // Not a column value: emitted one by one, refused as emit refuses it.
+          for (const key of keys) emit(key, value);
+          return;
+        }
+        // -0 apart from 0: a Map would take them for one value.
+        const valueId = Object.is(value, -0) ? "-0" : keyId(value);
         let byValue = counted.get(valueId);
         if (byValue === undefined) counted.set(valueId, (byValue = { value, counts: new Map(), keys: new Map() }));
         // Counts are plain numbers (no object per key, which SpiderMonkey's
@@ -535,7 +541,7 @@ class Task {
       for (const [id, n] of counts) {
         const key = keys.size === 0 ? id : (keys.get(id) ?? id);
         total += n;
-        const one = n === 1 ? value : combineCopies(this.job, key, value, n);
+        const one = n === 1 ? copyValue(value) : combineCopies(this.job, key, value, n);
         const entry = this.held.get(id);
         if (entry === undefined) this.held.set(id, { key, values: [one] });
         else entry.values.push(one);
@@ -594,15 +600,23 @@ class Task {
 function combineCopies(job, key, value, n) {
   let result;
   let have = false;
-  let power = value;
+  let power = copyValue(value);
   for (let left = n; left > 0; left = Math.floor(left / 2)) {
     if (left % 2 === 1) {
-      result = have ? job.combine(key, [result, power]) : power;
+      result = have ? job.combine(key, [result, copyValue(power)]) : copyValue(power);
       have = true;
     }
-    if (left > 1) power = job.combine(key, [power, power]);
+    if (left > 1) power = job.combine(key, [power, copyValue(power)]);
   }
   return result;
+}
+
+/** A copy of a value (an array or bytes; others are immutable), so that no
+ * two values handed on are one object a `combine` could change in place. */
+function copyValue(value) {
+  if (Array.isArray(value)) return value.map(copyValue);
+  if (value instanceof Uint8Array) return value.slice();
+  return value;
 }
 
 function describe(error) {

@@ -47,8 +47,10 @@ pub type Counters = BTreeMap<String, i64>;
 
 /// Map output rows collected before they are sorted and combined in place.
 pub const COMBINE_EVERY_ROWS: usize = 1 << 20;
-/// Smallest number of rows handed to one `reduce` or merge-time `combine`
-/// call (groups stay whole).
+/// Rows handed to one `reduce` or `combine` call, groups kept whole: calls
+/// over merged runs take groups until they hold at least this many rows;
+/// combine calls over the sorted map buffer take groups while they hold at
+/// most this many (one larger group goes alone).
 pub const REDUCE_CALL_ROWS: usize = 32 * 1024;
 /// Rows a combine pass must see before the task judges whether combining
 /// pays.

@@ -1,4 +1,5 @@
-// Unit tests of the JavaScript SDK under Node (`node --test sdk/js/tests`,
+// Unit tests of the JavaScript SDK under Node (`node --test
+// sdk/js/tests/sdk.test.mjs`,
 // which `cargo xtask test` runs): wmr.js is loaded from a copy whose WIT
 // host import is a stub, and its exports are called with batches built here.
 
@@ -158,4 +159,60 @@ test("a value out of a 64-bit column's range names itself", () => {
   const world = exportJob(Bad);
   world.configure([]);
   assert.throws(() => world.map("a.txt", textBatch(["x"])), (e) => /-1 is out of range for a 64-bit unsigned integer/.test(e.message));
+});
+
+test("emit.each hands combine values of their own, which it may change", () => {
+  class Pairs extends Job {
+    key = "string";
+    value = ["i64", "i64"];
+    output = [["k", "string"], ["a", "i64"], ["b", "i64"]];
+    map(record, emit) {
+      emit.each(words(record.line), [1, 1]);
+    }
+    combine(key, values) {
+      const into = values[0];
+      for (let i = 1; i < values.length; i++) {
+        into[0] += values[i][0];
+        into[1] += values[i][1];
+      }
+      return into;
+    }
+  }
+  const world = exportJob(Pairs);
+  world.configure([]);
+  world.map("a.txt", textBatch(["a a a", "b", "c c c c c c c"]));
+  const out = world.flush();
+  const [keys, a, b] = out.columns.map((c) => c.data.val);
+  const rows = [];
+  for (let i = 0; i < out.numRows; i++) {
+    rows.push(`${decoder.decode(keys.values.subarray(keys.offsets[i], keys.offsets[i + 1]))}=${a[i]}|${b[i]}`);
+  }
+  assert.deepEqual(rows.sort(), ["a=3|3", "b=1|1", "c=7|7"]);
+});
+
+test("emit.each once grouping stopped, and -0 kept apart from 0", () => {
+  const world = exportJob(WordCount);
+  world.configure([]);
+  const lines = Array.from({ length: 100001 }, (_, i) => String(i).padStart(6, "0").replace(/[0-9]/g, (d) => "abcdefghij"[d]));
+  // Every word once, and "lines" (its 100001 counts combined).
+  assert.equal(world.map("a.txt", textBatch(lines)).numRows, lines.length + 1);
+  assert.deepEqual(pairs(world.map("a.txt", textBatch(["x y x"]))), ["lines=1", "x=1", "x=1", "y=1"]);
+
+  class Floats extends Job {
+    key = "string";
+    value = "f64";
+    output = [["k", "string"], ["v", "f64"]];
+    map(record, emit) {
+      emit.each([record.line], record.line === "neg" ? -0 : 0);
+    }
+    combine(key, values) {
+      return values[0];
+    }
+  }
+  const floats = exportJob(Floats);
+  floats.configure([]);
+  floats.map("a.txt", textBatch(["neg", "pos"]));
+  const out = floats.flush();
+  const signs = Array.from(out.columns[1].data.val, (v) => (Object.is(v, -0) ? "-0" : String(v)));
+  assert.deepEqual(signs.sort(), ["-0", "0"]);
 });

@@ -115,11 +115,15 @@ class _Task:
 
             def each(keys, value):
                 try:
-                    counts = counted.get((value.__class__, value))
-                except TypeError:
-                    raise TypeError(f"emit.each was given a value that can't be a column value: {value!r}") from None
+                    identity = _value_identity(value)
+                    counts = counted.get(identity)
+                except (TypeError, ValueError):
+                    # Unhashable (a bytearray, say): emitted one by one.
+                    for key in keys:
+                        emit(key, value)
+                    return
                 if counts is None:
-                    counts = counted[(value.__class__, value)] = {}
+                    counts = counted[identity] = {}
                 _count_elements(counts, keys)
 
         else:
@@ -197,6 +201,17 @@ class _Task:
             self.keys.clear()
             self.values.clear()
         return self.pairs(keys, values)
+
+
+def _value_identity(value):
+    """What tells `emit.each`'s values apart: equal values of one type are
+    one, except where equality would merge what a column keeps apart (0.0
+    and -0.0; True and 1 inside a tuple), which go by their repr."""
+    kind = value.__class__
+    if kind is float or kind is tuple:
+        hash(value)  # an unhashable tuple is refused here, as any other value
+        return (kind, repr(value))
+    return (kind, value)
 
 
 def _combine_copies(combine, key, value, n):
