@@ -207,19 +207,65 @@ function isSet(bits, i) {
   return (bits[i >> 3] >> (i & 7)) & 1;
 }
 
-function readColumn(column, n) {
+function readUtf8({ offsets, values: bytes }, n) {
+  const text = decoder.decode(bytes);
+  const values = new Array(n);
+  if (text.length === bytes.length) {
+    // All ASCII: byte offsets are character offsets.
+    for (let i = 0; i < n; i++) values[i] = text.slice(offsets[i], offsets[i + 1]);
+  } else {
+    for (let i = 0; i < n; i++) values[i] = decoder.decode(bytes.subarray(offsets[i], offsets[i + 1]));
+  }
+  return values;
+}
+
+// The dictionaries of dictionary-encoded `map` input columns, by column
+// index: the host sends each once and then names it by id.
+const dictionaries = new Map();
+
+/** Keep the dictionaries `batch` brings (every one, read or not: a later
+ * batch may name it without sending it again). */
+function receiveDictionaries(batch) {
+  const cols = batch.columns;
+  for (let i = 0; i < cols.length; i++) {
+    const { tag, val } = cols[i].data;
+    if (tag !== "utf8-dictionary") continue;
+    if (val.values != null) {
+      dictionaries.set(i, { id: val.dictionary, sent: val.values, strings: null });
+    } else if (dictionaries.get(i)?.id !== val.dictionary) {
+      throw new Error(
+        `the host named dictionary ${val.dictionary} for input column ${i} without sending it; this is a bug in wmr`,
+      );
+    }
+  }
+}
+
+/** The strings of the dictionary of input column `index`, made once per
+ * dictionary and shared by every row that has them. */
+function dictionaryStrings(index, id) {
+  const held = dictionaries.get(index);
+  if (held === undefined || held.id !== id) {
+    throw new Error(`dictionary ${id} of input column ${index} was never received`);
+  }
+  if (held.strings === null) {
+    held.strings = readUtf8(held.sent, held.sent.offsets.length - 1);
+    held.sent = null;
+  }
+  return held.strings;
+}
+
+/** A column of `n` rows as an array (null for nulls); `index` is its place
+ * in a `map` input batch, for dictionaries. */
+function readColumn(column, n, index) {
   const { tag, val } = column.data;
   let values;
   if (tag === "utf8") {
-    const { offsets, values: bytes } = val;
-    const text = decoder.decode(bytes);
+    values = readUtf8(val, n);
+  } else if (tag === "utf8-dictionary") {
+    const strings = dictionaryStrings(index, val.dictionary);
+    const codes = val.codes;
     values = new Array(n);
-    if (text.length === bytes.length) {
-      // All ASCII: byte offsets are character offsets.
-      for (let i = 0; i < n; i++) values[i] = text.slice(offsets[i], offsets[i + 1]);
-    } else {
-      for (let i = 0; i < n; i++) values[i] = decoder.decode(bytes.subarray(offsets[i], offsets[i + 1]));
-    }
+    for (let i = 0; i < n; i++) values[i] = strings[codes[i]];
   } else if (tag === "binary") {
     const { offsets, values: bytes } = val;
     values = new Array(n);
@@ -428,7 +474,7 @@ class LazyColumns {
       if (i < 0) {
         throw new Error(`input has no column ${JSON.stringify(name)}; its columns are: ${this.names.join(", ")}`);
       }
-      column = readColumn(this.batch.columns[i], this.batch.numRows);
+      column = readColumn(this.batch.columns[i], this.batch.numRows, i);
       this.decoded.set(name, column);
     }
     return column;
@@ -682,6 +728,7 @@ export function exportJob(JobClass) {
       return guarded(() => {
         const t = configured();
         const n = input.numRows;
+        receiveDictionaries(input);
         const columns = new LazyColumns(input);
         const record = new Record(source, columns);
         const emit = t.emitter();

@@ -191,6 +191,7 @@ pub(crate) fn var_width(v: &VarWidth, row: usize) -> &[u8] {
 pub(crate) fn type_name(data: &ColumnData) -> &'static str {
     match data {
         ColumnData::Utf8(_) => "utf8",
+        ColumnData::Utf8Dictionary(_) => "utf8 (dictionary-encoded)",
         ColumnData::Binary(_) => "binary",
         ColumnData::Int64(_) => "int64",
         ColumnData::Uint64(_) => "uint64",
@@ -446,6 +447,11 @@ pub trait IntoColumns<T> {
     /// Make the owned value.
     #[doc(hidden)]
     fn to_owned_value(&self) -> T;
+    /// The value as a string, when it is one string.
+    #[doc(hidden)]
+    fn as_text(&self) -> Option<&str> {
+        None
+    }
 }
 
 /// A single field's borrowed form, written into one column.
@@ -454,6 +460,10 @@ pub trait IntoField<T> {
     fn append_one(&self, col: &mut ColumnBuilder);
     fn hash_key<H: Hasher>(&self, hasher: &mut H);
     fn encode(&self, buf: &mut Vec<u8>);
+    /// The value as a string, when it is one.
+    fn as_text(&self) -> Option<&str> {
+        None
+    }
     /// The encoding when nothing follows it, which needs no length prefix.
     fn encode_alone(&self, buf: &mut Vec<u8>) {
         self.encode(buf)
@@ -494,6 +504,9 @@ where
     fn to_owned_value(&self) -> T {
         IntoField::to_owned_value(self)
     }
+    fn as_text(&self) -> Option<&str> {
+        IntoField::as_text(self)
+    }
 }
 
 /// Variable-width values are encoded as their length (4 bytes) then their bytes.
@@ -504,25 +517,30 @@ fn encode_var(bytes: &[u8], buf: &mut Vec<u8>) {
 }
 
 macro_rules! into_field_str {
-    ($owned:ty: $($t:ty => |$s:ident| $bytes:expr, $own:expr;)+) => {$(
+    ($owned:ty: $($t:ty => |$s:ident| $bytes:expr, $own:expr, $text:expr;)+) => {$(
         impl IntoField<$owned> for $t {
             fn append_one(&self, col: &mut ColumnBuilder) { let $s = self; col.push_bytes($bytes) }
             fn hash_key<H: Hasher>(&self, hasher: &mut H) { let $s = self; hasher.write($bytes) }
             fn encode(&self, buf: &mut Vec<u8>) { let $s = self; encode_var($bytes, buf) }
             fn encode_alone(&self, buf: &mut Vec<u8>) { let $s = self; buf.extend_from_slice($bytes) }
             fn to_owned_value(&self) -> $owned { let $s = self; $own }
+            fn as_text(&self) -> Option<&str> {
+                #[allow(unused_variables, reason = "byte strings have no text")]
+                let $s = self;
+                $text
+            }
         }
     )+};
 }
 into_field_str!(String:
-    &str => |s| s.as_bytes(), s.to_string();
-    String => |s| s.as_bytes(), s.clone();
-    &String => |s| s.as_bytes(), (*s).clone();
+    &str => |s| s.as_bytes(), s.to_string(), Some(s);
+    String => |s| s.as_bytes(), s.clone(), Some(s.as_str());
+    &String => |s| s.as_bytes(), (*s).clone(), Some(s.as_str());
 );
 into_field_str!(Vec<u8>:
-    &[u8] => |s| s, s.to_vec();
-    Vec<u8> => |s| s.as_slice(), s.clone();
-    &Vec<u8> => |s| s.as_slice(), (*s).clone();
+    &[u8] => |s| s, s.to_vec(), None;
+    Vec<u8> => |s| s.as_slice(), s.clone(), None;
+    &Vec<u8> => |s| s.as_slice(), (*s).clone(), None;
 );
 
 macro_rules! into_field_copy {

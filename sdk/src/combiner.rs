@@ -13,6 +13,14 @@
 //! Values are combined as they arrive, two at a time: `combine` is called
 //! for every pair emitted for a key already held. A panic in `combine` is
 //! reported with the record being mapped when it ran.
+//!
+//! A key that is the very string [`Record::str`](crate::Record::str) handed
+//! out of a dictionary-encoded column (Parquet's usual string columns) is
+//! grouped by its dictionary code instead: the first time a code is seen
+//! its key goes through the table, and after that its values are combined
+//! into a slot of a small array indexed by code, with no hashing, no key
+//! copy and no probe. Those values join their table slot when the
+//! dictionary changes and when the map output is finished.
 
 use std::hash::{BuildHasher, Hasher};
 
@@ -20,6 +28,9 @@ use foldhash::fast::FixedState;
 
 use crate::columns::{Columns, IntoColumns, bytes_eq};
 use crate::emit::Values;
+use std::rc::Rc;
+
+use crate::record::{CodedStr, Dictionary, coded, held_dictionary};
 
 /// How a job combines one key's values; see [`Job::combine`](crate::Job::combine).
 pub(crate) type CombineFn<K, V> = Box<dyn Fn(&K, Values<'_, V>) -> V>;
@@ -29,6 +40,10 @@ const STAGED: usize = 32;
 
 /// Key encodings up to this long are kept in their slot.
 const INLINE: usize = 12;
+
+/// Dictionaries with more values than this are not grouped by code (the
+/// array by code would be too large for what it saves).
+const MAX_CODED: u32 = 1 << 18;
 
 /// One slot of the table: all a lookup reads and writes. It is kept in an
 /// [`Aligned`] wrapper so that it spans as few cache lines as it can.
@@ -183,6 +198,26 @@ impl<A> Table<A> {
         (at, true)
     }
 
+    /// The slot holding group `group`.
+    fn slot_of_group<V>(&self, group: u32) -> Option<usize>
+    where
+        A: Aligned<V>,
+    {
+        let mask = self.mask();
+        let mut at = *self.hashes.get(group as usize)? as usize & mask;
+        for _ in 0..self.slots.len() {
+            let slot = self.slots[at].slot();
+            if slot.tag == 0 {
+                return None;
+            }
+            if slot.group == group {
+                return Some(at);
+            }
+            at = (at + 1) & mask;
+        }
+        None
+    }
+
     #[cold]
     fn grow<V>(&mut self)
     where
@@ -225,6 +260,31 @@ pub(crate) struct Grouping<K, V> {
     keys: Vec<K>,
     staged: Vec<StagedPair<V>>,
     staged_keys: Vec<u8>,
+    /// Whether keys can be grouped by code: the key is one string column,
+    /// whose hash and encoding are those of its bytes.
+    codable: bool,
+    /// Grouping by code for the dictionary of the last coded key.
+    coded: Option<CodedGroups<V>>,
+    /// Pairs with coded keys (code, value), staged as `staged` is.
+    coded_staged: Vec<(u32, V)>,
+}
+
+/// Keys of one dictionary grouped by code.
+struct CodedGroups<V> {
+    dictionary: Rc<Dictionary>,
+    /// By code.
+    entries: Vec<CodedEntry<V>>,
+    /// The codes whose entry holds a value.
+    touched: Vec<u32>,
+}
+
+/// One code's group, and its values emitted since the group was found,
+/// combined (they join the group's slot later).
+#[derive(Default)]
+struct CodedEntry<V> {
+    /// The group plus one; 0 while the code has not been seen.
+    group: u32,
+    value: Option<V>,
 }
 
 impl<K: Columns, V: Columns> Grouping<K, V> {
@@ -241,12 +301,26 @@ impl<K: Columns, V: Columns> Grouping<K, V> {
             keys: Vec::new(),
             staged: Vec::with_capacity(STAGED),
             staged_keys: Vec::new(),
+            codable: K::data_types() == [crate::bindings::wmr::job::types::DataType::Utf8],
+            coded: None,
+            coded_staged: Vec::with_capacity(STAGED),
         }
     }
 
     /// Stage one pair; every [`STAGED`] pairs are looked up together.
     #[inline]
     pub(crate) fn push<Q: IntoColumns<K>>(&mut self, key: Q, value: V) {
+        if self.codable
+            && let Some(text) = key.as_text()
+            && let Some(c) = coded(text).filter(|c| c.dictionary_len <= MAX_CODED)
+            && self.take_dictionary(&c)
+        {
+            self.coded_staged.push((c.code, value));
+            if self.coded_staged.len() == STAGED {
+                self.settle_coded();
+            }
+            return;
+        }
         // Hashed from the key itself, not from its copy just written: reading
         // back bytes just stored stalls on store forwarding.
         let mut hasher = self.hasher.build_hasher();
@@ -261,6 +335,118 @@ impl<K: Columns, V: Columns> Grouping<K, V> {
         });
         if self.staged.len() == STAGED {
             self.settle();
+        }
+    }
+
+    /// Make `c`'s dictionary the one grouped by code, if it is not yet
+    /// (the pairs of the one before join their groups); whether it is.
+    fn take_dictionary(&mut self, c: &CodedStr) -> bool {
+        if self.coded.as_ref().is_some_and(|g| g.dictionary.id() == c.dictionary) {
+            return true;
+        }
+        let Some(dictionary) = held_dictionary(c.dictionary) else {
+            return false;
+        };
+        self.settle_coded();
+        self.join_coded();
+        self.coded = Some(CodedGroups {
+            entries: std::iter::repeat_with(CodedEntry::default)
+                .take(dictionary.len())
+                .collect(),
+            dictionary,
+            touched: Vec::new(),
+        });
+        true
+    }
+
+    /// Combine every staged coded pair into its code's entry; a code seen
+    /// for the first time finds its group through the table.
+    fn settle_coded(&mut self) {
+        let Grouping {
+            coded: Some(groups),
+            coded_staged,
+            keys,
+            combine,
+            hasher,
+            tables,
+            ..
+        } = self
+        else {
+            return;
+        };
+        // First load every pair's entry; the loads do not wait on each other.
+        let loaded = coded_staged.iter().fold(0u32, |t, (code, _)| {
+            t ^ groups.entries.get(*code as usize).map_or(0, |e| e.group)
+        });
+        std::hint::black_box(loaded);
+        // Then hash the keys of codes not seen yet, and load their slots.
+        let mut first_hashes = [0u64; STAGED];
+        let mut loaded = 0u32;
+        for ((code, _), first) in coded_staged.iter().zip(&mut first_hashes) {
+            if groups.entries.get(*code as usize).is_some_and(|e| e.group == 0) {
+                let mut h = hasher.build_hasher();
+                h.write(groups.dictionary.text(*code).unwrap_or_default().as_bytes());
+                *first = h.finish();
+                loaded ^= match tables {
+                    Tables::Half(table) => table.touch(*first),
+                    Tables::Line(table) => table.touch(*first),
+                };
+            }
+        }
+        std::hint::black_box(loaded);
+        for ((code, value), hash) in coded_staged.drain(..).zip(first_hashes) {
+            let Some(entry) = groups.entries.get_mut(code as usize) else {
+                continue;
+            };
+            if entry.group != 0 {
+                entry.value = Some(match entry.value.take() {
+                    None => {
+                        groups.touched.push(code);
+                        value
+                    }
+                    Some(held) => combine(&keys[(entry.group - 1) as usize], Values::taking(&mut [held, value])),
+                });
+                continue;
+            }
+            // First seen: find (or make) its group through the table. (The
+            // hash was made above, unless the code came twice in this stage.)
+            let key = groups.dictionary.text(code).unwrap_or_default().as_bytes();
+            let hash = if hash != 0 {
+                hash
+            } else {
+                let mut h = hasher.build_hasher();
+                h.write(key);
+                h.finish()
+            };
+            let group = match tables {
+                Tables::Half(table) => add_pair(table, combine, keys, hash, key, value),
+                Tables::Line(table) => add_pair(table, combine, keys, hash, key, value),
+            };
+            entry.group = group + 1;
+        }
+    }
+
+    /// The dictionary whose keys are grouped by code now, if any.
+    #[cfg(test)]
+    pub(crate) fn coded_dictionary(&self) -> Option<u64> {
+        self.coded.as_ref().map(|g| g.dictionary.id())
+    }
+
+    /// Combine the values held by code into their groups' slots.
+    fn join_coded(&mut self) {
+        let Some(groups) = self.coded.as_mut() else { return };
+        let touched = std::mem::take(&mut groups.touched);
+        let mut pending = Vec::with_capacity(STAGED);
+        for chunk in touched.chunks(STAGED) {
+            // Each phase's loads, a likely cache miss each, overlap.
+            pending.extend(chunk.iter().filter_map(|&code| {
+                let entry = groups.entries.get_mut(code as usize)?;
+                Some((entry.group.checked_sub(1)?, entry.value.take()?))
+            }));
+            match &mut self.tables {
+                Tables::Half(table) => join_groups(table, &self.combine, &self.keys, &mut pending),
+                Tables::Line(table) => join_groups(table, &self.combine, &self.keys, &mut pending),
+            }
         }
     }
 
@@ -283,6 +469,7 @@ impl<K: Columns, V: Columns> Grouping<K, V> {
             ),
         }
         self.staged_keys.clear();
+        self.settle_coded();
     }
 
     /// How many distinct keys are held (after [`Grouping::settle`]).
@@ -306,6 +493,7 @@ impl<K: Columns, V: Columns> Grouping<K, V> {
             }
         }
         self.settle();
+        self.join_coded();
         match self.tables {
             Tables::Half(table) => each(table, &mut self.keys, &mut f),
             Tables::Line(table) => each(table, &mut self.keys, &mut f),
@@ -326,18 +514,54 @@ fn settle_into<K: Columns, V: Columns, A: Aligned<V>>(
     std::hint::black_box(touched);
     for pair in staged.drain(..) {
         let key = staged_keys.get(pair.start as usize..pair.end as usize).unwrap_or(&[]);
-        let (at, new) = table.find_or_insert(pair.hash, key);
+        add_pair(table, combine, keys, pair.hash, key, pair.value);
+    }
+}
+
+/// Combine `value` into the group of the key encoded as `key` (made if
+/// new); returns the group.
+#[inline(always)]
+fn add_pair<K: Columns, V: Columns, A: Aligned<V>>(
+    table: &mut Table<A>,
+    combine: &CombineFn<K, V>,
+    keys: &mut Vec<K>,
+    hash: u64,
+    key: &[u8],
+    value: V,
+) -> u32 {
+    let (at, new) = table.find_or_insert(hash, key);
+    let slot = table.slots[at].slot_mut();
+    if new {
+        let owned = K::decode(key)
+            .unwrap_or_else(|| panic!("wmr-sdk: a key's encoding did not decode; this is a bug in wmr-sdk"));
+        keys.push(owned);
+        slot.value = value;
+    } else {
+        let held = std::mem::take(&mut slot.value);
+        let key = &keys[slot.group as usize];
+        slot.value = combine(key, Values::taking(&mut [held, value]));
+    }
+    slot.group
+}
+
+/// Combine each `(group, value)` of `pending` (drained) into its group's slot.
+fn join_groups<K: Columns, V: Columns, A: Aligned<V>>(
+    table: &mut Table<A>,
+    combine: &CombineFn<K, V>,
+    keys: &[K],
+    pending: &mut Vec<(u32, V)>,
+) {
+    let loaded = pending.iter().fold(0u32, |t, (group, _)| {
+        t ^ table.hashes.get(*group as usize).map_or(0, |&h| table.touch(h))
+    });
+    std::hint::black_box(loaded);
+    for (group, value) in pending.drain(..) {
+        let (Some(at), Some(key)) = (table.slot_of_group(group), keys.get(group as usize)) else {
+            panic!("wmr-sdk: group {group} has no slot in the in-mapper combiner; this is a bug in wmr-sdk");
+        };
         let slot = table.slots[at].slot_mut();
-        if new {
-            let owned = K::decode(key)
-                .unwrap_or_else(|| panic!("wmr-sdk: a key's encoding did not decode; this is a bug in wmr-sdk"));
-            keys.push(owned);
-            slot.value = pair.value;
-        } else {
-            let held = std::mem::take(&mut slot.value);
-            let key = &keys[slot.group as usize];
-            slot.value = combine(key, Values::taking(&mut [held, pair.value]));
-        }
+        let held = std::mem::take(&mut slot.value);
+        slot.value = combine(key, Values::taking(&mut [held, value]));
     }
 }
 

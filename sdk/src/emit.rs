@@ -28,7 +28,7 @@ enum EmitMode<K, V> {
         keys: Vec<ColumnBuilder>,
         values: Vec<ColumnBuilder>,
     },
-    Grouping(Grouping<K, V>),
+    Grouping(Box<Grouping<K, V>>),
 }
 
 impl<K: Columns, V: Columns> Emit<K, V> {
@@ -36,7 +36,7 @@ impl<K: Columns, V: Columns> Emit<K, V> {
     /// otherwise writes every pair straight into columns.
     pub(crate) fn new(combine: Option<CombineFn<K, V>>) -> Self {
         let mode = match combine {
-            Some(combine) => EmitMode::Grouping(Grouping::new(combine)),
+            Some(combine) => EmitMode::Grouping(Box::new(Grouping::new(combine))),
             None => EmitMode::Direct {
                 keys: builders_for::<K>(),
                 values: builders_for::<V>(),
@@ -333,6 +333,91 @@ mod tests {
         }
         assert!(!emit.grouping_pays());
         assert!(!Emit::<String, u64>::new(None).grouping_pays());
+    }
+
+    /// A batch of one dictionary-encoded column `k`, its dictionary sent
+    /// (`Some`) or named by id alone.
+    fn coded_batch(id: u64, dictionary: Option<&[&str]>, codes: &[u32], validity: Vec<u8>) -> Batch {
+        use crate::bindings::wmr::job::types::{ColumnData, Utf8Dictionary, VarWidth};
+        let values = dictionary.map(|words| {
+            let mut offsets = vec![0];
+            let mut values = Vec::new();
+            for w in words {
+                values.extend_from_slice(w.as_bytes());
+                offsets.push(values.len() as i32);
+            }
+            VarWidth { offsets, values }
+        });
+        Batch {
+            num_rows: codes.len() as u32,
+            names: vec!["k".into()],
+            columns: vec![Column {
+                validity,
+                data: ColumnData::Utf8Dictionary(Utf8Dictionary {
+                    dictionary: id,
+                    values,
+                    codes: codes.to_vec(),
+                }),
+            }],
+        }
+    }
+
+    #[test]
+    fn dictionary_keys_group_by_code_across_batches_and_dictionaries() {
+        use crate::record::{InputBatch, forget_coded, receive_dictionaries, with_dictionaries};
+        let mut emit = Emit::<String, u64>::new(sum());
+        let feed = |mut batch: Batch, emit: &mut Emit<String, u64>| {
+            receive_dictionaries(&mut batch).unwrap();
+            with_dictionaries(|dictionaries| {
+                let input = InputBatch::new("f", &batch, dictionaries);
+                for row in 0..input.rows() {
+                    let record = input.record(row);
+                    match record.str("k") {
+                        // Every third row by an owned copy, which is grouped by
+                        // hashing, into the same groups.
+                        Some(k) if row % 3 == 2 => emit.emit(k.to_string(), 10),
+                        Some(k) => emit.emit(k, 1),
+                        None => emit.emit("(null)", 100),
+                    }
+                }
+            });
+            forget_coded();
+            assert!(!emit.is_full());
+        };
+        // Row 3 is null (bit 3 clear).
+        feed(
+            coded_batch(
+                1,
+                Some(&["a", "b", "a long key past twelve bytes"]),
+                &[0, 1, 2, 0, 0, 1],
+                vec![0b11_0111],
+            ),
+            &mut emit,
+        );
+        feed(coded_batch(1, None, &[2, 2, 0], vec![]), &mut emit);
+        // A new dictionary: the same strings under other codes, and one more.
+        feed(coded_batch(2, Some(&["b", "c", "a"]), &[2, 0, 1, 1], vec![]), &mut emit);
+        match &emit.mode {
+            EmitMode::Grouping(g) => assert_eq!(g.coded_dictionary(), Some(2)),
+            EmitMode::Direct { .. } => panic!("a job that combines groups"),
+        }
+        assert!(
+            receive_dictionaries(&mut coded_batch(9, None, &[0], vec![]))
+                .unwrap_err()
+                .contains("without sending it")
+        );
+        let mut rows = rows_of(&emit.finish());
+        rows.sort();
+        // Batch 1: a(0) b(1) long(2,x10) null a(4) b(5,x10); batch 2: long
+        // long a(x10); batch 3: a b c c(x10).
+        let want = [
+            ("(null)".to_string(), 100),
+            ("a".to_string(), 1 + 1 + 10 + 1),
+            ("a long key past twelve bytes".to_string(), 10 + 1 + 1),
+            ("b".to_string(), 1 + 10 + 1),
+            ("c".to_string(), 1 + 10),
+        ];
+        assert_eq!(rows, want);
     }
 
     #[test]

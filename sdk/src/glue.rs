@@ -13,7 +13,7 @@ use crate::bindings::wmr::job::types::{Batch, Field as WitField, Grouped, GuestE
 use crate::columns::Columns;
 use crate::combiner::CombineFn;
 use crate::emit::{Emit, Output, Values};
-use crate::record::{InputBatch, Params};
+use crate::record::{InputBatch, Params, forget_coded, receive_dictionaries, with_dictionaries};
 
 /// Builds a job from its parameters.
 pub type ConfigureFn<J> = fn(&Params) -> Result<J, String>;
@@ -153,27 +153,35 @@ pub fn configure<J: Job>(params: Vec<(String, String)>, build: ConfigureFn<J>) -
 }
 
 /// The `map` export.
-pub fn map<J: Job>(source: String, input: Batch) -> Result<Batch, GuestError> {
-    finish(with_job::<J, _>(|job, _| {
-        let batch = InputBatch::new(&source, &input);
-        let mut out = take_held::<J>();
-        for row in 0..batch.rows() {
-            CURRENT_ROW.set(Some(row as u32));
-            job.map(&batch.record(row), &mut out);
-        }
-        CURRENT_ROW.set(None);
-        if out.is_full() {
-            if !out.grouping_pays() {
-                GROUPING_OFF.set(true);
+pub fn map<J: Job>(source: String, mut input: Batch) -> Result<Batch, GuestError> {
+    if let Err(message) = receive_dictionaries(&mut input) {
+        return finish(Err(GuestError { message, row: None }));
+    }
+    let result = finish(with_job::<J, _>(|job, _| {
+        with_dictionaries(|dictionaries| {
+            let batch = InputBatch::new(&source, &input, dictionaries);
+            let mut out = take_held::<J>();
+            for row in 0..batch.rows() {
+                CURRENT_ROW.set(Some(row as u32));
+                job.map(&batch.record(row), &mut out);
             }
-            out.finish()
-        } else {
-            // Keep combining across calls: a task then returns one row per
-            // distinct key, however many batches it reads.
-            HELD.set(Some(Box::new(out)));
-            Emit::<J::Key, J::Value>::new(None).finish()
-        }
-    }))
+            CURRENT_ROW.set(None);
+            forget_coded();
+            if out.is_full() {
+                if !out.grouping_pays() {
+                    GROUPING_OFF.set(true);
+                }
+                out.finish()
+            } else {
+                // Keep combining across calls: a task then returns one row per
+                // distinct key, however many batches it reads.
+                HELD.set(Some(Box::new(out)));
+                Emit::<J::Key, J::Value>::new(None).finish()
+            }
+        })
+    }));
+    forget_coded();
+    result
 }
 
 /// The `flush` export: whatever `map` held back.

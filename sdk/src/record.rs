@@ -1,8 +1,10 @@
 //! The input side of a job: [`Record`], one input row handed to `map`, and
 //! [`Params`], the `--param name=value` pairs given at submit.
 
-use crate::bindings::wmr::job::types::ColumnData;
-use crate::bindings::wmr::job::types::{Batch, Column};
+use std::cell::{Cell, OnceCell, RefCell};
+use std::rc::Rc;
+
+use crate::bindings::wmr::job::types::{Batch, Column, ColumnData, VarWidth};
 use crate::columns::{Field, bytes_eq, is_valid, type_name, var_width};
 
 /// One input record. For text input its columns are `offset` and `line` (see
@@ -25,6 +27,27 @@ pub(crate) struct InputBatch<'a> {
     offset: Option<usize>,
     /// The same for every string column, by column index.
     texts: Vec<Option<(&'a [i32], &'a str)>>,
+    /// Every dictionary-encoded column, by index.
+    coded: Vec<Option<CodedColumn<'a>>>,
+}
+
+/// A dictionary-encoded column of one batch.
+struct CodedColumn<'a> {
+    codes: &'a [u32],
+    dictionary: &'a Dictionary,
+    /// Each row's value, looked up for the whole batch at its first use:
+    /// in one tight loop the lookups, each a likely cache miss, overlap
+    /// rather than wait one after another between calls to `map`.
+    texts: OnceCell<Vec<Option<&'a str>>>,
+}
+
+impl<'a> CodedColumn<'a> {
+    fn text(&self, row: usize) -> Option<&'a str> {
+        let texts = self
+            .texts
+            .get_or_init(|| self.codes.iter().map(|&code| self.dictionary.text(code)).collect());
+        texts.get(row).copied().flatten()
+    }
 }
 
 /// A string column's offsets and values, if its values are UTF-8 as a whole.
@@ -33,6 +56,150 @@ fn text_column(col: &Column) -> Option<(&[i32], &str)> {
         ColumnData::Utf8(v) => Some((v.offsets.as_slice(), std::str::from_utf8(&v.values).ok()?)),
         _ => None,
     }
+}
+
+/// One dictionary of a `utf8-dictionary` input column.
+pub(crate) struct Dictionary {
+    id: u64,
+    values: DictionaryValues,
+}
+
+enum DictionaryValues {
+    /// Every value its own string, checked as UTF-8 once, when the
+    /// dictionary arrived: a row's value is then one load away.
+    Text(Vec<Box<str>>),
+    /// As sent, when the values are not all UTF-8.
+    Bytes(VarWidth),
+}
+
+impl Dictionary {
+    fn new(id: u64, sent: VarWidth) -> Self {
+        let text = std::str::from_utf8(&sent.values).ok().and_then(|text| {
+            sent.offsets
+                .windows(2)
+                .map(|w| {
+                    let (start, end) = (usize::try_from(w[0]).ok()?, usize::try_from(w[1]).ok()?);
+                    text.get(start..end).map(Box::from)
+                })
+                .collect::<Option<Vec<Box<str>>>>()
+        });
+        let values = match text {
+            Some(values) => DictionaryValues::Text(values),
+            None => DictionaryValues::Bytes(sent),
+        };
+        Dictionary { id, values }
+    }
+
+    /// Its id, unique within the instance.
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Value `code` as text, if the values are UTF-8.
+    pub(crate) fn text(&self, code: u32) -> Option<&str> {
+        match &self.values {
+            DictionaryValues::Text(values) => values.get(code as usize).map(|s| &**s),
+            DictionaryValues::Bytes(_) => None,
+        }
+    }
+
+    fn bytes(&self, code: u32) -> Option<&[u8]> {
+        match &self.values {
+            DictionaryValues::Text(values) => values.get(code as usize).map(|s| s.as_bytes()),
+            DictionaryValues::Bytes(v) => {
+                let i = code as usize;
+                let start = usize::try_from(*v.offsets.get(i)?).ok()?;
+                let end = usize::try_from(*v.offsets.get(i + 1)?).ok()?;
+                v.values.get(start..end)
+            }
+        }
+    }
+
+    /// How many values it has.
+    pub(crate) fn len(&self) -> usize {
+        match &self.values {
+            DictionaryValues::Text(values) => values.len(),
+            DictionaryValues::Bytes(v) => v.offsets.len().saturating_sub(1),
+        }
+    }
+}
+
+/// The dictionaries an instance's `map` has been sent, by column index: the
+/// host sends each once and then names it by id (see `utf8-dictionary` in
+/// the WIT world).
+#[derive(Default)]
+pub(crate) struct Dictionaries {
+    by_column: Vec<Option<Rc<Dictionary>>>,
+}
+
+thread_local! {
+    /// This instance's dictionaries.
+    static DICTIONARIES: RefCell<Dictionaries> = RefCell::new(Dictionaries::default());
+}
+
+/// Keep the dictionaries `batch` brings, moving them out of it, and check
+/// that every dictionary it names without values is held.
+pub(crate) fn receive_dictionaries(batch: &mut Batch) -> Result<(), String> {
+    DICTIONARIES.with_borrow_mut(|held| {
+        for (i, col) in batch.columns.iter_mut().enumerate() {
+            let ColumnData::Utf8Dictionary(d) = &mut col.data else {
+                continue;
+            };
+            if held.by_column.len() <= i {
+                held.by_column.resize_with(i + 1, || None);
+            }
+            if let Some(sent) = d.values.take() {
+                held.by_column[i] = Some(Rc::new(Dictionary::new(d.dictionary, sent)));
+            } else if held.by_column[i].as_ref().map(|held| held.id) != Some(d.dictionary) {
+                return Err(format!(
+                    "the host named dictionary {} for input column {i} without sending it; this is a bug in wmr",
+                    d.dictionary
+                ));
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Run `f` with this instance's dictionaries.
+pub(crate) fn with_dictionaries<R>(f: impl FnOnce(&Dictionaries) -> R) -> R {
+    DICTIONARIES.with_borrow(f)
+}
+
+/// The held dictionary `id`, if it is held.
+pub(crate) fn held_dictionary(id: u64) -> Option<Rc<Dictionary>> {
+    DICTIONARIES.with_borrow(|held| held.by_column.iter().flatten().find(|d| d.id == id).cloned())
+}
+
+/// Where the last string [`Record::str`] handed out from a dictionary
+/// column lives, and its code: the in-mapper combiner knows a key it is
+/// given by its address and length, and then groups by code, without hashing
+/// the string. Cleared after every `map` call (the dictionary may be freed).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) struct CodedStr {
+    pub(crate) addr: usize,
+    pub(crate) len: usize,
+    pub(crate) code: u32,
+    /// The dictionary's id, and how many values it has.
+    pub(crate) dictionary: u64,
+    pub(crate) dictionary_len: u32,
+}
+
+thread_local! {
+    static LAST_CODED: Cell<Option<CodedStr>> = const { Cell::new(None) };
+}
+
+/// The code of `s` if it is the string [`Record::str`] last handed out from
+/// a dictionary column (the very bytes, not an equal copy).
+pub(crate) fn coded(s: &str) -> Option<CodedStr> {
+    LAST_CODED
+        .get()
+        .filter(|c| c.addr == s.as_ptr() as usize && c.len == s.len())
+}
+
+/// Forget the last coded string (its dictionary may go away).
+pub(crate) fn forget_coded() {
+    LAST_CODED.set(None);
 }
 
 /// Value `row` of a text column: `None` if the offsets are not both
@@ -44,9 +211,28 @@ fn text_value<'a>((offsets, values): (&'a [i32], &'a str), row: usize) -> Option
 }
 
 impl<'a> InputBatch<'a> {
-    pub(crate) fn new(source: &'a str, batch: &'a Batch) -> Self {
+    /// A batch whose dictionaries `dictionaries` has received.
+    pub(crate) fn new(source: &'a str, batch: &'a Batch, dictionaries: &'a Dictionaries) -> Self {
         let find = |name: &str| batch.names.iter().position(|n| n == name);
         let texts: Vec<_> = batch.columns.iter().map(text_column).collect();
+        let coded = batch
+            .columns
+            .iter()
+            .enumerate()
+            .map(|(i, col)| match &col.data {
+                ColumnData::Utf8Dictionary(d) => dictionaries
+                    .by_column
+                    .get(i)?
+                    .as_ref()
+                    .filter(|held| held.id == d.dictionary)
+                    .map(|held| CodedColumn {
+                        codes: d.codes.as_slice(),
+                        dictionary: held,
+                        texts: OnceCell::new(),
+                    }),
+                _ => None,
+            })
+            .collect();
         let line = find("line");
         let lines = line.and_then(|i| texts.get(i).copied().flatten());
         InputBatch {
@@ -56,7 +242,27 @@ impl<'a> InputBatch<'a> {
             lines,
             offset: find("offset"),
             texts,
+            coded,
         }
+    }
+
+    /// Value `row` of dictionary column `i`: its bytes, and its text when
+    /// the dictionary is UTF-8. Also remembers a text value's code for the
+    /// in-mapper combiner.
+    fn coded_value(&self, i: usize, row: usize) -> Option<(&'a [u8], Option<&'a str>)> {
+        let column = self.coded.get(i)?.as_ref()?;
+        let code = *column.codes.get(row)?;
+        if let Some(text) = column.text(row) {
+            LAST_CODED.set(Some(CodedStr {
+                addr: text.as_ptr() as usize,
+                len: text.len(),
+                code,
+                dictionary: column.dictionary.id,
+                dictionary_len: u32::try_from(column.dictionary.len()).unwrap_or(u32::MAX),
+            }));
+            return Some((text.as_bytes(), Some(text)));
+        }
+        column.dictionary.bytes(code).map(|bytes| (bytes, None))
     }
 
     pub(crate) fn rows(&self) -> usize {
@@ -104,6 +310,16 @@ impl<'a> Record<'a> {
             return line;
         }
         let col = self.batch.line.and_then(|i| self.batch.batch.columns.get(i));
+        if let (Some(i), Some(col)) = (self.batch.line, col)
+            && let ColumnData::Utf8Dictionary(_) = &col.data
+        {
+            if !is_valid(col, self.row) {
+                return "";
+            }
+            if let Some((_, Some(text))) = self.batch.coded_value(i, self.row) {
+                return text;
+            }
+        }
         match text_at(col, self.row) {
             Some(s) => s,
             None => self.batch.missing("line"),
@@ -130,9 +346,28 @@ impl<'a> Record<'a> {
     /// If there is no such column, or its type cannot be read as `T`; the
     /// message lists the columns there are, and the job fails with it.
     pub fn get<T: Field>(&self, name: &str) -> Option<T> {
-        let (_, col) = self.batch.column(name).unwrap_or_else(|| self.batch.missing(name));
+        let (i, col) = self.batch.column(name).unwrap_or_else(|| self.batch.missing(name));
         if !is_valid(col, self.row) {
             return None;
+        }
+        if let ColumnData::Utf8Dictionary(_) = &col.data {
+            // Read through a one-value plain column: `T` reads as from any
+            // string column (a `String` or `Vec<u8>` copy).
+            let bytes = self.batch.coded_value(i, self.row).map_or(&[][..], |(b, _)| b);
+            let plain = Column {
+                validity: Vec::new(),
+                data: ColumnData::Utf8(VarWidth {
+                    offsets: vec![0, i32::try_from(bytes.len()).unwrap_or(0)],
+                    values: bytes.to_vec(),
+                }),
+            };
+            return match T::read(&plain, 0) {
+                Some(v) => Some(v),
+                None => panic!(
+                    "column {name:?} is utf8 and cannot be read as {}",
+                    std::any::type_name::<T>()
+                ),
+            };
         }
         match T::read(col, self.row) {
             Some(v) => Some(v),
@@ -152,6 +387,12 @@ impl<'a> Record<'a> {
         let (i, col) = self.batch.column(name).unwrap_or_else(|| self.batch.missing(name));
         if !is_valid(col, self.row) {
             return None;
+        }
+        if let ColumnData::Utf8Dictionary(_) = &col.data {
+            return match self.batch.coded_value(i, self.row) {
+                Some((_, Some(text))) => Some(text),
+                _ => panic!("column {name:?} is {}, not utf8", type_name(&col.data)),
+            };
         }
         if let Some(s) = self
             .batch

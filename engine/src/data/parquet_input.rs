@@ -15,11 +15,18 @@ use object_store::ObjectStoreExt;
 use parquet::arrow::arrow_reader::{
     ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder,
 };
+use parquet::arrow::parquet_column;
 use parquet::file::metadata::ParquetMetaDataReader;
 use parquet::file::reader::{ChunkReader, Length};
 
 use super::Error;
 use super::location::Location;
+
+/// The type a dictionary-encoded Parquet string column is read as: codes
+/// into the column chunk's dictionary, which guests are sent once.
+pub fn dictionary_utf8() -> DataType {
+    DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8))
+}
 
 /// Rows per batch handed to `map`.
 pub const BATCH_ROWS: usize = 16 * 1024;
@@ -190,6 +197,25 @@ fn guest_type(t: &DataType) -> Option<DataType> {
     })
 }
 
+/// For each field of `schema`, whether it is a string column whose chunk in
+/// the split's first row group is dictionary-encoded (so it is read, and
+/// crosses into the guest, as codes into its dictionary).
+fn dictionary_columns(fetched: &FetchedParquet, schema: &Schema) -> Vec<bool> {
+    let parquet = fetched.metadata.metadata();
+    let first = fetched.row_groups.first().and_then(|&rg| parquet.row_groups().get(rg));
+    schema
+        .fields()
+        .iter()
+        .map(|f| {
+            let Some(first) = first else { return false };
+            guest_type(f.data_type()) == Some(DataType::Utf8)
+                && parquet_column(parquet.file_metadata().schema_descr(), schema, f.name())
+                    .and_then(|(leaf, _)| first.columns().get(leaf))
+                    .is_some_and(|chunk| chunk.dictionary_page_offset().is_some())
+        })
+        .collect()
+}
+
 /// Decodes a fetched Parquet split into guest-typed batches.
 pub struct ParquetSplitReader {
     file: String,
@@ -206,12 +232,20 @@ impl ParquetSplitReader {
     /// [`Error::Parquet`] if decoding can't start.
     pub fn new(fetched: FetchedParquet) -> Result<Self, Error> {
         let file = fetched.file.clone();
-        let fields = fetched
-            .metadata
-            .schema()
+        let row_group = format!("row groups {:?}", fetched.row_groups);
+        let parquet_error = |source| Error::Parquet {
+            file: file.clone(),
+            place: row_group.clone(),
+            source,
+        };
+        let file_schema = fetched.metadata.schema().clone();
+        let dictionary = dictionary_columns(&fetched, &file_schema);
+        let fields = file_schema
             .fields()
             .iter()
-            .map(|f| match guest_type(f.data_type()) {
+            .zip(&dictionary)
+            .map(|(f, &dictionary)| match guest_type(f.data_type()) {
+                Some(DataType::Utf8) if dictionary => Ok(Field::new(f.name(), dictionary_utf8(), true)),
                 Some(t) => Ok(Field::new(f.name(), t, true)),
                 None => Err(Error::UnsupportedColumn {
                     file: file.clone(),
@@ -220,16 +254,32 @@ impl ParquetSplitReader {
                 }),
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let row_group = format!("row groups {:?}", fetched.row_groups);
-        let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(fetched.data, fetched.metadata)
+        let metadata = if dictionary.contains(&true) {
+            // Ask the decoder for those columns as dictionaries: it then
+            // hands out each column chunk's dictionary as decoded once,
+            // with codes, rather than every row's string copied out of it.
+            let read_as = file_schema
+                .fields()
+                .iter()
+                .zip(&dictionary)
+                .map(|(f, &dictionary)| {
+                    if dictionary {
+                        Arc::new(f.as_ref().clone().with_data_type(dictionary_utf8()))
+                    } else {
+                        f.clone()
+                    }
+                })
+                .collect::<Vec<_>>();
+            let options = ArrowReaderOptions::new().with_schema(Arc::new(Schema::new(read_as)));
+            ArrowReaderMetadata::try_new(fetched.metadata.metadata().clone(), options).map_err(parquet_error)?
+        } else {
+            fetched.metadata
+        };
+        let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(fetched.data, metadata)
             .with_row_groups(fetched.row_groups)
             .with_batch_size(BATCH_ROWS)
             .build()
-            .map_err(|source| Error::Parquet {
-                file: file.clone(),
-                place: row_group.clone(),
-                source,
-            })?;
+            .map_err(parquet_error)?;
         Ok(ParquetSplitReader {
             file,
             reader,

@@ -6,10 +6,11 @@
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, BinaryArray, BooleanArray, Float64Array, Int64Array, RecordBatch, RecordBatchOptions, StringArray,
-    UInt64Array,
+    Array, ArrayRef, BinaryArray, BooleanArray, DictionaryArray, Float64Array, Int64Array, RecordBatch,
+    RecordBatchOptions, StringArray, UInt64Array,
 };
 use arrow::buffer::{BooleanBuffer, Buffer, NullBuffer, OffsetBuffer, ScalarBuffer};
+use arrow::datatypes::Int32Type;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 
 use super::bindings::wmr::job::types as wit;
@@ -26,12 +27,90 @@ pub(crate) fn arrow_type(t: wit::DataType) -> DataType {
     }
 }
 
-/// Whether a batch column of this type can cross into a guest as is.
+/// Whether a batch column of this type can cross into a guest as is: one of
+/// the WIT types, or dictionary-encoded strings (for `map` input).
 pub fn is_guest_type(t: &DataType) -> bool {
     matches!(
         t,
         DataType::Utf8 | DataType::Binary | DataType::Int64 | DataType::UInt64 | DataType::Float64 | DataType::Boolean
-    )
+    ) || is_dictionary_utf8(t)
+}
+
+/// Whether `t` is the dictionary-encoded string type (`Int32` codes) that
+/// crosses into a guest's `map` as a `utf8-dictionary` column.
+fn is_dictionary_utf8(t: &DataType) -> bool {
+    matches!(t, DataType::Dictionary(k, v) if **k == DataType::Int32 && **v == DataType::Utf8)
+}
+
+/// Which dictionary each column of one instance's `map` input last sent
+/// that instance, so that a dictionary crosses once, not once per batch
+/// (see `utf8-dictionary` in the WIT world). Held per guest instance.
+#[derive(Default)]
+pub(crate) struct SentDictionaries {
+    /// By column index: the dictionary's values as last sent (held, so the
+    /// buffers compared cannot be freed and their addresses reused), and
+    /// its id.
+    by_column: Vec<Option<(ArrayRef, u64)>>,
+    next_id: u64,
+}
+
+impl SentDictionaries {
+    /// The id of `values` in column `column`, and whether the guest has it
+    /// already. The decoder hands out a column chunk's dictionary as a new
+    /// array each batch, over the same buffers: those are compared.
+    fn id_of(&mut self, column: usize, values: &StringArray) -> (u64, bool) {
+        if self.by_column.len() <= column {
+            self.by_column.resize(column + 1, None);
+        }
+        let same = |sent: &ArrayRef| {
+            sent.as_any().downcast_ref::<StringArray>().is_some_and(|sent| {
+                sent.len() == values.len()
+                    && sent.offsets().inner().inner().as_ptr() == values.offsets().inner().inner().as_ptr()
+                    && sent.values().as_ptr() == values.values().as_ptr()
+            })
+        };
+        match &self.by_column[column] {
+            Some((sent, id)) if same(sent) => (*id, true),
+            _ => {
+                self.next_id += 1;
+                self.by_column[column] = Some((Arc::new(values.clone()), self.next_id));
+                (self.next_id, false)
+            }
+        }
+    }
+}
+
+/// A dictionary-encoded string column as a `utf8-dictionary` column, its
+/// dictionary's values included only when `sent` says the guest lacks them.
+/// `None` when it cannot cross as one (a dictionary with nulls of its own,
+/// or codes out of its range), to be sent plain instead.
+fn dictionary_column(
+    array: &DictionaryArray<Int32Type>,
+    column: usize,
+    sent: &mut SentDictionaries,
+) -> Option<wit::ColumnData> {
+    let values = array.values();
+    let strings = values.as_any().downcast_ref::<StringArray>()?;
+    if strings.null_count() > 0 {
+        return None;
+    }
+    let len = strings.len();
+    let keys = array.keys();
+    let mut codes = Vec::with_capacity(keys.len());
+    for (i, &code) in keys.values().iter().enumerate() {
+        if keys.is_null(i) {
+            // A null row's key is unspecified; it crosses as 0.
+            codes.push(0);
+        } else {
+            codes.push(u32::try_from(code).ok().filter(|&c| (c as usize) < len)?);
+        }
+    }
+    let (dictionary, known) = sent.id_of(column, strings);
+    Some(wit::ColumnData::Utf8Dictionary(wit::Utf8Dictionary {
+        dictionary,
+        values: (!known).then(|| var_width(strings.value_offsets(), strings.values())),
+        codes,
+    }))
 }
 
 fn validity(array: &dyn Array) -> Vec<u8> {
@@ -60,9 +139,28 @@ fn var_width(offsets: &[i32], values: &[u8]) -> wit::VarWidth {
 
 /// One Arrow column as a WIT column. Callers only pass [`is_guest_type`]
 /// columns (inputs are normalised by `data`, and the rest was produced by
-/// guests); anything else is reported as `Err(type)`.
-pub(crate) fn to_wit_column(array: &ArrayRef) -> Result<wit::Column, DataType> {
+/// guests); anything else is reported as `Err(type)`. A dictionary column,
+/// index `column` of its batch, crosses as `utf8-dictionary` when `sent`
+/// is given, else plain.
+pub(crate) fn to_wit_column(
+    array: &ArrayRef,
+    column: usize,
+    sent: Option<&mut SentDictionaries>,
+) -> Result<wit::Column, DataType> {
     let data = match array.data_type() {
+        t if is_dictionary_utf8(t) => {
+            let dictionary = array
+                .as_any()
+                .downcast_ref::<DictionaryArray<Int32Type>>()
+                .ok_or_else(|| t.clone())?;
+            match sent.and_then(|sent| dictionary_column(dictionary, column, sent)) {
+                Some(data) => data,
+                None => {
+                    let plain = arrow::compute::cast(array, &DataType::Utf8).map_err(|_| t.clone())?;
+                    return to_wit_column(&plain, column, None);
+                }
+            }
+        }
         DataType::Utf8 => {
             let a = array.as_any().downcast_ref::<StringArray>().ok_or(DataType::Utf8)?;
             wit::ColumnData::Utf8(var_width(a.value_offsets(), a.values()))
@@ -101,18 +199,34 @@ pub(crate) fn to_wit_column(array: &ArrayRef) -> Result<wit::Column, DataType> {
     })
 }
 
-/// A record batch as a WIT batch.
+/// A record batch as a WIT batch: dictionary columns cross plain.
 pub(crate) fn to_wit_batch(batch: &RecordBatch) -> Result<wit::Batch, DataType> {
+    to_wit_batch_with(batch, None)
+}
+
+/// A record batch as a WIT batch, its dictionary columns as
+/// `utf8-dictionary` ones when `sent` (the receiving instance's record of
+/// dictionaries sent) is given.
+pub(crate) fn to_wit_batch_with(
+    batch: &RecordBatch,
+    mut sent: Option<&mut SentDictionaries>,
+) -> Result<wit::Batch, DataType> {
     Ok(wit::Batch {
         num_rows: batch.num_rows() as u32,
         names: batch.schema().fields().iter().map(|f| f.name().clone()).collect(),
-        columns: batch.columns().iter().map(to_wit_column).collect::<Result<_, _>>()?,
+        columns: batch
+            .columns()
+            .iter()
+            .enumerate()
+            .map(|(i, c)| to_wit_column(c, i, sent.as_deref_mut()))
+            .collect::<Result<_, _>>()?,
     })
 }
 
 fn wit_type_name(data: &wit::ColumnData) -> &'static str {
     match data {
         wit::ColumnData::Utf8(_) => "utf8",
+        wit::ColumnData::Utf8Dictionary(_) => "utf8-dictionary",
         wit::ColumnData::Binary(_) => "binary",
         wit::ColumnData::Int64(_) => "int64",
         wit::ColumnData::Uint64(_) => "uint64",
@@ -275,6 +389,49 @@ mod tests {
         assert_eq!(i.iter().collect::<Vec<_>>(), vec![Some(2), None, Some(4)]);
         let b = back.column(2).as_any().downcast_ref::<BooleanArray>().unwrap();
         assert_eq!(b.iter().collect::<Vec<_>>(), vec![Some(false), Some(true), Some(true)]);
+    }
+
+    #[test]
+    fn a_dictionary_crosses_once_per_instance() {
+        let words = StringArray::from(vec!["a", "bb", "ccc"]);
+        let coded = |values: &StringArray, keys: Vec<Option<i32>>| -> ArrayRef {
+            // A new array over the same buffers, as the Parquet decoder
+            // hands out a column chunk's dictionary batch after batch.
+            let values: ArrayRef = Arc::new(values.clone());
+            Arc::new(DictionaryArray::<Int32Type>::try_new(keys.into(), values).unwrap())
+        };
+        let data = |array: &ArrayRef, sent: &mut SentDictionaries| match to_wit_column(array, 1, Some(sent)).unwrap() {
+            wit::Column {
+                validity,
+                data: wit::ColumnData::Utf8Dictionary(d),
+            } => (d.dictionary, d.values.map(|v| v.offsets), d.codes, validity),
+            other => panic!("sent as {}", wit_type_name(&other.data)),
+        };
+        let mut sent = SentDictionaries::default();
+        let (id, values, codes, validity) = data(&coded(&words, vec![Some(2), None, Some(0)]), &mut sent);
+        assert_eq!(
+            (values, codes, validity),
+            (Some(vec![0, 1, 3, 6]), vec![2, 0, 0], vec![0b101])
+        );
+        let again = data(&coded(&words, vec![Some(1)]), &mut sent);
+        assert_eq!(again, (id, None, vec![1], vec![]));
+        // Another dictionary, even with equal values, is sent, and is then
+        // the one named.
+        let other = StringArray::from(vec!["a", "bb", "ccc"]);
+        let (next, values, ..) = data(&coded(&other, vec![Some(0)]), &mut sent);
+        assert!(next != id && values.is_some());
+        assert_eq!(data(&coded(&other, vec![Some(0)]), &mut sent).1, None);
+        // Without a record of what was sent, the column crosses plain.
+        match to_wit_column(&coded(&words, vec![Some(1), None]), 0, None).unwrap() {
+            wit::Column {
+                validity,
+                data: wit::ColumnData::Utf8(v),
+            } => assert_eq!(
+                (v.offsets, v.values, validity),
+                (vec![0, 2, 2], b"bb".to_vec(), vec![0b01])
+            ),
+            other => panic!("sent as {}", wit_type_name(&other.data)),
+        }
     }
 
     #[test]

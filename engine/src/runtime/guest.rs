@@ -177,6 +177,7 @@ impl JobModule {
             job,
             info: self.info.clone(),
             map_schema: None,
+            sent_dictionaries: convert::SentDictionaries::default(),
             guest_time: std::time::Duration::ZERO,
         };
         let result = instance.call("configure", |job, store| job.call_configure(store, &self.params))?;
@@ -209,6 +210,8 @@ pub struct GuestInstance {
     job: bindings::Job,
     info: JobInfo,
     map_schema: Option<SchemaRef>,
+    /// The dictionaries this instance's `map` has been sent.
+    sent_dictionaries: convert::SentDictionaries,
     /// Wall time spent in the guest's calls.
     guest_time: std::time::Duration,
 }
@@ -327,7 +330,7 @@ impl GuestInstance {
     /// [`Error::Guest`] if the guest traps, hits a limit, returns an error
     /// or returns a malformed batch.
     pub fn map(&mut self, source: &str, input: &RecordBatch) -> Result<RecordBatch, Error> {
-        let wit_batch = convert::to_wit_batch(input)
+        let wit_batch = convert::to_wit_batch_with(input, Some(&mut self.sent_dictionaries))
             .map_err(|t| Error::Internal(format!("input column of type {t} reached the guest unconverted")))?;
         let result = self.call("map", |job, store| job.call_map(store, source, &wit_batch))?;
         let schema = self.map_schema();

@@ -216,3 +216,43 @@ test("emit.each once grouping stopped, and -0 kept apart from 0", () => {
   const signs = Array.from(out.columns[1].data.val, (v) => (Object.is(v, -0) ? "-0" : String(v)));
   assert.deepEqual(signs.sort(), ["-0", "0"]);
 });
+
+test("dictionary columns: sent once, then named by id", () => {
+  class Count extends Job {
+    key = "string";
+    value = "u64";
+    output = [["k", "string"], ["n", "u64"]];
+    map(record, emit) {
+      emit(record.get("k") ?? "(null)", 1);
+    }
+    reduce(key, values, emit) {
+      emit(key, values.length);
+    }
+  }
+  function coded(dictionary, strings, codes, validity = new Uint8Array(0)) {
+    let values;
+    if (strings !== undefined) {
+      const bytes = strings.map((s) => encoder.encode(s));
+      const offsets = new Int32Array(strings.length + 1);
+      bytes.forEach((b, i) => (offsets[i + 1] = offsets[i] + b.length));
+      const all = new Uint8Array(offsets[strings.length]);
+      bytes.forEach((b, i) => all.set(b, offsets[i]));
+      values = { offsets, values: all };
+    }
+    return {
+      numRows: codes.length,
+      names: ["n", "k"],
+      columns: [
+        { validity: new Uint8Array(0), data: { tag: "int64", val: new BigInt64Array(codes.length) } },
+        { validity, data: { tag: "utf8-dictionary", val: { dictionary, values, codes: Uint32Array.from(codes) } } },
+      ],
+    };
+  }
+  const world = exportJob(Count);
+  world.configure([]);
+  const first = world.map("t.parquet", coded(7n, ["a", "é"], [0, 1, 1, 0], Uint8Array.of(0b1011)));
+  assert.deepEqual(pairs(first), ["(null)=1", "a=1", "a=1", "é=1"]);
+  // Named again without its values: the one kept is used.
+  assert.deepEqual(pairs(world.map("t.parquet", coded(7n, undefined, [1]))), ["é=1"]);
+  assert.throws(() => world.map("t.parquet", coded(8n, undefined, [0])), (e) => /without sending it/.test(e.message));
+});

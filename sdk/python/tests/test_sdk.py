@@ -276,6 +276,40 @@ class ExportTest(unittest.TestCase):
             world.map("t.parquet", batch)
         self.assertIn("input has no column 'nope'; its columns are: k, v", caught.exception.value.message)
 
+    def test_dictionary_columns_are_kept_across_batches(self):
+        class Count(wmr.Job):
+            key = str
+            value = wmr.u64
+
+            def map(self, record, emit):
+                emit(record["k"] if record["k"] is not None else "(null)", 1)
+
+            def reduce(self, key, values, emit):
+                emit(sum(values))
+
+        def coded(dictionary, words, codes, validity=b""):
+            values = None
+            if words is not None:
+                encoded = [w.encode() for w in words]
+                offsets = [0]
+                for e in encoded:
+                    offsets.append(offsets[-1] + len(e))
+                values = wit.VarWidth(offsets=offsets, values=b"".join(encoded))
+            data = wit.ColumnData_Utf8Dictionary(wit.Utf8Dictionary(dictionary=dictionary, values=values, codes=codes))
+            other = wit.Column(validity=b"", data=wit.ColumnData_Int64(list(range(len(codes)))))
+            return wit.Batch(num_rows=len(codes), names=["n", "k"], columns=[other, wit.Column(validity=validity, data=data)])
+
+        world, _ = self.world(Count)
+        self.assertEqual(
+            pairs(world.map("t.parquet", coded(7, ["a", "é"], [0, 1, 1, 0], b"\x0b"))),
+            [("(null)", 1), ("a", 1), ("a", 1), ("é", 1)],
+        )
+        # Named again without its values: the one kept is used.
+        self.assertEqual(pairs(world.map("t.parquet", coded(7, None, [1]))), [("é", 1)])
+        with self.assertRaises(Err) as caught:
+            world.map("t.parquet", coded(8, None, [0]))
+        self.assertIn("without sending it", caught.exception.value.message)
+
 
 if __name__ == "__main__":
     unittest.main()

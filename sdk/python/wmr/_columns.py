@@ -86,11 +86,50 @@ def _var_width(data, n, as_text):
     return [values[a:b].decode("utf-8", "replace") for a, b in zip(offsets, offsets[1:n + 1])]
 
 
-def read_column(column, n):
-    """A column of ``n`` rows as a list of Python values (None for nulls)."""
+# The dictionaries of dictionary-encoded ``map`` input columns, by column
+# index: [id, values as sent, values as a list of str once decoded]. The
+# host sends each dictionary once and then names it by id.
+_dictionaries = {}
+
+
+def receive_dictionaries(batch):
+    """Keep the dictionaries ``batch`` brings (every one, read or not: a
+    later batch may name it without sending it again)."""
+    for i, column in enumerate(batch.columns):
+        data = column.data
+        if not isinstance(data, wit.ColumnData_Utf8Dictionary):
+            continue
+        sent = data.value
+        if sent.values is not None:
+            _dictionaries[i] = [sent.dictionary, sent.values, None]
+        elif _dictionaries.get(i, [None])[0] != sent.dictionary:
+            raise RuntimeError(
+                f"the host named dictionary {sent.dictionary} for input column {i} "
+                "without sending it; this is a bug in wmr"
+            )
+
+
+def _dictionary_values(index, sent):
+    held = _dictionaries.get(index)
+    if held is None or held[0] != sent.dictionary:
+        raise RuntimeError(f"dictionary {sent.dictionary} of input column {index} was never received")
+    if held[2] is None:
+        # Each distinct string is made once per dictionary, and every row
+        # that has it shares it (with its hash, computed once).
+        held[2] = _var_width(held[1], len(held[1].offsets) - 1, True)
+        held[1] = None
+    return held[2]
+
+
+def read_column(column, n, index=None):
+    """A column of ``n`` rows as a list of Python values (None for nulls);
+    ``index`` is its place in a ``map`` input batch, for dictionaries."""
     data = column.data
     if isinstance(data, wit.ColumnData_Utf8):
         values = _var_width(data.value, n, True)
+    elif isinstance(data, wit.ColumnData_Utf8Dictionary):
+        strings = _dictionary_values(index, data.value)
+        values = list(map(strings.__getitem__, data.value.codes[:n]))
     elif isinstance(data, wit.ColumnData_Binary):
         values = _var_width(data.value, n, False)
     elif isinstance(data, wit.ColumnData_Boolean):

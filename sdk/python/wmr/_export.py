@@ -73,7 +73,7 @@ class _Lazy(dict):
         i = self._index.get(name)
         if i is None:
             raise KeyError(f"input has no column {name!r}; its columns are: {', '.join(self._batch.names)}")
-        column = columns.read_column(self._batch.columns[i], self._batch.num_rows)
+        column = columns.read_column(self._batch.columns[i], self._batch.num_rows, i)
         self[name] = column
         return column
 
@@ -298,6 +298,7 @@ def export(cls):
             try:
                 task = _configured()
                 n = input.num_rows
+                columns.receive_dictionaries(input)
                 batch_columns = _Lazy(input)
                 record = Record(source, batch_columns)
                 emit = task.emitter()
