@@ -3,13 +3,13 @@
 // A job is a class with `map`, an optional `combine` and `reduce`, exported
 // as the module's default export:
 //
-//     import { Job, words } from "./wmr.js";
+//     import { Job } from "./wmr.js";
 //
 //     export default class WordCount extends Job {
 //       key = "string";
 //       value = "u64";
 //       output = [["word", "string"], ["count", "u64"]];
-//       map(record, emit) { emit.each(words(record.line), 1); }
+//       map(record, emit) { emit.words(record.line, 1); }
 //       combine(word, counts) { return counts.reduce((a, b) => a + b, 0); }
 //       reduce(word, counts, emit) { emit(word, this.combine(word, counts)); }
 //     }
@@ -24,7 +24,7 @@
 // "i64", "u64" (Numbers, exact up to 2^53; BigInts are accepted too), "f64",
 // "bool", or an array of them for a tuple; any value may be null.
 
-import { addCounters, log as hostLog } from "wmr:job/host@0.1.0";
+import { addCounters, countWords, log as hostLog } from "wmr:job/host@0.1.0";
 import { ALPHABETIC } from "./alphabet.js";
 
 const TYPES = new Map([
@@ -121,7 +121,9 @@ export class Job {
   }
 
   /** Map one input record, calling `emit(key, value)` (or
-   * `emit.each(keys, value)`, for every key of `keys`) any number of times. */
+   * `emit.each(keys, value)`, for every key of `keys`, or
+   * `emit.words(text, value)`, for every word of `text` as `words` finds
+   * them, counted by the host) any number of times. */
   map(record, emit) {
     throw new Error(`${this.constructor.name} does not define map`);
   }
@@ -494,6 +496,23 @@ function keyId(key) {
   return id;
 }
 
+/** Whether `value` may be a column value (not some other object). */
+function isColumnValue(value) {
+  return !(typeof value === "object" && value !== null && !Array.isArray(value) && !(value instanceof Uint8Array));
+}
+
+/** What tells `emit.each`'s values apart: -0 apart from 0, which a Map
+ * would take for one value. */
+function valueIdOf(value) {
+  return Object.is(value, -0) ? "-0" : keyId(value);
+}
+
+// `emit.words` sends its texts to the host to count once this many
+// characters wait (UTF-8 at most 32 MiB, within the host's 64), when the
+// held pairs are folded or taken, and at the end of a `map` call that does
+// not group: the more text per call, the fewer words come back twice.
+const PENDING_WORD_CHARS = 8 << 20;
+
 class Task {
   constructor(job) {
     const what = job.constructor.name;
@@ -510,6 +529,10 @@ class Task {
     this.counted = new Map();
     this.keys = [];
     this.values = [];
+    // What `emit.words` was given and the host has not counted yet: per
+    // distinct value, the value and its texts.
+    this.pendingWords = new Map();
+    this.pendingChars = 0;
   }
 
   /** The `emit(key, value)` handed to `map`, with `emit.each(keys, value)`. */
@@ -525,13 +548,12 @@ class Task {
         else entry.values.push(value);
       };
       emit.each = (keys, value) => {
-        if (typeof value === "object" && value !== null && !Array.isArray(value) && !(value instanceof Uint8Array)) {
+        if (!isColumnValue(value)) {
           // Not a column value: emitted one by one, refused as emit refuses it.
           for (const key of keys) emit(key, value);
           return;
         }
-        // -0 apart from 0: a Map would take them for one value.
-        const valueId = Object.is(value, -0) ? "-0" : keyId(value);
+        const valueId = valueIdOf(value);
         let byValue = counted.get(valueId);
         if (byValue === undefined) counted.set(valueId, (byValue = { value, counts: new Map(), keys: new Map() }));
         // Counts are plain numbers (no object per key, which SpiderMonkey's
@@ -569,7 +591,53 @@ class Task {
         }
       };
     }
+    const pending = this.pendingWords;
+    emit.words = (text, value = 1) => {
+      if (typeof text !== "string") throw new TypeError(`emit.words takes a string, not ${text === null ? "null" : typeof text}`);
+      if (!isColumnValue(value)) {
+        emit.each(words(text), value);
+        return;
+      }
+      const valueId = valueIdOf(value);
+      let waiting = pending.get(valueId);
+      if (waiting === undefined) pending.set(valueId, (waiting = { value, texts: [] }));
+      waiting.texts.push(text);
+      this.pendingChars += text.length;
+      if (this.pendingChars > PENDING_WORD_CHARS) this.countPendingWords();
+    };
     return emit;
+  }
+
+  /** Have the host count the words of the texts `emit.words` was given (at
+   * native speed, one call per distinct value), and emit them: each
+   * distinct word counted once while grouping, else every occurrence. */
+  countPendingWords() {
+    const pending = [...this.pendingWords.values()];
+    this.pendingWords.clear();
+    this.pendingChars = 0;
+    for (const { value, texts } of pending) {
+      const counted = countWords(texts.join("\n"));
+      if (this.grouping) {
+        const valueId = valueIdOf(value);
+        let byValue = this.counted.get(valueId);
+        if (byValue === undefined) {
+          this.counted.set(valueId, (byValue = { value, counts: new Map(), keys: new Map() }));
+        }
+        const counts = byValue.counts;
+        for (let i = 0; i < counted.length; i++) {
+          const [word, n] = counted[i];
+          counts.set(word, (counts.get(word) ?? 0) + n);
+        }
+      } else {
+        for (let i = 0; i < counted.length; i++) {
+          const [word, n] = counted[i];
+          for (let j = 0; j < n; j++) {
+            this.keys.push(word);
+            this.values.push(value);
+          }
+        }
+      }
+    }
   }
 
   /** How many keys are held (a key held both ways counts twice). */
@@ -605,6 +673,7 @@ class Task {
   }
 
   fold() {
+    this.countPendingWords();
     let total = 0;
     for (const entry of this.held.values()) total += entry.values.length;
     total += this.takeCounted();
@@ -616,6 +685,7 @@ class Task {
   }
 
   takeAll() {
+    this.countPendingWords();
     this.takeCounted();
     const keys = [];
     const values = [];

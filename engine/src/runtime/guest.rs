@@ -12,7 +12,9 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::{self, wmr::job::host, wmr::job::types as wit};
 use super::capture::CappedPipe;
-use super::{CANCEL_CHECK_TICKS, CancelFlag, Error, GuestError, JobInfo, JobModule, Limits, Runtime, convert, limits};
+use super::{
+    CANCEL_CHECK_TICKS, CancelFlag, Error, GuestError, JobInfo, JobModule, Limits, Runtime, convert, limits, words,
+};
 
 /// Per-store state: the empty WASI context, limits, counters and the log.
 pub(super) struct GuestState {
@@ -91,6 +93,10 @@ impl host::Host for GuestState {
         let message = limits::bounded_message(&message);
         self.append_log(&format!("PANIC {message}"));
         self.panic = Some((message, row));
+    }
+
+    fn count_words(&mut self, text: String) -> Result<Vec<(String, u32)>, String> {
+        words::count_words(&text)
     }
 }
 

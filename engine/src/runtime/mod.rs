@@ -13,6 +13,7 @@ pub mod compile;
 mod convert;
 mod guest;
 pub mod limits;
+mod words;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};

@@ -1,6 +1,6 @@
 // Word count: how many times each word occurs in the input text.
 
-import { Job, words } from "./wmr.js";
+import { Job } from "./wmr.js";
 
 export default class WordCount extends Job {
   key = "string";
@@ -8,7 +8,7 @@ export default class WordCount extends Job {
   output = [["word", "string"], ["count", "u64"]];
 
   map(record, emit) {
-    emit.each(words(record.line), 1);
+    emit.words(record.line, 1);
   }
 
   combine(word, counts) {

@@ -9,7 +9,7 @@ class WordCount(wmr.Job):
     output = [("word", str), ("count", wmr.u64)]
 
     def map(self, record, emit):
-        emit.each(wmr.words(record.line), 1)
+        emit.words(record.line, 1)
 
     def combine(self, word, counts):
         return sum(counts)

@@ -12,7 +12,22 @@ import { fileURLToPath, pathToFileURL } from "node:url";
 
 const sdk = fileURLToPath(new URL("..", import.meta.url));
 const dir = mkdtempSync(join(tmpdir(), "wmr-js-sdk-"));
-writeFileSync(join(dir, "host.mjs"), "export function addCounters() {}\nexport function log() {}\n");
+writeFileSync(
+  join(dir, "host.mjs"),
+  [
+    "export function addCounters() {}",
+    "export function log() {}",
+    // The host's count-words, stubbed: the same words (checked against
+    // words() below), counted, and every text it was given kept.
+    "export const countedTexts = [];",
+    "export function countWords(text) {",
+    "  countedTexts.push(text);",
+    "  const counts = new Map();",
+    "  for (const w of text.match(/\\p{Alphabetic}+/gu) ?? []) counts.set(w, (counts.get(w) ?? 0) + 1);",
+    "  return [...counts];",
+    "}",
+  ].join("\n"),
+);
 copyFileSync(join(sdk, "alphabet.js"), join(dir, "alphabet.mjs"));
 writeFileSync(
   join(dir, "wmr.mjs"),
@@ -21,6 +36,7 @@ writeFileSync(
     .replace('"./alphabet.js"', '"./alphabet.mjs"'),
 );
 const { Job, words, exportJob } = await import(pathToFileURL(join(dir, "wmr.mjs")));
+const { countedTexts } = await import(pathToFileURL(join(dir, "host.mjs")));
 after(() => rmSync(dir, { recursive: true, force: true }));
 
 const encoder = new TextEncoder();
@@ -255,4 +271,45 @@ test("dictionary columns: sent once, then named by id", () => {
   // Named again without its values: the one kept is used.
   assert.deepEqual(pairs(world.map("t.parquet", coded(7n, undefined, [1]))), ["é=1"]);
   assert.throws(() => world.map("t.parquet", coded(8n, undefined, [0])), (e) => /without sending it/.test(e.message));
+});
+
+test("emit.words counts like emit.each, in one host call per value", () => {
+  class Words extends WordCount {
+    map(record, emit) {
+      emit.words(record.line);
+      emit.words(record.line, 10);
+    }
+  }
+  const world = exportJob(Words);
+  world.configure([]);
+  countedTexts.length = 0;
+  world.map("a.txt", textBatch(["a b a", "b, c!"]));
+  world.map("a.txt", textBatch(["a"]));
+  // Held across calls, then counted in one call per distinct value.
+  assert.deepEqual(countedTexts, []);
+  assert.deepEqual(pairs(world.flush()), ["a=33", "b=22", "c=11"]);
+  assert.deepEqual(countedTexts, ["a b a\nb, c!\na", "a b a\nb, c!\na"]);
+  class NotText extends WordCount {
+    map(record, emit) {
+      emit.words(7, 1);
+    }
+  }
+  const bad = exportJob(NotText);
+  bad.configure([]);
+  assert.throws(() => bad.map("a.txt", textBatch(["x"])), (e) => /emit.words takes a string, not number/.test(e.message));
+  // Without a combine, every occurrence is emitted.
+  class NoCombine extends Job {
+    key = "string";
+    value = "u64";
+    output = [["word", "string"], ["count", "u64"]];
+    map(record, emit) {
+      emit.words(record.line, 2);
+    }
+    reduce(word, counts, emit) {
+      emit(word, counts.length);
+    }
+  }
+  const direct = exportJob(NoCombine);
+  direct.configure([]);
+  assert.deepEqual(pairs(direct.map("a.txt", textBatch(["a b a"]))), ["a=2", "a=2", "b=2"]);
 });

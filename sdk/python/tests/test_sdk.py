@@ -15,6 +15,19 @@ from wmr import _export
 sent_counters = []
 host.add_counters = lambda deltas: sent_counters.append(dict(deltas))
 host.log = lambda level, message: None
+counted_texts = []
+
+
+def count_words(text):
+    # The host's count-words, stubbed: the same words, counted.
+    counted_texts.append(text)
+    counts = {}
+    for word in wmr.words(text):
+        counts[word] = counts.get(word, 0) + 1
+    return list(counts.items())
+
+
+host.count_words = count_words
 
 
 def text_batch(lines):
@@ -156,6 +169,39 @@ class ExportTest(unittest.TestCase):
         world.map("a.txt", text_batch(["a total"]))
         # "total": 7 words from emit, plus the word "total" itself from each.
         self.assertEqual(pairs(world.flush()), [("a", 3), ("b", 2), ("c", 1), ("total", 8)])
+
+    def test_emit_words_counts_like_emit_each_in_one_host_call_per_value(self):
+        class Words(WordCount):
+            def map(self, record, emit):
+                emit.words(record.line, 1)
+                emit.words(record.line, 10)
+
+        world, _ = self.world(Words)
+        counted_texts.clear()
+        world.map("a.txt", text_batch(["a b a", "b, c!"]))
+        world.map("a.txt", text_batch(["a"]))
+        # Held across calls, then counted in one call per distinct value.
+        self.assertEqual(counted_texts, [])
+        self.assertEqual(pairs(world.flush()), [("a", 33), ("b", 22), ("c", 11)])
+        self.assertEqual(counted_texts, ["a b a\nb, c!\na", "a b a\nb, c!\na"])
+        with self.assertRaises(Err) as caught:
+
+            class NotText(WordCount):
+                def map(self, record, emit):
+                    emit.words(b"bytes", 1)
+
+            self.world(NotText)[0].map("a.txt", text_batch(["x"]))
+        self.assertIn("emit.words takes a str, not bytes", caught.exception.value.message)
+
+        # Without a combine, every occurrence is emitted.
+        class NoCombine(WordCount):
+            combine = wmr.Job.combine
+
+            def map(self, record, emit):
+                emit.words(record.line, 2)
+
+        world, _ = self.world(NoCombine)
+        self.assertEqual(pairs(world.map("a.txt", text_batch(["a b a"]))), [("a", 2), ("a", 2), ("b", 2)])
 
     def test_emit_each_hands_combine_bounded_lists(self):
         lengths = []

@@ -11,7 +11,7 @@ exported as the component's entry points by ``wmr.export``::
         output = [("word", str), ("count", wmr.u64)]
 
         def map(self, record, emit):
-            emit.each(wmr.words(record.line), 1)
+            emit.words(record.line, 1)
 
         def combine(self, word, counts):
             return sum(counts)
@@ -30,6 +30,9 @@ columns once per batch.
 ``emit(key, value)`` emits one pair; ``emit.each(keys, value)`` emits
 ``value`` with every key of an iterable, counted in C rather than in a
 Python loop: the fast way to emit many keys with one value.
+``emit.words(text, value)`` is ``emit.each(wmr.words(text), value)`` with
+the words found and counted by the engine, at native speed (texts are sent
+a few MiB at a time).
 
 Types of keys, values and output columns: ``str``, ``bytes``, ``int``
 (64-bit signed), ``wmr.u64`` (64-bit unsigned), ``float``, ``bool``, or a

@@ -25,6 +25,7 @@ from wit_world.imports import types as wit
 from . import _columns as columns
 from . import _host
 from ._job import Job, Params, Record
+from ._text import words as _words
 
 # Combining in the mapper, checked after every call: the held values are
 # folded (one `combine` call per held key) once there are FOLD_VALUES of
@@ -37,6 +38,11 @@ HELD_KEYS = 100_000
 # `emit.each` has counted them (a key seen a million times in a split is
 # not a list of a million values).
 REPEAT_CHUNK = 4096
+# `emit.words` sends its texts to the host to count once this many
+# characters wait (UTF-8 at most 32 MiB, within the host's 64), when the
+# held pairs are folded or taken, and at the end of a `map` call that does
+# not group: the more text per call, the fewer words come back twice.
+PENDING_WORD_CHARS = 8 << 20
 
 _SDK_DIR = os.path.dirname(os.path.abspath(__file__))
 
@@ -102,6 +108,10 @@ class _Task:
         self.counted = {}
         self.keys = []
         self.values = []
+        # What `emit.words` was given and the host has not counted yet: for
+        # each distinct value, the value and its texts.
+        self.pending_words = {}
+        self.pending_chars = 0
 
     def emitter(self):
         """The `emit(key, value)` handed to `map`, with `emit.each(keys,
@@ -141,8 +151,49 @@ class _Task:
                 keys_out.extend(keys)
                 values_out.extend(repeat(value, len(keys_out) - before))
 
+        pending = self.pending_words
+
+        def words(text, value=1):
+            if text.__class__ is not str:
+                raise TypeError(f"emit.words takes a str, not {type(text).__name__}")
+            try:
+                identity = _value_identity(value)
+                waiting = pending.get(identity)
+            except (TypeError, ValueError):
+                each(_words(text), value)
+                return
+            if waiting is None:
+                waiting = pending[identity] = (value, [])
+            waiting[1].append(text)
+            self.pending_chars += len(text)
+            if self.pending_chars > PENDING_WORD_CHARS:
+                self.count_pending_words()
+
         emit.each = each
+        emit.words = words
         return emit
+
+    def count_pending_words(self):
+        """Have the host count the words of the texts `emit.words` was given
+        (at native speed, one call per distinct value), and emit them: each
+        distinct word counted once while grouping, else every occurrence."""
+        pending = list(self.pending_words.values())
+        self.pending_words.clear()
+        self.pending_chars = 0
+        for value, texts in pending:
+            counted = _host.count_words("\n".join(texts))
+            if self.grouping:
+                identity = _value_identity(value)
+                counts = self.counted.get(identity)
+                if counts is None:
+                    counts = self.counted[identity] = {}
+                get = counts.get
+                for word, n in counted:
+                    counts[word] = get(word, 0) + n
+            else:
+                for word, n in counted:
+                    self.keys.extend(repeat(word, n))
+                    self.values.extend(repeat(value, n))
 
     def held_keys(self):
         """How many keys are held (a key held both ways counts twice)."""
@@ -176,6 +227,7 @@ class _Task:
         """Combine each held key's values into one; stop grouping when keys
         are mostly distinct (as DuckDB and Spark stop partial aggregation).
         Returns whether the held pairs should be sent on now."""
+        self.count_pending_words()
         held = self.held
         combine = self.job.combine
         total = sum(map(len, held.values())) + self._take_counted(combine)
@@ -189,6 +241,7 @@ class _Task:
     def take_all(self):
         """Everything held and emitted so far, combined where grouped, as
         one batch; nothing held after."""
+        self.count_pending_words()
         held = self.held
         combine = self.job.combine
         self._take_counted(combine)

@@ -34,3 +34,11 @@ def flush_counters():
     _counters.clear()
     if deltas:
         host.add_counters(deltas)
+
+
+def count_words(text):
+    """The words of ``text`` (as ``wmr.words`` finds them), counted by the
+    host at native speed: a list of (word, count), each word once."""
+    from wit_world.imports import host
+
+    return host.count_words(text)

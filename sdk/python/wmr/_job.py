@@ -52,8 +52,9 @@ class Job:
 
     def map(self, record, emit):
         """Map one input :class:`Record`, calling ``emit(key, value)`` (or
-        ``emit.each(keys, value)``, for every key of ``keys``) any number of
-        times."""
+        ``emit.each(keys, value)``, for every key of ``keys``, or
+        ``emit.words(text, value)``, for every word of ``text`` as
+        :func:`wmr.words` finds them) any number of times."""
         raise NotImplementedError(f"{type(self).__name__} does not define map")
 
     def combine(self, key, values):
