@@ -507,11 +507,13 @@ function valueIdOf(value) {
   return Object.is(value, -0) ? "-0" : keyId(value);
 }
 
-// `emit.words` sends its texts to the host to count once this many
-// characters wait (UTF-8 at most 32 MiB, within the host's 64), when the
-// held pairs are folded or taken, and at the end of a `map` call that does
-// not group: the more text per call, the fewer words come back twice.
-const PENDING_WORD_CHARS = 8 << 20;
+// `emit.words` sends its texts to the host to count before more than this
+// many UTF-16 units (counting one for each text's separator) would wait, so
+// at most 12 MiB of UTF-8 go in one call (the host takes 16); when the held
+// pairs are folded or taken; and at the end of a `map` call that does not
+// group. The more text per call, the fewer words come back twice. A longer
+// text is counted here.
+const PENDING_WORD_CHARS = 4 << 20;
 
 class Task {
   constructor(job) {
@@ -598,12 +600,17 @@ class Task {
         emit.each(words(text), value);
         return;
       }
+      const size = text.length + 1;
+      if (size > PENDING_WORD_CHARS) {
+        emit.each(words(text), value);
+        return;
+      }
+      if (this.pendingChars + size > PENDING_WORD_CHARS) this.countPendingWords();
       const valueId = valueIdOf(value);
       let waiting = pending.get(valueId);
       if (waiting === undefined) pending.set(valueId, (waiting = { value, texts: [] }));
       waiting.texts.push(text);
-      this.pendingChars += text.length;
-      if (this.pendingChars > PENDING_WORD_CHARS) this.countPendingWords();
+      this.pendingChars += size;
     };
     return emit;
   }

@@ -45,6 +45,10 @@ const INLINE: usize = 12;
 /// array by code would be too large for what it saves).
 const MAX_CODED: u32 = 1 << 18;
 
+/// Keys are grouped by code for this many dictionaries at once; the oldest
+/// makes room for a new one.
+const CODED_DICTIONARIES: usize = 4;
+
 /// One slot of the table: all a lookup reads and writes. It is kept in an
 /// [`Aligned`] wrapper so that it spans as few cache lines as it can.
 #[derive(Default)]
@@ -263,10 +267,14 @@ pub(crate) struct Grouping<K, V> {
     /// Whether keys can be grouped by code: the key is one string column,
     /// whose hash and encoding are those of its bytes.
     codable: bool,
-    /// Grouping by code for the dictionary of the last coded key.
-    coded: Option<CodedGroups<V>>,
-    /// Pairs with coded keys (code, value), staged as `staged` is.
-    coded_staged: Vec<(u32, V)>,
+    /// Grouping by code for the dictionaries of the last coded keys (a
+    /// job's keys may come from several columns), oldest first.
+    coded: Vec<CodedGroups<V>>,
+    /// Which of them the last coded key's was.
+    coded_last: usize,
+    /// Pairs with coded keys (index in `coded`, code, value), staged as
+    /// `staged` is.
+    coded_staged: Vec<(usize, u32, V)>,
 }
 
 /// Keys of one dictionary grouped by code.
@@ -302,7 +310,8 @@ impl<K: Columns, V: Columns> Grouping<K, V> {
             staged: Vec::with_capacity(STAGED),
             staged_keys: Vec::new(),
             codable: K::data_types() == [crate::bindings::wmr::job::types::DataType::Utf8],
-            coded: None,
+            coded: Vec::new(),
+            coded_last: 0,
             coded_staged: Vec::with_capacity(STAGED),
         }
     }
@@ -313,9 +322,9 @@ impl<K: Columns, V: Columns> Grouping<K, V> {
         if self.codable
             && let Some(text) = key.as_text()
             && let Some(c) = coded(text).filter(|c| c.dictionary_len <= MAX_CODED)
-            && self.take_dictionary(&c)
+            && let Some(at) = self.take_dictionary(&c)
         {
-            self.coded_staged.push((c.code, value));
+            self.coded_staged.push((at, c.code, value));
             if self.coded_staged.len() == STAGED {
                 self.settle_coded();
             }
@@ -338,54 +347,70 @@ impl<K: Columns, V: Columns> Grouping<K, V> {
         }
     }
 
-    /// Make `c`'s dictionary the one grouped by code, if it is not yet
-    /// (the pairs of the one before join their groups); whether it is.
-    fn take_dictionary(&mut self, c: &CodedStr) -> bool {
-        if self.coded.as_ref().is_some_and(|g| g.dictionary.id() == c.dictionary) {
-            return true;
+    /// Where in `coded` `c`'s dictionary's groups are, made if they are
+    /// not (the oldest groups' values joining their slots when there are
+    /// too many); `None` if the dictionary is not held.
+    #[inline]
+    fn take_dictionary(&mut self, c: &CodedStr) -> Option<usize> {
+        if self
+            .coded
+            .get(self.coded_last)
+            .is_some_and(|g| g.dictionary.id() == c.dictionary)
+        {
+            return Some(self.coded_last);
         }
-        let Some(dictionary) = held_dictionary(c.dictionary) else {
-            return false;
-        };
-        self.settle_coded();
-        self.join_coded();
-        self.coded = Some(CodedGroups {
+        if let Some(at) = self.coded.iter().position(|g| g.dictionary.id() == c.dictionary) {
+            self.coded_last = at;
+            return Some(at);
+        }
+        let dictionary = held_dictionary(c.dictionary)?;
+        if self.coded.len() == CODED_DICTIONARIES {
+            self.settle_coded();
+            self.join_coded(0);
+            self.coded.remove(0);
+        }
+        self.coded.push(CodedGroups {
             entries: std::iter::repeat_with(CodedEntry::default)
                 .take(dictionary.len())
                 .collect(),
             dictionary,
             touched: Vec::new(),
         });
-        true
+        self.coded_last = self.coded.len() - 1;
+        Some(self.coded_last)
     }
 
     /// Combine every staged coded pair into its code's entry; a code seen
     /// for the first time finds its group through the table.
     fn settle_coded(&mut self) {
         let Grouping {
-            coded: Some(groups),
+            coded,
             coded_staged,
             keys,
             combine,
             hasher,
             tables,
             ..
-        } = self
-        else {
-            return;
+        } = self;
+        let entry_of = |coded: &[CodedGroups<V>], at: usize, code: u32| {
+            coded
+                .get(at)
+                .and_then(|g| g.entries.get(code as usize))
+                .map(|e| e.group)
         };
         // First load every pair's entry; the loads do not wait on each other.
-        let loaded = coded_staged.iter().fold(0u32, |t, (code, _)| {
-            t ^ groups.entries.get(*code as usize).map_or(0, |e| e.group)
-        });
+        let loaded = coded_staged
+            .iter()
+            .fold(0u32, |t, (at, code, _)| t ^ entry_of(coded, *at, *code).unwrap_or(0));
         std::hint::black_box(loaded);
         // Then hash the keys of codes not seen yet, and load their slots.
         let mut first_hashes = [0u64; STAGED];
         let mut loaded = 0u32;
-        for ((code, _), first) in coded_staged.iter().zip(&mut first_hashes) {
-            if groups.entries.get(*code as usize).is_some_and(|e| e.group == 0) {
+        for ((at, code, _), first) in coded_staged.iter().zip(&mut first_hashes) {
+            if entry_of(coded, *at, *code) == Some(0) {
+                let text = coded[*at].dictionary.text(*code).unwrap_or_default();
                 let mut h = hasher.build_hasher();
-                h.write(groups.dictionary.text(*code).unwrap_or_default().as_bytes());
+                h.write(text.as_bytes());
                 *first = h.finish();
                 loaded ^= match tables {
                     Tables::Half(table) => table.touch(*first),
@@ -394,7 +419,8 @@ impl<K: Columns, V: Columns> Grouping<K, V> {
             }
         }
         std::hint::black_box(loaded);
-        for ((code, value), hash) in coded_staged.drain(..).zip(first_hashes) {
+        for ((at, code, value), hash) in coded_staged.drain(..).zip(first_hashes) {
+            let Some(groups) = coded.get_mut(at) else { continue };
             let Some(entry) = groups.entries.get_mut(code as usize) else {
                 continue;
             };
@@ -426,15 +452,16 @@ impl<K: Columns, V: Columns> Grouping<K, V> {
         }
     }
 
-    /// The dictionary whose keys are grouped by code now, if any.
+    /// The dictionaries whose keys are grouped by code now, oldest first.
     #[cfg(test)]
-    pub(crate) fn coded_dictionary(&self) -> Option<u64> {
-        self.coded.as_ref().map(|g| g.dictionary.id())
+    pub(crate) fn coded_dictionaries(&self) -> Vec<u64> {
+        self.coded.iter().map(|g| g.dictionary.id()).collect()
     }
 
-    /// Combine the values held by code into their groups' slots.
-    fn join_coded(&mut self) {
-        let Some(groups) = self.coded.as_mut() else { return };
+    /// Combine the values held by code for `coded[at]` into their groups'
+    /// slots.
+    fn join_coded(&mut self, at: usize) {
+        let Some(groups) = self.coded.get_mut(at) else { return };
         let touched = std::mem::take(&mut groups.touched);
         let mut pending = Vec::with_capacity(STAGED);
         for chunk in touched.chunks(STAGED) {
@@ -493,7 +520,9 @@ impl<K: Columns, V: Columns> Grouping<K, V> {
             }
         }
         self.settle();
-        self.join_coded();
+        for at in 0..self.coded.len() {
+            self.join_coded(at);
+        }
         match self.tables {
             Tables::Half(table) => each(table, &mut self.keys, &mut f),
             Tables::Line(table) => each(table, &mut self.keys, &mut f),

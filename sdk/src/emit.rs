@@ -398,7 +398,7 @@ mod tests {
         // A new dictionary: the same strings under other codes, and one more.
         feed(coded_batch(2, Some(&["b", "c", "a"]), &[2, 0, 1, 1], vec![]), &mut emit);
         match &emit.mode {
-            EmitMode::Grouping(g) => assert_eq!(g.coded_dictionary(), Some(2)),
+            EmitMode::Grouping(g) => assert_eq!(g.coded_dictionaries(), [1, 2]),
             EmitMode::Direct { .. } => panic!("a job that combines groups"),
         }
         assert!(
@@ -418,6 +418,31 @@ mod tests {
             ("c".to_string(), 1 + 10),
         ];
         assert_eq!(rows, want);
+    }
+
+    #[test]
+    fn keys_of_many_dictionaries_keep_their_values_when_groups_make_room() {
+        use crate::record::{InputBatch, forget_coded, receive_dictionaries, with_dictionaries};
+        let mut emit = Emit::<String, u64>::new(sum());
+        for id in 10..16u64 {
+            let mut batch = coded_batch(id, Some(&["x", "y"]), &[0, 1, 1], vec![]);
+            receive_dictionaries(&mut batch).unwrap();
+            with_dictionaries(|dictionaries| {
+                let input = InputBatch::new("f", &batch, dictionaries);
+                for row in 0..input.rows() {
+                    emit.emit(input.record(row).str("k").unwrap(), id);
+                }
+            });
+            forget_coded();
+        }
+        match &emit.mode {
+            EmitMode::Grouping(g) => assert_eq!(g.coded_dictionaries(), [12, 13, 14, 15]),
+            EmitMode::Direct { .. } => panic!("a job that combines groups"),
+        }
+        let total: u64 = (10..16).sum();
+        let mut rows = rows_of(&emit.finish());
+        rows.sort();
+        assert_eq!(rows, [("x".to_string(), total), ("y".to_string(), 2 * total)]);
     }
 
     #[test]

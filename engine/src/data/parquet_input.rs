@@ -208,12 +208,23 @@ fn dictionary_columns(fetched: &FetchedParquet, schema: &Schema) -> Vec<bool> {
         .iter()
         .map(|f| {
             let Some(first) = first else { return false };
-            guest_type(f.data_type()) == Some(DataType::Utf8)
+            // Strings only: dates and times are read as their own types
+            // (and cast to strings after), whatever their encoding.
+            is_string(f.data_type())
                 && parquet_column(parquet.file_metadata().schema_descr(), schema, f.name())
                     .and_then(|(leaf, _)| first.columns().get(leaf))
                     .is_some_and(|chunk| chunk.dictionary_page_offset().is_some())
         })
         .collect()
+}
+
+/// Whether `t` is a string type, or a dictionary of strings.
+fn is_string(t: &DataType) -> bool {
+    match t {
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => true,
+        DataType::Dictionary(_, values) => is_string(values),
+        _ => false,
+    }
 }
 
 /// Decodes a fetched Parquet split into guest-typed batches.
@@ -320,5 +331,55 @@ impl ParquetSplitReader {
         RecordBatch::try_new(self.schema.clone(), columns)
             .map(Some)
             .map_err(|e| Error::Internal(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use arrow::array::{Array, StringArray, TimestampMillisecondArray};
+
+    use super::*;
+
+    /// A file of one row group with a string and a timestamp column, both
+    /// dictionary-encoded (as writers do by default).
+    fn written(dir: &std::path::Path) -> std::path::PathBuf {
+        let batch = RecordBatch::try_from_iter([
+            (
+                "city",
+                Arc::new(StringArray::from(vec![Some("Oslo"), None, Some("Lima"), Some("Oslo")])) as ArrayRef,
+            ),
+            (
+                "at",
+                Arc::new(TimestampMillisecondArray::from(vec![0, 0, 86_400_000, 0])) as ArrayRef,
+            ),
+        ])
+        .unwrap();
+        let path = dir.join("t.parquet");
+        let mut w =
+            parquet::arrow::ArrowWriter::try_new(std::fs::File::create(&path).unwrap(), batch.schema(), None).unwrap();
+        w.write(&batch).unwrap();
+        w.close().unwrap();
+        path
+    }
+
+    #[tokio::test]
+    async fn dictionary_strings_are_read_as_codes_and_timestamps_as_text() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = written(dir.path());
+        let file = Location::parse(path.to_str().unwrap()).unwrap();
+        let size = std::fs::metadata(&path).unwrap().len();
+        let fetched = fetch_parquet_split(&file, size, &[0]).await.unwrap();
+        let batch = ParquetSplitReader::new(fetched).unwrap().next_batch().unwrap().unwrap();
+        let city = batch.column(0);
+        assert_eq!(city.data_type(), &dictionary_utf8());
+        let plain = cast(city, &DataType::Utf8).unwrap();
+        let plain = plain.as_any().downcast_ref::<StringArray>().unwrap();
+        assert_eq!(
+            plain.iter().collect::<Vec<_>>(),
+            [Some("Oslo"), None, Some("Lima"), Some("Oslo")]
+        );
+        let at = batch.column(1).as_any().downcast_ref::<StringArray>().unwrap();
+        assert_eq!(at.value(2), "1970-01-02T00:00:00");
+        assert_eq!(at.len(), 4);
     }
 }

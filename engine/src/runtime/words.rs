@@ -5,8 +5,10 @@
 
 use std::collections::HashMap;
 
-/// The longest text one call counts; the SDKs send at most a few MiB.
-pub(crate) const MAX_COUNT_WORDS_BYTES: usize = 64 << 20;
+/// The longest text one call counts; the SDKs send at most 12 MiB. The
+/// call's own memory is a few times that at most (the words' table and
+/// the list returned, when most words are distinct).
+pub(crate) const MAX_COUNT_WORDS_BYTES: usize = 16 << 20;
 
 /// Each distinct word of `text` with how many times it occurs, in no
 /// particular order; an error naming the limit for a text over
@@ -87,8 +89,11 @@ mod tests {
     fn counts_each_distinct_word_and_refuses_too_much_text() {
         let mut counts = count_words("a b a\nb, a. c").unwrap();
         counts.sort();
-        assert_eq!(counts, [("a".to_string(), 3), ("b".to_string(), 2), ("c".to_string(), 1)]);
+        assert_eq!(
+            counts,
+            [("a".to_string(), 3), ("b".to_string(), 2), ("c".to_string(), 1)]
+        );
         let long = "a ".repeat(MAX_COUNT_WORDS_BYTES / 2 + 1);
-        assert!(count_words(&long).unwrap_err().contains("at most 64 MiB"));
+        assert!(count_words(&long).unwrap_err().contains("at most 16 MiB"));
     }
 }

@@ -193,6 +193,22 @@ class ExportTest(unittest.TestCase):
             self.world(NotText)[0].map("a.txt", text_batch(["x"]))
         self.assertIn("emit.words takes a str, not bytes", caught.exception.value.message)
 
+        # Texts are sent before too many wait, and a text too long to send
+        # is counted in the guest.
+        limit = _export.PENDING_WORD_CHARS
+        _export.PENDING_WORD_CHARS = 8
+        try:
+            world, _ = self.world(Words)
+            counted_texts.clear()
+            world.map("a.txt", text_batch(["a b", "c d", "a very long line"]))
+            self.assertEqual(counted_texts, ["a b", "a b"])
+            self.assertEqual(
+                pairs(world.flush()), [("a", 22), ("b", 11), ("c", 11), ("d", 11), ("line", 11), ("long", 11), ("very", 11)]
+            )
+            self.assertEqual(counted_texts, ["a b", "a b", "c d", "c d"])
+        finally:
+            _export.PENDING_WORD_CHARS = limit
+
         # Without a combine, every occurrence is emitted.
         class NoCombine(WordCount):
             combine = wmr.Job.combine
@@ -355,6 +371,8 @@ class ExportTest(unittest.TestCase):
         with self.assertRaises(Err) as caught:
             world.map("t.parquet", coded(8, None, [0]))
         self.assertIn("without sending it", caught.exception.value.message)
+        # Only nulls: an empty dictionary, and code 0 for each.
+        self.assertEqual(pairs(world.map("t.parquet", coded(9, [], [0, 0], b"\x00"))), [("(null)", 1), ("(null)", 1)])
 
 
 if __name__ == "__main__":

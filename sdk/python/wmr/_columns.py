@@ -129,7 +129,14 @@ def read_column(column, n, index=None):
         values = _var_width(data.value, n, True)
     elif isinstance(data, wit.ColumnData_Utf8Dictionary):
         strings = _dictionary_values(index, data.value)
-        values = list(map(strings.__getitem__, data.value.codes[:n]))
+        codes = data.value.codes[:n]
+        try:
+            values = list(map(strings.__getitem__, codes))
+        except IndexError:
+            # A null row's code (0) in an empty dictionary: made None by
+            # the validity below.
+            size = len(strings)
+            values = [strings[c] if c < size else None for c in codes]
     elif isinstance(data, wit.ColumnData_Binary):
         values = _var_width(data.value, n, False)
     elif isinstance(data, wit.ColumnData_Boolean):

@@ -38,11 +38,13 @@ HELD_KEYS = 100_000
 # `emit.each` has counted them (a key seen a million times in a split is
 # not a list of a million values).
 REPEAT_CHUNK = 4096
-# `emit.words` sends its texts to the host to count once this many
-# characters wait (UTF-8 at most 32 MiB, within the host's 64), when the
-# held pairs are folded or taken, and at the end of a `map` call that does
-# not group: the more text per call, the fewer words come back twice.
-PENDING_WORD_CHARS = 8 << 20
+# `emit.words` sends its texts to the host to count before more than this
+# many characters (counting one for each text's separator) would wait, so
+# at most 12 MiB of UTF-8 go in one call (the host takes 16); when the held
+# pairs are folded or taken; and at the end of a `map` call that does not
+# group. The more text per call, the fewer words come back twice. A longer
+# text is counted here.
+PENDING_WORD_CHARS = 3 << 20
 
 _SDK_DIR = os.path.dirname(os.path.abspath(__file__))
 
@@ -162,12 +164,17 @@ class _Task:
             except (TypeError, ValueError):
                 each(_words(text), value)
                 return
+            size = len(text) + 1
+            if size > PENDING_WORD_CHARS:
+                each(_words(text), value)
+                return
+            if self.pending_chars + size > PENDING_WORD_CHARS:
+                self.count_pending_words()
+                waiting = None
             if waiting is None:
                 waiting = pending[identity] = (value, [])
             waiting[1].append(text)
-            self.pending_chars += len(text)
-            if self.pending_chars > PENDING_WORD_CHARS:
-                self.count_pending_words()
+            self.pending_chars += size
 
         emit.each = each
         emit.words = words
