@@ -508,12 +508,12 @@ function valueIdOf(value) {
 }
 
 // `emit.words` sends its texts to the host to count before more than this
-// many UTF-16 units (counting one for each text's separator) would wait, so
-// at most 12 MiB of UTF-8 go in one call (the host takes 16); when the held
-// pairs are folded or taken; and at the end of a `map` call that does not
-// group. The more text per call, the fewer words come back twice. A longer
-// text is counted here.
-const PENDING_WORD_CHARS = 4 << 20;
+// many UTF-16 units (one more for each text's separator) would wait, so at
+// most 15 MiB of UTF-8 go in one call (3 bytes a unit at most; the host
+// takes 16); when the held pairs are folded or taken; and at the end of a
+// `map` call that does not group. The more text per call, the fewer words
+// come back twice. A longer text is counted here.
+const PENDING_WORD_CHARS = 5 << 20;
 
 class Task {
   constructor(job) {

@@ -195,8 +195,8 @@ class ExportTest(unittest.TestCase):
 
         # Texts are sent before too many wait, and a text too long to send
         # is counted in the guest.
-        limit = _export.PENDING_WORD_CHARS
-        _export.PENDING_WORD_CHARS = 8
+        limit = _export.PENDING_WORD_BYTES
+        _export.PENDING_WORD_BYTES = 8
         try:
             world, _ = self.world(Words)
             counted_texts.clear()
@@ -207,7 +207,7 @@ class ExportTest(unittest.TestCase):
             )
             self.assertEqual(counted_texts, ["a b", "a b", "c d", "c d"])
         finally:
-            _export.PENDING_WORD_CHARS = limit
+            _export.PENDING_WORD_BYTES = limit
 
         # Without a combine, every occurrence is emitted.
         class NoCombine(WordCount):

@@ -39,12 +39,12 @@ HELD_KEYS = 100_000
 # not a list of a million values).
 REPEAT_CHUNK = 4096
 # `emit.words` sends its texts to the host to count before more than this
-# many characters (counting one for each text's separator) would wait, so
-# at most 12 MiB of UTF-8 go in one call (the host takes 16); when the held
-# pairs are folded or taken; and at the end of a `map` call that does not
-# group. The more text per call, the fewer words come back twice. A longer
-# text is counted here.
-PENDING_WORD_CHARS = 3 << 20
+# many bytes of UTF-8 would wait (ASCII texts counted exactly, others as 4
+# bytes a character, and a byte for each separator; the host takes 16
+# MiB); when the held pairs are folded or taken; and at the end of a `map`
+# call that does not group. The more text per call, the fewer words come
+# back twice. A longer text is counted here.
+PENDING_WORD_BYTES = 12 << 20
 
 _SDK_DIR = os.path.dirname(os.path.abspath(__file__))
 
@@ -113,7 +113,7 @@ class _Task:
         # What `emit.words` was given and the host has not counted yet: for
         # each distinct value, the value and its texts.
         self.pending_words = {}
-        self.pending_chars = 0
+        self.pending_bytes = 0
 
     def emitter(self):
         """The `emit(key, value)` handed to `map`, with `emit.each(keys,
@@ -164,17 +164,17 @@ class _Task:
             except (TypeError, ValueError):
                 each(_words(text), value)
                 return
-            size = len(text) + 1
-            if size > PENDING_WORD_CHARS:
+            size = (len(text) if text.isascii() else 4 * len(text)) + 1
+            if size > PENDING_WORD_BYTES:
                 each(_words(text), value)
                 return
-            if self.pending_chars + size > PENDING_WORD_CHARS:
+            if self.pending_bytes + size > PENDING_WORD_BYTES:
                 self.count_pending_words()
                 waiting = None
             if waiting is None:
                 waiting = pending[identity] = (value, [])
             waiting[1].append(text)
-            self.pending_chars += size
+            self.pending_bytes += size
 
         emit.each = each
         emit.words = words
@@ -186,7 +186,7 @@ class _Task:
         distinct word counted once while grouping, else every occurrence."""
         pending = list(self.pending_words.values())
         self.pending_words.clear()
-        self.pending_chars = 0
+        self.pending_bytes = 0
         for value, texts in pending:
             counted = _host.count_words("\n".join(texts))
             if self.grouping:
