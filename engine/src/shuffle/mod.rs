@@ -299,6 +299,18 @@ pub fn concat(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<RecordBatch
     concat_batches(schema, batches).map_err(internal("concatenating batches"))
 }
 
+/// The rows of `batch` at `rows`, in that order.
+pub fn take_rows(batch: &RecordBatch, rows: Vec<u32>) -> Result<RecordBatch, Error> {
+    let rows = arrow::array::UInt32Array::from(rows);
+    arrow::compute::take_record_batch(batch, &rows).map_err(internal("taking rows"))
+}
+
+/// Rows picked from `batches` (of one schema) as (batch, row) pairs, in
+/// that order.
+pub fn interleave(batches: &[&RecordBatch], positions: &[(usize, usize)]) -> Result<RecordBatch, Error> {
+    arrow::compute::interleave_record_batch(batches, positions).map_err(internal("interleaving rows"))
+}
+
 /// The memory `batch`'s rows take: for a slice, its share of the buffers,
 /// not the whole buffers it points into (as `get_array_memory_size` counts).
 pub fn batch_memory(batch: &RecordBatch) -> usize {

@@ -300,22 +300,101 @@ impl MapWork<'_> {
     }
 
     /// Combine the groups of `sorted` (ending at `ends`) with the guest's
-    /// `combine` in one call; the result is sorted by key.
+    /// `combine` in one call; the result is sorted by key. Only groups of
+    /// more than one row go to the guest (combining is optional, so a key's
+    /// lone value needs no call): after an SDK's in-mapper combining, most
+    /// keys of a pass arrive once, and copying them into the guest and back
+    /// would be all the pass did for them.
     fn combine_sorted(&mut self, sorted: &RecordBatch, ends: &[u32]) -> Result<RecordBatch, Error> {
-        let (keys, values) = shuffle::grouped(sorted, self.encoder.key_columns(), ends)?;
-        let combined =
-            self.guest
-                .combine(&keys, &values, ends)
-                .map_err(guest_err(self.a.task, self.a.attempt, None))?;
-        self.combining.removed += sorted.num_rows().saturating_sub(combined.num_rows()) as u64;
-        // The SDK combines group by group, in order; a hand-written guest
-        // might not, so its output is re-sorted rather than trusted.
-        Ok(if shuffle::is_sorted(&self.encoder, &combined)? {
-            combined
+        let plan = CombinePlan::of(ends);
+        if plan.multi_groups == 0 {
+            return Ok(sorted.clone());
+        }
+        let (to_combine, to_combine_ends) = if plan.multi_groups == ends.len() {
+            (sorted.clone(), ends.to_vec())
         } else {
-            shuffle::partition_and_sort(&self.encoder, &combined, &Partitioner::Hash, 1)?.batch
-        })
+            (shuffle::take_rows(sorted, plan.multi_rows(ends))?, plan.multi_ends(ends))
+        };
+        let (keys, values) = shuffle::grouped(&to_combine, self.encoder.key_columns(), &to_combine_ends)?;
+        let combined = self
+            .guest
+            .combine(&keys, &values, &to_combine_ends)
+            .map_err(guest_err(self.a.task, self.a.attempt, None))?;
+        self.combining.removed += to_combine.num_rows().saturating_sub(combined.num_rows()) as u64;
+        // The SDK combines group by group, in order, a row a group: the lone
+        // rows then go back between them by position. A hand-written guest
+        // might not, so its output is re-sorted rather than trusted.
+        let in_order = combined.num_rows() == plan.multi_groups && shuffle::is_sorted(&self.encoder, &combined)?;
+        if in_order && plan.multi_groups == ends.len() {
+            return Ok(combined);
+        }
+        if in_order {
+            return Ok(shuffle::interleave(&[sorted, &combined], &plan.interleaved(ends))?);
+        }
+        let lone = shuffle::take_rows(sorted, plan.lone_rows(ends))?;
+        let all = shuffle::concat(&combined.schema(), &[lone, combined])?;
+        Ok(shuffle::partition_and_sort(&self.encoder, &all, &Partitioner::Hash, 1)?.batch)
     }
+}
+
+/// Which groups of a sorted pass (ending at `ends`) have more than one row
+/// and so go to the guest's `combine`.
+struct CombinePlan {
+    multi_groups: usize,
+}
+
+impl CombinePlan {
+    fn of(ends: &[u32]) -> Self {
+        let multi_groups = group_spans(ends).filter(|&(s, e)| e - s > 1).count();
+        CombinePlan { multi_groups }
+    }
+
+    /// The rows of the groups of more than one row, in order.
+    fn multi_rows(&self, ends: &[u32]) -> Vec<u32> {
+        group_spans(ends).filter(|&(s, e)| e - s > 1).flat_map(|(s, e)| s..e).collect()
+    }
+
+    /// Where those groups end among those rows.
+    fn multi_ends(&self, ends: &[u32]) -> Vec<u32> {
+        let mut at = 0;
+        group_spans(ends)
+            .filter(|&(s, e)| e - s > 1)
+            .map(|(s, e)| {
+                at += e - s;
+                at
+            })
+            .collect()
+    }
+
+    /// The rows of the groups of one row.
+    fn lone_rows(&self, ends: &[u32]) -> Vec<u32> {
+        group_spans(ends).filter(|&(s, e)| e - s == 1).map(|(s, _)| s).collect()
+    }
+
+    /// Each group's output row in key order: (0, its row) from the pass for
+    /// a lone row, (1, the next row) from `combine`'s output otherwise.
+    fn interleaved(&self, ends: &[u32]) -> Vec<(usize, usize)> {
+        let mut next = 0;
+        group_spans(ends)
+            .map(|(s, e)| {
+                if e - s == 1 {
+                    (0, s as usize)
+                } else {
+                    next += 1;
+                    (1, next - 1)
+                }
+            })
+            .collect()
+    }
+}
+
+/// (start, end) of each group whose ends are `ends`.
+fn group_spans(ends: &[u32]) -> impl Iterator<Item = (u32, u32)> + '_ {
+    ends.iter().scan(0u32, |start, &end| {
+        let span = (*start, end);
+        *start = end;
+        Some(span)
+    })
 }
 
 /// Groups (ending at `ends`, ascending) in calls of at most `max_rows`
@@ -547,6 +626,20 @@ mod tests {
     use arrow::datatypes::{DataType, Field, Schema};
 
     use super::*;
+
+    #[test]
+    fn only_groups_of_more_than_one_row_are_combined_and_go_back_in_order() {
+        // Groups: [0], [1,2,3], [4], [5,6], [7].
+        let ends = [1, 4, 5, 7, 8];
+        let plan = CombinePlan::of(&ends);
+        assert_eq!(plan.multi_groups, 2);
+        assert_eq!(plan.multi_rows(&ends), [1, 2, 3, 5, 6]);
+        assert_eq!(plan.multi_ends(&ends), [3, 5]);
+        assert_eq!(plan.lone_rows(&ends), [0, 4, 7]);
+        assert_eq!(plan.interleaved(&ends), [(0, 0), (1, 0), (0, 4), (1, 1), (0, 7)]);
+        assert_eq!(CombinePlan::of(&[1, 2, 3]).multi_groups, 0);
+        assert_eq!(CombinePlan::of(&[]).multi_groups, 0);
+    }
 
     #[test]
     fn combine_calls_hold_whole_groups_of_at_most_the_rows_given() {

@@ -30,9 +30,11 @@ from ._text import words as _words
 # Combining in the mapper, checked after every call: the held values are
 # folded (one `combine` call per held key) once there are FOLD_VALUES of
 # them, and sent on once more than HELD_KEYS distinct keys are held; this
-# bounds the guest's memory (some 150 bytes a key, 8 a value).
+# bounds the guest's memory (some 150 bytes a key, 8 a value: 60 MB at
+# most). A text's vocabulary is a few hundred thousand words: held whole,
+# each word leaves a split once, and the engine has nothing to combine.
 FOLD_VALUES = 500_000
-HELD_KEYS = 100_000
+HELD_KEYS = 400_000
 
 # `combine` is handed at most this many copies of one value at a time when
 # `emit.each` has counted them (a key seen a million times in a split is
