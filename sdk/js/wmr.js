@@ -483,6 +483,14 @@ class LazyColumns {
   }
 }
 
+/** Count one more of `key` with `byValue`'s value (`emit.each` while
+ * grouping), keeping the key itself where its id is not (bytes, tuples). */
+function countKey(byValue, key) {
+  const id = keyId(key);
+  byValue.counts.set(id, (byValue.counts.get(id) ?? 0) + 1);
+  if (id !== key && !byValue.keys.has(id)) byValue.keys.set(id, key);
+}
+
 /** A key's identity in a Map: strings and numbers as they are, others
  * spelled out, each part of a tuple prefixed by its type and length. */
 function keyId(key) {
@@ -561,14 +569,9 @@ class Task {
         // Counts are plain numbers (no object per key, which SpiderMonkey's
         // collector would have to trace); a key whose id is not itself
         // (bytes, tuples) is kept beside them.
-        const { counts, keys: originals } = byValue;
-        const count = (key) => {
-          const id = keyId(key);
-          counts.set(id, (counts.get(id) ?? 0) + 1);
-          if (id !== key && !originals.has(id)) originals.set(id, key);
-        };
+        const counts = byValue.counts;
         if (!Array.isArray(keys)) {
-          for (const key of keys) count(key);
+          for (const key of keys) countKey(byValue, key);
           return;
         }
         // An indexed loop, and strings counted in place: without a JIT,
@@ -576,7 +579,7 @@ class Task {
         for (let i = 0; i < keys.length; i++) {
           const key = keys[i];
           if (typeof key === "string") counts.set(key, (counts.get(key) ?? 0) + 1);
-          else count(key);
+          else countKey(byValue, key);
         }
       };
     } else {

@@ -775,7 +775,7 @@ pub fn python(args: &[String]) -> Result<()> {
     print_row(
         "PySpark RDD, local[2]:         ",
         s,
-        " (job time; JVM and context start excluded)",
+        " (job time; JVM and context start excluded; RSS is the Python driver's alone, not the JVM's or its workers')",
     );
     print_row("CPython, one process:          ", c, " (Counter over re.findall)");
     print_row("wmr run, JavaScript job, 2 slots:", js, " (one run)");
