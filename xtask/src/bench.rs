@@ -36,8 +36,10 @@ pub fn measure(cmd: &mut Command) -> Result<Measured> {
     Ok(Measured { wall, peak_rss })
 }
 
-/// Reap `child` with wait4, which reports the child's own peak RSS
-/// (getrusage's RUSAGE_CHILDREN would give the maximum over every child).
+/// Reap `child` with wait4, which reports the peak RSS of the child and of
+/// the descendants it reaped itself, not of those still running when it
+/// exits or reaped elsewhere (PySpark's driver does not reap its JVM);
+/// getrusage's RUSAGE_CHILDREN would give the maximum over every child.
 #[allow(unsafe_code, reason = "wait4 has no safe std equivalent; the pointers are to locals")]
 fn wait_with_rusage(child: std::process::Child) -> Result<(i32, u64)> {
     let pid = child.id() as libc::pid_t;

@@ -313,28 +313,48 @@ impl MapWork<'_> {
         let (to_combine, to_combine_ends) = if plan.multi_groups == ends.len() {
             (sorted.clone(), ends.to_vec())
         } else {
-            (shuffle::take_rows(sorted, plan.multi_rows(ends))?, plan.multi_ends(ends))
+            (
+                shuffle::take_rows(sorted, plan.multi_rows(ends))?,
+                plan.multi_ends(ends),
+            )
         };
         let (keys, values) = shuffle::grouped(&to_combine, self.encoder.key_columns(), &to_combine_ends)?;
-        let combined = self
-            .guest
-            .combine(&keys, &values, &to_combine_ends)
-            .map_err(guest_err(self.a.task, self.a.attempt, None))?;
+        let combined = self.guest.combine(&keys, &values, &to_combine_ends).map_err(guest_err(
+            self.a.task,
+            self.a.attempt,
+            None,
+        ))?;
         self.combining.removed += to_combine.num_rows().saturating_sub(combined.num_rows()) as u64;
-        // The SDK combines group by group, in order, a row a group: the lone
-        // rows then go back between them by position. A hand-written guest
-        // might not, so its output is re-sorted rather than trusted.
-        let in_order = combined.num_rows() == plan.multi_groups && shuffle::is_sorted(&self.encoder, &combined)?;
-        if in_order && plan.multi_groups == ends.len() {
-            return Ok(combined);
-        }
-        if in_order {
-            return Ok(shuffle::interleave(&[sorted, &combined], &plan.interleaved(ends))?);
-        }
-        let lone = shuffle::take_rows(sorted, plan.lone_rows(ends))?;
-        let all = shuffle::concat(&combined.schema(), &[lone, combined])?;
-        Ok(shuffle::partition_and_sort(&self.encoder, &all, &Partitioner::Hash, 1)?.batch)
+        place_combined(&self.encoder, sorted, ends, &plan, &combined)
     }
+}
+
+/// The pass `sorted` (groups ending at `ends`) with its groups of more than
+/// one row replaced by `combined`, the guest's output for them, sorted by
+/// key. The SDKs combine group by group, in order, a row a group: their rows
+/// go back between the lone rows by position. A hand-written guest might
+/// return other rows or change keys, so the result is checked and, if not
+/// sorted, re-sorted rather than trusted.
+fn place_combined(
+    encoder: &KeyEncoder,
+    sorted: &RecordBatch,
+    ends: &[u32],
+    plan: &CombinePlan,
+    combined: &RecordBatch,
+) -> Result<RecordBatch, Error> {
+    if combined.num_rows() == plan.multi_groups {
+        let placed = if plan.multi_groups == ends.len() {
+            combined.clone()
+        } else {
+            shuffle::interleave(&[sorted, combined], &plan.interleaved(ends))?
+        };
+        if shuffle::is_sorted(encoder, &placed)? {
+            return Ok(placed);
+        }
+    }
+    let lone = shuffle::take_rows(sorted, plan.lone_rows(ends))?;
+    let all = shuffle::concat(&combined.schema(), &[lone, combined.clone()])?;
+    Ok(shuffle::partition_and_sort(encoder, &all, &Partitioner::Hash, 1)?.batch)
 }
 
 /// Which groups of a sorted pass (ending at `ends`) have more than one row
@@ -351,7 +371,10 @@ impl CombinePlan {
 
     /// The rows of the groups of more than one row, in order.
     fn multi_rows(&self, ends: &[u32]) -> Vec<u32> {
-        group_spans(ends).filter(|&(s, e)| e - s > 1).flat_map(|(s, e)| s..e).collect()
+        group_spans(ends)
+            .filter(|&(s, e)| e - s > 1)
+            .flat_map(|(s, e)| s..e)
+            .collect()
     }
 
     /// Where those groups end among those rows.
@@ -639,6 +662,61 @@ mod tests {
         assert_eq!(plan.interleaved(&ends), [(0, 0), (1, 0), (0, 4), (1, 1), (0, 7)]);
         assert_eq!(CombinePlan::of(&[1, 2, 3]).multi_groups, 0);
         assert_eq!(CombinePlan::of(&[]).multi_groups, 0);
+    }
+
+    fn pairs(keys: &[&str], values: &[u64]) -> RecordBatch {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("k0", DataType::Utf8, true),
+            Field::new("v0", DataType::UInt64, true),
+        ]));
+        RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(StringArray::from(keys.to_vec())),
+                Arc::new(arrow::array::UInt64Array::from(values.to_vec())),
+            ],
+        )
+        .unwrap()
+    }
+
+    fn rows_of(batch: &RecordBatch) -> Vec<(String, u64)> {
+        let keys = batch.column(0).as_any().downcast_ref::<StringArray>().unwrap();
+        let values = batch
+            .column(1)
+            .as_any()
+            .downcast_ref::<arrow::array::UInt64Array>()
+            .unwrap();
+        (0..batch.num_rows())
+            .map(|i| (keys.value(i).to_string(), values.value(i)))
+            .collect()
+    }
+
+    #[test]
+    fn combined_groups_go_back_among_lone_rows_and_bad_guest_output_is_resorted() {
+        let encoder = KeyEncoder::new(&[DataType::Utf8]).unwrap();
+        // Groups: a (lone), b (3 rows), c (lone), d (2 rows).
+        let sorted = pairs(&["a", "b", "b", "b", "c", "d", "d"], &[1, 1, 1, 1, 1, 1, 1]);
+        let ends = [1, 4, 5, 7];
+        let plan = CombinePlan::of(&ends);
+        let expect = |rows: &[(&str, u64)]| rows.iter().map(|(k, v)| (k.to_string(), *v)).collect::<Vec<_>>();
+        // A row a group, in order: placed by position.
+        let placed = place_combined(&encoder, &sorted, &ends, &plan, &pairs(&["b", "d"], &[3, 2])).unwrap();
+        assert_eq!(rows_of(&placed), expect(&[("a", 1), ("b", 3), ("c", 1), ("d", 2)]));
+        // A guest that changed a key ("d" to "a"): still sorted in the end.
+        let placed = place_combined(&encoder, &sorted, &ends, &plan, &pairs(&["b", "a"], &[3, 2])).unwrap();
+        assert_eq!(rows_of(&placed), expect(&[("a", 1), ("a", 2), ("b", 3), ("c", 1)]));
+        // Rows in order among themselves, but not among the lone rows.
+        let placed = place_combined(&encoder, &sorted, &ends, &plan, &pairs(&["b", "b"], &[3, 2])).unwrap();
+        assert_eq!(rows_of(&placed), expect(&[("a", 1), ("b", 3), ("b", 2), ("c", 1)]));
+        // More rows than groups, out of order.
+        let placed = place_combined(&encoder, &sorted, &ends, &plan, &pairs(&["d", "b", "b"], &[2, 1, 2])).unwrap();
+        let keys: Vec<String> = rows_of(&placed).into_iter().map(|(k, _)| k).collect();
+        assert_eq!(keys, ["a", "b", "b", "c", "d"]);
+        // Every group combined: the guest's rows are the pass.
+        let both = pairs(&["b", "b", "d", "d"], &[1, 1, 1, 1]);
+        let plan = CombinePlan::of(&[2, 4]);
+        let placed = place_combined(&encoder, &both, &[2, 4], &plan, &pairs(&["b", "d"], &[2, 2])).unwrap();
+        assert_eq!(rows_of(&placed), expect(&[("b", 2), ("d", 2)]));
     }
 
     #[test]

@@ -155,6 +155,29 @@ class ExportTest(unittest.TestCase):
         out = world.map("a.txt", text_batch(["x y x"]))
         self.assertEqual(pairs(out), [("x", 1), ("x", 1), ("y", 1)])
 
+    def test_keys_a_fold_carried_do_not_stop_grouping(self):
+        held, fold = _export.HELD_KEYS, _export.FOLD_VALUES
+        _export.HELD_KEYS, _export.FOLD_VALUES = 15, 20
+        try:
+            world, _ = self.world(WordCount)
+            keys = [f"k{chr(ord('a') + i)}" for i in range(12)]
+            # 24 values of 12 keys: folded to 12, half removed, kept.
+            self.assertEqual(world.map("a.txt", text_batch([" ".join(keys * 2)])).num_rows, 0)
+            self.assertEqual(_export._task.carried, 12)
+            # 8 more values, all of held keys: the fold removes all 8 of
+            # them (the 12 carried values are not judged again).
+            self.assertEqual(world.map("a.txt", text_batch([" ".join(keys[:8])])).num_rows, 0)
+            self.assertTrue(_export._task.grouping)
+            self.assertEqual(pairs(world.flush()), [(k, 3 if i < 8 else 2) for i, k in enumerate(keys)])
+            # Distinct keys since the fold stop it.
+            world, _ = self.world(WordCount)
+            world.map("a.txt", text_batch([" ".join(keys * 2)]))
+            out = world.map("a.txt", text_batch([" ".join(f"x{chr(ord('a') + i)}" for i in range(8))]))
+            self.assertFalse(_export._task.grouping)
+            self.assertEqual(out.num_rows, 20)
+        finally:
+            _export.HELD_KEYS, _export.FOLD_VALUES = held, fold
+
     def test_grouping_stops_when_keys_are_distinct(self):
         self.assert_grouping_stops_when_keys_are_distinct(WordCount)
 

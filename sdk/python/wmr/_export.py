@@ -28,10 +28,11 @@ from ._job import Job, Params, Record
 from ._text import words as _words
 
 # Combining in the mapper, checked after every call: the held values are
-# folded (one `combine` call per held key) once there are FOLD_VALUES of
-# them, and sent on once more than HELD_KEYS distinct keys are held; this
-# bounds the guest's memory (some 150 bytes a key, 8 a value: 60 MB at
-# most). A text's vocabulary is a few hundred thousand words: held whole,
+# folded (one `combine` call per held key) once FOLD_VALUES have come
+# since the last fold, and sent on once more than HELD_KEYS distinct keys
+# are held; this bounds the guest's memory (some 150 bytes a key, 8 a
+# value: some 65 MB, besides one batch's keys and the text `emit.words`
+# holds). A text's vocabulary is a few hundred thousand words: held whole,
 # each word leaves a split once, and the engine has nothing to combine.
 FOLD_VALUES = 500_000
 HELD_KEYS = 400_000
@@ -107,6 +108,9 @@ class _Task:
         self.pair_names = [f"c{i}" for i in range(len(self.key_types) + len(self.value_types))]
         self.grouping = self.combines
         self.held = defaultdict(list)
+        # How many of the held values are what the last fold left (one a
+        # key): the next fold judges only the values that came since.
+        self.carried = 0
         # What `emit.each` sent while grouping: for each distinct value
         # (with its type), how many times each key came with it.
         self.counted = {}
@@ -243,8 +247,13 @@ class _Task:
         for key, values in held.items():
             if len(values) > 1:
                 values[:] = [combine(key, values)]
-        if 2 * len(held) > total:
+        # Judged on the values since the last fold: the keys it left, one
+        # value each, would otherwise make a fold with many keys carried
+        # look like one that removed nothing.
+        fresh = total - self.carried
+        if 2 * (total - len(held)) < fresh:
             self.grouping = False
+        self.carried = len(held)
         return not self.grouping or len(held) > HELD_KEYS
 
     def take_all(self):
@@ -253,10 +262,23 @@ class _Task:
         self.count_pending_words()
         held = self.held
         combine = self.job.combine
-        self._take_counted(combine)
-        keys = list(held)
-        values = [v[0] if len(v) == 1 else combine(k, v) for k, v in held.items()]
-        held.clear()
+        if not held and len(self.counted) == 1:
+            # Only what `emit.each` or `emit.words` counted with one value
+            # (a word count): each key straight out, its copies combined.
+            ((_, value), counts), = self.counted.items()
+            keys = list(counts)
+            values = [
+                value if n == 1 else combine(key, [value] * n) if n <= REPEAT_CHUNK
+                else _combine_copies(combine, key, value, n)
+                for key, n in counts.items()
+            ]
+            self.counted.clear()
+        else:
+            self._take_counted(combine)
+            keys = list(held)
+            values = [v[0] if len(v) == 1 else combine(k, v) for k, v in held.items()]
+            held.clear()
+        self.carried = 0
         if self.keys:
             keys += self.keys
             values += self.values
@@ -381,7 +403,8 @@ def export(cls):
                 row = None
                 if not task.grouping:
                     return task.take_all()
-                if task.held_keys() > HELD_KEYS or sum(map(len, task.held.values())) >= FOLD_VALUES:
+                fresh = sum(map(len, task.held.values())) - task.carried
+                if task.held_keys() > HELD_KEYS or fresh >= FOLD_VALUES:
                     if task.fold():
                         return task.take_all()
                 return _empty(task.pair_names, task.key_types + task.value_types)
