@@ -229,6 +229,18 @@ class ExportTest(unittest.TestCase):
                 pairs(world.flush()), [("a", 22), ("b", 11), ("c", 11), ("d", 11), ("line", 11), ("long", 11), ("very", 11)]
             )
             self.assertEqual(counted_texts, ["a b", "a b", "c d", "c d"])
+            # One value every time: the texts wait together up to the
+            # limit all the same.
+            class Once(WordCount):
+                def map(self, record, emit):
+                    emit.words(record.line, 1)
+
+            world, _ = self.world(Once)
+            counted_texts.clear()
+            world.map("a.txt", text_batch(["a b", "c d", "e f"]))
+            self.assertEqual(counted_texts, ["a b\nc d"])
+            self.assertEqual(pairs(world.flush()), [(w, 1) for w in "abcdef"])
+            self.assertEqual(counted_texts, ["a b\nc d", "e f"])
         finally:
             _export.PENDING_WORD_BYTES = limit
 

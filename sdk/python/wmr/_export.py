@@ -51,6 +51,9 @@ PENDING_WORD_BYTES = 12 << 20
 
 _SDK_DIR = os.path.dirname(os.path.abspath(__file__))
 
+# No value at all (not even None): what `emit.words` last saw before any.
+_NOTHING = object()
+
 
 def _where(error):
     """`(file line N, in F)` of the job's own frame nearest the error."""
@@ -120,6 +123,10 @@ class _Task:
         # each distinct value, the value and its texts.
         self.pending_words = {}
         self.pending_bytes = 0
+        # The value `emit.words` was last given (the object itself) and its
+        # list of waiting texts, so that a job passing the same value every
+        # time (a word count's 1) skips working out its identity.
+        self.last_words = [_NOTHING, None]
 
     def emitter(self):
         """The `emit(key, value)` handed to `map`, with `emit.each(keys,
@@ -160,10 +167,17 @@ class _Task:
                 values_out.extend(repeat(value, len(keys_out) - before))
 
         pending = self.pending_words
+        last = self.last_words
 
         def words(text, value=1):
             if text.__class__ is not str:
                 raise TypeError(f"emit.words takes a str, not {type(text).__name__}")
+            if value is last[0]:
+                size = (len(text) if text.isascii() else 4 * len(text)) + 1
+                if self.pending_bytes + size <= PENDING_WORD_BYTES:
+                    last[1].append(text)
+                    self.pending_bytes += size
+                    return
             try:
                 identity = _value_identity(value)
                 waiting = pending.get(identity)
@@ -181,6 +195,8 @@ class _Task:
                 waiting = pending[identity] = (value, [])
             waiting[1].append(text)
             self.pending_bytes += size
+            last[0] = value
+            last[1] = waiting[1]
 
         emit.each = each
         emit.words = words
@@ -193,6 +209,8 @@ class _Task:
         pending = list(self.pending_words.values())
         self.pending_words.clear()
         self.pending_bytes = 0
+        self.last_words[0] = _NOTHING
+        self.last_words[1] = None
         for value, texts in pending:
             counted = _host.count_words("\n".join(texts))
             if self.grouping:
