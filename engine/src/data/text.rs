@@ -134,9 +134,17 @@ impl TextSplitReader {
     }
 
     /// Pull one more chunk into the buffer; false at the end of the file.
+    ///
+    /// The lines before the next one are dropped first, so the buffer holds
+    /// at most one partial line and one chunk, and each byte is moved once
+    /// (dropping consumed bytes any more often moves the rest of the chunk
+    /// every time: with 8 MiB chunks, it was 8 bytes moved per byte read).
     fn fill(&mut self) -> Result<bool, Error> {
         if self.eof {
             return Ok(false);
+        }
+        if let Some(start) = self.line_start {
+            self.consume_to(start);
         }
         match self.rx.blocking_recv() {
             Some(Ok(chunk)) => {
@@ -203,18 +211,18 @@ impl TextSplitReader {
             let rel = (start - self.buf_pos) as usize;
             let (line_end, next) = match memchr::memchr(b'\n', &self.buf[rel + scan_from..]) {
                 Some(i) => (rel + scan_from + i, Some(start + (scan_from + i) as u64 + 1)),
-                None => {
+                None if !self.eof => {
                     let scanned = self.buf.len() - rel;
                     if scanned as u64 > self.max_record {
                         return Err(self.too_long(start));
                     }
-                    if self.fill()? {
-                        // Search only the new bytes next time round.
-                        scan_from = scanned;
-                        continue;
-                    }
-                    (self.buf.len(), None)
+                    // `fill` moves the line to the buffer's start, so `rel`
+                    // is worked out again; only the new bytes are searched.
+                    self.fill()?;
+                    scan_from = scanned;
+                    continue;
                 }
+                None => (self.buf.len(), None),
             };
             scan_from = 0;
             if (line_end - rel) as u64 > self.max_record {
@@ -236,23 +244,13 @@ impl TextSplitReader {
             bytes += line.len();
             self.bytes_read += line.len() as u64;
             match next {
-                Some(n) => {
-                    self.line_start = Some(n);
-                    // Keep the buffer from growing without bound: drop whole
-                    // consumed lines once they are a good share of it.
-                    if (n - self.buf_pos) as usize > (1 << 20) {
-                        self.consume_to(n);
-                    }
-                }
+                Some(n) => self.line_start = Some(n),
                 None => {
                     self.line_start = None;
                     self.done = true;
                     break;
                 }
             }
-        }
-        if let Some(n) = self.line_start {
-            self.consume_to(n);
         }
         if rows == 0 {
             return Ok(None);
