@@ -202,7 +202,7 @@ impl TextSplitReader {
         let mut rows = 0usize;
         let mut bytes = 0usize;
         let mut scan_from = 0usize;
-        while rows < MAX_BATCH_LINES && bytes < MAX_BATCH_BYTES {
+        while rows < MAX_BATCH_LINES {
             let Some(start) = self.line_start else { break };
             if start >= self.end || start >= self.file_size {
                 self.done = true;
@@ -231,6 +231,11 @@ impl TextSplitReader {
             let mut line = &self.buf[rel..line_end];
             if line.last() == Some(&b'\r') {
                 line = &line[..line.len() - 1];
+            }
+            // A line that would overflow the batch's buffer starts the next
+            // batch (growing the buffer would copy all of it again).
+            if rows > 0 && bytes + line.len() > MAX_BATCH_BYTES {
+                break;
             }
             match std::str::from_utf8(line) {
                 Ok(text) => lines.append_value(text),
