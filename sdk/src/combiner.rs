@@ -2,13 +2,17 @@
 //! is emitted, each key's values folded into one as they arrive.
 //!
 //! Keys live in an open-addressing table whose slots (32 bytes for a
-//! number value) hold a key's combined value and its byte encoding, inline
-//! when short, so looking a key up touches one cache line. Lookups are
-//! staged: [`Grouping::push`] only hashes and copies the key, and every
-//! [`STAGED`] pairs the slots of all of them are loaded first, side by side,
-//! then probed. The loads do not wait on each other, so the processor waits
-//! on their cache misses together rather than one after another (wasm has
-//! no prefetch instruction; this is the portable way to get its effect).
+//! number value) hold a key's combined value and its byte encoding: up to
+//! [`INLINE`] bytes as two words, read with fixed-size loads and compared
+//! as two numbers; a longer one by its hash, with the bytes in an arena. A
+//! lookup touches one cache line and makes no call (on wasm, a copy or a
+//! comparison of a variable length is a call out of the sandbox).
+//! Lookups are staged: [`Grouping::push`] only hashes the key and packs it
+//! (or copies it, when long), and every [`STAGED`] pairs the slots of all of
+//! them are loaded first, side by side, then probed. The loads do not wait
+//! on each other, so the processor waits on their cache misses together
+//! rather than one after another (wasm has no prefetch instruction; this is
+//! the portable way to get its effect).
 //!
 //! Values are combined as they arrive, two at a time: `combine` is called
 //! for every pair emitted for a key already held. A panic in `combine` is
@@ -27,19 +31,18 @@ use std::hash::{BuildHasher, Hasher};
 use foldhash::fast::FixedState;
 
 use crate::columns::{Columns, IntoColumns, bytes_eq};
-use crate::emit::Values;
 use std::rc::Rc;
 
 use crate::record::{CodedStr, Dictionary, coded, held_dictionary};
 
-/// How a job combines one key's values; see [`Job::combine`](crate::Job::combine).
-pub(crate) type CombineFn<K, V> = Box<dyn Fn(&K, Values<'_, V>) -> V>;
+/// How a job combines two values of one key; see [`Job::combine`](crate::Job::combine).
+pub(crate) type CombineFn<K, V> = Box<dyn Fn(&K, V, V) -> V>;
 
 /// Pairs staged before their slots are looked up together.
 const STAGED: usize = 32;
 
-/// Key encodings up to this long are kept in their slot.
-const INLINE: usize = 12;
+/// Key encodings up to this long are kept in their slot, as two words.
+const INLINE: usize = 16;
 
 /// Dictionaries with more values than this are not grouped by code (the
 /// array by code would be too large for what it saves).
@@ -49,20 +52,100 @@ const MAX_CODED: u32 = 1 << 18;
 /// makes room for a new one.
 const CODED_DICTIONARIES: usize = 4;
 
+/// A key as the table looks it up: its hash, and its encoding's length and
+/// words (for a long encoding, its hash again and nothing).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Probe {
+    hash: u64,
+    words: [u64; 2],
+    len: u32,
+}
+
+impl Probe {
+    /// The probe for the key encoded as `bytes`; `hasher` hashes long ones.
+    #[inline(always)]
+    fn of(bytes: &[u8], hasher: &FixedState) -> Probe {
+        let len = u32_of(bytes.len());
+        if bytes.len() <= INLINE {
+            let words = pack(bytes);
+            Probe {
+                hash: hash_words(words, len),
+                words,
+                len,
+            }
+        } else {
+            let mut h = hasher.build_hasher();
+            h.write(bytes);
+            let hash = h.finish();
+            Probe {
+                hash,
+                words: [hash, 0],
+                len,
+            }
+        }
+    }
+
+    fn is_long(&self) -> bool {
+        self.len as usize > INLINE
+    }
+
+    /// The encoding of a key of at most [`INLINE`] bytes, back from its words.
+    fn inline_bytes(&self) -> ([u8; INLINE], usize) {
+        let mut bytes = [0; INLINE];
+        bytes[..8].copy_from_slice(&self.words[0].to_le_bytes());
+        bytes[8..].copy_from_slice(&self.words[1].to_le_bytes());
+        (bytes, (self.len as usize).min(INLINE))
+    }
+}
+
+/// `bytes` (at most [`INLINE`] of them) as two little-endian words,
+/// zero-padded. Only fixed-size loads: the first and last 8, 4 or 1 bytes,
+/// overlapping, as fast hash functions read short inputs.
+#[inline(always)]
+fn pack(bytes: &[u8]) -> [u64; 2] {
+    let n = bytes.len();
+    let word = |b: Option<&[u8; 8]>| b.map_or(0, |b| u64::from_le_bytes(*b));
+    let half = |b: Option<&[u8; 4]>| b.map_or(0, |b| u64::from(u32::from_le_bytes(*b)));
+    if n >= 8 {
+        // Bytes 8..n are the top n - 8 bytes of the last 8.
+        let high = if n == 8 {
+            0
+        } else {
+            word(bytes.last_chunk::<8>()) >> (8 * (16 - n.min(16)))
+        };
+        [word(bytes.first_chunk::<8>()), high]
+    } else if n >= 4 {
+        [half(bytes.first_chunk::<4>()) | (half(bytes.last_chunk::<4>()) << (8 * (n - 4))), 0]
+    } else if n > 0 {
+        let byte = |i: usize| u64::from(bytes.get(i).copied().unwrap_or(0)) << (8 * i);
+        [byte(0) | byte(n / 2) | byte(n - 1), 0]
+    } else {
+        [0, 0]
+    }
+}
+
+/// The hash of a short key's words (a multiply-rotate mix: its high bits,
+/// which pick the slot, depend on every input bit).
+#[inline(always)]
+fn hash_words(words: [u64; 2], len: u32) -> u64 {
+    let mut h = (words[0] ^ 0x776d_725f_6d61_7021).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    h = (h.rotate_left(29) ^ words[1]).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h = (h.rotate_left(29) ^ u64::from(len)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
+}
+
 /// One slot of the table: all a lookup reads and writes. It is kept in an
 /// [`Aligned`] wrapper so that it spans as few cache lines as it can.
 #[derive(Default)]
 #[repr(C)]
 struct Slot<V> {
-    /// The key hash's high 32 bits with the lowest bit set; 0 when empty.
-    tag: u32,
+    /// The key's encoding as [`Probe::words`] has it, except that a long
+    /// one has its offset in the arena second.
+    words: [u64; 2],
+    /// The encoding's length plus one; 0 when the slot is empty.
+    len: u32,
     /// The key's group: its index in the order keys were first seen.
     group: u32,
-    /// The length of the key's encoding.
-    len: u32,
-    /// The encoding when at most [`INLINE`] bytes, else its offset in the
-    /// arena in the first four bytes.
-    inline: [u8; INLINE],
     /// Everything emitted for the key so far, combined.
     value: V,
 }
@@ -99,10 +182,6 @@ macro_rules! aligned {
 }
 aligned!(Half, Line);
 
-fn tag_of(hash: u64) -> u32 {
-    (hash >> 32) as u32 | 1
-}
-
 fn u32_of(n: usize) -> u32 {
     u32::try_from(n).unwrap_or_else(|_| panic!("wmr-sdk: the in-mapper combiner grew past 4 GiB"))
 }
@@ -111,9 +190,15 @@ fn empty_slots<A: Default>(n: usize) -> Vec<A> {
     std::iter::repeat_with(A::default).take(n).collect()
 }
 
+/// Slots a new table starts with.
+const FIRST_SLOTS: usize = 1024;
+
 /// The table: key encodings to their groups and values.
 struct Table<A> {
     slots: Vec<A>,
+    /// How far a hash is shifted right to give its slot (the slot count is
+    /// a power of two; the hash's high bits pick the slot).
+    shift: u32,
     /// Encodings longer than [`INLINE`] bytes.
     arena: Vec<u8>,
     /// Each group's hash, for growing.
@@ -126,7 +211,8 @@ impl<A> Table<A> {
         A: Aligned<V>,
     {
         Table {
-            slots: empty_slots(1024),
+            slots: empty_slots(FIRST_SLOTS),
+            shift: 64 - FIRST_SLOTS.trailing_zeros(),
             arena: Vec::new(),
             hashes: Vec::new(),
         }
@@ -136,6 +222,12 @@ impl<A> Table<A> {
         self.slots.len() - 1
     }
 
+    /// The slot where a probe for `hash` starts.
+    #[inline(always)]
+    fn home(&self, hash: u64) -> usize {
+        (hash >> self.shift) as usize & self.mask()
+    }
+
     /// Load the slot where a probe for `hash` starts; the value is only
     /// used to keep the load from being optimised away.
     #[inline(always)]
@@ -143,37 +235,33 @@ impl<A> Table<A> {
     where
         A: Aligned<V>,
     {
-        self.slots[hash as usize & self.mask()].slot().tag
+        self.slots[self.home(hash)].slot().len
     }
 
-    fn key_of<'a, V>(&'a self, slot: &'a Slot<V>) -> &'a [u8] {
-        let len = slot.len as usize;
-        match slot.inline.get(..len) {
-            Some(inline) => inline,
-            None => {
-                let start =
-                    u32::from_le_bytes([slot.inline[0], slot.inline[1], slot.inline[2], slot.inline[3]]) as usize;
-                self.arena.get(start..start + len).unwrap_or(&[])
-            }
-        }
-    }
-
-    /// The slot of the key encoded as `key`, and whether it was just made
-    /// (as group `hashes.len()`, the number of groups so far, holding `V::default()`).
+    /// The slot of the key `probe` (whose encoding is `long` when longer
+    /// than [`INLINE`] bytes), and whether it was just made (as group
+    /// `hashes.len()`, the number of groups so far, holding `V::default()`).
     #[inline(always)]
-    fn find_or_insert<V: Default>(&mut self, hash: u64, key: &[u8]) -> (usize, bool)
+    fn find_or_insert<V: Default>(&mut self, probe: &Probe, long: &[u8]) -> (usize, bool)
     where
         A: Aligned<V>,
     {
-        let tag = tag_of(hash);
         let mask = self.mask();
-        let mut at = hash as usize & mask;
+        let mut at = self.home(probe.hash);
         loop {
             let slot = self.slots[at].slot();
-            if slot.tag == 0 {
+            if slot.len == 0 {
                 break;
             }
-            if slot.tag == tag && slot.len as usize == key.len() && bytes_eq(self.key_of(slot), key) {
+            if slot.len == probe.len + 1
+                && slot.words[0] == probe.words[0]
+                && if probe.is_long() {
+                    let start = slot.words[1] as usize;
+                    bytes_eq(self.arena.get(start..start + long.len()).unwrap_or(&[]), long)
+                } else {
+                    slot.words[1] == probe.words[1]
+                }
+            {
                 return (at, false);
             }
             at = (at + 1) & mask;
@@ -181,24 +269,22 @@ impl<A> Table<A> {
         // At most 3/4 full, so probes stay short.
         if (self.hashes.len() + 1) * 4 > self.slots.len() * 3 {
             self.grow();
-            return self.find_or_insert(hash, key);
+            return self.find_or_insert(probe, long);
         }
-        let mut inline = [0; INLINE];
-        match inline.get_mut(..key.len()) {
-            Some(short) => short.copy_from_slice(key),
-            None => {
-                inline[..4].copy_from_slice(&u32_of(self.arena.len()).to_le_bytes());
-                self.arena.extend_from_slice(key);
-            }
-        }
+        let words = if probe.is_long() {
+            let start = self.arena.len() as u64;
+            self.arena.extend_from_slice(long);
+            [probe.hash, start]
+        } else {
+            probe.words
+        };
         *self.slots[at].slot_mut() = Slot {
-            tag,
+            words,
+            len: probe.len + 1,
             group: u32_of(self.hashes.len()),
-            len: u32_of(key.len()),
-            inline,
             value: V::default(),
         };
-        self.hashes.push(hash);
+        self.hashes.push(probe.hash);
         (at, true)
     }
 
@@ -208,10 +294,10 @@ impl<A> Table<A> {
         A: Aligned<V>,
     {
         let mask = self.mask();
-        let mut at = *self.hashes.get(group as usize)? as usize & mask;
+        let mut at = self.home(*self.hashes.get(group as usize)?);
         for _ in 0..self.slots.len() {
             let slot = self.slots[at].slot();
-            if slot.tag == 0 {
+            if slot.len == 0 {
                 return None;
             }
             if slot.group == group {
@@ -229,10 +315,11 @@ impl<A> Table<A> {
     {
         let doubled = empty_slots(self.slots.len() * 2);
         let old = std::mem::replace(&mut self.slots, doubled);
+        self.shift -= 1;
         let mask = self.mask();
-        for slot in old.into_iter().filter(|s| s.slot().tag != 0) {
-            let mut at = self.hashes[slot.slot().group as usize] as usize & mask;
-            while self.slots[at].slot().tag != 0 {
+        for slot in old.into_iter().filter(|s| s.slot().len != 0) {
+            let mut at = self.home(self.hashes[slot.slot().group as usize]);
+            while self.slots[at].slot().len != 0 {
                 at = (at + 1) & mask;
             }
             self.slots[at] = slot;
@@ -240,12 +327,11 @@ impl<A> Table<A> {
     }
 }
 
-/// A pair emitted but not yet looked up: its key's encoding is
-/// `staged_keys[start..end]`.
+/// A pair emitted but not yet looked up: a long key's encoding is
+/// `staged_keys[start..start + probe.len]`.
 struct StagedPair<V> {
-    hash: u64,
+    probe: Probe,
     start: u32,
-    end: u32,
     value: V,
 }
 
@@ -319,29 +405,51 @@ impl<K: Columns, V: Columns> Grouping<K, V> {
     /// Stage one pair; every [`STAGED`] pairs are looked up together.
     #[inline]
     pub(crate) fn push<Q: IntoColumns<K>>(&mut self, key: Q, value: V) {
-        if self.codable
-            && let Some(text) = key.as_text()
-            && let Some(c) = coded(text).filter(|c| c.dictionary_len <= MAX_CODED)
-            && let Some(at) = self.take_dictionary(&c)
-        {
-            self.coded_staged.push((at, c.code, value));
-            if self.coded_staged.len() == STAGED {
-                self.settle_coded();
+        if self.codable && let Some(text) = key.as_text() {
+            if let Some(c) = coded(text).filter(|c| c.dictionary_len <= MAX_CODED)
+                && let Some(at) = self.take_dictionary(&c)
+            {
+                self.coded_staged.push((at, c.code, value));
+                if self.coded_staged.len() == STAGED {
+                    self.settle_coded();
+                }
+                return;
             }
+            // One string key: its encoding is its bytes, read in place.
+            self.stage(text.as_bytes(), value);
             return;
         }
-        // Hashed from the key itself, not from its copy just written: reading
-        // back bytes just stored stalls on store forwarding.
-        let mut hasher = self.hasher.build_hasher();
-        key.hash_key(&mut hasher);
         let start = self.staged_keys.len();
         key.encode(&mut self.staged_keys);
-        self.staged.push(StagedPair {
-            hash: hasher.finish(),
+        let probe = Probe::of(self.staged_keys.get(start..).unwrap_or(&[]), &self.hasher);
+        if !probe.is_long() {
+            self.staged_keys.truncate(start);
+        }
+        self.push_staged(StagedPair {
+            probe,
             start: u32_of(start),
-            end: u32_of(self.staged_keys.len()),
             value,
         });
+    }
+
+    /// Stage the pair of the key encoded as `encoded` (copied only when long).
+    #[inline(always)]
+    fn stage(&mut self, encoded: &[u8], value: V) {
+        let probe = Probe::of(encoded, &self.hasher);
+        let start = self.staged_keys.len();
+        if probe.is_long() {
+            self.staged_keys.extend_from_slice(encoded);
+        }
+        self.push_staged(StagedPair {
+            probe,
+            start: u32_of(start),
+            value,
+        });
+    }
+
+    #[inline(always)]
+    fn push_staged(&mut self, pair: StagedPair<V>) {
+        self.staged.push(pair);
         if self.staged.len() == STAGED {
             self.settle();
         }
@@ -404,22 +512,21 @@ impl<K: Columns, V: Columns> Grouping<K, V> {
             .fold(0u32, |t, (at, code, _)| t ^ entry_of(coded, *at, *code).unwrap_or(0));
         std::hint::black_box(loaded);
         // Then hash the keys of codes not seen yet, and load their slots.
-        let mut first_hashes = [0u64; STAGED];
+        let mut first_probes = [None; STAGED];
         let mut loaded = 0u32;
-        for ((at, code, _), first) in coded_staged.iter().zip(&mut first_hashes) {
+        for ((at, code, _), first) in coded_staged.iter().zip(&mut first_probes) {
             if entry_of(coded, *at, *code) == Some(0) {
                 let text = coded[*at].dictionary.text(*code).unwrap_or_default();
-                let mut h = hasher.build_hasher();
-                h.write(text.as_bytes());
-                *first = h.finish();
+                let probe = Probe::of(text.as_bytes(), hasher);
                 loaded ^= match tables {
-                    Tables::Half(table) => table.touch(*first),
-                    Tables::Line(table) => table.touch(*first),
+                    Tables::Half(table) => table.touch(probe.hash),
+                    Tables::Line(table) => table.touch(probe.hash),
                 };
+                *first = Some(probe);
             }
         }
         std::hint::black_box(loaded);
-        for ((at, code, value), hash) in coded_staged.drain(..).zip(first_hashes) {
+        for ((at, code, value), probe) in coded_staged.drain(..).zip(first_probes) {
             let Some(groups) = coded.get_mut(at) else { continue };
             let Some(entry) = groups.entries.get_mut(code as usize) else {
                 continue;
@@ -430,23 +537,17 @@ impl<K: Columns, V: Columns> Grouping<K, V> {
                         groups.touched.push(code);
                         value
                     }
-                    Some(held) => combine(&keys[(entry.group - 1) as usize], Values::taking(&mut [held, value])),
+                    Some(held) => combine(&keys[(entry.group - 1) as usize], held, value),
                 });
                 continue;
             }
             // First seen: find (or make) its group through the table. (The
-            // hash was made above, unless the code came twice in this stage.)
+            // probe was made above, unless the code came twice in this stage.)
             let key = groups.dictionary.text(code).unwrap_or_default().as_bytes();
-            let hash = if hash != 0 {
-                hash
-            } else {
-                let mut h = hasher.build_hasher();
-                h.write(key);
-                h.finish()
-            };
+            let probe = probe.unwrap_or_else(|| Probe::of(key, hasher));
             let group = match tables {
-                Tables::Half(table) => add_pair(table, combine, keys, hash, key, value),
-                Tables::Line(table) => add_pair(table, combine, keys, hash, key, value),
+                Tables::Half(table) => add_pair(table, combine, keys, &probe, key, value),
+                Tables::Line(table) => add_pair(table, combine, keys, &probe, key, value),
             };
             entry.group = group + 1;
         }
@@ -515,7 +616,7 @@ impl<K: Columns, V: Columns> Grouping<K, V> {
     /// Hand every group's key and combined value to `f`, in the table's order.
     pub(crate) fn for_each_group(mut self, mut f: impl FnMut(K, V)) {
         fn each<K: Default, V, A: Aligned<V>>(table: Table<A>, keys: &mut [K], f: &mut impl FnMut(K, V)) {
-            for slot in table.slots.into_iter().map(A::into_slot).filter(|s| s.tag != 0) {
+            for slot in table.slots.into_iter().map(A::into_slot).filter(|s| s.len != 0) {
                 f(std::mem::take(&mut keys[slot.group as usize]), slot.value);
             }
         }
@@ -539,36 +640,42 @@ fn settle_into<K: Columns, V: Columns, A: Aligned<V>>(
     staged_keys: &[u8],
 ) {
     // First load every pair's slot; the loads do not wait on each other.
-    let touched = staged.iter().fold(0u32, |t, p| t ^ table.touch(p.hash));
+    let touched = staged.iter().fold(0u32, |t, p| t ^ table.touch(p.probe.hash));
     std::hint::black_box(touched);
     for pair in staged.drain(..) {
-        let key = staged_keys.get(pair.start as usize..pair.end as usize).unwrap_or(&[]);
-        add_pair(table, combine, keys, pair.hash, key, pair.value);
+        let long = if pair.probe.is_long() {
+            let start = pair.start as usize;
+            staged_keys.get(start..start + pair.probe.len as usize).unwrap_or(&[])
+        } else {
+            &[]
+        };
+        add_pair(table, combine, keys, &pair.probe, long, pair.value);
     }
 }
 
-/// Combine `value` into the group of the key encoded as `key` (made if
-/// new); returns the group.
+/// Combine `value` into the group of the key `probe` (made if new), whose
+/// encoding is `long` when longer than [`INLINE`] bytes; returns the group.
 #[inline(always)]
 fn add_pair<K: Columns, V: Columns, A: Aligned<V>>(
     table: &mut Table<A>,
     combine: &CombineFn<K, V>,
     keys: &mut Vec<K>,
-    hash: u64,
-    key: &[u8],
+    probe: &Probe,
+    long: &[u8],
     value: V,
 ) -> u32 {
-    let (at, new) = table.find_or_insert(hash, key);
+    let (at, new) = table.find_or_insert(probe, long);
     let slot = table.slots[at].slot_mut();
     if new {
-        let owned = K::decode(key)
+        let (inline, len) = probe.inline_bytes();
+        let encoded = if probe.is_long() { long } else { &inline[..len] };
+        let owned = K::decode(encoded)
             .unwrap_or_else(|| panic!("wmr-sdk: a key's encoding did not decode; this is a bug in wmr-sdk"));
         keys.push(owned);
         slot.value = value;
     } else {
         let held = std::mem::take(&mut slot.value);
-        let key = &keys[slot.group as usize];
-        slot.value = combine(key, Values::taking(&mut [held, value]));
+        slot.value = combine(&keys[slot.group as usize], held, value);
     }
     slot.group
 }
@@ -590,7 +697,7 @@ fn join_groups<K: Columns, V: Columns, A: Aligned<V>>(
         };
         let slot = table.slots[at].slot_mut();
         let held = std::mem::take(&mut slot.value);
-        slot.value = combine(key, Values::taking(&mut [held, value]));
+        slot.value = combine(key, held, value);
     }
 }
 
@@ -606,33 +713,72 @@ mod tests {
         assert!(slots.iter().all(|s| (&raw const *s as usize).is_multiple_of(64)));
     }
 
+    /// The probe of `key` as [`Probe::of`] makes it, with its hash set to
+    /// `hash` (to make keys collide).
+    fn probe_hashed(key: &[u8], hash: u64) -> Probe {
+        let mut probe = Probe::of(key, &FixedState::with_seed(1));
+        if probe.is_long() {
+            probe.words[0] = hash;
+        }
+        probe.hash = hash;
+        probe
+    }
+
+    #[test]
+    fn short_keys_pack_into_their_zero_padded_bytes() {
+        let text = b"abcdefghijklmnopq";
+        for len in 0..=INLINE {
+            let key = &text[..len];
+            let mut padded = [0u8; 16];
+            padded[..len].copy_from_slice(key);
+            let expected = [
+                u64::from_le_bytes(padded[..8].try_into().unwrap()),
+                u64::from_le_bytes(padded[8..].try_into().unwrap()),
+            ];
+            assert_eq!(pack(key), expected, "{len} bytes");
+            let probe = Probe::of(key, &FixedState::with_seed(1));
+            assert_eq!(probe.inline_bytes(), (padded, len));
+        }
+        // A trailing zero byte is told apart by the length.
+        let (a, b) = (Probe::of(b"a", &FixedState::with_seed(1)), Probe::of(b"a\0", &FixedState::with_seed(1)));
+        assert_eq!(a.words, b.words);
+        assert_ne!((a.len, a.hash), (b.len, b.hash));
+    }
+
     #[test]
     fn the_table_finds_every_key_it_was_given_across_growth() {
         let mut table = Table::<Half<u64>>::new();
         let hasher = FixedState::with_seed(1);
         let keys: Vec<Vec<u8>> = (0..5000u32)
-            .map(|i| format!("key number {i} {}", "x".repeat(i as usize % 40)).into_bytes())
+            .map(|i| format!("k{i} {}", "x".repeat(i as usize % 40)).into_bytes())
             .collect();
+        assert!(keys.iter().any(|k| k.len() <= INLINE) && keys.iter().any(|k| k.len() > INLINE));
         for (i, key) in keys.iter().enumerate() {
-            let (at, new) = table.find_or_insert(hasher.hash_one(key), key);
+            let (at, new) = table.find_or_insert(&Probe::of(key, &hasher), key);
             assert!(new);
             table.slots[at].slot_mut().value = i as u64;
         }
         for (i, key) in keys.iter().enumerate() {
-            let (at, new) = table.find_or_insert(hasher.hash_one(key), key);
+            let (at, new) = table.find_or_insert(&Probe::of(key, &hasher), key);
             assert!(!new);
             assert_eq!((table.slots[at].0.group, table.slots[at].0.value), (i as u32, i as u64));
+            assert_eq!(table.slot_of_group::<u64>(i as u32), Some(at));
         }
         // Equal hashes, different keys: told apart by the bytes.
         let mut table = Table::<Half<u64>>::new();
         let group = |t: &mut Table<Half<u64>>, key: &[u8]| {
-            let (at, new) = t.find_or_insert(7, key);
+            let (at, new) = t.find_or_insert(&probe_hashed(key, 7), key);
             (t.slots[at].0.group, new)
         };
+        let (long_a, long_b) = (b"a key longer than sixteen bytes".as_slice(), b"a key longer than sixteen bytez".as_slice());
         assert_eq!(group(&mut table, b"a"), (0, true));
         assert_eq!(group(&mut table, b"b"), (1, true));
         assert_eq!(group(&mut table, b"a"), (0, false));
         assert_eq!(group(&mut table, b""), (2, true));
         assert_eq!(group(&mut table, b""), (2, false));
+        assert_eq!(group(&mut table, long_a), (3, true));
+        assert_eq!(group(&mut table, long_b), (4, true));
+        assert_eq!(group(&mut table, long_a), (3, false));
+        assert_eq!(group(&mut table, long_b), (4, false));
     }
 }

@@ -205,7 +205,9 @@ fn combiner<J: Job>() -> Option<CombineFn<J::Key, J::Value>> {
         return None;
     }
     let job = STATE.with_borrow(|state| state.as_ref().and_then(|s| s.job.clone().downcast::<J>().ok()))?;
-    Some(Box::new(move |key, values| job.combine(key, values)))
+    Some(Box::new(move |key, held, value| {
+        job.combine(key, Values::taking(&mut [held, value]))
+    }))
 }
 
 fn groups(input: &Grouped) -> impl Iterator<Item = (usize, usize, usize)> + '_ {
