@@ -145,6 +145,31 @@ mod tests {
         }
     }
 
+    /// Texts of every length up to 300 bytes, of letters and not, one byte
+    /// to four long, split as a char-by-char scan splits them: words and
+    /// characters cross every 8-byte boundary.
+    #[test]
+    fn words_of_mixed_texts_split_like_char_by_char() {
+        let pieces = ["a", "Zq", " ", "1", "é", "-", "日本", "\u{1F600}", "xy", "\u{10400}", ",", "ÉTÉ"];
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        for len in 0..300 {
+            for _ in 0..8 {
+                let mut text = String::new();
+                while text.len() < len {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    text.push_str(pieces[(state % pieces.len() as u64) as usize]);
+                }
+                let expected: Vec<&str> = text
+                    .split(|c: char| !c.is_alphabetic())
+                    .filter(|w| !w.is_empty())
+                    .collect();
+                assert_eq!(words(&text).collect::<Vec<_>>(), expected, "{text:?}");
+            }
+        }
+    }
+
     /// The ranges of `char::is_alphabetic`, as `(first, last)` pairs.
     fn alphabetic_ranges() -> Vec<(u32, u32)> {
         let mut ranges: Vec<(u32, u32)> = Vec::new();
