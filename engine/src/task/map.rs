@@ -7,16 +7,17 @@
 use arrow::array::{Array, Int64Array, RecordBatch};
 use tokio::sync::mpsc;
 
+use super::combine::{CombinePlan, Combining, calls_of, place_combined};
 use super::{
-    COMBINE_EVERY_ROWS, COMBINE_JUDGED_AFTER_ROWS, COMBINE_USELESS_TENTHS, Counters, Error, JobContext, MapAssignment,
-    MapOutput, REDUCE_CALL_ROWS, TaskMemory, check_output, compute_into_upload, guest_err, record_log, spill,
+    COMBINE_EVERY_ROWS, Counters, Error, JobContext, MapAssignment, MapOutput, REDUCE_CALL_ROWS, TaskMemory,
+    check_output, compute_into_upload, guest_err, record_log, spill,
 };
 use crate::data::parquet_input::{ParquetSplitReader, fetch_parquet_split};
 use crate::data::sink::ObjectSink;
 use crate::data::text::{TextSplitReader, stream_text_split};
 use crate::data::{Location, Split, SplitKind};
 use crate::runtime::{CancelFlag, GuestInstance, JobModule, Runtime};
-use crate::shuffle::{self, KeyEncoder, MemoryRun, Merger, Partitioner, ShuffleWriter};
+use crate::shuffle::{self, KeyEncoder, MemoryRun, Merger, ShuffleWriter};
 use crate::spawn::SpawnedTask;
 
 pub(super) enum InputReader {
@@ -220,36 +221,6 @@ pub(super) async fn open_splits(splits: Vec<Split>, max_record: u64, tx: mpsc::S
     }
 }
 
-/// Whether a map task still combines, judged from what combining has
-/// achieved so far: once the task has seen enough rows from the guest to
-/// tell, and combining removed less than a tenth of them (keys mostly
-/// distinct), it stops.
-struct Combining {
-    on: bool,
-    /// Rows the guest emitted that reached a combine pass.
-    seen: u64,
-    /// Rows combining removed.
-    removed: u64,
-}
-
-impl Combining {
-    fn new(combines: bool) -> Self {
-        Combining {
-            on: combines,
-            seen: 0,
-            removed: 0,
-        }
-    }
-
-    /// `fresh` rows from the guest went into a pass.
-    fn saw(&mut self, fresh: usize) {
-        self.seen += fresh as u64;
-        if self.seen >= COMBINE_JUDGED_AFTER_ROWS && self.removed * 10 < self.seen * (10 - COMBINE_USELESS_TENTHS) {
-            self.on = false;
-        }
-    }
-}
-
 /// The guest, the key encoder and what a map task needs to combine.
 struct MapWork<'a> {
     guest: GuestInstance,
@@ -310,13 +281,10 @@ impl MapWork<'_> {
         if plan.multi_groups == 0 {
             return Ok(sorted.clone());
         }
-        let (to_combine, to_combine_ends) = if plan.multi_groups == ends.len() {
+        let (to_combine, to_combine_ends) = if plan.all_multi() {
             (sorted.clone(), ends.to_vec())
         } else {
-            (
-                shuffle::take_rows(sorted, plan.multi_rows(ends))?,
-                plan.multi_ends(ends),
-            )
+            (shuffle::take_rows(sorted, plan.multi_rows())?, plan.multi_ends())
         };
         let (keys, values) = shuffle::grouped(&to_combine, self.encoder.key_columns(), &to_combine_ends)?;
         let combined = self.guest.combine(&keys, &values, &to_combine_ends).map_err(guest_err(
@@ -325,115 +293,8 @@ impl MapWork<'_> {
             None,
         ))?;
         self.combining.removed += to_combine.num_rows().saturating_sub(combined.num_rows()) as u64;
-        place_combined(&self.encoder, sorted, ends, &plan, &combined)
+        place_combined(&self.encoder, sorted, &plan, &combined)
     }
-}
-
-/// The pass `sorted` (groups ending at `ends`) with its groups of more than
-/// one row replaced by `combined`, the guest's output for them, sorted by
-/// key. The SDKs combine group by group, in order, a row a group: their rows
-/// go back between the lone rows by position. A hand-written guest might
-/// return other rows or change keys, so the result is checked and, if not
-/// sorted, re-sorted rather than trusted.
-fn place_combined(
-    encoder: &KeyEncoder,
-    sorted: &RecordBatch,
-    ends: &[u32],
-    plan: &CombinePlan,
-    combined: &RecordBatch,
-) -> Result<RecordBatch, Error> {
-    if combined.num_rows() == plan.multi_groups {
-        let placed = if plan.multi_groups == ends.len() {
-            combined.clone()
-        } else {
-            shuffle::interleave(&[sorted, combined], &plan.interleaved(ends))?
-        };
-        if shuffle::is_sorted(encoder, &placed)? {
-            return Ok(placed);
-        }
-    }
-    let lone = shuffle::take_rows(sorted, plan.lone_rows(ends))?;
-    let all = shuffle::concat(&combined.schema(), &[lone, combined.clone()])?;
-    Ok(shuffle::partition_and_sort(encoder, &all, &Partitioner::Hash, 1)?.batch)
-}
-
-/// Which groups of a sorted pass (ending at `ends`) have more than one row
-/// and so go to the guest's `combine`.
-struct CombinePlan {
-    multi_groups: usize,
-}
-
-impl CombinePlan {
-    fn of(ends: &[u32]) -> Self {
-        let multi_groups = group_spans(ends).filter(|&(s, e)| e - s > 1).count();
-        CombinePlan { multi_groups }
-    }
-
-    /// The rows of the groups of more than one row, in order.
-    fn multi_rows(&self, ends: &[u32]) -> Vec<u32> {
-        group_spans(ends)
-            .filter(|&(s, e)| e - s > 1)
-            .flat_map(|(s, e)| s..e)
-            .collect()
-    }
-
-    /// Where those groups end among those rows.
-    fn multi_ends(&self, ends: &[u32]) -> Vec<u32> {
-        let mut at = 0;
-        group_spans(ends)
-            .filter(|&(s, e)| e - s > 1)
-            .map(|(s, e)| {
-                at += e - s;
-                at
-            })
-            .collect()
-    }
-
-    /// The rows of the groups of one row.
-    fn lone_rows(&self, ends: &[u32]) -> Vec<u32> {
-        group_spans(ends).filter(|&(s, e)| e - s == 1).map(|(s, _)| s).collect()
-    }
-
-    /// Each group's output row in key order: (0, its row) from the pass for
-    /// a lone row, (1, the next row) from `combine`'s output otherwise.
-    fn interleaved(&self, ends: &[u32]) -> Vec<(usize, usize)> {
-        let mut next = 0;
-        group_spans(ends)
-            .map(|(s, e)| {
-                if e - s == 1 {
-                    (0, s as usize)
-                } else {
-                    next += 1;
-                    (1, next - 1)
-                }
-            })
-            .collect()
-    }
-}
-
-/// (start, end) of each group whose ends are `ends`.
-fn group_spans(ends: &[u32]) -> impl Iterator<Item = (u32, u32)> + '_ {
-    ends.iter().scan(0u32, |start, &end| {
-        let span = (*start, end);
-        *start = end;
-        Some(span)
-    })
-}
-
-/// Groups (ending at `ends`, ascending) in calls of at most `max_rows`
-/// rows, or of one group where that alone is larger: each call's range of
-/// group indices.
-fn calls_of(ends: &[u32], max_rows: usize) -> Vec<std::ops::Range<usize>> {
-    let mut calls = Vec::new();
-    let (mut start, mut first) = (0usize, 0usize);
-    while first < ends.len() {
-        let limit = start + max_rows;
-        let fit = ends[first..].partition_point(|&e| e as usize <= limit).max(1);
-        calls.push(first..first + fit);
-        first += fit;
-        start = ends[first - 1] as usize;
-    }
-    calls
 }
 
 fn map_compute(
@@ -649,85 +510,6 @@ mod tests {
     use arrow::datatypes::{DataType, Field, Schema};
 
     use super::*;
-
-    #[test]
-    fn only_groups_of_more_than_one_row_are_combined_and_go_back_in_order() {
-        // Groups: [0], [1,2,3], [4], [5,6], [7].
-        let ends = [1, 4, 5, 7, 8];
-        let plan = CombinePlan::of(&ends);
-        assert_eq!(plan.multi_groups, 2);
-        assert_eq!(plan.multi_rows(&ends), [1, 2, 3, 5, 6]);
-        assert_eq!(plan.multi_ends(&ends), [3, 5]);
-        assert_eq!(plan.lone_rows(&ends), [0, 4, 7]);
-        assert_eq!(plan.interleaved(&ends), [(0, 0), (1, 0), (0, 4), (1, 1), (0, 7)]);
-        assert_eq!(CombinePlan::of(&[1, 2, 3]).multi_groups, 0);
-        assert_eq!(CombinePlan::of(&[]).multi_groups, 0);
-    }
-
-    fn pairs(keys: &[&str], values: &[u64]) -> RecordBatch {
-        let schema = Arc::new(Schema::new(vec![
-            Field::new("k0", DataType::Utf8, true),
-            Field::new("v0", DataType::UInt64, true),
-        ]));
-        RecordBatch::try_new(
-            schema,
-            vec![
-                Arc::new(StringArray::from(keys.to_vec())),
-                Arc::new(arrow::array::UInt64Array::from(values.to_vec())),
-            ],
-        )
-        .unwrap()
-    }
-
-    fn rows_of(batch: &RecordBatch) -> Vec<(String, u64)> {
-        let keys = batch.column(0).as_any().downcast_ref::<StringArray>().unwrap();
-        let values = batch
-            .column(1)
-            .as_any()
-            .downcast_ref::<arrow::array::UInt64Array>()
-            .unwrap();
-        (0..batch.num_rows())
-            .map(|i| (keys.value(i).to_string(), values.value(i)))
-            .collect()
-    }
-
-    #[test]
-    fn combined_groups_go_back_among_lone_rows_and_bad_guest_output_is_resorted() {
-        let encoder = KeyEncoder::new(&[DataType::Utf8]).unwrap();
-        // Groups: a (lone), b (3 rows), c (lone), d (2 rows).
-        let sorted = pairs(&["a", "b", "b", "b", "c", "d", "d"], &[1, 1, 1, 1, 1, 1, 1]);
-        let ends = [1, 4, 5, 7];
-        let plan = CombinePlan::of(&ends);
-        let expect = |rows: &[(&str, u64)]| rows.iter().map(|(k, v)| (k.to_string(), *v)).collect::<Vec<_>>();
-        // A row a group, in order: placed by position.
-        let placed = place_combined(&encoder, &sorted, &ends, &plan, &pairs(&["b", "d"], &[3, 2])).unwrap();
-        assert_eq!(rows_of(&placed), expect(&[("a", 1), ("b", 3), ("c", 1), ("d", 2)]));
-        // A guest that changed a key ("d" to "a"): still sorted in the end.
-        let placed = place_combined(&encoder, &sorted, &ends, &plan, &pairs(&["b", "a"], &[3, 2])).unwrap();
-        assert_eq!(rows_of(&placed), expect(&[("a", 1), ("a", 2), ("b", 3), ("c", 1)]));
-        // Rows in order among themselves, but not among the lone rows.
-        let placed = place_combined(&encoder, &sorted, &ends, &plan, &pairs(&["b", "b"], &[3, 2])).unwrap();
-        assert_eq!(rows_of(&placed), expect(&[("a", 1), ("b", 3), ("b", 2), ("c", 1)]));
-        // More rows than groups, out of order.
-        let placed = place_combined(&encoder, &sorted, &ends, &plan, &pairs(&["d", "b", "b"], &[2, 1, 2])).unwrap();
-        let keys: Vec<String> = rows_of(&placed).into_iter().map(|(k, _)| k).collect();
-        assert_eq!(keys, ["a", "b", "b", "c", "d"]);
-        // Every group combined: the guest's rows are the pass.
-        let both = pairs(&["b", "b", "d", "d"], &[1, 1, 1, 1]);
-        let plan = CombinePlan::of(&[2, 4]);
-        let placed = place_combined(&encoder, &both, &[2, 4], &plan, &pairs(&["b", "d"], &[2, 2])).unwrap();
-        assert_eq!(rows_of(&placed), expect(&[("b", 2), ("d", 2)]));
-    }
-
-    #[test]
-    fn combine_calls_hold_whole_groups_of_at_most_the_rows_given() {
-        assert_eq!(calls_of(&[], 4), Vec::<std::ops::Range<usize>>::new());
-        assert_eq!(calls_of(&[1, 2, 3, 4, 5], 2), vec![0..2, 2..4, 4..5]);
-        // Group 1 (rows 2..9) is larger than a call: it goes alone.
-        assert_eq!(calls_of(&[2, 9, 10, 11], 4), vec![0..1, 1..2, 2..4]);
-        assert_eq!(calls_of(&[3, 4, 8], 4), vec![0..2, 2..3]);
-        assert_eq!(calls_of(&[100], 4), vec![0..1]);
-    }
 
     fn batch(offsets: Option<Vec<i64>>, lines: &[&str]) -> RecordBatch {
         let mut fields = vec![Field::new("line", DataType::Utf8, false)];

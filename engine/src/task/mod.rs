@@ -18,6 +18,7 @@
 //! (keys mostly distinct), the task stops combining, as DuckDB and Spark
 //! stop partial aggregation.
 
+mod combine;
 mod failure;
 mod map;
 mod reduce;
