@@ -111,6 +111,10 @@ class _Task:
         self.pair_names = [f"c{i}" for i in range(len(self.key_types) + len(self.value_types))]
         self.grouping = self.combines
         self.held = defaultdict(list)
+        # How many values `emit` has added to `held` since the last fold
+        # (counted as they come: adding up the held lists after every call
+        # would walk every held key).
+        self.emitted = _Count()
         # How many of the held values are what the last fold left (one a
         # key): the next fold judges only the values that came since.
         self.carried = 0
@@ -134,9 +138,11 @@ class _Task:
         if self.grouping:
             held = self.held
             counted = self.counted
+            emitted = self.emitted
 
             def emit(key, value):
                 held[key].append(value)
+                emitted.n += 1
 
             def each(keys, value):
                 try:
@@ -272,6 +278,7 @@ class _Task:
         if 2 * (total - len(held)) < fresh:
             self.grouping = False
         self.carried = len(held)
+        self.emitted.n = 0
         return not self.grouping or len(held) > HELD_KEYS
 
     def take_all(self):
@@ -285,11 +292,7 @@ class _Task:
             # (a word count): each key straight out, its copies combined.
             ((_, value), counts), = self.counted.items()
             keys = list(counts)
-            values = [
-                value if n == 1 else combine(key, [value] * n) if n <= REPEAT_CHUNK
-                else _combine_copies(combine, key, value, n)
-                for key, n in counts.items()
-            ]
+            values = [value if n == 1 else _combine_copies(combine, key, value, n) for key, n in counts.items()]
             self.counted.clear()
         else:
             self._take_counted(combine)
@@ -297,12 +300,22 @@ class _Task:
             values = [v[0] if len(v) == 1 else combine(k, v) for k, v in held.items()]
             held.clear()
         self.carried = 0
+        self.emitted.n = 0
         if self.keys:
             keys += self.keys
             values += self.values
             self.keys.clear()
             self.values.clear()
         return self.pairs(keys, values)
+
+
+class _Count:
+    """A count a closure can raise (a slot, faster than a cell)."""
+
+    __slots__ = ("n",)
+
+    def __init__(self):
+        self.n = 0
 
 
 def _value_identity(value):
@@ -421,8 +434,7 @@ def export(cls):
                 row = None
                 if not task.grouping:
                     return task.take_all()
-                fresh = sum(map(len, task.held.values())) - task.carried
-                if task.held_keys() > HELD_KEYS or fresh >= FOLD_VALUES:
+                if task.held_keys() > HELD_KEYS or task.emitted.n >= FOLD_VALUES:
                     if task.fold():
                         return task.take_all()
                 return _empty(task.pair_names, task.key_types + task.value_types)
