@@ -37,10 +37,17 @@ const TYPES = new Map([
 ]);
 
 // Combining in the mapper, checked after every call: the held values are
-// folded (one `combine` call per held key) once there are FOLD_VALUES of
-// them, and sent on once more than HELD_KEYS distinct keys are held.
-const FOLD_VALUES = 500000;
-const HELD_KEYS = 100000;
+// folded (one `combine` call per held key) once FOLD_VALUES have come since
+// the last fold, and sent on once more than HELD_KEYS distinct keys are
+// held. Both are small for what a mapper could hold: componentize-js's
+// engine caps SpiderMonkey's collected heap at 32 MiB, and its collector
+// starts a collection only once the heap has grown past a multiple of what
+// was live at the last one. With 100,000 words held, that mark lay past
+// the cap, every collection was a last-ditch one (SpiderMonkey allows one
+// a minute), and a word count aborted some 20 MB into its text; with
+// 30,000, a 96 MiB split ran through.
+const FOLD_VALUES = 100000;
+const HELD_KEYS = 30000;
 const MIN_SAFE = BigInt(Number.MIN_SAFE_INTEGER);
 const MAX_SAFE = BigInt(Number.MAX_SAFE_INTEGER);
 const I64_MIN = -(2n ** 63n);
@@ -516,12 +523,15 @@ function valueIdOf(value) {
 }
 
 // `emit.words` sends its texts to the host to count before more than this
-// many UTF-16 units (one more for each text's separator) would wait, so at
-// most 15 MiB of UTF-8 go in one call (3 bytes a unit at most; the host
-// takes 16); when the held pairs are folded or taken; and at the end of a
-// `map` call that does not group. The more text per call, the fewer words
-// come back twice. A longer text is counted here.
-const PENDING_WORD_CHARS = 5 << 20;
+// many UTF-16 units (one more for each text's separator) would wait (at
+// most 768 KiB of UTF-8; the host takes 16 MiB); when the held pairs are
+// folded or taken; and at the end of a `map` call that does not group. The
+// more text per call, the fewer words come back twice; but the words that
+// come back are made all at once, with no chance for the collector to run
+// in between, so a call's worth must fit in the heap beside what is held
+// (see HELD_KEYS): at 1 Mi units, a text of some 150,000 distinct words
+// still aborted. A longer text is counted here.
+const PENDING_WORD_CHARS = 256 << 10;
 
 class Task {
   constructor(job) {
@@ -534,6 +544,10 @@ class Task {
     this.pairNames = [...this.keyTypes, ...this.valueTypes].map((_, i) => `c${i}`);
     this.grouping = this.combines;
     this.held = new Map();
+    // How many values `emit` has added to `held` since the last fold
+    // (counted as they come: adding up the held arrays after every call
+    // would walk every held key).
+    this.emitted = 0;
     // What `emit.each` sent while grouping: per distinct value, how many
     // times each key came with it.
     this.counted = new Map();
@@ -551,11 +565,13 @@ class Task {
     if (this.grouping) {
       const held = this.held;
       const counted = this.counted;
+      const task = this;
       emit = (key, value) => {
         const id = keyId(key);
         const entry = held.get(id);
         if (entry === undefined) held.set(id, { key, values: [value] });
         else entry.values.push(value);
+        task.emitted++;
       };
       emit.each = (keys, value) => {
         if (!isColumnValue(value)) {
@@ -682,8 +698,24 @@ class Task {
     return writeBatch(this.pairNames, [...this.keyTypes, ...this.valueTypes], [...keyColumns, ...valueColumns], what);
   }
 
+  /** The one value's counts when all that is held was counted with one
+   * value (a word count's `emit.words(text, 1)`), else undefined. */
+  countedOnly() {
+    if (this.held.size !== 0 || this.counted.size !== 1) return undefined;
+    return this.counted.values().next().value;
+  }
+
   fold() {
     this.countPendingWords();
+    const only = this.countedOnly();
+    if (only !== undefined) {
+      // Each key's copies are combined already (they are counts): judged
+      // as they are, with no object made per key.
+      let total = 0;
+      for (const n of only.counts.values()) total += n;
+      if (2 * only.counts.size > total) this.grouping = false;
+      return !this.grouping || only.counts.size > HELD_KEYS;
+    }
     let total = 0;
     for (const entry of this.held.values()) total += entry.values.length;
     total += this.takeCounted();
@@ -691,14 +723,27 @@ class Task {
       if (entry.values.length > 1) entry.values = [this.job.combine(entry.key, entry.values)];
     }
     if (2 * this.held.size > total) this.grouping = false;
+    this.emitted = 0;
     return !this.grouping || this.held.size > HELD_KEYS;
   }
 
   takeAll() {
     this.countPendingWords();
-    this.takeCounted();
     const keys = [];
     const values = [];
+    const only = this.countedOnly();
+    if (only !== undefined) {
+      // Straight from the counts to the columns: an object and an array a
+      // key in between would double what the collected heap (32 MiB in
+      // componentize-js) holds at once.
+      const { value, counts, keys: keyOf } = only;
+      for (const [id, n] of counts) {
+        keys.push(keyOf.size === 0 ? id : (keyOf.get(id) ?? id));
+        values.push(n === 1 ? copyValue(value) : combineCopies(this.job, keys[keys.length - 1], value, n));
+      }
+      this.counted = new Map();
+    }
+    this.takeCounted();
     for (const { key, values: held } of this.held.values()) {
       keys.push(key);
       values.push(held.length === 1 ? held[0] : this.job.combine(key, held));
@@ -707,6 +752,7 @@ class Task {
     // again ended, after some 24 MB of text, in an allocation failure that
     // aborts SpiderMonkey (seen with componentize-js 0.23).
     this.held = new Map();
+    this.emitted = 0;
     for (let i = 0; i < this.keys.length; i++) {
       keys.push(this.keys[i]);
       values.push(this.values[i]);
@@ -830,13 +876,7 @@ export function exportJob(JobClass) {
         }
         row = undefined;
         if (!t.grouping) return t.takeAll();
-        let full = t.heldKeys() > HELD_KEYS;
-        if (!full) {
-          let values = 0;
-          for (const entry of t.held.values()) values += entry.values.length;
-          full = values >= FOLD_VALUES;
-        }
-        if (full && t.fold()) return t.takeAll();
+        if ((t.heldKeys() > HELD_KEYS || t.emitted >= FOLD_VALUES) && t.fold()) return t.takeAll();
         return writeBatch(t.pairNames, [...t.keyTypes, ...t.valueTypes], t.pairNames.map(() => []), "");
       }, currentRow);
     },

@@ -407,6 +407,52 @@ mod js_wordcount {
     fn javascript_wordcount_on_a_cluster_matches_the_reference() {
         super::wordcount_on_a_cluster_matches_the_reference("js-wordcount");
     }
+
+    /// One split of 32 MiB whose vocabulary is some 150,000 words: what a
+    /// JavaScript mapper holds must stay well inside its engine's 32 MiB
+    /// collected heap (holding 100,000 words, this aborted some 20 MB in).
+    #[test]
+    fn javascript_wordcount_of_a_large_vocabulary_runs_through_one_big_split() {
+        use crate::harness::*;
+        let t = TestDir::new();
+        let (mut state, mut text) = (0x9e37_79b9_7f4a_7c15_u64, String::with_capacity(33 << 20));
+        let mut line = 0;
+        while text.len() < 32 << 20 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            // Skewed: low indices far more often, as in a Zipf vocabulary.
+            let u = (state >> 11) as f64 / (1u64 << 53) as f64;
+            let mut i = (u * u * u * 200_000.0) as usize;
+            loop {
+                text.push((b'a' + (i % 26) as u8) as char);
+                i /= 26;
+                if i == 0 {
+                    break;
+                }
+            }
+            line += 1;
+            text.push(if line % 12 == 0 { '\n' } else { ' ' });
+        }
+        let input = t.write("in/big.txt", &text);
+        let out = t.path("out");
+        wmr_ok(&[
+            "run",
+            "--job",
+            guest("js-wordcount").to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+            "--slots",
+            "1",
+            "--format",
+            "text",
+        ]);
+        let expected = reference_wordcount(&[text]);
+        assert!(expected.len() > 100_000, "{} words", expected.len());
+        assert_eq!(text_output(&out), as_lines(&expected));
+    }
 }
 
 /// `guest-examples/python/groupby`

@@ -719,13 +719,10 @@ pub fn python(args: &[String]) -> Result<()> {
     std::fs::create_dir_all(&work)?;
     let (wmr_out, spark_tsv, cpython_tsv) = (work.join("wmr"), work.join("pyspark.tsv"), work.join("cpython.tsv"));
     let wmr_run = |module: &str, out: &Path| -> Result<Measured> {
-        // JavaScript with 8 MiB splits: SpiderMonkey's heap in one instance
-        // runs out some 20 MB into a Zipf split (see the README).
-        let split = if module.starts_with("js-") { "8MiB" } else { "64MiB" };
         measure(
             Command::new(&wmr)
                 .args(["run", "--quiet", "--overwrite", "--slots", "2", "--reducers", "2"])
-                .args(["--split-size", split, "--job"])
+                .args(["--split-size", "64MiB", "--job"])
                 .arg(guests.join(module))
                 .arg("--input")
                 .arg(&corpus)

@@ -57,14 +57,8 @@ pub(super) fn new(args: NewArgs) -> Result<u8, Failure> {
         ),
         Lang::Js => format!("it builds with componentize-js (`npm install` in {dir} once)"),
     };
-    // A JavaScript instance's collected heap is capped at 32 MiB by its
-    // engine (see the README): its splits are kept small.
-    let split = match args.lang {
-        Lang::Js => " --split-size 8MiB",
-        Lang::Rust | Lang::Python => "",
-    };
     print(&format!(
-        "created a word-count job in {dir}; {tool}. Next:\n  wmr build {dir}\n  wmr run --job {dir}/{name}.wasm --input 'books/*.txt' --output counts --format text{split}\n"
+        "created a word-count job in {dir}; {tool}. Next:\n  wmr build {dir}\n  wmr run --job {dir}/{name}.wasm --input 'books/*.txt' --output counts --format text\n"
     ));
     Ok(exit::SUCCESS)
 }
