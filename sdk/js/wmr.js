@@ -24,7 +24,7 @@
 // "i64", "u64" (Numbers, exact up to 2^53; BigInts are accepted too), "f64",
 // "bool", or an array of them for a tuple; any value may be null.
 
-import { addCounters, countWords, log as hostLog } from "wmr:job/host@0.1.0";
+import { addCounters, countWords, log as hostLog } from "wmr:job/host@0.2.0";
 import { ALPHABETIC } from "./alphabet.js";
 
 const TYPES = new Map([
@@ -529,8 +529,10 @@ function valueIdOf(value) {
 // more text per call, the fewer words come back twice; but the words that
 // come back are made all at once, with no chance for the collector to run
 // in between, so a call's worth must fit in the heap beside what is held
-// (see HELD_KEYS): at 1 Mi units, a text of some 150,000 distinct words
-// still aborted. A longer text is counted here.
+// (see HELD_KEYS). At 1 Mi units, a text of some 150,000 distinct words
+// aborted while words came back as a list of pairs (three objects a word);
+// as one string and one array (a string a word) it ran through, and a
+// quarter of that leaves room to spare. A longer text is counted here.
 const PENDING_WORD_CHARS = 256 << 10;
 
 class Task {
@@ -643,6 +645,8 @@ class Task {
     this.pendingChars = 0;
     for (const { value, texts } of pending) {
       const counted = countWords(texts.join("\n"));
+      const found = counted.words.split("\n");
+      const times = counted.counts;
       if (this.grouping) {
         const valueId = valueIdOf(value);
         let byValue = this.counted.get(valueId);
@@ -650,13 +654,14 @@ class Task {
           this.counted.set(valueId, (byValue = { value, counts: new Map(), keys: new Map() }));
         }
         const counts = byValue.counts;
-        for (let i = 0; i < counted.length; i++) {
-          const [word, n] = counted[i];
-          counts.set(word, (counts.get(word) ?? 0) + n);
+        for (let i = 0; i < times.length; i++) {
+          const word = found[i];
+          counts.set(word, (counts.get(word) ?? 0) + times[i]);
         }
       } else {
-        for (let i = 0; i < counted.length; i++) {
-          const [word, n] = counted[i];
+        for (let i = 0; i < times.length; i++) {
+          const word = found[i];
+          const n = times[i];
           for (let j = 0; j < n; j++) {
             this.keys.push(word);
             this.values.push(value);

@@ -95,8 +95,8 @@ impl host::Host for GuestState {
         self.panic = Some((message, row));
     }
 
-    fn count_words(&mut self, text: String) -> Result<Vec<(String, u32)>, String> {
-        words::count_words(&text)
+    fn count_words(&mut self, text: String) -> Result<host::WordCounts, String> {
+        words::count_words(&text).map(|(words, counts)| host::WordCounts { words, counts })
     }
 }
 

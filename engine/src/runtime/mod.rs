@@ -236,6 +236,20 @@ impl Drop for EpochTicker {
     }
 }
 
+/// The version of the `wmr:job` WIT world (`sdk/wit/job.wit`) this wmr
+/// offers jobs; a job built for another imports its host functions under
+/// that version's name, which this wmr does not offer.
+pub const WORLD_VERSION: &str = "0.2.0";
+
+/// The version of the `wmr:job` world `component` imports wmr's host
+/// functions from, when it is not [`WORLD_VERSION`].
+fn other_world_version(component: &Component, engine: &Engine) -> Option<String> {
+    component.component_type().imports(engine).find_map(|(name, _)| {
+        let version = name.strip_prefix("wmr:job/")?.split_once('@')?.1;
+        (version != WORLD_VERSION).then(|| version.to_string())
+    })
+}
+
 /// The engine's configuration, the same in the compiler process and the one
 /// that runs the code (wasmtime refuses artifacts made under another).
 fn engine_config() -> Config {
@@ -340,6 +354,11 @@ impl Runtime {
             return Err(invalid("it is a core wasm module, not a component".into()));
         }
         let (component, fresh) = self.component(what, &digest, bytes)?;
+        if let Some(version) = other_world_version(&component, &self.engine) {
+            return Err(invalid(format!(
+                "it was built for version {version} of the wmr:job world, and this wmr runs version {WORLD_VERSION}"
+            )));
+        }
         let instance_pre = self.linker.instantiate_pre(&component).map_err(|e| {
             invalid(format!(
                 "it imports what a wmr job may not (only an empty WASI and wmr's host functions are offered): {e:#}"
@@ -497,5 +516,17 @@ impl JobModule {
     pub fn with_limits(mut self, limits: Limits) -> Self {
         self.limits = limits;
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_world_version_is_the_wit_packages() {
+        let wit = include_str!("../../../sdk/wit/job.wit");
+        assert_eq!(
+            wit.lines().next(),
+            Some(format!("package wmr:job@{};", super::WORLD_VERSION).as_str())
+        );
     }
 }

@@ -10,10 +10,10 @@ use std::collections::HashMap;
 /// the list returned, when most words are distinct).
 pub(crate) const MAX_COUNT_WORDS_BYTES: usize = 16 << 20;
 
-/// Each distinct word of `text` with how many times it occurs, in no
-/// particular order; an error naming the limit for a text over
-/// [`MAX_COUNT_WORDS_BYTES`].
-pub(crate) fn count_words(text: &str) -> Result<Vec<(String, u32)>, String> {
+/// Each distinct word of `text`, each followed by a newline, and how many
+/// times each occurs, in the same order (which is no particular one); an
+/// error naming the limit for a text over [`MAX_COUNT_WORDS_BYTES`].
+pub(crate) fn count_words(text: &str) -> Result<(String, Vec<u32>), String> {
     if text.len() > MAX_COUNT_WORDS_BYTES {
         return Err(format!(
             "count-words was given {} bytes of text; one call counts at most {} MiB (send the text in parts)",
@@ -26,7 +26,14 @@ pub(crate) fn count_words(text: &str) -> Result<Vec<(String, u32)>, String> {
         // At most one word per two bytes, so a count fits in u32.
         *counts.entry(word).or_insert(0) += 1;
     });
-    Ok(counts.into_iter().map(|(word, n)| (word.to_string(), n)).collect())
+    let mut words = String::with_capacity(counts.keys().map(|w| w.len() + 1).sum());
+    let mut times = Vec::with_capacity(counts.len());
+    for (word, n) in counts {
+        words.push_str(word);
+        words.push('\n');
+        times.push(n);
+    }
+    Ok((words, times))
 }
 
 /// Call `f` with every word of `text`, in order. ASCII is classed a byte at
@@ -87,7 +94,9 @@ mod tests {
 
     #[test]
     fn counts_each_distinct_word_and_refuses_too_much_text() {
-        let mut counts = count_words("a b a\nb, a. c").unwrap();
+        let (words, times) = count_words("a b a\nb, a. c").unwrap();
+        assert!(words.ends_with('\n'));
+        let mut counts: Vec<(String, u32)> = words.lines().map(str::to_string).zip(times).collect();
         counts.sort();
         assert_eq!(
             counts,

@@ -24,7 +24,7 @@ writeFileSync(
     "  countedTexts.push(text);",
     "  const counts = new Map();",
     "  for (const w of text.match(/\\p{Alphabetic}+/gu) ?? []) counts.set(w, (counts.get(w) ?? 0) + 1);",
-    "  return [...counts];",
+    "  return { words: [...counts.keys()].map((w) => w + \"\\n\").join(\"\"), counts: Uint32Array.from(counts.values()) };",
     "}",
   ].join("\n"),
 );
@@ -32,7 +32,7 @@ copyFileSync(join(sdk, "alphabet.js"), join(dir, "alphabet.mjs"));
 writeFileSync(
   join(dir, "wmr.mjs"),
   readFileSync(join(sdk, "wmr.js"), "utf8")
-    .replace('"wmr:job/host@0.1.0"', '"./host.mjs"')
+    .replace('"wmr:job/host@0.2.0"', '"./host.mjs"')
     .replace('"./alphabet.js"', '"./alphabet.mjs"'),
 );
 const { Job, words, exportJob } = await import(pathToFileURL(join(dir, "wmr.mjs")));

@@ -24,7 +24,7 @@ def count_words(text):
     counts = {}
     for word in wmr.words(text):
         counts[word] = counts.get(word, 0) + 1
-    return list(counts.items())
+    return host.WordCounts(words="".join(f"{word}\n" for word in counts), counts=list(counts.values()))
 
 
 host.count_words = count_words

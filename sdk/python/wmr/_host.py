@@ -38,7 +38,10 @@ def flush_counters():
 
 def count_words(text):
     """The words of ``text`` (as ``wmr.words`` finds them), counted by the
-    host at native speed: a list of (word, count), each word once."""
+    host at native speed: (word, count) pairs, each word once."""
     from wit_world.imports import host
 
-    return host.count_words(text)
+    counted = host.count_words(text)
+    # Each word is followed by a newline: the last piece is empty, and zip
+    # stops at the counts.
+    return zip(counted.words.split("\n"), counted.counts)
