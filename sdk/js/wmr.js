@@ -529,10 +529,10 @@ function valueIdOf(value) {
 // more text per call, the fewer words come back twice; but the words that
 // come back are made all at once, with no chance for the collector to run
 // in between, so a call's worth must fit in the heap beside what is held
-// (see HELD_KEYS). At 1 Mi units, a text of some 150,000 distinct words
+// (see HELD_KEYS). At 1 Mi units, a text of some 200,000 distinct words
 // aborted while words came back as a list of pairs (three objects a word);
 // as one string and one array (a string a word) it ran through, and a
-// quarter of that leaves room to spare. A longer text is counted here.
+// quarter of that leaves room to spare. A longer text goes in pieces.
 const PENDING_WORD_CHARS = 256 << 10;
 
 class Task {
@@ -623,7 +623,21 @@ class Task {
       }
       const size = text.length + 1;
       if (size > PENDING_WORD_CHARS) {
-        emit.each(words(text), value);
+        // A long text goes in pieces cut at spaces or line ends (never
+        // inside a word); one with no such cut is split here.
+        for (let start = 0; start < text.length; ) {
+          let end = Math.min(start + PENDING_WORD_CHARS - 1, text.length);
+          if (end < text.length) {
+            const cut = Math.max(text.lastIndexOf(" ", end), text.lastIndexOf("\n", end));
+            if (cut <= start) {
+              emit.each(words(text.slice(start)), value);
+              return;
+            }
+            end = cut;
+          }
+          emit.words(text.slice(start, end), value);
+          start = end;
+        }
         return;
       }
       if (this.pendingChars + size > PENDING_WORD_CHARS) this.countPendingWords();
@@ -719,6 +733,7 @@ class Task {
       let total = 0;
       for (const n of only.counts.values()) total += n;
       if (2 * only.counts.size > total) this.grouping = false;
+      this.emitted = 0;
       return !this.grouping || only.counts.size > HELD_KEYS;
     }
     let total = 0;

@@ -6,7 +6,6 @@
 //! of them) be written where an owned type is expected, without allocating.
 
 use crate::bindings::wmr::job::types::{Column, ColumnData, DataType, VarWidth};
-use std::hash::Hasher;
 
 /// A column under construction: Arrow buffers, grown row by row.
 // Public only because the sealed traits' hidden methods name it; nothing
@@ -437,10 +436,6 @@ pub trait IntoColumns<T> {
     /// Append to `cols`, one column per part of `T`.
     #[doc(hidden)]
     fn append_to(&self, cols: &mut [ColumnBuilder]);
-    /// Feed the value to `hasher`; equal values hash equally whatever their
-    /// borrowed form.
-    #[doc(hidden)]
-    fn hash_key<H: Hasher>(&self, hasher: &mut H);
     /// Append a byte encoding that is equal exactly for equal values.
     #[doc(hidden)]
     fn encode(&self, buf: &mut Vec<u8>);
@@ -458,7 +453,6 @@ pub trait IntoColumns<T> {
 #[doc(hidden)]
 pub trait IntoField<T> {
     fn append_one(&self, col: &mut ColumnBuilder);
-    fn hash_key<H: Hasher>(&self, hasher: &mut H);
     fn encode(&self, buf: &mut Vec<u8>);
     /// The value as a string, when it is one.
     fn as_text(&self) -> Option<&str> {
@@ -495,9 +489,6 @@ where
             self.append_one(col)
         }
     }
-    fn hash_key<H: Hasher>(&self, hasher: &mut H) {
-        IntoField::hash_key(self, hasher)
-    }
     fn encode(&self, buf: &mut Vec<u8>) {
         self.encode_alone(buf)
     }
@@ -520,7 +511,6 @@ macro_rules! into_field_str {
     ($owned:ty: $($t:ty => |$s:ident| $bytes:expr, $own:expr, $text:expr;)+) => {$(
         impl IntoField<$owned> for $t {
             fn append_one(&self, col: &mut ColumnBuilder) { let $s = self; col.push_bytes($bytes) }
-            fn hash_key<H: Hasher>(&self, hasher: &mut H) { let $s = self; hasher.write($bytes) }
             fn encode(&self, buf: &mut Vec<u8>) { let $s = self; encode_var($bytes, buf) }
             fn encode_alone(&self, buf: &mut Vec<u8>) { let $s = self; buf.extend_from_slice($bytes) }
             fn to_owned_value(&self) -> $owned { let $s = self; $own }
@@ -547,13 +537,11 @@ macro_rules! into_field_copy {
     ($($t:ty => $bits:expr;)+) => {$(
         impl IntoField<$t> for $t {
             fn append_one(&self, col: &mut ColumnBuilder) { Field::append(self, col) }
-            fn hash_key<H: Hasher>(&self, hasher: &mut H) { hasher.write(&$bits(*self).to_le_bytes()) }
             fn encode(&self, buf: &mut Vec<u8>) { buf.extend_from_slice(&$bits(*self).to_le_bytes()) }
             fn to_owned_value(&self) -> $t { *self }
         }
         impl IntoField<$t> for &$t {
             fn append_one(&self, col: &mut ColumnBuilder) { Field::append(*self, col) }
-            fn hash_key<H: Hasher>(&self, hasher: &mut H) { hasher.write(&$bits(**self).to_le_bytes()) }
             fn encode(&self, buf: &mut Vec<u8>) { buf.extend_from_slice(&$bits(**self).to_le_bytes()) }
             fn to_owned_value(&self) -> $t { **self }
         }
@@ -572,15 +560,6 @@ where
 {
     fn append_one(&self, col: &mut ColumnBuilder) {
         Field::append(self, col)
-    }
-    fn hash_key<H: Hasher>(&self, hasher: &mut H) {
-        match self {
-            None => hasher.write_u8(0),
-            Some(v) => {
-                hasher.write_u8(1);
-                IntoField::hash_key(v, hasher)
-            }
-        }
     }
     fn encode(&self, buf: &mut Vec<u8>) {
         match self {
@@ -611,7 +590,6 @@ macro_rules! tuple_into {
             fn append_to(&self, cols: &mut [ColumnBuilder]) {
                 $(if let Some(col) = cols.get_mut($idx) { self.$idx.append_one(col) })+
             }
-            fn hash_key<H: Hasher>(&self, hasher: &mut H) { $(self.$idx.hash_key(hasher);)+ }
             fn encode(&self, buf: &mut Vec<u8>) { $(self.$idx.encode(buf);)+ }
             fn to_owned_value(&self) -> ($($name,)+) { ($(self.$idx.to_owned_value(),)+) }
         }

@@ -408,7 +408,7 @@ mod js_wordcount {
         super::wordcount_on_a_cluster_matches_the_reference("js-wordcount");
     }
 
-    /// One split of 32 MiB whose vocabulary is some 150,000 words: what a
+    /// One split of 32 MiB whose vocabulary is some 200,000 words: what a
     /// JavaScript mapper holds must stay well inside its engine's 32 MiB
     /// collected heap (holding 100,000 words, this aborted some 20 MB in).
     #[test]

@@ -6,8 +6,8 @@
 use std::collections::HashMap;
 
 /// The longest text one call counts; the SDKs send at most 12 MiB. The
-/// call's own memory is a few times that at most (the words' table and
-/// the list returned, when most words are distinct).
+/// call's own memory is a few times that at most (the words' table, and
+/// the words and counts returned, when most words are distinct).
 pub(crate) const MAX_COUNT_WORDS_BYTES: usize = 16 << 20;
 
 /// Each distinct word of `text`, each followed by a newline, and how many

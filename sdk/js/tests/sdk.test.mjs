@@ -313,3 +313,25 @@ test("emit.words counts like emit.each, in one host call per value", () => {
   direct.configure([]);
   assert.deepEqual(pairs(direct.map("a.txt", textBatch(["a b a"]))), ["a=2", "a=2", "b=2"]);
 });
+
+test("a text longer than what waits for count-words goes in pieces cut between words", () => {
+  class Words extends WordCount {
+    map(record, emit) {
+      emit.words(record.line);
+    }
+  }
+  const world = exportJob(Words);
+  world.configure([]);
+  countedTexts.length = 0;
+  // Some 400,000 units: pieces of at most 256 Ki, each cut at a space.
+  const long = "alpha beta\ngamma ".repeat(24000) + "omega";
+  world.map("a.txt", textBatch([long]));
+  assert.deepEqual(pairs(world.flush()), ["alpha=24000", "beta=24000", "gamma=24000", "omega=1"]);
+  assert.ok(countedTexts.length >= 2, `${countedTexts.length} calls`);
+  assert.ok(countedTexts.every((t) => t.length < 256 << 10));
+  // A text with no space or line end to cut at is split in JavaScript.
+  countedTexts.length = 0;
+  world.map("a.txt", textBatch(["x".repeat(300000)]));
+  assert.deepEqual(pairs(world.flush()), [`${"x".repeat(300000)}=1`]);
+  assert.deepEqual(countedTexts, []);
+});
