@@ -115,7 +115,10 @@ fn pack(bytes: &[u8]) -> [u64; 2] {
         };
         [word(bytes.first_chunk::<8>()), high]
     } else if n >= 4 {
-        [half(bytes.first_chunk::<4>()) | (half(bytes.last_chunk::<4>()) << (8 * (n - 4))), 0]
+        [
+            half(bytes.first_chunk::<4>()) | (half(bytes.last_chunk::<4>()) << (8 * (n - 4))),
+            0,
+        ]
     } else if n > 0 {
         let byte = |i: usize| u64::from(bytes.get(i).copied().unwrap_or(0)) << (8 * i);
         [byte(0) | byte(n / 2) | byte(n - 1), 0]
@@ -405,7 +408,9 @@ impl<K: Columns, V: Columns> Grouping<K, V> {
     /// Stage one pair; every [`STAGED`] pairs are looked up together.
     #[inline]
     pub(crate) fn push<Q: IntoColumns<K>>(&mut self, key: Q, value: V) {
-        if self.codable && let Some(text) = key.as_text() {
+        if self.codable
+            && let Some(text) = key.as_text()
+        {
             if let Some(c) = coded(text).filter(|c| c.dictionary_len <= MAX_CODED)
                 && let Some(at) = self.take_dictionary(&c)
             {
@@ -740,7 +745,10 @@ mod tests {
             assert_eq!(probe.inline_bytes(), (padded, len));
         }
         // A trailing zero byte is told apart by the length.
-        let (a, b) = (Probe::of(b"a", &FixedState::with_seed(1)), Probe::of(b"a\0", &FixedState::with_seed(1)));
+        let (a, b) = (
+            Probe::of(b"a", &FixedState::with_seed(1)),
+            Probe::of(b"a\0", &FixedState::with_seed(1)),
+        );
         assert_eq!(a.words, b.words);
         assert_ne!((a.len, a.hash), (b.len, b.hash));
     }
@@ -770,7 +778,10 @@ mod tests {
             let (at, new) = t.find_or_insert(&probe_hashed(key, 7), key);
             (t.slots[at].0.group, new)
         };
-        let (long_a, long_b) = (b"a key longer than sixteen bytes".as_slice(), b"a key longer than sixteen bytez".as_slice());
+        let (long_a, long_b) = (
+            b"a key longer than sixteen bytes".as_slice(),
+            b"a key longer than sixteen bytez".as_slice(),
+        );
         assert_eq!(group(&mut table, b"a"), (0, true));
         assert_eq!(group(&mut table, b"b"), (1, true));
         assert_eq!(group(&mut table, b"a"), (0, false));

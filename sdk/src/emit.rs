@@ -218,7 +218,12 @@ impl<V: Columns> Iterator for Values<'_, V> {
     #[inline]
     fn fold<B, F: FnMut(B, V) -> B>(self, init: B, mut f: F) -> B {
         #[inline(never)]
-        fn fold_rows<V: Columns, B, F: FnMut(B, V) -> B>(cols: &[Column], rows: std::ops::Range<usize>, init: B, f: F) -> B {
+        fn fold_rows<V: Columns, B, F: FnMut(B, V) -> B>(
+            cols: &[Column],
+            rows: std::ops::Range<usize>,
+            init: B,
+            f: F,
+        ) -> B {
             rows.filter_map(|row| V::read(cols, row)).fold(init, f)
         }
         match self.source {

@@ -150,7 +150,20 @@ mod tests {
     /// characters cross every 8-byte boundary.
     #[test]
     fn words_of_mixed_texts_split_like_char_by_char() {
-        let pieces = ["a", "Zq", " ", "1", "é", "-", "日本", "\u{1F600}", "xy", "\u{10400}", ",", "ÉTÉ"];
+        let pieces = [
+            "a",
+            "Zq",
+            " ",
+            "1",
+            "é",
+            "-",
+            "日本",
+            "\u{1F600}",
+            "xy",
+            "\u{10400}",
+            ",",
+            "ÉTÉ",
+        ];
         let mut state = 0x2545_f491_4f6c_dd1d_u64;
         for len in 0..300 {
             for _ in 0..8 {
