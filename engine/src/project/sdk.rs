@@ -51,6 +51,10 @@ pub(super) const RUST_SDK: &[(&str, &str)] = &[
     ("src/lib.rs", include_str!("../../../sdk/src/lib.rs")),
     ("src/columns.rs", include_str!("../../../sdk/src/columns.rs")),
     ("src/combiner.rs", include_str!("../../../sdk/src/combiner.rs")),
+    (
+        "src/combiner/table.rs",
+        include_str!("../../../sdk/src/combiner/table.rs"),
+    ),
     ("src/emit.rs", include_str!("../../../sdk/src/emit.rs")),
     ("src/glue.rs", include_str!("../../../sdk/src/glue.rs")),
     ("src/record.rs", include_str!("../../../sdk/src/record.rs")),
