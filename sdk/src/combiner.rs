@@ -31,7 +31,7 @@ use foldhash::fast::FixedState;
 
 use crate::columns::{Columns, IntoColumns};
 
-use crate::record::{CodedStr, Dictionary, coded, held_dictionary};
+use crate::record::{Dictionary, coded, held_dictionary};
 
 mod table;
 
@@ -46,6 +46,11 @@ const STAGED: usize = 32;
 /// Dictionaries with more values than this are not grouped by code (the
 /// array by code would be too large for what it saves).
 const MAX_CODED: u32 = 1 << 18;
+
+/// [`Grouping::push_coded`] goes through a dictionary's codes this many at
+/// a time (their entries, 32 bytes each for a number value, fit in a
+/// core's cache).
+const CODES_PER_RANGE: usize = 4096;
 
 /// Keys are grouped by code for this many dictionaries at once; the oldest
 /// makes room for a new one.
@@ -85,6 +90,8 @@ pub(crate) struct Grouping<K, V> {
     /// Pairs with coded keys (index in `coded`, code, value), staged as
     /// `staged` is.
     coded_staged: Vec<(usize, u32, V)>,
+    /// [`Grouping::push_coded`]'s pairs, by range of codes.
+    coded_ranges: Vec<Vec<(u32, V)>>,
 }
 
 /// Keys of one dictionary grouped by code.
@@ -123,6 +130,7 @@ impl<K: Columns, V: Columns> Grouping<K, V> {
             coded: Vec::new(),
             coded_last: 0,
             coded_staged: Vec::with_capacity(STAGED),
+            coded_ranges: Vec::new(),
         }
     }
 
@@ -133,7 +141,7 @@ impl<K: Columns, V: Columns> Grouping<K, V> {
             && let Some(text) = key.as_text()
         {
             if let Some(c) = coded(text).filter(|c| c.dictionary_len <= MAX_CODED)
-                && let Some(at) = self.take_dictionary(&c)
+                && let Some(at) = self.take_dictionary(c.dictionary)
             {
                 self.coded_staged.push((at, c.code, value));
                 if self.coded_staged.len() == STAGED {
@@ -185,19 +193,15 @@ impl<K: Columns, V: Columns> Grouping<K, V> {
     /// not (the oldest groups' values joining their slots when there are
     /// too many); `None` if the dictionary is not held.
     #[inline]
-    fn take_dictionary(&mut self, c: &CodedStr) -> Option<usize> {
-        if self
-            .coded
-            .get(self.coded_last)
-            .is_some_and(|g| g.dictionary.id() == c.dictionary)
-        {
+    fn take_dictionary(&mut self, id: u64) -> Option<usize> {
+        if self.coded.get(self.coded_last).is_some_and(|g| g.dictionary.id() == id) {
             return Some(self.coded_last);
         }
-        if let Some(at) = self.coded.iter().position(|g| g.dictionary.id() == c.dictionary) {
+        if let Some(at) = self.coded.iter().position(|g| g.dictionary.id() == id) {
             self.coded_last = at;
             return Some(at);
         }
-        let dictionary = held_dictionary(c.dictionary)?;
+        let dictionary = held_dictionary(id)?;
         if self.coded.len() == CODED_DICTIONARIES {
             self.settle_coded();
             self.join_coded(0);
@@ -212,6 +216,81 @@ impl<K: Columns, V: Columns> Grouping<K, V> {
         });
         self.coded_last = self.coded.len() - 1;
         Some(self.coded_last)
+    }
+
+    /// Group a column's worth of pairs whose keys are codes into
+    /// `dictionary` (a held one), in one loop: each code's values are
+    /// combined in its entry, and a code seen for the first time finds its
+    /// group through the table. Returns the pairs back when the dictionary
+    /// is too large to group by code.
+    pub(crate) fn push_coded<I: Iterator<Item = (u32, V)>>(
+        &mut self,
+        dictionary: &Rc<Dictionary>,
+        pairs: I,
+    ) -> Result<(), I> {
+        if !self.codable || !dictionary.is_text() || dictionary.len() > MAX_CODED as usize {
+            return Err(pairs);
+        }
+        // What is staged refers to `coded` by index, which this may change.
+        self.settle();
+        let Some(at) = self.take_dictionary(dictionary.id()) else {
+            return Err(pairs);
+        };
+        let Grouping {
+            coded,
+            keys,
+            combine,
+            hasher,
+            tables,
+            coded_ranges,
+            ..
+        } = self;
+        let Some(groups) = coded.get_mut(at) else {
+            return Err(pairs);
+        };
+        let mut group_pair = |code: u32, value: V| {
+            let Some(entry) = groups.entries.get_mut(code as usize) else {
+                return;
+            };
+            if entry.group != 0 {
+                entry.value = Some(match entry.value.take() {
+                    None => {
+                        groups.touched.push(code);
+                        value
+                    }
+                    Some(held) => combine(&keys[(entry.group - 1) as usize], held, value),
+                });
+                return;
+            }
+            let key = groups.dictionary.text(code).unwrap_or_default().as_bytes();
+            let probe = Probe::of(key, hasher);
+            let group = match tables {
+                Tables::Half(table) => add_pair(table, combine, keys, &probe, key, value),
+                Tables::Line(table) => add_pair(table, combine, keys, &probe, key, value),
+            };
+            entry.group = group + 1;
+        };
+        if dictionary.len() <= CODES_PER_RANGE {
+            pairs.for_each(|(code, value)| group_pair(code, value));
+            return Ok(());
+        }
+        // The entries of a large dictionary do not fit in a core's cache,
+        // and a row's code is anywhere in them: go through the pairs by
+        // range of codes, so that each range's entries are loaded once and
+        // then hit, as a radix-partitioned aggregation does.
+        let ranges = dictionary.len().div_ceil(CODES_PER_RANGE);
+        if coded_ranges.len() < ranges {
+            coded_ranges.resize_with(ranges, Vec::new);
+        }
+        for (code, value) in pairs {
+            if let Some(range) = coded_ranges.get_mut(code as usize / CODES_PER_RANGE) {
+                range.push((code, value));
+            }
+        }
+        for range in coded_ranges.iter_mut() {
+            range.drain(..).for_each(|(code, value)| group_pair(code, value));
+        }
+        Ok(())
     }
 
     /// Combine every staged coded pair into its code's entry; a code seen

@@ -10,6 +10,7 @@ use std::rc::Rc;
 use crate::Job;
 use crate::bindings::wmr::job::host;
 use crate::bindings::wmr::job::types::{Batch, Field as WitField, Grouped, GuestError, JobInfo};
+use crate::columnar::Records;
 use crate::columns::Columns;
 use crate::combiner::CombineFn;
 use crate::emit::{Emit, Output, Values};
@@ -48,6 +49,11 @@ pub fn count(name: &str, delta: i64) {
             c.insert(name.to_string(), delta);
         }
     })
+}
+
+/// The input row a panic is reported with (`None`: no one row).
+pub(crate) fn set_current_row(row: Option<usize>) {
+    CURRENT_ROW.set(row.and_then(|row| u32::try_from(row).ok()));
 }
 
 fn flush_counters() {
@@ -161,10 +167,7 @@ pub fn map<J: Job>(source: String, mut input: Batch) -> Result<Batch, GuestError
         with_dictionaries(|dictionaries| {
             let batch = InputBatch::new(&source, &input, dictionaries);
             let mut out = take_held::<J>();
-            for row in 0..batch.rows() {
-                CURRENT_ROW.set(Some(row as u32));
-                job.map(&batch.record(row), &mut out);
-            }
+            job.map_batch(&Records::new(&batch), &mut out);
             CURRENT_ROW.set(None);
             forget_coded();
             if out.is_full() {

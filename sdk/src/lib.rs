@@ -43,6 +43,7 @@ pub mod bindings {
     });
 }
 
+mod columnar;
 mod columns;
 mod combiner;
 mod emit;
@@ -50,6 +51,7 @@ mod glue;
 mod record;
 pub mod text;
 
+pub use columnar::{Records, Strings};
 pub use columns::{Columns, Field, IntoColumns};
 pub use emit::{Emit, Output, Values};
 pub use glue::{LogLevel, count, log};
@@ -124,7 +126,49 @@ pub trait Job: 'static {
     }
 
     /// Map one input record to any number of key/value pairs.
-    fn map(&self, record: &Record<'_>, out: &mut Emit<Self::Key, Self::Value>);
+    ///
+    /// A job implements this or [`Job::map_batch`]; with neither, the first
+    /// `map` call fails with a message saying so.
+    fn map(&self, record: &Record<'_>, out: &mut Emit<Self::Key, Self::Value>) {
+        let _ = (record, out);
+        panic!(
+            "{}: the job implements neither Job::map nor Job::map_batch",
+            self.name()
+        )
+    }
+
+    /// Map a whole batch of records (thousands, all from one file). The
+    /// default calls [`Job::map`] on each, which is what most jobs want.
+    /// Implement this instead to read the input a column at a time, as
+    /// Hadoop's `Mapper.run` or Spark's `mapInArrow` do: each column is
+    /// found once per batch ([`Records::strings`], [`Records::values`]), and
+    /// [`Emit::emit_column`] groups a dictionary-encoded key column (Parquet's
+    /// usual string columns) by its codes in one tight loop.
+    ///
+    /// ```
+    /// # use wmr_sdk::{Emit, Job, Output, Records, Values};
+    /// struct SumByKey;
+    /// impl Job for SumByKey {
+    ///     type Key = String;
+    ///     type Value = i64;
+    ///     type Output = (String, i64);
+    ///     const COMBINES: bool = true;
+    ///     fn map_batch(&self, records: &Records<'_>, out: &mut Emit<String, i64>) {
+    ///         let keys = records.strings("k");
+    ///         let skipped = out.emit_column(&keys, records.values::<i64>("v"));
+    ///         wmr_sdk::count("rows.skipped_null", skipped as i64);
+    ///     }
+    ///     fn combine(&self, _key: &String, values: Values<i64>) -> i64 { values.sum() }
+    ///     fn reduce(&self, key: String, values: Values<i64>, out: &mut Output<(String, i64)>) {
+    ///         out.push((key, values.sum()))
+    ///     }
+    /// }
+    /// ```
+    fn map_batch(&self, records: &Records<'_>, out: &mut Emit<Self::Key, Self::Value>) {
+        for record in records.iter() {
+            self.map(&record, out);
+        }
+    }
 
     /// Combine some of one key's values into one value; only called when
     /// [`Job::COMBINES`] is true.

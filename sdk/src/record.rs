@@ -34,7 +34,7 @@ pub(crate) struct InputBatch<'a> {
 /// A dictionary-encoded column of one batch.
 struct CodedColumn<'a> {
     codes: &'a [u32],
-    dictionary: &'a Dictionary,
+    dictionary: &'a Rc<Dictionary>,
     /// Each row's value, looked up for the whole batch at its first use:
     /// in one tight loop the lookups, each a likely cache miss, overlap
     /// rather than wait one after another between calls to `map`.
@@ -101,6 +101,11 @@ impl Dictionary {
             DictionaryValues::Text(values) => values.get(code as usize).map(|s| &**s),
             DictionaryValues::Bytes(_) => None,
         }
+    }
+
+    /// Whether its values are UTF-8 (then [`Dictionary::text`] has them).
+    pub(crate) fn is_text(&self) -> bool {
+        matches!(self.values, DictionaryValues::Text(_))
     }
 
     fn bytes(&self, code: u32) -> Option<&[u8]> {
@@ -204,7 +209,7 @@ pub(crate) fn forget_coded() {
 
 /// Value `row` of a text column: `None` if the offsets are not both
 /// character boundaries within the values.
-fn text_value<'a>((offsets, values): (&'a [i32], &'a str), row: usize) -> Option<&'a str> {
+pub(crate) fn text_value<'a>((offsets, values): (&'a [i32], &'a str), row: usize) -> Option<&'a str> {
     let start = offsets.get(row).copied().unwrap_or(0).max(0) as usize;
     let end = offsets.get(row + 1).copied().unwrap_or(0).max(0) as usize;
     values.get(start..end)
@@ -273,7 +278,23 @@ impl<'a> InputBatch<'a> {
         Record { batch: self, row }
     }
 
-    fn column(&self, name: &str) -> Option<(usize, &'a Column)> {
+    /// The file the batch came from.
+    pub(crate) fn source(&self) -> &'a str {
+        self.source
+    }
+
+    /// Dictionary column `i`'s dictionary, when it is one and held.
+    pub(crate) fn dictionary(&self, i: usize) -> Option<&'a Rc<Dictionary>> {
+        self.coded.get(i)?.as_ref().map(|c| c.dictionary)
+    }
+
+    /// String column `i`'s offsets and values, when its values are UTF-8.
+    pub(crate) fn text(&self, i: usize) -> Option<(&'a [i32], &'a str)> {
+        self.texts.get(i).copied().flatten()
+    }
+
+    /// Column `name` and its index.
+    pub(crate) fn column(&self, name: &str) -> Option<(usize, &'a Column)> {
         // `bytes_eq`, not `==`: this runs for every record, and on wasm32
         // `==` on strings is a call to a byte-at-a-time `memcmp`.
         let i = self
@@ -284,7 +305,8 @@ impl<'a> InputBatch<'a> {
         Some((i, self.batch.columns.get(i)?))
     }
 
-    fn missing(&self, name: &str) -> ! {
+    /// Panic: the input has no column `name`.
+    pub(crate) fn missing(&self, name: &str) -> ! {
         panic!(
             "input has no column {name:?}; its columns are: {}",
             self.batch.names.join(", ")

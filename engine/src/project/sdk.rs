@@ -49,6 +49,7 @@ export const { configure, map, flush, combine, reduce } = exportJob(Job);
 pub(super) const RUST_SDK: &[(&str, &str)] = &[
     ("Cargo.toml", include_str!("../../../sdk/Cargo.toml")),
     ("src/lib.rs", include_str!("../../../sdk/src/lib.rs")),
+    ("src/columnar.rs", include_str!("../../../sdk/src/columnar.rs")),
     ("src/columns.rs", include_str!("../../../sdk/src/columns.rs")),
     ("src/combiner.rs", include_str!("../../../sdk/src/combiner.rs")),
     (

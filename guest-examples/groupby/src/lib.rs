@@ -3,7 +3,7 @@
 //! `--param value=COLUMN`. Rows whose key or value is null are skipped and
 //! counted in the `rows.skipped_null` counter.
 
-use wmr_sdk::{Emit, Job, Output, Params, Record, Values};
+use wmr_sdk::{Emit, Job, Output, Params, Records, Values};
 
 struct GroupBy {
     key: String,
@@ -29,10 +29,14 @@ impl Job for GroupBy {
         vec![self.key.clone(), "sum".into(), "count".into()]
     }
 
-    fn map(&self, record: &Record, out: &mut Emit<String, (f64, u64)>) {
-        match (record.str(&self.key), record.get::<f64>(&self.value)) {
-            (Some(key), Some(value)) => out.emit(key, (value, 1)),
-            _ => wmr_sdk::count("rows.skipped_null", 1),
+    /// Column by column: the key column is found once per batch, and a
+    /// dictionary-encoded one (Parquet's usual) is grouped by its codes.
+    fn map_batch(&self, records: &Records, out: &mut Emit<String, (f64, u64)>) {
+        let keys = records.strings(&self.key);
+        let values = records.values::<f64>(&self.value).map(|v| v.map(|v| (v, 1)));
+        let skipped = out.emit_column(&keys, values);
+        if skipped > 0 {
+            wmr_sdk::count("rows.skipped_null", skipped as i64);
         }
     }
 

@@ -1,0 +1,175 @@
+//! Whole-batch input for [`Job::map_batch`](crate::Job::map_batch):
+//! [`Records`], one `map` call's records, and typed views of its columns
+//! ([`Strings`], [`Records::values`]) that a job reads column by column,
+//! with the column found once per batch instead of once per record.
+
+use std::rc::Rc;
+
+use crate::bindings::wmr::job::types::{Column, ColumnData};
+use crate::columns::{Field, is_valid, type_name};
+use crate::record::{Dictionary, InputBatch, Record, held_dictionary, text_value};
+
+/// The records of one `map` call, all from one file, for jobs that read
+/// their input a column at a time (see [`Job::map_batch`](crate::Job::map_batch)).
+pub struct Records<'a> {
+    batch: &'a InputBatch<'a>,
+}
+
+impl<'a> Records<'a> {
+    pub(crate) fn new(batch: &'a InputBatch<'a>) -> Self {
+        Records { batch }
+    }
+
+    /// How many records there are.
+    pub fn len(&self) -> usize {
+        self.batch.rows()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The file the records came from, as given to `--input` (a path or URL).
+    pub fn file(&self) -> &'a str {
+        self.batch.source()
+    }
+
+    /// Each record in turn. While a record is in hand, a panic is reported
+    /// with its row.
+    pub fn iter(&self) -> impl Iterator<Item = Record<'a>> + 'a {
+        let batch = self.batch;
+        (0..batch.rows()).map(move |row| {
+            crate::glue::set_current_row(Some(row));
+            batch.record(row)
+        })
+    }
+
+    /// String column `name`, each row's value without copying it.
+    ///
+    /// # Panics
+    /// If there is no such column or it is not a string column; the message
+    /// lists the columns there are, and the job fails with it.
+    pub fn strings(&self, name: &str) -> Strings<'a> {
+        let (i, col) = self.batch.column(name).unwrap_or_else(|| self.batch.missing(name));
+        let validity = col.validity.as_slice();
+        let data = match &col.data {
+            ColumnData::Utf8Dictionary(d) => match self.batch.dictionary(i) {
+                Some(dictionary) if !dictionary.is_text() => {
+                    panic!("column {name:?} holds a value that is not UTF-8; read it as Vec<u8>")
+                }
+                Some(dictionary) => StringsData::Coded {
+                    codes: d.codes.as_slice(),
+                    dictionary,
+                },
+                None => panic!("column {name:?} is {}, not utf8", type_name(&col.data)),
+            },
+            ColumnData::Utf8(_) => match self.batch.text(i) {
+                Some((offsets, values)) => StringsData::Plain { offsets, values },
+                None => panic!("column {name:?} holds a value that is not UTF-8; read it as Vec<u8>"),
+            },
+            other => panic!("column {name:?} is {}, not utf8", type_name(other)),
+        };
+        Strings {
+            rows: self.len(),
+            validity,
+            data,
+        }
+    }
+
+    /// Column `name` read as `T`, row by row: `None` for a null row. `T`
+    /// reads as in [`Record::get`].
+    ///
+    /// # Panics
+    /// If there is no such column, or its type cannot be read as `T`.
+    pub fn values<T: Field>(&self, name: &str) -> impl Iterator<Item = Option<T>> + 'a {
+        let (i, col) = self.batch.column(name).unwrap_or_else(|| self.batch.missing(name));
+        let batch = self.batch;
+        let name = name.to_string();
+        (0..self.len()).map(move |row| match &col.data {
+            ColumnData::Utf8Dictionary(_) => batch.record(row).get::<T>(&name),
+            _ => read::<T>(col, i, row, &name),
+        })
+    }
+}
+
+/// Row `row` of `col` (column `i`, called `name`) as `T`.
+#[inline]
+fn read<T: Field>(col: &Column, i: usize, row: usize, name: &str) -> Option<T> {
+    if !is_valid(col, row) {
+        return None;
+    }
+    match T::read(col, row) {
+        Some(v) => Some(v),
+        None => panic!(
+            "column {name:?} (column {i}) is {} and cannot be read as {}",
+            type_name(&col.data),
+            std::any::type_name::<T>()
+        ),
+    }
+}
+
+/// A string column of one batch; see [`Records::strings`].
+pub struct Strings<'a> {
+    rows: usize,
+    validity: &'a [u8],
+    data: StringsData<'a>,
+}
+
+enum StringsData<'a> {
+    /// Codes into a dictionary (Parquet's usual string columns).
+    Coded {
+        codes: &'a [u32],
+        dictionary: &'a Rc<Dictionary>,
+    },
+    /// Offsets into text checked as UTF-8 once.
+    Plain { offsets: &'a [i32], values: &'a str },
+}
+
+impl<'a> Strings<'a> {
+    /// How many rows the column has.
+    pub fn len(&self) -> usize {
+        self.rows
+    }
+
+    /// Whether it has none.
+    pub fn is_empty(&self) -> bool {
+        self.rows == 0
+    }
+
+    /// Row `row`'s value; `None` when it is null or past the end.
+    #[inline]
+    pub fn get(&self, row: usize) -> Option<&'a str> {
+        if !self.is_valid(row) {
+            return None;
+        }
+        match self.data {
+            StringsData::Coded { codes, dictionary } => dictionary.text(*codes.get(row)?),
+            StringsData::Plain { offsets, values } => text_value((offsets, values), row),
+        }
+    }
+
+    /// Each row's value in turn, `None` for a null row.
+    pub fn iter(&self) -> impl Iterator<Item = Option<&'a str>> + '_ {
+        (0..self.rows).map(|row| self.get(row))
+    }
+
+    #[inline]
+    fn is_valid(&self, row: usize) -> bool {
+        row < self.rows
+            && (self.validity.is_empty() || self.validity.get(row / 8).is_some_and(|b| b & (1 << (row % 8)) != 0))
+    }
+
+    /// The column as dictionary codes, when it is one: the dictionary, and
+    /// each row's code (`None` when null). The in-mapper combiner groups
+    /// such keys by code.
+    pub(crate) fn coded(&self) -> Option<(Rc<Dictionary>, impl Iterator<Item = Option<u32>> + '_)> {
+        let StringsData::Coded { codes, dictionary } = self.data else {
+            return None;
+        };
+        // The held dictionary by id: the same `Rc` the combiner keeps.
+        let held = held_dictionary(dictionary.id()).filter(|held| Rc::ptr_eq(held, dictionary))?;
+        let codes = codes.iter().take(self.rows).enumerate();
+        Some((held, codes.map(move |(row, &code)| self.is_valid(row).then_some(code))))
+    }
+}
