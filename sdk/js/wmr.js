@@ -24,7 +24,7 @@
 // "i64", "u64" (Numbers, exact up to 2^53; BigInts are accepted too), "f64",
 // "bool", or an array of them for a tuple; any value may be null.
 
-import { addCounters, countWords, log as hostLog } from "wmr:job/host@0.2.0";
+import { addCounters, countWords, log as hostLog } from "wmr:job/host@0.3.0";
 import { ALPHABETIC } from "./alphabet.js";
 
 const TYPES = new Map([
@@ -229,19 +229,25 @@ function readUtf8({ offsets, values: bytes }, n) {
 }
 
 // The dictionaries of dictionary-encoded `map` input columns, by column
-// index: the host sends each once and then names it by id.
+// index: the host sends each value of a dictionary once, in parts appended
+// to it, and then names it by id.
 const dictionaries = new Map();
 
-/** Keep the dictionaries `batch` brings (every one, read or not: a later
- * batch may name it without sending it again). */
+/** Keep the dictionary values `batch` brings (every one, read or not: a
+ * later batch may name them without sending them again). */
 function receiveDictionaries(batch) {
   const cols = batch.columns;
   for (let i = 0; i < cols.length; i++) {
     const { tag, val } = cols[i].data;
     if (tag !== "utf8-dictionary") continue;
+    const held = dictionaries.get(i);
     if (val.values != null) {
-      dictionaries.set(i, { id: val.dictionary, sent: val.values, strings: null });
-    } else if (dictionaries.get(i)?.id !== val.dictionary) {
+      if (held !== undefined && held.id === val.dictionary) {
+        held.parts.push(val.values);
+      } else {
+        dictionaries.set(i, { id: val.dictionary, parts: [val.values], strings: [] });
+      }
+    } else if (held?.id !== val.dictionary) {
       throw new Error(
         `the host named dictionary ${val.dictionary} for input column ${i} without sending it; this is a bug in wmr`,
       );
@@ -249,17 +255,17 @@ function receiveDictionaries(batch) {
   }
 }
 
-/** The strings of the dictionary of input column `index`, made once per
- * dictionary and shared by every row that has them. */
+/** The strings of the dictionary of input column `index`, each made once
+ * and shared by every row that has it. */
 function dictionaryStrings(index, id) {
   const held = dictionaries.get(index);
   if (held === undefined || held.id !== id) {
     throw new Error(`dictionary ${id} of input column ${index} was never received`);
   }
-  if (held.strings === null) {
-    held.strings = readUtf8(held.sent, held.sent.offsets.length - 1);
-    held.sent = null;
+  for (const part of held.parts) {
+    for (const s of readUtf8(part, part.offsets.length - 1)) held.strings.push(s);
   }
+  held.parts.length = 0;
   return held.strings;
 }
 

@@ -94,9 +94,12 @@ pub(crate) struct Grouping<K, V> {
     coded_ranges: Vec<Vec<(u32, V)>>,
 }
 
-/// Keys of one dictionary grouped by code.
+/// Keys of one dictionary grouped by code. It names the dictionary by id,
+/// and does not hold it (the host appends to a dictionary between `map`
+/// calls): pairs staged by code are settled in the call that staged them
+/// (every `map` call ends with [`Grouping::settle`]), while it is held.
 struct CodedGroups<V> {
-    dictionary: Rc<Dictionary>,
+    dictionary: u64,
     /// By code.
     entries: Vec<CodedEntry<V>>,
     /// The codes whose entry holds a value.
@@ -140,9 +143,8 @@ impl<K: Columns, V: Columns> Grouping<K, V> {
         if self.codable
             && let Some(text) = key.as_text()
         {
-            if let Some(c) = coded(text).filter(|c| c.dictionary_len <= MAX_CODED)
-                && let Some(at) = self.take_dictionary(c.dictionary)
-            {
+            if let Some(c) = coded(text).filter(|c| c.dictionary_len <= MAX_CODED) {
+                let at = self.take_dictionary(c.dictionary, c.dictionary_len as usize);
                 self.coded_staged.push((at, c.code, value));
                 if self.coded_staged.len() == STAGED {
                     self.settle_coded();
@@ -189,33 +191,36 @@ impl<K: Columns, V: Columns> Grouping<K, V> {
         }
     }
 
-    /// Where in `coded` `c`'s dictionary's groups are, made if they are
+    /// Where in `coded` the groups of dictionary `id` are, made if they are
     /// not (the oldest groups' values joining their slots when there are
-    /// too many); `None` if the dictionary is not held.
+    /// too many), with an entry for each of its `len` codes.
     #[inline]
-    fn take_dictionary(&mut self, id: u64) -> Option<usize> {
-        if self.coded.get(self.coded_last).is_some_and(|g| g.dictionary.id() == id) {
-            return Some(self.coded_last);
+    fn take_dictionary(&mut self, id: u64, len: usize) -> usize {
+        let at = if self.coded.get(self.coded_last).is_some_and(|g| g.dictionary == id) {
+            self.coded_last
+        } else if let Some(at) = self.coded.iter().position(|g| g.dictionary == id) {
+            at
+        } else {
+            if self.coded.len() == CODED_DICTIONARIES {
+                self.settle_coded();
+                self.join_coded(0);
+                self.coded.remove(0);
+            }
+            self.coded.push(CodedGroups {
+                dictionary: id,
+                entries: Vec::new(),
+                touched: Vec::new(),
+            });
+            self.coded.len() - 1
+        };
+        self.coded_last = at;
+        if let Some(groups) = self.coded.get_mut(at)
+            && groups.entries.len() < len
+        {
+            // The dictionary has grown since.
+            groups.entries.resize_with(len, CodedEntry::default);
         }
-        if let Some(at) = self.coded.iter().position(|g| g.dictionary.id() == id) {
-            self.coded_last = at;
-            return Some(at);
-        }
-        let dictionary = held_dictionary(id)?;
-        if self.coded.len() == CODED_DICTIONARIES {
-            self.settle_coded();
-            self.join_coded(0);
-            self.coded.remove(0);
-        }
-        self.coded.push(CodedGroups {
-            entries: std::iter::repeat_with(CodedEntry::default)
-                .take(dictionary.len())
-                .collect(),
-            dictionary,
-            touched: Vec::new(),
-        });
-        self.coded_last = self.coded.len() - 1;
-        Some(self.coded_last)
+        at
     }
 
     /// Group a column's worth of pairs whose keys are codes into
@@ -233,9 +238,7 @@ impl<K: Columns, V: Columns> Grouping<K, V> {
         }
         // What is staged refers to `coded` by index, which this may change.
         self.settle();
-        let Some(at) = self.take_dictionary(dictionary.id()) else {
-            return Err(pairs);
-        };
+        let at = self.take_dictionary(dictionary.id(), dictionary.len());
         let Grouping {
             coded,
             keys,
@@ -262,7 +265,7 @@ impl<K: Columns, V: Columns> Grouping<K, V> {
                 });
                 return;
             }
-            let key = groups.dictionary.text(code).unwrap_or_default().as_bytes();
+            let key = dictionary.text(code).unwrap_or_default().as_bytes();
             let probe = Probe::of(key, hasher);
             let group = match tables {
                 Tables::Half(table) => add_pair(table, combine, keys, &probe, key, value),
@@ -317,11 +320,12 @@ impl<K: Columns, V: Columns> Grouping<K, V> {
             .fold(0u32, |t, (at, code, _)| t ^ entry_of(coded, *at, *code).unwrap_or(0));
         std::hint::black_box(loaded);
         // Then hash the keys of codes not seen yet, and load their slots.
+        let mut held: [Option<Rc<Dictionary>>; CODED_DICTIONARIES] = Default::default();
         let mut first_probes = [None; STAGED];
         let mut loaded = 0u32;
         for ((at, code, _), first) in coded_staged.iter().zip(&mut first_probes) {
             if entry_of(coded, *at, *code) == Some(0) {
-                let text = coded[*at].dictionary.text(*code).unwrap_or_default();
+                let text = text_of(&mut held, *at, coded[*at].dictionary, *code);
                 let probe = Probe::of(text.as_bytes(), hasher);
                 loaded ^= match tables {
                     Tables::Half(table) => table.touch(probe.hash),
@@ -348,7 +352,7 @@ impl<K: Columns, V: Columns> Grouping<K, V> {
             }
             // First seen: find (or make) its group through the table. (The
             // probe was made above, unless the code came twice in this stage.)
-            let key = groups.dictionary.text(code).unwrap_or_default().as_bytes();
+            let key = text_of(&mut held, at, groups.dictionary, code).as_bytes();
             let probe = probe.unwrap_or_else(|| Probe::of(key, hasher));
             let group = match tables {
                 Tables::Half(table) => add_pair(table, combine, keys, &probe, key, value),
@@ -361,7 +365,7 @@ impl<K: Columns, V: Columns> Grouping<K, V> {
     /// The dictionaries whose keys are grouped by code now, oldest first.
     #[cfg(test)]
     pub(crate) fn coded_dictionaries(&self) -> Vec<u64> {
-        self.coded.iter().map(|g| g.dictionary.id()).collect()
+        self.coded.iter().map(|g| g.dictionary).collect()
     }
 
     /// Combine the values held by code for `coded[at]` into their groups'
@@ -434,6 +438,16 @@ impl<K: Columns, V: Columns> Grouping<K, V> {
             Tables::Line(table) => each(table, &mut self.keys, &mut f),
         }
     }
+}
+
+/// Value `code` of dictionary `id`, whose groups are `coded[at]`: the
+/// dictionary is fetched into `held[at]` the first time.
+fn text_of(held: &mut [Option<Rc<Dictionary>>; CODED_DICTIONARIES], at: usize, id: u64, code: u32) -> &str {
+    let Some(slot) = held.get_mut(at) else { return "" };
+    if slot.is_none() {
+        *slot = held_dictionary(id);
+    }
+    slot.as_deref().and_then(|d| d.text(code)).unwrap_or_default()
 }
 
 /// Look up every staged pair in `table` and combine it into its group.

@@ -462,6 +462,8 @@ mod tests {
         feed(coded_batch(1, None, &[2, 2, 0], vec![]), &mut emit);
         // A new dictionary: the same strings under other codes, and one more.
         feed(coded_batch(2, Some(&["b", "c", "a"]), &[2, 0, 1, 1], vec![]), &mut emit);
+        // Values appended to it.
+        feed(coded_batch(2, Some(&["d"]), &[3, 1], vec![]), &mut emit);
         match &emit.mode {
             EmitMode::Grouping(g) => assert_eq!(g.coded_dictionaries(), [1, 2]),
             EmitMode::Direct { .. } => panic!("a job that combines groups"),
@@ -474,13 +476,14 @@ mod tests {
         let mut rows = rows_of(&emit.finish());
         rows.sort();
         // Batch 1: a(0) b(1) long(2,x10) null a(4) b(5,x10); batch 2: long
-        // long a(x10); batch 3: a b c c(x10).
+        // long a(x10); batch 3: a b c c(x10); batch 4: d c.
         let want = [
             ("(null)".to_string(), 100),
             ("a".to_string(), 1 + 1 + 10 + 1),
             ("a long key past twelve bytes".to_string(), 10 + 1 + 1),
             ("b".to_string(), 1 + 10 + 1),
-            ("c".to_string(), 1 + 10),
+            ("c".to_string(), 1 + 10 + 1),
+            ("d".to_string(), 1),
         ];
         assert_eq!(rows, want);
     }
@@ -499,6 +502,9 @@ mod tests {
                 }
             });
             forget_coded();
+            // As after every `map` call: what is staged is settled while
+            // its dictionary is held.
+            assert!(!emit.is_full());
         }
         match &emit.mode {
             EmitMode::Grouping(g) => assert_eq!(g.coded_dictionaries(), [12, 13, 14, 15]),

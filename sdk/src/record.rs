@@ -59,11 +59,13 @@ fn text_column(col: &Column) -> Option<(&[i32], &str)> {
 }
 
 /// One dictionary of a `utf8-dictionary` input column.
+#[derive(Clone)]
 pub(crate) struct Dictionary {
     id: u64,
     values: DictionaryValues,
 }
 
+#[derive(Clone)]
 enum DictionaryValues {
     /// Every value its own string, checked as UTF-8 once, when the
     /// dictionary arrived: a row's value is then one load away.
@@ -74,6 +76,17 @@ enum DictionaryValues {
 
 impl Dictionary {
     fn new(id: u64, sent: VarWidth) -> Self {
+        let mut dictionary = Dictionary {
+            id,
+            values: DictionaryValues::Text(Vec::new()),
+        };
+        dictionary.append(sent);
+        dictionary
+    }
+
+    /// Append the values `sent` (the host adds a row group's new values to
+    /// a dictionary this way).
+    fn append(&mut self, sent: VarWidth) {
         let text = std::str::from_utf8(&sent.values).ok().and_then(|text| {
             sent.offsets
                 .windows(2)
@@ -83,11 +96,22 @@ impl Dictionary {
                 })
                 .collect::<Option<Vec<Box<str>>>>()
         });
-        let values = match text {
-            Some(values) => DictionaryValues::Text(values),
-            None => DictionaryValues::Bytes(sent),
-        };
-        Dictionary { id, values }
+        match (&mut self.values, text) {
+            (DictionaryValues::Text(values), Some(text)) => values.extend(text),
+            (DictionaryValues::Text(values), None) => {
+                // Not all UTF-8 now: keep every value as bytes.
+                let mut all = VarWidth {
+                    offsets: vec![0],
+                    values: Vec::new(),
+                };
+                for value in values.iter() {
+                    push_value(&mut all, value.as_bytes());
+                }
+                append_var_width(&mut all, &sent);
+                self.values = DictionaryValues::Bytes(all);
+            }
+            (DictionaryValues::Bytes(all), _) => append_var_width(all, &sent),
+        }
     }
 
     /// Its id, unique within the instance.
@@ -129,9 +153,23 @@ impl Dictionary {
     }
 }
 
+/// Append one value to `to`.
+fn push_value(to: &mut VarWidth, value: &[u8]) {
+    to.values.extend_from_slice(value);
+    to.offsets.push(i32::try_from(to.values.len()).unwrap_or(i32::MAX));
+}
+
+/// Append the values of `from` to `to` (a value whose offsets are out of
+/// order or range is empty).
+fn append_var_width(to: &mut VarWidth, from: &VarWidth) {
+    for row in 0..from.offsets.len().saturating_sub(1) {
+        push_value(to, var_width(from, row));
+    }
+}
+
 /// The dictionaries an instance's `map` has been sent, by column index: the
-/// host sends each once and then names it by id (see `utf8-dictionary` in
-/// the WIT world).
+/// host sends each value once, appending to a column's dictionary, and
+/// then names it by id (see `utf8-dictionary` in the WIT world).
 #[derive(Default)]
 pub(crate) struct Dictionaries {
     by_column: Vec<Option<Rc<Dictionary>>>,
@@ -154,7 +192,11 @@ pub(crate) fn receive_dictionaries(batch: &mut Batch) -> Result<(), String> {
                 held.by_column.resize_with(i + 1, || None);
             }
             if let Some(sent) = d.values.take() {
-                held.by_column[i] = Some(Rc::new(Dictionary::new(d.dictionary, sent)));
+                match &mut held.by_column[i] {
+                    // No one else holds it between calls: appended in place.
+                    Some(dictionary) if dictionary.id == d.dictionary => Rc::make_mut(dictionary).append(sent),
+                    other => *other = Some(Rc::new(Dictionary::new(d.dictionary, sent))),
+                }
             } else if held.by_column[i].as_ref().map(|held| held.id) != Some(d.dictionary) {
                 return Err(format!(
                     "the host named dictionary {} for input column {i} without sending it; this is a bug in wmr",
@@ -476,5 +518,47 @@ impl Params {
     /// All pairs, in the order given.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
         self.pairs.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sent(values: &[&[u8]]) -> VarWidth {
+        let mut v = VarWidth {
+            offsets: vec![0],
+            values: Vec::new(),
+        };
+        for value in values {
+            push_value(&mut v, value);
+        }
+        v
+    }
+
+    #[test]
+    fn a_dictionary_grows_by_appended_values_and_keeps_bytes_that_are_not_utf8() {
+        let mut d = Dictionary::new(1, sent(&[b"a", "é".as_bytes()]));
+        d.append(sent(&[b"c"]));
+        assert!(d.is_text());
+        assert_eq!(
+            (d.len(), d.text(1), d.text(2), d.text(3)),
+            (3, Some("é"), Some("c"), None)
+        );
+        d.append(sent(&[b"\xff", b""]));
+        assert!(!d.is_text());
+        let all: Vec<_> = (0..5).map(|code| d.bytes(code)).collect();
+        assert_eq!(
+            all,
+            [
+                Some(&b"a"[..]),
+                Some("é".as_bytes()),
+                Some(b"c"),
+                Some(b"\xff"),
+                Some(b"")
+            ]
+        );
+        d.append(sent(&[b"z"]));
+        assert_eq!((d.len(), d.bytes(5), d.text(0)), (6, Some(&b"z"[..]), None));
     }
 }

@@ -14,6 +14,7 @@ use arrow::datatypes::Int32Type;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 
 use super::bindings::wmr::job::types as wit;
+use super::dictionary::SentDictionaries;
 
 /// The Arrow type a WIT type stands for.
 pub(crate) fn arrow_type(t: wit::DataType) -> DataType {
@@ -42,48 +43,11 @@ fn is_dictionary_utf8(t: &DataType) -> bool {
     matches!(t, DataType::Dictionary(k, v) if **k == DataType::Int32 && **v == DataType::Utf8)
 }
 
-/// Which dictionary each column of one instance's `map` input last sent
-/// that instance, so that a dictionary crosses once, not once per batch
-/// (see `utf8-dictionary` in the WIT world). Held per guest instance.
-#[derive(Default)]
-pub(crate) struct SentDictionaries {
-    /// By column index: the dictionary's values as last sent (held, so the
-    /// buffers compared cannot be freed and their addresses reused), and
-    /// its id.
-    by_column: Vec<Option<(ArrayRef, u64)>>,
-    next_id: u64,
-}
-
-impl SentDictionaries {
-    /// The id of `values` in column `column`, and whether the guest has it
-    /// already. The decoder hands out a column chunk's dictionary as a new
-    /// array each batch, over the same buffers: those are compared.
-    fn id_of(&mut self, column: usize, values: &StringArray) -> (u64, bool) {
-        if self.by_column.len() <= column {
-            self.by_column.resize(column + 1, None);
-        }
-        let same = |sent: &ArrayRef| {
-            sent.as_any().downcast_ref::<StringArray>().is_some_and(|sent| {
-                sent.len() == values.len()
-                    && sent.offsets().inner().inner().as_ptr() == values.offsets().inner().inner().as_ptr()
-                    && sent.values().as_ptr() == values.values().as_ptr()
-            })
-        };
-        match &self.by_column[column] {
-            Some((sent, id)) if same(sent) => (*id, true),
-            _ => {
-                self.next_id += 1;
-                self.by_column[column] = Some((Arc::new(values.clone()), self.next_id));
-                (self.next_id, false)
-            }
-        }
-    }
-}
-
-/// A dictionary-encoded string column as a `utf8-dictionary` column, its
-/// dictionary's values included only when `sent` says the guest lacks them.
-/// `None` when it cannot cross as one (a dictionary with nulls of its own,
-/// or codes out of its range), to be sent plain instead.
+/// A dictionary-encoded string column as a `utf8-dictionary` column: its
+/// codes in the instance's dictionary for the column, with the values that
+/// dictionary gains first (see [`SentDictionaries`]). `None` when it cannot
+/// cross as one (a dictionary with nulls of its own, or codes out of its
+/// range), to be sent plain instead.
 fn dictionary_column(
     array: &DictionaryArray<Int32Type>,
     column: usize,
@@ -94,21 +58,25 @@ fn dictionary_column(
     if strings.null_count() > 0 {
         return None;
     }
-    let len = strings.len();
     let keys = array.keys();
-    let mut codes = Vec::with_capacity(keys.len());
-    for (i, &code) in keys.values().iter().enumerate() {
-        if keys.is_null(i) {
-            // A null row's key is unspecified; it crosses as 0.
-            codes.push(0);
-        } else {
-            codes.push(u32::try_from(code).ok().filter(|&c| (c as usize) < len)?);
-        }
+    let in_range = |i: usize, &code: &i32| keys.is_null(i) || usize::try_from(code).is_ok_and(|c| c < strings.len());
+    if !keys.values().iter().enumerate().all(|(i, code)| in_range(i, code)) {
+        return None;
     }
-    let (dictionary, known) = sent.id_of(column, strings);
+    let coded = sent.code(column, strings);
+    let codes = keys
+        .values()
+        .iter()
+        .enumerate()
+        // A null row's key is unspecified; it crosses as 0.
+        .map(|(i, &code)| {
+            let code = (!keys.is_null(i)).then(|| coded.codes.get(code as usize)).flatten();
+            code.copied().unwrap_or(0)
+        })
+        .collect();
     Some(wit::ColumnData::Utf8Dictionary(wit::Utf8Dictionary {
-        dictionary,
-        values: (!known).then(|| var_width(strings.value_offsets(), strings.values())),
+        dictionary: coded.id,
+        values: coded.added,
         codes,
     }))
 }
@@ -415,12 +383,15 @@ mod tests {
         );
         let again = data(&coded(&words, vec![Some(1)]), &mut sent);
         assert_eq!(again, (id, None, vec![1], vec![]));
-        // Another dictionary, even with equal values, is sent, and is then
-        // the one named.
-        let other = StringArray::from(vec!["a", "bb", "ccc"]);
-        let (next, values, ..) = data(&coded(&other, vec![Some(0)]), &mut sent);
-        assert!(next != id && values.is_some());
-        assert_eq!(data(&coded(&other, vec![Some(0)]), &mut sent).1, None);
+        // Another row group's dictionary: its values keep the codes they
+        // have, and only a new one is sent.
+        let other = StringArray::from(vec!["ccc", "e", "a"]);
+        let next = data(&coded(&other, vec![Some(0), Some(1), Some(2)]), &mut sent);
+        assert_eq!(next, (id, Some(vec![0, 1]), vec![2, 3, 0], vec![]));
+        assert_eq!(
+            data(&coded(&other, vec![Some(1)]), &mut sent),
+            (id, None, vec![3], vec![])
+        );
         // Without a record of what was sent, the column crosses plain.
         match to_wit_column(&coded(&words, vec![Some(1), None]), 0, None).unwrap() {
             wit::Column {

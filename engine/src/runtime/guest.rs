@@ -12,6 +12,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::{self, wmr::job::host, wmr::job::types as wit};
 use super::capture::CappedPipe;
+use super::dictionary;
 use super::{
     CANCEL_CHECK_TICKS, CancelFlag, Error, GuestError, JobInfo, JobModule, Limits, Runtime, convert, limits, words,
 };
@@ -162,6 +163,10 @@ impl Runtime {
     }
 }
 
+/// How many times instantiating is tried when the host, not the module,
+/// fails it.
+const INSTANTIATE_TRIES: u32 = 3;
+
 impl JobModule {
     /// A fresh instance for one task attempt, configured with the job's
     /// parameters.
@@ -169,21 +174,37 @@ impl JobModule {
     /// # Errors
     /// As [`Runtime::load`].
     pub fn instantiate(&self, runtime: &Runtime, cancel: &CancelFlag) -> Result<GuestInstance, Error> {
-        let mut store = runtime.new_store(self.limits, cancel.clone());
-        let job = self
-            .compiled
-            .pre
-            .instantiate(&mut store)
-            .map_err(|e| Error::InvalidModule {
-                what: self.what.clone(),
-                reason: format!("instantiating: {e:#}"),
-            })?;
+        let mut tries = 0;
+        let (store, job) = loop {
+            let mut store = runtime.new_store(self.limits, cancel.clone());
+            match self.compiled.pre.instantiate(&mut store) {
+                Ok(job) => break (store, job),
+                // The host failed, not the module: wasmtime maps the
+                // module's memory image from a memfd it makes on first
+                // use, which the kernel can refuse for a moment.
+                Err(e) if e.chain().any(|c| c.is::<std::io::Error>()) => {
+                    tries += 1;
+                    if tries == INSTANTIATE_TRIES {
+                        return Err(Error::HostResources {
+                            what: self.what.clone(),
+                            reason: format!("{e:#}"),
+                        });
+                    }
+                }
+                Err(e) => {
+                    return Err(Error::InvalidModule {
+                        what: self.what.clone(),
+                        reason: format!("instantiating: {e:#}"),
+                    });
+                }
+            }
+        };
         let mut instance = GuestInstance {
             store,
             job,
             info: self.info.clone(),
             map_schema: None,
-            sent_dictionaries: convert::SentDictionaries::default(),
+            sent_dictionaries: dictionary::SentDictionaries::default(),
             guest_time: std::time::Duration::ZERO,
         };
         let result = instance.call("configure", |job, store| job.call_configure(store, &self.params))?;
@@ -217,7 +238,7 @@ pub struct GuestInstance {
     info: JobInfo,
     map_schema: Option<SchemaRef>,
     /// The dictionaries this instance's `map` has been sent.
-    sent_dictionaries: convert::SentDictionaries,
+    sent_dictionaries: dictionary::SentDictionaries,
     /// Wall time spent in the guest's calls.
     guest_time: std::time::Duration,
 }

@@ -11,6 +11,7 @@ pub mod cache;
 mod capture;
 pub mod compile;
 mod convert;
+mod dictionary;
 mod guest;
 pub mod limits;
 mod words;
@@ -80,6 +81,17 @@ pub enum Error {
         call: &'static str,
         /// What went wrong.
         kind: GuestError,
+    },
+    /// The host could not make an instance (the operating system refused
+    /// memory or a file it needed), not through any fault of the module.
+    #[error(
+        "{what} could not be instantiated on this machine: {reason}; it may be short of memory or of file descriptors (see `ulimit -n`)"
+    )]
+    HostResources {
+        /// The module.
+        what: String,
+        /// The operating system's refusal.
+        reason: String,
     },
     /// Our own bug.
     #[error("internal error in the wasm runtime: {0}; please report this as a bug")]
@@ -239,7 +251,7 @@ impl Drop for EpochTicker {
 /// The version of the `wmr:job` WIT world (`sdk/wit/job.wit`) this wmr
 /// offers jobs; a job built for another imports its host functions under
 /// that version's name, which this wmr does not offer.
-pub const WORLD_VERSION: &str = "0.2.0";
+pub const WORLD_VERSION: &str = "0.3.0";
 
 /// The version of the `wmr:job` world `component` imports wmr's host
 /// functions from, when it is not [`WORLD_VERSION`].

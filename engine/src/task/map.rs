@@ -58,6 +58,17 @@ fn position_of(batch: &RecordBatch, row: u32, source: &str, split: &Split, ids: 
     }
 }
 
+/// Where an input batch came from, for errors of no one row in it.
+fn batch_position_of(batch: &RecordBatch, source: &str, split: &Split, ids: &RecordIds) -> String {
+    let last = u32::try_from(batch.num_rows().saturating_sub(1)).unwrap_or(u32::MAX);
+    let ends = |of: &dyn Fn(u32) -> Option<u64>| of(0).zip(of(last));
+    match (ends(&|row| offset_of(batch, row)), ends(&|row| ids.of(batch, row))) {
+        (Some((first, last)), _) => format!("{source} byte offsets {first}-{last} (a batch)"),
+        (None, Some((first, last))) => format!("records {first}-{last} of {} (a batch)", split.describe()),
+        (None, None) => format!("a batch of {}", split.describe()),
+    }
+}
+
 /// The byte offset of row `row` of a text input batch.
 fn offset_of(batch: &RecordBatch, row: u32) -> Option<u64> {
     let offsets = batch.column_by_name("offset")?.as_any().downcast_ref::<Int64Array>()?;
@@ -382,7 +393,12 @@ fn map_compute(
                 records_in += batch.num_rows() as i64;
                 work.guest.map(source, &batch).map_err(|e| {
                     let row = e.guest_row();
-                    let position = row.map(|row| position_of(&batch, row, source, split, &ids));
+                    // A failure of the whole batch (a job that maps column by
+                    // column) is placed by its first and last record.
+                    let position = Some(match row {
+                        Some(row) => position_of(&batch, row, source, split, &ids),
+                        None => batch_position_of(&batch, source, split, &ids),
+                    });
                     let record = row.and_then(|row| ids.of(&batch, row)).map(|id| record_id(index, id));
                     Error::Guest {
                         task: a.task,

@@ -32,7 +32,7 @@ copyFileSync(join(sdk, "alphabet.js"), join(dir, "alphabet.mjs"));
 writeFileSync(
   join(dir, "wmr.mjs"),
   readFileSync(join(sdk, "wmr.js"), "utf8")
-    .replace('"wmr:job/host@0.2.0"', '"./host.mjs"')
+    .replace('"wmr:job/host@0.3.0"', '"./host.mjs"')
     .replace('"./alphabet.js"', '"./alphabet.mjs"'),
 );
 const { Job, words, exportJob } = await import(pathToFileURL(join(dir, "wmr.mjs")));
@@ -270,6 +270,8 @@ test("dictionary columns: sent once, then named by id", () => {
   assert.deepEqual(pairs(first), ["(null)=1", "a=1", "a=1", "é=1"]);
   // Named again without its values: the one kept is used.
   assert.deepEqual(pairs(world.map("t.parquet", coded(7n, undefined, [1]))), ["é=1"]);
+  // Values sent again under its id are appended to it.
+  assert.deepEqual(pairs(world.map("t.parquet", coded(7n, ["z"], [2, 0]))), ["a=1", "z=1"]);
   assert.throws(() => world.map("t.parquet", coded(8n, undefined, [0])), (e) => /without sending it/.test(e.message));
 });
 

@@ -403,6 +403,8 @@ class ExportTest(unittest.TestCase):
         )
         # Named again without its values: the one kept is used.
         self.assertEqual(pairs(world.map("t.parquet", coded(7, None, [1]))), [("é", 1)])
+        # Values sent again under its id are appended to it.
+        self.assertEqual(pairs(world.map("t.parquet", coded(7, ["z"], [2, 0]))), [("a", 1), ("z", 1)])
         with self.assertRaises(Err) as caught:
             world.map("t.parquet", coded(8, None, [0]))
         self.assertIn("without sending it", caught.exception.value.message)

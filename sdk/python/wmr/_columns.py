@@ -87,22 +87,27 @@ def _var_width(data, n, as_text):
 
 
 # The dictionaries of dictionary-encoded ``map`` input columns, by column
-# index: [id, values as sent, values as a list of str once decoded]. The
-# host sends each dictionary once and then names it by id.
+# index: [id, parts sent and not decoded yet, values decoded so far as a
+# list of str]. The host sends each value of a dictionary once, in parts
+# appended to it, and then names it by id.
 _dictionaries = {}
 
 
 def receive_dictionaries(batch):
-    """Keep the dictionaries ``batch`` brings (every one, read or not: a
-    later batch may name it without sending it again)."""
+    """Keep the dictionary values ``batch`` brings (every one, read or not:
+    a later batch may name them without sending them again)."""
     for i, column in enumerate(batch.columns):
         data = column.data
         if not isinstance(data, wit.ColumnData_Utf8Dictionary):
             continue
         sent = data.value
+        held = _dictionaries.get(i)
         if sent.values is not None:
-            _dictionaries[i] = [sent.dictionary, sent.values, None]
-        elif _dictionaries.get(i, [None])[0] != sent.dictionary:
+            if held is not None and held[0] == sent.dictionary:
+                held[1].append(sent.values)
+            else:
+                _dictionaries[i] = [sent.dictionary, [sent.values], []]
+        elif held is None or held[0] != sent.dictionary:
             raise RuntimeError(
                 f"the host named dictionary {sent.dictionary} for input column {i} "
                 "without sending it; this is a bug in wmr"
@@ -113,11 +118,12 @@ def _dictionary_values(index, sent):
     held = _dictionaries.get(index)
     if held is None or held[0] != sent.dictionary:
         raise RuntimeError(f"dictionary {sent.dictionary} of input column {index} was never received")
-    if held[2] is None:
+    if held[1]:
         # Each distinct string is made once per dictionary, and every row
         # that has it shares it (with its hash, computed once).
-        held[2] = _var_width(held[1], len(held[1].offsets) - 1, True)
-        held[1] = None
+        for part in held[1]:
+            held[2].extend(_var_width(part, len(part.offsets) - 1, True))
+        held[1] = []
     return held[2]
 
 

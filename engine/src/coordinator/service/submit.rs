@@ -306,7 +306,9 @@ impl Service {
             .await
             .map_err(|e| ServiceError::new(ErrorKind::Internal, e.to_string()))?
             .map_err(|e| match e {
-                crate::runtime::Error::Internal(_) => ServiceError::new(ErrorKind::Internal, error_chain(&e)),
+                crate::runtime::Error::Internal(_) | crate::runtime::Error::HostResources { .. } => {
+                    ServiceError::new(ErrorKind::Internal, error_chain(&e))
+                }
                 _ => ServiceError::invalid(&e),
             })?;
         let mut warm = self.warm.lock().unwrap_or_else(|p| p.into_inner());

@@ -1,0 +1,198 @@
+//! The dictionaries one guest instance's `map` input has been sent (see
+//! `utf8-dictionary` in the WIT world). A Parquet file has a dictionary per
+//! row group for each string column, most of whose values the last one had
+//! too. The host unifies them: a column keeps one dictionary across row
+//! groups, each value sent once under one code, and a row group's new
+//! values are appended to it. So a guest grouping by code meets each key
+//! once per task, not once per row group.
+
+use std::collections::HashMap;
+
+use arrow::array::{Array, StringArray};
+
+use super::bindings::wmr::job::types as wit;
+
+/// A unified dictionary takes no new row group's values once it holds this
+/// many values...
+const MAX_VALUES: usize = 1 << 18;
+/// ...or this many bytes of them; the column starts a new one instead. (So
+/// one holds at most these plus one row group's dictionary.)
+const MAX_BYTES: usize = 16 << 20;
+
+/// The dictionaries sent to one instance, by input column.
+#[derive(Default)]
+pub(crate) struct SentDictionaries {
+    by_column: Vec<Option<Unified>>,
+    next_id: u64,
+}
+
+/// One column's dictionary as the guest holds it.
+struct Unified {
+    id: u64,
+    /// Each value sent under `id`, and its code (its place among them).
+    codes: HashMap<Box<str>, u32, foldhash::fast::RandomState>,
+    bytes: usize,
+    /// The decoder's dictionary last met (held, so the buffers compared
+    /// cannot be freed and their addresses reused), and each of its
+    /// values' code in the unified one.
+    last: StringArray,
+    last_codes: Vec<u32>,
+}
+
+/// What a batch's dictionary column crosses as: the guest's dictionary id,
+/// each of the decoder's dictionary values' code in it, and the values to
+/// append to it first (`None`: the guest has them all).
+pub(crate) struct Coded<'a> {
+    pub(crate) id: u64,
+    pub(crate) codes: &'a [u32],
+    pub(crate) added: Option<wit::VarWidth>,
+}
+
+impl SentDictionaries {
+    /// How the decoder's dictionary `values` (no nulls) of input column
+    /// `column` crosses. The decoder hands out a column chunk's dictionary
+    /// as a new array each batch, over the same buffers: those are compared
+    /// first, so a row group costs one lookup per value, once.
+    pub(crate) fn code(&mut self, column: usize, values: &StringArray) -> Coded<'_> {
+        if self.by_column.len() <= column {
+            self.by_column.resize_with(column + 1, || None);
+        }
+        let slot = &mut self.by_column[column];
+        let step = match slot {
+            Some(u) if u.is_last(values) => Step::Same,
+            Some(u) if u.codes.len() < MAX_VALUES && u.bytes < MAX_BYTES => Step::Add,
+            _ => Step::New,
+        };
+        if let Step::New = step {
+            self.next_id += 1;
+        }
+        let id = self.next_id;
+        let u = match step {
+            Step::New => slot.insert(Unified::new(id, values)),
+            Step::Same | Step::Add => slot.get_or_insert_with(|| Unified::new(id, values)),
+        };
+        let added = match step {
+            Step::Same => None,
+            // The guest need not hear of a row group that adds nothing.
+            Step::Add => Some(u.add(values)).filter(|added| added.offsets.len() > 1),
+            // It must hear of a new dictionary, even an empty one.
+            Step::New => Some(u.add(values)),
+        };
+        Coded {
+            id: u.id,
+            codes: &u.last_codes,
+            added,
+        }
+    }
+}
+
+/// What [`SentDictionaries::code`] does with a decoder dictionary.
+enum Step {
+    /// The one met last: the guest has it.
+    Same,
+    /// Add its new values to the column's dictionary.
+    Add,
+    /// Start the column a new dictionary with it.
+    New,
+}
+
+impl Unified {
+    fn new(id: u64, values: &StringArray) -> Self {
+        Unified {
+            id,
+            codes: HashMap::default(),
+            bytes: 0,
+            last: values.clone(),
+            last_codes: Vec::new(),
+        }
+    }
+
+    /// Whether `values` is the decoder dictionary met last (the same
+    /// buffers).
+    fn is_last(&self, values: &StringArray) -> bool {
+        let last = &self.last;
+        last.len() == values.len()
+            && last.offsets().inner().inner().as_ptr() == values.offsets().inner().inner().as_ptr()
+            && last.values().as_ptr() == values.values().as_ptr()
+    }
+
+    /// Make `values` the last dictionary met: code each of its values,
+    /// adding those not held; returns the added ones.
+    fn add(&mut self, values: &StringArray) -> wit::VarWidth {
+        let mut added = wit::VarWidth {
+            offsets: vec![0],
+            values: Vec::new(),
+        };
+        let mut codes = Vec::with_capacity(values.len());
+        for value in values.iter() {
+            let value = value.unwrap_or_default();
+            let code = match self.codes.get(value) {
+                Some(&code) => code,
+                None => {
+                    // At most MAX_VALUES plus one dictionary's (an i32's
+                    // worth) values: a u32 holds the code.
+                    let code = self.codes.len() as u32;
+                    self.codes.insert(value.into(), code);
+                    self.bytes += value.len();
+                    added.values.extend_from_slice(value.as_bytes());
+                    added
+                        .offsets
+                        .push(i32::try_from(added.values.len()).unwrap_or(i32::MAX));
+                    code
+                }
+            };
+            codes.push(code);
+        }
+        self.last = values.clone();
+        self.last_codes = codes;
+        added
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn row_groups_share_one_dictionary_and_send_only_new_values() {
+        let mut sent = SentDictionaries::default();
+        let first = StringArray::from(vec!["a", "bb", "ccc"]);
+        let c = sent.code(0, &first);
+        let (id, added) = (c.id, c.added.clone().map(|v| (v.offsets, v.values)));
+        assert_eq!(c.codes, [0, 1, 2]);
+        assert_eq!(added, Some((vec![0, 1, 3, 6], b"abbccc".to_vec())));
+        // The same decoder dictionary again: nothing to send.
+        let again = sent.code(0, &first.clone());
+        assert_eq!(
+            (again.id, again.codes, again.added.is_none()),
+            (id, &[0, 1, 2][..], true)
+        );
+        // The next row group's: old values keep their codes, new ones are
+        // appended and sent alone.
+        let next = StringArray::from(vec!["ccc", "d", "a"]);
+        let c = sent.code(0, &next);
+        assert_eq!((c.id, c.codes), (id, &[2, 3, 0][..]));
+        assert_eq!(
+            c.added.clone().map(|v| (v.offsets, v.values)),
+            Some((vec![0, 1], b"d".to_vec()))
+        );
+        // A row group with no new value sends nothing.
+        let c = sent.code(0, &StringArray::from(vec!["d"]));
+        assert_eq!((c.id, c.codes, c.added.is_none()), (id, &[3][..], true));
+        // Another column has a dictionary of its own.
+        let other = sent.code(3, &first);
+        assert_ne!(other.id, id);
+        assert_eq!(other.codes, [0, 1, 2]);
+    }
+
+    #[test]
+    fn a_full_dictionary_makes_way_for_a_new_one() {
+        let mut sent = SentDictionaries::default();
+        let many: StringArray = (0..MAX_VALUES).map(|i| Some(i.to_string())).collect();
+        let first = sent.code(0, &many).id;
+        let c = sent.code(0, &StringArray::from(vec!["x", "0"]));
+        assert_ne!(c.id, first, "a full dictionary takes no more values");
+        assert_eq!(c.codes, [0, 1]);
+        assert_eq!(c.added.map(|v| v.values), Some(b"x0".to_vec()));
+    }
+}
