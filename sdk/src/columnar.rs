@@ -3,6 +3,7 @@
 //! ([`Strings`], [`Records::values`]) that a job reads column by column,
 //! with the column found once per batch instead of once per record.
 
+use std::marker::PhantomData;
 use std::rc::Rc;
 
 use crate::bindings::wmr::job::types::{Column, ColumnData};
@@ -82,30 +83,76 @@ impl<'a> Records<'a> {
     ///
     /// # Panics
     /// If there is no such column, or its type cannot be read as `T`.
-    pub fn values<T: Field>(&self, name: &str) -> impl Iterator<Item = Option<T>> + 'a {
-        let (i, col) = self.batch.column(name).unwrap_or_else(|| self.batch.missing(name));
-        let batch = self.batch;
-        let name = name.to_string();
-        (0..self.len()).map(move |row| match &col.data {
-            ColumnData::Utf8Dictionary(_) => batch.record(row).get::<T>(&name),
-            _ => read::<T>(col, i, row, &name),
-        })
+    pub fn values<T: Field>(&self, name: &str) -> ColumnValues<'a, T> {
+        let (index, column) = self.batch.column(name).unwrap_or_else(|| self.batch.missing(name));
+        ColumnValues {
+            batch: self.batch,
+            column,
+            index,
+            name: name.to_string(),
+            row: 0,
+            rows: self.len(),
+            _value: PhantomData,
+        }
     }
 }
 
-/// Row `row` of `col` (column `i`, called `name`) as `T`.
-#[inline]
-fn read<T: Field>(col: &Column, i: usize, row: usize, name: &str) -> Option<T> {
-    if !is_valid(col, row) {
-        return None;
+/// One column's values, row by row; see [`Records::values`].
+pub struct ColumnValues<'a, T> {
+    batch: &'a InputBatch<'a>,
+    column: &'a Column,
+    index: usize,
+    name: String,
+    row: usize,
+    rows: usize,
+    _value: PhantomData<T>,
+}
+
+impl<T: Field> Iterator for ColumnValues<'_, T> {
+    type Item = Option<T>;
+
+    #[inline]
+    fn next(&mut self) -> Option<Option<T>> {
+        let row = self.row;
+        if row >= self.rows {
+            return None;
+        }
+        self.row += 1;
+        if let ColumnData::Utf8Dictionary(_) = self.column.data {
+            return Some(self.coded(row));
+        }
+        if !is_valid(self.column, row) {
+            return Some(None);
+        }
+        match T::read(self.column, row) {
+            Some(value) => Some(Some(value)),
+            None => self.unreadable(),
+        }
     }
-    match T::read(col, row) {
-        Some(v) => Some(v),
-        None => panic!(
-            "column {name:?} (column {i}) is {} and cannot be read as {}",
-            type_name(&col.data),
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let left = self.rows.saturating_sub(self.row);
+        (left, Some(left))
+    }
+}
+
+impl<T: Field> ColumnValues<'_, T> {
+    /// Row `row` of a dictionary-encoded column.
+    #[inline(never)]
+    fn coded(&self, row: usize) -> Option<T> {
+        self.batch.record(row).get::<T>(&self.name)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn unreadable(&self) -> ! {
+        panic!(
+            "column {:?} (column {}) is {} and cannot be read as {}",
+            self.name,
+            self.index,
+            type_name(&self.column.data),
             std::any::type_name::<T>()
-        ),
+        )
     }
 }
 

@@ -48,8 +48,7 @@ const STAGED: usize = 32;
 const MAX_CODED: u32 = 1 << 18;
 
 /// [`Grouping::push_coded`] goes through a dictionary's codes this many at
-/// a time (their entries, 32 bytes each for a number value, fit in a
-/// core's cache).
+/// a time.
 const CODES_PER_RANGE: usize = 4096;
 
 /// Keys are grouped by code for this many dictionaries at once; the oldest
@@ -98,21 +97,43 @@ pub(crate) struct Grouping<K, V> {
 /// and does not hold it (the host appends to a dictionary between `map`
 /// calls): pairs staged by code are settled in the call that staged them
 /// (every `map` call ends with [`Grouping::settle`]), while it is held.
+///
+/// A code's group and its value are in two arrays, not one of pairs: the
+/// groups, 4 bytes a code, stay in a core's cache for a dictionary of
+/// 100,000 values, and the values are as small as they can be (no
+/// `Option`), which a row's random access into them pays for in misses.
 struct CodedGroups<V> {
     dictionary: u64,
-    /// By code.
-    entries: Vec<CodedEntry<V>>,
-    /// The codes whose entry holds a value.
+    /// By code: its group plus one (0 while the code has not been seen),
+    /// with [`HOLDS`] set while `values` holds a value for it.
+    groups: Vec<u32>,
+    /// By code: its values emitted since its group was found, combined
+    /// (they join the group's slot later); `V::default()` when none.
+    values: Vec<V>,
+    /// The codes whose value is held.
     touched: Vec<u32>,
 }
 
-/// One code's group, and its values emitted since the group was found,
-/// combined (they join the group's slot later).
-#[derive(Default)]
-struct CodedEntry<V> {
-    /// The group plus one; 0 while the code has not been seen.
-    group: u32,
-    value: Option<V>,
+/// Set in a code's group while a value is held for it.
+const HOLDS: u32 = 1 << 31;
+
+impl<V: Columns> CodedGroups<V> {
+    /// Combine `value` into what code `code`, whose group is known (its
+    /// `tag` in `groups` is not 0), holds.
+    #[inline(always)]
+    fn hold<K>(&mut self, code: u32, tag: u32, value: V, keys: &[K], combine: &CombineFn<K, V>) {
+        let (Some(t), Some(held)) = (self.groups.get_mut(code as usize), self.values.get_mut(code as usize)) else {
+            return;
+        };
+        if tag & HOLDS == 0 {
+            *t = tag | HOLDS;
+            *held = value;
+            self.touched.push(code);
+        } else {
+            let key = &keys[((tag & !HOLDS) - 1) as usize];
+            *held = combine(key, std::mem::take(held), value);
+        }
+    }
 }
 
 impl<K: Columns, V: Columns> Grouping<K, V> {
@@ -208,17 +229,19 @@ impl<K: Columns, V: Columns> Grouping<K, V> {
             }
             self.coded.push(CodedGroups {
                 dictionary: id,
-                entries: Vec::new(),
+                groups: Vec::new(),
+                values: Vec::new(),
                 touched: Vec::new(),
             });
             self.coded.len() - 1
         };
         self.coded_last = at;
         if let Some(groups) = self.coded.get_mut(at)
-            && groups.entries.len() < len
+            && groups.groups.len() < len
         {
             // The dictionary has grown since.
-            groups.entries.resize_with(len, CodedEntry::default);
+            groups.groups.resize(len, 0);
+            groups.values.resize_with(len, V::default);
         }
         at
     }
@@ -252,17 +275,11 @@ impl<K: Columns, V: Columns> Grouping<K, V> {
             return Err(pairs);
         };
         let mut group_pair = |code: u32, value: V| {
-            let Some(entry) = groups.entries.get_mut(code as usize) else {
+            let Some(&tag) = groups.groups.get(code as usize) else {
                 return;
             };
-            if entry.group != 0 {
-                entry.value = Some(match entry.value.take() {
-                    None => {
-                        groups.touched.push(code);
-                        value
-                    }
-                    Some(held) => combine(&keys[(entry.group - 1) as usize], held, value),
-                });
+            if tag != 0 {
+                groups.hold(code, tag, value, keys, combine);
                 return;
             }
             let key = dictionary.text(code).unwrap_or_default().as_bytes();
@@ -271,7 +288,9 @@ impl<K: Columns, V: Columns> Grouping<K, V> {
                 Tables::Half(table) => add_pair(table, combine, keys, &probe, key, value),
                 Tables::Line(table) => add_pair(table, combine, keys, &probe, key, value),
             };
-            entry.group = group + 1;
+            if let Some(tag) = groups.groups.get_mut(code as usize) {
+                *tag = group + 1;
+            }
         };
         if dictionary.len() <= CODES_PER_RANGE {
             pairs.for_each(|(code, value)| group_pair(code, value));
@@ -311,8 +330,8 @@ impl<K: Columns, V: Columns> Grouping<K, V> {
         let entry_of = |coded: &[CodedGroups<V>], at: usize, code: u32| {
             coded
                 .get(at)
-                .and_then(|g| g.entries.get(code as usize))
-                .map(|e| e.group)
+                .and_then(|g| g.groups.get(code as usize))
+                .map(|&tag| tag & !HOLDS)
         };
         // First load every pair's entry; the loads do not wait on each other.
         let loaded = coded_staged
@@ -337,17 +356,11 @@ impl<K: Columns, V: Columns> Grouping<K, V> {
         std::hint::black_box(loaded);
         for ((at, code, value), probe) in coded_staged.drain(..).zip(first_probes) {
             let Some(groups) = coded.get_mut(at) else { continue };
-            let Some(entry) = groups.entries.get_mut(code as usize) else {
+            let Some(&tag) = groups.groups.get(code as usize) else {
                 continue;
             };
-            if entry.group != 0 {
-                entry.value = Some(match entry.value.take() {
-                    None => {
-                        groups.touched.push(code);
-                        value
-                    }
-                    Some(held) => combine(&keys[(entry.group - 1) as usize], held, value),
-                });
+            if tag != 0 {
+                groups.hold(code, tag, value, keys, combine);
                 continue;
             }
             // First seen: find (or make) its group through the table. (The
@@ -358,7 +371,9 @@ impl<K: Columns, V: Columns> Grouping<K, V> {
                 Tables::Half(table) => add_pair(table, combine, keys, &probe, key, value),
                 Tables::Line(table) => add_pair(table, combine, keys, &probe, key, value),
             };
-            entry.group = group + 1;
+            if let Some(tag) = groups.groups.get_mut(code as usize) {
+                *tag = group + 1;
+            }
         }
     }
 
@@ -377,8 +392,13 @@ impl<K: Columns, V: Columns> Grouping<K, V> {
         for chunk in touched.chunks(STAGED) {
             // Each phase's loads, a likely cache miss each, overlap.
             pending.extend(chunk.iter().filter_map(|&code| {
-                let entry = groups.entries.get_mut(code as usize)?;
-                Some((entry.group.checked_sub(1)?, entry.value.take()?))
+                let tag = groups.groups.get_mut(code as usize)?;
+                if *tag & HOLDS == 0 {
+                    return None;
+                }
+                *tag &= !HOLDS;
+                let value = std::mem::take(groups.values.get_mut(code as usize)?);
+                Some((tag.checked_sub(1)?, value))
             }));
             match &mut self.tables {
                 Tables::Half(table) => join_groups(table, &self.combine, &self.keys, &mut pending),

@@ -51,7 +51,7 @@ mod glue;
 mod record;
 pub mod text;
 
-pub use columnar::{Records, Strings};
+pub use columnar::{ColumnValues, Records, Strings};
 pub use columns::{Columns, Field, IntoColumns};
 pub use emit::{Emit, Output, Values};
 pub use glue::{LogLevel, count, log};
