@@ -111,7 +111,7 @@ pub struct ColumnValues<'a, T> {
 impl<T: Field> Iterator for ColumnValues<'_, T> {
     type Item = Option<T>;
 
-    #[inline]
+    #[inline(always)]
     fn next(&mut self) -> Option<Option<T>> {
         let row = self.row;
         if row >= self.rows {

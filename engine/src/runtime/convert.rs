@@ -59,21 +59,33 @@ fn dictionary_column(
         return None;
     }
     let keys = array.keys();
-    let in_range = |i: usize, &code: &i32| keys.is_null(i) || usize::try_from(code).is_ok_and(|c| c < strings.len());
-    if !keys.values().iter().enumerate().all(|(i, code)| in_range(i, code)) {
+    // A null row's key may be anything (it crosses as 0); every other must
+    // be in range. Checked before `sent` is told the guest has the values.
+    let len = strings.len();
+    let in_range = |&code: &i32| usize::try_from(code).is_ok_and(|c| c < len);
+    let all_in_range = match keys.nulls() {
+        None => keys.values().iter().all(in_range),
+        Some(nulls) => keys
+            .values()
+            .iter()
+            .zip(nulls.iter())
+            .all(|(code, valid)| !valid || in_range(code)),
+    };
+    if !all_in_range {
         return None;
     }
     let coded = sent.code(column, strings);
-    let codes = keys
-        .values()
-        .iter()
-        .enumerate()
+    // Every key is in range (checked above), a null row's included.
+    let recode = |&code: &i32| coded.codes.get(code as usize).copied().unwrap_or(0);
+    let mut codes: Vec<u32> = keys.values().iter().map(recode).collect();
+    if let Some(nulls) = keys.nulls() {
         // A null row's key is unspecified; it crosses as 0.
-        .map(|(i, &code)| {
-            let code = (!keys.is_null(i)).then(|| coded.codes.get(code as usize)).flatten();
-            code.copied().unwrap_or(0)
-        })
-        .collect();
+        for (code, valid) in codes.iter_mut().zip(nulls.iter()) {
+            if !valid {
+                *code = 0;
+            }
+        }
+    }
     Some(wit::ColumnData::Utf8Dictionary(wit::Utf8Dictionary {
         dictionary: coded.id,
         values: coded.added,

@@ -6,9 +6,10 @@
 //! values are appended to it. So a guest grouping by code meets each key
 //! once per task, not once per row group.
 
-use std::collections::HashMap;
+use std::hash::BuildHasher;
 
 use arrow::array::{Array, StringArray};
+use hashbrown::HashTable;
 
 use super::bindings::wmr::job::types as wit;
 
@@ -29,9 +30,14 @@ pub(crate) struct SentDictionaries {
 /// One column's dictionary as the guest holds it.
 struct Unified {
     id: u64,
-    /// Each value sent under `id`, and its code (its place among them).
-    codes: HashMap<Box<str>, u32, foldhash::fast::RandomState>,
-    bytes: usize,
+    /// The code of each value sent under `id` (its place among them),
+    /// found by the value's hash: 4 bytes a value, so that looking one up
+    /// touches the values themselves only to compare the one it finds.
+    codes: HashTable<u32>,
+    hasher: foldhash::fast::RandomState,
+    /// The values, end to end, and where each ends.
+    values: Vec<u8>,
+    ends: Vec<usize>,
     /// The decoder's dictionary last met (held, so the buffers compared
     /// cannot be freed and their addresses reused), and each of its
     /// values' code in the unified one.
@@ -60,7 +66,7 @@ impl SentDictionaries {
         let slot = &mut self.by_column[column];
         let step = match slot {
             Some(u) if u.is_last(values) => Step::Same,
-            Some(u) if u.codes.len() < MAX_VALUES && u.bytes < MAX_BYTES => Step::Add,
+            Some(u) if u.ends.len() < MAX_VALUES && u.values.len() < MAX_BYTES => Step::Add,
             _ => Step::New,
         };
         if let Step::New = step {
@@ -100,8 +106,10 @@ impl Unified {
     fn new(id: u64, values: &StringArray) -> Self {
         Unified {
             id,
-            codes: HashMap::default(),
-            bytes: 0,
+            codes: HashTable::new(),
+            hasher: foldhash::fast::RandomState::default(),
+            values: Vec::new(),
+            ends: Vec::new(),
             last: values.clone(),
             last_codes: Vec::new(),
         }
@@ -124,17 +132,26 @@ impl Unified {
             values: Vec::new(),
         };
         let mut codes = Vec::with_capacity(values.len());
+        let Unified {
+            codes: table,
+            hasher,
+            values: held,
+            ends,
+            ..
+        } = self;
         for value in values.iter() {
-            let value = value.unwrap_or_default();
-            let code = match self.codes.get(value) {
+            let value = value.unwrap_or_default().as_bytes();
+            let hash = hasher.hash_one(value);
+            let code = match table.find(hash, |&code| value_of(code, held, ends) == value) {
                 Some(&code) => code,
                 None => {
                     // At most MAX_VALUES plus one dictionary's (an i32's
                     // worth) values: a u32 holds the code.
-                    let code = self.codes.len() as u32;
-                    self.codes.insert(value.into(), code);
-                    self.bytes += value.len();
-                    added.values.extend_from_slice(value.as_bytes());
+                    let code = ends.len() as u32;
+                    held.extend_from_slice(value);
+                    ends.push(held.len());
+                    table.insert_unique(hash, code, |&code| hasher.hash_one(value_of(code, held, ends)));
+                    added.values.extend_from_slice(value);
                     added
                         .offsets
                         .push(i32::try_from(added.values.len()).unwrap_or(i32::MAX));
@@ -147,6 +164,18 @@ impl Unified {
         self.last_codes = codes;
         added
     }
+}
+
+/// Value `code` of the values `held`, which end at `ends`.
+fn value_of<'v>(code: u32, held: &'v [u8], ends: &[usize]) -> &'v [u8] {
+    let i = code as usize;
+    let start = i
+        .checked_sub(1)
+        .and_then(|before| ends.get(before))
+        .copied()
+        .unwrap_or(0);
+    let end = ends.get(i).copied().unwrap_or(start);
+    held.get(start..end).unwrap_or_default()
 }
 
 #[cfg(test)]
