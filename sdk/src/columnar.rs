@@ -111,7 +111,7 @@ pub struct ColumnValues<'a, T> {
 impl<T: Field> Iterator for ColumnValues<'_, T> {
     type Item = Option<T>;
 
-    #[inline(always)]
+    #[inline]
     fn next(&mut self) -> Option<Option<T>> {
         let row = self.row;
         if row >= self.rows {
@@ -128,6 +128,30 @@ impl<T: Field> Iterator for ColumnValues<'_, T> {
             Some(value) => Some(Some(value)),
             None => self.unreadable(),
         }
+    }
+
+    /// Every value in one loop (`for_each`, `sum` and the like, and
+    /// through `map` and the like), the column's type matched once.
+    fn fold<B, F: FnMut(B, Option<T>) -> B>(mut self, init: B, mut f: F) -> B {
+        let mut acc = init;
+        if let ColumnData::Utf8Dictionary(_) = self.column.data {
+            while let Some(value) = self.next() {
+                acc = f(acc, value);
+            }
+            return acc;
+        }
+        for row in self.row..self.rows {
+            let value = if is_valid(self.column, row) {
+                match T::read(self.column, row) {
+                    Some(value) => Some(value),
+                    None => self.unreadable(),
+                }
+            } else {
+                None
+            };
+            acc = f(acc, value);
+        }
+        acc
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
@@ -201,22 +225,22 @@ impl<'a> Strings<'a> {
         (0..self.rows).map(|row| self.get(row))
     }
 
+    /// Whether row `row` is there and not null.
     #[inline]
-    fn is_valid(&self, row: usize) -> bool {
+    pub(crate) fn is_valid(&self, row: usize) -> bool {
         row < self.rows
             && (self.validity.is_empty() || self.validity.get(row / 8).is_some_and(|b| b & (1 << (row % 8)) != 0))
     }
 
     /// The column as dictionary codes, when it is one: the dictionary, and
-    /// each row's code (`None` when null). The in-mapper combiner groups
-    /// such keys by code.
-    pub(crate) fn coded(&self) -> Option<(Rc<Dictionary>, impl Iterator<Item = Option<u32>> + '_)> {
+    /// each row's code (a null row's is 0; see [`Strings::is_valid`]). The
+    /// in-mapper combiner groups such keys by code.
+    pub(crate) fn coded(&self) -> Option<(Rc<Dictionary>, &'a [u32])> {
         let StringsData::Coded { codes, dictionary } = self.data else {
             return None;
         };
         // The held dictionary by id: the same `Rc` the combiner keeps.
         let held = held_dictionary(dictionary.id()).filter(|held| Rc::ptr_eq(held, dictionary))?;
-        let codes = codes.iter().take(self.rows).enumerate();
-        Some((held, codes.map(move |(row, &code)| self.is_valid(row).then_some(code))))
+        Some((held, codes.get(..self.rows).unwrap_or(codes)))
     }
 }

@@ -89,6 +89,8 @@ pub(crate) struct Grouping<K, V> {
     /// Pairs with coded keys (index in `coded`, code, value), staged as
     /// `staged` is.
     coded_staged: Vec<(usize, u32, V)>,
+    /// [`Grouping::coded_pairs`], kept for its room.
+    column_pairs: Vec<(u32, V)>,
     /// [`Grouping::push_coded`]'s pairs, by range of codes.
     coded_ranges: Vec<Vec<(u32, V)>>,
 }
@@ -154,6 +156,7 @@ impl<K: Columns, V: Columns> Grouping<K, V> {
             coded: Vec::new(),
             coded_last: 0,
             coded_staged: Vec::with_capacity(STAGED),
+            column_pairs: Vec::new(),
             coded_ranges: Vec::new(),
         }
     }
@@ -246,16 +249,20 @@ impl<K: Columns, V: Columns> Grouping<K, V> {
         at
     }
 
-    /// Group a column's worth of pairs whose keys are codes into
-    /// `dictionary` (a held one), in one loop: each code's values are
-    /// combined in its entry, and a code seen for the first time finds its
-    /// group through the table. Returns the pairs back when the dictionary
-    /// is too large to group by code.
-    pub(crate) fn push_coded<I: Iterator<Item = (u32, V)>>(
-        &mut self,
-        dictionary: &Rc<Dictionary>,
-        pairs: I,
-    ) -> Result<(), I> {
+    /// An empty buffer for a column's worth of pairs whose keys are codes,
+    /// for [`Grouping::push_coded`].
+    pub(crate) fn coded_pairs(&mut self) -> &mut Vec<(u32, V)> {
+        self.column_pairs.clear();
+        &mut self.column_pairs
+    }
+
+    /// Group the pairs in [`Grouping::coded_pairs`], whose keys are codes
+    /// into `dictionary` (a held one): each code's values are combined in
+    /// its entry, and a code seen for the first time finds its group
+    /// through the table. Returns the pairs when the dictionary is too
+    /// large to group by code.
+    pub(crate) fn push_coded(&mut self, dictionary: &Rc<Dictionary>) -> Result<(), Vec<(u32, V)>> {
+        let mut pairs = std::mem::take(&mut self.column_pairs);
         if !self.codable || !dictionary.is_text() || dictionary.len() > MAX_CODED as usize {
             return Err(pairs);
         }
@@ -293,7 +300,8 @@ impl<K: Columns, V: Columns> Grouping<K, V> {
             }
         };
         if dictionary.len() <= CODES_PER_RANGE {
-            pairs.for_each(|(code, value)| group_pair(code, value));
+            pairs.drain(..).for_each(|(code, value)| group_pair(code, value));
+            self.column_pairs = pairs;
             return Ok(());
         }
         // The entries of a large dictionary do not fit in a core's cache,
@@ -304,7 +312,7 @@ impl<K: Columns, V: Columns> Grouping<K, V> {
         if coded_ranges.len() < ranges {
             coded_ranges.resize_with(ranges, Vec::new);
         }
-        for (code, value) in pairs {
+        for (code, value) in pairs.drain(..) {
             if let Some(range) = coded_ranges.get_mut(code as usize / CODES_PER_RANGE) {
                 range.push((code, value));
             }
@@ -312,6 +320,7 @@ impl<K: Columns, V: Columns> Grouping<K, V> {
         for range in coded_ranges.iter_mut() {
             range.drain(..).for_each(|(code, value)| group_pair(code, value));
         }
+        self.column_pairs = pairs;
         Ok(())
     }
 

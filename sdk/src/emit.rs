@@ -142,25 +142,28 @@ impl<V: Columns> Emit<String, V> {
     pub fn emit_column(&mut self, keys: &Strings<'_>, values: impl IntoIterator<Item = Option<V>>) -> usize {
         let mut skipped = 0;
         if let (EmitMode::Grouping(grouping), Some((dictionary, codes))) = (&mut self.mode, keys.coded()) {
-            let mut emitted = 0;
-            let pairs = codes.zip(values).filter_map(|pair| match pair {
-                (Some(code), Some(value)) => {
-                    emitted += 1;
-                    Some((code, value))
+            // Gathered first, driven by `values` (`for_each`, not `next`:
+            // an iterator of a column's values is then one loop, whatever
+            // `map`s the job put on it).
+            let pairs = grouping.coded_pairs();
+            let mut row = 0;
+            values.into_iter().for_each(|value| {
+                if let Some(&code) = codes.get(row) {
+                    match value {
+                        Some(value) if keys.is_valid(row) => pairs.push((code, value)),
+                        _ => skipped += 1,
+                    }
                 }
-                _ => {
-                    skipped += 1;
-                    None
-                }
+                row += 1;
             });
-            if let Err(pairs) = grouping.push_coded(&dictionary, pairs) {
+            self.rows += pairs.len();
+            if let Err(pairs) = grouping.push_coded(&dictionary) {
                 for (code, value) in pairs {
                     if let Some(key) = dictionary.text(code) {
                         grouping.push(key, value);
                     }
                 }
             }
-            self.rows += emitted;
             return skipped;
         }
         for (key, value) in keys.iter().zip(values) {
