@@ -63,6 +63,27 @@ struct StagedPair<V> {
     value: V,
 }
 
+/// A column's worth of pairs with coded keys, by range of codes; see
+/// [`Grouping::coded_pairs`].
+pub(crate) struct CodedPairs<'g, V> {
+    ranges: &'g mut [Vec<(u32, V)>],
+}
+
+impl<V> CodedPairs<'_, V> {
+    /// Add a pair (a code past the dictionary's end is dropped).
+    #[inline]
+    pub(crate) fn push(&mut self, code: u32, value: V) {
+        if let Some(range) = self.ranges.get_mut(code as usize / CODES_PER_RANGE) {
+            range.push((code, value));
+        }
+    }
+
+    /// How many pairs there are.
+    pub(crate) fn len(&self) -> usize {
+        self.ranges.iter().map(Vec::len).sum()
+    }
+}
+
 /// The table, with slots aligned for the value's size.
 enum Tables<V> {
     Half(Table<Half<V>>),
@@ -89,9 +110,7 @@ pub(crate) struct Grouping<K, V> {
     /// Pairs with coded keys (index in `coded`, code, value), staged as
     /// `staged` is.
     coded_staged: Vec<(usize, u32, V)>,
-    /// [`Grouping::coded_pairs`], kept for its room.
-    column_pairs: Vec<(u32, V)>,
-    /// [`Grouping::push_coded`]'s pairs, by range of codes.
+    /// [`Grouping::coded_pairs`]: a column's pairs by range of codes.
     coded_ranges: Vec<Vec<(u32, V)>>,
 }
 
@@ -156,7 +175,6 @@ impl<K: Columns, V: Columns> Grouping<K, V> {
             coded: Vec::new(),
             coded_last: 0,
             coded_staged: Vec::with_capacity(STAGED),
-            column_pairs: Vec::new(),
             coded_ranges: Vec::new(),
         }
     }
@@ -249,22 +267,27 @@ impl<K: Columns, V: Columns> Grouping<K, V> {
         at
     }
 
-    /// An empty buffer for a column's worth of pairs whose keys are codes,
-    /// for [`Grouping::push_coded`].
-    pub(crate) fn coded_pairs(&mut self) -> &mut Vec<(u32, V)> {
-        self.column_pairs.clear();
-        &mut self.column_pairs
+    /// Where a column's worth of pairs whose keys are codes into a
+    /// dictionary of `len` values go, for [`Grouping::push_coded`]: sorted
+    /// by range of codes as they come.
+    pub(crate) fn coded_pairs(&mut self, len: usize) -> CodedPairs<'_, V> {
+        let ranges = len.div_ceil(CODES_PER_RANGE).max(1);
+        if self.coded_ranges.len() < ranges {
+            self.coded_ranges.resize_with(ranges, Vec::new);
+        }
+        let ranges = &mut self.coded_ranges[..ranges];
+        ranges.iter_mut().for_each(Vec::clear);
+        CodedPairs { ranges }
     }
 
-    /// Group the pairs in [`Grouping::coded_pairs`], whose keys are codes
-    /// into `dictionary` (a held one): each code's values are combined in
-    /// its entry, and a code seen for the first time finds its group
-    /// through the table. Returns the pairs when the dictionary is too
-    /// large to group by code.
+    /// Group the pairs put in [`Grouping::coded_pairs`], whose keys are
+    /// codes into `dictionary` (a held one), a range of codes at a time:
+    /// each code's values are combined in its entry, and a code seen for
+    /// the first time finds its group through the table. Returns the pairs
+    /// when the dictionary is too large to group by code.
     pub(crate) fn push_coded(&mut self, dictionary: &Rc<Dictionary>) -> Result<(), Vec<(u32, V)>> {
-        let mut pairs = std::mem::take(&mut self.column_pairs);
         if !self.codable || !dictionary.is_text() || dictionary.len() > MAX_CODED as usize {
-            return Err(pairs);
+            return Err(self.coded_ranges.iter_mut().flat_map(|range| range.drain(..)).collect());
         }
         // What is staged refers to `coded` by index, which this may change.
         self.settle();
@@ -279,7 +302,7 @@ impl<K: Columns, V: Columns> Grouping<K, V> {
             ..
         } = self;
         let Some(groups) = coded.get_mut(at) else {
-            return Err(pairs);
+            return Err(coded_ranges.iter_mut().flat_map(|range| range.drain(..)).collect());
         };
         let mut group_pair = |code: u32, value: V| {
             let Some(&tag) = groups.groups.get(code as usize) else {
@@ -299,28 +322,12 @@ impl<K: Columns, V: Columns> Grouping<K, V> {
                 *tag = group + 1;
             }
         };
-        if dictionary.len() <= CODES_PER_RANGE {
-            pairs.drain(..).for_each(|(code, value)| group_pair(code, value));
-            self.column_pairs = pairs;
-            return Ok(());
-        }
-        // The entries of a large dictionary do not fit in a core's cache,
-        // and a row's code is anywhere in them: go through the pairs by
-        // range of codes, so that each range's entries are loaded once and
-        // then hit, as a radix-partitioned aggregation does.
-        let ranges = dictionary.len().div_ceil(CODES_PER_RANGE);
-        if coded_ranges.len() < ranges {
-            coded_ranges.resize_with(ranges, Vec::new);
-        }
-        for (code, value) in pairs.drain(..) {
-            if let Some(range) = coded_ranges.get_mut(code as usize / CODES_PER_RANGE) {
-                range.push((code, value));
-            }
-        }
+        // A large dictionary's values do not fit in a core's cache, and a
+        // row's code is anywhere in them: going through the pairs a range
+        // of codes at a time keeps to a few pages of them.
         for range in coded_ranges.iter_mut() {
             range.drain(..).for_each(|(code, value)| group_pair(code, value));
         }
-        self.column_pairs = pairs;
         Ok(())
     }
 

@@ -145,12 +145,12 @@ impl<V: Columns> Emit<String, V> {
             // Gathered first, driven by `values` (`for_each`, not `next`:
             // an iterator of a column's values is then one loop, whatever
             // `map`s the job put on it).
-            let pairs = grouping.coded_pairs();
+            let mut pairs = grouping.coded_pairs(dictionary.len());
             let mut row = 0;
             values.into_iter().for_each(|value| {
                 if let Some(&code) = codes.get(row) {
                     match value {
-                        Some(value) if keys.is_valid(row) => pairs.push((code, value)),
+                        Some(value) if keys.is_valid(row) => pairs.push(code, value),
                         _ => skipped += 1,
                     }
                 }
