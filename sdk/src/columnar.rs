@@ -135,7 +135,7 @@ impl<T: Field> Iterator for ColumnValues<'_, T> {
     fn fold<B, F: FnMut(B, Option<T>) -> B>(mut self, init: B, mut f: F) -> B {
         let mut acc = init;
         if let ColumnData::Utf8Dictionary(_) = self.column.data {
-            while let Some(value) = self.next() {
+            for value in self.by_ref() {
                 acc = f(acc, value);
             }
             return acc;
