@@ -37,12 +37,14 @@ impl<'a> Records<'a> {
     }
 
     /// Each record in turn. While a record is in hand, a panic is reported
-    /// with its row.
+    /// with its row (and with none once the last has been handed out).
     pub fn iter(&self) -> impl Iterator<Item = Record<'a>> + 'a {
         let batch = self.batch;
-        (0..batch.rows()).map(move |row| {
-            crate::glue::set_current_row(Some(row));
-            batch.record(row)
+        let mut rows = 0..batch.rows();
+        std::iter::from_fn(move || {
+            let row = rows.next();
+            crate::glue::set_current_row(row);
+            row.map(|row| batch.record(row))
         })
     }
 
@@ -82,7 +84,8 @@ impl<'a> Records<'a> {
     /// reads as in [`Record::get`].
     ///
     /// # Panics
-    /// If there is no such column, or its type cannot be read as `T`.
+    /// If there is no such column; if its type cannot be read as `T`, at
+    /// its first value that is not null.
     pub fn values<T: Field>(&self, name: &str) -> ColumnValues<'a, T> {
         let (index, column) = self.batch.column(name).unwrap_or_else(|| self.batch.missing(name));
         ColumnValues {

@@ -18,12 +18,14 @@
 //! reported with the record being mapped when it ran.
 //!
 //! A key that is the very string [`Record::str`](crate::Record::str) handed
-//! out of a dictionary-encoded column (Parquet's usual string columns) is
-//! grouped by its dictionary code instead: the first time a code is seen
-//! its key goes through the table, and after that its values are combined
-//! into a slot of a small array indexed by code, with no hashing, no key
-//! copy and no probe. Those values join their table slot when the
-//! dictionary changes and when the map output is finished.
+//! out of a dictionary-encoded column (Parquet's usual string columns), or
+//! a code of a column [`Emit::emit_column`](crate::Emit::emit_column) is
+//! given, is grouped by its dictionary code instead: the first time a code
+//! is seen its key goes through the table, and after that its values are
+//! combined into a slot of an array indexed by code, with no hashing, no
+//! key copy and no probe. Those values join their table slot when the
+//! dictionary's codes make way for a newer dictionary's (four are grouped
+//! by code at once) and when the map output is finished.
 
 use std::rc::Rc;
 
@@ -70,7 +72,8 @@ pub(crate) struct CodedPairs<'g, V> {
 }
 
 impl<V> CodedPairs<'_, V> {
-    /// Add a pair (a code past the dictionary's end is dropped).
+    /// Add a pair. (The host sends no code past its dictionary's end; one
+    /// that came would be dropped, here or when grouped.)
     #[inline]
     pub(crate) fn push(&mut self, code: u32, value: V) {
         if let Some(range) = self.ranges.get_mut(code as usize / CODES_PER_RANGE) {

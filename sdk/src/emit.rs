@@ -127,10 +127,10 @@ impl<V: Columns> Emit<String, V> {
     /// Emit one pair per row, `keys` and `values` in step (as `zip` pairs
     /// them): the key is the row's value in `keys`, the value the row's item
     /// of `values`. A row whose key or value is `None` (null) emits
-    /// nothing; returns how many rows did not. For a job that combines, a
-    /// dictionary-encoded key column (Parquet's usual string columns) is
-    /// grouped by its codes, which costs a fraction of what [`Emit::emit`]
-    /// does per row.
+    /// nothing; returns how many rows did not. For a job that combines
+    /// (while combining pays), a dictionary-encoded key column (Parquet's
+    /// usual string columns) of up to 2^18 values is grouped by its codes,
+    /// which costs a fraction of what [`Emit::emit`] does per row.
     ///
     /// ```no_run
     /// # fn f(records: &wmr_sdk::Records<'_>, out: &mut wmr_sdk::Emit<String, (f64, u64)>) {
@@ -140,6 +140,8 @@ impl<V: Columns> Emit<String, V> {
     /// # }
     /// ```
     pub fn emit_column(&mut self, keys: &Strings<'_>, values: impl IntoIterator<Item = Option<V>>) -> usize {
+        // A panic in here (a `combine`'s) is of no one row.
+        crate::glue::set_current_row(None);
         let mut skipped = 0;
         if let (EmitMode::Grouping(grouping), Some((dictionary, codes))) = (&mut self.mode, keys.coded()) {
             // Gathered first, driven by `values` (`for_each`, not `next`:

@@ -142,8 +142,9 @@ pub trait Job: 'static {
     /// Implement this instead to read the input a column at a time, as
     /// Hadoop's `Mapper.run` or Spark's `mapInArrow` do: each column is
     /// found once per batch ([`Records::strings`], [`Records::values`]), and
-    /// [`Emit::emit_column`] groups a dictionary-encoded key column (Parquet's
-    /// usual string columns) by its codes in one tight loop.
+    /// for a job that combines, [`Emit::emit_column`] groups a
+    /// dictionary-encoded key column (Parquet's usual string columns) by its
+    /// codes in one tight loop.
     ///
     /// ```
     /// # use wmr_sdk::{Emit, Job, Output, Records, Values};

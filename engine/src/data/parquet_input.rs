@@ -23,7 +23,8 @@ use super::Error;
 use super::location::Location;
 
 /// The type a dictionary-encoded Parquet string column is read as: codes
-/// into the column chunk's dictionary, which guests are sent once.
+/// into the column chunk's dictionary (the runtime unifies row groups'
+/// dictionaries before a guest sees them).
 pub fn dictionary_utf8() -> DataType {
     DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8))
 }

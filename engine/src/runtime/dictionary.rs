@@ -13,12 +13,16 @@ use hashbrown::HashTable;
 
 use super::bindings::wmr::job::types as wit;
 
-/// A unified dictionary takes no new row group's values once it holds this
-/// many values...
-const MAX_VALUES: usize = 1 << 18;
-/// ...or this many bytes of them; the column starts a new one instead. (So
-/// one holds at most these plus one row group's dictionary.)
-const MAX_BYTES: usize = 16 << 20;
+/// A column's dictionary takes no new row group's values once the
+/// instance's dictionaries hold this many values together...
+const MAX_VALUES: usize = 1 << 17;
+/// ...or this many bytes of them; the column starts a new one instead. So
+/// an instance holds at most these plus one row group's dictionary per
+/// column (what it held before dictionaries were unified), on the host and
+/// in the guest (a JavaScript guest's heap is capped at 32 MiB). A
+/// dictionary then stays within what the Rust SDK groups by code
+/// (`MAX_CODED`, 2^18 values) unless one row group's alone is larger.
+const MAX_BYTES: usize = 4 << 20;
 
 /// The dictionaries sent to one instance, by input column.
 #[derive(Default)]
@@ -63,10 +67,15 @@ impl SentDictionaries {
         if self.by_column.len() <= column {
             self.by_column.resize_with(column + 1, || None);
         }
+        let held = |by_column: &[Option<Unified>], of: fn(&Unified) -> usize| {
+            by_column.iter().flatten().map(of).sum::<usize>()
+        };
+        let room = held(&self.by_column, |u| u.ends.len()) < MAX_VALUES
+            && held(&self.by_column, |u| u.values.len()) < MAX_BYTES;
         let slot = &mut self.by_column[column];
         let step = match slot {
             Some(u) if u.is_last(values) => Step::Same,
-            Some(u) if u.ends.len() < MAX_VALUES && u.values.len() < MAX_BYTES => Step::Add,
+            Some(_) if room => Step::Add,
             _ => Step::New,
         };
         if let Step::New = step {
@@ -223,23 +232,34 @@ mod tests {
         // A row group with no new value sends nothing.
         let c = sent.code(0, &StringArray::from(vec!["d"]));
         assert_eq!((c.id, c.codes, c.added.is_none()), (id, &[3][..], true));
-        // Another column has a dictionary of its own.
         assert!(same_bytes(b"key-012345", b"key-012345") && !same_bytes(b"key-012345", b"key-012346"));
         assert!(!same_bytes(b"key-012345", b"kez-012345") && !same_bytes(b"abcdefgh", b"abcdefgi"));
         assert!(same_bytes(b"ab", b"ab") && !same_bytes(b"ab", b"abc"));
+        // Another column has a dictionary of its own.
         let other = sent.code(3, &first);
         assert_ne!(other.id, id);
         assert_eq!(other.codes, [0, 1, 2]);
     }
 
     #[test]
-    fn a_full_dictionary_makes_way_for_a_new_one() {
+    fn full_dictionaries_make_way_for_new_ones() {
         let mut sent = SentDictionaries::default();
+        let small = sent.code(0, &StringArray::from(vec!["a"])).id;
+        // One column's dictionary fills the instance's room...
         let many: StringArray = (0..MAX_VALUES).map(|i| Some(i.to_string())).collect();
-        let first = sent.code(0, &many).id;
-        let c = sent.code(0, &StringArray::from(vec!["x", "0"]));
-        assert_ne!(c.id, first, "a full dictionary takes no more values");
-        assert_eq!(c.codes, [0, 1]);
-        assert_eq!(c.added.map(|v| v.values), Some(b"x0".to_vec()));
+        let full = sent.code(1, &many).id;
+        // ...so the next row group of either column starts a new one.
+        let c = sent.code(0, &StringArray::from(vec!["b", "a"]));
+        assert_ne!(c.id, small, "no room for another column's values either");
+        assert_eq!(
+            (c.codes, c.added.map(|v| v.values)),
+            (&[0, 1][..], Some(b"ba".to_vec()))
+        );
+        let c = sent.code(1, &StringArray::from(vec!["x", "0"]));
+        assert_ne!(c.id, full, "a full dictionary takes no more values");
+        assert_eq!(
+            (c.codes, c.added.map(|v| v.values)),
+            (&[0, 1][..], Some(b"x0".to_vec()))
+        );
     }
 }

@@ -190,6 +190,7 @@ impl JobModule {
                             reason: format!("{e:#}"),
                         });
                     }
+                    std::thread::sleep(std::time::Duration::from_millis(10 << tries));
                 }
                 Err(e) => {
                     return Err(Error::InvalidModule {

@@ -87,6 +87,8 @@ impl AttemptFailure {
                     ..
                 } => FailureKind::Limit,
                 R::Internal(_) => FailureKind::Internal,
+                // This worker could not make an instance; the job is not at fault.
+                R::HostResources { .. } => FailureKind::Module,
                 _ => FailureKind::Guest,
             },
             Error::Data(D::Io { .. }) => FailureKind::Storage,
