@@ -611,6 +611,35 @@ mod tests {
     }
 
     #[test]
+    fn emit_column_hashes_the_keys_of_a_dictionary_too_large_to_group_by_code() {
+        use crate::columnar::Records;
+        use crate::record::{InputBatch, receive_dictionaries, with_dictionaries};
+        let words: Vec<String> = (0..(1 << 18) + 1).map(|i| format!("w{i}")).collect();
+        let codes: Vec<u32> = (0..1000u32).map(|i| i * 263 % words.len() as u32).collect();
+        let mut batch = keyed_batch(40, &words, &codes, true);
+        receive_dictionaries(&mut batch).unwrap();
+        let mut emit = Emit::<String, u64>::new(sum());
+        let skipped = with_dictionaries(|dictionaries| {
+            let input = InputBatch::new("f", &batch, dictionaries);
+            let records = Records::new(&input);
+            emit.emit_column(&records.strings("k"), records.values::<u64>("v"))
+        });
+        let mut want = std::collections::BTreeMap::<String, u64>::new();
+        for (row, &code) in codes
+            .iter()
+            .enumerate()
+            .filter(|(row, _)| row % 7 != 0 && row % 11 != 0)
+        {
+            *want.entry(words[code as usize].clone()).or_default() += row as u64;
+        }
+        let nulls = (0..codes.len()).filter(|row| row % 7 == 0 || row % 11 == 0).count();
+        assert_eq!((skipped, emit.len()), (nulls, codes.len() - nulls));
+        let mut got = rows_of(&emit.finish());
+        got.sort();
+        assert_eq!(got, want.into_iter().collect::<Vec<_>>());
+    }
+
+    #[test]
     fn direct_mode_keeps_every_pair() {
         let mut emit = Emit::<String, u64>::new(None);
         emit.emit("a", 1);
