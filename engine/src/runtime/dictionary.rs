@@ -34,14 +34,16 @@ pub(crate) struct SentDictionaries {
 /// One column's dictionary as the guest holds it.
 struct Unified {
     id: u64,
-    /// The code of each value sent under `id` (its place among them),
-    /// found by the value's hash: 4 bytes a value, so that looking one up
-    /// touches the values themselves only to compare the one it finds.
-    codes: HashTable<u32>,
+    /// Each value sent under `id`, found by its hash: where it is in
+    /// `values`, and its code (its place among them). 12 bytes a value, so
+    /// that looking one up touches the values themselves only to compare
+    /// the one it finds.
+    codes: HashTable<Held>,
     hasher: foldhash::fast::RandomState,
-    /// The values, end to end, and where each ends.
+    /// The values, end to end.
     values: Vec<u8>,
-    ends: Vec<usize>,
+    /// How many values there are.
+    count: usize,
     /// The decoder's dictionary last met (held, so the buffers compared
     /// cannot be freed and their addresses reused), and each of its
     /// values' code in the unified one.
@@ -70,8 +72,8 @@ impl SentDictionaries {
         let held = |by_column: &[Option<Unified>], of: fn(&Unified) -> usize| {
             by_column.iter().flatten().map(of).sum::<usize>()
         };
-        let room = held(&self.by_column, |u| u.ends.len()) < MAX_VALUES
-            && held(&self.by_column, |u| u.values.len()) < MAX_BYTES;
+        let room =
+            held(&self.by_column, |u| u.count) < MAX_VALUES && held(&self.by_column, |u| u.values.len()) < MAX_BYTES;
         let slot = &mut self.by_column[column];
         let step = match slot {
             Some(u) if u.is_last(values) => Step::Same,
@@ -118,7 +120,7 @@ impl Unified {
             codes: HashTable::new(),
             hasher: foldhash::fast::RandomState::default(),
             values: Vec::new(),
-            ends: Vec::new(),
+            count: 0,
             last: values.clone(),
             last_codes: Vec::new(),
         }
@@ -145,26 +147,30 @@ impl Unified {
             codes: table,
             hasher,
             values: held,
-            ends,
+            count,
             ..
         } = self;
         for value in values.iter() {
             let value = value.unwrap_or_default().as_bytes();
             let hash = hasher.hash_one(value);
-            let code = match table.find(hash, |&code| same_bytes(value_of(code, held, ends), value)) {
-                Some(&code) => code,
+            let code = match table.find(hash, |h| same_bytes(h.of(held), value)) {
+                Some(h) => h.code,
                 None => {
                     // At most MAX_VALUES plus one dictionary's (an i32's
-                    // worth) values: a u32 holds the code.
-                    let code = ends.len() as u32;
+                    // worth) values, of as many bytes: u32s hold them.
+                    let h = Held {
+                        code: *count as u32,
+                        start: held.len() as u32,
+                        len: value.len() as u32,
+                    };
                     held.extend_from_slice(value);
-                    ends.push(held.len());
-                    table.insert_unique(hash, code, |&code| hasher.hash_one(value_of(code, held, ends)));
+                    *count += 1;
+                    table.insert_unique(hash, h, |h| hasher.hash_one(h.of(held)));
                     added.values.extend_from_slice(value);
                     added
                         .offsets
                         .push(i32::try_from(added.values.len()).unwrap_or(i32::MAX));
-                    code
+                    h.code
                 }
             };
             codes.push(code);
@@ -190,16 +196,20 @@ fn same_bytes(a: &[u8], b: &[u8]) -> bool {
     }
 }
 
-/// Value `code` of the values `held`, which end at `ends`.
-fn value_of<'v>(code: u32, held: &'v [u8], ends: &[usize]) -> &'v [u8] {
-    let i = code as usize;
-    let start = i
-        .checked_sub(1)
-        .and_then(|before| ends.get(before))
-        .copied()
-        .unwrap_or(0);
-    let end = ends.get(i).copied().unwrap_or(start);
-    held.get(start..end).unwrap_or_default()
+/// A value of a [`Unified`] dictionary: its code, and where it is.
+#[derive(Clone, Copy)]
+struct Held {
+    code: u32,
+    start: u32,
+    len: u32,
+}
+
+impl Held {
+    /// Its bytes, in the dictionary's `values`.
+    fn of(self, values: &[u8]) -> &[u8] {
+        let start = self.start as usize;
+        values.get(start..start + self.len as usize).unwrap_or_default()
+    }
 }
 
 #[cfg(test)]
