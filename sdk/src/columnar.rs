@@ -4,11 +4,10 @@
 //! with the column found once per batch instead of once per record.
 
 use std::marker::PhantomData;
-use std::rc::Rc;
 
 use crate::bindings::wmr::job::types::{Column, ColumnData};
-use crate::columns::{Field, is_valid, type_name};
-use crate::record::{Dictionary, InputBatch, Record, held_dictionary, text_value};
+use crate::columns::{Field, is_valid, type_name, validity_bit};
+use crate::record::{Dictionary, InputBatch, Record, text_value};
 
 /// The records of one `map` call, all from one file, for jobs that read
 /// their input a column at a time (see [`Job::map_batch`](crate::Job::map_batch)).
@@ -124,13 +123,7 @@ impl<T: Field> Iterator for ColumnValues<'_, T> {
         if let ColumnData::Utf8Dictionary(_) = self.column.data {
             return Some(self.coded(row));
         }
-        if !is_valid(self.column, row) {
-            return Some(None);
-        }
-        match T::read(self.column, row) {
-            Some(value) => Some(Some(value)),
-            None => self.unreadable(),
-        }
+        Some(self.plain(row))
     }
 
     /// Every value in one loop (`for_each`, `sum` and the like, and
@@ -144,15 +137,7 @@ impl<T: Field> Iterator for ColumnValues<'_, T> {
             return acc;
         }
         for row in self.row..self.rows {
-            let value = if is_valid(self.column, row) {
-                match T::read(self.column, row) {
-                    Some(value) => Some(value),
-                    None => self.unreadable(),
-                }
-            } else {
-                None
-            };
-            acc = f(acc, value);
+            acc = f(acc, self.plain(row));
         }
         acc
     }
@@ -164,6 +149,18 @@ impl<T: Field> Iterator for ColumnValues<'_, T> {
 }
 
 impl<T: Field> ColumnValues<'_, T> {
+    /// Row `row` of a column that is not dictionary-encoded.
+    #[inline(always)]
+    fn plain(&self, row: usize) -> Option<T> {
+        if !is_valid(self.column, row) {
+            return None;
+        }
+        match T::read(self.column, row) {
+            Some(value) => Some(value),
+            None => self.unreadable(),
+        }
+    }
+
     /// Row `row` of a dictionary-encoded column.
     #[inline(never)]
     fn coded(&self, row: usize) -> Option<T> {
@@ -194,7 +191,7 @@ enum StringsData<'a> {
     /// Codes into a dictionary (Parquet's usual string columns).
     Coded {
         codes: &'a [u32],
-        dictionary: &'a Rc<Dictionary>,
+        dictionary: &'a Dictionary,
     },
     /// Offsets into text checked as UTF-8 once.
     Plain { offsets: &'a [i32], values: &'a str },
@@ -231,19 +228,16 @@ impl<'a> Strings<'a> {
     /// Whether row `row` is there and not null.
     #[inline]
     pub(crate) fn is_valid(&self, row: usize) -> bool {
-        row < self.rows
-            && (self.validity.is_empty() || self.validity.get(row / 8).is_some_and(|b| b & (1 << (row % 8)) != 0))
+        row < self.rows && validity_bit(self.validity, row)
     }
 
     /// The column as dictionary codes, when it is one: the dictionary, and
     /// each row's code (a null row's is 0; see [`Strings::is_valid`]). The
     /// in-mapper combiner groups such keys by code.
-    pub(crate) fn coded(&self) -> Option<(Rc<Dictionary>, &'a [u32])> {
+    pub(crate) fn coded(&self) -> Option<(&'a Dictionary, &'a [u32])> {
         let StringsData::Coded { codes, dictionary } = self.data else {
             return None;
         };
-        // The held dictionary by id: the same `Rc` the combiner keeps.
-        let held = held_dictionary(dictionary.id()).filter(|held| Rc::ptr_eq(held, dictionary))?;
-        Some((held, codes.get(..self.rows).unwrap_or(codes)))
+        Some((dictionary, codes.get(..self.rows).unwrap_or(codes)))
     }
 }

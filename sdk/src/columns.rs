@@ -178,7 +178,13 @@ fn offset_of(len: usize) -> i32 {
 
 /// Reading values out of a column the host sent.
 pub(crate) fn is_valid(col: &Column, row: usize) -> bool {
-    col.validity.is_empty() || col.validity.get(row / 8).is_some_and(|b| b & (1 << (row % 8)) != 0)
+    validity_bit(&col.validity, row)
+}
+
+/// Whether row `row` is valid by the bitmap `validity` (empty: all are).
+#[inline]
+pub(crate) fn validity_bit(validity: &[u8], row: usize) -> bool {
+    validity.is_empty() || validity.get(row / 8).is_some_and(|b| b & (1 << (row % 8)) != 0)
 }
 
 pub(crate) fn var_width(v: &VarWidth, row: usize) -> &[u8] {

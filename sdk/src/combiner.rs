@@ -93,6 +93,24 @@ enum Tables<V> {
     Line(Table<Line<V>>),
 }
 
+impl<V: Columns> Tables<V> {
+    /// [`add_pair`] on whichever table it is.
+    #[inline(always)]
+    fn add_pair<K: Columns>(
+        &mut self,
+        combine: &CombineFn<K, V>,
+        keys: &mut Vec<K>,
+        probe: &Probe,
+        long: &[u8],
+        value: V,
+    ) -> u32 {
+        match self {
+            Tables::Half(table) => add_pair(table, combine, keys, probe, long, value),
+            Tables::Line(table) => add_pair(table, combine, keys, probe, long, value),
+        }
+    }
+}
+
 /// The combiner's state: the table, and each group's key by group number
 /// (keys in first-seen order), which `combine` is given.
 pub(crate) struct Grouping<K, V> {
@@ -142,6 +160,14 @@ struct CodedGroups<V> {
 const HOLDS: u32 = 1 << 31;
 
 impl<V: Columns> CodedGroups<V> {
+    /// Remember that code `code`'s group is `group`.
+    #[inline(always)]
+    fn found(&mut self, code: u32, group: u32) {
+        if let Some(tag) = self.groups.get_mut(code as usize) {
+            *tag = group + 1;
+        }
+    }
+
     /// Combine `value` into what code `code`, whose group is known (its
     /// `tag` in `groups` is not 0), holds.
     #[inline(always)]
@@ -288,7 +314,7 @@ impl<K: Columns, V: Columns> Grouping<K, V> {
     /// each code's values are combined in its entry, and a code seen for
     /// the first time finds its group through the table. Returns the pairs
     /// when the dictionary is too large to group by code.
-    pub(crate) fn push_coded(&mut self, dictionary: &Rc<Dictionary>) -> Result<(), Vec<(u32, V)>> {
+    pub(crate) fn push_coded(&mut self, dictionary: &Dictionary) -> Result<(), Vec<(u32, V)>> {
         if !self.codable || !dictionary.is_text() || dictionary.len() > MAX_CODED as usize {
             return Err(self.coded_ranges.iter_mut().flat_map(|range| range.drain(..)).collect());
         }
@@ -317,13 +343,8 @@ impl<K: Columns, V: Columns> Grouping<K, V> {
             }
             let key = dictionary.text(code).unwrap_or_default().as_bytes();
             let probe = Probe::of(key, hasher);
-            let group = match tables {
-                Tables::Half(table) => add_pair(table, combine, keys, &probe, key, value),
-                Tables::Line(table) => add_pair(table, combine, keys, &probe, key, value),
-            };
-            if let Some(tag) = groups.groups.get_mut(code as usize) {
-                *tag = group + 1;
-            }
+            let group = tables.add_pair(combine, keys, &probe, key, value);
+            groups.found(code, group);
         };
         // A large dictionary's values do not fit in a core's cache, and a
         // row's code is anywhere in them: going through the pairs a range
@@ -386,13 +407,8 @@ impl<K: Columns, V: Columns> Grouping<K, V> {
             // probe was made above, unless the code came twice in this stage.)
             let key = text_of(&mut held, at, groups.dictionary, code).as_bytes();
             let probe = probe.unwrap_or_else(|| Probe::of(key, hasher));
-            let group = match tables {
-                Tables::Half(table) => add_pair(table, combine, keys, &probe, key, value),
-                Tables::Line(table) => add_pair(table, combine, keys, &probe, key, value),
-            };
-            if let Some(tag) = groups.groups.get_mut(code as usize) {
-                *tag = group + 1;
-            }
+            let group = tables.add_pair(combine, keys, &probe, key, value);
+            groups.found(code, group);
         }
     }
 

@@ -159,7 +159,7 @@ impl<V: Columns> Emit<String, V> {
                 row += 1;
             });
             self.rows += pairs.len();
-            if let Err(pairs) = grouping.push_coded(&dictionary) {
+            if let Err(pairs) = grouping.push_coded(dictionary) {
                 for (code, value) in pairs {
                     if let Some(key) = dictionary.text(code) {
                         grouping.push(key, value);
@@ -405,19 +405,22 @@ mod tests {
         assert!(!Emit::<String, u64>::new(None).grouping_pays());
     }
 
+    /// `words` end to end, as a string column's offsets and values.
+    fn var_width_of<'w>(words: impl IntoIterator<Item = &'w str>) -> crate::bindings::wmr::job::types::VarWidth {
+        let mut offsets = vec![0];
+        let mut values = Vec::new();
+        for w in words {
+            values.extend_from_slice(w.as_bytes());
+            offsets.push(values.len() as i32);
+        }
+        crate::bindings::wmr::job::types::VarWidth { offsets, values }
+    }
+
     /// A batch of one dictionary-encoded column `k`, its dictionary sent
     /// (`Some`) or named by id alone.
     fn coded_batch(id: u64, dictionary: Option<&[&str]>, codes: &[u32], validity: Vec<u8>) -> Batch {
-        use crate::bindings::wmr::job::types::{ColumnData, Utf8Dictionary, VarWidth};
-        let values = dictionary.map(|words| {
-            let mut offsets = vec![0];
-            let mut values = Vec::new();
-            for w in words {
-                values.extend_from_slice(w.as_bytes());
-                offsets.push(values.len() as i32);
-            }
-            VarWidth { offsets, values }
-        });
+        use crate::bindings::wmr::job::types::{ColumnData, Utf8Dictionary};
+        let values = dictionary.map(|words| var_width_of(words.iter().copied()));
         Batch {
             num_rows: codes.len() as u32,
             names: vec!["k".into()],
@@ -524,7 +527,7 @@ mod tests {
     /// Columns `k` (the words of `codes`, dictionary-encoded when `coded`)
     /// and `v`, every 7th key and every 11th value null.
     fn keyed_batch(id: u64, words: &[String], codes: &[u32], coded: bool) -> Batch {
-        use crate::bindings::wmr::job::types::{ColumnData, Utf8Dictionary, VarWidth};
+        use crate::bindings::wmr::job::types::{ColumnData, Utf8Dictionary};
         let every = |n: usize| -> Vec<u8> {
             let mut bits = vec![0u8; codes.len().div_ceil(8)];
             for row in (0..codes.len()).filter(|row| row % n != 0) {
@@ -532,23 +535,14 @@ mod tests {
             }
             bits
         };
-        let var_width = |words: &mut dyn Iterator<Item = &str>| {
-            let mut offsets = vec![0];
-            let mut values = Vec::new();
-            for w in words {
-                values.extend_from_slice(w.as_bytes());
-                offsets.push(values.len() as i32);
-            }
-            VarWidth { offsets, values }
-        };
         let keys = if coded {
             ColumnData::Utf8Dictionary(Utf8Dictionary {
                 dictionary: id,
-                values: Some(var_width(&mut words.iter().map(String::as_str))),
+                values: Some(var_width_of(words.iter().map(String::as_str))),
                 codes: codes.to_vec(),
             })
         } else {
-            ColumnData::Utf8(var_width(&mut codes.iter().map(|&c| words[c as usize].as_str())))
+            ColumnData::Utf8(var_width_of(codes.iter().map(|&c| words[c as usize].as_str())))
         };
         Batch {
             num_rows: codes.len() as u32,

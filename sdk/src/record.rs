@@ -34,7 +34,7 @@ pub(crate) struct InputBatch<'a> {
 /// A dictionary-encoded column of one batch.
 struct CodedColumn<'a> {
     codes: &'a [u32],
-    dictionary: &'a Rc<Dictionary>,
+    dictionary: &'a Dictionary,
     /// Each row's value, looked up for the whole batch at its first use:
     /// in one tight loop the lookups, each a likely cache miss, overlap
     /// rather than wait one after another between calls to `map`.
@@ -326,7 +326,7 @@ impl<'a> InputBatch<'a> {
     }
 
     /// Dictionary column `i`'s dictionary, when it is one and held.
-    pub(crate) fn dictionary(&self, i: usize) -> Option<&'a Rc<Dictionary>> {
+    pub(crate) fn dictionary(&self, i: usize) -> Option<&'a Dictionary> {
         self.coded.get(i)?.as_ref().map(|c| c.dictionary)
     }
 

@@ -69,17 +69,14 @@ impl SentDictionaries {
         if self.by_column.len() <= column {
             self.by_column.resize_with(column + 1, || None);
         }
-        let held = |by_column: &[Option<Unified>], of: fn(&Unified) -> usize| {
-            by_column.iter().flatten().map(of).sum::<usize>()
-        };
-        let room =
-            held(&self.by_column, |u| u.count) < MAX_VALUES && held(&self.by_column, |u| u.values.len()) < MAX_BYTES;
-        let slot = &mut self.by_column[column];
-        let step = match slot {
+        let held = |of: fn(&Unified) -> usize| self.by_column.iter().flatten().map(of).sum::<usize>();
+        let step = match &self.by_column[column] {
             Some(u) if u.is_last(values) => Step::Same,
-            Some(_) if room => Step::Add,
+            // Room is counted over every column's dictionary.
+            Some(_) if held(|u| u.count) < MAX_VALUES && held(|u| u.values.len()) < MAX_BYTES => Step::Add,
             _ => Step::New,
         };
+        let slot = &mut self.by_column[column];
         if let Step::New = step {
             self.next_id += 1;
         }
