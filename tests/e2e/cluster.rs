@@ -326,7 +326,6 @@ fn ran_in_parallel(status: &Value, phase: &str) -> (bool, BTreeSet<String>) {
     (overlap, workers)
 }
 
-/// A generated text input: `files` files of about `lines` lines each.
 /// SIGSTOP worker `worker` of `c` while one of `job`'s attempts (a map's,
 /// with `maps_only`) is seen running, retrying until one is (a report sent
 /// just before the signal does not count; a task of a few ms may end
@@ -343,7 +342,13 @@ pub(crate) fn freeze_mid_attempt(c: &Cluster, worker: usize, job: &str, maps_onl
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         assert!(Instant::now() < deadline, "never caught the worker mid-attempt");
-        c.wait_for(job, "an attempt to run", |s| running(s).is_some());
+        let seen = c.wait_for(job, "an attempt to run", |s| {
+            running(s).is_some() || s["state"] != "running"
+        });
+        assert_eq!(
+            seen["state"], "running",
+            "the job ended before an attempt was seen running: {seen}"
+        );
         signal("-STOP");
         if let Some(index) = running(&c.status(job)) {
             return index;
@@ -352,6 +357,7 @@ pub(crate) fn freeze_mid_attempt(c: &Cluster, worker: usize, job: &str, maps_onl
     }
 }
 
+/// A generated text input: `files` files of about `lines` lines each.
 pub(crate) fn generated_input(t: &TestDir, files: u64, lines: usize) -> (String, Vec<String>) {
     let texts: Vec<String> = (0..files).map(|i| corpus(lines, i + 7)).collect();
     for (i, text) in texts.iter().enumerate() {
@@ -1625,7 +1631,10 @@ fn a_second_coordinator_is_refused_and_a_standby_takes_over_without_rerunning_co
 #[test]
 fn a_corrupted_shuffle_object_gets_its_map_run_again_and_the_output_is_identical() {
     let t = TestDir::new();
-    let mut c = Cluster::start_with_backups(&t, "2s", "1h");
+    // A lease long enough that the frozen worker is not declared lost while
+    // the other does two hundred maps on a loaded machine: it is lost when
+    // it is killed, as its connection drops.
+    let mut c = Cluster::start_with_backups(&t, "30s", "1h");
     c.add_worker(1);
     // Some two hundred maps: with its module loaded from the compile cache,
     // a worker finishes a few dozen before a status poll could see one run.

@@ -163,6 +163,9 @@ fn metrics_during_and_after_a_job_match_its_status_and_tokens_guard_page_and_met
     let http = c.http.clone().unwrap();
     let metrics_url = format!("{http}metrics");
     let slow = submit_slow_job(&c, &t, "slow", 6);
+    // Frozen mid-attempt first: the job must still be running when scraped
+    // below, and each request of the checks takes a process's start.
+    freeze_mid_attempt(&c, 0, &slow, false);
 
     // Without a token, or with a wrong one: refused, page and metrics alike.
     for url in [http.as_str(), &format!("{http}jobs/{slow}"), &metrics_url] {
@@ -177,7 +180,6 @@ fn metrics_during_and_after_a_job_match_its_status_and_tokens_guard_page_and_met
     assert_eq!(get(&metrics_url, Some("prom-token")).0, 200);
 
     // During a job (its worker frozen mid-attempt): running, with a task running.
-    freeze_mid_attempt(&c, 0, &slow, false);
     let during = scrape(&metrics_url, Some("prom-token"));
     signal(&mut c, 0, "-CONT");
     assert_eq!(sum(&during, "wmr_jobs", &["state=running"]), 1.0, "{during:?}");
