@@ -650,7 +650,7 @@ fn pyspark_python() -> Result<PathBuf> {
 }
 
 /// The words of a line as every side of the Python bench splits them: the
-/// SDK's own alphabet (exec'd from sdk/python/wmr/_alphabet.py, argv[1]).
+/// SDK's own alphabet (exec'd from sdk/python/wmr/_alphabet.py, `argv[1]`).
 const PY_WORDS: &str = r#"
 import re, sys
 _alphabet = {}
@@ -678,7 +678,7 @@ with open(out, "w") as f:
 print(elapsed)
 "#;
 
-/// PySpark's RDD word count with Python lambdas, local[2]; the time is the
+/// PySpark's RDD word count with Python lambdas, `local[2]`; the time is the
 /// job's, from after the context has started to the collected counts.
 const PYSPARK_WORDCOUNT: &str = r#"
 import time
@@ -701,7 +701,7 @@ print(elapsed)
 "#;
 
 /// The Python word count (2 slots) against PySpark's RDD word count
-/// (local[2]) and one CPython process, on the same Zipf corpus; then the
+/// (`local[2]`) and one CPython process, on the same Zipf corpus; then the
 /// JavaScript word count once; then the per-task overhead of a Python job
 /// with its module compiled.
 pub fn python(args: &[String]) -> Result<()> {

@@ -309,11 +309,11 @@ pub fn split_size_for(split_size: u64, total: u64, slots: usize) -> u64 {
     split_size.min(per_slot.max(MIN_SPLIT_SIZE)).max(1)
 }
 
-/// Smallest split size [`split_size_for`] chooses on its own.
+/// Smallest split size `split_size_for` chooses on its own.
 pub const MIN_SPLIT_SIZE: u64 = 1 << 20;
 
 /// Cut `inputs` into map inputs for `slots` task slots: [`plan_splits`] at
-/// [`split_size_for`], then [`pack_splits`].
+/// a size chosen for the input and slots, then [`pack_splits`].
 ///
 /// # Errors
 /// As [`plan_splits`].
