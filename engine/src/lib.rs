@@ -6,10 +6,12 @@
 //! and combines into one shuffle object) or a reduce attempt (merge every
 //! map output's partition, guest `reduce`, write Parquet); [`coordinator`]
 //! schedules tasks and commits the first successful attempt of each;
-//! [`worker`] runs attempts in slots on a dedicated compute pool; [`rpc`]
-//! carries all of that between machines (gRPC); [`cli`] is the thin shell
-//! over all of it.
+//! [`worker`] runs attempts in slots on a dedicated compute pool; the two
+//! speak [`protocol`] and count [`attempt_metrics`] alike, and neither
+//! depends on the other; [`rpc`] carries all of that between machines
+//! (gRPC); [`cli`] is the thin shell over all of it.
 
+pub mod attempt_metrics;
 pub mod cli;
 pub mod compute;
 pub mod coordinator;
@@ -17,6 +19,7 @@ pub mod data;
 mod ids;
 pub mod layout;
 pub mod project;
+pub mod protocol;
 pub mod rpc;
 pub mod runtime;
 pub mod shuffle;

@@ -9,6 +9,7 @@ mod compile;
 pub mod exit;
 mod health;
 mod job_args;
+mod local_link;
 mod project;
 mod run;
 

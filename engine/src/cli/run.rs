@@ -13,6 +13,7 @@ use serde::Serialize;
 
 use super::compile::CompileArgs;
 use super::job_args::JobArgs;
+use super::local_link::LocalLink;
 use super::{Failure, exit};
 use crate::JobId;
 use crate::compute::ComputePool;
@@ -27,7 +28,6 @@ use crate::data::output::Manifest;
 use crate::error_chain;
 use crate::spawn::SpawnedTask;
 use crate::task::Counters;
-use crate::worker::local::LocalLink;
 use crate::worker::{WorkerSetup, run_worker};
 
 /// Run a job embedded.

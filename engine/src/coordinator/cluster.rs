@@ -9,23 +9,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-use super::job::{Assignment, Job, JobState, Outcome, ReportResult};
-use crate::runtime::Limits;
-use crate::{AttemptId, JobId, ModuleDigest, TaskId, WorkerId};
-
-/// What a worker needs besides an assignment: which job, module, parameters
-/// and limits.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct JobRef {
-    /// The job.
-    pub job: JobId,
-    /// Its module.
-    pub module: ModuleDigest,
-    /// Its parameters.
-    pub params: Vec<(String, String)>,
-    /// Its sandbox limits.
-    pub limits: Limits,
-}
+use super::job::{Job, JobState};
+use crate::protocol::{Assignment, JobRef, Outcome, ReportResult};
+use crate::{AttemptId, JobId, TaskId, WorkerId};
 
 /// A job in the cluster: its state machine and what workers need to run it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -426,7 +412,9 @@ impl Cluster {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ModuleDigest;
     use crate::Phase;
+    use crate::runtime::Limits;
     use crate::task::MapOutput;
 
     fn job(maps: usize, submitted_secs: u64) -> ClusterJob {

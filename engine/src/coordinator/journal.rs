@@ -22,9 +22,9 @@ use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
-use super::cluster::JobRef;
 use super::job::{JobSpec, JobState};
 use crate::data::{Location, MapInput};
+use crate::protocol::JobRef;
 use crate::spawn::SpawnedTask;
 use crate::task::{AttemptFailure, MapOutput, ReduceOutput};
 use crate::{AttemptId, JobId, TaskId, WorkerId};

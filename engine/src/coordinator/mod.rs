@@ -20,7 +20,7 @@ use object_store::{ObjectStoreExt, PutPayload};
 
 use crate::data::Location;
 use crate::data::output::{MANIFEST_NAME, Manifest, OutputFile};
-pub use job::{Assignment, Job, JobSpec, JobState, Outcome, ReportResult};
+pub use job::{Job, JobSpec, JobState};
 
 /// Errors of the coordinator.
 #[derive(Debug, thiserror::Error)]

@@ -6,11 +6,10 @@ use std::time::Duration;
 
 use super::MalformedMessage;
 use super::pb;
-use crate::coordinator::cluster::JobRef;
 use crate::coordinator::status::{AttemptStatus, JobStatusDoc, Progress, TaskStatus, UserState};
-use crate::coordinator::{Assignment, Outcome, ReportResult};
 use crate::data::output::OutputFormat;
 use crate::data::{MapInput, Split, SplitKind};
+use crate::protocol::{Assignment, JobRef, Outcome, ReportResult};
 use crate::runtime::Limits;
 use crate::shuffle::Partitioner;
 use crate::task::{AttemptFailure, Counters, FailureKind, MapAssignment, MapOutput, ReduceAssignment, ReduceOutput};
@@ -585,7 +584,7 @@ mod status_tests {
 
     use super::*;
     use crate::coordinator::cluster::ClusterJob;
-    use crate::coordinator::{Assignment, Outcome};
+    use crate::protocol::{Assignment, Outcome};
     use crate::task::AttemptFailure;
 
     #[test]
@@ -603,7 +602,7 @@ mod status_tests {
             panic!("a map")
         };
         let j = ClusterJob {
-            job_ref: crate::coordinator::cluster::JobRef {
+            job_ref: crate::protocol::JobRef {
                 job: job.spec.id.clone(),
                 module: crate::ModuleDigest::of(b"m"),
                 params: vec![],

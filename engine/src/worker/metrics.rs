@@ -9,8 +9,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use crate::TaskId;
-use crate::coordinator::Outcome;
-use crate::coordinator::metrics::{AttemptLabels, WorkTotals, phase_label};
+use crate::attempt_metrics::{AttemptLabels, WorkTotals, phase_label};
+use crate::protocol::Outcome;
 
 /// A worker's metrics.
 #[derive(Debug)]

@@ -1,12 +1,12 @@
 //! Task slots. A worker registers with the coordinator through a [`Link`]
-//! (over gRPC for `wmr worker`, [`remote`]; in process for `wmr run`,
-//! [`local`]), heartbeats to keep its lease and learn which attempts to
-//! stop, and runs slots that poll for an assignment, run it (I/O on tokio,
-//! CPU on the compute pool), and report how it ended. When the coordinator
-//! forgets the worker (its lease expired, or the coordinator restarted) or
-//! cannot be reached, the worker registers again by itself, with backoff.
+//! (over gRPC for `wmr worker`, [`remote`]; in process for `wmr run`, a link
+//! the command line makes), heartbeats to keep its lease and learn which
+//! attempts to stop, and runs slots that poll for an assignment, run it (I/O
+//! on tokio, CPU on the compute pool), and report how it ended. When the
+//! coordinator forgets the worker (its lease expired, or the coordinator
+//! restarted) or cannot be reached, the worker registers again by itself,
+//! with backoff. What it says to the coordinator is [`crate::protocol`].
 
-pub mod local;
 pub mod metrics;
 pub mod remote;
 
@@ -19,10 +19,8 @@ use tracing::{Instrument, info, info_span, warn};
 
 use self::metrics::WorkerMetrics;
 use crate::compute::ComputePool;
-use crate::coordinator::cluster::JobRef;
-use crate::coordinator::service::{HeartbeatReply, Registration};
-use crate::coordinator::{Assignment, Outcome, ReportResult};
 use crate::error_chain;
+use crate::protocol::{Assignment, HeartbeatReply, JobRef, Outcome, Registration, ReportResult};
 use crate::runtime::{CancelFlag, JobModule, Runtime};
 use crate::task::{self, AttemptFailure, FailureKind, JobContext, load_module};
 use crate::{AttemptId, JobId, ModuleDigest, TaskId};

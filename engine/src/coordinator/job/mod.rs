@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use crate::data::MapInput;
 use crate::data::output::OutputFormat;
 use crate::layout::JobLayout;
+use crate::protocol::{Assignment, Outcome, ReportResult};
 use crate::shuffle::Partitioner;
 use crate::task::{AttemptFailure, Counters, FailureKind, MapAssignment, MapOutput, ReduceAssignment, ReduceOutput};
 use crate::{AttemptId, JobId, Phase, TaskId, WorkerId};
@@ -200,49 +201,6 @@ impl Task {
             skipped: Vec::new(),
         }
     }
-}
-
-/// A unit of work handed to a worker slot.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Assignment {
-    /// Run a map attempt.
-    Map(MapAssignment),
-    /// Run a reduce attempt.
-    Reduce(ReduceAssignment),
-}
-
-impl Assignment {
-    /// The task and attempt this assignment runs.
-    pub fn task_and_attempt(&self) -> (TaskId, AttemptId) {
-        match self {
-            Assignment::Map(a) => (a.task, a.attempt),
-            Assignment::Reduce(a) => (a.task, a.attempt),
-        }
-    }
-}
-
-/// What an attempt reports when it ends.
-#[derive(Debug, Clone)]
-pub enum Outcome {
-    /// A map attempt succeeded.
-    Map(MapOutput),
-    /// A reduce attempt succeeded.
-    Reduce(ReduceOutput),
-    /// The attempt failed.
-    Failed(AttemptFailure),
-}
-
-/// The coordinator's answer to a report.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ReportResult {
-    /// The attempt's output is now the task's.
-    Committed,
-    /// The failure was recorded; the task will be retried.
-    WillRetry,
-    /// The failure was the last allowed; the job failed.
-    JobFailed,
-    /// The attempt is not the live one (lost, superseded, or the job ended).
-    Stale,
 }
 
 /// A job: its spec, its splits and the state of every task.

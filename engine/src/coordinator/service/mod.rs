@@ -23,15 +23,16 @@ use super::cluster::{Cluster, ClusterJob};
 use super::identity::Identity;
 use super::journal::{Event, Journal, TaskOutput};
 use super::metrics::CoordinatorMetrics;
-use super::{Job, JobState, Outcome, commit_output, remove_all};
+use super::{Job, JobState, commit_output, remove_all};
 use crate::compute::ComputePool;
 use crate::data::Location;
 use crate::error_chain;
 use crate::layout::StoreLayout;
+use crate::protocol::Outcome;
 use crate::runtime::{JobModule, Runtime};
 use crate::spawn::SpawnedTask;
 use crate::task::FailureKind;
-use crate::{AttemptId, JobId, ModuleDigest, WorkerId};
+use crate::{JobId, ModuleDigest};
 
 mod submit;
 mod workers;
@@ -126,28 +127,6 @@ pub enum StartError {
     /// The wasm runtime or the compute pool could not start.
     #[error("starting the coordinator's runtime: {0}")]
     Runtime(String),
-}
-
-/// A worker's registration.
-#[derive(Debug, Clone)]
-pub struct Registration {
-    /// The secret every later call carries.
-    pub secret: String,
-    /// The worker's public name.
-    pub label: WorkerId,
-    /// Heartbeat within this.
-    pub lease: Duration,
-    /// The store modules are read from.
-    pub store: String,
-}
-
-/// The answer to a heartbeat.
-#[derive(Debug, Clone, Default)]
-pub struct HeartbeatReply {
-    /// False when the worker is not (or no longer) registered.
-    pub known: bool,
-    /// Attempts the worker should stop.
-    pub cancel: Vec<AttemptId>,
 }
 
 /// The coordinator service. Background work (expiring silent workers,

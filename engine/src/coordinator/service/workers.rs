@@ -6,11 +6,12 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tracing::{info, warn};
 
-use super::{ErrorKind, HeartbeatReply, MAX_POLL_WAIT, Registration, Service, ServiceError, lock};
-use crate::coordinator::cluster::{Cluster, JobRef};
+use super::{ErrorKind, MAX_POLL_WAIT, Service, ServiceError, lock};
+use crate::coordinator::JobState;
+use crate::coordinator::cluster::Cluster;
 use crate::coordinator::identity::Identity;
 use crate::coordinator::journal::{Event, TaskOutput};
-use crate::coordinator::{Assignment, JobState, Outcome, ReportResult};
+use crate::protocol::{Assignment, HeartbeatReply, JobRef, Outcome, Registration, ReportResult};
 use crate::task::{AttemptFailure, FailureKind};
 use crate::{AttemptId, JobId, TaskId, WorkerId};
 

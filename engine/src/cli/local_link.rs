@@ -1,15 +1,16 @@
-//! `wmr run`'s worker: its [`Link`] calls the coordinator [`Service`] in the
-//! same process, so an embedded job goes through the same scheduler,
-//! retries, backups and cancel as a cluster job, without a network.
+//! `wmr run`'s link between its worker and its coordinator: a worker
+//! [`Link`] that calls the coordinator [`Service`] in the same process, so an
+//! embedded job goes through the same scheduler, retries, backups and cancel
+//! as a cluster job, without a network. It lives here, where `wmr run` wires
+//! the two together, so that neither depends on the other.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Link, LinkError};
-use crate::coordinator::cluster::JobRef;
 use crate::coordinator::identity::Identity;
-use crate::coordinator::service::{ErrorKind, HeartbeatReply, Registration, Service, ServiceError};
-use crate::coordinator::{Assignment, Outcome, ReportResult};
+use crate::coordinator::service::{ErrorKind, Service, ServiceError};
+use crate::protocol::{Assignment, HeartbeatReply, JobRef, Outcome, Registration, ReportResult};
+use crate::worker::{Link, LinkError};
 use crate::{AttemptId, JobId, ModuleDigest, TaskId};
 
 /// How often an in-process worker heartbeats: often, since it costs a lock,
