@@ -8,10 +8,12 @@ mod harness;
 mod bad_input;
 /// `wmr run` flags, errors and exit codes.
 mod cli;
-/// Distributed mode: coordinator, workers, failures, restarts.
+/// Distributed mode: a coordinator and workers as real processes, running jobs.
 mod cluster;
 /// Every example guest against a sequential reference written here.
 mod examples;
+/// Workers that die, freeze or straggle; jobs cancelled; data gone bad.
+mod failures;
 /// Hostile guests: every misbehaviour contained.
 mod hostile;
 /// Text input edge cases: empty files, CRLF, long lines, many tiny files.
@@ -22,5 +24,9 @@ mod languages;
 mod memory;
 /// Operating a cluster: status page, metrics, draining, CLI comforts.
 mod operate;
+/// Coordinators that die, restart, lose their journal or are replaced.
+mod restarts;
+/// TLS, tokens, and what a coordinator refuses to do for the network.
+mod transport;
 /// The trust boundary: roles, tenants, forged reports.
 mod trust;
