@@ -1,3 +1,5 @@
+//! `wmr run` from a user's side: its flags, its errors and its exit codes.
+
 use crate::harness::*;
 
 #[test]

@@ -1,3 +1,6 @@
+//! Every example guest against a sequential reference written here, embedded
+//! and on a cluster, in Rust, Python and JavaScript.
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 

@@ -1,3 +1,5 @@
+//! Text input edge cases: empty files, CRLF, long lines, invalid UTF-8.
+
 use crate::harness::*;
 
 #[test]
