@@ -424,10 +424,10 @@ fn a_cancelled_attempt_stops_its_guest_and_frees_its_slot() {
 #[test]
 fn a_corrupted_shuffle_object_gets_its_map_run_again_and_the_output_is_identical() {
     let t = TestDir::new();
-    // A lease long enough that the frozen worker is not declared lost while
-    // the other does two hundred maps on a loaded machine: it is lost when
-    // it is killed, as its connection drops.
-    let mut c = Cluster::start_with_backups(&t, "30s", "1h");
+    // A lease long enough that the frozen worker is never declared lost
+    // while the other does two hundred maps, however loaded the machine: it
+    // is lost when it is killed, as its connection drops.
+    let mut c = Cluster::start_with_backups(&t, "10m", "1h");
     c.add_worker(1);
     // Some two hundred maps: with its module loaded from the compile cache,
     // a worker finishes a few dozen before a status poll could see one run.

@@ -16,7 +16,7 @@ mod examples;
 mod failures;
 /// Hostile guests: every misbehaviour contained.
 mod hostile;
-/// Text input edge cases: empty files, CRLF, long lines, many tiny files.
+/// Text input edge cases: empty files, CRLF, long lines, invalid UTF-8.
 mod input;
 /// Jobs in Python and JavaScript: contained, scaffolded, built, compiled once.
 mod languages;
@@ -24,7 +24,7 @@ mod languages;
 mod memory;
 /// Operating a cluster: status page, metrics, draining, CLI comforts.
 mod operate;
-/// Coordinators that die, restart, lose their journal or are replaced.
+/// Coordinators that die, restart, cannot write their journal or are replaced.
 mod restarts;
 /// TLS, tokens, and what a coordinator refuses to do for the network.
 mod transport;

@@ -624,7 +624,7 @@ fn wmr_run_serves_its_status_page_on_loopback_while_the_job_runs() {
 #[test]
 fn with_a_certificate_the_status_page_is_https_and_plain_http_gets_nothing() {
     let t = TestDir::new();
-    let pki = crate::transport::Pki::new("wmr test CA");
+    let pki = crate::cluster::Pki::new("wmr test CA");
     let ca = pki.write_ca(&t, "ca");
     let (cert, key) = pki.issue(&t, "coordinator", &["localhost"]);
     let tokens = t.write("tokens.csv", TOKENS);

@@ -11,58 +11,6 @@ use serde_json::Value;
 use crate::cluster::*;
 use crate::harness::*;
 
-/// A CA, and certificates it signs, made for one test.
-pub(crate) struct Pki {
-    ca: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
-}
-
-impl Pki {
-    pub(crate) fn new(name: &str) -> Self {
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params.distinguished_name.push(rcgen::DnType::CommonName, name);
-        let ca = rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap()).unwrap();
-        Pki { ca }
-    }
-
-    /// Write the CA certificate as `NAME.pem` and return its path.
-    pub(crate) fn write_ca(&self, t: &TestDir, name: &str) -> String {
-        t.write(&format!("{name}.pem"), self.ca.pem())
-            .to_str()
-            .unwrap()
-            .to_string()
-    }
-
-    /// A certificate for `names`, signed by the CA: (cert path, key path).
-    pub(crate) fn issue(&self, t: &TestDir, file: &str, names: &[&str]) -> (String, String) {
-        self.issue_in(t, file, names, None)
-    }
-
-    /// A certificate for `names` in Organization `organization` (which
-    /// gives its role), signed by the CA: (cert path, key path).
-    pub(crate) fn issue_in(
-        &self,
-        t: &TestDir,
-        file: &str,
-        names: &[&str],
-        organization: Option<&str>,
-    ) -> (String, String) {
-        let mut params =
-            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
-        if let Some(o) = organization {
-            params.distinguished_name.push(rcgen::DnType::OrganizationName, o);
-        }
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.ca).unwrap();
-        let cert_path = t.write(&format!("{file}.pem"), cert.pem());
-        let key_path = t.write(&format!("{file}.key"), key.serialize_pem());
-        (
-            cert_path.to_str().unwrap().to_string(),
-            key_path.to_str().unwrap().to_string(),
-        )
-    }
-}
-
 #[test]
 fn tls_with_client_certificates_runs_jobs_and_refuses_strangers() {
     use wmr::rpc::pb;
