@@ -11,13 +11,13 @@ use std::time::{Duration, Instant};
 use wmr::coordinator::JobSpec;
 use wmr::coordinator::access::DataAccess;
 use wmr::coordinator::ceilings::Ceilings;
+use wmr::coordinator::grpc::{bind, serve};
 use wmr::coordinator::journal::Journal;
 use wmr::coordinator::service::{Service, ServiceConfig, SubmitPolicy};
 use wmr::data::output::OutputFormat;
 use wmr::data::{Location, MapInput, Split, SplitKind};
 use wmr::protocol::JobRef;
 use wmr::rpc::pb;
-use wmr::rpc::server::{bind, serve};
 use wmr::runtime::Limits;
 use wmr::{JobId, ModuleDigest};
 

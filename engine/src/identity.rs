@@ -1,6 +1,7 @@
 //! Who calls the coordinator: an identity (a name) and its role. How a
 //! caller proves it is the transport's business (`rpc::auth`); what each
-//! role may do is decided here and in the service.
+//! role may do is decided here and in the coordinator's service. Below
+//! both, so that the transport need not depend on the coordinator.
 
 /// What a caller may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -8,14 +8,15 @@
 //! schedules tasks and commits the first successful attempt of each;
 //! [`worker`] runs attempts in slots on a dedicated compute pool; the two
 //! speak [`protocol`] and count [`attempt_metrics`] alike, and neither
-//! depends on the other; [`rpc`] carries all of that between machines
-//! (gRPC); [`cli`] is the thin shell over all of it.
+//! imports the other; [`rpc`] carries all of that between machines (gRPC),
+//! and so knows both; [`cli`] is the thin shell over all of it.
 
 pub mod attempt_metrics;
 pub mod cli;
 pub mod compute;
 pub mod coordinator;
 pub mod data;
+pub mod identity;
 mod ids;
 pub mod layout;
 pub mod project;

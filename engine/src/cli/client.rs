@@ -11,7 +11,7 @@ use tonic::Code;
 
 use super::job_args::JobArgs;
 use super::{Failure, exit, io_runtime, print};
-use crate::coordinator::status::{JobStatusDoc, UserState};
+use crate::protocol::status::{JobStatusDoc, UserState};
 use crate::rpc::auth::Token;
 use crate::rpc::client::AuthedChannel;
 use crate::rpc::pb::job_service_client::JobServiceClient;

@@ -7,8 +7,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::coordinator::identity::Identity;
 use crate::coordinator::service::{ErrorKind, Service, ServiceError};
+use crate::identity::Identity;
 use crate::protocol::{Assignment, HeartbeatReply, JobRef, Outcome, Registration, ReportResult};
 use crate::worker::{Link, LinkError};
 use crate::{AttemptId, JobId, ModuleDigest, TaskId};

@@ -12,15 +12,15 @@ use futures::{Stream, TryStreamExt};
 use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::auth::{Api, Authenticate, Tokens, caller};
-use super::convert;
-use super::pb;
-use super::pb::job_service_server::{JobService, JobServiceServer};
-use super::pb::worker_service_server::{WorkerService, WorkerServiceServer};
-use super::tls::ServerTls;
-use crate::coordinator::cluster::ClusterJob;
-use crate::coordinator::service::{ErrorKind, Service, ServiceError, SubmitRequest};
-use crate::coordinator::status::JobStatusDoc;
+use super::cluster::ClusterJob;
+use super::service::{ErrorKind, Service, ServiceError, SubmitRequest};
+use crate::protocol::status::JobStatusDoc;
+use crate::rpc::auth::{Api, Authenticate, Tokens, caller};
+use crate::rpc::convert;
+use crate::rpc::pb;
+use crate::rpc::pb::job_service_server::{JobService, JobServiceServer};
+use crate::rpc::pb::worker_service_server::{WorkerService, WorkerServiceServer};
+use crate::rpc::tls::ServerTls;
 use crate::runtime::limits::MAX_MODULE_BYTES;
 use crate::{AttemptId, JobId};
 
@@ -349,4 +349,52 @@ pub struct Security {
 /// If the address can't be bound.
 pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     tokio::net::TcpListener::bind(addr).await
+}
+
+#[cfg(test)]
+mod status_tests {
+    use std::time::{Duration, SystemTime};
+
+    use crate::coordinator::cluster::ClusterJob;
+    use crate::protocol::status::JobStatusDoc;
+    use crate::protocol::{Assignment, Outcome};
+    use crate::rpc::convert::{job_status_doc, job_status_to_pb};
+    use crate::task::{AttemptFailure, FailureKind};
+
+    #[test]
+    fn a_status_crosses_the_wire_typed_and_comes_back_the_same() {
+        let mut job = crate::coordinator::job::test_job(2, 1);
+        let (w, now) = (
+            crate::WorkerId("w1-1".into()),
+            SystemTime::UNIX_EPOCH + Duration::from_secs(9),
+        );
+        let a = job.next_assignment(&w, now, None).expect("work");
+        let (task, attempt) = a.task_and_attempt();
+        let failure = AttemptFailure::new(FailureKind::Limit, "over --max-memory");
+        job.report(task, attempt, Outcome::Failed(failure), now);
+        let Some(Assignment::Map(_)) = job.next_assignment(&w, now, None) else {
+            panic!("a map")
+        };
+        let j = ClusterJob {
+            job_ref: crate::protocol::JobRef {
+                job: job.spec.id.clone(),
+                module: crate::ModuleDigest::of(b"m"),
+                params: vec![],
+                limits: Default::default(),
+            },
+            job,
+            name: "wc".into(),
+            owner: "alice".into(),
+            submitted: now,
+            ended: None,
+        };
+        let doc = JobStatusDoc::of(&j, true);
+        let back = job_status_doc(&job_status_to_pb(&doc, 0)).expect("readable");
+        assert_eq!(back, doc);
+        let failed = &back.tasks[0].attempts[0];
+        assert_eq!(
+            (failed.state.as_str(), failed.kind),
+            ("failed", Some(FailureKind::Limit))
+        );
+    }
 }

@@ -130,7 +130,7 @@ pub enum Event {
 }
 
 fn anonymous() -> String {
-    super::identity::ANONYMOUS.to_string()
+    crate::identity::ANONYMOUS.to_string()
 }
 
 /// A committed task's output.

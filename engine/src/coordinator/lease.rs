@@ -98,7 +98,7 @@ impl LeaseRecord {
 }
 
 fn now_ms() -> u64 {
-    crate::coordinator::status::millis(SystemTime::now())
+    crate::protocol::status::millis(SystemTime::now())
 }
 
 impl StoreLease {

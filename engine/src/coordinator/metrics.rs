@@ -13,9 +13,9 @@ use prometheus_client::registry::Registry;
 
 use super::cluster::Cluster;
 use super::job::{AttemptState, JobState, TaskState};
-use super::status::UserState;
 use crate::Phase;
 use crate::attempt_metrics::{AttemptLabels, WorkTotals, phase_label};
+use crate::protocol::status::UserState;
 use crate::task::Counters;
 
 /// The content type of [`CoordinatorMetrics::encode`]'s text.

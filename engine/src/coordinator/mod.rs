@@ -7,7 +7,7 @@
 pub mod access;
 pub mod ceilings;
 pub mod cluster;
-pub mod identity;
+pub mod grpc;
 pub mod job;
 pub mod journal;
 pub mod lease;

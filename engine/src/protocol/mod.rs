@@ -2,8 +2,11 @@
 //! they are linked (in process for `wmr run`, gRPC for a cluster): a
 //! worker's registration and the answers to its heartbeats, the job and
 //! assignment it is given, how the attempt ended, and the coordinator's
-//! answer to that. The coordinator and the worker both depend on this
-//! module; neither depends on the other.
+//! answer to that; and, in [`status`], the job status clients are given.
+//! The coordinator, its workers and its clients all use this module, and
+//! none imports another; [`crate::rpc`] carries it between machines.
+
+pub mod status;
 
 use std::time::Duration;
 

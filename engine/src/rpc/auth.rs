@@ -14,6 +14,8 @@ use tonic::service::Interceptor;
 use tonic::{Request, Status};
 use tracing::warn;
 
+use crate::identity::{Identity, Role};
+
 /// Errors reading a token.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -97,8 +99,6 @@ impl Token {
         format!("Bearer {}", self.0)
     }
 }
-
-pub use crate::coordinator::identity::{ANONYMOUS, Identity, Role};
 
 /// The caller of `request`, as [`Authenticate`] proved it; an anonymous
 /// admin where no authentication ran (the services are then open).

@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use super::MalformedMessage;
 use super::pb;
-use crate::coordinator::status::{AttemptStatus, JobStatusDoc, Progress, TaskStatus, UserState};
 use crate::data::output::OutputFormat;
 use crate::data::{MapInput, Split, SplitKind};
+use crate::protocol::status::{AttemptStatus, JobStatusDoc, Progress, TaskStatus, UserState};
 use crate::protocol::{Assignment, JobRef, Outcome, ReportResult};
 use crate::runtime::Limits;
 use crate::shuffle::Partitioner;
@@ -237,7 +237,7 @@ pub fn assignment_to_pb(job: &JobRef, a: &Assignment) -> pb::Assignment {
 /// A task memory budget from the wire (zero means the default).
 fn memory_or_default(bytes: u64) -> u64 {
     if bytes == 0 {
-        crate::coordinator::job::DEFAULT_TASK_MEMORY
+        crate::task::DEFAULT_TASK_MEMORY
     } else {
         bytes
     }
@@ -576,51 +576,4 @@ pub fn job_status_doc(s: &pb::JobStatus) -> Result<JobStatusDoc, MalformedMessag
         counters: s.counters.clone().into_iter().collect(),
         tasks,
     })
-}
-
-#[cfg(test)]
-mod status_tests {
-    use std::time::{Duration, SystemTime};
-
-    use super::*;
-    use crate::coordinator::cluster::ClusterJob;
-    use crate::protocol::{Assignment, Outcome};
-    use crate::task::AttemptFailure;
-
-    #[test]
-    fn a_status_crosses_the_wire_typed_and_comes_back_the_same() {
-        let mut job = crate::coordinator::job::test_job(2, 1);
-        let (w, now) = (
-            crate::WorkerId("w1-1".into()),
-            SystemTime::UNIX_EPOCH + Duration::from_secs(9),
-        );
-        let a = job.next_assignment(&w, now, None).expect("work");
-        let (task, attempt) = a.task_and_attempt();
-        let failure = AttemptFailure::new(FailureKind::Limit, "over --max-memory");
-        job.report(task, attempt, Outcome::Failed(failure), now);
-        let Some(Assignment::Map(_)) = job.next_assignment(&w, now, None) else {
-            panic!("a map")
-        };
-        let j = ClusterJob {
-            job_ref: crate::protocol::JobRef {
-                job: job.spec.id.clone(),
-                module: crate::ModuleDigest::of(b"m"),
-                params: vec![],
-                limits: Default::default(),
-            },
-            job,
-            name: "wc".into(),
-            owner: "alice".into(),
-            submitted: now,
-            ended: None,
-        };
-        let doc = JobStatusDoc::of(&j, true);
-        let back = job_status_doc(&job_status_to_pb(&doc, 0)).expect("readable");
-        assert_eq!(back, doc);
-        let failed = &back.tasks[0].attempts[0];
-        assert_eq!(
-            (failed.state.as_str(), failed.kind),
-            ("failed", Some(FailureKind::Limit))
-        );
-    }
 }

@@ -1,13 +1,14 @@
 //! The gRPC layer: generated code for `proto/wmr.proto` (in [`pb`], never
 //! edited), conversions between wire messages and domain types
-//! ([`convert`]), the coordinator's two services ([`server`]) and client
-//! connections ([`client`]), with the shared token ([`auth`]) and TLS
-//! ([`tls`]). Domain code never sees `pb` types.
+//! ([`convert`]), and client connections ([`client`]), with the shared
+//! token ([`auth`]) and TLS ([`tls`]). Domain code never sees `pb` types.
+//! It knows the messages ([`crate::protocol`]) and not who sends them: the
+//! coordinator's services over it are `coordinator::grpc`, the worker's
+//! link is `worker::remote`, and the command line's client is `cli`.
 
 pub mod auth;
 pub mod client;
 pub mod convert;
-pub mod server;
 pub mod tls;
 
 /// Code generated from `proto/wmr.proto` at build time.

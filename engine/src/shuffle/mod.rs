@@ -195,7 +195,7 @@ struct SortEntry {
 /// Sixteen, not eight: a string key's row encoding spends a byte on its
 /// null marker and one on a block's continuation, and words built of a few
 /// common syllables share their first seven letters often enough that
-/// comparing whole rows on each tie was a tenth of a map's host time.
+/// comparing whole rows on each tie took 3% of a Zipf word count's CPU.
 pub fn key_prefix(key: &[u8]) -> [u64; 2] {
     let mut bytes = [0u8; 16];
     let n = key.len().min(16);
@@ -423,7 +423,7 @@ mod tests {
     #[test]
     fn normalized_keys_sort_as_whole_keys_do() {
         let enc = KeyEncoder::new(&[DataType::Utf8]).unwrap();
-        // Keys that tie on their first bytes, differ only past 8 bytes, or
+        // Keys that tie on their first bytes, differ only past 16 bytes, or
         // are prefixes of each other.
         let mut ks: Vec<String> = Vec::new();
         for i in 0..300u32 {

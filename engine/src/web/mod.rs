@@ -22,10 +22,10 @@ use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::get;
 
 use crate::JobId;
-use crate::coordinator::identity::{Identity, Role};
 use crate::coordinator::metrics::CONTENT_TYPE;
 use crate::coordinator::service::Service;
-use crate::coordinator::status::JobStatusDoc;
+use crate::identity::{Identity, Role};
+use crate::protocol::status::JobStatusDoc;
 use crate::rpc::auth::Tokens;
 use crate::spawn::SpawnedTask;
 
@@ -305,7 +305,7 @@ async fn job(State(web): State<Web>, Path(id): Path<String>, headers: HeaderMap)
     }
     match found {
         Some(doc) => {
-            Html(pages::job(&doc, crate::coordinator::status::millis(std::time::SystemTime::now())).into_string())
+            Html(pages::job(&doc, crate::protocol::status::millis(std::time::SystemTime::now())).into_string())
                 .into_response()
         }
         // Another tenant's job is as absent as one that never existed.

@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use maud::{DOCTYPE, Markup, PreEscaped, html};
 
-use crate::coordinator::identity::Identity;
 use crate::coordinator::service::WorkerView;
-use crate::coordinator::status::{AttemptStatus, JobStatusDoc, Progress, TaskStatus};
+use crate::identity::Identity;
+use crate::protocol::status::{AttemptStatus, JobStatusDoc, Progress, TaskStatus};
 
 const CSS: &str = "
 body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222}
@@ -332,7 +332,7 @@ pub fn job(doc: &JobStatusDoc, now_ms: u64) -> Markup {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::coordinator::status::UserState;
+    use crate::protocol::status::UserState;
 
     fn attempt(id: u64, worker: &str, span: (u64, Option<u64>), state: &str, error: Option<&str>) -> AttemptStatus {
         AttemptStatus {

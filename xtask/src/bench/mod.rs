@@ -1,8 +1,10 @@
-//! Benchmarks against peers measured in the same run: DuckDB (installed from
-//! PyPI into its own venv under target/bench) and the hand-tuned native
-//! baselines in ../shared/bench/native-wc. Every side's output is checked
-//! equal before a figure is printed; figures are medians, with each side's
-//! peak RSS (from wait4).
+//! `cargo xtask bench NAME`: the dispatch, and what the benches share to
+//! measure their sides. Most benches compare wmr with peers measured in the
+//! same run: DuckDB (installed from PyPI into its own venv under
+//! target/bench) and the hand-tuned native baselines in
+//! ../shared/bench/native-wc, every side's output checked equal before a
+//! figure is printed; figures are medians, with each side's peak RSS (from
+//! wait4). `scale`, `cluster` and `coordinator` measure wmr against itself.
 
 mod cluster;
 mod groupby;

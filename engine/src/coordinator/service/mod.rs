@@ -1,6 +1,6 @@
 //! The coordinator service, one for every mode: submit, register, poll,
 //! heartbeat, report, cancel, status and commit, over one [`Cluster`] and
-//! one [`Journal`]. `wmr coordinator` serves it over gRPC (`rpc::server`
+//! one [`Journal`]. `wmr coordinator` serves it over gRPC (`coordinator::grpc`
 //! only decodes, calls and encodes) with the journal in the object store;
 //! `wmr run` calls it in process, with a journal in memory and its task
 //! slots as an in-process worker. Retries, backups, leases, fairness and
@@ -20,13 +20,13 @@ use tokio::sync::Notify;
 use tracing::{info, warn};
 
 use super::cluster::{Cluster, ClusterJob};
-use super::identity::Identity;
 use super::journal::{Event, Journal, TaskOutput};
 use super::metrics::CoordinatorMetrics;
 use super::{Job, JobState, commit_output, remove_all};
 use crate::compute::ComputePool;
 use crate::data::Location;
 use crate::error_chain;
+use crate::identity::Identity;
 use crate::layout::StoreLayout;
 use crate::protocol::Outcome;
 use crate::runtime::{JobModule, Runtime};
@@ -46,7 +46,7 @@ pub const MAX_POLL_WAIT: Duration = Duration::from_secs(30);
 const VALIDATIONS_AT_ONCE: usize = 4;
 
 /// What kind of failure a [`ServiceError`] is: the one place that decides
-/// how each is shown (a gRPC status in `rpc::server`, an exit code in the
+/// how each is shown (a gRPC status in `coordinator::grpc`, an exit code in the
 /// CLI) is a match on this.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {
