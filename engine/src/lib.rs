@@ -8,8 +8,10 @@
 //! schedules tasks and commits the first successful attempt of each;
 //! [`worker`] runs attempts in slots on a dedicated compute pool; the two
 //! speak [`protocol`] and count [`attempt_metrics`] alike, and neither
-//! imports the other; [`rpc`] carries all of that between machines (gRPC),
-//! and so knows both; [`cli`] is the thin shell over all of it.
+//! imports the other; [`rpc`] is the wire beneath both (gRPC): it knows
+//! [`protocol`] and [`identity`], not the coordinator or the worker, and is
+//! served by `coordinator::grpc` and called by `worker::remote` and [`cli`],
+//! the thin shell over all of it.
 
 pub mod attempt_metrics;
 pub mod cli;

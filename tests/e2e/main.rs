@@ -8,7 +8,8 @@ mod harness;
 mod bad_input;
 /// `wmr run` flags, errors and exit codes.
 mod cli;
-/// Distributed mode: a coordinator and workers as real processes, running jobs.
+/// The cluster harness (real coordinator and worker processes, a test CA),
+/// and jobs on a healthy cluster.
 mod cluster;
 /// Every example guest against a sequential reference written here.
 mod examples;

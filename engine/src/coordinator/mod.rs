@@ -1,8 +1,9 @@
 //! Scheduling and committing jobs. [`job`] is the pure state machine of one
 //! job, [`cluster`] of many jobs and workers; [`service`] is the coordinator
-//! every mode runs (journal, waiting, committing); [`commit_output`] moves
-//! reduce outputs from their attempt paths into the output directory, then
-//! writes the `_SUCCESS` manifest, then removes the scratch directory.
+//! every mode runs (journal, waiting, committing), [`grpc`] its gRPC
+//! services, and [`status`] makes a job's status document. [`commit_output`]
+//! moves reduce outputs from their attempt paths into the output directory,
+//! then writes the `_SUCCESS` manifest, then removes the scratch directory.
 
 pub mod access;
 pub mod ceilings;

@@ -3,8 +3,8 @@
 //! worker's registration and the answers to its heartbeats, the job and
 //! assignment it is given, how the attempt ended, and the coordinator's
 //! answer to that; and, in [`status`], the job status clients are given.
-//! The coordinator, its workers and its clients all use this module, and
-//! none imports another; [`crate::rpc`] carries it between machines.
+//! The coordinator and the worker both use this module and never import
+//! each other; [`crate::rpc`] carries it between machines.
 
 pub mod status;
 

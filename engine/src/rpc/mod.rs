@@ -1,7 +1,8 @@
 //! The gRPC layer: generated code for `proto/wmr.proto` (in [`pb`], never
 //! edited), conversions between wire messages and domain types
 //! ([`convert`]), and client connections ([`client`]), with the shared
-//! token ([`auth`]) and TLS ([`tls`]). Domain code never sees `pb` types.
+//! token ([`auth`]) and TLS ([`tls`]). Only the edges that speak gRPC
+//! (`coordinator::grpc`, `worker::remote`, `cli`'s client) see `pb` types.
 //! It knows the messages ([`crate::protocol`]) and not who sends them: the
 //! coordinator's services over it are `coordinator::grpc`, the worker's
 //! link is `worker::remote`, and the command line's client is `cli`.
