@@ -30,18 +30,36 @@ pub struct Measured {
     pub wall: Duration,
     /// Peak resident set size, in bytes.
     pub peak_rss: u64,
+    /// User and system CPU time of the process and the descendants it
+    /// reaped, where the whole process was timed (not for a side timed by
+    /// its own clock, as DuckDB's query is). Steadier than wall time on a
+    /// shared machine: another process's load delays a side more than it
+    /// adds to its CPU.
+    pub cpu: Option<Duration>,
+}
+
+/// What wait4 says of a reaped child.
+struct Reaped {
+    /// Its exit code (128 + the signal, when killed).
+    code: i32,
+    peak_rss: u64,
+    cpu: Duration,
 }
 
 /// Run `cmd` to completion, timing it and reading its peak RSS from wait4.
 pub fn measure(cmd: &mut Command) -> Result<Measured> {
     let start = Instant::now();
     let child = cmd.spawn().with_context(|| format!("starting {cmd:?}"))?;
-    let (status, peak_rss) = wait_with_rusage(child)?;
+    let reaped = wait_with_rusage(child)?;
     let wall = start.elapsed();
-    if status != 0 {
-        bail!("{cmd:?} failed with exit status {status}");
+    if reaped.code != 0 {
+        bail!("{cmd:?} failed with exit status {}", reaped.code);
     }
-    Ok(Measured { wall, peak_rss })
+    Ok(Measured {
+        wall,
+        peak_rss: reaped.peak_rss,
+        cpu: Some(reaped.cpu),
+    })
 }
 
 /// Reap `child` with wait4, which reports the peak RSS of the child and of
@@ -49,7 +67,7 @@ pub fn measure(cmd: &mut Command) -> Result<Measured> {
 /// exits or reaped elsewhere (PySpark's driver does not reap its JVM);
 /// getrusage's RUSAGE_CHILDREN would give the maximum over every child.
 #[allow(unsafe_code, reason = "wait4 has no safe std equivalent; the pointers are to locals")]
-fn wait_with_rusage(child: std::process::Child) -> Result<(i32, u64)> {
+fn wait_with_rusage(child: std::process::Child) -> Result<Reaped> {
     let pid = child.id() as libc::pid_t;
     let mut status: libc::c_int = 0;
     // SAFETY: zeroed rusage is a valid value of a plain C struct.
@@ -65,23 +83,40 @@ fn wait_with_rusage(child: std::process::Child) -> Result<(i32, u64)> {
     } else {
         128 + libc::WTERMSIG(status)
     };
-    // ru_maxrss is in KiB on Linux.
-    Ok((code, u64::try_from(usage.ru_maxrss).unwrap_or(0) * 1024))
+    let time = |t: libc::timeval| {
+        Duration::from_secs(u64::try_from(t.tv_sec).unwrap_or(0))
+            + Duration::from_micros(u64::try_from(t.tv_usec).unwrap_or(0))
+    };
+    Ok(Reaped {
+        code,
+        // ru_maxrss is in KiB on Linux.
+        peak_rss: u64::try_from(usage.ru_maxrss).unwrap_or(0) * 1024,
+        cpu: time(usage.ru_utime) + time(usage.ru_stime),
+    })
 }
 
+/// The median wall time and median CPU time (each of its own round), and
+/// the highest peak RSS, of `v`'s rounds.
 fn median_of(mut v: Vec<Measured>) -> Measured {
     v.sort_by_key(|m| m.wall);
     let mid = v[v.len() / 2];
+    let mut cpu: Vec<Duration> = v.iter().filter_map(|m| m.cpu).collect();
+    cpu.sort();
     Measured {
         wall: mid.wall,
         peak_rss: v.iter().map(|m| m.peak_rss).max().unwrap_or(0),
+        cpu: cpu.get(cpu.len() / 2).copied(),
     }
 }
 
-/// One line of a bench's table: a side, its median time and peak RSS.
+/// One line of a bench's table: a side, its median time, CPU time (where
+/// measured) and peak RSS.
 fn print_row(label: &str, m: Measured, note: &str) {
+    let cpu = m
+        .cpu
+        .map_or_else(|| " ".repeat(15), |c| format!("   CPU {:>6.2} s", c.as_secs_f64()));
     println!(
-        "  {label}{:>7.2} s   peak RSS {:>6.0} MiB{note}",
+        "  {label}{:>7.2} s{cpu}   peak RSS {:>6.0} MiB{note}",
         m.wall.as_secs_f64(),
         mib(m.peak_rss)
     );
@@ -146,9 +181,9 @@ fn duckdb_timed(python: &Path, script: &str, args: &[&Path]) -> Result<(Measured
     let mut child = cmd.spawn().context("starting DuckDB")?;
     let mut stdout = String::new();
     std::io::Read::read_to_string(&mut child.stdout.take().context("DuckDB's stdout")?, &mut stdout)?;
-    let (status, peak_rss) = wait_with_rusage(child)?;
-    if status != 0 {
-        bail!("the DuckDB script failed with status {status}");
+    let reaped = wait_with_rusage(child)?;
+    if reaped.code != 0 {
+        bail!("the DuckDB script failed with status {}", reaped.code);
     }
     let trimmed = stdout.trim_end();
     let (before, last) = trimmed.rsplit_once('\n').unwrap_or(("", trimmed));
@@ -158,7 +193,8 @@ fn duckdb_timed(python: &Path, script: &str, args: &[&Path]) -> Result<(Measured
         .with_context(|| format!("DuckDB printed {stdout:?}"))?;
     let measured = Measured {
         wall: Duration::from_secs_f64(seconds),
-        peak_rss,
+        peak_rss: reaped.peak_rss,
+        cpu: None,
     };
     Ok((measured, before.to_string()))
 }
