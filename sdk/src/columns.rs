@@ -308,7 +308,13 @@ impl Field for String {
     }
     fn read(col: &Column, row: usize) -> Option<Self> {
         match &col.data {
-            ColumnData::Utf8(v) if is_valid(col, row) => Some(String::from_utf8_lossy(var_width(v, row)).into_owned()),
+            ColumnData::Utf8(v) if is_valid(col, row) => {
+                let bytes = var_width(v, row);
+                Some(match std::str::from_utf8(bytes) {
+                    Ok(text) => text.to_owned(),
+                    Err(_) => String::from_utf8_lossy(bytes).into_owned(),
+                })
+            }
             _ => None,
         }
     }

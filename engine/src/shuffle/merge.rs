@@ -21,7 +21,7 @@ use arrow::datatypes::SchemaRef;
 use arrow::ipc::reader::StreamReader;
 use arrow::row::Rows;
 
-use super::object::{RUN_BATCH_ROWS, ShuffleWriter};
+use super::object::{Compression, RUN_BATCH_ROWS, ShuffleWriter};
 use super::{Error, KeyEncoder, internal};
 
 /// Fewest runs a merge opens at once, whatever the memory budget.
@@ -424,7 +424,7 @@ pub fn reduce_runs(
             source,
         };
         let file = tempfile::tempfile().map_err(io)?;
-        let mut writer = ShuffleWriter::new(BufWriter::new(&file), schema, 1)?;
+        let mut writer = ShuffleWriter::new(BufWriter::new(&file), schema, 1, Compression::None)?;
         let mut merger = Merger::new(encoder, group)?;
         while let Some(chunk) = merger.next_rows(RUN_BATCH_ROWS)? {
             writer.write(0, &chunk)?;
@@ -517,7 +517,7 @@ mod tests {
     fn ipc_runs_refuse_another_schema() {
         let schema = batch(&[], &[]).schema();
         let file = tempfile::tempfile().unwrap();
-        let mut w = ShuffleWriter::new(BufWriter::new(&file), &schema, 2).unwrap();
+        let mut w = ShuffleWriter::new(BufWriter::new(&file), &schema, 2, Compression::None).unwrap();
         w.write(1, &batch(&["x"], &[1])).unwrap();
         let (_, ranges) = w.finish().unwrap();
         assert!(ranges[0].is_empty());

@@ -24,8 +24,8 @@ pub use merge::{
     DeferredRun, FileSection, IpcRun, MIN_FAN_IN, MemoryRun, Merger, RunFile, RunReader, fan_in, reduce_runs,
 };
 pub use object::{
-    ENTRIES_READ, MAGIC, PartitionSlice, RUN_BATCH_ROWS, ShuffleWriter, TRAILER_LEN, check_trailer, entry_offset,
-    index_len, parse_index, parse_index_entries, partition_checksum,
+    Compression, ENTRIES_READ, MAGIC, PartitionSlice, RUN_BATCH_ROWS, ShuffleWriter, TRAILER_LEN, check_trailer,
+    entry_offset, index_len, parse_index, parse_index_entries, partition_checksum,
 };
 
 /// Errors of the shuffle.
@@ -452,7 +452,7 @@ mod tests {
         use std::sync::Arc;
         let enc = KeyEncoder::new(&[DataType::Utf8]).unwrap();
         let schema = batch(&[], &[]).schema();
-        let mut w = ShuffleWriter::new(Vec::new(), &schema, 3).unwrap();
+        let mut w = ShuffleWriter::new(Vec::new(), &schema, 3, Compression::Lz4).unwrap();
         w.write(0, &batch(&["a", "c"], &[1, 2])).unwrap();
         w.write(2, &batch(&["b"], &[3])).unwrap();
         assert!(w.write(1, &batch(&["z"], &[3])).is_err(), "partitions go in order");

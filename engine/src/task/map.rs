@@ -17,7 +17,7 @@ use crate::data::sink::ObjectSink;
 use crate::data::text::{TextSplitReader, stream_text_split};
 use crate::data::{Location, Split, SplitKind};
 use crate::runtime::{CancelFlag, GuestInstance, JobModule, Runtime};
-use crate::shuffle::{self, KeyEncoder, MemoryRun, Merger, ShuffleWriter};
+use crate::shuffle::{self, Compression, KeyEncoder, MemoryRun, Merger, ShuffleWriter};
 use crate::spawn::SpawnedTask;
 
 pub(super) enum InputReader {
@@ -148,8 +148,9 @@ pub async fn run_map(ctx: &JobContext, a: &MapAssignment) -> Result<MapOutput, E
     ));
     let object = Location::parse(&a.shuffle_object)?;
     let assignment = a.clone();
+    let compression = Compression::for_object(object.is_local());
     let counters = compute_into_upload(ctx, &object, move |guest, sink| {
-        map_compute(guest, &assignment, rx, sink)
+        map_compute(guest, &assignment, rx, (sink, compression))
     })
     .await?;
     Ok(MapOutput { counters })
@@ -312,7 +313,7 @@ fn map_compute(
     (runtime, module, cancel): (&Runtime, &JobModule, &CancelFlag),
     a: &MapAssignment,
     mut splits: mpsc::Receiver<Result<OpenedSplit, Error>>,
-    sink: ObjectSink,
+    (sink, compression): (ObjectSink, Compression),
 ) -> Result<Counters, Error> {
     let guest = module
         .instantiate(runtime, cancel)
@@ -444,7 +445,7 @@ fn map_compute(
     drop(pending);
     let partitions = work.sort_and_combine(&all)?;
     drop(all);
-    let mut out = ShuffleWriter::new(sink, &schema, a.partitions)?;
+    let mut out = ShuffleWriter::new(sink, &schema, a.partitions, compression)?;
     let mut shuffled = 0i64;
     let mut merge_spilled = 0u64;
     let fan_in = memory.fan_in();

@@ -14,7 +14,7 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 
 use super::Error;
-use crate::shuffle::{DeferredRun, RunFile, RunReader, ShuffleWriter};
+use crate::shuffle::{Compression, DeferredRun, RunFile, RunReader, ShuffleWriter};
 
 /// The runs spilled so far by one map attempt.
 pub struct Spills {
@@ -54,7 +54,7 @@ impl Spills {
         };
         let mut out: &File = &file;
         out.seek(SeekFrom::Start(self.bytes)).map_err(Error::Spill)?;
-        let mut writer = ShuffleWriter::new(BufWriter::new(out), schema, partitions.len() as u32)?;
+        let mut writer = ShuffleWriter::new(BufWriter::new(out), schema, partitions.len() as u32, Compression::None)?;
         for (p, batches) in partitions.iter().enumerate() {
             for b in batches {
                 writer.write(p as u32, b)?;
