@@ -22,7 +22,7 @@ use arrow::ipc::reader::StreamReader;
 use arrow::row::Rows;
 
 use super::object::{Compression, RUN_BATCH_ROWS, ShuffleWriter};
-use super::{Error, KeyEncoder, internal};
+use super::{Error, KeyEncoder, internal, key_prefix, prefix_is_whole};
 
 /// Fewest runs a merge opens at once, whatever the memory budget.
 pub const MIN_FAN_IN: usize = 4;
@@ -203,8 +203,19 @@ struct Cursor {
     batch: RecordBatch,
     rows: Rows,
     pos: usize,
+    /// The normalized prefix of the key at `pos` ([`key_prefix`]).
+    prefix: [u64; 2],
     /// Index of `batch` among the chunk's source batches.
     slot: usize,
+}
+
+impl Cursor {
+    /// Take in the key at `pos`.
+    fn refresh(&mut self) {
+        if self.pos < self.rows.num_rows() {
+            self.prefix = key_prefix(self.rows.row(self.pos).as_ref());
+        }
+    }
 }
 
 /// Merges key-sorted runs into key-sorted chunks that keep groups of equal
@@ -214,7 +225,9 @@ pub struct Merger<'a> {
     cursors: Vec<Cursor>,
     /// Indexes into `cursors`, a min-heap by current row.
     heap: Vec<usize>,
-    /// The key of the last row handed out, to find group boundaries.
+    /// The prefix of the last row handed out, and its whole key when the
+    /// prefix does not hold it, to find group boundaries.
+    last_prefix: [u64; 2],
     last_key: Vec<u8>,
     has_last: bool,
     /// Batches the chunk being built takes rows from.
@@ -231,6 +244,7 @@ impl<'a> Merger<'a> {
             encoder,
             cursors: Vec::with_capacity(runs.len()),
             heap: Vec::with_capacity(runs.len()),
+            last_prefix: [0; 2],
             last_key: Vec::new(),
             has_last: false,
             slots: Vec::new(),
@@ -238,13 +252,16 @@ impl<'a> Merger<'a> {
         for mut run in runs {
             if let Some((batch, rows)) = next_nonempty(encoder, run.as_mut())? {
                 merger.slots.push(batch.clone());
-                merger.cursors.push(Cursor {
+                let mut cursor = Cursor {
                     run,
                     batch,
                     rows,
                     pos: 0,
+                    prefix: [0; 2],
                     slot: merger.slots.len() - 1,
-                });
+                };
+                cursor.refresh();
+                merger.cursors.push(cursor);
                 merger.heap.push(merger.cursors.len() - 1);
             }
         }
@@ -254,9 +271,19 @@ impl<'a> Merger<'a> {
         Ok(merger)
     }
 
+    /// Whether run `a`'s current key comes before run `b`'s: by their
+    /// prefixes, then by whole keys only where the prefixes tie and do not
+    /// hold them; equal keys in run order.
     fn less(&self, a: usize, b: usize) -> bool {
         let (ca, cb) = (&self.cursors[a], &self.cursors[b]);
-        match ca.rows.row(ca.pos).cmp(&cb.rows.row(cb.pos)) {
+        let order = ca.prefix.cmp(&cb.prefix).then_with(|| {
+            if prefix_is_whole(&ca.prefix) {
+                std::cmp::Ordering::Equal
+            } else {
+                ca.rows.row(ca.pos).cmp(&cb.rows.row(cb.pos))
+            }
+        });
+        match order {
             std::cmp::Ordering::Equal => a < b,
             o => o.is_lt(),
         }
@@ -317,21 +344,27 @@ impl<'a> Merger<'a> {
                 if indices.len() >= min_rows {
                     break;
                 }
-            } else if !self.has_last || c.rows.row(c.pos).as_ref() != self.last_key.as_slice() {
-                let row = c.rows.row(c.pos);
+            } else if !self.has_last
+                || c.prefix != self.last_prefix
+                || (!prefix_is_whole(&c.prefix) && c.rows.row(c.pos).as_ref() != self.last_key.as_slice())
+            {
                 if !indices.is_empty() {
                     ends.push(indices.len() as u32);
                     if indices.len() >= min_rows {
                         break;
                     }
                 }
+                self.last_prefix = c.prefix;
                 self.last_key.clear();
-                self.last_key.extend_from_slice(row.as_ref());
+                if !prefix_is_whole(&c.prefix) {
+                    self.last_key.extend_from_slice(c.rows.row(c.pos).as_ref());
+                }
                 self.has_last = true;
             }
             indices.push((c.slot, c.pos));
             let c = &mut self.cursors[top];
             c.pos += 1;
+            c.refresh();
             if c.pos == c.batch.num_rows() {
                 match next_nonempty(self.encoder, c.run.as_mut())? {
                     Some((batch, rows)) => {
@@ -339,6 +372,7 @@ impl<'a> Merger<'a> {
                         c.batch = batch;
                         c.rows = rows;
                         c.pos = 0;
+                        c.refresh();
                         c.slot = self.slots.len() - 1;
                     }
                     None => {
