@@ -298,7 +298,7 @@ mod tests {
             upload.finish().await.unwrap();
             let got = std::fs::read(dir.path().join(name)).unwrap();
             assert_eq!(got.len() as u64, size.bytes);
-            assert_eq!(size.checksum, xxhash_rust::xxh3::xxh3_64(&got));
+            assert_eq!(size.checksum, Some(xxhash_rust::xxh3::xxh3_64(&got)));
             match format {
                 OutputFormat::Text => assert_eq!(&got[..], b"A 509\nb 2\nA 509\nb 2\n"),
                 OutputFormat::Parquet => assert_eq!(&got[..4], b"PAR1"),

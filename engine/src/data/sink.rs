@@ -37,8 +37,9 @@ pub struct ObjectSink {
     tx: mpsc::Sender<Message>,
     buf: Vec<u8>,
     written: u64,
-    /// The xxh3-64 of every byte written (boxed: its state is large).
-    hasher: Box<xxhash_rust::xxh3::Xxh3>,
+    /// The xxh3-64 of every byte written (boxed: its state is large), unless
+    /// the writer checksums its own parts.
+    hasher: Option<Box<xxhash_rust::xxh3::Xxh3>>,
     display: String,
 }
 
@@ -47,8 +48,9 @@ pub struct ObjectSink {
 pub struct Written {
     /// Its size in bytes.
     pub bytes: u64,
-    /// The xxh3-64 checksum of its bytes.
-    pub checksum: u64,
+    /// The xxh3-64 checksum of its bytes, unless the sink was made
+    /// [`ObjectSink::without_checksum`].
+    pub checksum: Option<u64>,
 }
 
 /// The uploading end, owned by the async caller; await [`Upload::finish`].
@@ -79,7 +81,7 @@ pub fn upload(location: &Location) -> (ObjectSink, Upload) {
             tx,
             buf: Vec::with_capacity(CHUNK_BYTES),
             written: 0,
-            hasher: Box::new(xxhash_rust::xxh3::Xxh3::new()),
+            hasher: Some(Box::new(xxhash_rust::xxh3::Xxh3::new())),
             display: location.display.clone(),
         },
         Upload {
@@ -153,6 +155,14 @@ impl ObjectSink {
         self.written
     }
 
+    /// This sink, not checksumming the whole object: for a writer that
+    /// checksums its own parts (a shuffle object's partitions), so that no
+    /// byte is hashed twice.
+    pub fn without_checksum(mut self) -> Self {
+        self.hasher = None;
+        self
+    }
+
     fn send(&mut self, message: Message) -> std::io::Result<()> {
         // Called from a compute thread, never from tokio's.
         self.tx.blocking_send(message).map_err(|_| {
@@ -181,18 +191,30 @@ impl ObjectSink {
         self.send(Message::Finish)?;
         Ok(Written {
             bytes: self.written,
-            checksum: self.hasher.digest(),
+            checksum: self.hasher.map(|h| h.digest()),
         })
     }
 }
 
 impl Write for ObjectSink {
     fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        self.buf.extend_from_slice(data);
-        self.hasher.update(data);
+        if let Some(hasher) = &mut self.hasher {
+            hasher.update(data);
+        }
         self.written += data.len() as u64;
-        if self.buf.len() >= CHUNK_BYTES {
+        // The buffer never grows past its capacity (a reallocation copies
+        // it): what would not fit goes first, and a write of a chunk or
+        // more goes alone.
+        if self.buf.len() + data.len() > self.buf.capacity() {
             self.send_buffer()?;
+        }
+        if data.len() >= CHUNK_BYTES {
+            self.send(Message::Data(Bytes::copy_from_slice(data)))?;
+        } else {
+            self.buf.extend_from_slice(data);
+            if self.buf.len() >= CHUNK_BYTES {
+                self.send_buffer()?;
+            }
         }
         Ok(data.len())
     }
@@ -226,40 +248,44 @@ mod tests {
     use super::*;
     use crate::compute::ComputePool;
 
-    async fn write_object(location: &Location, size: usize) -> Result<u64, Error> {
+    /// Write `size` bytes (byte i is i % 251) in writes of mixed sizes:
+    /// small ones, ones that straddle the sink's chunk, ones larger than it.
+    async fn write_object(location: &Location, size: usize) -> Result<Written, Error> {
         let pool = ComputePool::new(1).unwrap();
         let (sink, upload) = upload(location);
         let written = pool
             .run(move || {
                 let mut sink = sink;
-                let block: Vec<u8> = (0..64 * 1024).map(|i| (i % 251) as u8).collect();
-                let mut left = size;
-                while left > 0 {
-                    let n = left.min(block.len());
-                    sink.write_all(&block[..n])?;
-                    left -= n;
+                let data: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+                let sizes = [64 * 1024, 1, CHUNK_BYTES + 3, 900 * 1024, 7];
+                let mut at = 0;
+                for n in sizes.iter().cycle() {
+                    if at == size {
+                        break;
+                    }
+                    let n = (*n).min(size - at);
+                    sink.write_all(&data[at..at + n])?;
+                    at += n;
                 }
                 sink.finish()
             })
             .await
             .unwrap();
         upload.finish().await?;
-        Ok(written.unwrap().bytes)
+        Ok(written.unwrap())
     }
 
     #[tokio::test]
     async fn small_and_multipart_objects_arrive_whole() {
         let dir = tempfile::tempdir().unwrap();
-        for size in [0usize, 10, PART_BYTES * 2 + 12345] {
+        for size in [0usize, 10, CHUNK_BYTES * 3 + 5, PART_BYTES * 2 + 12345] {
             let at = Location::parse(dir.path().join(format!("o{size}")).to_str().unwrap()).unwrap();
-            assert_eq!(write_object(&at, size).await.unwrap(), size as u64);
+            let written = write_object(&at, size).await.unwrap();
             let got = std::fs::read(dir.path().join(format!("o{size}"))).unwrap();
+            assert_eq!(written.bytes, size as u64);
+            assert_eq!(written.checksum, Some(xxhash_rust::xxh3::xxh3_64(&got)));
             assert_eq!(got.len(), size);
-            assert!(
-                got.iter()
-                    .enumerate()
-                    .all(|(i, &b)| b == ((i % (64 * 1024)) % 251) as u8)
-            );
+            assert!(got.iter().enumerate().all(|(i, &b)| b == (i % 251) as u8));
         }
     }
 

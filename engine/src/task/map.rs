@@ -445,7 +445,7 @@ fn map_compute(
     drop(pending);
     let partitions = work.sort_and_combine(&all)?;
     drop(all);
-    let mut out = ShuffleWriter::new(sink, &schema, a.partitions, compression)?;
+    let mut out = ShuffleWriter::new(sink.without_checksum(), &schema, a.partitions, compression)?;
     let mut shuffled = 0i64;
     let mut merge_spilled = 0u64;
     let fan_in = memory.fan_in();

@@ -196,7 +196,12 @@ pub async fn run_reduce(ctx: &JobContext, a: &ReduceAssignment) -> Result<Reduce
     Ok(ReduceOutput {
         rows,
         bytes: written.bytes,
-        checksum: written.checksum,
+        checksum: written.checksum.ok_or_else(|| {
+            Error::Data(crate::data::Error::Internal(format!(
+                "the upload of {} kept no checksum",
+                a.output_file
+            )))
+        })?,
         counters,
     })
 }
