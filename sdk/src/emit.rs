@@ -3,9 +3,9 @@
 
 use std::marker::PhantomData;
 
-use crate::bindings::wmr::job::types::{Batch, Column};
+use crate::bindings::wmr::job::types::{Batch, Column, ColumnData};
 use crate::columnar::Strings;
-use crate::columns::{ColumnBuilder, Columns, IntoColumns, builders_for};
+use crate::columns::{ColumnBuilder, Columns, IntoColumns, builders_for, is_valid, var_width};
 use crate::combiner::{CombineFn, Grouping};
 
 /// The in-mapper combiner returns what it holds once it holds this many
@@ -232,6 +232,37 @@ impl<'a, V: Columns> Values<'a, V> {
     }
 }
 
+impl<'a> Values<'a, String> {
+    /// The values as borrowed strings, in order: no `String` is made for
+    /// each, as iterating the `Values` itself makes. For a reduce that only
+    /// passes its values on or looks at them (a sort, a filter, a join's
+    /// probe side).
+    ///
+    /// ```no_run
+    /// # fn f(lines: wmr_sdk::Values<String>, out: &mut wmr_sdk::Output<String>) {
+    /// for line in lines.strs() {
+    ///     out.push(line);
+    /// }
+    /// # }
+    /// ```
+    pub fn strs(self) -> impl Iterator<Item = &'a str> {
+        let (columns, taken) = match self.source {
+            ValuesSource::Columns { cols, next, end, .. } => (Some((cols, next..end)), None),
+            ValuesSource::Taking(it) => (None, Some(it)),
+        };
+        let from_columns = columns.into_iter().flat_map(|(cols, rows)| {
+            rows.filter_map(move |row| match cols.first().map(|c| (c, &c.data)) {
+                // As `String::read` does, a null row is skipped; text that
+                // is not UTF-8 (the host sends none) is skipped too, since
+                // it cannot be borrowed as a `str`.
+                Some((col, ColumnData::Utf8(v))) if is_valid(col, row) => std::str::from_utf8(var_width(v, row)).ok(),
+                _ => None,
+            })
+        });
+        from_columns.chain(taken.into_iter().flatten().map(|s| s.as_str()))
+    }
+}
+
 impl<V: Columns + std::iter::Sum<V>> Values<'_, V> {
     /// The sum of the values, typed as the values are (so it needs no
     /// annotation where `Iterator::sum` would).
@@ -353,6 +384,21 @@ mod tests {
                 )
             })
             .collect()
+    }
+
+    #[test]
+    fn values_lend_their_strings_in_order() {
+        let mut cols = builders_for::<String>();
+        for text in ["zero", "one", "two", "three"] {
+            text.to_string().append(&mut cols);
+        }
+        let cols: Vec<Column> = cols.into_iter().map(ColumnBuilder::finish).collect();
+        let lent: Vec<&str> = Values::<String>::rows(&cols, 1, 3).strs().collect();
+        assert_eq!(lent, ["one", "two"]);
+        let owned: Vec<String> = Values::<String>::rows(&cols, 1, 4).collect();
+        assert_eq!(owned, Values::<String>::rows(&cols, 1, 4).strs().collect::<Vec<_>>());
+        let mut held = ["a".to_string(), "b".to_string()];
+        assert_eq!(Values::taking(&mut held).strs().collect::<Vec<_>>(), ["a", "b"]);
     }
 
     #[test]
