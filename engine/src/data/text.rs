@@ -13,7 +13,8 @@
 
 use std::sync::Arc;
 
-use arrow::array::{Int64Builder, RecordBatch, StringBuilder};
+use arrow::array::{Int64Builder, RecordBatch, StringArray, StringBuilder};
+use arrow::buffer::{Buffer, OffsetBuffer, ScalarBuffer};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use bytes::Bytes;
 use object_store::ObjectStoreExt;
@@ -26,6 +27,9 @@ use super::location::Location;
 pub const MAX_BATCH_LINES: usize = 64 * 1024;
 /// Most line bytes in one input batch.
 pub const MAX_BATCH_BYTES: usize = 512 << 10;
+/// The longest line any reader accepts: an Arrow string array's offsets
+/// are 32-bit.
+pub const MAX_LINE_BYTES: u64 = i32::MAX as u64;
 
 /// The schema of text input batches.
 pub fn text_schema() -> SchemaRef {
@@ -112,16 +116,17 @@ impl TextSplitReader {
             line_start: if start == 0 { Some(0) } else { None },
             eof: false,
             done: start >= file_size,
-            max_record: u64::MAX,
+            max_record: MAX_LINE_BYTES,
             invalid_utf8_lines: 0,
             bytes_read: 0,
         }
     }
 
-    /// Refuse lines longer than `bytes` (the default is no limit) with
-    /// [`Error::RecordTooLong`], instead of buffering them.
+    /// Refuse lines longer than `bytes` (at most, and by default,
+    /// [`MAX_LINE_BYTES`]) with [`Error::RecordTooLong`], instead of
+    /// buffering them.
     pub fn with_max_record(mut self, bytes: u64) -> Self {
-        self.max_record = bytes;
+        self.max_record = bytes.min(MAX_LINE_BYTES);
         self
     }
 
@@ -172,6 +177,32 @@ impl TextSplitReader {
         self.buf_pos += n as u64;
     }
 
+    /// The lines whose bytes are `values`, line `i` ending at `ends[i + 1]`:
+    /// as they are when all are UTF-8 (checked once, with every line end on
+    /// a character boundary), else each line that is not with its invalid
+    /// bytes replaced by U+FFFD, and counted.
+    fn lines_of(&mut self, values: Vec<u8>, ends: Vec<i32>) -> StringArray {
+        let offsets = OffsetBuffer::new(ScalarBuffer::from(ends));
+        let values = Buffer::from_vec(values);
+        match StringArray::try_new(offsets.clone(), values.clone(), None) {
+            Ok(lines) => lines,
+            Err(_) => {
+                let mut lines = StringBuilder::with_capacity(offsets.len() - 1, values.len());
+                for w in offsets.windows(2) {
+                    let line = values.get(w[0] as usize..w[1] as usize).unwrap_or_default();
+                    match std::str::from_utf8(line) {
+                        Ok(text) => lines.append_value(text),
+                        Err(_) => {
+                            self.invalid_utf8_lines += 1;
+                            lines.append_value(String::from_utf8_lossy(line));
+                        }
+                    }
+                }
+                lines.finish()
+            }
+        }
+    }
+
     /// The next batch of lines, or `None` when the split is done.
     ///
     /// # Errors
@@ -198,7 +229,11 @@ impl TextSplitReader {
             }
         }
         let mut offsets = Int64Builder::new();
-        let mut lines = StringBuilder::with_capacity(MAX_BATCH_LINES, MAX_BATCH_BYTES);
+        // The lines' bytes back to back, and where each ends: checked as
+        // UTF-8 once for the batch, not line by line.
+        let mut values: Vec<u8> = Vec::with_capacity(MAX_BATCH_BYTES);
+        let mut ends: Vec<i32> = Vec::with_capacity(MAX_BATCH_LINES + 1);
+        ends.push(0);
         let mut rows = 0usize;
         let mut bytes = 0usize;
         let mut scan_from = 0usize;
@@ -237,13 +272,11 @@ impl TextSplitReader {
             if rows > 0 && bytes + line.len() > MAX_BATCH_BYTES {
                 break;
             }
-            match std::str::from_utf8(line) {
-                Ok(text) => lines.append_value(text),
-                Err(_) => {
-                    self.invalid_utf8_lines += 1;
-                    lines.append_value(String::from_utf8_lossy(line));
-                }
-            }
+            values.extend_from_slice(line);
+            // A line that would overflow the batch starts the next, so a
+            // batch is at most MAX_BATCH_BYTES or one line of at most
+            // MAX_LINE_BYTES: within i32.
+            ends.push(i32::try_from(values.len()).map_err(|_| self.too_long(start))?);
             offsets.append_value(start as i64);
             rows += 1;
             bytes += line.len();
@@ -260,11 +293,9 @@ impl TextSplitReader {
         if rows == 0 {
             return Ok(None);
         }
-        let batch = RecordBatch::try_new(
-            text_schema(),
-            vec![Arc::new(offsets.finish()), Arc::new(lines.finish())],
-        )
-        .map_err(|e| Error::Internal(format!("building a text batch: {e}")))?;
+        let lines = self.lines_of(values, ends);
+        let batch = RecordBatch::try_new(text_schema(), vec![Arc::new(offsets.finish()), Arc::new(lines)])
+            .map_err(|e| Error::Internal(format!("building a text batch: {e}")))?;
         Ok(Some(batch))
     }
 }
@@ -320,15 +351,21 @@ mod tests {
 
     #[test]
     fn invalid_utf8_is_replaced_and_counted() {
-        let data = b"ok\nbad \xff here\n";
+        // The last two lines are each invalid, though their bytes back to
+        // back (without the newline) would be an é: the batch is checked
+        // whole, and each line too.
+        let data = b"ok\nbad \xff here\ncaf\xc3\n\xa9t\xc3\xa9\n";
         let (tx, rx) = mpsc::channel(4);
         tx.try_send(Ok(Bytes::from_static(data))).unwrap();
         drop(tx);
         let mut r = TextSplitReader::new(rx, "f".into(), 0, data.len() as u64, data.len() as u64);
         let b = r.next_batch().unwrap().unwrap();
         let lines = b.column(1).as_any().downcast_ref::<StringArray>().unwrap();
+        assert_eq!(lines.value(0), "ok");
         assert_eq!(lines.value(1), "bad \u{fffd} here");
-        assert_eq!(r.invalid_utf8_lines, 1);
+        assert_eq!(lines.value(2), "caf\u{fffd}");
+        assert_eq!(lines.value(3), "\u{fffd}t\u{e9}");
+        assert_eq!(r.invalid_utf8_lines, 3);
         assert_eq!(lines.null_count(), 0);
     }
 
