@@ -70,7 +70,7 @@ pub struct JobArgs {
     /// Log bytes kept per attempt; the excess is dropped and counted.
     #[arg(long, value_name = "BYTES", default_value_t = bytesize::ByteSize::b(DEFAULT_MAX_LOG_BYTES as u64))]
     pub max_log: bytesize::ByteSize,
-    /// Longest input record (a text line); a longer one fails its task with its file and offset.
+    /// Longest input record (a text line, at most 2 GiB - 1); a longer one fails its task with its file and offset.
     #[arg(long, value_name = "BYTES", default_value_t = bytesize::ByteSize::b(DEFAULT_MAX_RECORD_BYTES))]
     pub max_record: bytesize::ByteSize,
 }

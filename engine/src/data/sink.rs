@@ -198,10 +198,6 @@ impl ObjectSink {
 
 impl Write for ObjectSink {
     fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        if let Some(hasher) = &mut self.hasher {
-            hasher.update(data);
-        }
-        self.written += data.len() as u64;
         // The buffer never grows past its capacity (a reallocation copies
         // it): what would not fit goes first, and a write of a chunk or
         // more goes alone.
@@ -216,6 +212,11 @@ impl Write for ObjectSink {
                 self.send_buffer()?;
             }
         }
+        // Counted once taken: a failed send took nothing of `data`.
+        if let Some(hasher) = &mut self.hasher {
+            hasher.update(data);
+        }
+        self.written += data.len() as u64;
         Ok(data.len())
     }
 

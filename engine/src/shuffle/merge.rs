@@ -523,6 +523,56 @@ mod tests {
     }
 
     #[test]
+    fn long_keys_that_share_their_prefix_merge_and_group_by_whole_key() {
+        // Keys past the prefix's 15 bytes that tie on it (and short ones
+        // beside them), spread over runs of several batches: each chunk's
+        // groups must be runs of one whole key, in order, and no key's
+        // rows may be split across groups or chunks.
+        let enc = KeyEncoder::new(&[DataType::Utf8]).unwrap();
+        let names = [
+            "common-prefix-a1",
+            "common-prefix-a2",
+            "common-prefix-a10",
+            "short",
+            "common-prefix-b",
+        ];
+        let mut expected: Vec<String> = Vec::new();
+        let runs: Vec<Box<dyn RunReader>> = (0..4)
+            .map(|r| {
+                let mut ks: Vec<String> = (0..30).map(|i| names[(i * 7 + r) % names.len()].to_string()).collect();
+                ks.sort();
+                expected.extend(ks.clone());
+                let batches = ks
+                    .chunks(4)
+                    .map(|c| {
+                        let refs: Vec<&str> = c.iter().map(String::as_str).collect();
+                        batch(&refs, &vec![1; refs.len()])
+                    })
+                    .collect();
+                memory(batches)
+            })
+            .collect();
+        expected.sort();
+        let mut m = Merger::new(&enc, runs).unwrap();
+        let (mut got, mut groups) = (Vec::new(), Vec::new());
+        while let Some((chunk, ends)) = m.next_chunk(5).unwrap() {
+            let ks = keys(&chunk);
+            let mut start = 0;
+            for &end in &ends {
+                let group = &ks[start..end as usize];
+                assert!(group.iter().all(|k| k == &group[0]), "a group of two keys: {group:?}");
+                groups.push(group[0].clone());
+                start = end as usize;
+            }
+            got.extend(ks);
+        }
+        assert_eq!(got, expected);
+        let mut distinct = expected.clone();
+        distinct.dedup();
+        assert_eq!(groups, distinct, "each key is one group");
+    }
+
+    #[test]
     fn passes_through_disk_give_the_same_merge() {
         let enc = KeyEncoder::new(&[DataType::Utf8]).unwrap();
         let schema = batch(&[], &[]).schema();

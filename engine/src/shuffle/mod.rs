@@ -231,8 +231,9 @@ pub fn partition_and_sort(
     partitions: u32,
 ) -> Result<SortedRun, Error> {
     let rows = encoder.rows(batch)?;
-    // Normalized keys: the partition and the key's first 16 bytes settle most
-    // comparisons as integers; only rows whose prefixes tie compare whole keys.
+    // Normalized keys: the partition, the key's first 15 bytes and its length
+    // settle most comparisons as integers; only rows whose prefixes tie and
+    // do not hold their whole keys compare rows.
     let mut order: Vec<SortEntry> = rows
         .iter()
         .enumerate()
@@ -443,8 +444,8 @@ mod tests {
     #[test]
     fn normalized_keys_sort_as_whole_keys_do() {
         let enc = KeyEncoder::new(&[DataType::Utf8]).unwrap();
-        // Keys that tie on their first bytes, differ only past 16 bytes, or
-        // are prefixes of each other.
+        // Keys that tie on their first bytes, differ only past the prefix's
+        // 15 bytes, or are prefixes of each other.
         let mut ks: Vec<String> = Vec::new();
         for i in 0..300u32 {
             ks.push(format!("common-prefix-{}", i % 17));

@@ -51,17 +51,20 @@ pub const RUN_BATCH_BYTES: usize = 1 << 20;
 /// Readers need not know: each IPC batch says how it was written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Compression {
-    /// LZ4 frames: for objects that cross a network to their reader.
+    /// LZ4 frames: for objects in an object store, which cross a network
+    /// to their reader.
     Lz4,
     /// Raw buffers: for spills and merge passes on local disk, and shuffle
-    /// objects on a local filesystem, where the page cache makes a write
+    /// objects under a filesystem path, where the page cache makes a write
     /// and a read cheaper than compressing and decompressing (the 1 GiB
-    /// sort spent a quarter of its CPU time in LZ4).
+    /// sort spent a quarter of its CPU time in LZ4). A cluster's shared
+    /// directory is a filesystem path too, so its shuffle objects are raw
+    /// even when the directory is a network mount.
     None,
 }
 
 impl Compression {
-    /// The compression for a shuffle object kept on a local filesystem
+    /// The compression for a shuffle object kept under a filesystem path
     /// (`local`) or in an object store.
     pub fn for_object(local: bool) -> Self {
         if local { Compression::None } else { Compression::Lz4 }
