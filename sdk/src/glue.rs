@@ -13,8 +13,9 @@ use crate::bindings::wmr::job::types::{Batch, Field as WitField, Grouped, GuestE
 use crate::columnar::Records;
 use crate::columns::Columns;
 use crate::combiner::CombineFn;
-use crate::emit::{Emit, Output, Values};
+use crate::emit::{Emit, Output};
 use crate::record::{InputBatch, Params, forget_coded, receive_dictionaries, with_dictionaries};
+use crate::values::Values;
 
 /// Builds a job from its parameters.
 pub type ConfigureFn<J> = fn(&Params) -> Result<J, String>;

@@ -50,12 +50,14 @@ mod emit;
 mod glue;
 mod record;
 pub mod text;
+mod values;
 
 pub use columnar::{ColumnValues, Records, Strings};
 pub use columns::{Columns, Field, IntoColumns};
-pub use emit::{Emit, Output, Values};
+pub use emit::{Emit, Output};
 pub use glue::{LogLevel, count, log};
 pub use record::{Params, Record};
+pub use values::Values;
 
 #[doc(hidden)]
 pub mod __private {

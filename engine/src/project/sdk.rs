@@ -57,6 +57,7 @@ pub(super) const RUST_SDK: &[(&str, &str)] = &[
         include_str!("../../../sdk/src/combiner/table.rs"),
     ),
     ("src/emit.rs", include_str!("../../../sdk/src/emit.rs")),
+    ("src/values.rs", include_str!("../../../sdk/src/values.rs")),
     ("src/glue.rs", include_str!("../../../sdk/src/glue.rs")),
     ("src/record.rs", include_str!("../../../sdk/src/record.rs")),
     ("src/text.rs", include_str!("../../../sdk/src/text.rs")),
