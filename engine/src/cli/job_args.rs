@@ -33,7 +33,7 @@ pub struct JobArgs {
     /// Output format: Parquet files, or `key value` text lines.
     #[arg(long, value_enum, default_value_t = OutputFormat::Parquet)]
     pub format: OutputFormat,
-    /// Text split size, e.g. 67108864, 64MiB or 1KiB.
+    /// Text split size, e.g. 67108864, 64MiB or 1KiB (a split or a task of packed files may run a tenth past it rather than leave a sliver).
     #[arg(long, value_name = "BYTES", default_value = "64MiB", value_parser = parse_positive_size)]
     pub split_size: bytesize::ByteSize,
     /// A job parameter, passed to the job's configure (repeatable).

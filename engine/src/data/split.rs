@@ -19,6 +19,14 @@ pub const DEFAULT_SPLIT_SIZE: u64 = 64 << 20;
 /// as Spark counts `openCostInBytes`.
 pub const MAX_FILES_PER_TASK: u64 = 64;
 
+/// How far past the split size a split or a packed task may run rather than
+/// leave a sliver to a task of its own: a tenth, as Hadoop's `SPLIT_SLOP`
+/// (1.1). Eight files of a few bytes over 32 MiB then pack two to a 64 MiB
+/// task, not one; a file of 65 MiB is one split, not 64 MiB and a sliver.
+fn with_slop(split_size: u64) -> u64 {
+    split_size.saturating_add(split_size / 10)
+}
+
 /// What one map task reads: one split of a large file, or several small
 /// files (or tail pieces) packed together up to the split size, read in
 /// order, as Hadoop's `CombineFileInputFormat` does, so that 100,000 tiny
@@ -51,9 +59,9 @@ impl MapInput {
     }
 }
 
-/// Pack consecutive splits into map inputs of up to `split_size` bytes,
-/// each counted as at least 1/[`MAX_FILES_PER_TASK`] of it; a split as
-/// large as the split size stays alone.
+/// Pack consecutive splits into map inputs of up to `split_size` bytes (and
+/// [its slop](with_slop)), each counted as at least 1/[`MAX_FILES_PER_TASK`]
+/// of it; a split as large as the split size stays alone.
 ///
 /// The smaller splits are spread evenly over as many tasks as the split
 /// size needs; when the tasks are more than `slots` (more than one wave),
@@ -66,8 +74,11 @@ pub fn pack_splits(splits: Vec<Split>, split_size: u64, slots: usize) -> Vec<Map
     let cost = |split: &Split| split.size_hint().max(open_cost);
     let alone = splits.iter().filter(|s| cost(s) >= split_size).count() as u64;
     let packed_total: u64 = splits.iter().map(cost).filter(|c| *c < split_size).sum();
+    let packed_count = splits.len() as u64 - alone;
     let slots = slots.max(1) as u64;
-    let needed = (alone + packed_total.div_ceil(split_size)).max(1);
+    let limit = with_slop(split_size);
+    let packed_tasks = packed_total.div_ceil(limit).max(packed_count.div_ceil(MAX_FILES_PER_TASK));
+    let needed = (alone + packed_tasks).max(1);
     let tasks = if needed > slots {
         needed.div_ceil(slots) * slots
     } else {
@@ -80,15 +91,20 @@ pub fn pack_splits(splits: Vec<Split>, split_size: u64, slots: usize) -> Vec<Map
     let (mut bytes, mut before, mut share_index) = (0u64, 0u64, 0u64);
     for split in splits {
         let cost = cost(&split);
-        // The share this split's middle falls in (a split alone has none).
-        let index = if cost < split_size {
-            let index = (before + cost / 2) / share;
-            before += cost;
-            index
-        } else {
-            share_index
-        };
-        let full = bytes + cost > split_size || current.len() as u64 >= MAX_FILES_PER_TASK;
+        if cost >= split_size {
+            if !current.is_empty() {
+                inputs.push(MapInput {
+                    splits: std::mem::take(&mut current),
+                });
+                bytes = 0;
+            }
+            inputs.push(MapInput { splits: vec![split] });
+            continue;
+        }
+        // The share this split's middle falls in.
+        let index = (before + cost / 2) / share;
+        before += cost;
+        let full = bytes + cost > limit || current.len() as u64 >= MAX_FILES_PER_TASK;
         if !current.is_empty() && (full || index != share_index) {
             inputs.push(MapInput {
                 splits: std::mem::take(&mut current),
@@ -352,7 +368,8 @@ pub async fn plan_splits(inputs: &[String], split_size: u64) -> Result<Vec<Split
     cut_files(files, split_size).await
 }
 
-/// Cut expanded files into splits of about `split_size`.
+/// Cut expanded files into splits of about `split_size`: a text file's last
+/// split takes the rest when it is within [the slop](with_slop).
 async fn cut_files(files: Vec<(Location, ObjectMeta)>, split_size: u64) -> Result<Vec<Split>, Error> {
     let split_size = split_size.max(1);
     let mut splits = Vec::new();
@@ -388,20 +405,35 @@ async fn cut_files(files: Vec<(Location, ObjectMeta)>, split_size: u64) -> Resul
                     });
                 }
             } else {
-                let mut start = 0;
-                while start < size {
-                    let end = (start + split_size).min(size);
-                    splits.push(Split {
-                        file: location.display.clone(),
-                        file_size: size,
-                        kind: SplitKind::Text { start, end },
-                    });
-                    start = end;
-                }
+                splits.extend(text_ranges(size, split_size).map(|(start, end)| Split {
+                    file: location.display.clone(),
+                    file_size: size,
+                    kind: SplitKind::Text { start, end },
+                }));
             }
         }
     }
     Ok(splits)
+}
+
+/// The byte ranges a text file of `size` bytes is cut into: `split_size`
+/// each, the last taking the rest when that is within [the slop](with_slop).
+fn text_ranges(size: u64, split_size: u64) -> impl Iterator<Item = (u64, u64)> {
+    let split_size = split_size.max(1);
+    let mut start = 0;
+    std::iter::from_fn(move || {
+        if start >= size {
+            return None;
+        }
+        let end = if size - start > with_slop(split_size) {
+            start + split_size
+        } else {
+            size
+        };
+        let range = (start, end);
+        start = end;
+        Some(range)
+    })
 }
 
 #[cfg(test)]
@@ -421,12 +453,12 @@ mod tests {
         let mb = 1u64 << 20;
         let mut splits = vec![text("big", 0, 64 * mb), text("big", 64 * mb, 72 * mb)];
         splits.extend((0..20).map(|i| text(&format!("tiny{i}"), 0, 100)));
-        splits.push(text("mid", 0, 40 * mb));
+        splits.push(text("mid", 0, 48 * mb));
         let inputs = pack_splits(splits, 64 * mb, 1);
         let sizes: Vec<usize> = inputs.iter().map(|i| i.splits.len()).collect();
-        // The full split alone; the other 68 MiB (each tiny file counted as
+        // The full split alone; the other 76 MiB (each tiny file counted as
         // 1 MiB) in 2 tasks: the big file's 8 MiB tail with all 20 tiny
-        // files, and the 40 MiB file.
+        // files, and the 48 MiB file.
         assert_eq!(sizes, [1, 21, 1]);
         let many = pack_splits((0..200).map(|i| text(&format!("t{i}"), 0, 10)).collect(), 64 * mb, 1);
         assert_eq!(many.len(), 4, "at most 64 files a task");
@@ -434,7 +466,7 @@ mod tests {
         assert!(inputs[1].describe().contains("21 files packed together"));
     }
 
-    /// 80 files of a little over 3.2 MiB at 32 MiB splits: 9 tasks (8 of
+    /// 80 files of a little over 3.6 MiB at 32 MiB splits: 9 tasks (8 of
     /// 9 files) for 1 slot; for 2 slots, 10 tasks of 8 files, so that both
     /// slots read the same bytes.
     #[test]
@@ -442,12 +474,12 @@ mod tests {
         let mb = 1u64 << 20;
         let files = || {
             (0..80)
-                .map(|i| text(&format!("f{i:02}"), 0, 32 * mb / 10 + 100))
+                .map(|i| text(&format!("f{i:02}"), 0, 36 * mb / 10 + 100))
                 .collect::<Vec<_>>()
         };
         let counts = |slots| -> Vec<usize> {
             let inputs = pack_splits(files(), 32 * mb, slots);
-            assert!(inputs.iter().all(|i| i.size_hint() <= 32 * mb));
+            assert!(inputs.iter().all(|i| i.size_hint() <= with_slop(32 * mb)));
             let names: Vec<String> = inputs
                 .iter()
                 .flat_map(|i| i.splits.iter().map(|s| s.file.clone()))
@@ -471,6 +503,32 @@ mod tests {
         mixed.extend((0..60).map(|i| text(&format!("s{i:02}"), 0, mb)));
         let sizes: Vec<usize> = pack_splits(mixed, 64 * mb, 4).iter().map(|i| i.splits.len()).collect();
         assert_eq!(sizes, [1, 1, 1, 1, 1, 20, 20, 20]);
+    }
+
+    /// A split may run a tenth past the split size rather than leave a
+    /// sliver to a task of its own.
+    #[test]
+    fn splits_take_a_sliver_within_the_slop() {
+        let mb = 1u64 << 20;
+        // 8 files a few bytes over 32 MiB: 2 to a 64 MiB task, for 1 slot
+        // or 2, not one each.
+        let files: Vec<Split> = (0..8).map(|i| text(&format!("z{i}"), 0, 32 * mb + 30)).collect();
+        for slots in [1, 2] {
+            let sizes: Vec<usize> = pack_splits(files.clone(), 64 * mb, slots)
+                .iter()
+                .map(|i| i.splits.len())
+                .collect();
+            assert_eq!(sizes, [2; 4], "{slots} slots");
+        }
+        let ranges = |size| text_ranges(size, 64 * mb).collect::<Vec<_>>();
+        assert_eq!(ranges(70 * mb), [(0, 70 * mb)]);
+        assert_eq!(ranges(71 * mb), [(0, 64 * mb), (64 * mb, 71 * mb)]);
+        assert_eq!(
+            ranges(190 * mb),
+            [(0, 64 * mb), (64 * mb, 128 * mb), (128 * mb, 190 * mb)]
+        );
+        assert_eq!(ranges(0), []);
+        assert_eq!(text_ranges(5, 1).count(), 5);
     }
 
     #[test]
