@@ -54,8 +54,9 @@ pub struct ClusterWorker {
 /// How long a worker whose held call was dropped has to call again before
 /// it counts as lost: a live worker calls again at once, and a dropped
 /// connection nearly always means its process died (Spark drops an
-/// executor as soon as its connection goes).
-pub const DROPPED_GRACE: Duration = Duration::from_secs(1);
+/// executor as soon as its connection goes). A worker whose call failed
+/// calls again within 100 ms.
+pub const DROPPED_GRACE: Duration = Duration::from_millis(300);
 
 /// What expiring silent workers cost.
 #[derive(Debug, Default)]
@@ -78,6 +79,12 @@ struct Handed {
     task: TaskId,
     worker: WorkerId,
     at: Instant,
+    /// Its worker has reported it. The worker lists it as running until
+    /// its report is answered; until it stops listing it, a heartbeat that
+    /// names it is not told to cancel it. (Told so, the worker would drop
+    /// its held heartbeat to ask again a moment later, and a worker killed
+    /// in that moment would be noticed only when its lease lapsed.)
+    reported: bool,
 }
 
 /// What a worker's heartbeat and the coordinator's view disagree on.
@@ -263,7 +270,7 @@ impl Cluster {
             let wanted = self
                 .attempts
                 .get(a)
-                .is_some_and(|h| &h.worker == worker && live(&self.jobs, h, *a));
+                .is_some_and(|h| &h.worker == worker && (h.reported || live(&self.jobs, h, *a)));
             if !wanted {
                 out.cancel.push(*a);
             }
@@ -271,6 +278,10 @@ impl Cluster {
         let mut done = Vec::new();
         for (a, h) in &self.attempts {
             if &h.worker != worker || running.contains(a) {
+                continue;
+            }
+            if h.reported {
+                done.push(*a);
                 continue;
             }
             if !live(&self.jobs, h, *a) {
@@ -330,6 +341,7 @@ impl Cluster {
             if let Some(w) = self.workers.remove(id) {
                 self.sessions.remove(&w.session);
             }
+            self.attempts.retain(|_, h| !(h.reported && &h.worker == id));
             for job in self.jobs.values_mut() {
                 let (attempts, failed) = job.job.worker_lost(id, wall, !handed_back);
                 for (task, attempt, started) in attempts {
@@ -377,6 +389,7 @@ impl Cluster {
                 task,
                 worker: worker.clone(),
                 at: Instant::now(),
+                reported: false,
             },
         );
         Some((job.job_ref.clone(), assignment))
@@ -396,7 +409,10 @@ impl Cluster {
         outcome: Outcome,
         now: SystemTime,
     ) -> ReportResult {
-        self.attempts.remove(&attempt);
+        // Kept, marked, until the worker's heartbeats stop naming it.
+        if let Some(h) = self.attempts.get_mut(&attempt) {
+            h.reported = true;
+        }
         match self.jobs.get_mut(job) {
             Some(j) => j.job.report(task, attempt, outcome, now),
             None => ReportResult::Stale,
@@ -484,6 +500,24 @@ mod tests {
         let r = c.reconcile(&w, &running, start + Duration::from_secs(3), grace);
         assert!(r.cancel.is_empty());
         assert_eq!(r.unknown, vec![(id.clone(), handed[2].0, handed[2].1)]);
+        // An attempt w has reported, which it lists until the report is
+        // answered, is not one to stop (that would break w's held heartbeat
+        // off); once w no longer lists it, it is forgotten.
+        let out = Outcome::Map(MapOutput {
+            counters: Default::default(),
+        });
+        let (task, attempt) = handed[0];
+        assert_eq!(
+            c.report(&id, task, attempt, out, SystemTime::now()),
+            ReportResult::Committed
+        );
+        assert_eq!(
+            c.reconcile(&w, &running, start + Duration::from_secs(3), grace).cancel,
+            []
+        );
+        let running = [handed[1].1];
+        assert_eq!(c.reconcile(&w, &running, start, grace), Reconciled::default());
+        assert_eq!(c.reconcile(&w, &[attempt], start, grace).cancel, [attempt]);
         // Once its job is cancelled, what w still runs is stopped.
         c.job_mut(&id).expect("job").job.cancel();
         let r = c.reconcile(&w, &running, start + Duration::from_secs(4), grace);

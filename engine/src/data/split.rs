@@ -77,7 +77,9 @@ pub fn pack_splits(splits: Vec<Split>, split_size: u64, slots: usize) -> Vec<Map
     let packed_count = splits.len() as u64 - alone;
     let slots = slots.max(1) as u64;
     let limit = with_slop(split_size);
-    let packed_tasks = packed_total.div_ceil(limit).max(packed_count.div_ceil(MAX_FILES_PER_TASK));
+    let packed_tasks = packed_total
+        .div_ceil(limit)
+        .max(packed_count.div_ceil(MAX_FILES_PER_TASK));
     let needed = (alone + packed_tasks).max(1);
     let tasks = if needed > slots {
         needed.div_ceil(slots) * slots
