@@ -16,9 +16,9 @@ use wmr::coordinator::journal::Journal;
 use wmr::coordinator::service::{Service, ServiceConfig, SubmitPolicy};
 use wmr::data::output::OutputFormat;
 use wmr::data::{Location, MapInput, Split, SplitKind};
+use wmr::limits::Limits;
 use wmr::protocol::JobRef;
 use wmr::rpc::pb;
-use wmr::runtime::Limits;
 use wmr::{JobId, ModuleDigest};
 
 fn arg(name: &str, default: usize) -> usize {

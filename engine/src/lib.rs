@@ -21,6 +21,7 @@ pub mod data;
 pub mod identity;
 mod ids;
 pub mod layout;
+pub mod limits;
 pub mod project;
 pub mod protocol;
 pub mod rpc;

@@ -5,7 +5,7 @@
 use clap::Args;
 
 use super::{Failure, exit};
-use crate::runtime::limits::{CompileLimits, DEFAULT_MAX_COMPILE_MEMORY_BYTES, DEFAULT_MAX_COMPILE_TIME};
+use crate::limits::{CompileLimits, DEFAULT_MAX_COMPILE_MEMORY_BYTES, DEFAULT_MAX_COMPILE_TIME};
 use crate::runtime::{CompileCacheConfig, Compiler, Runtime};
 
 /// How long compiling a module may take and how much memory it may use.

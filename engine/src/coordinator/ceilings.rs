@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use crate::runtime::Limits;
+use crate::limits::Limits;
 
 /// The most one job may ask for on this coordinator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,7 +41,7 @@ impl Default for Ceilings {
             task_memory_bytes: 4 << 30,
             reducers: 10_000,
             map_tasks: 100_000,
-            module_bytes: crate::runtime::limits::MAX_MODULE_BYTES as u64,
+            module_bytes: crate::limits::MAX_MODULE_BYTES as u64,
         }
     }
 }
@@ -89,7 +89,7 @@ impl Ceilings {
             task_memory_bytes: u64::MAX,
             reducers: u32::MAX,
             map_tasks: u64::MAX,
-            module_bytes: crate::runtime::limits::MAX_MODULE_BYTES as u64,
+            module_bytes: crate::limits::MAX_MODULE_BYTES as u64,
         }
     }
 

@@ -430,7 +430,7 @@ mod tests {
     use super::*;
     use crate::ModuleDigest;
     use crate::Phase;
-    use crate::runtime::Limits;
+    use crate::limits::Limits;
     use crate::task::MapOutput;
 
     fn job(maps: usize, submitted_secs: u64) -> ClusterJob {

@@ -14,6 +14,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::cluster::ClusterJob;
 use super::service::{ErrorKind, Service, ServiceError, SubmitRequest};
+use crate::limits::MAX_MODULE_BYTES;
 use crate::protocol::status::JobStatusDoc;
 use crate::rpc::auth::{Api, Authenticate, Tokens, caller};
 use crate::rpc::convert;
@@ -21,7 +22,6 @@ use crate::rpc::pb;
 use crate::rpc::pb::job_service_server::{JobService, JobServiceServer};
 use crate::rpc::pb::worker_service_server::{WorkerService, WorkerServiceServer};
 use crate::rpc::tls::ServerTls;
-use crate::runtime::limits::MAX_MODULE_BYTES;
 use crate::{AttemptId, JobId};
 
 /// The largest message a worker may send.

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::runtime::Limits;
+use crate::limits::Limits;
 use crate::task::{AttemptFailure, MapAssignment, MapOutput, ReduceAssignment, ReduceOutput};
 use crate::{AttemptId, JobId, ModuleDigest, TaskId, WorkerId};
 

@@ -8,9 +8,9 @@ use super::MalformedMessage;
 use super::pb;
 use crate::data::output::OutputFormat;
 use crate::data::{MapInput, Split, SplitKind};
+use crate::limits::Limits;
 use crate::protocol::status::{AttemptStatus, JobStatusDoc, Progress, TaskStatus, UserState};
 use crate::protocol::{Assignment, JobRef, Outcome, ReportResult};
-use crate::runtime::Limits;
 use crate::shuffle::Partitioner;
 use crate::task::{AttemptFailure, Counters, FailureKind, MapAssignment, MapOutput, ReduceAssignment, ReduceOutput};
 use crate::{AttemptId, JobId, ModuleDigest, Phase, TaskId};
@@ -313,7 +313,7 @@ pub fn assignment(a: pb::Assignment) -> Result<(JobRef, Assignment), MalformedMe
 pub const MAX_REPORTED_COUNTERS: usize = 512;
 
 fn counters(c: std::collections::HashMap<String, i64>) -> Result<Counters, MalformedMessage> {
-    use crate::runtime::limits::MAX_COUNTER_NAME_BYTES;
+    use crate::limits::MAX_COUNTER_NAME_BYTES;
     if c.len() > MAX_REPORTED_COUNTERS || c.keys().any(|k| k.len() > MAX_COUNTER_NAME_BYTES) {
         return Err(MalformedMessage {
             message: "ReportTaskRequest",
@@ -393,7 +393,7 @@ pub fn outcome(o: Option<pb::report_task_request::Outcome>) -> Result<Outcome, M
             O::Failed(f) => Outcome::Failed(AttemptFailure {
                 kind: failure_kind(f.kind),
                 // A worker's word, kept in memory and the journal: bounded.
-                message: crate::runtime::limits::bounded_message(&f.error),
+                message: crate::limits::bounded_message(&f.error),
                 record: f.bad_record,
                 retryable: f.retryable,
                 bad_map: f.bad_map,

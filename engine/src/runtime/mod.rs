@@ -13,7 +13,6 @@ pub mod compile;
 mod convert;
 mod dictionary;
 mod guest;
-pub mod limits;
 mod words;
 
 use std::collections::HashMap;
@@ -26,12 +25,12 @@ use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine};
 
 use crate::ids::ModuleDigest;
+use crate::limits::{self, Limits};
 pub use cache::{CacheError, CompileCache, CompileCacheConfig};
 pub use compile::Compiler;
 pub use convert::is_guest_type;
 pub use guest::GuestInstance;
 use guest::GuestState;
-pub use limits::Limits;
 
 pub(crate) mod bindings {
     wasmtime::component::bindgen!({

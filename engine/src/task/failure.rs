@@ -101,7 +101,7 @@ impl AttemptFailure {
         };
         AttemptFailure {
             kind,
-            message: crate::runtime::limits::bounded_message(&crate::error_chain(e)),
+            message: crate::limits::bounded_message(&crate::error_chain(e)),
             record: e.bad_record(),
             retryable: e.retryable(),
             bad_map: match e {
@@ -115,7 +115,7 @@ impl AttemptFailure {
     pub fn new(kind: FailureKind, message: impl Into<String>) -> Self {
         AttemptFailure {
             kind,
-            message: crate::runtime::limits::bounded_message(&message.into()),
+            message: crate::limits::bounded_message(&message.into()),
             record: None,
             retryable: true,
             bad_map: None,

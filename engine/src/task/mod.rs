@@ -167,7 +167,7 @@ pub async fn load_module(
     what: &str,
     bytes: bytes::Bytes,
     params: &[(String, String)],
-    limits: crate::runtime::Limits,
+    limits: crate::limits::Limits,
 ) -> Result<Result<crate::runtime::JobModule, crate::runtime::Error>, ComputePanic> {
     let (runtime, what, params) = (runtime.clone(), what.to_string(), params.to_vec());
     pool.run(move || runtime.load(&what, &bytes, &params, limits)).await

@@ -592,7 +592,7 @@ impl Job {
 /// Keep `counters` to names the job already has, or new ones while it has
 /// fewer than [`MAX_JOB_COUNTERS`]; the rest are counted as dropped.
 fn cap_counters(names: &mut std::collections::BTreeSet<String>, counters: &mut Counters) {
-    let dropped_name = crate::runtime::limits::COUNTERS_DROPPED;
+    let dropped_name = crate::limits::COUNTERS_DROPPED;
     let mut dropped = 0i64;
     counters.retain(|name, _| {
         if names.contains(name) || name == dropped_name {

@@ -19,9 +19,9 @@ use crate::data::output::OutputFormat;
 use crate::data::{Location, MapInput, plan_map_inputs};
 use crate::error_chain;
 use crate::layout::JobLayout;
+use crate::limits::{Limits, MAX_MODULE_BYTES};
 use crate::protocol::JobRef;
-use crate::runtime::limits::MAX_MODULE_BYTES;
-use crate::runtime::{JobModule, Limits};
+use crate::runtime::JobModule;
 use crate::task::load_module;
 use crate::{JobId, ModuleDigest};
 

@@ -1,4 +1,7 @@
 //! Every sandbox limit and its default, in one place (`--help` quotes them).
+//! Plain data below every other module: the runtime enforces the limits,
+//! the coordinator checks a job's against its ceilings, the protocol and
+//! the wire carry them, and none of those needs the runtime for it.
 
 use std::time::Duration;
 
