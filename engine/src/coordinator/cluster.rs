@@ -54,9 +54,10 @@ pub struct ClusterWorker {
 /// How long a worker whose held call was dropped has to call again before
 /// it counts as lost: a live worker calls again at once, and a dropped
 /// connection nearly always means its process died (Spark drops an
-/// executor as soon as its connection goes). A worker whose call failed
-/// calls again within 100 ms.
-pub const DROPPED_GRACE: Duration = Duration::from_millis(300);
+/// executor as soon as its connection goes). A worker whose held
+/// heartbeat failed sends it again within 100 ms; the rest is room for it
+/// to reconnect (TCP, TLS and HTTP/2 handshakes) before it is lost.
+pub const DROPPED_GRACE: Duration = Duration::from_millis(600);
 
 /// What expiring silent workers cost.
 #[derive(Debug, Default)]
@@ -107,8 +108,9 @@ pub struct Cluster {
     workers: HashMap<WorkerId, ClusterWorker>,
     /// Each registration's secret, to the worker it names.
     sessions: HashMap<String, WorkerId>,
-    /// Every attempt handed out and not yet reported or lost, for
-    /// reconciling with workers' heartbeats.
+    /// Every attempt handed out and not yet lost, for reconciling with
+    /// workers' heartbeats; a reported one until its worker no longer
+    /// lists it.
     attempts: HashMap<AttemptId, Handed>,
     next_worker: u64,
     /// The next attempt id of this coordinator run, for every job (see
@@ -403,6 +405,7 @@ impl Cluster {
     /// Record how an attempt ended.
     pub fn report(
         &mut self,
+        worker: &WorkerId,
         job: &JobId,
         task: TaskId,
         attempt: AttemptId,
@@ -410,7 +413,7 @@ impl Cluster {
         now: SystemTime,
     ) -> ReportResult {
         // Kept, marked, until the worker's heartbeats stop naming it.
-        if let Some(h) = self.attempts.get_mut(&attempt) {
+        if let Some(h) = self.attempts.get_mut(&attempt).filter(|h| &h.worker == worker) {
             h.reported = true;
         }
         match self.jobs.get_mut(job) {
@@ -508,7 +511,7 @@ mod tests {
         });
         let (task, attempt) = handed[0];
         assert_eq!(
-            c.report(&id, task, attempt, out, SystemTime::now()),
+            c.report(&w, &id, task, attempt, out, SystemTime::now()),
             ReportResult::Committed
         );
         assert_eq!(
@@ -543,7 +546,7 @@ mod tests {
             counters: Default::default(),
         });
         assert_eq!(
-            c.report(&id, task, attempt, out, SystemTime::now()),
+            c.report(&w, &id, task, attempt, out, SystemTime::now()),
             ReportResult::Committed
         );
         // Within the lease nothing is lost; past it, the worker and its
@@ -566,7 +569,7 @@ mod tests {
         // The lost attempt's late report is refused; a new worker gets the task.
         let late = Outcome::Failed(crate::task::AttemptFailure::new(crate::task::FailureKind::Guest, "x"));
         assert_eq!(
-            c.report(&id, lost_task, lost_attempt, late, SystemTime::now()),
+            c.report(&w, &id, lost_task, lost_attempt, late, SystemTime::now()),
             ReportResult::Stale
         );
         let (w2, _) = c.register("w2".into(), 1, "pool".into(), start);

@@ -66,8 +66,9 @@ impl MapInput {
 /// The smaller splits are spread evenly over as many tasks as the split
 /// size needs; when the tasks are more than `slots` (more than one wave),
 /// their number is rounded up to a multiple of `slots`, so the last wave
-/// fills every slot. (80 files of 3.2 MiB at 32 MiB splits would otherwise
+/// fills every slot. (80 files of 3.6 MiB at 32 MiB splits would otherwise
 /// pack 9 to a task: 9 tasks, and one of 2 slots idle for the last of 5 waves.)
+/// The slop never takes the tasks below the slots they would fill.
 pub fn pack_splits(splits: Vec<Split>, split_size: u64, slots: usize) -> Vec<MapInput> {
     let split_size = split_size.max(1);
     let open_cost = split_size / MAX_FILES_PER_TASK;
@@ -77,8 +78,12 @@ pub fn pack_splits(splits: Vec<Split>, split_size: u64, slots: usize) -> Vec<Map
     let packed_count = splits.len() as u64 - alone;
     let slots = slots.max(1) as u64;
     let limit = with_slop(split_size);
+    // The slop may save a task, but not one that would leave a slot idle
+    // (the split size is cut to fill the slots when the input is small).
+    let fill = packed_total.div_ceil(split_size).min(slots.saturating_sub(alone));
     let packed_tasks = packed_total
         .div_ceil(limit)
+        .max(fill)
         .max(packed_count.div_ceil(MAX_FILES_PER_TASK));
     let needed = (alone + packed_tasks).max(1);
     let tasks = if needed > slots {
@@ -497,7 +502,9 @@ mod tests {
         assert_eq!(counts(2), [8; 10]);
         assert_eq!(counts(3).iter().sum::<usize>(), 80);
         assert_eq!(counts(3).len(), 9, "9 tasks already fill 3 slots");
-        assert_eq!(counts(16).len(), 9, "one wave: nothing to fill");
+        // One wave: no rounding up, and no task saved by the slop while a
+        // slot would be idle (10 tasks of 28.8 MiB, not 9 of 32).
+        assert_eq!(counts(16).len(), 10);
         // Full splits stay alone and do not skew the shares of the small
         // files after them: 5 alone and 60 small files need 6 tasks, 8 for
         // 4 slots, so the small files go 20 to a task.
@@ -530,6 +537,11 @@ mod tests {
             [(0, 64 * mb), (64 * mb, 128 * mb), (128 * mb, 190 * mb)]
         );
         assert_eq!(ranges(0), []);
+        // No slop that would leave a slot idle: 600 files of 1 MiB on 12
+        // slots, at the 50 MiB split size that fills them, make 12 tasks,
+        // not 11 of 55 MiB.
+        let files: Vec<Split> = (0..600).map(|i| text(&format!("m{i}"), 0, mb)).collect();
+        assert_eq!(pack_splits(files, 50 * mb, 12).len(), 12);
         assert_eq!(text_ranges(5, 1).count(), 5);
     }
 

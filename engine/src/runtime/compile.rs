@@ -21,7 +21,7 @@ use wasmtime::Engine;
 use wasmtime::component::Component;
 
 use super::Error;
-use super::limits::CompileLimits;
+use crate::limits::CompileLimits;
 
 /// The exit code of a child that refused the module; its reason is on stderr.
 const REFUSED: i32 = 2;

@@ -268,7 +268,7 @@ impl Service {
             Outcome::Reduce(r) => Some(r.counters.clone()),
             Outcome::Failed(_) => None,
         };
-        let result = cluster.report(job, task, attempt, outcome, now);
+        let result = cluster.report(worker, job, task, attempt, outcome, now);
         if let Some(a) = cluster.job(job).and_then(|j| j.job.attempt(task, attempt))
             && a.ended == Some(now)
         {
