@@ -102,7 +102,10 @@ fn a_worker_frozen_past_its_lease_commits_nothing_stale() {
 fn job_with_a_straggler(t: &TestDir, extra: &[&str]) -> (Cluster, String, Vec<String>, PathBuf, u64) {
     let mut c = Cluster::start_with_backups(t, "60s", "1s");
     c.add_worker(1);
-    let (input, texts) = generated_input(t, 6, 30_000);
+    // Some 40 maps of 512 KiB: the job runs long enough (a few tenths of a
+    // second) for a status poll, every 50 ms, to see an attempt running
+    // (at 12 maps it once ended within 90 ms, before the first poll).
+    let (input, texts) = generated_input(t, 6, 150_000);
     let out = t.path("out");
     let mut args = vec!["--reducers", "2", "--split-size", "512KiB"];
     args.extend_from_slice(extra);
