@@ -9,10 +9,9 @@ use crate::coordinator::job::{DEFAULT_MAX_ATTEMPTS, DEFAULT_TASK_MEMORY};
 use crate::data::Location;
 use crate::data::output::OutputFormat;
 use crate::error_chain;
-use crate::limits::Limits;
 use crate::limits::{
     DEFAULT_MAX_CALL_TIME, DEFAULT_MAX_LOG_BYTES, DEFAULT_MAX_MEMORY_BYTES, DEFAULT_MAX_OUTPUT_BYTES,
-    DEFAULT_MAX_RECORD_BYTES, MAX_MODULE_BYTES,
+    DEFAULT_MAX_RECORD_BYTES, Limits, MAX_MODULE_BYTES,
 };
 
 /// A job: its module, input, output and settings.
